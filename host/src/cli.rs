@@ -1,0 +1,201 @@
+//! The `wasmhook` command line. Arguments are parsed by clap, validated into
+//! typed values here, and every failure reaches `main` as one `anyhow` error
+//! printed on one line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::EventInput;
+use crate::runtime::{Action, HeldGroup, Limits, Plugin, Runtime, WindowBounds, bundled};
+
+/// A self-hosted webhook router for chat platforms, with sandboxed
+/// WebAssembly transforms per subscriber.
+#[derive(Debug, Parser)]
+#[command(name = "wasmhook", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Tools for plugin authors: check a component, run it on an event.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Validate a plugin and print what it imports, exports and the limits that apply.
+    Check {
+        /// A `.wasm` component path, or a bundled plugin name (`helloclient-lead`).
+        plugin: String,
+    },
+    /// Run a plugin's `handle` on an event (or `flush` on held groups) and print the result as JSON.
+    Run(RunArgs),
+    /// List the bundled plugins.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A `.wasm` component path, or a bundled plugin name (`helloclient-lead`).
+    plugin: String,
+    /// The event, as the API takes it: {"id"?, "type", "occurred_at"?, "source"?, "data"}.
+    #[arg(
+        long,
+        value_name = "EVENT_JSON",
+        required_unless_present = "flush",
+        conflicts_with = "flush"
+    )]
+    event: Option<PathBuf>,
+    /// The subscription's plugin settings (JSON); `{}` when absent.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    config: Option<PathBuf>,
+    /// Run `flush` on these groups: [{"key", "items": [text or JSON, …]}, …].
+    #[arg(long, value_name = "GROUPS_JSON", requires_all = ["window_start", "window_end"])]
+    flush: Option<PathBuf>,
+    /// Start of the flushed window (RFC 3339).
+    #[arg(long, value_name = "T")]
+    window_start: Option<String>,
+    /// End of the flushed window (RFC 3339).
+    #[arg(long, value_name = "T")]
+    window_end: Option<String>,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plugin(PluginCommand::Check { plugin }) => check(&plugin),
+        Command::Plugin(PluginCommand::Run(args)) => run_plugin(args).await,
+        Command::Plugin(PluginCommand::List) => {
+            for b in bundled::BUNDLED {
+                println!(
+                    "{:<22} {:>7} bytes  {}",
+                    b.name,
+                    b.wasm.len(),
+                    b.description
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads `<PLUGIN>`: a bundled name or a path to a component.
+fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
+    let (bytes, what) = match bundled::find(plugin) {
+        Some(b) if !Path::new(plugin).exists() => {
+            (b.wasm.to_vec(), format!("bundled plugin {}", b.name))
+        }
+        _ => {
+            let bytes = std::fs::read(plugin).with_context(|| {
+                let names: Vec<_> = bundled::BUNDLED.iter().map(|b| b.name).collect();
+                format!(
+                    "cannot read plugin {plugin:?} (not a file, nor a bundled plugin: {})",
+                    names.join(", ")
+                )
+            })?;
+            (bytes, plugin.to_string())
+        }
+    };
+    runtime
+        .load(&bytes)
+        .with_context(|| format!("{what} was refused"))
+}
+
+fn check(plugin: &str) -> anyhow::Result<()> {
+    let runtime = Runtime::new(Limits::default(), None)?;
+    let loaded = load(&runtime, plugin)?;
+    let info = runtime.info(&loaded);
+    let out = serde_json::json!({
+        "plugin": plugin,
+        "ok": true,
+        "info": info,
+        "limits": runtime.limits(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("the {what} file {} is not valid: ", path.display()))
+}
+
+/// A group as written for `--flush`: items may be strings or JSON values.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupInput {
+    key: String,
+    items: Vec<Value>,
+}
+
+async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => read_json::<Value>(path, "config")?.to_string(),
+        None => "{}".to_string(),
+    };
+    let runtime = Runtime::new(Limits::default(), None)?;
+    let plugin = load(&runtime, &args.plugin)?;
+
+    let (output, log) = if let Some(groups_path) = &args.flush {
+        let groups: Vec<GroupInput> = read_json(groups_path, "groups")?;
+        let groups: Vec<HeldGroup> = groups
+            .into_iter()
+            .map(|g| HeldGroup {
+                key: g.key,
+                items: g
+                    .items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let window = WindowBounds {
+            start: parse_time(args.window_start.as_deref(), "--window-start")?,
+            end: parse_time(args.window_end.as_deref(), "--window-end")?,
+        };
+        let report = runtime.flush(&plugin, &window, &groups, &config).await;
+        let requests = report.result.context("flush failed")?;
+        (serde_json::json!({ "requests": requests }), report.log)
+    } else {
+        let path = args
+            .event
+            .as_ref()
+            .expect("clap requires --event without --flush");
+        let input: EventInput = read_json(path, "event")?;
+        let event = input
+            .validate(jiff::Timestamp::now(), "cli", || "evt_cli".to_string())
+            .with_context(|| format!("the event file {} is not valid", path.display()))?;
+        let report = runtime
+            .handle(&plugin, &event.to_plugin_event(), &config)
+            .await;
+        let action: Action = report.result.context("handle failed")?;
+        (serde_json::to_value(action)?, report.log)
+    };
+    for line in log {
+        eprintln!("plugin {:?}: {}", line.level, line.message);
+    }
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+fn parse_time(value: Option<&str>, flag: &str) -> anyhow::Result<String> {
+    let Some(value) = value else {
+        bail!("{flag} is required with --flush");
+    };
+    let t: jiff::Timestamp = value
+        .parse()
+        .with_context(|| format!("{flag} {value:?} is not an RFC 3339 time"))?;
+    Ok(t.to_string())
+}

@@ -1,0 +1,202 @@
+//! The canonical event envelope, `{"id", "type", "occurred_at", "source",
+//! "data"}`, and its validation. Everything that enters wasmhook (the API,
+//! the CLI, later source adapters) is turned into this shape first, so the
+//! stages after it see only valid events. See `docs/events.md`.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::runtime::PluginEvent;
+
+/// An event as a client sends it; every field but `type` and `data` optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: Option<String>,
+    pub source: Option<String>,
+    pub data: Value,
+}
+
+/// A validated event with every field filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// RFC 3339 in UTC.
+    pub occurred_at: String,
+    pub source: String,
+    pub data: Value,
+}
+
+/// What is wrong with an event; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error(
+        "`type` {0:?} is not a dotted lowercase event type such as \"message.created\" (letters, digits, `_`, at least one `.`)"
+    )]
+    BadType(String),
+    #[error("`id` must be 1 to 200 printable characters")]
+    BadId,
+    #[error("`occurred_at` {0:?} is not an RFC 3339 time such as \"2026-11-21T10:00:00Z\"")]
+    BadTime(String),
+    #[error("`source` must be 1 to 100 printable characters")]
+    BadSource,
+    #[error("`data` must be a JSON object")]
+    DataNotObject,
+}
+
+/// Whether `t` is a dotted lowercase type: `segment(.segment)+`, each segment
+/// starting with a letter and made of `a-z`, `0-9`, `_`.
+pub fn is_valid_type(t: &str) -> bool {
+    let mut segments = 0;
+    for segment in t.split('.') {
+        let mut chars = segment.chars();
+        match chars.next() {
+            Some(c) if c.is_ascii_lowercase() => {}
+            _ => return false,
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return false;
+        }
+        segments += 1;
+    }
+    segments >= 2 && t.len() <= 100
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.chars().all(|c| !c.is_control())
+}
+
+impl EventInput {
+    /// Validates and fills in defaults: a generated id, `occurred_at` = `now`,
+    /// the given default source.
+    pub fn validate(
+        self,
+        now: Timestamp,
+        default_source: &str,
+        new_id: impl FnOnce() -> String,
+    ) -> Result<Envelope, EventError> {
+        if !is_valid_type(&self.event_type) {
+            return Err(EventError::BadType(self.event_type));
+        }
+        let id = match self.id {
+            Some(id) if printable(&id, 200) => id,
+            Some(_) => return Err(EventError::BadId),
+            None => new_id(),
+        };
+        let occurred_at = match self.occurred_at {
+            Some(t) => t
+                .parse::<Timestamp>()
+                .map_err(|_| EventError::BadTime(t.clone()))?,
+            None => now,
+        };
+        let source = match self.source {
+            Some(s) if printable(&s, 100) => s,
+            Some(_) => return Err(EventError::BadSource),
+            None => default_source.to_string(),
+        };
+        if !self.data.is_object() {
+            return Err(EventError::DataNotObject);
+        }
+        Ok(Envelope {
+            id,
+            event_type: self.event_type,
+            occurred_at: occurred_at.to_string(),
+            source,
+            data: self.data,
+        })
+    }
+}
+
+impl Envelope {
+    /// The event as a plugin sees it (`data` as compact JSON text).
+    pub fn to_plugin_event(&self) -> PluginEvent {
+        PluginEvent {
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            source: self.source.clone(),
+            occurred_at: self.occurred_at.clone(),
+            payload: self.data.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> EventInput {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-21T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn event_types() {
+        for ok in [
+            "message.created",
+            "chat.rated",
+            "a.b.c",
+            "kb_entry.proposed",
+            "x1.y2",
+        ] {
+            assert!(is_valid_type(ok), "{ok}");
+        }
+        for bad in [
+            "message",
+            "Message.created",
+            "message..created",
+            ".a",
+            "a.",
+            "a.1b",
+            "a-b.c",
+            "",
+        ] {
+            assert!(!is_valid_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let e = input(r#"{"type":"lead.created","data":{"a":1}}"#)
+            .validate(now(), "api", || "evt_1".into())
+            .unwrap();
+        assert_eq!(e.id, "evt_1");
+        assert_eq!(e.occurred_at, "2026-11-21T10:00:00Z");
+        assert_eq!(e.source, "api");
+    }
+
+    #[test]
+    fn occurred_at_is_normalised_to_utc() {
+        let e =
+            input(r#"{"type":"lead.created","occurred_at":"2026-11-21T12:00:00+02:00","data":{}}"#)
+                .validate(now(), "api", || "x".into())
+                .unwrap();
+        assert_eq!(e.occurred_at, "2026-11-21T10:00:00Z");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let v = |j: &str| input(j).validate(now(), "api", || "x".into()).unwrap_err();
+        assert_eq!(
+            v(r#"{"type":"Lead","data":{}}"#),
+            EventError::BadType("Lead".into())
+        );
+        assert_eq!(v(r#"{"type":"a.b","data":[1]}"#), EventError::DataNotObject);
+        assert_eq!(v(r#"{"type":"a.b","id":"","data":{}}"#), EventError::BadId);
+        assert!(matches!(
+            v(r#"{"type":"a.b","occurred_at":"yesterday","data":{}}"#),
+            EventError::BadTime(_)
+        ));
+        assert!(
+            serde_json::from_str::<EventInput>(r#"{"type":"a.b","data":{},"extra":1}"#).is_err()
+        );
+    }
+}

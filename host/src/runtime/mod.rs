@@ -1,0 +1,612 @@
+//! The plugin sandbox: the only module that touches wasmtime.
+//!
+//! One [`Runtime`] per process holds the engine (pooling allocator,
+//! copy-on-write memory images, epoch interruption) and a linker with the
+//! host's imports. [`Runtime::load`] validates a component against the
+//! `wasmhook:plugin/transform` world and pre-instantiates it once; every call
+//! then gets a **fresh instance** with its own limits, so a plugin keeps no
+//! state and one misbehaving call cannot affect the next one or another
+//! tenant's.
+
+mod bindings;
+pub mod bundled;
+mod cache;
+mod state;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use bindings::{Transform, TransformPre};
+use state::{LogLimits, State};
+pub use types::*;
+
+/// How often the epoch advances. Time limits are rounded up to this.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Sandbox limits; every field has the default the design card gives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory a call may grow to (bytes).
+    pub memory_bytes: usize,
+    /// Wall-clock budget of `handle` and `check-config` (ms).
+    pub handle_timeout_ms: u64,
+    /// Wall-clock budget of `flush` (ms).
+    pub flush_timeout_ms: u64,
+    /// Total bytes a call may return (request bodies and headers, held items).
+    pub output_bytes: usize,
+    /// Requests one call may return.
+    pub max_requests: usize,
+    /// Log lines kept per call.
+    pub log_lines: usize,
+    /// Longest kept log line (bytes).
+    pub log_line_bytes: usize,
+    /// Largest component accepted (bytes).
+    pub plugin_bytes: usize,
+    /// Instances that may run at once (sizes the pooling allocator).
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 32 << 20,
+            handle_timeout_ms: 50,
+            flush_timeout_ms: 1_000,
+            output_bytes: 1 << 20,
+            max_requests: 16,
+            log_lines: 100,
+            log_line_bytes: 1024,
+            plugin_bytes: 10 << 20,
+            max_concurrent_calls: 256,
+        }
+    }
+}
+
+/// Why a component was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error(
+        "this is a core WebAssembly module, not a component: build the plugin with `cargo build --target wasm32-wasip2`"
+    )]
+    CoreModule,
+    #[error("not a WebAssembly component (the file does not start with the wasm magic bytes)")]
+    NotWasm,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error(
+        "plugin imports something wasmhook does not provide: {0} (plugins may import only wasmhook:plugin/host and WASI io, stdio, environment and exit)"
+    )]
+    UnsupportedImport(String),
+    #[error("plugin does not implement the wasmhook:plugin/transform world: {0}")]
+    WrongWorld(String),
+    #[error("setting up the sandbox failed: {0}")]
+    Engine(String),
+}
+
+/// Why a call failed. Each sandbox limit has its own variant so the delivery
+/// log can say exactly what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin exceeded its {limit_ms} ms time limit")]
+    Timeout { limit_ms: u64 },
+    #[error("plugin exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryLimit { limit_bytes: usize },
+    #[error("plugin panicked: {message}")]
+    Panic { message: String },
+    #[error("plugin trapped: {message}")]
+    Trap { message: String },
+    #[error("plugin output is {size} bytes, over the {limit}-byte limit")]
+    OutputTooLarge { size: usize, limit: usize },
+    #[error("plugin returned {count} requests, over the limit of {limit}")]
+    TooManyRequests { count: usize, limit: usize },
+    #[error("plugin set the reserved header {name:?}; wasmhook sets it itself")]
+    ReservedHeader { name: String },
+    #[error("plugin set an invalid header {name:?}: {reason}")]
+    InvalidHeader { name: String, reason: String },
+    #[error("the sandbox could not start the plugin: {message}")]
+    Instantiate { message: String },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// The outcome of one call plus what the plugin logged and how long it took:
+/// the log matters most when the call failed.
+#[derive(Debug, Clone)]
+pub struct CallReport<T> {
+    pub result: Result<T, CallError>,
+    pub log: Vec<LogLine>,
+    pub elapsed: Duration,
+}
+
+impl<T> CallReport<T> {
+    /// Post-processes a successful result (conversion, output checks),
+    /// keeping the log and timing.
+    fn and_then<U>(self, f: impl FnOnce(T) -> Result<U, CallError>) -> CallReport<U> {
+        CallReport {
+            result: self.result.and_then(f),
+            log: self.log,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
+/// Headers a plugin may not set: the signature and delivery headers that
+/// `sign` owns, framing headers, and hop-by-hop headers.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-webhook-signature",
+    "x-owc-signature",
+    "x-owc-event",
+    "x-owc-delivery",
+    "x-ohallo-signature",
+];
+
+/// A validated, pre-instantiated plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    pre: TransformPre<State>,
+    component: Component,
+    /// Hex SHA-256 of the component bytes: its identity in the store.
+    pub sha256: String,
+    /// Size of the component bytes.
+    pub size: usize,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// What `plugin check` prints about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub sha256: String,
+    pub size: usize,
+    pub world: &'static str,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// The sandbox. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: Limits,
+    cache: Option<cache::ArtifactCache>,
+}
+
+impl Runtime {
+    /// Builds the engine and linker. `cache_dir` keeps compiled artifacts so
+    /// a restart does not recompile (None: compile in memory every load).
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = limits.max_concurrent_calls.max(1);
+        // A Rust wasip2 component has one main core instance plus a few small
+        // shim instances; 8 per call leaves headroom for other toolchains.
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
+            .total_stacks(slots)
+            .max_memories_per_component(2)
+            .max_memory_size(limits.memory_bytes.next_multiple_of(64 * 1024) * 2)
+            // Reset small memories with memset instead of madvise: cheaper
+            // for plugins that touch little memory (see BENCHMARKS.md).
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 * 1024);
+
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+
+        let mut linker = Linker::<State>::new(&engine);
+        add_wasi_stdio(&mut linker).map_err(engine_err)?;
+        Transform::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        spawn_epoch_ticker(&engine);
+        let cache = match cache_dir {
+            Some(dir) => Some(
+                cache::ArtifactCache::open(dir, &engine)
+                    .map_err(|e| LoadError::Engine(format!("compiled-plugin cache: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                limits,
+                cache,
+            }),
+        })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Validates and pre-instantiates a component: size cap, component (not
+    /// core module), compiles (or reuses the cached artifact), imports only
+    /// what the host provides, exports the whole `transform` world.
+    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
+        let limits = &self.inner.limits;
+        if wasm.len() > limits.plugin_bytes {
+            return Err(LoadError::TooLarge {
+                size: wasm.len(),
+                limit: limits.plugin_bytes,
+            });
+        }
+        check_header(wasm)?;
+        let sha256 = hex::encode(Sha256::digest(wasm));
+        let component = match &self.inner.cache {
+            Some(cache) => cache.load(&self.inner.engine, &sha256, wasm)?,
+            None => Component::new(&self.inner.engine, wasm)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+        };
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+        let pre =
+            TransformPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Plugin {
+            pre,
+            component,
+            sha256,
+            size: wasm.len(),
+        })
+    }
+
+    /// Describes a loaded plugin: its imports, exports and identity.
+    pub fn info(&self, plugin: &Plugin) -> PluginInfo {
+        let ty = plugin.component.component_type();
+        let engine = &self.inner.engine;
+        PluginInfo {
+            sha256: plugin.sha256.clone(),
+            size: plugin.size,
+            world: "wasmhook:plugin/transform@0.1.0",
+            imports: ty
+                .imports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            exports: ty
+                .exports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect(),
+        }
+    }
+
+    /// Runs `check-config` on the subscription's plugin settings.
+    pub async fn check_config(&self, plugin: &Plugin, config: &str) -> CallReport<()> {
+        let limit = self.inner.limits.handle_timeout_ms;
+        self.call(plugin, limit, async |bindings, store| {
+            bindings.call_check_config(store, config).await
+        })
+        .await
+    }
+
+    /// Runs `handle` on one event.
+    pub async fn handle(
+        &self,
+        plugin: &Plugin,
+        event: &PluginEvent,
+        config: &str,
+    ) -> CallReport<Action> {
+        let limit = self.inner.limits.handle_timeout_ms;
+        let event = bindings::to_wit_event(event);
+        self.call(plugin, limit, async |bindings, store| {
+            bindings.call_handle(store, &event, config).await
+        })
+        .await
+        .and_then(|action| self.check_action(bindings::from_wit_action(action)))
+    }
+
+    /// Runs `flush` on one closed window's groups.
+    pub async fn flush(
+        &self,
+        plugin: &Plugin,
+        window: &WindowBounds,
+        groups: &[HeldGroup],
+        config: &str,
+    ) -> CallReport<Vec<PluginRequest>> {
+        let limit = self.inner.limits.flush_timeout_ms;
+        let window = bindings::to_wit_window(window);
+        let groups = bindings::to_wit_groups(groups);
+        self.call(plugin, limit, async |bindings, store| {
+            bindings.call_flush(store, &window, &groups, config).await
+        })
+        .await
+        .and_then(|requests| {
+            self.check_requests(
+                requests
+                    .into_iter()
+                    .map(bindings::from_wit_request)
+                    .collect(),
+            )
+        })
+    }
+
+    /// One call in a fresh instance: set the limits, instantiate, run `f`,
+    /// classify any failure, collect the log.
+    async fn call<T, F>(&self, plugin: &Plugin, limit_ms: u64, f: F) -> CallReport<T>
+    where
+        F: AsyncFnOnce(
+            &Transform,
+            &mut Store<State>,
+        ) -> wasmtime::Result<Result<T, bindings::WitPluginError>>,
+    {
+        let started = Instant::now();
+        let limits = &self.inner.limits;
+        let log_limits = LogLimits {
+            max_lines: limits.log_lines,
+            max_line_bytes: limits.log_line_bytes,
+        };
+        let mut store = Store::new(
+            &self.inner.engine,
+            State::new(limits.memory_bytes, log_limits),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(epoch_ticks(limit_ms));
+        store.epoch_deadline_trap();
+
+        let outcome = match plugin.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => f(&bindings, &mut store).await,
+            Err(e) => Err(e),
+        };
+        let mut log = store.data_mut().take_log();
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(plugin_error)) => Err(CallError::Plugin(bindings::from_wit_error(plugin_error))),
+            Err(e) => Err(classify(e, store.data(), limit_ms, limits, &log)),
+        };
+        if let Err(CallError::Panic { .. }) = &result {
+            // The panic message is the error; keep the log for everything else.
+            log.retain(|l| !l.message.contains("panicked at"));
+        }
+        drop(store);
+        CallReport {
+            result,
+            log,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn check_action(&self, action: Action) -> Result<Action, CallError> {
+        match action {
+            Action::Deliver { requests } => Ok(Action::Deliver {
+                requests: self.check_requests(requests)?,
+            }),
+            Action::Hold { items } => {
+                let size: usize = items.iter().map(|i| i.group.len() + i.item.len()).sum();
+                self.check_size(size)?;
+                Ok(Action::Hold { items })
+            }
+            skip @ Action::Skip { .. } => Ok(skip),
+        }
+    }
+
+    fn check_requests(
+        &self,
+        requests: Vec<PluginRequest>,
+    ) -> Result<Vec<PluginRequest>, CallError> {
+        let limit = self.inner.limits.max_requests;
+        if requests.len() > limit {
+            return Err(CallError::TooManyRequests {
+                count: requests.len(),
+                limit,
+            });
+        }
+        let mut size = 0;
+        for request in &requests {
+            size += request.body.len() + request.content_type.len();
+            for header in &request.headers {
+                check_header_name(header)?;
+                size += header.name.len() + header.value.len();
+            }
+        }
+        self.check_size(size)?;
+        Ok(requests)
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), CallError> {
+        let limit = self.inner.limits.output_bytes;
+        if size > limit {
+            return Err(CallError::OutputTooLarge { size, limit });
+        }
+        Ok(())
+    }
+}
+
+/// Turns a wasmtime error into the limit or fault that caused it.
+fn classify(
+    error: wasmtime::Error,
+    state: &State,
+    limit_ms: u64,
+    limits: &Limits,
+    log: &[LogLine],
+) -> CallError {
+    if state.limiter.exceeded {
+        return CallError::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout { limit_ms },
+        Some(trap) => {
+            // Rust guests print "panicked at <file>:<line>:<col>:\n<message>"
+            // to stderr, then abort with `unreachable`.
+            if let Some(message) = panic_message(log) {
+                CallError::Panic { message }
+            } else {
+                CallError::Trap {
+                    message: trap.to_string(),
+                }
+            }
+        }
+        None => {
+            let message = format!("{error:#}");
+            if message.contains("instantiat") {
+                CallError::Instantiate { message }
+            } else {
+                CallError::Trap { message }
+            }
+        }
+    }
+}
+
+/// The panic message from captured stderr, if the guest panicked.
+fn panic_message(log: &[LogLine]) -> Option<String> {
+    let at = log.iter().position(|l| l.message.contains("panicked at"))?;
+    let location = log[at].message.trim();
+    let detail: Vec<&str> = log[at + 1..]
+        .iter()
+        .map(|l| l.message.trim())
+        .take_while(|m| !m.starts_with("note:"))
+        .collect();
+    Some(if detail.is_empty() {
+        location.to_string()
+    } else {
+        format!("{} ({})", detail.join(" "), location.trim_end_matches(':'))
+    })
+}
+
+fn check_header_name(header: &Header) -> Result<(), CallError> {
+    let lower = header.name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(CallError::ReservedHeader {
+            name: header.name.clone(),
+        });
+    }
+    let invalid = |reason: &str| CallError::InvalidHeader {
+        name: header.name.clone(),
+        reason: reason.to_string(),
+    };
+    let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if header.name.is_empty() || !header.name.chars().all(is_token) {
+        return Err(invalid(
+            "a header name is letters, digits and !#$%&'*+-.^_`|~",
+        ));
+    }
+    if header
+        .value
+        .chars()
+        .any(|c| c == '\r' || c == '\n' || c == '\0')
+    {
+        return Err(invalid("the value contains a line break or NUL"));
+    }
+    Ok(())
+}
+
+/// Component vs core module vs not wasm, from the preamble, so the error says
+/// which.
+fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    match &wasm[4..8] {
+        [1, 0, 0, 0] => Err(LoadError::CoreModule),
+        [_, _, 1, 0] => Ok(()),
+        other => Err(LoadError::Invalid(format!(
+            "unknown WebAssembly version/layer bytes {other:?}"
+        ))),
+    }
+}
+
+/// Epoch ticks for a time limit: rounded up, plus one because the current
+/// tick is already partly over.
+fn epoch_ticks(limit_ms: u64) -> u64 {
+    let tick = EPOCH_TICK.as_millis() as u64;
+    limit_ms.div_ceil(tick) + 1
+}
+
+/// Advances the engine's epoch every tick until the last handle to the
+/// engine (runtime, stores, components) is gone.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmhook-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawn the epoch thread");
+}
+
+/// Links only the WASI interfaces a Rust `wasm32-wasip2` guest imports for
+/// stdio: io (error, poll, streams) and cli (environment, exit, stdio,
+/// terminals). No filesystem, sockets, clocks or random: a plugin importing
+/// them is refused at load time, naming the import.
+fn add_wasi_stdio(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::cli;
+    use wasmtime_wasi_io::bindings::wasi::io;
+
+    struct HasIo;
+    impl wasmtime::component::HasData for HasIo {
+        type Data<'a> = &'a mut wasmtime::component::ResourceTable;
+    }
+    fn table(state: &mut State) -> &mut wasmtime::component::ResourceTable {
+        wasmtime_wasi::WasiView::ctx(state).table
+    }
+
+    io::error::add_to_linker::<State, HasIo>(linker, table)?;
+    io::poll::add_to_linker::<State, HasIo>(linker, table)?;
+    io::streams::add_to_linker::<State, HasIo>(linker, table)?;
+    let l = linker;
+    cli::exit::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::environment::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::stdin::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::stdout::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::stderr::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(l, State::cli)?;
+    Ok(())
+}
