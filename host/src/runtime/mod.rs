@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 
 use bindings::{Transform, TransformPre};
 use state::{LogLimits, State};
 pub use types::*;
 
-/// How often the epoch advances. Time limits are rounded up to this.
+/// How often the epoch advances: the granularity of time limits and of a
+/// long-running plugin's yields to the async executor.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Sandbox limits; every field has the default the design card gives.
@@ -386,8 +389,18 @@ impl Runtime {
             State::new(limits.memory_bytes, log_limits),
         );
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(epoch_ticks(limit_ms));
-        store.epoch_deadline_trap();
+        // Every epoch tick, a running plugin yields to tokio (so a busy plugin
+        // never holds a worker thread for its whole budget) and is
+        // interrupted once its wall-clock budget is spent.
+        let deadline = started + Duration::from_millis(limit_ms);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
         let outcome = match plugin.pre.instantiate_async(&mut store).await {
             Ok(bindings) => f(&bindings, &mut store).await,
@@ -550,13 +563,6 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
             "unknown WebAssembly version/layer bytes {other:?}"
         ))),
     }
-}
-
-/// Epoch ticks for a time limit: rounded up, plus one because the current
-/// tick is already partly over.
-fn epoch_ticks(limit_ms: u64) -> u64 {
-    let tick = EPOCH_TICK.as_millis() as u64;
-    limit_ms.div_ceil(tick) + 1
 }
 
 /// Advances the engine's epoch every tick until the last handle to the

@@ -12,7 +12,7 @@
 //! Config: `{"split_per_chatbot": true}` sends one document per chatbot
 //! instead of one for all (for very busy tenants near the output limit).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,9 @@ fn chatbot<'a>(
     order.sort_by_key(|(at, _)| *at);
 
     let mut conversations: Vec<(Timestamp, Conversation<'a>)> = Vec::new();
-    let mut by_session: HashMap<u64, usize> = HashMap::new();
+    // BTreeMap, not HashMap: std's HashMap seeds itself from wasi:random,
+    // which the sandbox does not provide (plugins are deterministic).
+    let mut by_session: BTreeMap<u64, usize> = BTreeMap::new();
     for (_, m) in order {
         let index = match by_session.get(&m.session_id) {
             Some(i) => *i,

@@ -1,0 +1,176 @@
+//! `wasmhook plugin …` through the real binary: what plugin authors run.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn wasmhook(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run wasmhook")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "wasmhook failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+/// The one-line reason of a failed run.
+fn error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "expected a failure");
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert_eq!(stderr.lines().count(), 1, "one line, got: {stderr}");
+    stderr
+}
+
+#[test]
+fn run_a_bundled_plugin_on_an_example_event() {
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        "helloclient-lead",
+        "--event",
+        "examples/lead.json",
+    ]);
+    let action = stdout_json(&out);
+    assert_eq!(action["action"], "deliver");
+    let body: Value =
+        serde_json::from_str(action["requests"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["SessionID"], 31305);
+    assert_eq!(body["Type"], "Lead");
+    assert_eq!(action["requests"][0]["content_type"], "application/json");
+}
+
+#[test]
+fn run_a_wasm_file_with_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::write(&wasm, fixture("hostile")).unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"mode": "ok"}"#).unwrap();
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--event",
+        "examples/lead.json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(stdout_json(&out)["action"], "deliver");
+
+    std::fs::write(&config, r#"{"mode": "loop"}"#).unwrap();
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        wasm.to_str().unwrap(),
+        "--event",
+        "examples/lead.json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(error_line(&out).contains("plugin exceeded its 50 ms time limit"));
+}
+
+#[test]
+fn flush_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = dir.path().join("groups.json");
+    std::fs::write(
+        &groups,
+        r#"[{"key": "bot-1", "items": [{"session_id": 7, "conversation_created_at": "2026-11-20T08:00:00Z", "chatbot_name": "Bot", "uri": "example.com", "type": "User", "content": "hi", "created_at": "2026-11-20T08:00:01Z"}]}]"#,
+    )
+    .unwrap();
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        "helloclient-chatlog",
+        "--flush",
+        groups.to_str().unwrap(),
+        "--window-start",
+        "2026-11-20T00:00:00Z",
+        "--window-end",
+        "2026-11-21T00:00:00Z",
+    ]);
+    let result = stdout_json(&out);
+    let body: Value =
+        serde_json::from_str(result["requests"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["Collection"][0]["SerialNumber"], "bot-1");
+    assert_eq!(body["Collection"][0]["StartTime"], "2026-11-20T00:00:00Z");
+    assert_eq!(body["Collection"][0]["Conversations"][0]["SessionID"], 7);
+}
+
+#[test]
+fn check_prints_exports_and_limits() {
+    let out = wasmhook(&["plugin", "check", "event-filter"]);
+    let info = stdout_json(&out);
+    assert_eq!(info["ok"], true);
+    assert_eq!(
+        info["info"]["exports"],
+        serde_json::json!(["check-config", "handle", "flush"])
+    );
+    assert_eq!(info["limits"]["handle_timeout_ms"], 50);
+    assert_eq!(info["limits"]["memory_bytes"], 32 << 20);
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.wasm");
+    std::fs::write(&wrong, fixture("wrong-world")).unwrap();
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(&bad_json, "{not json").unwrap();
+    let bad_event = dir.path().join("bad-event.json");
+    std::fs::write(&bad_event, r#"{"type": "Lead", "data": {}}"#).unwrap();
+
+    let line = error_line(&wasmhook(&["plugin", "check", wrong.to_str().unwrap()]));
+    assert!(
+        line.contains("does not implement the wasmhook:plugin/transform world"),
+        "{line}"
+    );
+
+    let line = error_line(&wasmhook(&["plugin", "check", "no-such-plugin"]));
+    assert!(
+        line.contains("cannot read plugin \"no-such-plugin\""),
+        "{line}"
+    );
+    assert!(line.contains("helloclient-lead"), "{line}");
+
+    let line = error_line(&wasmhook(&[
+        "plugin",
+        "run",
+        "helloclient-lead",
+        "--event",
+        bad_json.to_str().unwrap(),
+    ]));
+    assert!(line.contains("is not valid"), "{line}");
+
+    let line = error_line(&wasmhook(&[
+        "plugin",
+        "run",
+        "helloclient-lead",
+        "--event",
+        "/nonexistent.json",
+    ]));
+    assert!(line.contains("cannot read the event file"), "{line}");
+
+    let line = error_line(&wasmhook(&[
+        "plugin",
+        "run",
+        "helloclient-lead",
+        "--event",
+        bad_event.to_str().unwrap(),
+    ]));
+    assert!(line.contains("dotted lowercase"), "{line}");
+
+    let line = error_line(&wasmhook(&["plugin", "check", bad_json.to_str().unwrap()]));
+    assert!(line.contains("not a WebAssembly component"), "{line}");
+}

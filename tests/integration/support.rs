@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+
+use wasmhook::runtime::{Limits, Plugin, PluginEvent, Runtime};
+
+/// A fixture component built by `host/build.rs` (`hostile`, `raw-wit`, `wrong-world`).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("WASMHOOK_FIXTURES_DIR")).join(format!("fixture-{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A runtime with the default limits but a small pool, so parallel tests do
+/// not reserve terabytes of address space.
+pub fn runtime() -> Runtime {
+    runtime_with(Limits::default())
+}
+
+pub fn runtime_with(limits: Limits) -> Runtime {
+    Runtime::new(
+        Limits {
+            max_concurrent_calls: 8,
+            ..limits
+        },
+        None,
+    )
+    .expect("runtime")
+}
+
+pub fn load_fixture(runtime: &Runtime, name: &str) -> Plugin {
+    runtime.load(&fixture(name)).expect("fixture loads")
+}
+
+pub fn event(event_type: &str, data: serde_json::Value) -> PluginEvent {
+    PluginEvent {
+        id: "evt_test".into(),
+        event_type: event_type.into(),
+        source: "test".into(),
+        occurred_at: "2026-11-21T10:00:00Z".into(),
+        payload: data.to_string(),
+    }
+}
+
+/// The path of the real `wasmhook` binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wasmhook")
+}
+
+/// The repository root (for examples and golden files).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is in the workspace root")
+        .to_path_buf()
+}
