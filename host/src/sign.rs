@@ -1,0 +1,281 @@
+//! Signing: pure functions from (scheme, secrets, ids, timestamp, body) to
+//! the headers a receiver checks. A fresh timestamp is passed per attempt;
+//! the body is signed exactly as it is sent.
+//!
+//! Three schemes, chosen per subscription:
+//! - `standard-webhooks` (default): `webhook-id`, `webhook-timestamp`,
+//!   `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, the
+//!   key being the base64 part of a `whsec_…` secret. During a secret rotation
+//!   the old secret signs too (space-separated signatures), as the spec says.
+//! - `timestamped-hex` (Hello Client): `X-Webhook-Signature:
+//!   t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`.
+//! - `body-hex` (onWebChat, oHallo): hex HMAC-SHA256 of the body in a
+//!   configurable header (default `X-OWC-Signature`), plus event-type and
+//!   delivery-id headers.
+//!
+//! For the two hex schemes the HMAC key is the secret string exactly as the
+//! subscription shows it: that is what those platforms' receivers pass to
+//! their HMAC (`crypto.createHmac('sha256', webhookSigningKey)`).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How a subscription's requests are signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Scheme {
+    StandardWebhooks,
+    TimestampedHex {
+        #[serde(default = "default_timestamped_header")]
+        header: String,
+    },
+    BodyHex {
+        #[serde(default = "default_body_header")]
+        header: String,
+        #[serde(default = "default_event_header")]
+        event_header: String,
+        #[serde(default = "default_delivery_header")]
+        delivery_header: String,
+    },
+}
+
+impl Default for Scheme {
+    fn default() -> Self {
+        Scheme::StandardWebhooks
+    }
+}
+
+fn default_timestamped_header() -> String {
+    "X-Webhook-Signature".into()
+}
+fn default_body_header() -> String {
+    "X-OWC-Signature".into()
+}
+fn default_event_header() -> String {
+    "X-OWC-Event".into()
+}
+fn default_delivery_header() -> String {
+    "X-OWC-Delivery".into()
+}
+
+/// Why a secret cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("a standard-webhooks secret looks like whsec_<base64 of 24 to 64 bytes>")]
+    BadStandardSecret,
+}
+
+/// What is signed: one attempt of one delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The delivery id: stable across retries (receivers dedup on it).
+    pub delivery_id: &'a str,
+    pub event_type: &'a str,
+    /// Unix seconds, fresh per attempt.
+    pub timestamp: i64,
+    pub body: &'a [u8],
+}
+
+/// A new random secret in the scheme's format: `whsec_<base64 of 32 bytes>`
+/// for every scheme (the hex schemes use the whole string as the key).
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("whsec_{}", BASE64.encode(bytes))
+}
+
+/// The HMAC key of a standard-webhooks secret: the base64 after `whsec_`.
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or(SecretError::BadStandardSecret)?;
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|_| SecretError::BadStandardSecret)?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(SecretError::BadStandardSecret);
+    }
+    Ok(key)
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `v1,<base64>` for one standard-webhooks key.
+pub fn standard_signature(key: &[u8], msg: &Message<'_>) -> String {
+    let ts = msg.timestamp.to_string();
+    let sig = hmac(
+        key,
+        &[msg.delivery_id.as_bytes(), b".", ts.as_bytes(), b".", msg.body],
+    );
+    format!("v1,{}", BASE64.encode(sig))
+}
+
+/// `t=<unix>,v1=<hex>` (Hello Client).
+pub fn timestamped_hex_signature(secret: &str, msg: &Message<'_>) -> String {
+    let ts = msg.timestamp.to_string();
+    let sig = hmac(secret.as_bytes(), &[ts.as_bytes(), b".", msg.body]);
+    format!("t={ts},v1={}", hex::encode(sig))
+}
+
+/// Hex HMAC of the body alone (onWebChat, oHallo).
+pub fn body_hex_signature(secret: &str, body: &[u8]) -> String {
+    hex::encode(hmac(secret.as_bytes(), &[body]))
+}
+
+/// The headers for one attempt. `secrets` are the current secret first, then
+/// any still in their rotation grace period (standard-webhooks signs with all
+/// of them; the hex schemes, which carry one signature, with the current).
+pub fn headers(
+    scheme: &Scheme,
+    secrets: &[&str],
+    msg: &Message<'_>,
+) -> Result<Vec<(String, String)>, SecretError> {
+    let current = secrets.first().copied().unwrap_or_default();
+    Ok(match scheme {
+        Scheme::StandardWebhooks => {
+            let mut signatures = Vec::with_capacity(secrets.len());
+            for secret in secrets {
+                signatures.push(standard_signature(&standard_key(secret)?, msg));
+            }
+            vec![
+                ("webhook-id".into(), msg.delivery_id.into()),
+                ("webhook-timestamp".into(), msg.timestamp.to_string()),
+                ("webhook-signature".into(), signatures.join(" ")),
+            ]
+        }
+        Scheme::TimestampedHex { header } => {
+            vec![(header.clone(), timestamped_hex_signature(current, msg))]
+        }
+        Scheme::BodyHex {
+            header,
+            event_header,
+            delivery_header,
+        } => vec![
+            (header.clone(), body_hex_signature(current, msg.body)),
+            (event_header.clone(), msg.event_type.into()),
+            (delivery_header.clone(), msg.delivery_id.into()),
+        ],
+    })
+}
+
+/// Header names a scheme sets (a plugin may not set them).
+pub fn reserved_names(scheme: &Scheme) -> Vec<String> {
+    match scheme {
+        Scheme::StandardWebhooks => vec![
+            "webhook-id".into(),
+            "webhook-timestamp".into(),
+            "webhook-signature".into(),
+        ],
+        Scheme::TimestampedHex { header } => vec![header.to_ascii_lowercase()],
+        Scheme::BodyHex {
+            header,
+            event_header,
+            delivery_header,
+        } => vec![
+            header.to_ascii_lowercase(),
+            event_header.to_ascii_lowercase(),
+            delivery_header.to_ascii_lowercase(),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vector of the Standard Webhooks spec and its reference
+    /// libraries.
+    #[test]
+    fn standard_webhooks_spec_vector() {
+        let key = standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let msg = Message {
+            delivery_id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            event_type: "x.y",
+            timestamp: 1614265330,
+            body: br#"{"test": 2432232314}"#,
+        };
+        assert_eq!(
+            standard_signature(&key, &msg),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_signs_with_every_secret_during_rotation() {
+        let new = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let old = generate_secret();
+        let msg = Message {
+            delivery_id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            event_type: "x.y",
+            timestamp: 1614265330,
+            body: br#"{"test": 2432232314}"#,
+        };
+        let headers = headers(&Scheme::StandardWebhooks, &[new, &old], &msg).unwrap();
+        let sig = &headers[2].1;
+        let parts: Vec<&str> = sig.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(parts[1], standard_signature(&standard_key(&old).unwrap(), &msg));
+        assert_eq!(headers[0], ("webhook-id".into(), "msg_p5jXN8AQM9LWM0D4loKWxJek".into()));
+        assert_eq!(headers[1], ("webhook-timestamp".into(), "1614265330".into()));
+    }
+
+    /// Fixed vectors computed with `openssl dgst -sha256 -hmac <key>` on the
+    /// same input, as Hello Client's Node.js sample would compute them.
+    #[test]
+    fn timestamped_hex_vector() {
+        let msg = Message {
+            delivery_id: "d",
+            event_type: "lead.created",
+            timestamp: 1492774577,
+            body: br#"{"status":"ok"}"#,
+        };
+        assert_eq!(
+            timestamped_hex_signature("secret-key", &msg),
+            "t=1492774577,v1=af57c07004b66371e982d30241d67c714c78cb2e56ab9f3b312885958b90f6f7"
+        );
+    }
+
+    #[test]
+    fn body_hex_vector() {
+        assert_eq!(
+            body_hex_signature("secret-key", br#"{"status":"ok"}"#),
+            "26e848dd664ef03f871f050d6d055156a0426178a88a7695811f767fd0330c10"
+        );
+    }
+
+    #[test]
+    fn bad_standard_secrets_are_refused() {
+        assert!(standard_key("not-whsec").is_err());
+        assert!(standard_key("whsec_!!!").is_err());
+        assert!(standard_key("whsec_c2hvcnQ=").is_err()); // 5 bytes
+        assert!(standard_key(&generate_secret()).is_ok());
+    }
+
+    #[test]
+    fn scheme_json_shapes() {
+        let s: Scheme = serde_json::from_str(r#"{"scheme":"body-hex","header":"X-OHallo-Signature"}"#).unwrap();
+        assert_eq!(
+            s,
+            Scheme::BodyHex {
+                header: "X-OHallo-Signature".into(),
+                event_header: "X-OWC-Event".into(),
+                delivery_header: "X-OWC-Delivery".into()
+            }
+        );
+        let s: Scheme = serde_json::from_str(r#"{"scheme":"timestamped-hex"}"#).unwrap();
+        assert_eq!(s, Scheme::TimestampedHex { header: "X-Webhook-Signature".into() });
+        assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"md5"}"#).is_err());
+        assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"body-hex","hedaer":"x"}"#).is_err());
+    }
+}
