@@ -23,9 +23,41 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the router: the API, ingest and the delivery worker on the embedded store.
+    Serve(ServeArgs),
     /// Tools for plugin authors: check a component, run it on an event.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print the commented default configuration.
+    DefaultConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file (see `wasmhook default-config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default ./wasmhook-data).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Deliver to loopback and private addresses too (off: the SSRF guard refuses them).
+    #[arg(long)]
+    pub allow_private_destinations: bool,
+}
+
+impl ServeArgs {
+    /// The validated configuration for these flags.
+    pub fn config(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::load(&crate::config::Overrides {
+            config_file: self.config.clone(),
+            data_dir: self.data.clone(),
+            listen: self.listen.clone(),
+            allow_private_destinations: self.allow_private_destinations,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +102,14 @@ pub struct RunArgs {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            crate::server::serve(config, crate::server::shutdown_signal()).await
+        }
+        Command::DefaultConfig => {
+            print!("{}", crate::config::DEFAULT_CONFIG);
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Check { plugin }) => check(&plugin),
         Command::Plugin(PluginCommand::Run(args)) => run_plugin(args).await,
         Command::Plugin(PluginCommand::List) => {

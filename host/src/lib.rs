@@ -4,17 +4,36 @@
 //! The flow, stage by stage (rustfmt sorts the `mod` lines; this list keeps
 //! the order in which an event travels):
 //!
-//! 1. `ingest` — authenticate, validate and durably accept events *(issue 4)*.
-//! 2. `route` — match events to subscriptions by type pattern *(issue 3)*.
-//! 3. [`runtime`] — the sandbox: run a subscription's plugin on the event in
-//!    a fresh WebAssembly instance with memory, time and output limits. The
-//!    only module that touches wasmtime.
-//! 4. `sign` — sign each request per the subscription's scheme *(issue 3)*.
-//! 5. `deliver` / `retry` — POST with retries kept durable in sled *(issue 3)*.
+//! 1. [`api`] — the admin REST API (axum): tenants, events, plugins,
+//!    subscriptions, deliveries; authenticates and validates.
+//! 2. [`ingest`] — accepts validated [`event`]s: [`route`]s each to the
+//!    tenant's subscriptions, runs their plugins, stores event and deliveries
+//!    in one transaction, answers after the group commit.
+//! 3. [`route`] — which subscriptions want an event type (`*`, `message.*`, exact).
+//! 4. [`runtime`] — the sandbox: a subscription's plugin on an event in a
+//!    fresh WebAssembly instance with memory, time and output limits. The
+//!    only module that touches wasmtime; [`plugins`] resolves plugin ids.
+//! 5. [`sign`] — the signature headers of each attempt, per scheme.
+//! 6. [`deliver`] — the outbox worker and the HTTP POST through the SSRF guard.
+//! 7. [`retry`] — what happens after an attempt: the pure retry policy.
+//! 8. [`store`] — sled: the only module that touches it.
 //!
-//! Beside the flow: [`cli`] (the `wasmhook` command: `plugin check`,
-//! `plugin run`) and [`event`] (the canonical event envelope).
+//! Beside the flow: [`app`] (the shared context), [`clock`], [`config`],
+//! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`util`].
 
+pub mod api;
+pub mod app;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod deliver;
 pub mod event;
+pub mod ingest;
+pub mod plugins;
+pub mod retry;
+pub mod route;
 pub mod runtime;
+pub mod server;
+pub mod sign;
+pub mod store;
+pub mod util;

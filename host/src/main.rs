@@ -1,17 +1,27 @@
-//! The `wasmhook` binary: parse the command line, run it, report an error once.
+//! The `wasmhook` binary: parse the command line, set up logging, run the
+//! command, report an error once.
 
 use clap::Parser;
+use wasmhook::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = wasmhook::cli::Cli::parse();
+    let cli = Cli::parse();
+    // `serve` logs at info (text or JSON per its config); the tools stay quiet.
+    let (default_level, json) = match &cli.command {
+        Command::Serve(args) => ("info", args.config().map(|c| c.json_logs).unwrap_or(false)),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match wasmhook::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

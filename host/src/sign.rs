@@ -26,9 +26,10 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// How a subscription's requests are signed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Scheme {
+    #[default]
     StandardWebhooks,
     TimestampedHex {
         #[serde(default = "default_timestamped_header")]
@@ -42,12 +43,6 @@ pub enum Scheme {
         #[serde(default = "default_delivery_header")]
         delivery_header: String,
     },
-}
-
-impl Default for Scheme {
-    fn default() -> Self {
-        Scheme::StandardWebhooks
-    }
 }
 
 fn default_timestamped_header() -> String {
@@ -115,7 +110,13 @@ pub fn standard_signature(key: &[u8], msg: &Message<'_>) -> String {
     let ts = msg.timestamp.to_string();
     let sig = hmac(
         key,
-        &[msg.delivery_id.as_bytes(), b".", ts.as_bytes(), b".", msg.body],
+        &[
+            msg.delivery_id.as_bytes(),
+            b".",
+            ts.as_bytes(),
+            b".",
+            msg.body,
+        ],
     );
     format!("v1,{}", BASE64.encode(sig))
 }
@@ -225,9 +226,18 @@ mod tests {
         let parts: Vec<&str> = sig.split(' ').collect();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert_eq!(parts[1], standard_signature(&standard_key(&old).unwrap(), &msg));
-        assert_eq!(headers[0], ("webhook-id".into(), "msg_p5jXN8AQM9LWM0D4loKWxJek".into()));
-        assert_eq!(headers[1], ("webhook-timestamp".into(), "1614265330".into()));
+        assert_eq!(
+            parts[1],
+            standard_signature(&standard_key(&old).unwrap(), &msg)
+        );
+        assert_eq!(
+            headers[0],
+            ("webhook-id".into(), "msg_p5jXN8AQM9LWM0D4loKWxJek".into())
+        );
+        assert_eq!(
+            headers[1],
+            ("webhook-timestamp".into(), "1614265330".into())
+        );
     }
 
     /// Fixed vectors computed with `openssl dgst -sha256 -hmac <key>` on the
@@ -264,7 +274,8 @@ mod tests {
 
     #[test]
     fn scheme_json_shapes() {
-        let s: Scheme = serde_json::from_str(r#"{"scheme":"body-hex","header":"X-OHallo-Signature"}"#).unwrap();
+        let s: Scheme =
+            serde_json::from_str(r#"{"scheme":"body-hex","header":"X-OHallo-Signature"}"#).unwrap();
         assert_eq!(
             s,
             Scheme::BodyHex {
@@ -274,7 +285,12 @@ mod tests {
             }
         );
         let s: Scheme = serde_json::from_str(r#"{"scheme":"timestamped-hex"}"#).unwrap();
-        assert_eq!(s, Scheme::TimestampedHex { header: "X-Webhook-Signature".into() });
+        assert_eq!(
+            s,
+            Scheme::TimestampedHex {
+                header: "X-Webhook-Signature".into()
+            }
+        );
         assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"md5"}"#).is_err());
         assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"body-hex","hedaer":"x"}"#).is_err());
     }

@@ -10,13 +10,13 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-use wasmhook::plugin::types as wit;
+use self::wasmhook::plugin::types as wit;
 
 pub use wit::PluginError as WitPluginError;
 
-impl wasmhook::plugin::host::Host for State {
-    fn log(&mut self, level: wasmhook::plugin::host::Level, message: String) {
-        use wasmhook::plugin::host::Level;
+impl self::wasmhook::plugin::host::Host for State {
+    fn log(&mut self, level: self::wasmhook::plugin::host::Level, message: String) {
+        use self::wasmhook::plugin::host::Level;
         let level = match level {
             Level::Debug => t::LogLevel::Debug,
             Level::Info => t::LogLevel::Info,

@@ -13,6 +13,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::types::{LogLevel, LogLine};
+use crate::util::truncate;
 
 /// Caps on what a plugin may log in one call.
 #[derive(Debug, Clone, Copy)]
@@ -99,18 +100,6 @@ impl State {
         }
         log
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 impl WasiView for State {
@@ -244,13 +233,6 @@ impl Pollable for CapturedOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h…");
-        assert_eq!(truncate("héllo", 3), "hé…");
-        assert_eq!(truncate("short", 10), "short");
-    }
 
     #[test]
     fn log_is_capped_and_reports_drops() {

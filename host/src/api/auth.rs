@@ -1,0 +1,125 @@
+//! Who is calling: the operator (token from the config or generated at first
+//! start) or a tenant (an API key, stored hashed). Both come as
+//! `Authorization: Bearer <token>`; anything else is a 401.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::{ApiError, ApiState};
+use crate::store::token_hash;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Constant-time comparison of two hashes.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The operator, authenticated.
+pub struct Operator;
+
+impl FromRequestParts<ApiState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if same(&token_hash(token), &state.admin_token_hash) {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// A tenant, authenticated by one of its API keys.
+pub struct Tenant {
+    pub id: String,
+    /// The key's hash (rate limiting is per key).
+    pub key_hash: Vec<u8>,
+}
+
+impl FromRequestParts<ApiState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        match state.app.store.tenant_for_key(key)? {
+            Some(id) => Ok(Tenant {
+                id,
+                key_hash: token_hash(key),
+            }),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A token bucket per API key: `rate` events per second, bursts of `2 × rate`.
+pub struct RateLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<Vec<u8>, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter {
+            rate: per_second as f64,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes `n` tokens for `key`, or says how long to wait.
+    pub fn take(&self, key: &[u8], n: usize) -> Result<(), Duration> {
+        let capacity = self.rate * 2.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.entry(key.to_vec()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(capacity);
+        *last = now;
+        let need = n as f64;
+        if *tokens >= need {
+            *tokens -= need;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((need - *tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_limits() {
+        let limiter = RateLimiter::new(5);
+        for _ in 0..10 {
+            assert!(limiter.take(b"k", 1).is_ok());
+        }
+        let wait = limiter.take(b"k", 1).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        // Another key has its own bucket.
+        assert!(limiter.take(b"other", 1).is_ok());
+    }
+
+    #[test]
+    fn comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+    }
+}

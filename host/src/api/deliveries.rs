@@ -1,0 +1,198 @@
+//! `/v1/deliveries` (tenant key): the delivery log — list with filters,
+//! read one with its body and attempts, retry by hand.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Tenant;
+use super::openapi::ErrorBody;
+use super::{ApiError, ApiState};
+use crate::store::{Attempt, Delivery, DeliveryStatus, StoredRequest};
+
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(retry))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    subscription_id: Option<String>,
+    event_id: Option<String>,
+    /// `pending`, `succeeded`, `failed`, `filtered`, `held`.
+    status: Option<String>,
+    /// 1 to 500 (default 50).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A delivery as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliverySummary {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub subscription_id: String,
+    pub status: String,
+    pub attempts: usize,
+    pub last_http_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<&Delivery> for DeliverySummary {
+    fn from(d: &Delivery) -> Self {
+        DeliverySummary {
+            id: d.id.clone(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            subscription_id: d.subscription_id.clone(),
+            status: d.status.as_str().into(),
+            attempts: d.attempts.len(),
+            last_http_status: d.attempts.last().and_then(|a| a.status),
+            last_error: d.last_error.clone(),
+            next_attempt_at: d.next_attempt_at,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliverySummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// A delivery with the exact request it sends and every attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    #[schema(value_type = Option<Object>)]
+    pub request: Option<StoredRequest>,
+    #[schema(value_type = Vec<Object>)]
+    pub attempt_log: Vec<Attempt>,
+}
+
+fn parse_status(s: &str) -> Result<DeliveryStatus, ApiError> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        ApiError::bad(
+            "invalid_query",
+            format!("status {s:?} is not pending, succeeded, failed, filtered or held"),
+        )
+    })
+}
+
+/// The delivery log, newest first.
+#[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries", params(ListParams),
+    security(("tenant" = [])),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody)))]
+async fn list(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Query(q): Query<ListParams>,
+) -> Result<axum::Json<DeliveryPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad("invalid_query", "limit must be 1 to 500"));
+    }
+    let status = q.status.as_deref().map(parse_status).transpose()?;
+    let mut items = Vec::new();
+    let mut more = false;
+    for id in state
+        .app
+        .store
+        .tenant_delivery_ids(&tenant.id, q.cursor.as_deref())
+    {
+        let Some(d) = state.app.store.get_delivery(&id?)? else {
+            continue;
+        };
+        if q.subscription_id
+            .as_ref()
+            .is_some_and(|s| *s != d.subscription_id)
+            || q.event_id.as_ref().is_some_and(|e| *e != d.event_id)
+            || status.is_some_and(|s| s != d.status)
+        {
+            continue;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(DeliverySummary::from(&d));
+    }
+    let next_cursor = more.then(|| items.last().map(|d| d.id.clone())).flatten();
+    Ok(axum::Json(DeliveryPage { items, next_cursor }))
+}
+
+fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Delivery, ApiError> {
+    state
+        .app
+        .store
+        .get_delivery(id)?
+        .filter(|d| d.tenant_id == tenant.id)
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id:?}")))
+}
+
+fn detail(d: Delivery) -> DeliveryDetail {
+    DeliveryDetail {
+        summary: DeliverySummary::from(&d),
+        request: d.request,
+        attempt_log: d.attempts,
+    }
+}
+
+/// One delivery: the body sent and every attempt (time, HTTP status,
+/// duration, truncated response, error).
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeliveryDetail), (status = 404, body = ErrorBody)))]
+async fn get_one(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<DeliveryDetail>, ApiError> {
+    Ok(axum::Json(detail(load(&state, &tenant, &id)?)))
+}
+
+/// Send a finished delivery again now (same id, same body).
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 202, body = DeliveryDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<DeliveryDetail>), ApiError> {
+    let mut d = load(&state, &tenant, &id)?;
+    if d.status == DeliveryStatus::Pending {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} is already pending"
+        )));
+    }
+    if d.request.is_none() {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} has nothing to send ({}); replay the event through the subscription instead",
+            d.status.as_str()
+        )));
+    }
+    let now = state.app.clock.now();
+    d.status = DeliveryStatus::Pending;
+    d.next_attempt_at = Some(now);
+    d.updated_at = now;
+    state.app.store.update_delivery(&d, None)?;
+    state.app.store.durable().await?;
+    state.app.wake.notify_one();
+    Ok((StatusCode::ACCEPTED, axum::Json(detail(d))))
+}

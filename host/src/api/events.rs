@@ -1,0 +1,205 @@
+//! `/v1/events` (tenant key): ingest one or a batch, read one back.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Tenant;
+use super::openapi::ErrorBody;
+use super::{ApiError, ApiState, Json, limit_body};
+use crate::event::{Envelope, EventInput};
+use crate::ingest;
+use crate::util::new_id;
+
+/// Most events in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
+    let single = limit_body(
+        OpenApiRouter::new().routes(routes!(ingest_one)),
+        state.max_event_bytes,
+    );
+    // A batch may hold up to 1000 events; its body is capped at 64 events'
+    // worth of the single-event limit, and each event at that limit.
+    let batch = limit_body(
+        OpenApiRouter::new().routes(routes!(ingest_batch)),
+        state.max_event_bytes.saturating_mul(64),
+    );
+    single
+        .merge(batch)
+        .merge(OpenApiRouter::new().routes(routes!(get_event)))
+}
+
+/// An event as sent (`id`, `occurred_at`, `source` optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EventBody {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: String,
+    occurred_at: Option<String>,
+    source: Option<String>,
+    #[schema(value_type = Object)]
+    data: Value,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    #[schema(value_type = Vec<EventBody>)]
+    events: Vec<Value>,
+}
+
+/// The answer for one accepted event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    /// True when this id had been sent before: nothing was routed again.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAccepted {
+    pub items: Vec<Accepted>,
+}
+
+/// A stored event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: String,
+    pub source: String,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub received_at: Timestamp,
+    /// The deliveries the event produced.
+    pub deliveries: Vec<String>,
+}
+
+fn validate(state: &ApiState, value: Value, at: &str) -> Result<Envelope, ApiError> {
+    if at != "body" {
+        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+        if size > state.max_event_bytes {
+            return Err(ApiError::TooLarge {
+                limit: state.max_event_bytes,
+            });
+        }
+    }
+    let input: EventInput = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))?;
+    input
+        .validate(state.app.clock.now(), "api", || new_id("evt"))
+        .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))
+}
+
+fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
+    if let Some(limiter) = &state.rate_limiter {
+        limiter
+            .take(&tenant.key_hash, n)
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs().max(1),
+            })?;
+    }
+    Ok(())
+}
+
+/// Send one event. Answered `202` once the event and its deliveries are on
+/// disk; the same `id` again is answered the same way and not routed twice.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventBody,
+    security(("tenant" = [])),
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn ingest_one(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
+    rate_limit(&state, &tenant, 1)?;
+    let event = validate(&state, body, "body")?;
+    let result = ingest::accept(&state.app, &tenant.id, vec![event])
+        .await?
+        .pop()
+        .expect("one result per event");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            id: result.id,
+            duplicate: !result.accepted_new,
+        }),
+    ))
+}
+
+/// Send up to 1000 events at once: all valid or none accepted.
+#[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = Batch,
+    security(("tenant" = [])),
+    responses((status = 202, body = BatchAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn ingest_batch(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Json(batch): Json<Batch>,
+) -> Result<(StatusCode, axum::Json<BatchAccepted>), ApiError> {
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        return Err(ApiError::bad(
+            "invalid_batch",
+            format!(
+                "a batch holds 1 to {MAX_BATCH} events, not {}",
+                batch.events.len()
+            ),
+        ));
+    }
+    rate_limit(&state, &tenant, batch.events.len())?;
+    let events = batch
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| validate(&state, e, &format!("events[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = ingest::accept(&state.app, &tenant.id, events).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(BatchAccepted {
+            items: results
+                .into_iter()
+                .map(|r| Accepted {
+                    id: r.id,
+                    duplicate: !r.accepted_new,
+                })
+                .collect(),
+        }),
+    ))
+}
+
+/// Read an event back with the ids of its deliveries.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = EventView), (status = 404, body = ErrorBody)))]
+async fn get_event(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EventView>, ApiError> {
+    let stored = state
+        .app
+        .store
+        .get_event(&tenant.id, &id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no event {id:?}")))?;
+    let e = stored.event;
+    Ok(axum::Json(EventView {
+        id: e.id,
+        event_type: e.event_type,
+        occurred_at: e.occurred_at,
+        source: e.source,
+        data: e.data,
+        received_at: stored.received_at,
+        deliveries: stored.deliveries,
+    }))
+}

@@ -1,0 +1,132 @@
+//! `/v1/tenants` (operator token): create, list, delete, add API keys.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Operator;
+use super::{ApiError, ApiState, Json};
+use crate::store::{ApiKeyRecord, Tenant};
+use crate::util::new_id;
+
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(delete_tenant))
+        .routes(routes!(add_key))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// A name for people (1–100 characters).
+    pub name: String,
+}
+
+/// A tenant with a fresh API key (shown this once; stored hashed).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantWithKey {
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewKey {
+    pub api_key: String,
+}
+
+/// A new API key: `whk_` and 32 random bytes, hex.
+fn issue_key(state: &ApiState, tenant_id: &str) -> Result<String, ApiError> {
+    let key = format!("whk_{}", hex::encode(rand::random::<[u8; 32]>()));
+    state.app.store.put_api_key(
+        &key,
+        &ApiKeyRecord {
+            tenant_id: tenant_id.to_string(),
+            prefix: key[..12].to_string(),
+            created_at: Timestamp::now(),
+        },
+    )?;
+    Ok(key)
+}
+
+/// Create a tenant and its first API key.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant,
+    security(("operator" = [])),
+    responses((status = 201, body = TenantWithKey), (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody)))]
+async fn create_tenant(
+    _: Operator,
+    State(state): State<ApiState>,
+    Json(input): Json<NewTenant>,
+) -> Result<(StatusCode, axum::Json<TenantWithKey>), ApiError> {
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::bad(
+            "invalid_name",
+            "`name` must be 1 to 100 characters",
+        ));
+    }
+    let tenant = Tenant {
+        id: new_id("ten"),
+        name: name.to_string(),
+        created_at: Timestamp::now(),
+    };
+    state.app.store.put_tenant(&tenant)?;
+    let api_key = issue_key(&state, &tenant.id)?;
+    state.app.store.durable().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TenantWithKey {
+            id: tenant.id,
+            name: tenant.name,
+            api_key,
+        }),
+    ))
+}
+
+/// List tenants.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("operator" = [])),
+    responses((status = 200, body = Vec<Tenant>), (status = 401, body = super::openapi::ErrorBody)))]
+async fn list_tenants(
+    _: Operator,
+    State(state): State<ApiState>,
+) -> Result<axum::Json<Vec<Tenant>>, ApiError> {
+    Ok(axum::Json(state.app.store.list_tenants()?))
+}
+
+/// Delete a tenant with its keys, subscriptions and plugins.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("operator" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::openapi::ErrorBody)))]
+async fn delete_tenant(
+    _: Operator,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.app.store.delete_tenant(&id)? {
+        return Err(ApiError::NotFound(format!("no tenant {id:?}")));
+    }
+    state.app.store.durable().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue another API key for a tenant (for rotation: old keys keep working).
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants", security(("operator" = [])),
+    params(("id" = String, Path)),
+    responses((status = 201, body = NewKey), (status = 404, body = super::openapi::ErrorBody)))]
+async fn add_key(
+    _: Operator,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<NewKey>), ApiError> {
+    if state.app.store.get_tenant(&id)?.is_none() {
+        return Err(ApiError::NotFound(format!("no tenant {id:?}")));
+    }
+    let api_key = issue_key(&state, &id)?;
+    state.app.store.durable().await?;
+    Ok((StatusCode::CREATED, axum::Json(NewKey { api_key })))
+}

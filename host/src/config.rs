@@ -1,0 +1,402 @@
+//! Settings: the fully commented defaults compiled in
+//! (`default-config.toml`), then a file, then `WASMHOOK_*` environment
+//! variables, then flags; validated once at start-up into typed values, with
+//! errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::deliver::ssrf::Cidr;
+use crate::runtime::Limits;
+
+/// The defaults, as shipped (`wasmhook config` would print them).
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// A configuration problem; the message names the key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: ServerSection,
+    pub delivery: DeliverySection,
+    pub events: EventsSection,
+    pub plugins: PluginsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+    pub log_format: String,
+    pub max_event_bytes: usize,
+    pub max_plugin_bytes: usize,
+    pub ingest_rate_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub workers: usize,
+    pub max_in_flight_per_subscription: u32,
+    pub default_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+    pub allow_private_destinations: bool,
+    pub allow_cidrs: Vec<String>,
+    pub secret_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    pub retention_days: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    pub memory_mb: usize,
+    pub handle_timeout_ms: u64,
+    pub flush_timeout_ms: u64,
+    pub output_bytes: usize,
+    pub max_requests: usize,
+    pub log_lines: usize,
+    pub max_concurrent_calls: u32,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub json_logs: bool,
+    pub max_event_bytes: usize,
+    pub max_plugin_bytes: usize,
+    pub ingest_rate_limit: u32,
+    pub workers: usize,
+    pub max_in_flight_per_subscription: u32,
+    pub default_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub allow_private_destinations: bool,
+    pub allow_cidrs: Vec<Cidr>,
+    pub secret_grace: Duration,
+    pub retention: Duration,
+    pub limits: Limits,
+}
+
+/// Command-line overrides (the last layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub allow_private_destinations: bool,
+}
+
+impl Config {
+    /// Loads every layer with the process environment.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(overrides, |name| std::env::var(name).ok())
+    }
+
+    /// Loads every layer, reading variables through `env` (testable).
+    pub fn load_with_env(
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_CONFIG.parse().expect("the default config parses");
+        if let Some(path) = &overrides.config_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        origin: format!("file {}", path.display()),
+                        message: e.to_string(),
+                    })?;
+            merge(&mut table, file, "")?;
+        }
+        apply_env(&mut table, &env)?;
+        if let Some(token) = env("WASMHOOK_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
+            table["server"]["admin_token"] = toml::Value::String(token);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            table["server"]["data_dir"] = toml::Value::String(dir.display().to_string());
+        }
+        if let Some(listen) = &overrides.listen {
+            table["server"]["listen"] = toml::Value::String(listen.clone());
+        }
+        if overrides.allow_private_destinations {
+            table["delivery"]["allow_private_destinations"] = toml::Value::Boolean(true);
+        }
+        let raw: RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: "merged".into(),
+                    message: e.to_string(),
+                })?;
+        raw.validate()
+    }
+}
+
+/// Overlays `from` on `into`; a key the defaults do not have is an error.
+fn merge(into: &mut toml::Table, from: toml::Table, path: &str) -> Result<(), ConfigError> {
+    for (key, value) in from {
+        let full = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => {
+                merge(inner, value, &full)?
+            }
+            (Some(slot), value) if !slot.is_table() => *slot = value,
+            (Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    key: full,
+                    message: "is a section, not a value".into(),
+                });
+            }
+            (None, _) => {
+                return Err(ConfigError::Invalid {
+                    key: full,
+                    message: "unknown key (see the commented defaults in the README)".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `WASMHOOK_<SECTION>_<KEY>` for every key of the defaults, typed like it.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (section, values) in table.iter_mut() {
+        let Some(values) = values.as_table_mut() else {
+            continue;
+        };
+        for (key, slot) in values.iter_mut() {
+            let name = format!("WASMHOOK_{}_{}", section, key).to_ascii_uppercase();
+            let Some(raw) = env(&name) else { continue };
+            let bad = |expected: &str| ConfigError::Invalid {
+                key: name.clone(),
+                message: format!("{raw:?} is not {expected}"),
+            };
+            *slot = match slot {
+                toml::Value::String(_) => toml::Value::String(raw.clone()),
+                toml::Value::Integer(_) => {
+                    toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+                }
+                toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(bad("true or false")),
+                }),
+                toml::Value::Array(_) => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                ),
+                _ => continue,
+            };
+        }
+    }
+    Ok(())
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let s = &self.server;
+        let listen: SocketAddr = s.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", s.listen),
+            )
+        })?;
+        let json_logs = match s.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "server.log_format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ));
+            }
+        };
+        positive("server.max_event_bytes", s.max_event_bytes as u64)?;
+        positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
+        let d = &self.delivery;
+        positive("delivery.workers", d.workers as u64)?;
+        positive(
+            "delivery.max_in_flight_per_subscription",
+            d.max_in_flight_per_subscription as u64,
+        )?;
+        positive("delivery.default_timeout_ms", d.default_timeout_ms)?;
+        let allow_cidrs = d
+            .allow_cidrs
+            .iter()
+            .map(|c| {
+                c.parse::<Cidr>()
+                    .map_err(|e| invalid("delivery.allow_cidrs", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        positive("events.retention_days", self.events.retention_days)?;
+        let p = &self.plugins;
+        positive("plugins.memory_mb", p.memory_mb as u64)?;
+        positive("plugins.handle_timeout_ms", p.handle_timeout_ms)?;
+        positive("plugins.flush_timeout_ms", p.flush_timeout_ms)?;
+        positive(
+            "plugins.max_concurrent_calls",
+            p.max_concurrent_calls as u64,
+        )?;
+        Ok(Config {
+            listen,
+            data_dir: s.data_dir.clone(),
+            admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
+            json_logs,
+            max_event_bytes: s.max_event_bytes,
+            max_plugin_bytes: s.max_plugin_bytes,
+            ingest_rate_limit: s.ingest_rate_limit,
+            workers: d.workers,
+            max_in_flight_per_subscription: d.max_in_flight_per_subscription,
+            default_timeout: Duration::from_millis(d.default_timeout_ms),
+            shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
+            allow_private_destinations: d.allow_private_destinations,
+            allow_cidrs,
+            secret_grace: Duration::from_secs(d.secret_grace_secs),
+            retention: Duration::from_secs(self.events.retention_days * 24 * 3600),
+            limits: Limits {
+                memory_bytes: p.memory_mb << 20,
+                handle_timeout_ms: p.handle_timeout_ms,
+                flush_timeout_ms: p.flush_timeout_ms,
+                output_bytes: p.output_bytes,
+                max_requests: p.max_requests,
+                log_lines: p.log_lines,
+                plugin_bytes: s.max_plugin_bytes,
+                max_concurrent_calls: p.max_concurrent_calls,
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], file: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            config_file: file.map(|text| {
+                let path = dir.path().join("wasmhook.toml");
+                std::fs::write(&path, text).unwrap();
+                path
+            }),
+            ..Overrides::default()
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(&overrides, |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(&[], None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./wasmhook-data"));
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.admin_token.is_none());
+        assert!(!c.allow_private_destinations);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let c = load(
+            &[("WASMHOOK_DELIVERY_WORKERS", "7"), ("WASMHOOK_DELIVERY_ALLOW_CIDRS", "10.0.0.0/8, fd00::/8")],
+            Some("[delivery]\nworkers = 3\nallow_private_destinations = true\n[server]\nlisten = \"0.0.0.0:9000\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.workers, 7);
+        assert!(c.allow_private_destinations);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.allow_cidrs.len(), 2);
+        let c = load(&[("WASMHOOK_ADMIN_TOKEN", "tok")], None).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(&[], Some("[server]\nlisen = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.lisen") && e.contains("unknown key"),
+            "{e}"
+        );
+        let e = load(&[("WASMHOOK_DELIVERY_WORKERS", "many")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("WASMHOOK_DELIVERY_WORKERS") && e.contains("integer"),
+            "{e}"
+        );
+        let e = load(&[("WASMHOOK_SERVER_LISTEN", "nowhere")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = load(&[], Some("[delivery]\nworkers = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delivery.workers"), "{e}");
+        let e = load(&[], Some("[delivery]\nallow_cidrs = [\"10.0.0.0/99\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delivery.allow_cidrs"), "{e}");
+        let e = load(&[], Some("[server\n")).unwrap_err().to_string();
+        assert!(e.contains("wasmhook.toml"), "{e}");
+        let e = load(&[], Some("[delivery]\nworkers = \"3\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers"), "{e}");
+    }
+}

@@ -1,0 +1,214 @@
+//! Sending one attempt: an HTTP POST through the SSRF guard, with a timeout,
+//! classified into a [`retry::Outcome`](crate::retry::Outcome) plus what the
+//! delivery log records (status, duration, truncated response, error text).
+
+pub mod ssrf;
+pub mod worker;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::retry::{Outcome, parse_retry_after};
+
+/// Response bodies are recorded up to this many bytes.
+pub const RECORDED_BODY_BYTES: usize = 4 * 1024;
+/// Response bodies are read up to this many bytes (to compare `expect_body`).
+const READ_BODY_BYTES: usize = 64 * 1024;
+
+/// One POST to send.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub body: &'a [u8],
+    pub content_type: &'a str,
+    /// Signature headers and the plugin's extra headers.
+    pub headers: &'a [(String, String)],
+    pub timeout: Duration,
+    /// A required response body, compared as JSON.
+    pub expect_body: Option<&'a Value>,
+}
+
+/// What the delivery log keeps of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    /// Truncated to [`RECORDED_BODY_BYTES`].
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The HTTP client: connection reuse across deliveries, no redirects (a
+/// redirect could lead past the SSRF guard, and webhooks are not browsers),
+/// no proxies from the environment.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    guard: Arc<ssrf::Guard>,
+}
+
+impl Sender {
+    pub fn new(guard: ssrf::Guard) -> anyhow::Result<Self> {
+        let guard = Arc::new(guard);
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(ssrf::GuardedResolver {
+                guard: guard.clone(),
+            }))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("wasmhook/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Sender { client, guard })
+    }
+
+    /// Sends one attempt. Never fails: every problem becomes an outcome with
+    /// an error text for the log.
+    pub async fn send(&self, req: &Request<'_>, now: Timestamp) -> AttemptResult {
+        let started = Instant::now();
+        let refused = |error: String| AttemptResult {
+            outcome: Outcome::Refused,
+            status: None,
+            duration_ms: 0,
+            response_body: None,
+            error: Some(error),
+        };
+        let url = match reqwest::Url::parse(req.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            Ok(url) => return refused(format!("unsupported URL scheme {:?}", url.scheme())),
+            Err(e) => return refused(format!("invalid URL: {e}")),
+        };
+        // IP literals never reach the resolver, so check them here.
+        if let Some(host) = url.host_str() {
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = literal.parse::<IpAddr>()
+                && let Err(e) = self.guard.check(host, ip)
+            {
+                return refused(e.to_string());
+            }
+        }
+
+        let mut builder = self
+            .client
+            .post(url)
+            .timeout(req.timeout)
+            .header(reqwest::header::CONTENT_TYPE, req.content_type)
+            .body(req.body.to_vec());
+        for (name, value) in req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let (outcome, error) = classify_error(&e, req.timeout);
+                return AttemptResult {
+                    outcome,
+                    status: None,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    response_body: None,
+                    error: Some(error),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, now));
+        let (body, body_error) = read_limited(response, READ_BODY_BYTES).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let recorded = Some(crate::util::truncate(&text, RECORDED_BODY_BYTES));
+
+        let (outcome, error) = if let Some(e) = body_error {
+            (
+                Outcome::Transport,
+                Some(format!("reading the response failed: {e}")),
+            )
+        } else if !(200..300).contains(&status) {
+            (
+                Outcome::Status {
+                    code: status,
+                    retry_after,
+                },
+                Some(format!("HTTP {status}")),
+            )
+        } else if let Some(expected) = req.expect_body {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(got) if &got == expected => (Outcome::Delivered, None),
+                _ => (
+                    Outcome::BodyMismatch,
+                    Some(format!(
+                        "response body mismatch: expected {expected}, got {:?}",
+                        crate::util::truncate(&text, 200)
+                    )),
+                ),
+            }
+        } else {
+            (Outcome::Delivered, None)
+        };
+        AttemptResult {
+            outcome,
+            status: Some(status),
+            duration_ms,
+            response_body: recorded,
+            error,
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of the body (the rest is not needed).
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> (Vec<u8>, Option<String>) {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= limit {
+                    return (body, None);
+                }
+            }
+            Ok(None) => return (body, None),
+            Err(e) => return (body, Some(e.to_string())),
+        }
+    }
+}
+
+/// Names the transport failure: SSRF refusal, DNS, connect, timeout, TLS.
+fn classify_error(e: &reqwest::Error, timeout: Duration) -> (Outcome, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut chain = Vec::new();
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<ssrf::Refused>() {
+            return (Outcome::Refused, refused.to_string());
+        }
+        chain.push(err.to_string());
+        source = err.source();
+    }
+    let detail = chain.last().cloned().unwrap_or_default();
+    let lower = chain.join(" ").to_ascii_lowercase();
+    let error = if e.is_timeout() {
+        format!("timeout: no answer within {} ms", timeout.as_millis())
+    } else if lower.contains("dns error")
+        || lower.contains("failed to lookup")
+        || lower.contains("did not resolve")
+    {
+        format!("dns: {detail}")
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        format!("tls: {detail}")
+    } else if e.is_connect() {
+        format!("connect: {detail}")
+    } else {
+        format!("request failed: {detail}")
+    };
+    (Outcome::Transport, error)
+}

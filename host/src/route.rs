@@ -1,0 +1,85 @@
+//! Routing: which of a tenant's subscriptions want an event. Patterns are
+//! exact types (`lead.created`), a prefix with a final `*` segment
+//! (`message.*` matches `message.created` and `message.sent.late`), or `*`.
+
+/// Whether an event-type pattern is well formed.
+pub fn is_valid_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => !prefix.is_empty() && prefix.split('.').all(valid_segment),
+        None => crate::event::is_valid_type(pattern),
+    }
+}
+
+fn valid_segment(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Whether `event_type` matches `pattern`.
+pub fn matches(pattern: &str, event_type: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        // "message.*" → the type starts with "message." and has more after it.
+        Some(prefix) => event_type.len() > prefix.len() && event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+/// Whether any of `patterns` matches.
+pub fn matches_any(patterns: &[String], event_type: &str) -> bool {
+    patterns.iter().any(|p| matches(p, event_type))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_wildcard_and_prefix() {
+        assert!(matches("*", "lead.created"));
+        assert!(matches("lead.created", "lead.created"));
+        assert!(!matches("lead.created", "lead.created2"));
+        assert!(matches("message.*", "message.created"));
+        assert!(matches("message.*", "message.sent.late"));
+        assert!(!matches("message.*", "message"));
+        assert!(!matches("message.*", "messages.created"));
+        assert!(!matches("message.*", "chat.message.created"));
+        assert!(matches_any(
+            &["chat.rated".into(), "message.*".into()],
+            "message.created"
+        ));
+        assert!(!matches_any(&[], "message.created"));
+    }
+
+    #[test]
+    fn pattern_validation() {
+        for ok in [
+            "*",
+            "message.*",
+            "lead.created",
+            "a.b.*",
+            "conversation.status_changed",
+        ] {
+            assert!(is_valid_pattern(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "message",
+            "message*",
+            "*.created",
+            "Message.*",
+            "a..*",
+            ".*",
+            "a.*.b",
+            "**",
+        ] {
+            assert!(!is_valid_pattern(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `wasmhook serve`: opens the store, builds the sandbox and the HTTP
+//! client, starts the delivery worker and the pruner, and serves the API
+//! until SIGINT/SIGTERM — then stops taking requests, lets in-flight
+//! attempts finish within the grace period and flushes the store.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState, RateLimiter};
+use crate::app::{App, EngineSettings};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::deliver::worker::Worker;
+use crate::deliver::{Sender, ssrf};
+use crate::plugins::Registry;
+use crate::runtime::Runtime;
+use crate::store::{Store, token_hash};
+
+/// How often old events and deliveries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Builds the shared context from validated settings.
+pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let runtime = Runtime::new(
+        config.limits.clone(),
+        Some(config.data_dir.join("plugin-cache")),
+    )
+    .context("starting the plugin sandbox")?;
+    let sender = Sender::new(ssrf::Guard {
+        allow_private: config.allow_private_destinations,
+        allow: config.allow_cidrs.clone(),
+    })
+    .context("building the HTTP client")?;
+    Ok(App {
+        plugins: Registry::new(runtime, store.clone()),
+        store,
+        sender,
+        clock,
+        settings: EngineSettings {
+            workers: config.workers,
+            max_in_flight_per_subscription: config.max_in_flight_per_subscription,
+            shutdown_grace: config.shutdown_grace,
+            retention: config.retention,
+            secret_grace: config.secret_grace,
+            default_timeout: config.default_timeout,
+        },
+        wake: Arc::new(Notify::new()),
+    })
+}
+
+/// The operator token: from the config / `WASMHOOK_ADMIN_TOKEN`, or the one
+/// generated on first start into `<data>/admin-token` (mode 0600).
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_string();
+        if !token.is_empty() {
+            info!(path = %path.display(), "operator token read from file");
+            return Ok(token);
+        }
+    }
+    let token = format!("wha_{}", hex::encode(rand::random::<[u8; 32]>()));
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    info!(path = %path.display(), "generated an operator token");
+    eprintln!("wasmhook: operator token written to {}", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let token = admin_token(&config)?;
+    let app = build_app(&config, store.clone(), Arc::new(SystemClock))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    info!(listen = %local, data = %config.data_dir.display(), outbox = store.outbox_len(), "wasmhook serving");
+    // Tests and scripts read the bound address (port 0 picks a free one).
+    println!("wasmhook listening on http://{local}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(Worker::new(app.clone()).run(wait_for(stop_rx.clone())));
+    let pruner = tokio::spawn(prune_loop(app.clone(), wait_for(stop_rx.clone())));
+
+    let state = ApiState {
+        app: app.clone(),
+        admin_token_hash: Arc::new(token_hash(&token)),
+        max_event_bytes: config.max_event_bytes,
+        max_plugin_bytes: config.max_plugin_bytes,
+        rate_limiter: (config.ingest_rate_limit > 0)
+            .then(|| Arc::new(RateLimiter::new(config.ingest_rate_limit))),
+    };
+    let router = api::router(state);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        info!("shutting down: no new requests");
+        let _ = stop_tx.send(true);
+    });
+    server.await.context("serving HTTP")?;
+    let _ = worker.await;
+    let _ = pruner.await;
+    store.flush().context("flushing the store")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn prune_loop(app: App, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let cutoff = app.clock.now()
+            - jiff::SignedDuration::try_from(app.settings.retention).unwrap_or_default();
+        match app.store.prune(cutoff) {
+            Ok((0, 0)) => {}
+            Ok((events, deliveries)) => info!(events, deliveries, "pruned"),
+            Err(e) => warn!(error = %e, "pruning failed"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

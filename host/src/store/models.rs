@@ -1,0 +1,182 @@
+//! The records the store keeps, one type per tree. Values are JSON (readable
+//! with any sled tool, and tolerant of added fields); keys are raw bytes
+//! chosen for the scans each tree needs.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::Envelope;
+use crate::retry::RetryPolicy;
+use crate::runtime::Header;
+use crate::sign::Scheme;
+
+/// A tenant: the unit of isolation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// An API key, stored by the SHA-256 of the key (the key itself is shown once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub tenant_id: String,
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    pub created_at: Timestamp,
+}
+
+/// Which plugin a subscription runs, with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// `builtin:<name>` or an uploaded plugin's `plg_…` id.
+    pub id: String,
+    /// The plugin's settings (checked by its `check-config`).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A signing secret; an old one keeps signing until `expires_at` after a rotation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Secret {
+    pub secret: String,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A subscription: where matching events go and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    /// Patterns: exact types, `prefix.*`, `*`.
+    pub event_types: Vec<String>,
+    pub plugin: Option<PluginRef>,
+    pub signature: Scheme,
+    pub retry: RetryPolicy,
+    /// A required response body, compared as JSON.
+    pub expect_body: Option<Value>,
+    pub timeout_ms: u64,
+    /// Attempts in flight at once to this endpoint.
+    pub max_in_flight: u32,
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// Why it was disabled (by an operator, a 410, or too many failures).
+    pub disabled_reason: Option<String>,
+    /// Current secret first, then ones still in their rotation grace period.
+    pub secrets: Vec<Secret>,
+    /// Exhausted deliveries in a row; reset by a success.
+    pub consecutive_failures: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Subscription {
+    /// The secrets that sign at `now`: the current one and unexpired old ones.
+    pub fn signing_secrets(&self, now: Timestamp) -> Vec<&str> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|t| t > now))
+            .map(|s| s.secret.as_str())
+            .collect()
+    }
+}
+
+/// An uploaded plugin's metadata (the bytes live in `plugin_blobs` by hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: usize,
+    pub created_at: Timestamp,
+}
+
+/// An accepted event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub tenant_id: String,
+    pub event: Envelope,
+    pub received_at: Timestamp,
+    /// The deliveries it produced.
+    pub deliveries: Vec<String>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Due in the outbox (first attempt or a retry).
+    Pending,
+    Succeeded,
+    /// Given up, refused, or the plugin failed.
+    Failed,
+    /// The plugin skipped the event.
+    Filtered,
+    /// The plugin held the event's items for a window.
+    Held,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Filtered => "filtered",
+            DeliveryStatus::Held => "held",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeliveryStatus::Pending)
+    }
+}
+
+/// The exact request a delivery sends on every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub body: String,
+    pub content_type: String,
+    pub headers: Vec<Header>,
+}
+
+/// One attempt, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: Timestamp,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One request of one event to one subscription, and its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Also the `webhook-id` / delivery-id header: stable across retries.
+    pub id: String,
+    pub tenant_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub subscription_id: String,
+    pub status: DeliveryStatus,
+    /// What is sent (None for filtered / held / plugin-failed deliveries).
+    pub request: Option<StoredRequest>,
+    pub attempts: Vec<Attempt>,
+    /// When the next attempt is due (pending only); also its outbox key.
+    pub next_attempt_at: Option<Timestamp>,
+    /// The last error, the skip reason, or why it failed for good.
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
