@@ -1,8 +1,13 @@
 //! wasmhook's integration tests: one test binary (one link of wasmtime), a
 //! module per topic. Plugins are the real wasm components built from
-//! `plugins/` and `tests/fixtures/` by `host/build.rs`.
+//! `plugins/` and `tests/fixtures/` by `host/build.rs`; receivers are real
+//! HTTP servers on loopback; the server tests start the real binary.
 
+mod api;
 mod cli;
+mod delivery;
+mod e2e;
 mod golden;
+mod harness;
 mod sandbox;
 mod support;

@@ -1,0 +1,471 @@
+//! The moving parts of the delivery and API tests: a real HTTP receiver on
+//! loopback that records what it gets and answers as told, the real
+//! `wasmhook serve` binary on a free port with a temp data dir, and an
+//! in-process engine with a manual clock for schedules of minutes and hours.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status,
+            body: String::new(),
+            headers: vec![],
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    script: VecDeque<Answer>,
+    default: Option<Answer>,
+    received: Vec<Received>,
+}
+
+/// A loopback HTTP receiver: answers from a script, then with a default.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers `default` once `script` is used up.
+    pub async fn start(script: Vec<Answer>, default: Answer) -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            script: script.into(),
+            default: Some(default),
+            received: vec![],
+        }));
+        let handler_state = state.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let state = handler_state.clone();
+            async move {
+                let answer = {
+                    let mut s = state.lock().unwrap();
+                    s.received.push(Received { headers, body });
+                    s.script
+                        .pop_front()
+                        .unwrap_or_else(|| s.default.clone().unwrap())
+                };
+                tokio::time::sleep(answer.delay).await;
+                let mut response: Response = (
+                    StatusCode::from_u16(answer.status).unwrap(),
+                    answer.body.clone(),
+                )
+                    .into_response();
+                for (k, v) in &answer.headers {
+                    response.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                response
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, state }
+    }
+
+    /// Always answers 200 `{"status":"success"}`.
+    pub async fn ok() -> Self {
+        Self::start(vec![], Answer::status(200).body(r#"{"status":"success"}"#)).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Waits until at least `n` requests arrived (or panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "expected {n} requests, got {} within {timeout:?}",
+                    got.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A port nothing listens on.
+pub fn dead_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/hook")
+}
+
+pub const ADMIN_TOKEN: &str = "test-operator-token";
+
+/// The real `wasmhook serve` on a free port.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the binary on `data` (reused across restarts).
+    pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[], &[])
+    }
+
+    pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(crate::support::binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-private-destinations",
+            ])
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wasmhook");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("wasmhook listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        sigterm(self.child.id());
+        self.child.wait().unwrap()
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates a tenant; returns (id, api key).
+    pub async fn tenant(&self, name: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/tenants",
+                ADMIN_TOKEN,
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_str().unwrap().into(),
+            body["api_key"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Creates a subscription; returns its JSON (with `secret`).
+    pub async fn subscribe(&self, key: &str, body: Value) -> Value {
+        let (status, sub) = self
+            .call("POST", "/v1/subscriptions", key, Some(body))
+            .await;
+        assert_eq!(status, 201, "{sub}");
+        sub
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sigterm(pid: u32) {
+    // No libc dependency for one signal: use the `kill` command.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// The engine in-process, on a real store in a temp dir, with a manual
+/// clock: the API through `Router::oneshot`, attempts through
+/// `Worker::run_due`, time through `clock.advance`.
+pub struct Engine {
+    pub app: wasmhook::app::App,
+    pub clock: Arc<wasmhook::clock::ManualClock>,
+    pub worker: wasmhook::deliver::worker::Worker,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+impl Engine {
+    pub async fn new() -> Self {
+        Self::with(true).await
+    }
+
+    /// `allow_private: false` keeps the SSRF guard on.
+    pub async fn with(allow_private: bool) -> Self {
+        use wasmhook::config::{Config, Overrides};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load_with_env(
+            &Overrides {
+                data_dir: Some(dir.path().to_path_buf()),
+                allow_private_destinations: allow_private,
+                ..Overrides::default()
+            },
+            |_| None,
+        )
+        .unwrap();
+        config.limits.max_concurrent_calls = 8;
+        let store = wasmhook::store::Store::open(dir.path()).unwrap();
+        let clock = wasmhook::clock::ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap());
+        let app = wasmhook::server::build_app(&config, store, clock.clone()).unwrap();
+        let router = wasmhook::api::router(wasmhook::api::ApiState {
+            app: app.clone(),
+            admin_token_hash: Arc::new(wasmhook::store::token_hash(ADMIN_TOKEN)),
+            max_event_bytes: config.max_event_bytes,
+            max_plugin_bytes: config.max_plugin_bytes,
+            rate_limiter: None,
+        });
+        Engine {
+            worker: wasmhook::deliver::worker::Worker::new(app.clone()),
+            app,
+            clock,
+            router,
+            _dir: dir,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A new tenant's API key.
+    pub async fn tenant(&self) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/tenants",
+                ADMIN_TOKEN,
+                Some(json!({"name": "t"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["api_key"].as_str().unwrap().to_string()
+    }
+
+    pub async fn subscribe(&self, key: &str, body: Value) -> Value {
+        let (status, sub) = self
+            .call("POST", "/v1/subscriptions", key, Some(body))
+            .await;
+        assert_eq!(status, 201, "{sub}");
+        sub
+    }
+
+    /// Sends an event; returns the ids of its deliveries.
+    pub async fn send(&self, key: &str, event: Value) -> Vec<String> {
+        let (status, body) = self.call("POST", "/v1/events", key, Some(event)).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["id"].as_str().unwrap();
+        let (_, event) = self
+            .call("GET", &format!("/v1/events/{id}"), key, None)
+            .await;
+        event["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn delivery(&self, key: &str, id: &str) -> Value {
+        let (status, d) = self
+            .call("GET", &format!("/v1/deliveries/{id}"), key, None)
+            .await;
+        assert_eq!(status, 200, "{d}");
+        d
+    }
+
+    pub async fn subscription(&self, key: &str, id: &str) -> Value {
+        self.call("GET", &format!("/v1/subscriptions/{id}"), key, None)
+            .await
+            .1
+    }
+
+    /// Seconds from the manual clock's now to a timestamp in a delivery.
+    pub fn secs_until(&self, at: &Value) -> f64 {
+        let at: jiff::Timestamp = at.as_str().unwrap().parse().unwrap();
+        use wasmhook::clock::Clock;
+        at.duration_since(self.clock.now()).as_secs_f64()
+    }
+}
+
+/// A `message.created` event with the fields of docs/events.md.
+pub fn message_event(id: &str) -> Value {
+    json!({
+        "id": id,
+        "type": "message.created",
+        "data": {
+            "conversation_id": 31302,
+            "conversation_created_at": "2026-11-21T09:00:00Z",
+            "chatbot_id": "bot-1",
+            "chatbot_name": "Bot",
+            "uri": "example.com",
+            "author": "visitor",
+            "content": "hello",
+            "created_at": "2026-11-21T09:00:01Z"
+        }
+    })
+}
