@@ -118,37 +118,47 @@ impl Worker {
     }
 
     /// Starts attempts for due entries within the caps; returns how many.
+    /// Entries already in flight or over their subscription's cap are
+    /// skipped without reading the delivery (the outbox value names the
+    /// subscription), so a deep backlog on one endpoint costs little.
     fn dispatch(&self, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
         let now = self.app.clock.now();
+        let mut caps: HashMap<String, u32> = HashMap::new();
         let mut started = 0;
-        for (_, delivery_id) in self.app.store.due(now, SCAN_BATCH)? {
+        for entry in self.app.store.due(now).take(SCAN_BATCH) {
             if self.permits.available_permits() == 0 {
                 break;
             }
-            if self.lock().deliveries.contains(&delivery_id) {
+            let entry = entry?;
+            let (delivery_id, sub_id) = (entry.delivery_id(), entry.subscription_id());
+            if self.lock().deliveries.contains(delivery_id) {
                 continue;
             }
-            let Some(delivery) = self.app.store.get_delivery(&delivery_id)? else {
-                continue;
+            let cap = match caps.get(sub_id) {
+                Some(cap) => *cap,
+                None => {
+                    let cap = self
+                        .app
+                        .store
+                        .get_subscription(entry.tenant_id(), sub_id)?
+                        .map(|s| s.max_in_flight.max(1))
+                        .unwrap_or(1);
+                    caps.insert(sub_id.to_string(), cap);
+                    cap
+                }
             };
-            let cap = self
-                .app
-                .store
-                .get_subscription(&delivery.tenant_id, &delivery.subscription_id)?
-                .map(|s| s.max_in_flight.max(1))
-                .unwrap_or(1);
             {
                 let mut in_flight = self.lock();
-                let count = in_flight
-                    .per_subscription
-                    .entry(delivery.subscription_id.clone())
-                    .or_default();
-                if *count >= cap {
-                    continue;
+                match in_flight.per_subscription.get_mut(sub_id) {
+                    Some(count) if *count >= cap => continue,
+                    Some(count) => *count += 1,
+                    None => {
+                        in_flight.per_subscription.insert(sub_id.to_string(), 1);
+                    }
                 }
-                *count += 1;
-                in_flight.deliveries.insert(delivery_id.clone());
+                in_flight.deliveries.insert(delivery_id.to_string());
             }
+            let (delivery_id, sub_id) = (delivery_id.to_string(), sub_id.to_string());
             let permit = self
                 .permits
                 .clone()
@@ -156,17 +166,26 @@ impl Worker {
                 .expect("checked above; only this loop acquires");
             let app = self.app.clone();
             let in_flight = self.in_flight.clone();
-            let span = info_span!("delivery", delivery_id = %delivery.id, subscription_id = %delivery.subscription_id, event_id = %delivery.event_id, attempt = delivery.attempts.len() + 1);
+            let span = info_span!(
+                "delivery",
+                delivery_id = %delivery_id,
+                subscription_id = %sub_id,
+                event_id = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+            );
             tasks.spawn(
                 async move {
-                    let sub_id = delivery.subscription_id.clone();
-                    let id = delivery.id.clone();
-                    if let Err(e) = attempt(&app, delivery).await {
+                    let result = match app.store.get_delivery(&delivery_id) {
+                        Ok(Some(delivery)) => attempt(&app, delivery).await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
                         warn!(error = %e, "recording the attempt failed; it stays due");
                     }
                     drop(permit);
                     let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                    in_flight.deliveries.remove(&id);
+                    in_flight.deliveries.remove(&delivery_id);
                     if let Some(n) = in_flight.per_subscription.get_mut(&sub_id) {
                         *n = n.saturating_sub(1);
                     }
@@ -195,6 +214,9 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
     let sub = app
         .store
         .get_subscription(&d.tenant_id, &d.subscription_id)?;
+    let span = tracing::Span::current();
+    span.record("event_id", d.event_id.as_str());
+    span.record("attempt", d.attempts.len() + 1);
     let sub = match sub {
         Some(s) if s.enabled => s,
         other => {

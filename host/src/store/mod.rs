@@ -14,7 +14,7 @@
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
 //! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
 //! | `tenant_deliveries` | tenant id `\0` delivery id | – |
-//! | `outbox` | due ms (BE) delivery id | – |
+//! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `meta` | name | operator settings (admin token hash) |
 
 pub mod models;
@@ -95,6 +95,36 @@ pub enum Accepted {
     New,
     /// The tenant had already sent this id: nothing changed.
     Duplicate(Box<StoredEvent>),
+}
+
+/// One due outbox entry; borrowed views, no allocation per entry scanned.
+#[derive(Debug, Clone)]
+pub struct DueEntry {
+    key: sled::IVec,
+    value: sled::IVec,
+}
+
+impl DueEntry {
+    pub fn delivery_id(&self) -> &str {
+        std::str::from_utf8(&self.key[8..]).unwrap_or_default()
+    }
+
+    fn value_part(&self, first: bool) -> &str {
+        let v = &self.value[..];
+        let (tenant, sub) = match v.iter().position(|b| *b == 0) {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (&v[..0], &v[..0]),
+        };
+        std::str::from_utf8(if first { tenant } else { sub }).unwrap_or_default()
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.value_part(true)
+    }
+
+    pub fn subscription_id(&self) -> &str {
+        self.value_part(false)
+    }
 }
 
 /// An event ready to store, with the deliveries routing produced.
@@ -488,18 +518,14 @@ impl Store {
             })
     }
 
-    /// Outbox entries due at or before `now`, earliest first.
-    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+    /// Outbox entries due at or before `now`, earliest first, read lazily:
+    /// the worker stops as soon as its capacity is used.
+    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = Result<DueEntry, StoreError>> + '_ {
         let end = (millis(now) + 1).to_be_bytes();
-        self.outbox
-            .range(..end.as_slice())
-            .take(limit)
-            .map(|kv| {
-                let (k, _) = kv?;
-                let id = String::from_utf8_lossy(&k[8..]).into_owned();
-                Ok((k.to_vec(), id))
-            })
-            .collect()
+        self.outbox.range(..end.as_slice()).map(|kv| {
+            let (key, value) = kv?;
+            Ok(DueEntry { key, value })
+        })
     }
 
     /// When the earliest outbox entry is due.
@@ -581,7 +607,12 @@ fn put_delivery_tx(
     if d.status == DeliveryStatus::Pending
         && let Some(due) = d.next_attempt_at
     {
-        outbox.insert(outbox_key(due, &d.id), &[])?;
+        // The value names the subscription, so the worker can apply the
+        // per-subscription cap without decoding the delivery.
+        outbox.insert(
+            outbox_key(due, &d.id),
+            scoped(&d.tenant_id, &d.subscription_id),
+        )?;
     }
     deliveries.insert(d.id.as_bytes(), encode(d))?;
     Ok(())

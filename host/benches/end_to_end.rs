@@ -1,0 +1,224 @@
+//! End-to-end throughput: the real `wasmhook serve` binary on a temp data
+//! dir, one subscription, a loopback receiver; clients post events with
+//! durable acks (202 after the group commit) and the clock stops when the
+//! receiver has every delivery. Results and the machine: BENCHMARKS.md.
+//!
+//! `cargo bench -p wasmhook --bench end_to_end`
+//! (`E2E_EVENTS`, `E2E_CLIENTS`, `E2E_BATCH` override the defaults; `E2E_ONLY`
+//! runs only the runs whose label contains it.)
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// User + system CPU seconds of a process so far (Linux /proc).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the 14th field.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Run {
+    label: String,
+    events: usize,
+    accepted_secs: f64,
+    delivered_secs: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let events = env("E2E_EVENTS", 20_000);
+    let clients = env("E2E_CLIENTS", 32);
+    let mut runs = Vec::new();
+    for (label, plugin, batch) in [
+        ("single events, no plugin", None, 1),
+        (
+            "single events, helloclient-lead plugin",
+            Some("builtin:helloclient-lead"),
+            1,
+        ),
+        ("batches of 100, no plugin", None, env("E2E_BATCH", 100)),
+    ] {
+        if let Ok(only) = std::env::var("E2E_ONLY")
+            && !label.contains(&only)
+        {
+            continue;
+        }
+        runs.push(run(label, events, clients, plugin, batch).await);
+    }
+    println!();
+    println!("| run | events | accepted/s | delivered/s (end to end) |");
+    println!("|---|---|---|---|");
+    for r in runs {
+        println!(
+            "| {} | {} | {:.0} | {:.0} |",
+            r.label,
+            r.events,
+            r.events as f64 / r.accepted_secs,
+            r.events as f64 / r.delivered_secs
+        );
+    }
+}
+
+async fn run(
+    label: &str,
+    events: usize,
+    clients: usize,
+    plugin: Option<&str>,
+    batch: usize,
+) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bench-operator";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhook"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-private-destinations",
+            "--data",
+        ])
+        .arg(dir.path())
+        .env("WASMHOOK_ADMIN_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start wasmhook");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("wasmhook listening on ")
+        .unwrap()
+        .to_string();
+
+    // The receiver: counts deliveries.
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::Relaxed);
+            r#"{"status":"success"}"#
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rx_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let http = reqwest::Client::new();
+    let tenant: Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(token)
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_string();
+    let mut sub =
+        json!({"url": format!("http://{rx_addr}/hook"), "event_types": ["*"], "max_in_flight": 64});
+    if let Some(p) = plugin {
+        sub["plugin"] = json!({"id": p});
+    }
+    let resp = http
+        .post(format!("{base}/v1/subscriptions"))
+        .bearer_auth(&key)
+        .json(&sub)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let event = |i: usize| {
+        json!({
+            "id": format!("bench-{i}"),
+            "type": "lead.created",
+            "data": {
+                "chatbot_id": "59001dd73709417321c58b11693183a2", "first_name": "David",
+                "last_name": "Garcia", "email": "test@qq.com", "phone": "", "content": "test",
+                "session_id": 31305, "uri": "www.helloclient.com",
+                "created_at": "2023-11-23T18:36:21.512302Z"
+            }
+        })
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, base, key, next) = (http.clone(), base.clone(), key.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= events {
+                    return;
+                }
+                let last = (first + batch).min(events);
+                let resp = if batch == 1 {
+                    http.post(format!("{base}/v1/events"))
+                        .bearer_auth(&key)
+                        .json(&event(first))
+                        .send()
+                        .await
+                } else {
+                    let batch: Vec<Value> = (first..last).map(event).collect();
+                    http.post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({ "events": batch }))
+                        .send()
+                        .await
+                };
+                assert_eq!(resp.unwrap().status().as_u16(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted_secs = started.elapsed().as_secs_f64();
+    while received.load(Ordering::Relaxed) < events {
+        if started.elapsed() > Duration::from_secs(600) {
+            panic!(
+                "only {} of {events} delivered",
+                received.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered_secs = started.elapsed().as_secs_f64();
+    let server_cpu_secs = cpu_secs(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "{label}: {events} events, accepted in {accepted_secs:.2} s, delivered in {delivered_secs:.2} s, server CPU {server_cpu_secs:.2} s ({:.0} µs/event)",
+        server_cpu_secs * 1e6 / events as f64
+    );
+    Run {
+        label: label.into(),
+        events,
+        accepted_secs,
+        delivered_secs,
+    }
+}
