@@ -353,3 +353,35 @@ async fn one_dead_endpoint_does_not_delay_another() {
     let _ = stop.send(());
     run.await.unwrap();
 }
+
+#[tokio::test]
+async fn retention_prunes_old_events_and_finished_deliveries_only() {
+    use wasmhook::clock::Clock;
+    let e = Engine::new().await;
+    let key = e.tenant().await;
+    let ok = Receiver::ok().await;
+    e.subscribe(&key, json!({"url": ok.url(), "event_types": ["message.*"]}))
+        .await;
+    e.subscribe(&key, json!({"url": dead_port_url(), "event_types": ["message.*"], "retry": {"preset": "onwebchat"}}))
+        .await;
+    let ids = e.send(&key, message_event("old")).await;
+    e.worker.run_due().await;
+    let status = |d: Value| d["status"].as_str().unwrap().to_string();
+    let mut statuses: Vec<String> = Vec::new();
+    for id in &ids {
+        statuses.push(status(e.delivery(&key, id).await));
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["pending", "succeeded"]);
+
+    e.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let cutoff = e.clock.now() - jiff::SignedDuration::from_secs(30 * 24 * 3600);
+    let (events, deliveries) = e.app.store.prune(cutoff).unwrap();
+    assert_eq!((events, deliveries), (1, 1));
+    let (s, _) = e.call("GET", "/v1/events/old", &key, None).await;
+    assert_eq!(s, 404);
+    // The pending delivery is kept (and still listed); the finished one is gone.
+    let (_, page) = e.call("GET", "/v1/deliveries", &key, None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["status"], "pending");
+}

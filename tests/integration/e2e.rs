@@ -244,3 +244,64 @@ async fn every_accepted_event_survives_kill_9() {
     assert!(ids.len() >= accepted.len());
     assert!(server.stop().success());
 }
+
+/// SIGTERM: in-flight attempts get the grace period, the process exits, and
+/// what was not finished is delivered after the restart.
+#[tokio::test]
+async fn graceful_shutdown_leaves_unfinished_work_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WASMHOOK_DELIVERY_SHUTDOWN_GRACE_SECS", "1")];
+    let server = Server::start_with(dir.path(), &[], &env);
+    let (_, key) = server.tenant("shutdown").await;
+    let slow = Answer::status(200).delay(Duration::from_secs(5));
+    let rx = Receiver::start(vec![slow.clone(), slow], Answer::status(200)).await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["*"], "max_in_flight": 2}),
+        )
+        .await;
+    for i in 0..5 {
+        let (s, _) = server
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(message_event(&format!("sd{i}"))),
+            )
+            .await;
+        assert_eq!(s, 202);
+    }
+    rx.wait_for(2, Duration::from_secs(10)).await;
+    let started = std::time::Instant::now();
+    assert!(server.stop().success());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown took {took:?} with a 1 s grace"
+    );
+
+    let _server = Server::start_with(dir.path(), &[], &env);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids: HashSet<String> = rx
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id"))
+            .collect();
+        let events: HashSet<String> = rx
+            .received()
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap().to_string())
+            .collect();
+        if events.len() == 5 {
+            assert_eq!(ids.len(), 5);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {events:?} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
