@@ -51,4 +51,6 @@ pub struct App {
     pub settings: EngineSettings,
     /// Wakes the delivery worker when new work is due now.
     pub wake: Arc<Notify>,
+    /// Flush deliveries not yet on disk; the worker leaves them alone.
+    pub unsettled: crate::window::Unsettled,
 }

@@ -18,8 +18,8 @@ use crate::event::Envelope;
 use crate::route;
 use crate::runtime::{Action, PluginRequest};
 use crate::store::{
-    Accepted, Delivery, DeliveryStatus, NewEvent, StoreError, StoredEvent, StoredRequest,
-    Subscription,
+    Accepted, Delivery, DeliveryStatus, HeldWrite, NewEvent, StoreError, StoredEvent,
+    StoredRequest, Subscription,
 };
 use crate::util::new_id;
 
@@ -49,17 +49,22 @@ pub async fn accept(
             batch.push(NewEvent {
                 event: existing,
                 deliveries: Vec::new(),
+                held: Vec::new(),
             });
             continue;
         }
         let mut deliveries = Vec::new();
+        let mut held = Vec::new();
         for sub in subscriptions
             .iter()
             .filter(|s| s.enabled && route::matches_any(&s.event_types, &event.event_type))
         {
-            deliveries.extend(transform(app, sub, &event, now).await);
+            let out = transform(app, sub, &event, now).await;
+            deliveries.extend(out.deliveries);
+            held.extend(out.held);
         }
         batch.push(NewEvent {
+            held,
             event: StoredEvent {
                 tenant_id: tenant_id.to_string(),
                 event,
@@ -110,6 +115,14 @@ pub fn envelope_body(event: &Envelope) -> String {
     .expect("serializable")
 }
 
+/// What routing one event to one subscription produced.
+#[derive(Debug, Default)]
+pub struct Transformed {
+    pub deliveries: Vec<Delivery>,
+    /// Items the plugin held for the subscription's window.
+    pub held: Vec<HeldWrite>,
+}
+
 /// Runs the subscription's plugin on the event (once) and turns the action
 /// into deliveries: one pending delivery per request, or one filtered,
 /// held or failed delivery that records why nothing is sent.
@@ -118,6 +131,18 @@ pub async fn transform(
     sub: &Subscription,
     event: &Envelope,
     now: Timestamp,
+) -> Transformed {
+    let mut held = Vec::new();
+    let deliveries = transform_inner(app, sub, event, now, &mut held).await;
+    Transformed { deliveries, held }
+}
+
+async fn transform_inner(
+    app: &App,
+    sub: &Subscription,
+    event: &Envelope,
+    now: Timestamp,
+    held: &mut Vec<HeldWrite>,
 ) -> Vec<Delivery> {
     let delivery =
         |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| Delivery {
@@ -201,14 +226,13 @@ pub async fn transform(
                 })
                 .collect()
         }
-        Ok(Action::Hold { items }) => vec![delivery(
-            DeliveryStatus::Failed,
-            None,
-            Some(format!(
-                "the plugin held {} item(s), but this subscription has no window to collect them",
-                items.len()
-            )),
-        )],
+        Ok(Action::Hold { items }) => match crate::window::hold(app, sub, event, items) {
+            Ok((writes, note)) => {
+                held.extend(writes);
+                vec![delivery(DeliveryStatus::Held, None, Some(note))]
+            }
+            Err(why) => vec![delivery(DeliveryStatus::Failed, None, Some(why))],
+        },
         Err(e) => {
             let log_tail: Vec<String> = report
                 .log

@@ -16,7 +16,9 @@
 //! 5. [`sign`] — the signature headers of each attempt, per scheme.
 //! 6. [`deliver`] — the outbox worker and the HTTP POST through the SSRF guard.
 //! 7. [`retry`] — what happens after an attempt: the pure retry policy.
-//! 8. [`store`] — sled: the only module that touches it.
+//! 8. [`window`] — items plugins hold, flushed by a scheduler when their
+//!    window closes, in one transaction with the deliveries they become.
+//! 9. [`store`] — sled: the only module that touches it.
 //!
 //! Beside the flow: [`app`] (the shared context), [`clock`], [`config`],
 //! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`util`].
@@ -37,3 +39,4 @@ pub mod server;
 pub mod sign;
 pub mod store;
 pub mod util;
+pub mod window;

@@ -52,6 +52,7 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
             default_timeout: config.default_timeout,
         },
         wake: Arc::new(Notify::new()),
+        unsettled: Arc::default(),
     })
 }
 
@@ -113,6 +114,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(Worker::new(app.clone()).run(wait_for(stop_rx.clone())));
     let pruner = tokio::spawn(prune_loop(app.clone(), wait_for(stop_rx.clone())));
+    let scheduler = tokio::spawn(crate::window::run_scheduler(
+        app.clone(),
+        wait_for(stop_rx.clone()),
+    ));
 
     let state = ApiState {
         app: app.clone(),
@@ -131,6 +136,7 @@ pub async fn serve(
     server.await.context("serving HTTP")?;
     let _ = worker.await;
     let _ = pruner.await;
+    let _ = scheduler.await;
     store.flush().context("flushing the store")?;
     info!("stopped");
     Ok(())

@@ -11,3 +11,4 @@ mod golden;
 mod harness;
 mod sandbox;
 mod support;
+mod windows;

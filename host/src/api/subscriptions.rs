@@ -19,6 +19,7 @@ use crate::runtime::CallError;
 use crate::sign::{self, Scheme};
 use crate::store::{Delivery, PluginRef, Secret, Subscription};
 use crate::util::new_id;
+use crate::window::{self, FlushResult, WindowSpec};
 use crate::{deliver, ingest, route};
 
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -31,6 +32,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(rotate_secret))
         .routes(routes!(send_test))
         .routes(routes!(replay))
+        .routes(routes!(flush))
+        .routes(routes!(window_view))
 }
 
 /// Retry settings: a preset, then any field overridden.
@@ -74,6 +77,11 @@ pub struct SubscriptionInput {
     pub timeout_ms: Option<u64>,
     /// Attempts in flight at once to this endpoint (1 to 256).
     pub max_in_flight: Option<u32>,
+    /// `{"every": "1d", "at": "02:00", "timezone": "UTC", "max_items"?, "max_bytes"?}`:
+    /// items the plugin holds are flushed when each window closes; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<WindowSpec>)]
+    pub window: Option<Option<WindowSpec>>,
     pub description: Option<String>,
     /// Use this signing secret instead of a generated one (to keep an
     /// existing receiver's key): `whsec_…` for standard-webhooks, 16 to 200
@@ -105,6 +113,7 @@ pub struct SubscriptionView {
     pub expect_body: Option<Value>,
     pub timeout_ms: u64,
     pub max_in_flight: u32,
+    pub window: Option<WindowSpec>,
     pub description: Option<String>,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
@@ -130,6 +139,7 @@ impl SubscriptionView {
             expect_body: s.expect_body,
             timeout_ms: s.timeout_ms,
             max_in_flight: s.max_in_flight,
+            window: s.window,
             description: s.description,
             enabled: s.enabled,
             disabled_reason: s.disabled_reason,
@@ -245,6 +255,12 @@ async fn apply(
         }
         sub.max_in_flight = n;
     }
+    if let Some(window) = input.window {
+        if let Some(w) = &window {
+            w.schedule().map_err(bad)?;
+        }
+        sub.window = window;
+    }
     if let Some(d) = input.description {
         sub.description = Some(d).filter(|d| !d.is_empty());
     }
@@ -326,6 +342,7 @@ async fn create(
         expect_body: None,
         timeout_ms: state.app.settings.default_timeout.as_millis() as u64,
         max_in_flight: state.app.settings.max_in_flight_per_subscription,
+        window: None,
         description: None,
         enabled: true,
         disabled_reason: None,
@@ -441,6 +458,7 @@ async fn delete(
     if !state.app.store.delete_subscription(&tenant.id, &id)? {
         return Err(ApiError::NotFound(format!("no subscription {id:?}")));
     }
+    state.app.store.drop_windows(&id)?;
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -593,7 +611,9 @@ async fn send_test(
             "subscription_id": sub.id,
         }),
     };
-    let mut deliveries = ingest::transform(&state.app, &sub, &event, now).await;
+    let out = ingest::transform(&state.app, &sub, &event, now).await;
+    state.app.store.hold(&out.held, &event.id)?;
+    let mut deliveries = out.deliveries;
     for d in &mut deliveries {
         // Sent right here, not by the worker.
         d.next_attempt_at = None;
@@ -660,7 +680,9 @@ async fn replay(
         if !route::matches_any(&sub.event_types, &stored.event.event_type) {
             continue;
         }
-        let deliveries = ingest::transform(&state.app, &sub, &stored.event, now).await;
+        let out = ingest::transform(&state.app, &sub, &stored.event, now).await;
+        state.app.store.hold(&out.held, &stored.event.id)?;
+        let deliveries = out.deliveries;
         let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
         state.app.store.add_deliveries(&deliveries)?;
         state
@@ -673,4 +695,87 @@ async fn replay(
     state.app.store.durable().await?;
     state.app.wake.notify_one();
     Ok(axum::Json(result))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlushResponse {
+    /// One entry per window that held items.
+    pub windows: Vec<FlushResult>,
+}
+
+/// Close the subscription's windows now: every window holding items is
+/// flushed through the plugin into deliveries (for operators and tests).
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/flush", tag = "subscriptions", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = FlushResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn flush(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<FlushResponse>, ApiError> {
+    let sub = load(&state, &tenant, &id)?;
+    if sub.window.is_none() {
+        return Err(bad("this subscription has no window"));
+    }
+    let windows = window::flush_subscription(&state.app, &sub)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(axum::Json(FlushResponse { windows }))
+}
+
+/// Items held in one window, per group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldWindow {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub close_at: Timestamp,
+    pub items: u64,
+    pub bytes: u64,
+    /// Items per group key, groups in arrival order.
+    #[schema(value_type = Object)]
+    pub groups: serde_json::Map<String, Value>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WindowView {
+    #[schema(value_type = Option<WindowSpec>)]
+    pub spec: Option<WindowSpec>,
+    pub windows: Vec<HeldWindow>,
+}
+
+/// What the subscription holds, per window and group.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/window", tag = "subscriptions", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = WindowView), (status = 404, body = ErrorBody)))]
+async fn window_view(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<WindowView>, ApiError> {
+    let sub = load(&state, &tenant, &id)?;
+    let mut windows = Vec::new();
+    for w in state.app.store.windows_of(&sub.id)? {
+        let mut groups = serde_json::Map::new();
+        for (_, record) in state.app.store.held_items(&sub.id, w.start)? {
+            let n = groups
+                .get(&record.group)
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            groups.insert(record.group, Value::from(n + 1));
+        }
+        windows.push(HeldWindow {
+            start: w.start,
+            end: w.end,
+            close_at: w.close_at,
+            items: w.items,
+            bytes: w.bytes,
+            groups,
+            last_error: w.last_error,
+        });
+    }
+    Ok(axum::Json(WindowView {
+        spec: sub.window,
+        windows,
+    }))
 }

@@ -131,7 +131,14 @@ impl Worker {
             }
             let entry = entry?;
             let (delivery_id, sub_id) = (entry.delivery_id(), entry.subscription_id());
-            if self.lock().deliveries.contains(delivery_id) {
+            if self.lock().deliveries.contains(delivery_id)
+                || self
+                    .app
+                    .unsettled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(delivery_id)
+            {
                 continue;
             }
             let cap = match caps.get(sub_id) {

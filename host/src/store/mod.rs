@@ -15,7 +15,9 @@
 //! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
 //! | `tenant_deliveries` | tenant id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
-//! | `meta` | name | operator settings (admin token hash) |
+//! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
+//! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
+//! | `meta` | name | operator settings |
 
 pub mod models;
 
@@ -132,6 +134,15 @@ impl DueEntry {
 pub struct NewEvent {
     pub event: StoredEvent,
     pub deliveries: Vec<Delivery>,
+    /// Items plugins held, stored with the event.
+    pub held: Vec<HeldWrite>,
+}
+
+/// `subscription \0 start ms (BE)`: one window of one subscription.
+pub fn window_key(subscription_id: &str, start: Timestamp) -> Vec<u8> {
+    let mut key = scoped(subscription_id, "");
+    key.extend_from_slice(&millis(start).to_be_bytes());
+    key
 }
 
 /// The sled database and its trees.
@@ -148,6 +159,8 @@ pub struct Store {
     deliveries: Tree,
     tenant_deliveries: Tree,
     outbox: Tree,
+    held: Tree,
+    windows: Tree,
     meta: Tree,
     commit: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
@@ -177,6 +190,8 @@ impl Store {
             deliveries: tree("deliveries")?,
             tenant_deliveries: tree("tenant_deliveries")?,
             outbox: tree("outbox")?,
+            held: tree("held")?,
+            windows: tree("windows")?,
             meta: tree("meta")?,
             db,
             commit,
@@ -403,36 +418,43 @@ impl Store {
             &self.deliveries,
             &self.tenant_deliveries,
             &self.outbox,
+            &self.held,
+            &self.windows,
         )
-            .transaction(|(events, by_time, deliveries, tenant_deliveries, outbox)| {
-                let mut results = Vec::with_capacity(batch.len());
-                let mut seen = std::collections::HashSet::new();
-                for new in batch {
-                    let e = &new.event;
-                    let key = scoped(&e.tenant_id, &e.event.id);
-                    if let Some(existing) = events.get(&key)? {
-                        let existing =
-                            decode(&key, &existing).map_err(ConflictableTransactionError::Abort)?;
-                        results.push(Accepted::Duplicate(Box::new(existing)));
-                        continue;
+            .transaction(
+                |(events, by_time, deliveries, tenant_deliveries, outbox, held, windows)| {
+                    let mut results = Vec::with_capacity(batch.len());
+                    let mut seen = std::collections::HashSet::new();
+                    for new in batch {
+                        let e = &new.event;
+                        let key = scoped(&e.tenant_id, &e.event.id);
+                        if let Some(existing) = events.get(&key)? {
+                            let existing = decode(&key, &existing)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            results.push(Accepted::Duplicate(Box::new(existing)));
+                            continue;
+                        }
+                        if !seen.insert(key.clone()) {
+                            // The same id twice in one batch: the first one counts.
+                            results.push(Accepted::Duplicate(Box::new(e.clone())));
+                            continue;
+                        }
+                        events.insert(key.as_slice(), encode(e))?;
+                        let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
+                        time_key.extend_from_slice(&key);
+                        by_time.insert(time_key, &[])?;
+                        for d in &new.deliveries {
+                            put_delivery_tx(deliveries, outbox, d, None)?;
+                            tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+                        }
+                        for h in &new.held {
+                            hold_tx(held, windows, h, &e.event.id)?;
+                        }
+                        results.push(Accepted::New);
                     }
-                    if !seen.insert(key.clone()) {
-                        // The same id twice in one batch: the first one counts.
-                        results.push(Accepted::Duplicate(Box::new(e.clone())));
-                        continue;
-                    }
-                    events.insert(key.as_slice(), encode(e))?;
-                    let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
-                    time_key.extend_from_slice(&key);
-                    by_time.insert(time_key, &[])?;
-                    for d in &new.deliveries {
-                        put_delivery_tx(deliveries, outbox, d, None)?;
-                        tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
-                    }
-                    results.push(Accepted::New);
-                }
-                Ok(results)
-            })
+                    Ok(results)
+                },
+            )
             .map_err(tx_error)
     }
 
@@ -542,6 +564,154 @@ impl Store {
         self.outbox.len()
     }
 
+    /// Holds items outside ingest (replay, test) in one transaction.
+    pub fn hold(&self, items: &[HeldWrite], event_id: &str) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        (&self.held, &self.windows)
+            .transaction(|(held, windows)| {
+                for h in items {
+                    hold_tx(held, windows, h, event_id)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// A fresh number for ordering held items (monotonic across restarts).
+    pub fn next_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Every window with held items, earliest close first.
+    pub fn windows(&self) -> Result<Vec<WindowState>, StoreError> {
+        let mut all: Vec<WindowState> = self
+            .windows
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        all.sort_by_key(|w| w.close_at);
+        Ok(all)
+    }
+
+    /// One subscription's windows with held items, oldest first.
+    pub fn windows_of(&self, subscription_id: &str) -> Result<Vec<WindowState>, StoreError> {
+        self.windows
+            .scan_prefix(scoped(subscription_id, ""))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The items held in one window, in arrival order, with their keys.
+    pub fn held_items(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+    ) -> Result<Vec<(Vec<u8>, HeldRecord)>, StoreError> {
+        self.held
+            .scan_prefix(window_key(subscription_id, start))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Records a failed flush on the window (its items stay).
+    pub fn window_failed(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let key = window_key(subscription_id, start);
+        self.windows
+            .transaction(|windows| {
+                if let Some(bytes) = windows.get(&key)? {
+                    let mut state: WindowState =
+                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    state.last_error = Some(error.to_string());
+                    state.retry_at = Some(retry_at);
+                    windows.insert(key.as_slice(), encode(&state))?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// The flush of one window, atomically: the items that were flushed are
+    /// removed and the deliveries made of them are added, or nothing changes.
+    /// Returns false (and changes nothing) when some of the items are gone
+    /// already: another flush took them.
+    pub fn commit_flush(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+        flushed: &[(Vec<u8>, u64)],
+        new: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let key = window_key(subscription_id, start);
+        (
+            &self.held,
+            &self.windows,
+            &self.deliveries,
+            &self.tenant_deliveries,
+            &self.outbox,
+        )
+            .transaction(|(held, windows, deliveries, tenant_deliveries, outbox)| {
+                for (item_key, _) in flushed {
+                    if held.get(item_key)?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                for (item_key, _) in flushed {
+                    held.remove(item_key.as_slice())?;
+                }
+                if flushed.is_empty() {
+                    windows.remove(key.as_slice())?;
+                } else if let Some(bytes) = windows.get(&key)? {
+                    let mut state: WindowState =
+                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    state.items = state.items.saturating_sub(flushed.len() as u64);
+                    state.bytes = state
+                        .bytes
+                        .saturating_sub(flushed.iter().map(|(_, b)| b).sum());
+                    state.last_error = None;
+                    state.retry_at = None;
+                    if state.items == 0 {
+                        windows.remove(key.as_slice())?;
+                    } else {
+                        windows.insert(key.as_slice(), encode(&state))?;
+                    }
+                }
+                for d in new {
+                    put_delivery_tx(deliveries, outbox, d, None)?;
+                    tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+                }
+                Ok(true)
+            })
+            .map_err(tx_error)
+    }
+
+    /// Drops every held item of a deleted subscription.
+    pub fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
+        let prefix = scoped(subscription_id, "");
+        for tree in [&self.held, &self.windows] {
+            for kv in tree.scan_prefix(&prefix) {
+                tree.remove(kv?.0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes events received before `cutoff` and finished deliveries
     /// created before it. Returns (events, deliveries) removed.
     pub fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
@@ -591,6 +761,42 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Stores one held item and counts it in its window's state.
+fn hold_tx(
+    held: &TransactionalTree,
+    windows: &TransactionalTree,
+    h: &HeldWrite,
+    event_id: &str,
+) -> TxResult<()> {
+    let wkey = window_key(&h.subscription_id, h.start);
+    let mut state: WindowState = match windows.get(&wkey)? {
+        Some(bytes) => decode(&wkey, &bytes).map_err(ConflictableTransactionError::Abort)?,
+        None => WindowState {
+            tenant_id: h.tenant_id.clone(),
+            subscription_id: h.subscription_id.clone(),
+            start: h.start,
+            end: h.end,
+            close_at: h.close_at,
+            items: 0,
+            bytes: 0,
+            last_error: None,
+            retry_at: None,
+        },
+    };
+    state.items += 1;
+    state.bytes += (h.group.len() + h.item.len()) as u64;
+    windows.insert(wkey.as_slice(), encode(&state))?;
+    let mut key = wkey;
+    key.extend_from_slice(&h.seq.to_be_bytes());
+    let record = HeldRecord {
+        group: h.group.clone(),
+        item: h.item.clone(),
+        event_id: event_id.to_string(),
+    };
+    held.insert(key, encode(&record))?;
+    Ok(())
 }
 
 /// Writes a delivery and keeps the outbox in step: the old entry (if any) is

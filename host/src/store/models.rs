@@ -10,6 +10,7 @@ use crate::event::Envelope;
 use crate::retry::RetryPolicy;
 use crate::runtime::Header;
 use crate::sign::Scheme;
+use crate::window::WindowSpec;
 
 /// A tenant: the unit of isolation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -66,6 +67,9 @@ pub struct Subscription {
     pub timeout_ms: u64,
     /// Attempts in flight at once to this endpoint.
     pub max_in_flight: u32,
+    /// Collect held items and flush them when the window closes.
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
     pub description: Option<String>,
     pub enabled: bool,
     /// Why it was disabled (by an operator, a 410, or too many failures).
@@ -179,4 +183,44 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// One subscription's window that has held items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowState {
+    pub tenant_id: String,
+    pub subscription_id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// When the scheduler flushes it (items that arrive later are flushed
+    /// at the next tick, as a late delivery for the same window).
+    pub close_at: Timestamp,
+    pub items: u64,
+    pub bytes: u64,
+    /// Why the last flush failed (the items are kept).
+    pub last_error: Option<String>,
+    /// After a failed flush: not before this time.
+    pub retry_at: Option<Timestamp>,
+}
+
+/// An item to hold, written with its event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldWrite {
+    pub tenant_id: String,
+    pub subscription_id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub close_at: Timestamp,
+    /// Arrival order across the whole store.
+    pub seq: u64,
+    pub group: String,
+    pub item: String,
+}
+
+/// A held item as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub group: String,
+    pub item: String,
+    pub event_id: String,
 }
