@@ -463,6 +463,8 @@ async fn tenants_never_see_each_other() {
             format!("/v1/subscriptions/{sub}/replay"),
             Some(json!({"since": "2020-01-01T00:00:00Z"})),
         ),
+        ("POST", format!("/v1/subscriptions/{sub}/flush"), None),
+        ("GET", format!("/v1/subscriptions/{sub}/window"), None),
         ("DELETE", format!("/v1/subscriptions/{sub}"), None),
         ("GET", format!("/v1/plugins/{plugin}"), None),
         (
@@ -685,6 +687,8 @@ async fn the_openapi_document_lists_every_route() {
         ("post", "/v1/subscriptions/{id}/rotate-secret"),
         ("post", "/v1/subscriptions/{id}/test"),
         ("post", "/v1/subscriptions/{id}/replay"),
+        ("post", "/v1/subscriptions/{id}/flush"),
+        ("get", "/v1/subscriptions/{id}/window"),
         ("get", "/v1/deliveries"),
         ("get", "/v1/deliveries/{id}"),
         ("post", "/v1/deliveries/{id}/retry"),

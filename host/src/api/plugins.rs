@@ -8,6 +8,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Digest;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,26 +72,18 @@ impl From<PluginRecord> for PluginView {
     }
 }
 
-fn builtin_views(state: &ApiState) -> Vec<PluginView> {
+fn builtin_views() -> Vec<PluginView> {
     bundled::BUNDLED
         .iter()
-        .map(|b| {
-            let sha = state
-                .app
-                .plugins
-                .resolve("", &b.id())
-                .map(|p| p.sha256)
-                .unwrap_or_default();
-            PluginView {
-                id: b.id(),
-                name: b.name.into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                sha256: sha,
-                size: b.wasm.len(),
-                builtin: true,
-                description: Some(b.description.into()),
-                created_at: None,
-            }
+        .map(|b| PluginView {
+            id: b.id(),
+            name: b.name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sha256: hex::encode(sha2::Sha256::digest(b.wasm)),
+            size: b.wasm.len(),
+            builtin: true,
+            description: Some(b.description.into()),
+            created_at: None,
         })
         .collect()
 }
@@ -163,7 +156,7 @@ async fn list(
     tenant: Tenant,
     State(state): State<ApiState>,
 ) -> Result<axum::Json<Vec<PluginView>>, ApiError> {
-    let mut views = builtin_views(&state);
+    let mut views = builtin_views();
     views.extend(
         state
             .app
@@ -177,7 +170,7 @@ async fn list(
 
 fn find(state: &ApiState, tenant: &Tenant, id: &str) -> Result<PluginView, ApiError> {
     if id.starts_with("builtin:") {
-        return builtin_views(state)
+        return builtin_views()
             .into_iter()
             .find(|v| v.id == id)
             .ok_or_else(|| ApiError::NotFound(format!("no plugin {id:?}")));
