@@ -482,3 +482,50 @@ async fn kill_9_during_a_flush_sends_each_day_once() {
         assert!(seen.values().all(|n| *n == 1), "{failpoint}: {seen:?}");
     }
 }
+
+#[tokio::test]
+async fn a_disabled_subscription_keeps_its_items_until_enabled() {
+    let e = Engine::new().await;
+    e.clock.set("2026-11-19T12:00:00Z".parse().unwrap());
+    let key = e.tenant().await;
+    let rx = Receiver::ok().await;
+    let sub = e.subscribe(&key, chatlog_subscription(&rx.url())).await;
+    let id = sub["id"].as_str().unwrap();
+    e.send(
+        &key,
+        msg(
+            "d1",
+            "bot",
+            1,
+            "2026-11-18T09:00:00Z",
+            "visitor",
+            "kept",
+            "2026-11-18T09:00:01Z",
+        ),
+    )
+    .await;
+    let (s, _) = e
+        .call(
+            "POST",
+            &format!("/v1/subscriptions/{id}/disable"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
+    let (_, view) = e
+        .call("GET", &format!("/v1/subscriptions/{id}/window"), &key, None)
+        .await;
+    assert_eq!(view["windows"][0]["items"], 1);
+    e.call(
+        "POST",
+        &format!("/v1/subscriptions/{id}/enable"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
+    e.worker.run_due().await;
+    assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+}

@@ -149,7 +149,7 @@ pub fn window_key(subscription_id: &str, start: Timestamp) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Store {
     db: Db,
-    pub(crate) tenants: Tree,
+    tenants: Tree,
     api_keys: Tree,
     subscriptions: Tree,
     plugins: Tree,

@@ -273,6 +273,15 @@ pub async fn flush_due(app: &App) -> Result<usize, FlushError> {
         if state.retry_at.is_some_and(|t| t > now) {
             continue;
         }
+        // A disabled subscription keeps its items until it is enabled again
+        // (or flushed by hand): flushing now would only fail the deliveries.
+        let enabled = app
+            .store
+            .get_subscription(&state.tenant_id, &state.subscription_id)?
+            .is_none_or(|s| s.enabled);
+        if !enabled {
+            continue;
+        }
         flush_window(app, &state).await?;
         flushed += 1;
     }
