@@ -39,6 +39,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
+    ensure_wasm_target();
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -88,6 +90,45 @@ fn main() {
         "cargo:rustc-env=WASMHOOK_FIXTURES_DIR={}",
         fixtures_dir.display()
     );
+}
+
+/// rustup installs a toolchain file's `targets` only when it installs the
+/// toolchain itself; a machine that already had the pinned toolchain lacks
+/// `wasm32-wasip2`. Add it here (when rustup is there) so a fresh clone's
+/// `cargo run` / `cargo test` still work, and say so.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = sysroot
+        .as_ref()
+        .is_some_and(|root| root.join("lib/rustlib/wasm32-wasip2").is_dir());
+    if installed {
+        return;
+    }
+    // The toolchain rustup resolved for this build (rust-toolchain.toml).
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", "wasm32-wasip2"]);
+    if let Some(t) = &toolchain {
+        cmd.args(["--toolchain", t]);
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => println!(
+            "cargo:warning=installed the wasm32-wasip2 target with rustup (the bundled plugins are built for it)"
+        ),
+        Ok(o) => println!(
+            "cargo:warning=`rustup target add wasm32-wasip2` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => println!(
+            "cargo:warning=the wasm32-wasip2 target is missing and rustup could not be run ({e}); install the target by hand"
+        ),
+    }
 }
 
 /// Copies `<package>.wasm` (named with underscores by cargo) into `dest` under

@@ -1,23 +1,26 @@
-//! The shared context every stage works with: the store, the sandbox, the
-//! plugin registry, the HTTP sender, the clock, and the settings they need.
+//! The shared context every stage works with: the records, the queue, the
+//! sandbox, the plugin registry, the HTTP sender, the clock, and the
+//! settings they need.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use crate::clock::Clock;
 use crate::deliver::Sender;
 use crate::plugins::Registry;
+use crate::queue::Queue;
 use crate::store::Store;
 
-/// Engine settings (from the `[delivery]` and `[events]` config sections).
+/// Engine settings (from the `[delivery]`, `[events]` and `[limits]`
+/// config sections).
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Attempts in flight at once, all subscriptions together.
     pub workers: usize,
     /// Default per-subscription cap on attempts in flight.
     pub max_in_flight_per_subscription: u32,
+    /// Cap on one tenant's attempts in flight, all its subscriptions together.
+    pub max_in_flight_per_tenant: u32,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
     /// Events and finished deliveries are kept this long.
@@ -26,6 +29,41 @@ pub struct EngineSettings {
     pub secret_grace: Duration,
     /// Per-attempt timeout of new subscriptions.
     pub default_timeout: Duration,
+    /// Bounds on what one tenant or one request may create.
+    pub bounds: Bounds,
+}
+
+/// Every input is bounded; each bound is a config key (`[limits]`) and
+/// each excess a 4xx that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub subscriptions_per_tenant: usize,
+    pub plugins_per_tenant: usize,
+    /// Deliveries one request (a batch × its fan-out × plugin splits) may create.
+    pub deliveries_per_request: usize,
+    /// The backlog quota: deliveries queued or in flight for one tenant.
+    pub pending_deliveries_per_tenant: u64,
+    /// The largest `window.max_bytes` a subscription may ask for (a window
+    /// must stay flushable by a plugin with the sandbox's memory).
+    pub window_max_bytes: u64,
+    /// The largest `window.max_items`.
+    pub window_max_items: u64,
+    /// API keys one tenant may have.
+    pub keys_per_tenant: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            subscriptions_per_tenant: 1_000,
+            plugins_per_tenant: 100,
+            deliveries_per_request: 10_000,
+            pending_deliveries_per_tenant: 100_000,
+            window_max_bytes: 8 << 20,
+            window_max_items: 100_000,
+            keys_per_tenant: 20,
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -33,10 +71,12 @@ impl Default for EngineSettings {
         EngineSettings {
             workers: 64,
             max_in_flight_per_subscription: 8,
+            max_in_flight_per_tenant: 16,
             shutdown_grace: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),
             secret_grace: Duration::from_secs(24 * 3600),
             default_timeout: Duration::from_secs(15),
+            bounds: Bounds::default(),
         }
     }
 }
@@ -45,12 +85,10 @@ impl Default for EngineSettings {
 #[derive(Clone)]
 pub struct App {
     pub store: Store,
+    /// Work to do: enqueued with its records, visible once durable.
+    pub queue: Queue,
     pub plugins: Registry,
     pub sender: Sender,
     pub clock: Arc<dyn Clock>,
     pub settings: EngineSettings,
-    /// Wakes the delivery worker when new work is due now.
-    pub wake: Arc<Notify>,
-    /// Flush deliveries not yet on disk; the worker leaves them alone.
-    pub unsettled: crate::window::Unsettled,
 }

@@ -44,6 +44,8 @@ pub enum EventError {
     BadId,
     #[error("`occurred_at` {0:?} is not an RFC 3339 time such as \"2026-11-21T10:00:00Z\"")]
     BadTime(String),
+    #[error("`occurred_at` {0:?} is out of range: it must be between 1970-01-01 and 2999-12-31")]
+    TimeOutOfRange(String),
     #[error("`source` must be 1 to 100 printable characters")]
     BadSource,
     #[error("`data` must be a JSON object")]
@@ -68,6 +70,16 @@ pub fn is_valid_type(t: &str) -> bool {
     segments >= 2 && t.len() <= 100
 }
 
+/// The `occurred_at` values accepted: 1970-01-01 to the end of 2999.
+fn occurred_at_range() -> (Timestamp, Timestamp) {
+    (
+        Timestamp::UNIX_EPOCH,
+        "2999-12-31T23:59:59.999999999Z"
+            .parse()
+            .expect("a valid constant"),
+    )
+}
+
 fn printable(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.chars().all(|c| !c.is_control())
 }
@@ -90,9 +102,18 @@ impl EventInput {
             None => new_id(),
         };
         let occurred_at = match self.occurred_at {
-            Some(t) => t
-                .parse::<Timestamp>()
-                .map_err(|_| EventError::BadTime(t.clone()))?,
+            Some(t) => {
+                let parsed = t
+                    .parse::<Timestamp>()
+                    .map_err(|_| EventError::BadTime(t.clone()))?;
+                // Far enough from jiff's edges (year 9999) that every
+                // schedule computed from it stays representable.
+                let (min, max) = occurred_at_range();
+                if parsed < min || parsed > max {
+                    return Err(EventError::TimeOutOfRange(t));
+                }
+                parsed
+            }
             None => now,
         };
         let source = match self.source {
@@ -198,5 +219,18 @@ mod tests {
         assert!(
             serde_json::from_str::<EventInput>(r#"{"type":"a.b","data":{},"extra":1}"#).is_err()
         );
+    }
+
+    #[test]
+    fn occurred_at_out_of_range_names_the_field() {
+        for t in ["9999-12-31T23:00:00Z", "1969-12-31T23:59:59Z", "3000-01-01T00:00:00Z"] {
+            let e = input(&format!(
+                r#"{{"type": "message.created", "occurred_at": "{t}", "data": {{}}}}"#
+            ))
+            .validate(now(), "api", || "x".into())
+            .unwrap_err();
+            assert_eq!(e, EventError::TimeOutOfRange(t.into()));
+            assert!(e.to_string().contains("`occurred_at`"), "{e}");
+        }
     }
 }

@@ -16,12 +16,36 @@ use tracing::{debug, warn};
 use crate::app::App;
 use crate::event::Envelope;
 use crate::route;
+use crate::runtime::admission::Busy;
 use crate::runtime::{Action, PluginRequest};
 use crate::store::{
     Accepted, Delivery, DeliveryStatus, HeldWrite, NewEvent, StoreError, StoredEvent,
     StoredRequest, Subscription,
 };
-use crate::util::new_id;
+use crate::util::new_id_at;
+
+/// Why a request was not accepted. Nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No plugin slot within the admission wait: answered 503 before
+    /// anything is stored, so the sender's retry loses nothing.
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error(
+        "this request would create {count} deliveries, over limits.deliveries_per_request = {limit}; send fewer events per request"
+    )]
+    TooManyDeliveries { count: usize, limit: usize },
+    #[error(
+        "the tenant has {pending} deliveries pending and this request adds {adding}, over its backlog quota limits.pending_deliveries_per_tenant = {limit}; retry when its endpoints have caught up"
+    )]
+    BacklogFull {
+        pending: u64,
+        adding: usize,
+        limit: u64,
+    },
+}
 
 /// The answer for one event: its id, and whether it was new.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,36 +58,52 @@ pub struct IngestResult {
 }
 
 /// Accepts a batch of a tenant's validated events; returns once they and
-/// their deliveries are on disk.
+/// their deliveries are on disk (and only then can a worker see them).
 pub async fn accept(
     app: &App,
     tenant_id: &str,
     events: Vec<Envelope>,
-) -> Result<Vec<IngestResult>, StoreError> {
+) -> Result<Vec<IngestResult>, IngestError> {
     let now = app.clock.now();
     let subscriptions = app.store.list_subscriptions(tenant_id)?;
     let mut batch = Vec::with_capacity(events.len());
+    let mut fresh = Vec::with_capacity(events.len());
     for event in events {
         // A retried request must not run plugins again for nothing.
-        if let Some(existing) = app.store.get_event(tenant_id, &event.id)? {
-            batch.push(NewEvent {
+        match app.store.get_event(tenant_id, &event.id)? {
+            Some(existing) => batch.push(NewEvent {
+                replay: false,
                 event: existing,
                 deliveries: Vec::new(),
                 held: Vec::new(),
-            });
-            continue;
+            }),
+            None => fresh.push(event),
         }
+    }
+    let routed: Vec<(Envelope, Vec<&Subscription>)> = fresh
+        .into_iter()
+        .map(|event| {
+            let subs = subscriptions
+                .iter()
+                .filter(|s| s.enabled && route::matches_any(&s.event_types, &event.event_type))
+                .collect();
+            (event, subs)
+        })
+        .collect();
+    // Each routed pair makes at least one delivery record: refuse before
+    // running any plugin when that alone is over a bound.
+    let pairs: usize = routed.iter().map(|(_, subs)| subs.len()).sum();
+    check_bounds(app, tenant_id, pairs, pairs)?;
+    for (event, subs) in routed {
         let mut deliveries = Vec::new();
         let mut held = Vec::new();
-        for sub in subscriptions
-            .iter()
-            .filter(|s| s.enabled && route::matches_any(&s.event_types, &event.event_type))
-        {
-            let out = transform(app, sub, &event, now).await;
+        for sub in subs {
+            let out = transform(app, sub, &event, now, HoldMode::Keep).await?;
             deliveries.extend(out.deliveries);
             held.extend(out.held);
         }
         batch.push(NewEvent {
+            replay: false,
             held,
             event: StoredEvent {
                 tenant_id: tenant_id.to_string(),
@@ -74,9 +114,14 @@ pub async fn accept(
             deliveries,
         });
     }
-    let outcomes = app.store.accept(&batch)?;
-    app.store.durable().await?;
-    app.wake.notify_one();
+    let created: usize = batch.iter().map(|n| n.deliveries.len()).sum();
+    let pending = batch
+        .iter()
+        .flat_map(|n| &n.deliveries)
+        .filter(|d| d.status == DeliveryStatus::Pending)
+        .count();
+    check_bounds(app, tenant_id, created, pending)?;
+    let outcomes = app.queue.accept(&batch).await?;
     Ok(batch
         .into_iter()
         .zip(outcomes)
@@ -93,6 +138,66 @@ pub async fn accept(
             },
         })
         .collect())
+}
+
+/// The per-request and per-tenant bounds on what a request creates.
+fn check_bounds(
+    app: &App,
+    tenant_id: &str,
+    created: usize,
+    pending: usize,
+) -> Result<(), IngestError> {
+    let bounds = &app.settings.bounds;
+    if created > bounds.deliveries_per_request {
+        return Err(IngestError::TooManyDeliveries {
+            count: created,
+            limit: bounds.deliveries_per_request,
+        });
+    }
+    let queued = app.queue.tenant_pending(tenant_id);
+    if pending > 0 && queued + pending as u64 > bounds.pending_deliveries_per_tenant {
+        return Err(IngestError::BacklogFull {
+            pending: queued,
+            adding: pending,
+            limit: bounds.pending_deliveries_per_tenant,
+        });
+    }
+    Ok(())
+}
+
+/// Routes stored events again through one subscription (replay), in one
+/// transaction with their new deliveries, visible once durable. Returns
+/// (events, deliveries) routed.
+pub async fn replay(
+    app: &App,
+    sub: &Subscription,
+    events: Vec<StoredEvent>,
+) -> Result<(usize, usize), IngestError> {
+    let now = app.clock.now();
+    let events: Vec<StoredEvent> = events
+        .into_iter()
+        .filter(|e| route::matches_any(&sub.event_types, &e.event.event_type))
+        .collect();
+    check_bounds(app, &sub.tenant_id, events.len(), events.len())?;
+    let mut batch = Vec::with_capacity(events.len());
+    for stored in events {
+        let out = transform(app, sub, &stored.event, now, HoldMode::Keep).await?;
+        batch.push(NewEvent {
+            replay: true,
+            event: stored,
+            deliveries: out.deliveries,
+            held: out.held,
+        });
+    }
+    let created: usize = batch.iter().map(|n| n.deliveries.len()).sum();
+    let pending = batch
+        .iter()
+        .flat_map(|n| &n.deliveries)
+        .filter(|d| d.status == DeliveryStatus::Pending)
+        .count();
+    check_bounds(app, &sub.tenant_id, created, pending)?;
+    app.queue.accept(&batch).await?;
+    Ok((batch.len(), created))
 }
 
 /// The body sent when a subscription has no plugin: the Standard Webhooks
@@ -123,115 +228,156 @@ pub struct Transformed {
     pub held: Vec<HeldWrite>,
 }
 
-/// Runs the subscription's plugin on the event (once) and turns the action
-/// into deliveries: one pending delivery per request, or one filtered,
-/// held or failed delivery that records why nothing is sent.
+/// What to do with items a plugin holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldMode {
+    /// Keep them in the subscription's window (events, replay).
+    Keep,
+    /// Record the hold only (a test event must not land in a real window).
+    Discard,
+}
+
+/// A pending delivery for each request a plugin returned, or why none can
+/// be made: the one constructor for pending deliveries (ingest and window
+/// flush), so the subscription's own signature headers are reserved on
+/// every path.
+pub fn pending_deliveries(
+    sub: &Subscription,
+    event_id: &str,
+    event_type: &str,
+    requests: Vec<PluginRequest>,
+    now: Timestamp,
+) -> Result<Vec<Delivery>, String> {
+    let reserved = crate::sign::reserved_names(&sub.signature);
+    if let Some(h) = requests
+        .iter()
+        .flat_map(|r| &r.headers)
+        .find(|h| reserved.contains(&h.name.to_ascii_lowercase()))
+    {
+        return Err(format!(
+            "plugin set the reserved header {:?}; wasmhook sets it itself",
+            h.name
+        ));
+    }
+    Ok(requests
+        .into_iter()
+        .map(|r| {
+            let request = StoredRequest {
+                body: r.body,
+                content_type: r.content_type,
+                headers: r.headers,
+            };
+            new_delivery(sub, event_id, event_type, now, DeliveryStatus::Pending, Some(request), None)
+        })
+        .collect())
+}
+
+/// A delivery record of one event for one subscription.
+pub fn new_delivery(
+    sub: &Subscription,
+    event_id: &str,
+    event_type: &str,
+    now: Timestamp,
+    status: DeliveryStatus,
+    request: Option<StoredRequest>,
+    note: Option<String>,
+) -> Delivery {
+    Delivery {
+        id: new_id_at("dlv", now),
+        tenant_id: sub.tenant_id.clone(),
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        subscription_id: sub.id.clone(),
+        status,
+        next_attempt_at: (status == DeliveryStatus::Pending).then_some(now),
+        request,
+        attempts: Vec::new(),
+        last_error: note,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Runs the subscription's plugin on the event (once, after taking an
+/// admission slot) and turns the action into deliveries: one pending
+/// delivery per request, or one filtered, held or failed delivery that
+/// records why nothing is sent. Only a full plugin pool is an error.
 pub async fn transform(
     app: &App,
     sub: &Subscription,
     event: &Envelope,
     now: Timestamp,
-) -> Transformed {
-    let mut held = Vec::new();
-    let deliveries = transform_inner(app, sub, event, now, &mut held).await;
-    Transformed { deliveries, held }
-}
-
-async fn transform_inner(
-    app: &App,
-    sub: &Subscription,
-    event: &Envelope,
-    now: Timestamp,
-    held: &mut Vec<HeldWrite>,
-) -> Vec<Delivery> {
-    let delivery =
-        |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| Delivery {
-            id: new_id("dlv"),
-            tenant_id: sub.tenant_id.clone(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            subscription_id: sub.id.clone(),
-            status,
-            next_attempt_at: (status == DeliveryStatus::Pending).then_some(now),
-            request,
-            attempts: Vec::new(),
-            last_error: note,
-            created_at: now,
-            updated_at: now,
-        };
+    hold: HoldMode,
+) -> Result<Transformed, Busy> {
+    let delivery = |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| {
+        new_delivery(sub, &event.id, &event.event_type, now, status, request, note)
+    };
+    let one = |d: Delivery| Transformed {
+        deliveries: vec![d],
+        held: Vec::new(),
+    };
     let Some(plugin_ref) = &sub.plugin else {
         let request = StoredRequest {
             body: envelope_body(event),
             content_type: "application/json".into(),
             headers: Vec::new(),
         };
-        return vec![delivery(DeliveryStatus::Pending, Some(request), None)];
+        return Ok(one(delivery(DeliveryStatus::Pending, Some(request), None)));
     };
     let plugin = match app.plugins.resolve(&sub.tenant_id, &plugin_ref.id) {
         Ok(p) => p,
         Err(e) => {
             warn!(subscription_id = %sub.id, error = %e, "plugin unavailable");
-            return vec![delivery(
+            return Ok(one(delivery(
                 DeliveryStatus::Failed,
                 None,
                 Some(format!("plugin {}: {e}", plugin_ref.id)),
-            )];
+            )));
         }
     };
     let config = plugin_ref.config.to_string();
-    let report = app
-        .plugins
-        .runtime()
-        .handle(&plugin, &event.to_plugin_event(), &config)
-        .await;
+    let report = {
+        let _slot = app.plugins.admit(&sub.tenant_id).await?;
+        app.plugins
+            .runtime()
+            .handle(&plugin, &event.to_plugin_event(), &config)
+            .await
+    };
     debug!(subscription_id = %sub.id, event_id = %event.id, elapsed_us = report.elapsed.as_micros() as u64, "plugin ran");
-    let reserved = crate::sign::reserved_names(&sub.signature);
-    match report.result {
-        Ok(Action::Skip { reason }) => vec![delivery(
+    Ok(match report.result {
+        Ok(Action::Skip { reason }) => one(delivery(
             DeliveryStatus::Filtered,
             None,
             Some(reason.unwrap_or_else(|| "skipped by the plugin".into())),
-        )],
-        Ok(Action::Deliver { requests }) if requests.is_empty() => vec![delivery(
+        )),
+        Ok(Action::Deliver { requests }) if requests.is_empty() => one(delivery(
             DeliveryStatus::Filtered,
             None,
             Some("the plugin returned no requests".into()),
-        )],
+        )),
         Ok(Action::Deliver { requests }) => {
-            // The scheme's own header names (configurable per subscription)
-            // are reserved too.
-            if let Some(h) = requests
-                .iter()
-                .flat_map(|r| &r.headers)
-                .find(|h| reserved.contains(&h.name.to_ascii_lowercase()))
-            {
-                return vec![delivery(
-                    DeliveryStatus::Failed,
-                    None,
-                    Some(format!(
-                        "plugin set the reserved header {:?}; wasmhook sets it itself",
-                        h.name
-                    )),
-                )];
+            match pending_deliveries(sub, &event.id, &event.event_type, requests, now) {
+                Ok(deliveries) => Transformed {
+                    deliveries,
+                    held: Vec::new(),
+                },
+                Err(why) => one(delivery(DeliveryStatus::Failed, None, Some(why))),
             }
-            requests
-                .into_iter()
-                .map(|r: PluginRequest| {
-                    let request = StoredRequest {
-                        body: r.body,
-                        content_type: r.content_type,
-                        headers: r.headers,
-                    };
-                    delivery(DeliveryStatus::Pending, Some(request), None)
-                })
-                .collect()
         }
+        Ok(Action::Hold { items }) if hold == HoldMode::Discard => one(delivery(
+            DeliveryStatus::Held,
+            None,
+            Some(format!(
+                "the plugin held {} item(s); a test event's items are not kept in the window",
+                items.len()
+            )),
+        )),
         Ok(Action::Hold { items }) => match crate::window::hold(app, sub, event, items) {
-            Ok((writes, note)) => {
-                held.extend(writes);
-                vec![delivery(DeliveryStatus::Held, None, Some(note))]
-            }
-            Err(why) => vec![delivery(DeliveryStatus::Failed, None, Some(why))],
+            Ok((held, note)) => Transformed {
+                deliveries: vec![delivery(DeliveryStatus::Held, None, Some(note))],
+                held,
+            },
+            Err(why) => one(delivery(DeliveryStatus::Failed, None, Some(why))),
         },
         Err(e) => {
             let log_tail: Vec<String> = report
@@ -245,7 +391,7 @@ async fn transform_inner(
             if !log_tail.is_empty() && !matches!(e, crate::runtime::CallError::Panic { .. }) {
                 message.push_str(&format!(" (plugin log: {})", log_tail.join(" | ")));
             }
-            vec![delivery(DeliveryStatus::Failed, None, Some(message))]
+            one(delivery(DeliveryStatus::Failed, None, Some(message)))
         }
-    }
+    })
 }

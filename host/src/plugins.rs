@@ -2,11 +2,13 @@
 //! `builtin:<name>` for the bundled plugins, `plg_…` for a tenant's uploads
 //! (bytes in the store, compiled artifacts in the runtime's disk cache).
 //! Loaded plugins are kept by SHA-256, so tenants that upload the same
-//! component share one compiled copy.
+//! component share one compiled copy. Every call first takes a slot from the
+//! [`Admission`] queue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::runtime::admission::{Admission, Busy, Permit};
 use crate::runtime::{LoadError, Plugin, Runtime, bundled};
 use crate::store::{Store, StoreError};
 
@@ -26,20 +28,27 @@ pub enum ResolveError {
 pub struct Registry {
     runtime: Runtime,
     store: Store,
+    admission: Admission,
     loaded: Arc<RwLock<HashMap<String, Plugin>>>,
 }
 
 impl Registry {
-    pub fn new(runtime: Runtime, store: Store) -> Self {
+    pub fn new(runtime: Runtime, store: Store, admission: Admission) -> Self {
         Registry {
             runtime,
             store,
+            admission,
             loaded: Arc::default(),
         }
     }
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// A slot for one plugin call on behalf of `tenant_id` (bounded wait).
+    pub async fn admit(&self, tenant_id: &str) -> Result<Permit, Busy> {
+        self.admission.admit(tenant_id).await
     }
 
     /// The loaded plugin `id` as seen by `tenant_id`.
@@ -68,6 +77,16 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .insert(plugin.sha256.clone(), plugin.clone());
         Ok(plugin)
+    }
+
+    /// Drops a component no plugin record uses any more: its compiled copy
+    /// in memory and its artifact on disk.
+    pub fn forget(&self, sha256: &str) {
+        self.loaded
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sha256);
+        self.runtime.forget(sha256);
     }
 
     fn load_bytes_cached(

@@ -21,6 +21,18 @@ pub fn new_id(prefix: &str) -> String {
     )
 }
 
+/// A new id whose time part is `now` (the engine's clock): ids of records
+/// pruned by age (deliveries) must sort by the clock that ages them.
+pub fn new_id_at(prefix: &str, now: jiff::Timestamp) -> String {
+    let ms = now.as_millisecond().max(0) as u64;
+    format!(
+        "{prefix}_{}",
+        ulid::Ulid::from_parts(ms, rand::random::<u128>())
+            .to_string()
+            .to_ascii_lowercase()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +51,14 @@ mod tests {
         let b = new_id("dlv");
         assert!(a.starts_with("dlv_") && a.len() == 30);
         assert!(a < b);
+    }
+
+    #[test]
+    fn ids_at_a_time_carry_that_time() {
+        let t: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let id = new_id_at("dlv", t);
+        let ulid = ulid::Ulid::from_string(&id["dlv_".len()..].to_ascii_uppercase()).unwrap();
+        assert_eq!(ulid.timestamp_ms() as i64, t.as_millisecond());
+        assert!(new_id_at("dlv", t) < new_id_at("dlv", t + jiff::SignedDuration::from_millis(1)));
     }
 }

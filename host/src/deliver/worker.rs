@@ -1,51 +1,42 @@
-//! The delivery worker: scans the outbox in due order and runs attempts
-//! under a global cap (a pool of permits) and a per-subscription cap, so one
-//! slow or dead endpoint occupies at most its own share and never delays the
-//! others. Each attempt: sign with a fresh timestamp, send, record the
-//! attempt, let the retry policy decide, and move the outbox entry — all in
-//! one store transaction.
+//! The delivery worker: leases due deliveries from the [`Queue`] — fairly
+//! across tenants and their subscriptions, within the global, per-tenant and
+//! per-subscription caps — and runs each attempt in its own task: sign with
+//! a fresh timestamp, send, record the attempt, let the retry policy decide,
+//! and move the outbox entry in one store transaction; then give the lease
+//! back with the retry's due time. A slow or dead endpoint holds at most its
+//! own caps; while every due delivery is blocked by a cap, the worker sleeps.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use jiff::Timestamp;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::app::App;
 use crate::deliver::Request;
+use crate::queue::{Lease, Queue};
 use crate::retry::{self, Decision};
 use crate::sign;
 use crate::store::{Attempt, Delivery, DeliveryStatus, StoreError};
 
-/// Outbox entries looked at per scan.
-const SCAN_BATCH: usize = 512;
-/// Longest sleep between scans when nothing is due sooner.
+/// Longest sleep when nothing is due sooner (a manual clock in tests, and a
+/// bound on how late a wake-up can be).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-
-/// Attempts in flight, for the caps.
-#[derive(Default)]
-struct InFlight {
-    deliveries: HashSet<String>,
-    per_subscription: HashMap<String, u32>,
-}
+/// After a storage error while recording an attempt, when it is tried again.
+const AFTER_STORE_ERROR: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 
 /// Runs attempts for due deliveries.
 pub struct Worker {
     app: App,
-    permits: Arc<Semaphore>,
-    in_flight: Arc<Mutex<InFlight>>,
+    queue: Queue,
 }
 
 impl Worker {
     pub fn new(app: App) -> Self {
-        let workers = app.settings.workers.max(1);
         Worker {
+            queue: app.queue.clone(),
             app,
-            permits: Arc::new(Semaphore::new(workers)),
-            in_flight: Arc::default(),
         }
     }
 
@@ -56,13 +47,11 @@ impl Worker {
         tokio::pin!(shutdown);
         let mut tasks = JoinSet::new();
         loop {
-            if let Err(e) = self.dispatch(&mut tasks) {
-                warn!(error = %e, "outbox scan failed");
-            }
+            self.dispatch(&mut tasks);
             let wait = self.until_next_due();
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = self.app.wake.notified() => {}
+                _ = self.queue.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -89,14 +78,7 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let mut total = 0;
         loop {
-            match self.dispatch(&mut tasks) {
-                Ok(0) if tasks.is_empty() => break,
-                Ok(n) => total += n,
-                Err(e) => {
-                    warn!(error = %e, "outbox scan failed");
-                    break;
-                }
-            }
+            total += self.dispatch(&mut tasks);
             if tasks.join_next().await.is_none() {
                 break;
             }
@@ -105,117 +87,67 @@ impl Worker {
     }
 
     fn until_next_due(&self) -> Duration {
-        match self.app.store.next_due() {
-            Ok(Some(due)) => {
-                let now = self.app.clock.now();
-                let wait = due.duration_since(now);
+        match self.queue.next_due() {
+            Some(due) => {
+                let wait = due.duration_since(self.app.clock.now());
                 Duration::try_from(wait)
                     .unwrap_or(Duration::ZERO)
                     .min(IDLE_POLL)
             }
-            _ => IDLE_POLL,
+            None => IDLE_POLL,
         }
     }
 
-    /// Starts attempts for due entries within the caps; returns how many.
-    /// Entries already in flight or over their subscription's cap are
-    /// skipped without reading the delivery (the outbox value names the
-    /// subscription), so a deep backlog on one endpoint costs little.
-    fn dispatch(&self, tasks: &mut JoinSet<()>) -> Result<usize, StoreError> {
-        let now = self.app.clock.now();
-        let mut caps: HashMap<String, u32> = HashMap::new();
+    /// Starts an attempt for every lease the queue grants now; returns how many.
+    fn dispatch(&self, tasks: &mut JoinSet<()>) -> usize {
         let mut started = 0;
-        for entry in self.app.store.due(now).take(SCAN_BATCH) {
-            if self.permits.available_permits() == 0 {
-                break;
-            }
-            let entry = entry?;
-            let (delivery_id, sub_id) = (entry.delivery_id(), entry.subscription_id());
-            if self.lock().deliveries.contains(delivery_id)
-                || self
-                    .app
-                    .unsettled
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(delivery_id)
-            {
-                continue;
-            }
-            let cap = match caps.get(sub_id) {
-                Some(cap) => *cap,
-                None => {
-                    let cap = self
-                        .app
-                        .store
-                        .get_subscription(entry.tenant_id(), sub_id)?
-                        .map(|s| s.max_in_flight.max(1))
-                        .unwrap_or(1);
-                    caps.insert(sub_id.to_string(), cap);
-                    cap
-                }
-            };
-            {
-                let mut in_flight = self.lock();
-                match in_flight.per_subscription.get_mut(sub_id) {
-                    Some(count) if *count >= cap => continue,
-                    Some(count) => *count += 1,
-                    None => {
-                        in_flight.per_subscription.insert(sub_id.to_string(), 1);
-                    }
-                }
-                in_flight.deliveries.insert(delivery_id.to_string());
-            }
-            let (delivery_id, sub_id) = (delivery_id.to_string(), sub_id.to_string());
-            let permit = self
-                .permits
-                .clone()
-                .try_acquire_owned()
-                .expect("checked above; only this loop acquires");
-            let app = self.app.clone();
-            let in_flight = self.in_flight.clone();
+        while let Some(lease) = self.queue.lease() {
             let span = info_span!(
                 "delivery",
-                delivery_id = %delivery_id,
-                subscription_id = %sub_id,
+                delivery_id = %lease.delivery_id,
+                subscription_id = %lease.subscription_id,
+                tenant_id = %lease.tenant_id,
                 event_id = tracing::field::Empty,
                 attempt = tracing::field::Empty,
             );
-            tasks.spawn(
-                async move {
-                    let result = match app.store.get_delivery(&delivery_id) {
-                        Ok(Some(delivery)) => attempt(&app, delivery).await,
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
-                        warn!(error = %e, "recording the attempt failed; it stays due");
-                    }
-                    drop(permit);
-                    let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                    in_flight.deliveries.remove(&delivery_id);
-                    if let Some(n) = in_flight.per_subscription.get_mut(&sub_id) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
-                .instrument(span),
-            );
+            tasks.spawn(run_lease(self.app.clone(), lease).instrument(span));
             started += 1;
         }
-        Ok(started)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+        started
     }
 }
 
-/// One attempt of one delivery, recorded with its consequence.
-pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
+/// One leased attempt, then the lease back to the queue.
+async fn run_lease(app: App, lease: Lease) {
+    let result = match app.store.get_delivery(&lease.delivery_id) {
+        Ok(Some(delivery)) => attempt(&app, delivery).await,
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let next = match result {
+        Ok(next) => next,
+        Err(e) => {
+            warn!(error = %e, "recording the attempt failed; it stays due");
+            Some(app.clock.now() + AFTER_STORE_ERROR)
+        }
+    };
+    app.queue.complete(&lease, next);
+}
+
+/// One attempt of one delivery, recorded with its consequence. Returns when
+/// the next attempt is due, if the delivery is still pending.
+pub async fn attempt(app: &App, mut d: Delivery) -> Result<Option<Timestamp>, StoreError> {
+    record_attempt(app, &mut d).await?;
+    Ok(d.next_attempt_at
+        .filter(|_| d.status == DeliveryStatus::Pending))
+}
+
+async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
     let previous_due = d.next_attempt_at;
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return app.store.update_delivery(&d, previous_due);
+        return app.store.update_delivery(d, previous_due);
     }
     let now = app.clock.now();
     let sub = app
@@ -234,18 +166,18 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
                 ),
                 None => "subscription deleted".into(),
             };
-            finish(&mut d, DeliveryStatus::Failed, Some(why), now);
-            return app.store.update_delivery(&d, previous_due);
+            finish(d, DeliveryStatus::Failed, Some(why), now);
+            return app.store.update_delivery(d, previous_due);
         }
     };
     let Some(request) = d.request.clone() else {
         finish(
-            &mut d,
+            d,
             DeliveryStatus::Failed,
             Some("nothing to send".into()),
             now,
         );
-        return app.store.update_delivery(&d, previous_due);
+        return app.store.update_delivery(d, previous_due);
     };
 
     let secrets = sub.signing_secrets(now);
@@ -259,12 +191,12 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
         Ok(h) => h,
         Err(e) => {
             finish(
-                &mut d,
+                d,
                 DeliveryStatus::Failed,
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return app.store.update_delivery(&d, previous_due);
+            return app.store.update_delivery(d, previous_due);
         }
     };
     headers.extend(
@@ -307,8 +239,8 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
     info!(status = ?result.status, duration_ms = result.duration_ms, error = ?result.error, decision = ?decision, "attempt");
     match decision {
         Decision::Succeeded => {
-            finish(&mut d, DeliveryStatus::Succeeded, None, decided_at);
-            app.store.update_delivery(&d, previous_due)?;
+            finish(d, DeliveryStatus::Succeeded, None, decided_at);
+            app.store.update_delivery(d, previous_due)?;
             if sub.consecutive_failures != 0 {
                 app.store
                     .update_subscription(&sub.tenant_id, &sub.id, |s| {
@@ -321,15 +253,15 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            app.store.update_delivery(&d, previous_due)?;
+            app.store.update_delivery(d, previous_due)?;
         }
         Decision::GiveUp { reason } => {
             let error = match result.error {
                 Some(e) => format!("{e}; {reason}"),
                 None => reason,
             };
-            finish(&mut d, DeliveryStatus::Failed, Some(error), decided_at);
-            app.store.update_delivery(&d, previous_due)?;
+            finish(d, DeliveryStatus::Failed, Some(error), decided_at);
+            app.store.update_delivery(d, previous_due)?;
             let limit = sub.retry.disable_after_failures;
             app.store.update_subscription(&sub.tenant_id, &sub.id, |s| {
                 s.consecutive_failures += 1;
@@ -348,12 +280,12 @@ pub async fn attempt(app: &App, mut d: Delivery) -> Result<(), StoreError> {
         Decision::Disable { reason } => {
             let error = result.error.unwrap_or_default();
             finish(
-                &mut d,
+                d,
                 DeliveryStatus::Failed,
                 Some(format!("{error}; {reason}")),
                 decided_at,
             );
-            app.store.update_delivery(&d, previous_due)?;
+            app.store.update_delivery(d, previous_due)?;
             app.store
                 .update_subscription(&sub.tenant_id, &sub.id, |s| {
                     s.enabled = false;

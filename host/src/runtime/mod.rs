@@ -8,6 +8,7 @@
 //! state and one misbehaving call cannot affect the next one or another
 //! tenant's.
 
+pub mod admission;
 mod bindings;
 pub mod bundled;
 mod cache;
@@ -25,12 +26,21 @@ use wasmtime::{
 };
 
 use bindings::{Transform, TransformPre};
+pub use cache::ArtifactDigests;
 use state::{LogLimits, State};
 pub use types::*;
 
 /// How often the epoch advances: the granularity of time limits and of a
 /// long-running plugin's yields to the async executor.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Bytes a call may copy into the host beyond its output limit: list and
+/// record overhead, and the error variants' strings.
+const LIFT_SLACK_BYTES: usize = 64 * 1024;
+
+/// wasmtime 48's message when a lift runs out of hostcall fuel (its error
+/// type is private, so the text is all there is to recognise it by).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 /// Sandbox limits; every field has the default the design card gives.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,6 +119,8 @@ pub enum CallError {
     Trap { message: String },
     #[error("plugin output is {size} bytes, over the {limit}-byte limit")]
     OutputTooLarge { size: usize, limit: usize },
+    #[error("plugin tried to return more than its {limit}-byte output limit")]
+    OutputOverLimit { limit: usize },
     #[error("plugin returned {count} requests, over the limit of {limit}")]
     TooManyRequests { count: usize, limit: usize },
     #[error("plugin set the reserved header {name:?}; wasmhook sets it itself")]
@@ -211,9 +223,22 @@ struct Inner {
 }
 
 impl Runtime {
-    /// Builds the engine and linker. `cache_dir` keeps compiled artifacts so
-    /// a restart does not recompile (None: compile in memory every load).
+    /// Builds the engine and linker. `cache_dir` keeps compiled artifacts
+    /// (None: compile in memory every load); their digests live only as long
+    /// as this runtime, so a file left by an earlier process is recompiled.
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        Self::with_cache(
+            limits,
+            cache_dir.map(|dir| (dir, Arc::new(cache::MemoryDigests::default()) as _)),
+        )
+    }
+
+    /// Like [`Runtime::new`], with the artifacts' digests kept in `digests`
+    /// (the store), so a restart maps the artifacts it can trust.
+    pub fn with_cache(
+        limits: Limits,
+        cache: Option<(PathBuf, Arc<dyn ArtifactDigests>)>,
+    ) -> Result<Self, LoadError> {
         let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
         let slots = limits.max_concurrent_calls.max(1);
@@ -246,9 +271,9 @@ impl Runtime {
             .map_err(engine_err)?;
 
         spawn_epoch_ticker(&engine);
-        let cache = match cache_dir {
-            Some(dir) => Some(
-                cache::ArtifactCache::open(dir, &engine)
+        let cache = match cache {
+            Some((dir, digests)) => Some(
+                cache::ArtifactCache::open(dir, &engine, digests)
                     .map_err(|e| LoadError::Engine(format!("compiled-plugin cache: {e}")))?,
             ),
             None => None,
@@ -261,6 +286,13 @@ impl Runtime {
                 cache,
             }),
         })
+    }
+
+    /// Drops the cached artifact of a component no plugin uses any more.
+    pub fn forget(&self, sha256: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(sha256);
+        }
     }
 
     /// The limits every call runs under.
@@ -390,6 +422,10 @@ impl Runtime {
             State::new(limits.memory_bytes, log_limits),
         );
         store.limiter(|state| &mut state.limiter);
+        // Lifting a result copies it into host memory before any output
+        // check can look at it: cap the copy near the output limit (the
+        // slack covers the records' own bytes) instead of wasmtime's 128 MiB.
+        store.set_hostcall_fuel(limits.output_bytes.saturating_add(LIFT_SLACK_BYTES));
         // Every epoch tick, a running plugin yields to tokio (so a busy plugin
         // never holds a worker thread for its whole budget) and is
         // interrupted once its wall-clock budget is spent.
@@ -499,7 +535,11 @@ fn classify(
         }
         None => {
             let message = format!("{error:#}");
-            if message.contains("instantiat") {
+            if message.contains(HOSTCALL_FUEL_EXHAUSTED) {
+                CallError::OutputOverLimit {
+                    limit: limits.output_bytes,
+                }
+            } else if message.contains("instantiat") {
                 CallError::Instantiate { message }
             } else {
                 CallError::Trap { message }

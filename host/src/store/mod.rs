@@ -111,6 +111,13 @@ impl DueEntry {
         std::str::from_utf8(&self.key[8..]).unwrap_or_default()
     }
 
+    /// When it is due (ms since the epoch).
+    pub fn due_ms(&self) -> u64 {
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&self.key[..8]);
+        u64::from_be_bytes(ms)
+    }
+
     fn value_part(&self, first: bool) -> &str {
         let v = &self.value[..];
         let (tenant, sub) = match v.iter().position(|b| *b == 0) {
@@ -132,6 +139,9 @@ impl DueEntry {
 /// An event ready to store, with the deliveries routing produced.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// A stored event routed again (replay, test): its deliveries are
+    /// appended to the stored record instead of storing the event.
+    pub replay: bool,
     pub event: StoredEvent,
     pub deliveries: Vec<Delivery>,
     /// Items plugins held, stored with the event.
@@ -455,27 +465,6 @@ impl Store {
             .map_err(tx_error)
     }
 
-    /// Appends the event's delivery ids to its record (replay, test).
-    pub fn add_event_deliveries(
-        &self,
-        tenant_id: &str,
-        event_id: &str,
-        ids: &[String],
-    ) -> Result<(), StoreError> {
-        let key = scoped(tenant_id, event_id);
-        self.events
-            .transaction(|events| {
-                if let Some(bytes) = events.get(&key)? {
-                    let mut e: StoredEvent =
-                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    e.deliveries.extend(ids.iter().cloned());
-                    events.insert(key.as_slice(), encode(&e))?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)
-    }
-
     pub fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
         self.deliveries
             .get(id)?
@@ -523,43 +512,17 @@ impl Store {
             })
     }
 
-    /// Outbox entries due at or before `now`, earliest first, read lazily:
-    /// the worker stops as soon as its capacity is used.
-    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = Result<DueEntry, StoreError>> + '_ {
-        let end = (millis(now) + 1).to_be_bytes();
-        self.outbox.range(..end.as_slice()).map(|kv| {
+    /// Every outbox entry (the queue loads them at start).
+    pub fn outbox_entries(&self) -> impl Iterator<Item = Result<DueEntry, StoreError>> + '_ {
+        self.outbox.iter().map(|kv| {
             let (key, value) = kv?;
             Ok(DueEntry { key, value })
         })
     }
 
-    /// When the earliest outbox entry is due.
-    pub fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.outbox.first()?.map(|(k, _)| {
-            let mut ms = [0u8; 8];
-            ms.copy_from_slice(&k[..8]);
-            crate::clock::from_millis(u64::from_be_bytes(ms))
-        }))
-    }
-
     /// Number of pending outbox entries.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
-    }
-
-    /// Holds items outside ingest (replay, test) in one transaction.
-    pub fn hold(&self, items: &[HeldWrite], event_id: &str) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        (&self.held, &self.windows)
-            .transaction(|(held, windows)| {
-                for h in items {
-                    hold_tx(held, windows, h, event_id)?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)
     }
 
     /// A fresh number for ordering held items (monotonic across restarts).
@@ -758,20 +721,31 @@ fn accept_tx(
     for new in batch {
         let e = &new.event;
         let key = scoped(&e.tenant_id, &e.event.id);
-        if let Some(existing) = events.get(&key)? {
+        if new.replay {
+            if let Some(bytes) = events.get(&key)? {
+                let mut stored: StoredEvent =
+                    decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                stored
+                    .deliveries
+                    .extend(new.deliveries.iter().map(|d| d.id.clone()));
+                events.insert(key.as_slice(), encode(&stored))?;
+            }
+        } else if let Some(existing) = events.get(&key)? {
             let existing = decode(&key, &existing).map_err(ConflictableTransactionError::Abort)?;
             results.push(Accepted::Duplicate(Box::new(existing)));
             continue;
         }
-        if !seen.insert(key.clone()) {
+        if !new.replay && !seen.insert(key.clone()) {
             // The same id twice in one batch: the first one counts.
             results.push(Accepted::Duplicate(Box::new(e.clone())));
             continue;
         }
-        events.insert(key.as_slice(), encode(e))?;
-        let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
-        time_key.extend_from_slice(&key);
-        by_time.insert(time_key, &[])?;
+        if !new.replay {
+            events.insert(key.as_slice(), encode(e))?;
+            let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
+            time_key.extend_from_slice(&key);
+            by_time.insert(time_key, &[])?;
+        }
         for d in &new.deliveries {
             put_delivery_tx(deliveries, outbox, d, None)?;
             tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;

@@ -13,9 +13,7 @@
 
 mod schedule;
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -24,22 +22,14 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::event::Envelope;
-use crate::runtime::{HeldGroup, HeldItem, WindowBounds};
-use crate::store::{
-    Delivery, DeliveryStatus, HeldWrite, StoreError, StoredRequest, Subscription, WindowState,
-};
-use crate::util::new_id;
+use crate::runtime::{CallError, HeldGroup, HeldItem, WindowBounds};
+use crate::store::{HeldWrite, StoreError, Subscription, WindowState};
 pub use schedule::{Bounds, Schedule, WindowSpec};
 
 /// How often the scheduler looks for closed windows.
 const TICK: Duration = Duration::from_secs(1);
 /// After a failed flush, the next try.
 const RETRY_AFTER_FAILURE: SignedDuration = SignedDuration::from_mins(5);
-
-/// Deliveries written by a flush whose transaction is not yet on disk: the
-/// worker must not send them before it is (a crash could otherwise undo the
-/// flush after its collection was sent, and the day would go out twice).
-pub type Unsettled = Arc<Mutex<HashSet<String>>>;
 
 /// Checks a hold against the subscription's window and limits, and prepares
 /// the writes that store the items with the event.
@@ -60,8 +50,15 @@ pub fn hold(
         .occurred_at
         .parse()
         .map_err(|_| format!("occurred_at {:?} is not a time", event.occurred_at))?;
-    let bounds = schedule.window_of(occurred);
-    let close_at = schedule.close_at(&bounds);
+    let (bounds, close_at) = schedule
+        .window_of(occurred)
+        .and_then(|b| Some((b, schedule.close_at(&b)?)))
+        .ok_or_else(|| {
+            format!(
+                "occurred_at {} has no window that ever closes",
+                event.occurred_at
+            )
+        })?;
     let (held_items, held_bytes) = app
         .store
         .windows_of(&sub.id)
@@ -117,10 +114,24 @@ pub struct FlushResult {
 pub enum FlushError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No plugin slot within the admission wait; the window is tried again.
+    #[error(transparent)]
+    Busy(#[from] crate::runtime::admission::Busy),
+}
+
+/// Why one `flush` call produced no requests.
+enum CallFailure {
+    /// The output (or the memory to build it) was too large: smaller parts
+    /// may fit.
+    TooLarge(String),
+    Other(String),
 }
 
 /// Flushes one window now: reads its items, runs `flush`, and commits the
-/// deliveries with the removal of exactly those items.
+/// deliveries with the removal of exactly those items. A window whose
+/// collection is over the plugin's output or memory limit is split — by
+/// groups, then by items — into parts flushed one call each, all committed
+/// in the one transaction, so a full window is always sent.
 pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult, FlushError> {
     let mut result = FlushResult {
         start: state.start,
@@ -138,7 +149,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
     };
     let items = app.store.held_items(&sub.id, state.start)?;
     if items.is_empty() {
-        app.store.commit_flush(&sub.id, state.start, &[], &[])?;
+        app.queue.commit_flush(&sub.id, state.start, &[], &[]).await?;
         return Ok(result);
     }
     result.items = items.len();
@@ -157,9 +168,10 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         .iter()
         .map(|(k, r)| (k.clone(), (r.group.len() + r.item.len()) as u64))
         .collect();
+    drop(items);
 
     let now = app.clock.now();
-    let outcome = match &sub.plugin {
+    let requests = match &sub.plugin {
         None => Err("the subscription has no plugin to flush its window".to_string()),
         Some(p) => match app.plugins.resolve(&sub.tenant_id, &p.id) {
             Err(e) => Err(format!("plugin {}: {e}", p.id)),
@@ -168,17 +180,17 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
                     start: state.start.to_string(),
                     end: state.end.to_string(),
                 };
-                app.plugins
-                    .runtime()
-                    .flush(&plugin, &bounds, &groups, &p.config.to_string())
-                    .await
-                    .result
-                    .map_err(|e| format!("flush failed: {e}"))
+                let config = p.config.to_string();
+                flush_in_parts(app, &sub.tenant_id, &plugin, &bounds, groups, &config).await?
             }
         },
     };
-    let requests = match outcome {
-        Ok(r) => r,
+    let event_id = format!("window:{}", state.start);
+    let deliveries = requests.and_then(|requests| {
+        crate::ingest::pending_deliveries(&sub, &event_id, "window.closed", requests, now)
+    });
+    let deliveries = match deliveries {
+        Ok(d) => d,
         Err(error) => {
             warn!(subscription_id = %sub.id, start = %state.start, %error, "window flush failed; items kept");
             app.store
@@ -189,59 +201,91 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         }
     };
 
-    let event_id = format!("window:{}", state.start);
-    let deliveries: Vec<Delivery> = requests
-        .into_iter()
-        .map(|r| Delivery {
-            id: new_id("dlv"),
-            tenant_id: sub.tenant_id.clone(),
-            event_id: event_id.clone(),
-            event_type: "window.closed".into(),
-            subscription_id: sub.id.clone(),
-            status: DeliveryStatus::Pending,
-            request: Some(StoredRequest {
-                body: r.body,
-                content_type: r.content_type,
-                headers: r.headers,
-            }),
-            attempts: vec![],
-            next_attempt_at: Some(now),
-            last_error: None,
-            created_at: now,
-            updated_at: now,
-        })
-        .collect();
     let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
-    lock(&app.unsettled).extend(ids.iter().cloned());
     failpoint("flush-before-commit");
-    let committed = app
-        .store
-        .commit_flush(&sub.id, state.start, &flushed, &deliveries);
-    failpoint("flush-after-commit");
-    let durable = match committed {
-        Ok(true) => app.store.durable().await.map(|_| true),
-        other => other,
-    };
+    // Visible to the workers only once the transaction is on disk: a crash
+    // cannot undo a flush whose collection already went out.
+    if app
+        .queue
+        .commit_flush(&sub.id, state.start, &flushed, &deliveries)
+        .await?
     {
-        let mut unsettled = lock(&app.unsettled);
-        for id in &ids {
-            unsettled.remove(id);
-        }
-    }
-    if durable? {
         info!(subscription_id = %sub.id, start = %state.start, items = result.items, deliveries = ids.len(), "window flushed");
         result.deliveries = ids;
-        app.wake.notify_one();
     }
     Ok(result)
 }
 
-fn lock(set: &Unsettled) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|e| e.into_inner())
+/// Calls `flush` on the groups; when the answer is too large, splits them
+/// in two (by groups, or a lone group by items) and flushes each half.
+async fn flush_in_parts(
+    app: &App,
+    tenant_id: &str,
+    plugin: &crate::runtime::Plugin,
+    bounds: &WindowBounds,
+    groups: Vec<HeldGroup>,
+    config: &str,
+) -> Result<Result<Vec<crate::runtime::PluginRequest>, String>, FlushError> {
+    let mut pending = vec![groups];
+    let mut requests = Vec::new();
+    while let Some(part) = pending.pop() {
+        let report = {
+            let _slot = app.plugins.admit(tenant_id).await?;
+            app.plugins
+                .runtime()
+                .flush(plugin, bounds, &part, config)
+                .await
+        };
+        let failure = match report.result {
+            Ok(r) => {
+                requests.extend(r);
+                continue;
+            }
+            Err(
+                e @ (CallError::OutputTooLarge { .. }
+                | CallError::OutputOverLimit { .. }
+                | CallError::TooManyRequests { .. }
+                | CallError::MemoryLimit { .. }),
+            ) => CallFailure::TooLarge(format!("flush failed: {e}")),
+            Err(e) => CallFailure::Other(format!("flush failed: {e}")),
+        };
+        match failure {
+            CallFailure::TooLarge(why) => match split(part) {
+                Some((a, b)) => {
+                    // Depth first, second half below the first: the parts
+                    // go out in arrival order.
+                    pending.push(b);
+                    pending.push(a);
+                }
+                None => return Ok(Err(format!("{why} (even for a single held item)"))),
+            },
+            CallFailure::Other(why) => return Ok(Err(why)),
+        }
+    }
+    Ok(Ok(requests))
+}
+
+/// Halves a part: by groups when there are several, else the lone group's
+/// items. None when it is one item.
+fn split(mut groups: Vec<HeldGroup>) -> Option<(Vec<HeldGroup>, Vec<HeldGroup>)> {
+    if groups.len() > 1 {
+        let second = groups.split_off(groups.len() / 2);
+        return Some((groups, second));
+    }
+    let mut group = groups.pop()?;
+    if group.items.len() < 2 {
+        return None;
+    }
+    let rest = group.items.split_off(group.items.len() / 2);
+    let second = HeldGroup {
+        key: group.key.clone(),
+        items: rest,
+    };
+    Some((vec![group], vec![second]))
 }
 
 /// Crash-test hook: `WASMHOOK_FAILPOINT=<name>` aborts the process there.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var("WASMHOOK_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("wasmhook: failpoint {name}: aborting");
         std::process::abort();
@@ -282,8 +326,14 @@ pub async fn flush_due(app: &App) -> Result<usize, FlushError> {
         if !enabled {
             continue;
         }
-        flush_window(app, &state).await?;
-        flushed += 1;
+        match flush_window(app, &state).await {
+            Ok(_) => flushed += 1,
+            // The pool is busy: this window waits for the next tick.
+            Err(FlushError::Busy(e)) => {
+                warn!(subscription_id = %state.subscription_id, error = %e, "window flush postponed")
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(flushed)
 }

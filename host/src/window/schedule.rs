@@ -40,7 +40,7 @@ fn default_max_items() -> u64 {
     100_000
 }
 fn default_max_bytes() -> u64 {
-    64 << 20
+    8 << 20
 }
 
 /// One window, `[start, end)`.
@@ -90,7 +90,9 @@ impl WindowSpec {
 }
 
 fn parse_period(s: &str) -> Option<i64> {
-    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    // The unit is the last character, which need not be one byte ("1é").
+    let unit_at = s.char_indices().last()?.0;
+    let (n, unit) = s.split_at(unit_at);
     let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
     let minutes = match unit {
         "d" if n == 1 => 1440,
@@ -102,6 +104,9 @@ fn parse_period(s: &str) -> Option<i64> {
 }
 
 fn parse_hhmm(s: &str) -> Option<SignedDuration> {
+    if !s.is_ascii() {
+        return None;
+    }
     let (h, m) = s.split_once(':')?;
     let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
     ((0..24).contains(&h) && (0..60).contains(&m) && s.len() == 5)
@@ -109,45 +114,41 @@ fn parse_hhmm(s: &str) -> Option<SignedDuration> {
 }
 
 impl Schedule {
-    /// The window that contains `t`.
-    pub fn window_of(&self, t: Timestamp) -> Bounds {
+    /// The window that contains `t`; None at the edges of representable
+    /// time (year 9999), where a window has no end.
+    pub fn window_of(&self, t: Timestamp) -> Option<Bounds> {
         let local = t.to_zoned(self.tz.clone());
-        let midnight = local.start_of_day().expect("every day has a start");
+        let midnight = local.start_of_day().ok()?;
         let since_midnight = local.datetime().time().duration_since(Time::midnight());
         let slice = since_midnight.as_mins() / self.minutes;
-        let start = self.at_minutes(&midnight, slice * self.minutes);
-        let end = self.at_minutes(&midnight, (slice + 1) * self.minutes);
-        Bounds { start, end }
+        let start = self.at_minutes(&midnight, slice * self.minutes)?;
+        let end = self.at_minutes(&midnight, (slice + 1) * self.minutes)?;
+        Some(Bounds { start, end })
     }
 
     /// Local midnight plus `minutes` of civil time, as an instant.
-    fn at_minutes(&self, midnight: &Zoned, minutes: i64) -> Timestamp {
+    fn at_minutes(&self, midnight: &Zoned, minutes: i64) -> Option<Timestamp> {
         if minutes >= 1440 {
-            let next = midnight.date().tomorrow().expect("in range");
-            return next
-                .to_zoned(self.tz.clone())
-                .expect("in range")
-                .timestamp();
+            let next = midnight.date().tomorrow().ok()?;
+            return next.to_zoned(self.tz.clone()).ok().map(|z| z.timestamp());
         }
-        let civil = midnight.datetime() + minutes.minutes();
-        civil
-            .to_zoned(self.tz.clone())
-            .expect("in range")
-            .timestamp()
+        let civil = midnight.datetime().checked_add(minutes.minutes()).ok()?;
+        civil.to_zoned(self.tz.clone()).ok().map(|z| z.timestamp())
     }
 
-    /// When a window closes: its end plus `at`.
-    pub fn close_at(&self, w: &Bounds) -> Timestamp {
-        w.end + self.at
+    /// When a window closes: its end plus `at` (None past representable time).
+    pub fn close_at(&self, w: &Bounds) -> Option<Timestamp> {
+        w.end.checked_add(self.at).ok()
     }
 
     /// The first close time strictly after `now`.
-    pub fn next_close(&self, now: Timestamp) -> Timestamp {
-        let current = self.window_of(now);
+    #[cfg(test)]
+    fn next_close(&self, now: Timestamp) -> Option<Timestamp> {
+        let current = self.window_of(now)?;
         // The previous window closes `at` after the current one starts.
-        let previous_close = current.start + self.at;
+        let previous_close = current.start.checked_add(self.at).ok()?;
         if previous_close > now {
-            previous_close
+            Some(previous_close)
         } else {
             self.close_at(&current)
         }
@@ -177,36 +178,36 @@ mod tests {
     #[test]
     fn daily_utc_at_two() {
         let s = spec("1d", "02:00", "UTC");
-        let w = s.window_of(t("2023-11-21T16:22:42.264484Z"));
+        let w = s.window_of(t("2023-11-21T16:22:42.264484Z")).unwrap();
         assert_eq!(w.start, t("2023-11-21T00:00:00Z"));
         assert_eq!(w.end, t("2023-11-22T00:00:00Z"));
-        assert_eq!(s.close_at(&w), t("2023-11-22T02:00:00Z"));
+        assert_eq!(s.close_at(&w).unwrap(), t("2023-11-22T02:00:00Z"));
         // Before 02:00 the previous day's window is still to close.
         assert_eq!(
-            s.next_close(t("2023-11-22T01:59:59Z")),
+            s.next_close(t("2023-11-22T01:59:59Z")).unwrap(),
             t("2023-11-22T02:00:00Z")
         );
         assert_eq!(
-            s.next_close(t("2023-11-22T02:00:00Z")),
+            s.next_close(t("2023-11-22T02:00:00Z")).unwrap(),
             t("2023-11-23T02:00:00Z")
         );
         assert_eq!(
-            s.next_close(t("2023-11-22T23:59:59Z")),
+            s.next_close(t("2023-11-22T23:59:59Z")).unwrap(),
             t("2023-11-23T02:00:00Z")
         );
         // Boundaries: midnight belongs to the new day.
         assert_eq!(
-            s.window_of(t("2023-11-22T00:00:00Z")).start,
+            s.window_of(t("2023-11-22T00:00:00Z")).unwrap().start,
             t("2023-11-22T00:00:00Z")
         );
         assert_eq!(
-            s.window_of(t("2023-11-21T23:59:59.999Z")).start,
+            s.window_of(t("2023-11-21T23:59:59.999Z")).unwrap().start,
             t("2023-11-21T00:00:00Z")
         );
         // Month and year ends.
-        let w = s.window_of(t("2023-12-31T23:00:00Z"));
+        let w = s.window_of(t("2023-12-31T23:00:00Z")).unwrap();
         assert_eq!(w.end, t("2024-01-01T00:00:00Z"));
-        let w = s.window_of(t("2024-02-29T12:00:00Z"));
+        let w = s.window_of(t("2024-02-29T12:00:00Z")).unwrap();
         assert_eq!(
             (w.start, w.end),
             (t("2024-02-29T00:00:00Z"), t("2024-03-01T00:00:00Z"))
@@ -216,29 +217,29 @@ mod tests {
     #[test]
     fn five_minute_slices() {
         let s = spec("5m", "00:00", "UTC");
-        let w = s.window_of(t("2026-11-21T10:07:30Z"));
+        let w = s.window_of(t("2026-11-21T10:07:30Z")).unwrap();
         assert_eq!(
             (w.start, w.end),
             (t("2026-11-21T10:05:00Z"), t("2026-11-21T10:10:00Z"))
         );
         assert_eq!(
-            s.next_close(t("2026-11-21T10:07:30Z")),
+            s.next_close(t("2026-11-21T10:07:30Z")).unwrap(),
             t("2026-11-21T10:10:00Z")
         );
         assert_eq!(
-            s.next_close(t("2026-11-21T10:10:00Z")),
+            s.next_close(t("2026-11-21T10:10:00Z")).unwrap(),
             t("2026-11-21T10:15:00Z")
         );
         // The last slice of a day ends at the next midnight.
-        let w = s.window_of(t("2026-11-21T23:58:00Z"));
+        let w = s.window_of(t("2026-11-21T23:58:00Z")).unwrap();
         assert_eq!(w.end, t("2026-11-22T00:00:00Z"));
         let s = spec("5m", "00:01", "UTC");
         assert_eq!(
-            s.next_close(t("2026-11-21T10:10:30Z")),
+            s.next_close(t("2026-11-21T10:10:30Z")).unwrap(),
             t("2026-11-21T10:11:00Z")
         );
         assert_eq!(
-            s.next_close(t("2026-11-21T10:11:00Z")),
+            s.next_close(t("2026-11-21T10:11:00Z")).unwrap(),
             t("2026-11-21T10:16:00Z")
         );
     }
@@ -246,23 +247,23 @@ mod tests {
     #[test]
     fn hours_and_time_zones() {
         let s = spec("6h", "00:30", "UTC");
-        let w = s.window_of(t("2026-11-21T13:00:00Z"));
+        let w = s.window_of(t("2026-11-21T13:00:00Z")).unwrap();
         assert_eq!(
             (w.start, w.end),
             (t("2026-11-21T12:00:00Z"), t("2026-11-21T18:00:00Z"))
         );
-        assert_eq!(s.close_at(&w), t("2026-11-21T18:30:00Z"));
+        assert_eq!(s.close_at(&w).unwrap(), t("2026-11-21T18:30:00Z"));
 
         // Paris days start at 23:00 UTC in winter.
         let s = spec("1d", "02:00", "Europe/Paris");
-        let w = s.window_of(t("2026-11-21T23:30:00Z"));
+        let w = s.window_of(t("2026-11-21T23:30:00Z")).unwrap();
         assert_eq!(
             (w.start, w.end),
             (t("2026-11-21T23:00:00Z"), t("2026-11-22T23:00:00Z"))
         );
-        assert_eq!(s.close_at(&w), t("2026-11-23T01:00:00Z"));
+        assert_eq!(s.close_at(&w).unwrap(), t("2026-11-23T01:00:00Z"));
         // The day DST ends is 25 hours long.
-        let w = s.window_of(t("2026-10-25T12:00:00Z"));
+        let w = s.window_of(t("2026-10-25T12:00:00Z")).unwrap();
         assert_eq!(
             (w.start, w.end),
             (t("2026-10-24T22:00:00Z"), t("2026-10-25T23:00:00Z"))
@@ -289,5 +290,31 @@ mod tests {
         assert!(bad("1d", "24:00", "UTC").contains("window.at"));
         assert!(bad("5m", "00:05", "UTC").contains("shorter than the period"));
         assert!(bad("1d", "02:00", "Mars/Olympus").contains("window.timezone"));
+    }
+
+    #[test]
+    fn non_ascii_specs_are_refused_not_panics() {
+        for (every, at) in [("1é", "02:00"), ("é", "02:00"), ("1d", "0é:00"), ("1d", "é")] {
+            let spec = WindowSpec {
+                every: every.into(),
+                at: at.into(),
+                timezone: "UTC".into(),
+                max_items: 10,
+                max_bytes: 10,
+            };
+            assert!(spec.schedule().is_err(), "{every} {at}");
+        }
+    }
+
+    #[test]
+    fn the_end_of_time_has_no_window() {
+        let s = spec("1d", "02:00", "UTC");
+        assert_eq!(s.window_of(t("9999-12-31T12:00:00Z")), None);
+        let w = s.window_of(t("9999-12-30T12:00:00Z")).unwrap();
+        assert_eq!(w.end, t("9999-12-31T00:00:00Z"));
+        assert!(s.close_at(&w).is_some());
+        let s = spec("1d", "00:00", "Pacific/Kiritimati");
+        let _ = s.window_of(Timestamp::MAX);
+        let _ = s.window_of(Timestamp::MIN);
     }
 }

@@ -1,0 +1,265 @@
+//! The queue: the boundary between the records that produce work and the
+//! workers that do it. This is the sled backend; the cluster backend
+//! implements the same operations a second time.
+//!
+//! - **Enqueue atomically with the records** that produced the work: an
+//!   event with its deliveries and held items ([`Queue::accept`]), a flush's
+//!   deliveries with the removal of the flushed items
+//!   ([`Queue::commit_flush`]), a manual retry ([`Queue::requeue`]).
+//! - **Visible once durable**: each of those writes in one sled transaction,
+//!   waits for the group commit, and only then hands the new pending
+//!   deliveries to the scheduler. A worker can never send a delivery that a
+//!   crash could still undo, so a sender that re-sends after a crash gets
+//!   its event delivered under one delivery id.
+//! - **Lease fairly within caps** ([`Queue::lease`]), then **complete or
+//!   reschedule** ([`Queue::complete`]): see [`fair`].
+//! - **Depth** per subscription and tenant, for quotas and operators.
+//!
+//! At start the outbox tree (everything sled recovered is on disk) is loaded
+//! into the scheduler.
+
+pub mod fair;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, from_millis, millis};
+use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
+pub use fair::{Caps, Lease};
+
+/// The queue's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub caps: Caps,
+    /// The per-subscription cap of a subscription the store no longer has.
+    pub default_subscription_cap: u32,
+}
+
+/// Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    scheduler: Mutex<Scheduled>,
+    /// Wakes the worker: new work is visible, or a cap was freed.
+    wake: Notify,
+    default_cap: u32,
+}
+
+struct Scheduled {
+    scheduler: fair::Scheduler,
+    /// Per-subscription caps seen so far (read from the store once, kept up
+    /// to date by [`Queue::set_cap`]).
+    caps: HashMap<String, u32>,
+}
+
+impl Queue {
+    /// Opens the queue on `store`, loading every pending outbox entry.
+    pub fn open(
+        store: Store,
+        settings: QueueSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                scheduler: Mutex::new(Scheduled {
+                    scheduler: fair::Scheduler::new(settings.caps),
+                    caps: HashMap::new(),
+                }),
+                wake: Notify::new(),
+                default_cap: settings.default_subscription_cap.max(1),
+            }),
+        };
+        let now = millis(queue.inner.clock.now());
+        let entries: Vec<_> = queue.inner.store.outbox_entries().collect::<Result<_, _>>()?;
+        {
+            let mut s = queue.lock();
+            for e in &entries {
+                let cap = queue.cap_of(&mut s, e.tenant_id(), e.subscription_id())?;
+                s.scheduler.push(
+                    e.tenant_id(),
+                    e.subscription_id(),
+                    cap,
+                    e.delivery_id(),
+                    e.due_ms(),
+                    now,
+                );
+            }
+        }
+        Ok(queue)
+    }
+
+    /// The store the queue writes to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Scheduled> {
+        self.inner
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cap_of(&self, s: &mut Scheduled, tenant_id: &str, sub_id: &str) -> Result<u32, StoreError> {
+        if let Some(cap) = s.caps.get(sub_id) {
+            return Ok(*cap);
+        }
+        let cap = self
+            .inner
+            .store
+            .get_subscription(tenant_id, sub_id)?
+            .map_or(self.inner.default_cap, |sub| sub.max_in_flight.max(1));
+        s.caps.insert(sub_id.to_string(), cap);
+        Ok(cap)
+    }
+
+    /// Hands durable pending deliveries to the scheduler and wakes the worker.
+    fn publish<'a>(&self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
+        let now = millis(self.inner.clock.now());
+        let mut published = false;
+        {
+            let mut s = self.lock();
+            for d in deliveries {
+                let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_at) else {
+                    continue;
+                };
+                // A store error here only costs the cap lookup: use the default.
+                let cap = self
+                    .cap_of(&mut s, &d.tenant_id, &d.subscription_id)
+                    .unwrap_or(self.inner.default_cap);
+                s.scheduler
+                    .push(&d.tenant_id, &d.subscription_id, cap, &d.id, millis(due), now);
+                published = true;
+            }
+        }
+        if published {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Stores events with their deliveries and held items in one
+    /// transaction, waits until it is on disk, then makes the deliveries
+    /// visible to the workers.
+    pub async fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
+        let outcomes = self.inner.store.accept(batch)?;
+        self.inner.store.durable().await?;
+        self.publish(
+            batch
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| matches!(o, Accepted::New))
+                .flat_map(|(n, _)| &n.deliveries),
+        );
+        Ok(outcomes)
+    }
+
+    /// A window flush: removes the flushed items and adds their deliveries in
+    /// one transaction; visible once on disk. False: another flush took the
+    /// items first (nothing changed).
+    pub async fn commit_flush(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+        flushed: &[(Vec<u8>, u64)],
+        deliveries: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let committed =
+            self.inner
+                .store
+                .commit_flush(subscription_id, start, flushed, deliveries)?;
+        crate::window::failpoint("flush-after-commit");
+        if committed {
+            self.inner.store.durable().await?;
+            self.publish(deliveries);
+        }
+        Ok(committed)
+    }
+
+    /// Makes a finished delivery pending again (a manual retry).
+    pub async fn requeue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        self.inner.store.update_delivery(delivery, None)?;
+        self.inner.store.durable().await?;
+        self.publish([delivery]);
+        Ok(())
+    }
+
+    /// Stores deliveries that are attempted right away by the caller, not by
+    /// the workers (a test event); a retry they need goes through
+    /// [`Queue::rescheduled`].
+    pub async fn add_unqueued(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        debug_assert!(deliveries.iter().all(|d| d.next_attempt_at.is_none()));
+        self.inner.store.add_deliveries(deliveries)?;
+        self.inner.store.durable().await
+    }
+
+    /// A delivery attempted outside a lease that must be retried later.
+    pub fn rescheduled(&self, delivery: &Delivery) {
+        self.publish([delivery]);
+    }
+
+    /// The next delivery to attempt, fairly, within the caps.
+    pub fn lease(&self) -> Option<Lease> {
+        let now = millis(self.inner.clock.now());
+        self.lock().scheduler.lease(now)
+    }
+
+    /// The attempt of a lease is recorded: `next_due` queues the retry.
+    pub fn complete(&self, lease: &Lease, next_due: Option<Timestamp>) {
+        let now = millis(self.inner.clock.now());
+        self.lock()
+            .scheduler
+            .complete(lease, next_due.map(millis), now);
+        self.inner.wake.notify_one();
+    }
+
+    /// A subscription's cap changed.
+    pub fn set_cap(&self, subscription_id: &str, cap: u32) {
+        let now = millis(self.inner.clock.now());
+        let mut s = self.lock();
+        s.caps.insert(subscription_id.to_string(), cap.max(1));
+        s.scheduler.set_cap(subscription_id, cap, now);
+        drop(s);
+        self.inner.wake.notify_one();
+    }
+
+    /// When the earliest not-yet-due delivery becomes due.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.lock().scheduler.next_due().map(from_millis)
+    }
+
+    /// Resolves when there may be new work to lease.
+    pub async fn notified(&self) {
+        self.inner.wake.notified().await
+    }
+
+    /// Wakes the worker (new time on a manual clock, tests).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Deliveries queued or in flight for a tenant (the backlog quota).
+    pub fn tenant_pending(&self, tenant_id: &str) -> u64 {
+        self.lock().scheduler.tenant_pending(tenant_id)
+    }
+
+    /// Deliveries queued for a subscription.
+    pub fn subscription_depth(&self, subscription_id: &str) -> usize {
+        self.lock().scheduler.subscription_depth(subscription_id)
+    }
+
+    /// (queued, in flight), all tenants together.
+    pub fn depth(&self) -> (u64, u32) {
+        let s = self.lock();
+        (s.scheduler.queued(), s.scheduler.in_flight())
+    }
+}
