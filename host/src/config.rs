@@ -36,6 +36,19 @@ pub struct RawConfig {
     pub delivery: DeliverySection,
     pub events: EventsSection,
     pub plugins: PluginsSection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub subscriptions_per_tenant: usize,
+    pub plugins_per_tenant: usize,
+    pub keys_per_tenant: usize,
+    pub deliveries_per_request: usize,
+    pub pending_deliveries_per_tenant: u64,
+    pub window_max_bytes: u64,
+    pub window_max_items: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +68,7 @@ pub struct ServerSection {
 pub struct DeliverySection {
     pub workers: usize,
     pub max_in_flight_per_subscription: u32,
+    pub max_in_flight_per_tenant: u32,
     pub default_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
     pub allow_private_destinations: bool,
@@ -78,6 +92,8 @@ pub struct PluginsSection {
     pub max_requests: usize,
     pub log_lines: usize,
     pub max_concurrent_calls: u32,
+    pub tenant_share_percent: u32,
+    pub admission_wait_ms: u64,
 }
 
 /// Validated settings.
@@ -92,6 +108,7 @@ pub struct Config {
     pub ingest_rate_limit: u32,
     pub workers: usize,
     pub max_in_flight_per_subscription: u32,
+    pub max_in_flight_per_tenant: u32,
     pub default_timeout: Duration,
     pub shutdown_grace: Duration,
     pub allow_private_destinations: bool,
@@ -99,6 +116,10 @@ pub struct Config {
     pub secret_grace: Duration,
     pub retention: Duration,
     pub limits: Limits,
+    /// Percent of the plugin slots one tenant may hold.
+    pub tenant_share_percent: u32,
+    pub admission_wait: Duration,
+    pub bounds: crate::app::Bounds,
 }
 
 /// Command-line overrides (the last layer).
@@ -267,6 +288,10 @@ impl RawConfig {
             "delivery.max_in_flight_per_subscription",
             d.max_in_flight_per_subscription as u64,
         )?;
+        positive(
+            "delivery.max_in_flight_per_tenant",
+            d.max_in_flight_per_tenant as u64,
+        )?;
         positive("delivery.default_timeout_ms", d.default_timeout_ms)?;
         let allow_cidrs = d
             .allow_cidrs
@@ -285,6 +310,48 @@ impl RawConfig {
             "plugins.max_concurrent_calls",
             p.max_concurrent_calls as u64,
         )?;
+        if !(1..=100).contains(&p.tenant_share_percent) {
+            return Err(invalid(
+                "plugins.tenant_share_percent",
+                format!(
+                    "{} is not a percentage from 1 to 100",
+                    p.tenant_share_percent
+                ),
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            (
+                "limits.subscriptions_per_tenant",
+                l.subscriptions_per_tenant as u64,
+            ),
+            ("limits.plugins_per_tenant", l.plugins_per_tenant as u64),
+            ("limits.keys_per_tenant", l.keys_per_tenant as u64),
+            (
+                "limits.deliveries_per_request",
+                l.deliveries_per_request as u64,
+            ),
+            (
+                "limits.pending_deliveries_per_tenant",
+                l.pending_deliveries_per_tenant,
+            ),
+            ("limits.window_max_bytes", l.window_max_bytes),
+            ("limits.window_max_items", l.window_max_items),
+        ] {
+            positive(key, v)?;
+        }
+        // A window is flushed into a plugin with `memory_mb` of memory: its
+        // items must fit there with room to build the output.
+        let memory = (p.memory_mb as u64) << 20;
+        if l.window_max_bytes > memory / 2 {
+            return Err(invalid(
+                "limits.window_max_bytes",
+                format!(
+                    "{} is more than half of plugins.memory_mb ({} bytes): such a window could never be flushed",
+                    l.window_max_bytes, memory
+                ),
+            ));
+        }
         Ok(Config {
             listen,
             data_dir: s.data_dir.clone(),
@@ -295,6 +362,7 @@ impl RawConfig {
             ingest_rate_limit: s.ingest_rate_limit,
             workers: d.workers,
             max_in_flight_per_subscription: d.max_in_flight_per_subscription,
+            max_in_flight_per_tenant: d.max_in_flight_per_tenant,
             default_timeout: Duration::from_millis(d.default_timeout_ms),
             shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
             allow_private_destinations: d.allow_private_destinations,
@@ -311,6 +379,17 @@ impl RawConfig {
                 plugin_bytes: s.max_plugin_bytes,
                 max_concurrent_calls: p.max_concurrent_calls,
                 ..Limits::default()
+            },
+            tenant_share_percent: p.tenant_share_percent,
+            admission_wait: Duration::from_millis(p.admission_wait_ms),
+            bounds: crate::app::Bounds {
+                subscriptions_per_tenant: l.subscriptions_per_tenant,
+                plugins_per_tenant: l.plugins_per_tenant,
+                deliveries_per_request: l.deliveries_per_request,
+                pending_deliveries_per_tenant: l.pending_deliveries_per_tenant,
+                window_max_bytes: l.window_max_bytes,
+                window_max_items: l.window_max_items,
+                keys_per_tenant: l.keys_per_tenant,
             },
         })
     }
@@ -347,6 +426,24 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
         assert!(c.admin_token.is_none());
         assert!(!c.allow_private_destinations);
+        assert_eq!(c.bounds, crate::app::Bounds::default());
+        assert_eq!(c.max_in_flight_per_tenant, 16);
+        assert!(c.max_in_flight_per_tenant < c.workers as u32);
+    }
+
+    #[test]
+    fn a_window_limit_no_plugin_could_flush_is_refused() {
+        let e = load(&[], Some("[limits]\nwindow_max_bytes = 67108864\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.window_max_bytes"), "{e}");
+        let e = load(
+            &[("WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT", "0")],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.pending_deliveries_per_tenant"), "{e}");
     }
 
     #[test]

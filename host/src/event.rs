@@ -223,7 +223,11 @@ mod tests {
 
     #[test]
     fn occurred_at_out_of_range_names_the_field() {
-        for t in ["9999-12-31T23:00:00Z", "1969-12-31T23:59:59Z", "3000-01-01T00:00:00Z"] {
+        for t in [
+            "9999-12-31T23:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "3000-01-01T00:00:00Z",
+        ] {
             let e = input(&format!(
                 r#"{{"type": "message.created", "occurred_at": "{t}", "data": {{}}}}"#
             ))

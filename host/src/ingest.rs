@@ -267,7 +267,15 @@ pub fn pending_deliveries(
                 content_type: r.content_type,
                 headers: r.headers,
             };
-            new_delivery(sub, event_id, event_type, now, DeliveryStatus::Pending, Some(request), None)
+            new_delivery(
+                sub,
+                event_id,
+                event_type,
+                now,
+                DeliveryStatus::Pending,
+                Some(request),
+                None,
+            )
         })
         .collect())
 }
@@ -309,9 +317,18 @@ pub async fn transform(
     now: Timestamp,
     hold: HoldMode,
 ) -> Result<Transformed, Busy> {
-    let delivery = |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| {
-        new_delivery(sub, &event.id, &event.event_type, now, status, request, note)
-    };
+    let delivery =
+        |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| {
+            new_delivery(
+                sub,
+                &event.id,
+                &event.event_type,
+                now,
+                status,
+                request,
+                note,
+            )
+        };
     let one = |d: Delivery| Transformed {
         deliveries: vec![d],
         held: Vec::new(),

@@ -7,20 +7,25 @@
 //! 1. [`api`] — the admin REST API (axum): tenants, events, plugins,
 //!    subscriptions, deliveries; authenticates and validates.
 //! 2. [`ingest`] — accepts validated [`event`]s: [`route`]s each to the
-//!    tenant's subscriptions, runs their plugins, stores event and deliveries
-//!    in one transaction, answers after the group commit.
+//!    tenant's subscriptions, runs their plugins (after an admission slot),
+//!    checks the bounds, and hands event and deliveries to the [`queue`].
 //! 3. [`route`] — which subscriptions want an event type (`*`, `message.*`, exact).
 //! 4. [`runtime`] — the sandbox: a subscription's plugin on an event in a
 //!    fresh WebAssembly instance with memory, time and output limits. The
 //!    only module that touches wasmtime; [`plugins`] resolves plugin ids.
 //! 5. [`sign`] — the signature headers of each attempt, per scheme.
-//! 6. [`deliver`] — the outbox worker and the HTTP POST through the SSRF guard.
-//! 7. [`retry`] — what happens after an attempt: the pure retry policy.
-//! 8. [`window`] — items plugins hold, flushed by a scheduler when their
+//! 6. [`queue`] — work enqueued in one transaction with the records that
+//!    produced it, visible to workers once durable, leased fairly across
+//!    tenants and subscriptions within caps.
+//! 7. [`deliver`] — the worker that runs leased attempts, and the HTTP POST
+//!    through the SSRF guard.
+//! 8. [`retry`] — what happens after an attempt: the pure retry policy.
+//! 9. [`window`] — items plugins hold, flushed by a scheduler when their
 //!    window closes, in one transaction with the deliveries they become.
-//! 9. [`store`] — sled: the only module that touches it.
+//! 10. [`store`] — the records, on sled: the only module that touches it.
 //!
-//! Beside the flow: [`app`] (the shared context), [`clock`], [`config`],
+//! Beside the flow: [`app`] (the shared context), [`subscription`] (a
+//! subscription's rules), [`clock`], [`config`],
 //! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`util`].
 
 pub mod api;
@@ -32,11 +37,13 @@ pub mod deliver;
 pub mod event;
 pub mod ingest;
 pub mod plugins;
+pub mod queue;
 pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod sign;
 pub mod store;
+pub mod subscription;
 pub mod util;
 pub mod window;

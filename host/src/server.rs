@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState, RateLimiter};
@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::deliver::worker::Worker;
 use crate::deliver::{Sender, ssrf};
 use crate::plugins::Registry;
-use crate::runtime::Runtime;
+use crate::queue::{Caps, Queue, QueueSettings};
+use crate::runtime::admission::Admission;
+use crate::runtime::{ArtifactDigests, Runtime};
 use crate::store::{Store, token_hash};
 
 /// How often old events and deliveries are pruned.
@@ -28,31 +30,52 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Builds the shared context from validated settings.
 pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    let runtime = Runtime::new(
+    let runtime = Runtime::with_cache(
         config.limits.clone(),
-        Some(config.data_dir.join("plugin-cache")),
+        Some((
+            config.data_dir.join("plugin-cache"),
+            Arc::new(store.clone()) as Arc<dyn ArtifactDigests>,
+        )),
     )
     .context("starting the plugin sandbox")?;
+    let admission = Admission::new(
+        config.limits.max_concurrent_calls,
+        config.tenant_share_percent,
+        config.admission_wait,
+    );
+    let queue = Queue::open(
+        store.clone(),
+        QueueSettings {
+            caps: Caps {
+                global: config.workers as u32,
+                per_tenant: config.max_in_flight_per_tenant,
+            },
+            default_subscription_cap: config.max_in_flight_per_subscription,
+        },
+        clock.clone(),
+    )
+    .context("loading the outbox")?;
     let sender = Sender::new(ssrf::Guard {
         allow_private: config.allow_private_destinations,
         allow: config.allow_cidrs.clone(),
     })
     .context("building the HTTP client")?;
     Ok(App {
-        plugins: Registry::new(runtime, store.clone()),
+        plugins: Registry::new(runtime, store.clone(), admission),
+        queue,
         store,
         sender,
         clock,
         settings: EngineSettings {
             workers: config.workers,
             max_in_flight_per_subscription: config.max_in_flight_per_subscription,
+            max_in_flight_per_tenant: config.max_in_flight_per_tenant,
             shutdown_grace: config.shutdown_grace,
             retention: config.retention,
             secret_grace: config.secret_grace,
             default_timeout: config.default_timeout,
+            bounds: config.bounds,
         },
-        wake: Arc::new(Notify::new()),
-        unsettled: Arc::default(),
     })
 }
 
@@ -99,6 +122,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    check_writable(&config.data_dir)?;
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
@@ -107,7 +131,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;
-    info!(listen = %local, data = %config.data_dir.display(), outbox = store.outbox_len(), "wasmhook serving");
+    info!(listen = %local, data = %config.data_dir.display(), outbox = app.queue.depth().0, "wasmhook serving");
     // Tests and scripts read the bound address (port 0 picks a free one).
     println!("wasmhook listening on http://{local}");
 
@@ -140,6 +164,33 @@ pub async fn serve(
     store.flush().context("flushing the store")?;
     info!("stopped");
     Ok(())
+}
+
+/// Room the data directory must have at start: one probe of this size is
+/// written and synced (a full disk is refused here, with a message, rather
+/// than by the first event's 503).
+const START_PROBE_BYTES: usize = 1 << 20;
+
+/// Refuses a data directory that cannot take a write (full or read-only).
+fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let probe = dir.join(".wasmhook-space-probe");
+    let result = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&vec![0u8; START_PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| {
+        let hint = if e.raw_os_error() == Some(28) {
+            "the disk is full: free some space"
+        } else {
+            "check the permissions and the file system"
+        };
+        anyhow::anyhow!(
+            "the data directory {} cannot take a 1 MiB write ({e}); {hint}",
+            dir.display()
+        )
+    })
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

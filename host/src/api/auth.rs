@@ -43,7 +43,8 @@ impl FromRequestParts<ApiState> for Operator {
     }
 }
 
-/// A tenant, authenticated by one of its API keys.
+/// A tenant, authenticated by one of its API keys (looked up on every
+/// request, so a revoked key is refused at once).
 pub struct Tenant {
     pub id: String,
     /// The key's hash (rate limiting is per key).
@@ -66,6 +67,10 @@ impl FromRequestParts<ApiState> for Tenant {
 }
 
 /// A token bucket per API key: `rate` events per second, bursts of `2 × rate`.
+/// A request costs one token per event. A batch larger than the burst is
+/// admitted when the bucket is full and leaves it in debt, so the
+/// `Retry-After` the next caller gets is always the true wait, and every
+/// request that fits the rules can eventually succeed.
 pub struct RateLimiter {
     rate: f64,
     buckets: Mutex<HashMap<Vec<u8>, (f64, Instant)>>,
@@ -79,6 +84,11 @@ impl RateLimiter {
         }
     }
 
+    /// Events per second per key.
+    pub fn rate(&self) -> u32 {
+        self.rate as u32
+    }
+
     /// Takes `n` tokens for `key`, or says how long to wait.
     pub fn take(&self, key: &[u8], n: usize) -> Result<(), Duration> {
         let capacity = self.rate * 2.0;
@@ -87,9 +97,11 @@ impl RateLimiter {
         let (tokens, last) = buckets.entry(key.to_vec()).or_insert((capacity, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(capacity);
         *last = now;
-        let need = n as f64;
+        let cost = n as f64;
+        // Waiting can never fill the bucket past its capacity.
+        let need = cost.min(capacity);
         if *tokens >= need {
-            *tokens -= need;
+            *tokens -= cost;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((need - *tokens) / self.rate))
@@ -114,6 +126,21 @@ mod tests {
         );
         // Another key has its own bucket.
         assert!(limiter.take(b"other", 1).is_ok());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_burst_gets_in_when_the_bucket_is_full() {
+        let limiter = RateLimiter::new(5); // burst 10
+        assert!(limiter.take(b"k", 25).is_ok(), "a full bucket admits it");
+        // The bucket is 15 in debt: the wait for one event is the true one.
+        let wait = limiter.take(b"k", 1).unwrap_err();
+        assert!(
+            wait >= Duration::from_millis(3_100) && wait <= Duration::from_millis(3_300),
+            "{wait:?}"
+        );
+        // A second big batch is told how long until the bucket is full.
+        let wait = limiter.take(b"k", 25).unwrap_err();
+        assert!(wait >= Duration::from_millis(4_900), "{wait:?}");
     }
 
     #[test]

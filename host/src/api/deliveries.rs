@@ -191,8 +191,6 @@ async fn retry(
     d.status = DeliveryStatus::Pending;
     d.next_attempt_at = Some(now);
     d.updated_at = now;
-    state.app.store.update_delivery(&d, None)?;
-    state.app.store.durable().await?;
-    state.app.wake.notify_one();
+    state.app.queue.requeue(&d).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(detail(d))))
 }

@@ -14,7 +14,7 @@ use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, limit_body};
 use crate::event::{Envelope, EventInput};
 use crate::ingest;
-use crate::util::new_id;
+use crate::util::new_id_at;
 
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -96,7 +96,9 @@ fn validate(state: &ApiState, value: Value, at: &str) -> Result<Envelope, ApiErr
     let input: EventInput = serde_json::from_value(value)
         .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))?;
     input
-        .validate(state.app.clock.now(), "api", || new_id("evt"))
+        .validate(state.app.clock.now(), "api", || {
+            new_id_at("evt", state.app.clock.now())
+        })
         .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))
 }
 
@@ -104,8 +106,16 @@ fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiErro
     if let Some(limiter) = &state.rate_limiter {
         limiter
             .take(&tenant.key_hash, n)
-            .map_err(|wait| ApiError::TooManyRequests {
-                retry_after_secs: wait.as_secs().max(1),
+            .map_err(|wait| {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                ApiError::TooManyRequests {
+                    code: "rate_limited",
+                    message: format!(
+                        "rate limit of server.ingest_rate_limit = {} events/s per key exceeded; retry in {secs} s",
+                        limiter.rate()
+                    ),
+                    retry_after_secs: secs,
+                }
             })?;
     }
     Ok(())

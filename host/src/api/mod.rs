@@ -8,6 +8,7 @@
 mod auth;
 mod deliveries;
 mod events;
+mod keys;
 pub mod openapi;
 mod plugins;
 mod subscriptions;
@@ -54,6 +55,9 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -71,11 +75,53 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(plugins::router(state))
         .merge(subscriptions::router())
         .merge(deliveries::router())
+        .merge(keys::router())
 }
 
+/// The process and its store: a write made durable right now. 503 when the
+/// store cannot take one (disk full, I/O errors), so a supervisor or a load
+/// balancer sees what ingest sees.
 async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) -> Response {
-    let outbox = state.app.store.outbox_len();
-    axum::Json(json!({ "status": "ok", "outbox": outbox })).into_response()
+    let (queued, in_flight) = state.app.queue.depth();
+    match state.app.store.check().await {
+        Ok(()) => axum::Json(json!({
+            "status": "ok",
+            "store": "ok",
+            "outbox": queued,
+            "in_flight": in_flight,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                axum::http::header::RETRY_AFTER,
+                STORAGE_RETRY_AFTER_SECS.to_string(),
+            )],
+            axum::Json(json!({
+                "status": "unavailable",
+                "store": e.to_string(),
+                "outbox": queued,
+                "in_flight": in_flight,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// What a client is told to wait after a storage fault.
+const STORAGE_RETRY_AFTER_SECS: u64 = 5;
+
+/// A handler that panicked: logged once (with the request's span), answered
+/// 500 in the API's error shape. The process and other requests go on.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    error!(panic = detail, "a request handler panicked");
+    let body = json!({ "error": { "code": "internal", "message": "internal error" } });
+    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -95,8 +141,19 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request body is larger than the {limit}-byte limit")]
     TooLarge { limit: usize },
-    #[error("rate limit exceeded; retry in {retry_after_secs} s")]
-    TooManyRequests { retry_after_secs: u64 },
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// A fault that may clear by itself (storage, a full plugin pool).
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -117,6 +174,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,7 +186,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge { .. } => "payload_too_large",
-            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::TooManyRequests { code, .. } => code,
+            ApiError::Unavailable { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -136,9 +195,50 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.into())
+        if e.is_unavailable() {
+            error!(error = %e, "storage fault");
+            ApiError::Unavailable {
+                code: "storage_unavailable",
+                message: format!("storage is unavailable ({e}); nothing was stored, retry later"),
+                retry_after_secs: STORAGE_RETRY_AFTER_SECS,
+            }
+        } else {
+            ApiError::Internal(e.into())
+        }
     }
 }
+
+impl From<crate::runtime::admission::Busy> for ApiError {
+    fn from(e: crate::runtime::admission::Busy) -> Self {
+        ApiError::Unavailable {
+            code: "plugins_busy",
+            retry_after_secs: e.retry_after_secs,
+            message: format!("{e}; nothing was stored"),
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError;
+        match e {
+            IngestError::Store(e) => e.into(),
+            IngestError::Busy(e) => e.into(),
+            e @ IngestError::TooManyDeliveries { .. } => {
+                ApiError::bad("too_many_deliveries", e.to_string())
+            }
+            e @ IngestError::BacklogFull { .. } => ApiError::TooManyRequests {
+                code: "backlog_quota",
+                message: e.to_string(),
+                retry_after_secs: BACKLOG_RETRY_AFTER_SECS,
+            },
+        }
+    }
+}
+
+/// What a tenant over its backlog quota is told to wait: its endpoints
+/// drain at their own pace, so this is a polite interval, not a promise.
+const BACKLOG_RETRY_AFTER_SECS: u64 = 30;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -148,7 +248,13 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | ApiError::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 retry_after_secs.to_string().parse().expect("digits"),

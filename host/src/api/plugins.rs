@@ -19,7 +19,7 @@ use super::{ApiError, ApiState, Json, body_error, limit_body};
 use crate::event::EventInput;
 use crate::runtime::{Action, LogLine, bundled};
 use crate::store::PluginRecord;
-use crate::util::new_id;
+use crate::util::{new_id, new_id_at};
 
 pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
     limit_body(
@@ -102,6 +102,15 @@ async fn upload(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<PluginView>), ApiError> {
     let wasm = body.map_err(|e| body_error(e, state.max_plugin_bytes))?;
+    let limit = state.app.settings.bounds.plugins_per_tenant;
+    if state.app.store.count_plugins(&tenant.id)? >= limit {
+        return Err(ApiError::bad(
+            "limit_exceeded",
+            format!(
+                "the tenant has {limit} plugins, the limit (limits.plugins_per_tenant); delete one first"
+            ),
+        ));
+    }
     let valid_name = |s: &str| {
         (1..=64).contains(&s.len())
             && s.chars()
@@ -226,8 +235,14 @@ async fn delete(
             users.join(", ")
         )));
     }
-    state.app.store.delete_plugin(&tenant.id, &id)?;
-    state.app.store.durable().await?;
+    if let Some((record, bytes_gone)) = state.app.store.delete_plugin(&tenant.id, &id)? {
+        state.app.store.durable().await?;
+        if bytes_gone {
+            // No record uses the component any more: drop its compiled copy
+            // from memory and its artifact from the disk cache.
+            state.app.plugins.forget(&record.sha256);
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -274,18 +289,23 @@ async fn dry_run(
     let event: EventInput = serde_json::from_value(input.event)
         .map_err(|e| ApiError::bad("invalid_event", format!("event: {e}")))?;
     let event = event
-        .validate(state.app.clock.now(), "dry-run", || new_id("evt"))
+        .validate(state.app.clock.now(), "dry-run", || {
+            new_id_at("evt", state.app.clock.now())
+        })
         .map_err(|e| ApiError::bad("invalid_event", format!("event: {e}")))?;
     let config = input
         .config
         .unwrap_or_else(|| Value::Object(Default::default()))
         .to_string();
-    let report = state
-        .app
-        .plugins
-        .runtime()
-        .handle(&plugin, &event.to_plugin_event(), &config)
-        .await;
+    let report = {
+        let _slot = state.app.plugins.admit(&tenant.id).await?;
+        state
+            .app
+            .plugins
+            .runtime()
+            .handle(&plugin, &event.to_plugin_event(), &config)
+            .await
+    };
     let (action, error) = match report.result {
         Ok(a) => (Some(a), None),
         Err(e) => (None, Some(e.to_string())),

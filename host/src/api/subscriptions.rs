@@ -14,13 +14,15 @@ use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json};
 use crate::event::Envelope;
-use crate::retry::{PRESETS, RetryPolicy};
+use crate::ingest::HoldMode;
+use crate::retry::RetryPolicy;
 use crate::runtime::CallError;
 use crate::sign::{self, Scheme};
-use crate::store::{Delivery, PluginRef, Secret, Subscription};
-use crate::util::new_id;
+use crate::store::{Delivery, PluginRef, Subscription};
+pub use crate::subscription::{Defaults, SubscriptionInput};
+use crate::util::{new_id, new_id_at};
 use crate::window::{self, FlushResult, WindowSpec};
-use crate::{deliver, ingest, route};
+use crate::{deliver, ingest};
 
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -34,66 +36,6 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(replay))
         .routes(routes!(flush))
         .routes(routes!(window_view))
-}
-
-/// Retry settings: a preset, then any field overridden.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryInput {
-    /// `standard` (default), `onwebchat`, `convosphere`, `helloclient`.
-    pub preset: Option<String>,
-    /// Delays before each retry, in seconds (at most 20, each at most 7 days).
-    pub schedule_secs: Option<Vec<u64>>,
-    /// 0 to 1 (default 0.2: ±20 %).
-    pub jitter: Option<f64>,
-    pub retry_after_max_secs: Option<u64>,
-    pub stop_on_4xx: Option<bool>,
-    pub retry_4xx: Option<Vec<u16>>,
-    /// Exhausted deliveries in a row that disable the subscription (0: never).
-    pub disable_after_failures: Option<u32>,
-}
-
-/// A subscription as created (all fields) or changed (any fields).
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionInput {
-    /// Where to POST (http or https).
-    pub url: Option<String>,
-    /// `*`, `message.*`, or exact types.
-    pub event_types: Option<Vec<String>>,
-    /// `{"id": "builtin:helloclient-lead" | "plg_…", "config": {…}}`; `null` removes it.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Object>)]
-    pub plugin: Option<Option<PluginRef>>,
-    /// `{"scheme": "standard-webhooks" | "timestamped-hex" | "body-hex", "header"?, …}`.
-    #[schema(value_type = Option<Object>)]
-    pub signature: Option<Scheme>,
-    pub retry: Option<RetryInput>,
-    /// A response body required for success, compared as JSON; `null` removes it.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Object>)]
-    pub expect_body: Option<Option<Value>>,
-    /// Per-attempt timeout (1 to 120000 ms; default 15000).
-    pub timeout_ms: Option<u64>,
-    /// Attempts in flight at once to this endpoint (1 to 256).
-    pub max_in_flight: Option<u32>,
-    /// `{"every": "1d", "at": "02:00", "timezone": "UTC", "max_items"?, "max_bytes"?}`:
-    /// items the plugin holds are flushed when each window closes; `null` removes it.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<WindowSpec>)]
-    pub window: Option<Option<WindowSpec>>,
-    pub description: Option<String>,
-    /// Use this signing secret instead of a generated one (to keep an
-    /// existing receiver's key): `whsec_…` for standard-webhooks, 16 to 200
-    /// characters for the hex schemes.
-    pub secret: Option<String>,
-}
-
-/// `Some(None)` for an explicit null, `None` for an absent field.
-fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A subscription as the API shows it (the secret only on creation, reveal
@@ -154,135 +96,6 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad("invalid_subscription", message)
 }
 
-fn resolve_retry(input: RetryInput) -> Result<RetryPolicy, ApiError> {
-    let preset = input.preset.as_deref().unwrap_or("standard");
-    let mut p = RetryPolicy::preset(preset).ok_or_else(|| {
-        bad(format!(
-            "retry.preset {preset:?} is unknown; use one of {}",
-            PRESETS.join(", ")
-        ))
-    })?;
-    if let Some(s) = input.schedule_secs {
-        if s.len() > 20 || s.iter().any(|d| *d > 7 * 24 * 3600) {
-            return Err(bad(
-                "retry.schedule_secs: at most 20 delays, each at most 604800 s (7 days)",
-            ));
-        }
-        p.schedule_secs = s;
-        p.preset = None;
-    }
-    if let Some(j) = input.jitter {
-        if !(0.0..=1.0).contains(&j) {
-            return Err(bad("retry.jitter must be between 0 and 1"));
-        }
-        p.jitter = j;
-    }
-    if let Some(v) = input.retry_after_max_secs {
-        p.retry_after_max_secs = v;
-    }
-    if let Some(v) = input.stop_on_4xx {
-        p.stop_on_4xx = v;
-    }
-    if let Some(v) = input.retry_4xx {
-        if v.iter().any(|c| !(400..500).contains(c)) {
-            return Err(bad("retry.retry_4xx lists 4xx status codes only"));
-        }
-        p.retry_4xx = v;
-    }
-    if let Some(v) = input.disable_after_failures {
-        p.disable_after_failures = v;
-    }
-    Ok(p)
-}
-
-fn check_secret(scheme: &Scheme, secret: &str) -> Result<(), ApiError> {
-    match scheme {
-        Scheme::StandardWebhooks => sign::standard_key(secret)
-            .map(|_| ())
-            .map_err(|e| bad(format!("secret: {e}"))),
-        _ if (16..=200).contains(&secret.len()) && secret.chars().all(|c| c.is_ascii_graphic()) => {
-            Ok(())
-        }
-        _ => Err(bad("secret: 16 to 200 printable ASCII characters")),
-    }
-}
-
-/// Applies `input` to `sub`, validating every field it sets; runs the
-/// plugin's `check-config` when the plugin or its config changed.
-async fn apply(
-    state: &ApiState,
-    sub: &mut Subscription,
-    input: SubscriptionInput,
-) -> Result<(), ApiError> {
-    if let Some(url) = input.url {
-        match reqwest::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => return Err(bad(format!("url {url:?} is not an http(s) URL"))),
-        }
-        sub.url = url;
-    }
-    if let Some(types) = input.event_types {
-        if types.is_empty() {
-            return Err(bad(
-                "event_types must list at least one pattern (`*` for all)",
-            ));
-        }
-        if let Some(p) = types.iter().find(|p| !route::is_valid_pattern(p)) {
-            return Err(bad(format!(
-                "event_types: {p:?} is not `*`, `prefix.*` or a dotted lowercase type"
-            )));
-        }
-        sub.event_types = types;
-    }
-    if let Some(signature) = input.signature {
-        sub.signature = signature;
-    }
-    if let Some(retry) = input.retry {
-        sub.retry = resolve_retry(retry)?;
-    }
-    if let Some(expect) = input.expect_body {
-        sub.expect_body = expect;
-    }
-    if let Some(t) = input.timeout_ms {
-        if !(1..=120_000).contains(&t) {
-            return Err(bad("timeout_ms must be 1 to 120000"));
-        }
-        sub.timeout_ms = t;
-    }
-    if let Some(n) = input.max_in_flight {
-        if !(1..=256).contains(&n) {
-            return Err(bad("max_in_flight must be 1 to 256"));
-        }
-        sub.max_in_flight = n;
-    }
-    if let Some(window) = input.window {
-        if let Some(w) = &window {
-            w.schedule().map_err(bad)?;
-        }
-        sub.window = window;
-    }
-    if let Some(d) = input.description {
-        sub.description = Some(d).filter(|d| !d.is_empty());
-    }
-    if let Some(secret) = input.secret {
-        check_secret(&sub.signature, &secret)?;
-        sub.secrets = vec![Secret {
-            secret,
-            expires_at: None,
-        }];
-    } else if let Some(current) = sub.secrets.first() {
-        // A scheme change may make the current secret unusable.
-        check_secret(&sub.signature, &current.secret)?;
-    }
-    if let Some(plugin) = input.plugin {
-        if let Some(p) = &plugin {
-            check_plugin(state, &sub.tenant_id, p).await?;
-        }
-        sub.plugin = plugin;
-    }
-    Ok(())
-}
-
 /// The plugin exists for this tenant and accepts its config.
 async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Result<(), ApiError> {
     let plugin = state
@@ -290,12 +103,15 @@ async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Resul
         .plugins
         .resolve(tenant_id, &p.id)
         .map_err(|e| bad(format!("plugin: {e}")))?;
-    let report = state
-        .app
-        .plugins
-        .runtime()
-        .check_config(&plugin, &p.config.to_string())
-        .await;
+    let report = {
+        let _slot = state.app.plugins.admit(tenant_id).await?;
+        state
+            .app
+            .plugins
+            .runtime()
+            .check_config(&plugin, &p.config.to_string())
+            .await
+    };
     match report.result {
         Ok(()) => Ok(()),
         Err(CallError::Plugin(e)) => Err(ApiError::bad("invalid_plugin_config", e.to_string())),
@@ -324,37 +140,33 @@ async fn create(
     State(state): State<ApiState>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<(StatusCode, axum::Json<SubscriptionView>), ApiError> {
-    if input.url.is_none() {
-        return Err(bad("url is required"));
+    let limit = state.app.settings.bounds.subscriptions_per_tenant;
+    if state.app.store.count_subscriptions(&tenant.id)? >= limit {
+        return Err(ApiError::bad(
+            "limit_exceeded",
+            format!(
+                "the tenant has {limit} subscriptions, the limit (limits.subscriptions_per_tenant); delete one first"
+            ),
+        ));
     }
-    if input.event_types.is_none() {
-        return Err(bad("event_types is required (`[\"*\"]` for every event)"));
-    }
-    let now = state.app.clock.now();
-    let mut sub = Subscription {
-        id: new_id("sub"),
-        tenant_id: tenant.id.clone(),
-        url: String::new(),
-        event_types: Vec::new(),
-        plugin: None,
-        signature: Scheme::default(),
-        retry: RetryPolicy::default(),
-        expect_body: None,
-        timeout_ms: state.app.settings.default_timeout.as_millis() as u64,
-        max_in_flight: state.app.settings.max_in_flight_per_subscription,
-        window: None,
-        description: None,
-        enabled: true,
-        disabled_reason: None,
-        secrets: vec![Secret {
-            secret: sign::generate_secret(),
-            expires_at: None,
-        }],
-        consecutive_failures: 0,
-        created_at: now,
-        updated_at: now,
+    let settings = &state.app.settings;
+    let defaults = Defaults {
+        timeout_ms: settings.default_timeout.as_millis() as u64,
+        max_in_flight: settings.max_in_flight_per_subscription,
     };
-    apply(&state, &mut sub, input).await?;
+    let plugin = input.plugin.clone().flatten();
+    let sub = input
+        .create(
+            new_id("sub"),
+            &tenant.id,
+            defaults,
+            &settings.bounds,
+            state.app.clock.now(),
+        )
+        .map_err(bad)?;
+    if let Some(p) = &plugin {
+        check_plugin(&state, &tenant.id, p).await?;
+    }
     state.app.store.put_subscription(&sub)?;
     state.app.store.durable().await?;
     Ok((
@@ -403,25 +215,15 @@ async fn patch(
     Path(id): Path<String>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    let mut sub = load(&state, &tenant, &id)?;
-    apply(&state, &mut sub, input).await?;
-    let updated = update(&state, &tenant, &id, move |s| {
-        let (consecutive, enabled, reason, secrets_rotated) = (
-            s.consecutive_failures,
-            s.enabled,
-            s.disabled_reason.clone(),
-            s.secrets.clone(),
-        );
-        *s = sub.clone();
-        // Fields the worker may have changed meanwhile keep their latest values.
-        s.consecutive_failures = consecutive;
-        s.enabled = enabled;
-        s.disabled_reason = reason;
-        if sub.secrets.first() == secrets_rotated.first() {
-            s.secrets = secrets_rotated;
-        }
-    })
-    .await?;
+    let mut changed = load(&state, &tenant, &id)?;
+    if let Some(Some(p)) = &input.plugin {
+        check_plugin(&state, &tenant.id, p).await?;
+    }
+    input
+        .apply(&mut changed, &state.app.settings.bounds)
+        .map_err(bad)?;
+    let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
+    state.app.queue.set_cap(&updated.id, updated.max_in_flight);
     Ok(axum::Json(SubscriptionView::of(updated, false)))
 }
 
@@ -559,24 +361,7 @@ async fn rotate_secret(
     let grace = jiff::SignedDuration::try_from(state.app.settings.secret_grace).unwrap_or_default();
     let fresh = sign::generate_secret();
     let s = update(&state, &tenant, &id, |s| {
-        let mut secrets = vec![Secret {
-            secret: fresh.clone(),
-            expires_at: None,
-        }];
-        for (i, old) in s.secrets.iter().enumerate() {
-            let expires_at = if i == 0 {
-                Some(now + grace)
-            } else {
-                old.expires_at
-            };
-            if expires_at.is_none_or(|t| t > now) {
-                secrets.push(Secret {
-                    secret: old.secret.clone(),
-                    expires_at,
-                });
-            }
-        }
-        s.secrets = secrets;
+        s.rotate_secret(fresh.clone(), now, grace)
     })
     .await?;
     Ok(axum::Json(secret_view(&s, now)))
@@ -602,7 +387,7 @@ async fn send_test(
     let sub = load(&state, &tenant, &id)?;
     let now = state.app.clock.now();
     let event = Envelope {
-        id: new_id("evt"),
+        id: new_id_at("evt", now),
         event_type: "webhook.test".into(),
         occurred_at: now.to_string(),
         source: "wasmhook".into(),
@@ -611,28 +396,28 @@ async fn send_test(
             "subscription_id": sub.id,
         }),
     };
-    let out = ingest::transform(&state.app, &sub, &event, now).await;
-    state.app.store.hold(&out.held, &event.id)?;
+    // Through the plugin like any event, but sent right here (not by the
+    // workers), and items the plugin holds are not kept in the real window.
+    let out = ingest::transform(&state.app, &sub, &event, now, HoldMode::Discard).await?;
     let mut deliveries = out.deliveries;
     for d in &mut deliveries {
-        // Sent right here, not by the worker.
         d.next_attempt_at = None;
     }
-    state.app.store.add_deliveries(&deliveries)?;
+    state.app.queue.add_unqueued(&deliveries).await?;
     let mut results = Vec::new();
     for d in deliveries {
         if d.status == crate::store::DeliveryStatus::Pending {
             let id = d.id.clone();
             deliver::worker::attempt(&state.app, d).await?;
             if let Some(done) = state.app.store.get_delivery(&id)? {
+                // A retry the policy scheduled goes to the workers.
+                state.app.queue.rescheduled(&done);
                 results.push(done);
             }
         } else {
             results.push(d);
         }
     }
-    state.app.store.durable().await?;
-    state.app.wake.notify_one();
     Ok(axum::Json(TestResult {
         deliveries: results,
     }))
@@ -671,30 +456,9 @@ async fn replay(
             format!("since {:?} is not an RFC 3339 time", input.since),
         )
     })?;
-    let now = state.app.clock.now();
-    let mut result = ReplayResult {
-        events: 0,
-        deliveries: 0,
-    };
-    for stored in state.app.store.events_since(&tenant.id, since)? {
-        if !route::matches_any(&sub.event_types, &stored.event.event_type) {
-            continue;
-        }
-        let out = ingest::transform(&state.app, &sub, &stored.event, now).await;
-        state.app.store.hold(&out.held, &stored.event.id)?;
-        let deliveries = out.deliveries;
-        let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
-        state.app.store.add_deliveries(&deliveries)?;
-        state
-            .app
-            .store
-            .add_event_deliveries(&tenant.id, &stored.event.id, &ids)?;
-        result.events += 1;
-        result.deliveries += deliveries.len();
-    }
-    state.app.store.durable().await?;
-    state.app.wake.notify_one();
-    Ok(axum::Json(result))
+    let events = state.app.store.events_since(&tenant.id, since)?;
+    let (events, deliveries) = ingest::replay(&state.app, &sub, events).await?;
+    Ok(axum::Json(ReplayResult { events, deliveries }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -719,7 +483,10 @@ async fn flush(
     }
     let windows = window::flush_subscription(&state.app, &sub)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(|e| match e {
+            window::FlushError::Store(e) => ApiError::from(e),
+            window::FlushError::Busy(e) => ApiError::from(e),
+        })?;
     Ok(axum::Json(FlushResponse { windows }))
 }
 

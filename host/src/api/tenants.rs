@@ -2,7 +2,6 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -10,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::auth::Operator;
 use super::{ApiError, ApiState, Json};
-use crate::store::{ApiKeyRecord, Tenant};
+use crate::store::Tenant;
 use crate::util::new_id;
 
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -40,20 +39,6 @@ pub struct NewKey {
     pub api_key: String,
 }
 
-/// A new API key: `whk_` and 32 random bytes, hex.
-fn issue_key(state: &ApiState, tenant_id: &str) -> Result<String, ApiError> {
-    let key = format!("whk_{}", hex::encode(rand::random::<[u8; 32]>()));
-    state.app.store.put_api_key(
-        &key,
-        &ApiKeyRecord {
-            tenant_id: tenant_id.to_string(),
-            prefix: key[..12].to_string(),
-            created_at: Timestamp::now(),
-        },
-    )?;
-    Ok(key)
-}
-
 /// Create a tenant and its first API key.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant,
     security(("operator" = [])),
@@ -73,11 +58,10 @@ async fn create_tenant(
     let tenant = Tenant {
         id: new_id("ten"),
         name: name.to_string(),
-        created_at: Timestamp::now(),
+        created_at: state.app.clock.now(),
     };
     state.app.store.put_tenant(&tenant)?;
-    let api_key = issue_key(&state, &tenant.id)?;
-    state.app.store.durable().await?;
+    let api_key = super::keys::issue_key(&state, &tenant.id).await?.api_key;
     Ok((
         StatusCode::CREATED,
         axum::Json(TenantWithKey {
@@ -126,7 +110,6 @@ async fn add_key(
     if state.app.store.get_tenant(&id)?.is_none() {
         return Err(ApiError::NotFound(format!("no tenant {id:?}")));
     }
-    let api_key = issue_key(&state, &id)?;
-    state.app.store.durable().await?;
+    let api_key = super::keys::issue_key(&state, &id).await?.api_key;
     Ok((StatusCode::CREATED, axum::Json(NewKey { api_key })))
 }

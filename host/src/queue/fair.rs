@@ -152,7 +152,10 @@ impl Scheduler {
             return None;
         }
         while let Some(tenant_id) = self.ring.pop_front() {
-            let tenant = self.tenants.get_mut(&tenant_id).expect("ring names tenants");
+            let tenant = self
+                .tenants
+                .get_mut(&tenant_id)
+                .expect("ring names tenants");
             tenant.in_ring = false;
             if tenant.in_flight >= self.caps.per_tenant {
                 // Back in the ring when one of its attempts completes.
@@ -203,10 +206,7 @@ impl Scheduler {
         match next_due_ms {
             Some(due) => {
                 // The lane and tenant exist: the lease came from them.
-                let cap = self
-                    .lanes
-                    .get(&lease.subscription_id)
-                    .map_or(1, |l| l.cap);
+                let cap = self.lanes.get(&lease.subscription_id).map_or(1, |l| l.cap);
                 self.push(
                     &lease.tenant_id,
                     &lease.subscription_id,
@@ -265,7 +265,7 @@ impl Scheduler {
     /// Puts a lane where its state says: its tenant's ready ring (due work,
     /// room under its cap), the timer heap (work due later), or nowhere.
     fn refresh(&mut self, sub: &str, now_ms: u64) {
-        let Some((sub, lane)) = self.lanes.get_key_value(sub) else {
+        let Some((sub, _)) = self.lanes.get_key_value(sub) else {
             return;
         };
         let sub = sub.clone();
@@ -279,7 +279,9 @@ impl Scheduler {
         if due <= now_ms {
             lane.ready = true;
             let tenant_id = lane.tenant.clone();
-            tenant_mut(&mut self.tenants, &tenant_id).ready.push_back(sub);
+            tenant_mut(&mut self.tenants, &tenant_id)
+                .ready
+                .push_back(sub);
             self.requeue_tenant(&tenant_id);
         } else if lane.timer.is_none_or(|t| due < t) {
             lane.timer = Some(due);
@@ -404,7 +406,11 @@ mod tests {
         assert_eq!(of_a, 4, "tenant a holds at most its cap");
         assert!(leased.iter().any(|l| &*l.delivery_id == "b1"));
         // One of a's attempts ends: a gets exactly one more.
-        let done = leased.iter().find(|l| &*l.tenant_id == "a").unwrap().clone();
+        let done = leased
+            .iter()
+            .find(|l| &*l.tenant_id == "a")
+            .unwrap()
+            .clone();
         s.complete(&done, None, 0);
         assert_eq!(drain(&mut s, 0).len(), 1);
     }
@@ -413,7 +419,14 @@ mod tests {
     fn the_global_cap_holds() {
         let mut s = Scheduler::new(caps(5, 100));
         for t in 0..10 {
-            s.push(&format!("t{t}"), &format!("s{t}"), 8, &format!("d{t}"), 0, 0);
+            s.push(
+                &format!("t{t}"),
+                &format!("s{t}"),
+                8,
+                &format!("d{t}"),
+                0,
+                0,
+            );
         }
         let leased = drain(&mut s, 0);
         assert_eq!(leased.len(), 5);
@@ -493,7 +506,10 @@ mod tests {
         assert_eq!(again.due_ms, 60_000);
         s.complete(&again, None, 60_000);
         assert_eq!(s.tenant_pending("t"), 0);
-        assert!(s.lanes.is_empty() && s.tenants.is_empty(), "idle state is dropped");
+        assert!(
+            s.lanes.is_empty() && s.tenants.is_empty(),
+            "idle state is dropped"
+        );
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl Queue {
             }),
         };
         let now = millis(queue.inner.clock.now());
-        let entries: Vec<_> = queue.inner.store.outbox_entries().collect::<Result<_, _>>()?;
+        let entries: Vec<_> = queue
+            .inner
+            .store
+            .outbox_entries()
+            .collect::<Result<_, _>>()?;
         {
             let mut s = queue.lock();
             for e in &entries {
@@ -137,8 +141,14 @@ impl Queue {
                 let cap = self
                     .cap_of(&mut s, &d.tenant_id, &d.subscription_id)
                     .unwrap_or(self.inner.default_cap);
-                s.scheduler
-                    .push(&d.tenant_id, &d.subscription_id, cap, &d.id, millis(due), now);
+                s.scheduler.push(
+                    &d.tenant_id,
+                    &d.subscription_id,
+                    cap,
+                    &d.id,
+                    millis(due),
+                    now,
+                );
                 published = true;
             }
         }

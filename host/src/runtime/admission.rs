@@ -50,7 +50,8 @@ impl Admission {
     /// tenant, callers waiting at most `wait` for one.
     pub fn new(pool: u32, share_percent: u32, wait: Duration) -> Self {
         let pool = pool.max(1);
-        let share = ((u64::from(pool) * u64::from(share_percent.clamp(1, 100))) / 100).max(1) as u32;
+        let share =
+            ((u64::from(pool) * u64::from(share_percent.clamp(1, 100))) / 100).max(1) as u32;
         Admission {
             inner: Arc::new(Inner {
                 pool: Arc::new(Semaphore::new(pool as usize)),
@@ -111,7 +112,10 @@ mod tests {
         let _a2 = admission.admit("a").await.unwrap();
         let busy = admission.admit("a").await.unwrap_err();
         assert_eq!(busy.retry_after_secs, 1);
-        assert!(busy.to_string().contains("plugins.max_concurrent_calls = 4"));
+        assert!(
+            busy.to_string()
+                .contains("plugins.max_concurrent_calls = 4")
+        );
         let _b1 = admission.admit("b").await.unwrap();
         let _b2 = admission.admit("b").await.unwrap();
         // The pool is full: c waits, and gets a slot when a frees one.

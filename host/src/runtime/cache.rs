@@ -42,7 +42,11 @@ pub struct MemoryDigests(Mutex<HashMap<String, [u8; 32]>>);
 
 impl ArtifactDigests for MemoryDigests {
     fn get(&self, name: &str) -> Option<[u8; 32]> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
     fn put(&self, name: &str, digest: [u8; 32]) {
         self.0
@@ -51,7 +55,10 @@ impl ArtifactDigests for MemoryDigests {
             .insert(name.to_string(), digest);
     }
     fn remove(&self, name: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 }
 

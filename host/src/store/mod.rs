@@ -41,8 +41,17 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
-    #[error("the group commit stopped: {0}")]
+    #[error("the group commit failed: {0}")]
     Commit(String),
+}
+
+impl StoreError {
+    /// A fault of the storage (disk full, I/O error, the committer gone):
+    /// callers answer 503 and retry, since it may clear by itself. A corrupt
+    /// record is not such a fault.
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, StoreError::Corrupt { .. })
+    }
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -83,6 +92,12 @@ pub fn outbox_key(due: Timestamp, delivery_id: &str) -> Vec<u8> {
     let mut key = millis(due).to_be_bytes().to_vec();
     key.extend_from_slice(delivery_id.as_bytes());
     key
+}
+
+/// The public id of an API key: derived from its stored hash, so it needs
+/// no index and names the key without revealing it.
+pub fn api_key_id(hash: &[u8]) -> String {
+    format!("key_{}", hex::encode(&hash[..hash.len().min(10)]))
 }
 
 /// SHA-256 of a secret token, as stored.
@@ -223,6 +238,15 @@ impl Store {
             .map_err(StoreError::Commit)
     }
 
+    /// A small write made durable now: whether the store can take writes.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.meta.insert(
+            "health",
+            &jiff::Timestamp::now().as_millisecond().to_be_bytes(),
+        )?;
+        self.durable().await
+    }
+
     /// Flushes synchronously (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -291,6 +315,36 @@ impl Store {
         Ok(())
     }
 
+    /// A tenant's API keys with their ids, oldest first.
+    pub fn list_api_keys(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, ApiKeyRecord)>, StoreError> {
+        let mut keys = Vec::new();
+        for kv in self.api_keys.iter() {
+            let (hash, v) = kv?;
+            let record: ApiKeyRecord = decode(&hash, &v)?;
+            if record.tenant_id == tenant_id {
+                keys.push((api_key_id(&hash), record));
+            }
+        }
+        keys.sort_by_key(|(_, r)| r.created_at);
+        Ok(keys)
+    }
+
+    /// Revokes one of a tenant's API keys by id.
+    pub fn delete_api_key(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        for kv in self.api_keys.iter() {
+            let (hash, v) = kv?;
+            if api_key_id(&hash) == id && decode::<ApiKeyRecord>(&hash, &v)?.tenant_id == tenant_id
+            {
+                self.api_keys.remove(hash)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The tenant an API key belongs to.
     pub fn tenant_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
         let hash = token_hash(key);
@@ -328,6 +382,30 @@ impl Store {
                 decode(&k, &v)
             })
             .collect()
+    }
+
+    /// How many subscriptions a tenant has (keys only, no decoding).
+    pub fn count_subscriptions(&self, tenant_id: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .subscriptions
+            .scan_prefix(tenant_prefix(tenant_id))
+            .keys()
+        {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// How many plugins a tenant has uploaded.
+    pub fn count_plugins(&self, tenant_id: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.plugins.scan_prefix(tenant_prefix(tenant_id)).keys() {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
@@ -393,10 +471,15 @@ impl Store {
         Ok(self.plugin_blobs.get(sha256)?.map(|v| v.to_vec()))
     }
 
-    /// Removes a plugin's record (and its bytes when no other record uses them).
-    pub fn delete_plugin(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+    /// Removes a plugin's record (and its bytes when no other record uses
+    /// them). Returns the record, and whether its bytes went too.
+    pub fn delete_plugin(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<(PluginRecord, bool)>, StoreError> {
         let Some(record) = self.get_plugin(tenant_id, id)? else {
-            return Ok(false);
+            return Ok(None);
         };
         self.plugins.remove(scoped(tenant_id, id))?;
         let still_used = self.plugins.iter().values().any(|v| {
@@ -407,7 +490,7 @@ impl Store {
         if !still_used {
             self.plugin_blobs.remove(record.sha256.as_bytes())?;
         }
-        Ok(true)
+        Ok(Some((record, !still_used)))
     }
 
     // ---- events and deliveries -------------------------------------------
@@ -819,6 +902,25 @@ fn put_delivery_tx(
     }
     deliveries.insert(d.id.as_bytes(), encode(d))?;
     Ok(())
+}
+
+/// The digests of the compiled-plugin cache's files, in `meta` under
+/// `artifact/<file name>`: kept apart from the files they vouch for.
+impl crate::runtime::ArtifactDigests for Store {
+    fn get(&self, name: &str) -> Option<[u8; 32]> {
+        let value = self.meta.get(format!("artifact/{name}")).ok()??;
+        value.as_ref().try_into().ok()
+    }
+
+    fn put(&self, name: &str, digest: [u8; 32]) {
+        if let Err(e) = self.meta.insert(format!("artifact/{name}"), &digest[..]) {
+            tracing::warn!(error = %e, "recording a compiled plugin's digest failed");
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = self.meta.remove(format!("artifact/{name}"));
+    }
 }
 
 /// The committer: one `flush` serves every request that arrived before it.

@@ -149,7 +149,9 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
     };
     let items = app.store.held_items(&sub.id, state.start)?;
     if items.is_empty() {
-        app.queue.commit_flush(&sub.id, state.start, &[], &[]).await?;
+        app.queue
+            .commit_flush(&sub.id, state.start, &[], &[])
+            .await?;
         return Ok(result);
     }
     result.items = items.len();

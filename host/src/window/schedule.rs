@@ -294,7 +294,12 @@ mod tests {
 
     #[test]
     fn non_ascii_specs_are_refused_not_panics() {
-        for (every, at) in [("1é", "02:00"), ("é", "02:00"), ("1d", "0é:00"), ("1d", "é")] {
+        for (every, at) in [
+            ("1é", "02:00"),
+            ("é", "02:00"),
+            ("1d", "0é:00"),
+            ("1d", "é"),
+        ] {
             let spec = WindowSpec {
                 every: every.into(),
                 at: at.into(),

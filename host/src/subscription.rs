@@ -1,0 +1,392 @@
+//! A subscription's rules, beside its type: building one from the API's
+//! input, applying a change, rotating its secret. Pure (no store, no
+//! sandbox): the API handlers validate the plugin, call these, and store
+//! the result.
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::app::Bounds;
+use crate::retry::{PRESETS, RetryPolicy};
+use crate::route;
+use crate::sign::{self, Scheme};
+use crate::store::{PluginRef, Secret, Subscription};
+use crate::window::WindowSpec;
+
+/// Retry settings: a preset, then any field overridden.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryInput {
+    /// `standard` (default), `onwebchat`, `convosphere`, `helloclient`.
+    pub preset: Option<String>,
+    /// Delays before each retry, in seconds (at most 20, each at most 7 days).
+    pub schedule_secs: Option<Vec<u64>>,
+    /// 0 to 1 (default 0.2: ±20 %).
+    pub jitter: Option<f64>,
+    pub retry_after_max_secs: Option<u64>,
+    pub stop_on_4xx: Option<bool>,
+    pub retry_4xx: Option<Vec<u16>>,
+    /// Exhausted deliveries in a row that disable the subscription (0: never).
+    pub disable_after_failures: Option<u32>,
+}
+
+impl RetryInput {
+    /// The policy these settings describe; the error names the field.
+    pub fn resolve(self) -> Result<RetryPolicy, String> {
+        let preset = self.preset.as_deref().unwrap_or("standard");
+        let mut p = RetryPolicy::preset(preset).ok_or_else(|| {
+            format!(
+                "retry.preset {preset:?} is unknown; use one of {}",
+                PRESETS.join(", ")
+            )
+        })?;
+        if let Some(s) = self.schedule_secs {
+            if s.len() > 20 || s.iter().any(|d| *d > 7 * 24 * 3600) {
+                return Err(
+                    "retry.schedule_secs: at most 20 delays, each at most 604800 s (7 days)".into(),
+                );
+            }
+            p.schedule_secs = s;
+            p.preset = None;
+        }
+        if let Some(j) = self.jitter {
+            if !(0.0..=1.0).contains(&j) {
+                return Err("retry.jitter must be between 0 and 1".into());
+            }
+            p.jitter = j;
+        }
+        if let Some(v) = self.retry_after_max_secs {
+            p.retry_after_max_secs = v;
+        }
+        if let Some(v) = self.stop_on_4xx {
+            p.stop_on_4xx = v;
+        }
+        if let Some(v) = self.retry_4xx {
+            if v.iter().any(|c| !(400..500).contains(c)) {
+                return Err("retry.retry_4xx lists 4xx status codes only".into());
+            }
+            p.retry_4xx = v;
+        }
+        if let Some(v) = self.disable_after_failures {
+            p.disable_after_failures = v;
+        }
+        Ok(p)
+    }
+}
+
+/// A subscription as created (all fields) or changed (any fields).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    /// Where to POST (http or https).
+    pub url: Option<String>,
+    /// `*`, `message.*`, or exact types.
+    pub event_types: Option<Vec<String>>,
+    /// `{"id": "builtin:helloclient-lead" | "plg_…", "config": {…}}`; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub plugin: Option<Option<PluginRef>>,
+    /// `{"scheme": "standard-webhooks" | "timestamped-hex" | "body-hex", "header"?, …}`.
+    #[schema(value_type = Option<Object>)]
+    pub signature: Option<Scheme>,
+    pub retry: Option<RetryInput>,
+    /// A response body required for success, compared as JSON; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub expect_body: Option<Option<Value>>,
+    /// Per-attempt timeout (1 to 120000 ms; default 15000).
+    pub timeout_ms: Option<u64>,
+    /// Attempts in flight at once to this endpoint (1 to 256).
+    pub max_in_flight: Option<u32>,
+    /// `{"every": "1d", "at": "02:00", "timezone": "UTC", "max_items"?, "max_bytes"?}`:
+    /// items the plugin holds are flushed when each window closes; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<WindowSpec>)]
+    pub window: Option<Option<WindowSpec>>,
+    pub description: Option<String>,
+    /// Use this signing secret instead of a generated one (to keep an
+    /// existing receiver's key): `whsec_…` for standard-webhooks, 16 to 200
+    /// characters for the hex schemes.
+    pub secret: Option<String>,
+}
+
+/// `Some(None)` for an explicit null, `None` for an absent field.
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The defaults a new subscription starts from.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub timeout_ms: u64,
+    pub max_in_flight: u32,
+}
+
+/// Whether `secret` can sign with `scheme`.
+pub fn check_secret(scheme: &Scheme, secret: &str) -> Result<(), String> {
+    match scheme {
+        Scheme::StandardWebhooks => sign::standard_key(secret)
+            .map(|_| ())
+            .map_err(|e| format!("secret: {e}")),
+        _ if (16..=200).contains(&secret.len()) && secret.chars().all(|c| c.is_ascii_graphic()) => {
+            Ok(())
+        }
+        _ => Err("secret: 16 to 200 printable ASCII characters".into()),
+    }
+}
+
+impl SubscriptionInput {
+    /// A new subscription from a create request (`url` and `event_types`
+    /// required), with a generated secret unless one is given.
+    pub fn create(
+        self,
+        id: String,
+        tenant_id: &str,
+        defaults: Defaults,
+        bounds: &Bounds,
+        now: Timestamp,
+    ) -> Result<Subscription, String> {
+        if self.url.is_none() {
+            return Err("url is required".into());
+        }
+        if self.event_types.is_none() {
+            return Err("event_types is required (`[\"*\"]` for every event)".into());
+        }
+        let mut sub = Subscription {
+            id,
+            tenant_id: tenant_id.to_string(),
+            url: String::new(),
+            event_types: Vec::new(),
+            plugin: None,
+            signature: Scheme::default(),
+            retry: RetryPolicy::default(),
+            expect_body: None,
+            timeout_ms: defaults.timeout_ms,
+            max_in_flight: defaults.max_in_flight,
+            window: None,
+            description: None,
+            enabled: true,
+            disabled_reason: None,
+            secrets: vec![Secret {
+                secret: sign::generate_secret(),
+                expires_at: None,
+            }],
+            consecutive_failures: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.apply(&mut sub, bounds)?;
+        Ok(sub)
+    }
+
+    /// Applies every field this input sets to `sub`, validating each; the
+    /// error names the field. The plugin (if set) is taken as is: checking
+    /// it against its `check-config` is the caller's (it needs the sandbox).
+    pub fn apply(self, sub: &mut Subscription, bounds: &Bounds) -> Result<(), String> {
+        if let Some(url) = self.url {
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => return Err(format!("url {url:?} is not an http(s) URL")),
+            }
+            sub.url = url;
+        }
+        if let Some(types) = self.event_types {
+            if types.is_empty() {
+                return Err("event_types must list at least one pattern (`*` for all)".into());
+            }
+            if let Some(p) = types.iter().find(|p| !route::is_valid_pattern(p)) {
+                return Err(format!(
+                    "event_types: {p:?} is not `*`, `prefix.*` or a dotted lowercase type"
+                ));
+            }
+            sub.event_types = types;
+        }
+        if let Some(signature) = self.signature {
+            sub.signature = signature;
+        }
+        if let Some(retry) = self.retry {
+            sub.retry = retry.resolve()?;
+        }
+        if let Some(expect) = self.expect_body {
+            sub.expect_body = expect;
+        }
+        if let Some(t) = self.timeout_ms {
+            if !(1..=120_000).contains(&t) {
+                return Err("timeout_ms must be 1 to 120000".into());
+            }
+            sub.timeout_ms = t;
+        }
+        if let Some(n) = self.max_in_flight {
+            if !(1..=256).contains(&n) {
+                return Err("max_in_flight must be 1 to 256".into());
+            }
+            sub.max_in_flight = n;
+        }
+        if let Some(window) = self.window {
+            if let Some(w) = &window {
+                w.schedule()?;
+                if w.max_bytes > bounds.window_max_bytes {
+                    return Err(format!(
+                        "window.max_bytes {} is over limits.window_max_bytes = {} (a window must stay flushable)",
+                        w.max_bytes, bounds.window_max_bytes
+                    ));
+                }
+                if w.max_items > bounds.window_max_items {
+                    return Err(format!(
+                        "window.max_items {} is over limits.window_max_items = {}",
+                        w.max_items, bounds.window_max_items
+                    ));
+                }
+            }
+            sub.window = window;
+        }
+        if let Some(d) = self.description {
+            if d.chars().count() > 1000 {
+                return Err("description must be at most 1000 characters".into());
+            }
+            sub.description = Some(d).filter(|d| !d.is_empty());
+        }
+        if let Some(secret) = self.secret {
+            check_secret(&sub.signature, &secret)?;
+            sub.secrets = vec![Secret {
+                secret,
+                expires_at: None,
+            }];
+        } else if let Some(current) = sub.secrets.first() {
+            // A scheme change may make the current secret unusable.
+            check_secret(&sub.signature, &current.secret)?;
+        }
+        if let Some(plugin) = self.plugin {
+            sub.plugin = plugin;
+        }
+        Ok(())
+    }
+}
+
+impl Subscription {
+    /// A new secret signs from `now` on; the current one keeps signing for
+    /// `grace` (standard-webhooks: alongside, space-separated); older ones
+    /// keep their expiry and drop out once expired.
+    pub fn rotate_secret(&mut self, fresh: String, now: Timestamp, grace: SignedDuration) {
+        let mut secrets = vec![Secret {
+            secret: fresh,
+            expires_at: None,
+        }];
+        for (i, old) in self.secrets.iter().enumerate() {
+            let expires_at = if i == 0 {
+                Some(now + grace)
+            } else {
+                old.expires_at
+            };
+            if expires_at.is_none_or(|t| t > now) {
+                secrets.push(Secret {
+                    secret: old.secret.clone(),
+                    expires_at,
+                });
+            }
+        }
+        self.secrets = secrets;
+    }
+
+    /// Takes a changed copy (`changed`, from [`SubscriptionInput::apply`])
+    /// over this stored one, keeping what the engine may have changed in
+    /// the meantime: the failure streak, the enabled state, and a rotation.
+    pub fn take_changes(&mut self, changed: &Subscription) {
+        let (consecutive, enabled, reason, secrets) = (
+            self.consecutive_failures,
+            self.enabled,
+            self.disabled_reason.clone(),
+            self.secrets.clone(),
+        );
+        *self = changed.clone();
+        self.consecutive_failures = consecutive;
+        self.enabled = enabled;
+        self.disabled_reason = reason;
+        if changed.secrets.first() == secrets.first() {
+            self.secrets = secrets;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-21T10:00:00Z".parse().unwrap()
+    }
+
+    fn input(json: Value) -> SubscriptionInput {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn create(json: Value) -> Result<Subscription, String> {
+        input(json).create(
+            "sub_1".into(),
+            "ten_1",
+            Defaults {
+                timeout_ms: 15_000,
+                max_in_flight: 8,
+            },
+            &Bounds::default(),
+            now(),
+        )
+    }
+
+    #[test]
+    fn create_requires_url_and_types_and_names_bad_fields() {
+        assert_eq!(
+            create(serde_json::json!({"event_types": ["*"]})).unwrap_err(),
+            "url is required"
+        );
+        let e = create(serde_json::json!({"url": "ftp://x", "event_types": ["*"]})).unwrap_err();
+        assert!(e.contains("url"), "{e}");
+        let e = create(serde_json::json!({"url": "http://x", "event_types": ["Bad"]})).unwrap_err();
+        assert!(e.contains("event_types"), "{e}");
+        let e = create(serde_json::json!({"url": "http://x", "event_types": ["*"], "retry": {"preset": "nope"}}))
+            .unwrap_err();
+        assert!(e.contains("retry.preset"), "{e}");
+        let e = create(serde_json::json!({"url": "http://x", "event_types": ["*"],
+            "window": {"every": "1d", "max_bytes": 1u64 << 30}}))
+        .unwrap_err();
+        assert!(e.contains("limits.window_max_bytes"), "{e}");
+        let e = create(serde_json::json!({"url": "http://x", "event_types": ["*"],
+            "window": {"every": "1é"}}))
+        .unwrap_err();
+        assert!(e.contains("window.every"), "{e}");
+        let s = create(serde_json::json!({"url": "http://x", "event_types": ["*"]})).unwrap();
+        assert!(s.secrets[0].secret.starts_with("whsec_"));
+        assert_eq!(s.max_in_flight, 8);
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
+        let mut s = create(serde_json::json!({"url": "http://x", "event_types": ["*"]})).unwrap();
+        let first = s.secrets[0].secret.clone();
+        s.rotate_secret("whsec_b".into(), now(), SignedDuration::from_hours(24));
+        assert_eq!(s.signing_secrets(now()), ["whsec_b", first.as_str()]);
+        let later = now() + SignedDuration::from_hours(25);
+        s.rotate_secret("whsec_c".into(), later, SignedDuration::from_hours(24));
+        assert_eq!(s.signing_secrets(later), ["whsec_c", "whsec_b"]);
+    }
+
+    #[test]
+    fn a_change_keeps_what_the_engine_changed_meanwhile() {
+        let mut stored =
+            create(serde_json::json!({"url": "http://x", "event_types": ["*"]})).unwrap();
+        let mut changed = stored.clone();
+        input(serde_json::json!({"url": "http://y"}))
+            .apply(&mut changed, &Bounds::default())
+            .unwrap();
+        stored.enabled = false;
+        stored.consecutive_failures = 3;
+        stored.take_changes(&changed);
+        assert_eq!(stored.url, "http://y");
+        assert!(!stored.enabled);
+        assert_eq!(stored.consecutive_failures, 3);
+    }
+}
