@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn occurred_at_out_of_range_names_the_field() {
         for t in [
-            "9999-12-31T23:00:00Z",
+            "9999-12-30T12:00:00Z",
             "1969-12-31T23:59:59Z",
             "3000-01-01T00:00:00Z",
         ] {

@@ -33,6 +33,19 @@ pub fn new_id_at(prefix: &str, now: jiff::Timestamp) -> String {
     )
 }
 
+/// Crash-test hook: whether `WASMHOOK_FAILPOINT` names this point.
+pub fn failpoint_active(name: &str) -> bool {
+    std::env::var("WASMHOOK_FAILPOINT").is_ok_and(|v| v == name)
+}
+
+/// Crash-test hook: `WASMHOOK_FAILPOINT=<name>` aborts the process here.
+pub fn failpoint(name: &str) {
+    if failpoint_active(name) {
+        eprintln!("wasmhook: failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -692,6 +692,9 @@ async fn the_openapi_document_lists_every_route() {
         ("get", "/v1/deliveries"),
         ("get", "/v1/deliveries/{id}"),
         ("post", "/v1/deliveries/{id}/retry"),
+        ("post", "/v1/keys"),
+        ("get", "/v1/keys"),
+        ("delete", "/v1/keys/{id}"),
     ];
     for (method, path) in expected {
         assert!(

@@ -9,6 +9,7 @@ mod delivery;
 mod e2e;
 mod golden;
 mod harness;
+mod isolation;
 mod sandbox;
 mod support;
 mod windows;

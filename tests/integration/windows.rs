@@ -277,7 +277,8 @@ async fn flush_now_limits_and_oversized_flushes() {
     );
 
     // Five 250 KB messages make a collection over the 1 MiB output limit:
-    // the flush fails with a recorded error and keeps the items.
+    // the flush is split into parts that fit, all committed together, so
+    // the full window is sent (each message once) and emptied.
     let (s, flushed) = e
         .call(
             "POST",
@@ -287,8 +288,13 @@ async fn flush_now_limits_and_oversized_flushes() {
         )
         .await;
     assert_eq!(s, 200, "{flushed}");
-    let error = flushed["windows"][0]["error"].as_str().unwrap();
-    assert!(error.contains("over the 1048576-byte limit"), "{error}");
+    assert!(flushed["windows"][0]["error"].is_null(), "{flushed}");
+    assert_eq!(flushed["windows"][0]["items"], 5);
+    let parts = flushed["windows"][0]["deliveries"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(parts >= 2, "split into {parts} part(s)");
     let (_, view) = e
         .call(
             "GET",
@@ -297,13 +303,19 @@ async fn flush_now_limits_and_oversized_flushes() {
             None,
         )
         .await;
-    assert_eq!(view["windows"][0]["items"], 5);
-    assert!(
-        view["windows"][0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("1048576")
-    );
+    assert_eq!(view["windows"].as_array().unwrap().len(), 0, "{view}");
+    e.worker.run_due().await;
+    rx.wait_for(parts, Duration::from_secs(5)).await;
+    let mut total = 0;
+    for r in rx.received() {
+        assert!(r.body.len() <= 1 << 20, "each part fits the output limit");
+        for bot in r.json()["Collection"].as_array().unwrap() {
+            for conv in bot["Conversations"].as_array().unwrap() {
+                total += conv["Messages"].as_array().unwrap().len();
+            }
+        }
+    }
+    assert_eq!(total, 5, "every held message in exactly one part");
 
     // A window that fits flushes through the same endpoint.
     let rx2 = Receiver::ok().await;

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, from_millis, millis};
 use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
+use crate::util::{failpoint, failpoint_active};
 pub use fair::{Caps, Lease};
 
 /// The queue's settings.
@@ -162,6 +163,11 @@ impl Queue {
     /// visible to the workers.
     pub async fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
         let outcomes = self.inner.store.accept(batch)?;
+        if failpoint_active("accept-slow-commit") {
+            // Crash tests: a long window between the write and its fsync,
+            // during which no worker may see the deliveries.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
         self.inner.store.durable().await?;
         self.publish(
             batch
@@ -187,7 +193,7 @@ impl Queue {
             self.inner
                 .store
                 .commit_flush(subscription_id, start, flushed, deliveries)?;
-        crate::window::failpoint("flush-after-commit");
+        failpoint("flush-after-commit");
         if committed {
             self.inner.store.durable().await?;
             self.publish(deliveries);

@@ -24,6 +24,7 @@ use crate::app::App;
 use crate::event::Envelope;
 use crate::runtime::{CallError, HeldGroup, HeldItem, WindowBounds};
 use crate::store::{HeldWrite, StoreError, Subscription, WindowState};
+use crate::util::failpoint;
 pub use schedule::{Bounds, Schedule, WindowSpec};
 
 /// How often the scheduler looks for closed windows.
@@ -284,14 +285,6 @@ fn split(mut groups: Vec<HeldGroup>) -> Option<(Vec<HeldGroup>, Vec<HeldGroup>)>
         items: rest,
     };
     Some((vec![group], vec![second]))
-}
-
-/// Crash-test hook: `WASMHOOK_FAILPOINT=<name>` aborts the process there.
-pub(crate) fn failpoint(name: &str) {
-    if std::env::var("WASMHOOK_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("wasmhook: failpoint {name}: aborting");
-        std::process::abort();
-    }
 }
 
 /// Flushes every window of a subscription that holds items, closed or not

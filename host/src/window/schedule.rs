@@ -314,9 +314,10 @@ mod tests {
     #[test]
     fn the_end_of_time_has_no_window() {
         let s = spec("1d", "02:00", "UTC");
-        assert_eq!(s.window_of(t("9999-12-31T12:00:00Z")), None);
-        let w = s.window_of(t("9999-12-30T12:00:00Z")).unwrap();
-        assert_eq!(w.end, t("9999-12-31T00:00:00Z"));
+        // jiff's last instant is 9999-12-30T22:00Z: that day has no end.
+        assert_eq!(s.window_of(t("9999-12-30T12:00:00Z")), None);
+        let w = s.window_of(t("9999-12-29T12:00:00Z")).unwrap();
+        assert_eq!(w.end, t("9999-12-30T00:00:00Z"));
         assert!(s.close_at(&w).is_some());
         let s = spec("1d", "00:00", "Pacific/Kiritimati");
         let _ = s.window_of(Timestamp::MAX);
