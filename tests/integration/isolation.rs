@@ -616,3 +616,125 @@ fn bundled_lead() -> Vec<u8> {
         .wasm
         .to_vec()
 }
+
+/// A tmpfs of `size` mounted on a temp dir, unmounted on drop; None where
+/// this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A full disk: ingest answers 503 with Retry-After (never a bare 500) and
+/// `/healthz` says the store is unavailable; once space is freed, a restart
+/// (what a supervisor does on the failing health check) delivers every
+/// accepted event; and a data directory on a full disk is refused at start
+/// with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_503_and_loses_nothing_accepted() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 3 << 20]).unwrap();
+    let data = disk.path().join("data");
+    let rx = Receiver::ok().await;
+    let server = Server::start(&data);
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let pad = "x".repeat(16 * 1024);
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..2_000 {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/events", server.base))
+            .bearer_auth(&key)
+            .json(&json!({"id": format!("e{i}"), "type": "message.created", "data": {"pad": pad}}))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            202 => accepted.push(format!("e{i}")),
+            503 => {
+                let retry_after = resp.headers()["retry-after"].to_str().unwrap().to_string();
+                refused = Some((retry_after, resp.json::<Value>().await.unwrap()));
+                break;
+            }
+            other => panic!("event {i}: {other} {}", resp.text().await.unwrap()),
+        }
+    }
+    let (retry_after, body) = refused.expect("the disk filled up");
+    assert!(retry_after.parse::<u64>().unwrap() > 0);
+    assert_eq!(code(&body), "storage_unavailable", "{body}");
+    assert!(message(&body).contains("No space left"), "{body}");
+    assert!(!accepted.is_empty());
+    let (s, health) = server.call("GET", "/healthz", "", None).await;
+    assert_eq!(s, 503, "{health}");
+    assert_eq!(health["status"], "unavailable");
+
+    // Space comes back; the supervisor restarts the failing process.
+    std::fs::remove_file(&ballast).unwrap();
+    server.kill9();
+    let server = Server::start(&data);
+    let (s, _) = server.call("GET", "/healthz", "", None).await;
+    assert_eq!(s, 200);
+    let (s, body) = server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(json!({"id": "after", "type": "message.created", "data": {}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    rx.wait_for(accepted.len() + 1, Duration::from_secs(30))
+        .await;
+    let got: std::collections::HashSet<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &accepted {
+        assert!(got.contains(id), "accepted event {id} was not delivered");
+    }
+    server.stop();
+
+    // Fill the disk to the last byte: the next start is refused, saying why.
+    let filler = disk.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 16 << 20]);
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the disk is full"), "{stderr}");
+}

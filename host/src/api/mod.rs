@@ -213,7 +213,7 @@ impl From<crate::runtime::admission::Busy> for ApiError {
         ApiError::Unavailable {
             code: "plugins_busy",
             retry_after_secs: e.retry_after_secs,
-            message: format!("{e}; nothing was stored"),
+            message: format!("{e}; the request was not accepted: nothing was stored"),
         }
     }
 }

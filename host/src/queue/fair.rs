@@ -21,7 +21,7 @@
 //! subscription's cap — the rings and the heap stay as they are.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// The caps the scheduler enforces.
@@ -82,6 +82,10 @@ pub struct Scheduler {
     timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     in_flight: u32,
     queued: u64,
+    /// Every delivery queued or leased: pushing one of them again is a
+    /// no-op, so publishing the same delivery twice (a re-sent event) can
+    /// never start two attempts at once.
+    known: HashSet<Arc<str>>,
 }
 
 impl Scheduler {
@@ -97,12 +101,28 @@ impl Scheduler {
             timers: BinaryHeap::new(),
             in_flight: 0,
             queued: 0,
+            known: HashSet::new(),
         }
     }
 
-    /// Queues a delivery. `cap` is its subscription's in-flight cap (the
-    /// latest value wins).
+    /// Queues a delivery, unless it is queued or leased already. `cap` is
+    /// its subscription's in-flight cap (the latest value wins).
     pub fn push(
+        &mut self,
+        tenant_id: &str,
+        subscription_id: &str,
+        cap: u32,
+        delivery_id: &str,
+        due_ms: u64,
+        now_ms: u64,
+    ) {
+        if self.known.contains(delivery_id) {
+            return;
+        }
+        self.insert(tenant_id, subscription_id, cap, delivery_id, due_ms, now_ms);
+    }
+
+    fn insert(
         &mut self,
         tenant_id: &str,
         subscription_id: &str,
@@ -128,10 +148,15 @@ impl Scheduler {
             timer: None,
         });
         lane.cap = cap.max(1);
-        if lane.queue.insert((due_ms, Arc::from(delivery_id))) {
+        let id: Arc<str> = match self.known.get(delivery_id) {
+            Some(id) => id.clone(),
+            None => Arc::from(delivery_id),
+        };
+        if lane.queue.insert((due_ms, id.clone())) {
             self.queued += 1;
             self.tenants.entry(tenant).or_default().pending += 1;
         }
+        self.known.insert(id);
         self.refresh(&sub, now_ms);
     }
 
@@ -207,7 +232,7 @@ impl Scheduler {
             Some(due) => {
                 // The lane and tenant exist: the lease came from them.
                 let cap = self.lanes.get(&lease.subscription_id).map_or(1, |l| l.cap);
-                self.push(
+                self.insert(
                     &lease.tenant_id,
                     &lease.subscription_id,
                     cap,
@@ -216,7 +241,10 @@ impl Scheduler {
                     now_ms,
                 );
             }
-            None => self.refresh(&lease.subscription_id, now_ms),
+            None => {
+                self.known.remove(&lease.delivery_id);
+                self.refresh(&lease.subscription_id, now_ms)
+            }
         }
         self.requeue_tenant(&lease.tenant_id);
         self.forget_if_idle(&lease.subscription_id);
@@ -519,6 +547,20 @@ mod tests {
         s.push("t", "s", 1, "d", 0, 0);
         assert_eq!(s.queued(), 1);
         assert_eq!(s.tenant_pending("t"), 1);
+    }
+
+    #[test]
+    fn a_leased_delivery_pushed_again_is_not_attempted_twice() {
+        let mut s = Scheduler::new(caps(10, 10));
+        s.push("t", "s", 8, "d", 0, 0);
+        let l = s.lease(0).unwrap();
+        s.push("t", "s", 8, "d", 0, 0);
+        assert_eq!(s.lease(0), None, "d is in flight");
+        s.complete(&l, None, 0);
+        assert_eq!(s.lease(0), None);
+        // Finished: a later push is new work again (a manual retry).
+        s.push("t", "s", 8, "d", 5, 5);
+        assert_eq!(&*s.lease(5).unwrap().delivery_id, "d");
     }
 
     #[test]

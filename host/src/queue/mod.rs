@@ -176,6 +176,20 @@ impl Queue {
                 .filter(|(_, o)| matches!(o, Accepted::New))
                 .flat_map(|(n, _)| &n.deliveries),
         );
+        // A re-sent event whose first request failed after its write (the
+        // commit did not go through, yet the write later reached the disk):
+        // its pending deliveries are made visible now, under their ids.
+        let mut resent = Vec::new();
+        for outcome in &outcomes {
+            if let Accepted::Duplicate(existing) = outcome {
+                for id in &existing.deliveries {
+                    if let Some(d) = self.inner.store.get_delivery(id)? {
+                        resent.push(d);
+                    }
+                }
+            }
+        }
+        self.publish(&resent);
         Ok(outcomes)
     }
 
