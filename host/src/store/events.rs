@@ -1,0 +1,147 @@
+//! Events: accepted with their deliveries and held items in one transaction, deduplicated per tenant, pruned by age.
+
+use super::deliveries::put_delivery_tx;
+use super::windows::hold_tx;
+use super::*;
+
+impl Store {
+    pub fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let key = scoped(tenant_id, id);
+        self.events.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// Stores events with their deliveries in one transaction: each event is
+    /// stored only if the tenant has not sent its id before, together with
+    /// its deliveries, their outbox entries and indexes. Not yet durable:
+    /// call [`Store::durable`] before acknowledging.
+    pub fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
+        // A transaction locks every tree it names: leave the window trees
+        // out when nothing is held (the common case).
+        if batch.iter().all(|n| n.held.is_empty()) {
+            (
+                &self.events,
+                &self.events_by_time,
+                &self.deliveries,
+                &self.tenant_deliveries,
+                &self.outbox,
+            )
+                .transaction(|(e, t, d, td, o)| accept_tx(batch, [e, t, d, td, o], None))
+                .map_err(tx_error)
+        } else {
+            (
+                &self.events,
+                &self.events_by_time,
+                &self.deliveries,
+                &self.tenant_deliveries,
+                &self.outbox,
+                &self.held,
+                &self.windows,
+            )
+                .transaction(|(e, t, d, td, o, h, w)| {
+                    accept_tx(batch, [e, t, d, td, o], Some((h, w)))
+                })
+                .map_err(tx_error)
+        }
+    }
+
+    /// Removes events received before `cutoff` and finished deliveries
+    /// created before it. Returns (events, deliveries) removed.
+    pub fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
+        let end = millis(cutoff).to_be_bytes();
+        let mut events = 0;
+        for kv in self.events_by_time.range(..end.as_slice()) {
+            let (k, _) = kv?;
+            self.events.remove(&k[8..])?;
+            self.events_by_time.remove(&k)?;
+            events += 1;
+        }
+        let boundary = format!(
+            "dlv_{}",
+            ulid::Ulid::from_parts(millis(cutoff), 0)
+                .to_string()
+                .to_ascii_lowercase()
+        );
+        let mut deliveries = 0;
+        for kv in self.deliveries.range(..boundary.as_bytes()) {
+            let (k, v) = kv?;
+            let d: Delivery = decode(&k, &v)?;
+            if d.status.is_final() {
+                self.deliveries.remove(&k)?;
+                self.tenant_deliveries.remove(scoped(&d.tenant_id, &d.id))?;
+                deliveries += 1;
+            }
+        }
+        Ok((events, deliveries))
+    }
+
+    /// Stored events of a tenant received at or after `since`, oldest first.
+    pub fn events_since(
+        &self,
+        tenant_id: &str,
+        since: Timestamp,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let start = millis(since).to_be_bytes();
+        let prefix = tenant_prefix(tenant_id);
+        let mut out = Vec::new();
+        for kv in self.events_by_time.range(start.as_slice()..) {
+            let (k, _) = kv?;
+            if k[8..].starts_with(&prefix)
+                && let Some(v) = self.events.get(&k[8..])?
+            {
+                out.push(decode(&k[8..], &v)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The body of [`Store::accept`]: each event only if its id is new, with
+/// its deliveries, outbox entries, indexes and held items.
+fn accept_tx(
+    batch: &[NewEvent],
+    [events, by_time, deliveries, tenant_deliveries, outbox]: [&TransactionalTree; 5],
+    windows: Option<(&TransactionalTree, &TransactionalTree)>,
+) -> TxResult<Vec<Accepted>> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut seen = std::collections::HashSet::new();
+    for new in batch {
+        let e = &new.event;
+        let key = scoped(&e.tenant_id, &e.event.id);
+        if new.replay {
+            if let Some(bytes) = events.get(&key)? {
+                let mut stored: StoredEvent =
+                    decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                stored
+                    .deliveries
+                    .extend(new.deliveries.iter().map(|d| d.id.clone()));
+                events.insert(key.as_slice(), encode(&stored))?;
+            }
+        } else if let Some(existing) = events.get(&key)? {
+            let existing = decode(&key, &existing).map_err(ConflictableTransactionError::Abort)?;
+            results.push(Accepted::Duplicate(Box::new(existing)));
+            continue;
+        }
+        if !new.replay && !seen.insert(key.clone()) {
+            // The same id twice in one batch: the first one counts.
+            results.push(Accepted::Duplicate(Box::new(e.clone())));
+            continue;
+        }
+        if !new.replay {
+            events.insert(key.as_slice(), encode(e))?;
+            let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
+            time_key.extend_from_slice(&key);
+            by_time.insert(time_key, &[])?;
+        }
+        for d in &new.deliveries {
+            put_delivery_tx(deliveries, outbox, d, None)?;
+            tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+        }
+        if let Some((held, windows)) = windows {
+            for h in &new.held {
+                hold_tx(held, windows, h, &e.event.id)?;
+            }
+        }
+        results.push(Accepted::New);
+    }
+    Ok(results)
+}

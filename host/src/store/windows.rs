@@ -1,0 +1,175 @@
+//! Windows and their held items; a flush removes the items and adds its deliveries in one transaction.
+
+use super::deliveries::put_delivery_tx;
+use super::*;
+
+impl Store {
+    /// A fresh number for ordering held items (monotonic across restarts).
+    pub fn next_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Every window with held items, earliest close first.
+    pub fn windows(&self) -> Result<Vec<WindowState>, StoreError> {
+        let mut all: Vec<WindowState> = self
+            .windows
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        all.sort_by_key(|w| w.close_at);
+        Ok(all)
+    }
+
+    /// One subscription's windows with held items, oldest first.
+    pub fn windows_of(&self, subscription_id: &str) -> Result<Vec<WindowState>, StoreError> {
+        self.windows
+            .scan_prefix(scoped(subscription_id, ""))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The items held in one window, in arrival order, with their keys.
+    pub fn held_items(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+    ) -> Result<Vec<(Vec<u8>, HeldRecord)>, StoreError> {
+        self.held
+            .scan_prefix(window_key(subscription_id, start))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Records a failed flush on the window (its items stay).
+    pub fn window_failed(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let key = window_key(subscription_id, start);
+        self.windows
+            .transaction(|windows| {
+                if let Some(bytes) = windows.get(&key)? {
+                    let mut state: WindowState =
+                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    state.last_error = Some(error.to_string());
+                    state.retry_at = Some(retry_at);
+                    windows.insert(key.as_slice(), encode(&state))?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// The flush of one window, atomically: the items that were flushed are
+    /// removed and the deliveries made of them are added, or nothing changes.
+    /// Returns false (and changes nothing) when some of the items are gone
+    /// already: another flush took them.
+    pub fn commit_flush(
+        &self,
+        subscription_id: &str,
+        start: Timestamp,
+        flushed: &[(Vec<u8>, u64)],
+        new: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let key = window_key(subscription_id, start);
+        (
+            &self.held,
+            &self.windows,
+            &self.deliveries,
+            &self.tenant_deliveries,
+            &self.outbox,
+        )
+            .transaction(|(held, windows, deliveries, tenant_deliveries, outbox)| {
+                for (item_key, _) in flushed {
+                    if held.get(item_key)?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                for (item_key, _) in flushed {
+                    held.remove(item_key.as_slice())?;
+                }
+                if flushed.is_empty() {
+                    windows.remove(key.as_slice())?;
+                } else if let Some(bytes) = windows.get(&key)? {
+                    let mut state: WindowState =
+                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    state.items = state.items.saturating_sub(flushed.len() as u64);
+                    state.bytes = state
+                        .bytes
+                        .saturating_sub(flushed.iter().map(|(_, b)| b).sum());
+                    state.last_error = None;
+                    state.retry_at = None;
+                    if state.items == 0 {
+                        windows.remove(key.as_slice())?;
+                    } else {
+                        windows.insert(key.as_slice(), encode(&state))?;
+                    }
+                }
+                for d in new {
+                    put_delivery_tx(deliveries, outbox, d, None)?;
+                    tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+                }
+                Ok(true)
+            })
+            .map_err(tx_error)
+    }
+
+    /// Drops every held item of a deleted subscription.
+    pub fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
+        let prefix = scoped(subscription_id, "");
+        for tree in [&self.held, &self.windows] {
+            for kv in tree.scan_prefix(&prefix) {
+                tree.remove(kv?.0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stores one held item and counts it in its window's state.
+pub(super) fn hold_tx(
+    held: &TransactionalTree,
+    windows: &TransactionalTree,
+    h: &HeldWrite,
+    event_id: &str,
+) -> TxResult<()> {
+    let wkey = window_key(&h.subscription_id, h.start);
+    let mut state: WindowState = match windows.get(&wkey)? {
+        Some(bytes) => decode(&wkey, &bytes).map_err(ConflictableTransactionError::Abort)?,
+        None => WindowState {
+            tenant_id: h.tenant_id.clone(),
+            subscription_id: h.subscription_id.clone(),
+            start: h.start,
+            end: h.end,
+            close_at: h.close_at,
+            items: 0,
+            bytes: 0,
+            last_error: None,
+            retry_at: None,
+        },
+    };
+    state.items += 1;
+    state.bytes += (h.group.len() + h.item.len()) as u64;
+    windows.insert(wkey.as_slice(), encode(&state))?;
+    let mut key = wkey;
+    key.extend_from_slice(&h.seq.to_be_bytes());
+    let record = HeldRecord {
+        group: h.group.clone(),
+        item: h.item.clone(),
+        event_id: event_id.to_string(),
+    };
+    held.insert(key, encode(&record))?;
+    Ok(())
+}
