@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::deliver::Sender;
+use crate::deliver;
 use crate::plugins::Registry;
 use crate::queue::Queue;
 use crate::store::Store;
@@ -21,8 +21,6 @@ pub struct EngineSettings {
     pub max_in_flight_per_subscription: u32,
     /// Cap on one tenant's attempts in flight, all its subscriptions together.
     pub max_in_flight_per_tenant: u32,
-    /// How long shutdown waits for in-flight attempts.
-    pub shutdown_grace: Duration,
     /// Events and finished deliveries are kept this long.
     pub retention: Duration,
     /// How long an old secret keeps signing after a rotation.
@@ -72,7 +70,6 @@ impl Default for EngineSettings {
             workers: 64,
             max_in_flight_per_subscription: 8,
             max_in_flight_per_tenant: 16,
-            shutdown_grace: Duration::from_secs(10),
             retention: Duration::from_secs(30 * 24 * 3600),
             secret_grace: Duration::from_secs(24 * 3600),
             default_timeout: Duration::from_secs(15),
@@ -88,7 +85,8 @@ pub struct App {
     /// Work to do: enqueued with its records, visible once durable.
     pub queue: Queue,
     pub plugins: Registry,
-    pub sender: Sender,
+    /// The delivery stage (worker, attempts): handed only what it uses.
+    pub deliver: deliver::Stage,
     pub clock: Arc<dyn Clock>,
     pub settings: EngineSettings,
 }

@@ -18,7 +18,7 @@ use crate::app::{App, EngineSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::deliver::worker::Worker;
-use crate::deliver::{Sender, ssrf};
+use crate::deliver::{self, Sender, ssrf};
 use crate::plugins::Registry;
 use crate::queue::{Caps, Queue, QueueSettings};
 use crate::runtime::admission::Admission;
@@ -62,15 +62,20 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
     .context("building the HTTP client")?;
     Ok(App {
         plugins: Registry::new(runtime, store.clone(), admission),
+        deliver: deliver::Stage {
+            store: store.clone(),
+            queue: queue.clone(),
+            sender,
+            clock: clock.clone(),
+            shutdown_grace: config.shutdown_grace,
+        },
         queue,
         store,
-        sender,
         clock,
         settings: EngineSettings {
             workers: config.workers,
             max_in_flight_per_subscription: config.max_in_flight_per_subscription,
             max_in_flight_per_tenant: config.max_in_flight_per_tenant,
-            shutdown_grace: config.shutdown_grace,
             retention: config.retention,
             secret_grace: config.secret_grace,
             default_timeout: config.default_timeout,
@@ -136,7 +141,7 @@ pub async fn serve(
     println!("wasmhook listening on http://{local}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = tokio::spawn(Worker::new(app.clone()).run(wait_for(stop_rx.clone())));
+    let worker = tokio::spawn(Worker::new(app.deliver.clone()).run(wait_for(stop_rx.clone())));
     let pruner = tokio::spawn(prune_loop(app.clone(), wait_for(stop_rx.clone())));
     let scheduler = tokio::spawn(crate::window::run_scheduler(
         app.clone(),

@@ -341,7 +341,7 @@ async fn one_dead_endpoint_does_not_delay_another() {
     for i in 0..5 {
         e.send(&key, message_event(&format!("f{i}"))).await;
     }
-    let worker = wasmhook::deliver::worker::Worker::new(e.app.clone());
+    let worker = wasmhook::deliver::worker::Worker::new(e.app.deliver.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;

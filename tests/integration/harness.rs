@@ -356,7 +356,7 @@ impl Engine {
             rate_limiter: None,
         });
         Engine {
-            worker: wasmhook::deliver::worker::Worker::new(app.clone()),
+            worker: wasmhook::deliver::worker::Worker::new(app.deliver.clone()),
             app,
             clock,
             router,

@@ -408,7 +408,7 @@ async fn send_test(
     for d in deliveries {
         if d.status == crate::store::DeliveryStatus::Pending {
             let id = d.id.clone();
-            deliver::worker::attempt(&state.app, d).await?;
+            deliver::worker::attempt(&state.app.deliver, d).await?;
             if let Some(done) = state.app.store.get_delivery(&id)? {
                 // A retry the policy scheduled goes to the workers.
                 state.app.queue.rescheduled(&done);

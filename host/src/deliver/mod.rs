@@ -12,7 +12,22 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde_json::Value;
 
+use crate::clock::Clock;
+use crate::queue::Queue;
 use crate::retry::{Outcome, parse_retry_after};
+use crate::store::Store;
+
+/// What the delivery stage is handed, and nothing more: the records it
+/// updates, the queue it leases from, the HTTP sender, the clock.
+#[derive(Clone)]
+pub struct Stage {
+    pub store: Store,
+    pub queue: Queue,
+    pub sender: Sender,
+    pub clock: Arc<dyn Clock>,
+    /// How long shutdown waits for in-flight attempts.
+    pub shutdown_grace: Duration,
+}
 
 /// Response bodies are recorded up to this many bytes.
 pub const RECORDED_BODY_BYTES: usize = 4 * 1024;

@@ -13,8 +13,7 @@ use jiff::Timestamp;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::app::App;
-use crate::deliver::Request;
+use crate::deliver::{Request, Stage};
 use crate::queue::{Lease, Queue};
 use crate::retry::{self, Decision};
 use crate::sign;
@@ -28,15 +27,15 @@ const AFTER_STORE_ERROR: jiff::SignedDuration = jiff::SignedDuration::from_secs(
 
 /// Runs attempts for due deliveries.
 pub struct Worker {
-    app: App,
+    stage: Stage,
     queue: Queue,
 }
 
 impl Worker {
-    pub fn new(app: App) -> Self {
+    pub fn new(stage: Stage) -> Self {
         Worker {
-            queue: app.queue.clone(),
-            app,
+            queue: stage.queue.clone(),
+            stage,
         }
     }
 
@@ -56,7 +55,7 @@ impl Worker {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let grace = self.app.settings.shutdown_grace;
+        let grace = self.stage.shutdown_grace;
         info!(
             in_flight = tasks.len(),
             grace_ms = grace.as_millis() as u64,
@@ -89,7 +88,7 @@ impl Worker {
     fn until_next_due(&self) -> Duration {
         match self.queue.next_due() {
             Some(due) => {
-                let wait = due.duration_since(self.app.clock.now());
+                let wait = due.duration_since(self.stage.clock.now());
                 Duration::try_from(wait)
                     .unwrap_or(Duration::ZERO)
                     .min(IDLE_POLL)
@@ -110,7 +109,7 @@ impl Worker {
                 event_id = tracing::field::Empty,
                 attempt = tracing::field::Empty,
             );
-            tasks.spawn(run_lease(self.app.clone(), lease).instrument(span));
+            tasks.spawn(run_lease(self.stage.clone(), lease).instrument(span));
             started += 1;
         }
         started
@@ -118,9 +117,9 @@ impl Worker {
 }
 
 /// One leased attempt, then the lease back to the queue.
-async fn run_lease(app: App, lease: Lease) {
-    let result = match app.store.get_delivery(&lease.delivery_id) {
-        Ok(Some(delivery)) => attempt(&app, delivery).await,
+async fn run_lease(stage: Stage, lease: Lease) {
+    let result = match stage.store.get_delivery(&lease.delivery_id) {
+        Ok(Some(delivery)) => attempt(&stage, delivery).await,
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
@@ -128,29 +127,29 @@ async fn run_lease(app: App, lease: Lease) {
         Ok(next) => next,
         Err(e) => {
             warn!(error = %e, "recording the attempt failed; it stays due");
-            Some(app.clock.now() + AFTER_STORE_ERROR)
+            Some(stage.clock.now() + AFTER_STORE_ERROR)
         }
     };
-    app.queue.complete(&lease, next);
+    stage.queue.complete(&lease, next);
 }
 
 /// One attempt of one delivery, recorded with its consequence. Returns when
 /// the next attempt is due, if the delivery is still pending.
-pub async fn attempt(app: &App, mut d: Delivery) -> Result<Option<Timestamp>, StoreError> {
-    record_attempt(app, &mut d).await?;
+pub async fn attempt(stage: &Stage, mut d: Delivery) -> Result<Option<Timestamp>, StoreError> {
+    record_attempt(stage, &mut d).await?;
     Ok(d.next_attempt_at
         .filter(|_| d.status == DeliveryStatus::Pending))
 }
 
-async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
+async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreError> {
     let previous_due = d.next_attempt_at;
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return app.store.update_delivery(d, previous_due);
+        return stage.store.update_delivery(d, previous_due);
     }
-    let now = app.clock.now();
-    let sub = app
+    let now = stage.clock.now();
+    let sub = stage
         .store
         .get_subscription(&d.tenant_id, &d.subscription_id)?;
     let span = tracing::Span::current();
@@ -167,7 +166,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
                 None => "subscription deleted".into(),
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
-            return app.store.update_delivery(d, previous_due);
+            return stage.store.update_delivery(d, previous_due);
         }
     };
     let Some(request) = d.request.clone() else {
@@ -177,7 +176,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
             Some("nothing to send".into()),
             now,
         );
-        return app.store.update_delivery(d, previous_due);
+        return stage.store.update_delivery(d, previous_due);
     };
 
     let secrets = sub.signing_secrets(now);
@@ -196,7 +195,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return app.store.update_delivery(d, previous_due);
+            return stage.store.update_delivery(d, previous_due);
         }
     };
     headers.extend(
@@ -206,7 +205,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
             .map(|h| (h.name.clone(), h.value.clone())),
     );
 
-    let result = app
+    let result = stage
         .sender
         .send(
             &Request {
@@ -227,7 +226,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
         response_body: result.response_body.clone(),
         error: result.error.clone(),
     });
-    let decided_at = app.clock.now();
+    let decided_at = stage.clock.now();
     let draw = rand::random::<f64>() * 2.0 - 1.0;
     let decision = retry::decide(
         &result.outcome,
@@ -240,9 +239,10 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
     match decision {
         Decision::Succeeded => {
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
-            app.store.update_delivery(d, previous_due)?;
+            stage.store.update_delivery(d, previous_due)?;
             if sub.consecutive_failures != 0 {
-                app.store
+                stage
+                    .store
                     .update_subscription(&sub.tenant_id, &sub.id, |s| {
                         s.consecutive_failures = 0;
                         true
@@ -253,7 +253,7 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            app.store.update_delivery(d, previous_due)?;
+            stage.store.update_delivery(d, previous_due)?;
         }
         Decision::GiveUp { reason } => {
             let error = match result.error {
@@ -261,9 +261,9 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
                 None => reason,
             };
             finish(d, DeliveryStatus::Failed, Some(error), decided_at);
-            app.store.update_delivery(d, previous_due)?;
+            stage.store.update_delivery(d, previous_due)?;
             let limit = sub.retry.disable_after_failures;
-            app.store.update_subscription(&sub.tenant_id, &sub.id, |s| {
+            stage.store.update_subscription(&sub.tenant_id, &sub.id, |s| {
                 s.consecutive_failures += 1;
                 if limit > 0 && s.consecutive_failures >= limit && s.enabled {
                     s.enabled = false;
@@ -285,8 +285,9 @@ async fn record_attempt(app: &App, d: &mut Delivery) -> Result<(), StoreError> {
                 Some(format!("{error}; {reason}")),
                 decided_at,
             );
-            app.store.update_delivery(d, previous_due)?;
-            app.store
+            stage.store.update_delivery(d, previous_due)?;
+            stage
+                .store
                 .update_subscription(&sub.tenant_id, &sub.id, |s| {
                     s.enabled = false;
                     s.disabled_reason = Some(reason.clone());
