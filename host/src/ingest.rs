@@ -93,7 +93,7 @@ pub async fn accept(
     // Each routed pair makes at least one delivery record: refuse before
     // running any plugin when that alone is over a bound.
     let pairs: usize = routed.iter().map(|(_, subs)| subs.len()).sum();
-    check_bounds(app, tenant_id, pairs, pairs)?;
+    check_bounds(app, tenant_id, pairs, 0)?;
     for (event, subs) in routed {
         let mut deliveries = Vec::new();
         let mut held = Vec::new();
@@ -140,7 +140,9 @@ pub async fn accept(
         .collect())
 }
 
-/// The per-request and per-tenant bounds on what a request creates.
+/// The per-request and per-tenant bounds on what a request creates:
+/// `created` delivery records, `pending` of them to be sent (0 skips the
+/// backlog quota: a request that adds nothing to send is never refused by it).
 fn check_bounds(
     app: &App,
     tenant_id: &str,
@@ -165,20 +167,25 @@ fn check_bounds(
     Ok(())
 }
 
-/// Routes stored events again through one subscription (replay), in one
-/// transaction with their new deliveries, visible once durable. Returns
-/// (events, deliveries) routed.
+/// Routes the tenant's stored events received since `since` again through
+/// one subscription (replay), in one transaction with their new deliveries,
+/// visible once durable. Returns (events, deliveries) routed. A replay is
+/// one request: more matching events than `limits.deliveries_per_request`
+/// are refused (replay a later `since`).
 pub async fn replay(
     app: &App,
     sub: &Subscription,
-    events: Vec<StoredEvent>,
+    since: Timestamp,
 ) -> Result<(usize, usize), IngestError> {
     let now = app.clock.now();
-    let events: Vec<StoredEvent> = events
-        .into_iter()
-        .filter(|e| route::matches_any(&sub.event_types, &e.event.event_type))
-        .collect();
-    check_bounds(app, &sub.tenant_id, events.len(), events.len())?;
+    let limit = app.settings.bounds.deliveries_per_request;
+    let events = app.store.events_since(
+        &sub.tenant_id,
+        since,
+        |e| route::matches_any(&sub.event_types, &e.event.event_type),
+        limit + 1,
+    )?;
+    check_bounds(app, &sub.tenant_id, events.len(), 0)?;
     let mut batch = Vec::with_capacity(events.len());
     for stored in events {
         let out = transform(app, sub, &stored.event, now, HoldMode::Keep).await?;

@@ -98,6 +98,15 @@ async fn a_hanging_tenant_with_a_deep_backlog_does_not_delay_another() {
     assert_eq!(hanging.received().len(), 8);
     let (_, health) = server.call("GET", "/healthz", "", None).await;
     assert_eq!(health["in_flight"], 8, "{health}");
+    // Each subscription shows its own queue depth.
+    let (_, subs) = server.call("GET", "/v1/subscriptions", &a, None).await;
+    let queued: u64 = subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["queued_deliveries"].as_u64().unwrap())
+        .sum();
+    assert_eq!(queued, 10_002 - 8);
 }
 
 /// The second finding: with every plugin slot busy with tenant A's looping
@@ -243,7 +252,7 @@ async fn bounds_are_answered_with_the_key_that_limits() {
     let (_, key) = server.tenant("t").await;
     let (_, other) = server.tenant("other").await;
     let dead = dead_port_url();
-    server
+    let sub_a = server
         .subscribe(&key, json!({"url": dead, "event_types": ["a.*"]}))
         .await;
     server
@@ -343,6 +352,20 @@ async fn bounds_are_answered_with_the_key_that_limits() {
     assert_eq!(code(&body), "backlog_quota");
     assert!(
         message(&body).contains("limits.pending_deliveries_per_tenant = 5"),
+        "{body}"
+    );
+    // A replay is one request: 5 matching events > 3 deliveries.
+    let (s, body) = server
+        .call(
+            "POST",
+            &format!("/v1/subscriptions/{}/replay", sub_a["id"].as_str().unwrap()),
+            &key,
+            Some(json!({"since": "2000-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        message(&body).contains("limits.deliveries_per_request"),
         "{body}"
     );
     // An event no subscription wants creates no backlog: still accepted.

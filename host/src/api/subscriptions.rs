@@ -60,6 +60,8 @@ pub struct SubscriptionView {
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub consecutive_failures: u32,
+    /// Deliveries waiting in its queue now (not counting those in flight).
+    pub queued_deliveries: usize,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,8 +69,9 @@ pub struct SubscriptionView {
 }
 
 impl SubscriptionView {
-    fn of(s: Subscription, with_secret: bool) -> Self {
+    fn of(s: Subscription, with_secret: bool, state: &ApiState) -> Self {
         SubscriptionView {
+            queued_deliveries: state.app.queue.subscription_depth(&s.id),
             secret: with_secret
                 .then(|| s.secrets.first().map(|x| x.secret.clone()))
                 .flatten(),
@@ -171,7 +174,7 @@ async fn create(
     state.app.store.durable().await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(SubscriptionView::of(sub, true)),
+        axum::Json(SubscriptionView::of(sub, true, &state)),
     ))
 }
 
@@ -185,7 +188,7 @@ async fn list(
     let subs = state.app.store.list_subscriptions(&tenant.id)?;
     Ok(axum::Json(
         subs.into_iter()
-            .map(|s| SubscriptionView::of(s, false))
+            .map(|s| SubscriptionView::of(s, false, &state))
             .collect(),
     ))
 }
@@ -202,6 +205,7 @@ async fn get_one(
     Ok(axum::Json(SubscriptionView::of(
         load(&state, &tenant, &id)?,
         false,
+        &state,
     )))
 }
 
@@ -224,7 +228,7 @@ async fn patch(
         .map_err(bad)?;
     let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
     state.app.queue.set_cap(&updated.id, updated.max_in_flight);
-    Ok(axum::Json(SubscriptionView::of(updated, false)))
+    Ok(axum::Json(SubscriptionView::of(updated, false, &state)))
 }
 
 /// Transactional update, made durable.
@@ -280,7 +284,7 @@ async fn enable(
         s.consecutive_failures = 0;
     })
     .await?;
-    Ok(axum::Json(SubscriptionView::of(s, false)))
+    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
 }
 
 /// Disable: no new deliveries; pending ones fail as "subscription disabled".
@@ -297,7 +301,7 @@ async fn disable(
         s.disabled_reason = Some("disabled through the API".into());
     })
     .await?;
-    Ok(axum::Json(SubscriptionView::of(s, false)))
+    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -456,8 +460,7 @@ async fn replay(
             format!("since {:?} is not an RFC 3339 time", input.since),
         )
     })?;
-    let events = state.app.store.events_since(&tenant.id, since)?;
-    let (events, deliveries) = ingest::replay(&state.app, &sub, events).await?;
+    let (events, deliveries) = ingest::replay(&state.app, &sub, since).await?;
     Ok(axum::Json(ReplayResult { events, deliveries }))
 }
 

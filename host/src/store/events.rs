@@ -74,11 +74,14 @@ impl Store {
         Ok((events, deliveries))
     }
 
-    /// Stored events of a tenant received at or after `since`, oldest first.
+    /// Stored events of a tenant received at or after `since` that `wanted`
+    /// keeps, oldest first, at most `limit` of them.
     pub fn events_since(
         &self,
         tenant_id: &str,
         since: Timestamp,
+        wanted: impl Fn(&StoredEvent) -> bool,
+        limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let start = millis(since).to_be_bytes();
         let prefix = tenant_prefix(tenant_id);
@@ -88,7 +91,13 @@ impl Store {
             if k[8..].starts_with(&prefix)
                 && let Some(v) = self.events.get(&k[8..])?
             {
-                out.push(decode(&k[8..], &v)?);
+                let event: StoredEvent = decode(&k[8..], &v)?;
+                if wanted(&event) {
+                    out.push(event);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
             }
         }
         Ok(out)
