@@ -7,20 +7,15 @@
 //! (`E2E_EVENTS`, `E2E_CLIENTS`, `E2E_BATCH` override the defaults; `E2E_ONLY`
 //! runs only the runs whose label contains it.)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::env;
 
 /// User + system CPU seconds of a process so far (Linux /proc).
 fn cpu_secs(pid: u32) -> f64 {
@@ -86,31 +81,9 @@ async fn run(
     plugin: Option<&str>,
     batch: usize,
 ) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let token = "bench-operator";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhook"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-private-destinations",
-            "--data",
-        ])
-        .arg(dir.path())
-        .env("WASMHOOK_ADMIN_TOKEN", token)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start wasmhook");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("wasmhook listening on ")
-        .unwrap()
-        .to_string();
+    let server = common::Server::start();
+    let token = common::TOKEN;
+    let base = server.base.clone();
 
     // The receiver: counts deliveries.
     let received = Arc::new(AtomicUsize::new(0));
@@ -208,9 +181,8 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivered_secs = started.elapsed().as_secs_f64();
-    let server_cpu_secs = cpu_secs(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let server_cpu_secs = cpu_secs(server.child.id());
+    drop(server);
     eprintln!(
         "{label}: {events} events, accepted in {accepted_secs:.2} s, delivered in {delivered_secs:.2} s, server CPU {server_cpu_secs:.2} s ({:.0} µs/event)",
         server_cpu_secs * 1e6 / events as f64

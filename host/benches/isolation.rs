@@ -16,67 +16,30 @@
 //! 10,000) and `ISO_B_EVENTS` (default 400) override the sizes.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-const TOKEN: &str = "bench-operator";
+use common::{TOKEN, env};
 
+/// The server and a client for it.
 struct Server {
-    child: Child,
+    /// Kept for its drop: the process lives as long as this.
+    _process: common::Server,
     base: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhook"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-private-destinations",
-                "--data",
-            ])
-            .arg(dir.path())
-            .env("WASMHOOK_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start wasmhook");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("wasmhook listening on ")
-            .unwrap()
-            .to_string();
+        let inner = common::Server::start();
         Server {
-            child,
-            base,
+            base: inner.base.clone(),
+            _process: inner,
             http: reqwest::Client::new(),
-            _dir: dir,
         }
     }
 

@@ -114,13 +114,7 @@ pub async fn accept(
             deliveries,
         });
     }
-    let created: usize = batch.iter().map(|n| n.deliveries.len()).sum();
-    let pending = batch
-        .iter()
-        .flat_map(|n| &n.deliveries)
-        .filter(|d| d.status == DeliveryStatus::Pending)
-        .count();
-    check_bounds(app, tenant_id, created, pending)?;
+    check_batch(app, tenant_id, &batch)?;
     let outcomes = app.queue.accept(&batch).await?;
     Ok(batch
         .into_iter()
@@ -138,6 +132,18 @@ pub async fn accept(
             },
         })
         .collect())
+}
+
+/// The bounds on a transformed batch, exactly; returns the deliveries it creates.
+fn check_batch(app: &App, tenant_id: &str, batch: &[NewEvent]) -> Result<usize, IngestError> {
+    let created: usize = batch.iter().map(|n| n.deliveries.len()).sum();
+    let pending = batch
+        .iter()
+        .flat_map(|n| &n.deliveries)
+        .filter(|d| d.status == DeliveryStatus::Pending)
+        .count();
+    check_bounds(app, tenant_id, created, pending)?;
+    Ok(created)
 }
 
 /// The per-request and per-tenant bounds on what a request creates:
@@ -196,13 +202,7 @@ pub async fn replay(
             held: out.held,
         });
     }
-    let created: usize = batch.iter().map(|n| n.deliveries.len()).sum();
-    let pending = batch
-        .iter()
-        .flat_map(|n| &n.deliveries)
-        .filter(|d| d.status == DeliveryStatus::Pending)
-        .count();
-    check_bounds(app, &sub.tenant_id, created, pending)?;
+    let created = check_batch(app, &sub.tenant_id, &batch)?;
     app.queue.accept(&batch).await?;
     Ok((batch.len(), created))
 }

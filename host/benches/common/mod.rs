@@ -1,0 +1,66 @@
+//! What the end-to-end benches share: the real `wasmhook serve` (release
+//! build) on a temp data dir and a free port, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// A size from the environment, or the default.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The operator token the benches start the server with.
+pub const TOKEN: &str = "bench-operator";
+
+/// The running server.
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `wasmhook serve` with loopback destinations allowed.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhook"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-private-destinations",
+                "--data",
+            ])
+            .arg(dir.path())
+            .env("WASMHOOK_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start wasmhook");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("wasmhook listening on ")
+            .unwrap()
+            .to_string();
+        Server {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
