@@ -58,7 +58,14 @@ pub fn router(state: ApiState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A 5xx is logged where it happens (internal errors, storage faults);
+        // the trace layer only notes it, so load shedding (503) does not
+        // flood the log with errors.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(state)
 }
 
