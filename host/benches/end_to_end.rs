@@ -17,21 +17,6 @@ mod common;
 
 use common::env;
 
-/// User + system CPU seconds of a process so far (Linux /proc).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): utime is the 14th field.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 struct Run {
     label: String,
     events: usize,
@@ -181,7 +166,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivered_secs = started.elapsed().as_secs_f64();
-    let server_cpu_secs = cpu_secs(server.child.id());
+    let server_cpu_secs = common::cpu_secs(server.child.id());
     drop(server);
     eprintln!(
         "{label}: {events} events, accepted in {accepted_secs:.2} s, delivered in {delivered_secs:.2} s, server CPU {server_cpu_secs:.2} s ({:.0} µs/event)",

@@ -153,6 +153,14 @@ async fn head_of_line(backlog: usize, b_events: usize) {
         sent += n;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Due work blocked only by caps: what the server burns meanwhile.
+    let pid = server._process.child.id();
+    let (cpu0, t0) = (common::cpu_secs(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!(
+        "head of line: server CPU while A's backlog is blocked by its caps: {:.1} %",
+        (common::cpu_secs(pid) - cpu0) * 100.0 / t0.elapsed().as_secs_f64()
+    );
 
     let sent_at = Arc::new(Mutex::new(HashMap::new()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
