@@ -16,7 +16,7 @@ mod state;
 pub mod types;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -220,6 +220,8 @@ struct Inner {
     linker: Linker<State>,
     limits: Limits,
     cache: Option<cache::ArtifactCache>,
+    /// Advances the epoch while calls run (and only then).
+    ticker: Arc<Ticker>,
 }
 
 impl Runtime {
@@ -270,7 +272,7 @@ impl Runtime {
         Transform::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(engine_err)?;
 
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
         let cache = match cache {
             Some((dir, digests)) => Some(
                 cache::ArtifactCache::open(dir, &engine, digests)
@@ -284,6 +286,7 @@ impl Runtime {
                 linker,
                 limits,
                 cache,
+                ticker,
             }),
         })
     }
@@ -412,6 +415,7 @@ impl Runtime {
         ) -> wasmtime::Result<Result<T, bindings::WitPluginError>>,
     {
         let started = Instant::now();
+        let _ticking = self.inner.ticker.running();
         let limits = &self.inner.limits;
         let log_limits = LogLimits {
             max_lines: limits.log_lines,
@@ -606,22 +610,68 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// Advances the engine's epoch every tick until the last handle to the
-/// engine (runtime, stores, components) is gone.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let engine = engine.weak();
-    std::thread::Builder::new()
-        .name("wasmhook-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+/// The epoch ticker: a thread that advances the engine's epoch every
+/// [`EPOCH_TICK`] while at least one call runs, and sleeps otherwise (an
+/// idle router should burn no CPU on 500 wake-ups a second). It ends once
+/// the last handle to the engine is gone.
+struct Ticker {
+    /// Calls running now.
+    running: Mutex<usize>,
+    wake: Condvar,
+}
+
+/// One running call; the ticker may sleep once none is left.
+struct Ticking<'a>(&'a Ticker);
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+    }
+}
+
+impl Ticker {
+    fn spawn(engine: &Engine) -> Arc<Self> {
+        let ticker = Arc::new(Ticker {
+            running: Mutex::new(0),
+            wake: Condvar::new(),
+        });
+        let (engine, this) = (engine.weak(), ticker.clone());
+        std::thread::Builder::new()
+            .name("wasmhook-epoch".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let mut n = this.running.lock().unwrap_or_else(|e| e.into_inner());
+                        while *n == 0 {
+                            // Wake now and then to notice the engine is gone.
+                            n = this
+                                .wake
+                                .wait_timeout(n, Duration::from_secs(1))
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                            if *n == 0 && engine.upgrade().is_none() {
+                                return;
+                            }
+                        }
+                    }
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
-            }
-        })
-        .expect("spawn the epoch thread");
+            })
+            .expect("spawn the epoch thread");
+        ticker
+    }
+
+    /// Marks a call as running (the ticker ticks) until the guard drops.
+    fn running(&self) -> Ticking<'_> {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.wake.notify_one();
+        Ticking(self)
+    }
 }
 
 /// Links only the WASI interfaces a Rust `wasm32-wasip2` guest imports for
