@@ -123,10 +123,13 @@ fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiErro
 
 /// Send one event. Answered `202` once the event and its deliveries are on
 /// disk; the same `id` again is answered the same way and not routed twice.
+/// `429`: the rate limit or the tenant's backlog quota (`Retry-After`);
+/// `503`: no plugin slot in time, or a storage fault (`Retry-After`; nothing
+/// was accepted, send it again).
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventBody,
     security(("tenant" = [])),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn ingest_one(
     tenant: Tenant,
     State(state): State<ApiState>,
@@ -151,7 +154,7 @@ async fn ingest_one(
 #[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = Batch,
     security(("tenant" = [])),
     responses((status = 202, body = BatchAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn ingest_batch(
     tenant: Tenant,
     State(state): State<ApiState>,

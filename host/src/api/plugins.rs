@@ -273,7 +273,7 @@ pub struct DryRunResult {
 /// Run the plugin's `handle` on a sample event, with its log and timing.
 #[utoipa::path(post, path = "/v1/plugins/{id}/dry-run", tag = "plugins", request_body = DryRunInput,
     security(("tenant" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = DryRunResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DryRunResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn dry_run(
     tenant: Tenant,
     State(state): State<ApiState>,
