@@ -71,11 +71,6 @@ impl Store {
             Ok(DueEntry { key, value })
         })
     }
-
-    /// Number of pending outbox entries.
-    pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
-    }
 }
 
 /// Writes a delivery and keeps the outbox in step: the old entry (if any) is
