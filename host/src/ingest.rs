@@ -419,3 +419,62 @@ pub async fn transform(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Bounds;
+    use crate::runtime::Header;
+    use crate::subscription::{Defaults, SubscriptionInput};
+
+    fn body_hex_subscription() -> Subscription {
+        serde_json::from_value::<SubscriptionInput>(serde_json::json!({
+            "url": "http://example.com/hook",
+            "event_types": ["*"],
+            "signature": {"scheme": "body-hex", "header": "X-OHallo-Signature",
+                          "event_header": "X-Acme-Event", "delivery_header": "X-Acme-Delivery"},
+        }))
+        .unwrap()
+        .create(
+            "sub_1".into(),
+            "ten_1",
+            Defaults {
+                timeout_ms: 1000,
+                max_in_flight: 1,
+            },
+            &Bounds::default(),
+            "2026-11-21T10:00:00Z".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn request(header: &str) -> PluginRequest {
+        PluginRequest {
+            body: "{}".into(),
+            content_type: "application/json".into(),
+            headers: vec![Header {
+                name: header.into(),
+                value: "forged".into(),
+            }],
+        }
+    }
+
+    /// The flush path used to let a plugin set a subscription's own
+    /// (configurable) signature headers; ingest and flush now share this
+    /// one constructor.
+    #[test]
+    fn a_subscriptions_own_signature_headers_are_reserved_on_every_path() {
+        let sub = body_hex_subscription();
+        let now = "2026-11-21T10:00:00Z".parse().unwrap();
+        for name in ["x-acme-event", "X-Acme-Delivery", "X-OHALLO-SIGNATURE"] {
+            let e = pending_deliveries(&sub, "window:x", "window.closed", vec![request(name)], now)
+                .unwrap_err();
+            assert!(e.contains("reserved header"), "{e}");
+        }
+        let ok = pending_deliveries(&sub, "e1", "a.b", vec![request("X-Trace")], now).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].status, DeliveryStatus::Pending);
+        assert_eq!(ok[0].next_attempt_at, Some(now));
+        assert!(ok[0].id.starts_with("dlv_"));
+    }
+}

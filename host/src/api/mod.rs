@@ -118,6 +118,13 @@ async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) ->
 /// What a client is told to wait after a storage fault.
 const STORAGE_RETRY_AFTER_SECS: u64 = 5;
 
+/// The layer that turns a handler's panic into [`panic_response`].
+fn catch_panics()
+-> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send + 'static>) -> Response>
+{
+    tower_http::catch_panic::CatchPanicLayer::custom(panic_response as fn(_) -> _)
+}
+
 /// A handler that panicked: logged once (with the request's span), answered
 /// 500 in the API's error shape. The process and other requests go on.
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -322,4 +329,41 @@ pub fn limit_body<S: Clone + Send + Sync + 'static>(
     router
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::Extension(BodyLimit(limit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_in_the_error_shape() {
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("a bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(catch_panics());
+        let response = app
+            .oneshot(
+                Request::builder()
+                    .uri("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["message"], "internal error");
+    }
 }
