@@ -55,9 +55,7 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .fallback(not_found)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        .layer(catch_panics())
         // A 5xx is logged where it happens (internal errors, storage faults);
         // the trace layer only notes it, so load shedding (503) does not
         // flood the log with errors.
