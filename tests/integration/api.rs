@@ -21,16 +21,6 @@ fn bundled(name: &str) -> Vec<u8> {
         .to_vec()
 }
 
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error body: {body}"))
-}
-
-fn error_message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap()
-}
-
 #[tokio::test]
 async fn a_new_tenants_whole_story() {
     let dir = tempfile::tempdir().unwrap();

@@ -469,3 +469,15 @@ pub fn message_event(id: &str) -> Value {
         }
     })
 }
+
+/// The `code` of an API error body (panics on any other body).
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+/// The `message` of an API error body.
+pub fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap()
+}

@@ -11,14 +11,6 @@ use serde_json::{Value, json};
 use crate::harness::*;
 use crate::support::fixture;
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_default()
-}
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap_or_default()
-}
-
 /// Sends `n` events as batches of up to 1000.
 async fn send_batches(server: &Server, key: &str, prefix: &str, n: usize) {
     let mut i = 0;
@@ -171,7 +163,7 @@ async fn a_full_plugin_pool_never_fails_an_accepted_event() {
                         Some(json!({"event": {"type": "a.b", "data": {}}, "config": {"mode": "loop"}})),
                     )
                     .await;
-                answers.push((s, code(&body).to_string()));
+                answers.push((s, body["error"]["code"].as_str().unwrap_or_default().to_string()));
             }
             answers
         }));
@@ -202,7 +194,7 @@ async fn a_full_plugin_pool_never_fails_an_accepted_event() {
                 match s {
                     202 => return refused,
                     503 => {
-                        assert_eq!(code(&body), "plugins_busy", "{body}");
+                        assert_eq!(error_code(&body), "plugins_busy", "{body}");
                         refused += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -275,9 +267,9 @@ async fn bounds_are_answered_with_the_key_that_limits() {
         )
         .await;
     assert_eq!(s, 400, "{body}");
-    assert_eq!(code(&body), "limit_exceeded");
+    assert_eq!(error_code(&body), "limit_exceeded");
     assert!(
-        message(&body).contains("limits.subscriptions_per_tenant"),
+        error_message(&body).contains("limits.subscriptions_per_tenant"),
         "{body}"
     );
 
@@ -303,7 +295,7 @@ async fn bounds_are_answered_with_the_key_that_limits() {
         .await;
     assert_eq!(s, 400, "{body}");
     assert!(
-        message(&body).contains("limits.plugins_per_tenant"),
+        error_message(&body).contains("limits.plugins_per_tenant"),
         "{body}"
     );
 
@@ -320,9 +312,9 @@ async fn bounds_are_answered_with_the_key_that_limits() {
         )
         .await;
     assert_eq!(s, 400, "{body}");
-    assert_eq!(code(&body), "too_many_deliveries");
+    assert_eq!(error_code(&body), "too_many_deliveries");
     assert!(
-        message(&body).contains("limits.deliveries_per_request"),
+        error_message(&body).contains("limits.deliveries_per_request"),
         "{body}"
     );
     let (s, _) = server.call("GET", "/v1/events/x0", &key, None).await;
@@ -357,9 +349,9 @@ async fn bounds_are_answered_with_the_key_that_limits() {
             > 0
     );
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(code(&body), "backlog_quota");
+    assert_eq!(error_code(&body), "backlog_quota");
     assert!(
-        message(&body).contains("limits.pending_deliveries_per_tenant = 5"),
+        error_message(&body).contains("limits.pending_deliveries_per_tenant = 5"),
         "{body}"
     );
     // A replay is one request: 5 matching events > 3 deliveries.
@@ -373,7 +365,7 @@ async fn bounds_are_answered_with_the_key_that_limits() {
         .await;
     assert_eq!(s, 400, "{body}");
     assert!(
-        message(&body).contains("limits.deliveries_per_request"),
+        error_message(&body).contains("limits.deliveries_per_request"),
         "{body}"
     );
     // An event no subscription wants creates no backlog: still accepted.
@@ -421,7 +413,7 @@ async fn inputs_that_panicked_are_answered_400() {
             )
             .await;
         assert_eq!(s, 400, "{every}: {body}");
-        assert!(message(&body).contains("window.every"), "{body}");
+        assert!(error_message(&body).contains("window.every"), "{body}");
     }
     let (s, body) = server
         .call(
@@ -433,7 +425,7 @@ async fn inputs_that_panicked_are_answered_400() {
         )
         .await;
     assert_eq!(s, 400, "{body}");
-    assert!(message(&body).contains("window.at"), "{body}");
+    assert!(error_message(&body).contains("window.at"), "{body}");
     for t in [
         "9999-12-30T12:00:00Z",
         "9999-12-31T23:59:59Z",
@@ -448,7 +440,7 @@ async fn inputs_that_panicked_are_answered_400() {
             )
             .await;
         assert_eq!(s, 400, "{t}: {body}");
-        assert!(message(&body).contains("occurred_at"), "{body}");
+        assert!(error_message(&body).contains("occurred_at"), "{body}");
     }
     let (s, _) = server.call("GET", "/healthz", "", None).await;
     assert_eq!(s, 200);
@@ -722,8 +714,8 @@ async fn a_full_disk_is_a_503_and_loses_nothing_accepted() {
     }
     let (retry_after, body) = refused.expect("the disk filled up");
     assert!(retry_after.parse::<u64>().unwrap() > 0);
-    assert_eq!(code(&body), "storage_unavailable", "{body}");
-    assert!(message(&body).contains("No space left"), "{body}");
+    assert_eq!(error_code(&body), "storage_unavailable", "{body}");
+    assert!(error_message(&body).contains("No space left"), "{body}");
     assert!(!accepted.is_empty());
     let (s, health) = server.call("GET", "/healthz", "", None).await;
     assert_eq!(s, 503, "{health}");
