@@ -29,21 +29,28 @@ async fn main() {
     let events = env("E2E_EVENTS", 20_000);
     let clients = env("E2E_CLIENTS", 32);
     let mut runs = Vec::new();
-    for (label, plugin, batch) in [
-        ("single events, no plugin", None, 1),
+    for (label, plugin, batch, extra_subs) in [
+        ("single events, no plugin", None, 1, 0),
         (
             "single events, helloclient-lead plugin",
             Some("builtin:helloclient-lead"),
             1,
+            0,
         ),
-        ("batches of 100, no plugin", None, env("E2E_BATCH", 100)),
+        ("batches of 100, no plugin", None, env("E2E_BATCH", 100), 0),
+        (
+            "single events, 1,000 subscriptions (one matching)",
+            None,
+            1,
+            999,
+        ),
     ] {
         if let Ok(only) = std::env::var("E2E_ONLY")
             && !label.contains(&only)
         {
             continue;
         }
-        runs.push(run(label, events, clients, plugin, batch).await);
+        runs.push(run(label, events, clients, plugin, batch, extra_subs).await);
     }
     println!();
     println!("| run | events | accepted/s | delivered/s (end to end) |");
@@ -65,6 +72,7 @@ async fn run(
     clients: usize,
     plugin: Option<&str>,
     batch: usize,
+    extra_subs: usize,
 ) -> Run {
     let server = common::Server::start();
     let token = common::TOKEN;
@@ -109,6 +117,19 @@ async fn run(
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
+    // Subscriptions the events do not match: routing must not pay for them.
+    for _ in 0..extra_subs {
+        let resp = http
+            .post(format!("{base}/v1/subscriptions"))
+            .bearer_auth(&key)
+            .json(
+                &json!({"url": format!("http://{rx_addr}/other"), "event_types": ["other.event"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
 
     let event = |i: usize| {
         json!({

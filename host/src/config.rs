@@ -56,6 +56,7 @@ pub struct LimitsSection {
 pub struct ServerSection {
     pub listen: String,
     pub data_dir: PathBuf,
+    pub store_cache_mb: u64,
     pub admin_token: String,
     pub log_format: String,
     pub max_event_bytes: usize,
@@ -101,6 +102,8 @@ pub struct PluginsSection {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// sled's page cache, bytes.
+    pub store_cache_bytes: u64,
     pub admin_token: Option<String>,
     pub json_logs: bool,
     pub max_event_bytes: usize,
@@ -281,6 +284,7 @@ impl RawConfig {
             }
         };
         positive("server.max_event_bytes", s.max_event_bytes as u64)?;
+        positive("server.store_cache_mb", s.store_cache_mb)?;
         positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
         let d = &self.delivery;
         positive("delivery.workers", d.workers as u64)?;
@@ -355,6 +359,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             data_dir: s.data_dir.clone(),
+            store_cache_bytes: s.store_cache_mb << 20,
             admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
             json_logs,
             max_event_bytes: s.max_event_bytes,

@@ -65,7 +65,7 @@ pub async fn accept(
     events: Vec<Envelope>,
 ) -> Result<Vec<IngestResult>, IngestError> {
     let now = app.clock.now();
-    let subscriptions = app.store.list_subscriptions(tenant_id)?;
+    let subscriptions = app.store.routes(tenant_id)?;
     let mut batch = Vec::with_capacity(events.len());
     let mut fresh = Vec::with_capacity(events.len());
     for event in events {

@@ -128,7 +128,7 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     check_writable(&config.data_dir)?;
-    let store = Store::open(&config.data_dir)
+    let store = Store::open_with_cache(&config.data_dir, config.store_cache_bytes)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let app = build_app(&config, store.clone(), Arc::new(SystemClock))?;

@@ -24,10 +24,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wasmhook serve` with loopback destinations allowed.
+    /// Starts `wasmhook serve` with loopback destinations allowed: this
+    /// build's binary, or `WASMHOOK_BIN` (to compare two builds in one run).
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhook"))
+        let binary =
+            std::env::var("WASMHOOK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wasmhook").into());
+        let mut child = Command::new(binary)
             .args([
                 "serve",
                 "--listen",

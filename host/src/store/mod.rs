@@ -32,6 +32,7 @@ mod tenants;
 mod windows;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -83,6 +84,10 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
         message: e.to_string(),
     })
 }
+
+/// sled's page cache when the config does not say: sized for a small
+/// machine (sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
 
 /// `tenant \0 id`: tenant-scoped keys, so a prefix scan lists one tenant's.
 pub fn scoped(tenant_id: &str, id: &str) -> Vec<u8> {
@@ -198,14 +203,24 @@ pub struct Store {
     windows: Tree,
     meta: Tree,
     commit: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    /// Each tenant's subscriptions, decoded once and shared by every ingest
+    /// request until one of them changes (see `subscriptions.rs`).
+    routes: Arc<subscriptions::RouteCache>,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts the group commit.
-    /// Must be called inside a tokio runtime.
+    /// Opens (or creates) the database in `dir` with the default cache and
+    /// starts the group commit. Must be called inside a tokio runtime.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`Store::open`], with sled's page cache capped at `cache_bytes`
+    /// (`server.store_cache_mb`; sled's own default is 1 GiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             // Durability comes from the group commit; the periodic flush only
             // bounds how much non-acknowledged state (attempt results) a
@@ -230,6 +245,7 @@ impl Store {
             meta: tree("meta")?,
             db,
             commit,
+            routes: Arc::default(),
         };
         tokio::spawn(group_commit(store.db.clone(), requests));
         Ok(store)

@@ -1,11 +1,55 @@
 //! Subscriptions, keyed `tenant \\0 id` so a prefix scan lists a tenant's.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
 
+/// Each tenant's subscriptions as ingest routes with them: read and decoded
+/// once, then shared, so a request no longer costs a scan and a JSON decode
+/// per subscription of the tenant. Every write to a tenant's subscriptions
+/// drops its entry; a generation counter keeps a reader that scanned before
+/// such a write from putting its stale copy back.
+#[derive(Default)]
+pub(super) struct RouteCache {
+    tenants: RwLock<HashMap<String, Arc<Vec<Subscription>>>>,
+    generation: AtomicU64,
+}
+
+impl RouteCache {
+    pub(super) fn invalidate(&self, tenant_id: &str) {
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tenants.remove(tenant_id);
+    }
+}
+
 impl Store {
+    /// The tenant's subscriptions, shared until one of them changes.
+    pub fn routes(&self, tenant_id: &str) -> Result<Arc<Vec<Subscription>>, StoreError> {
+        let cache = &self.routes;
+        if let Some(hit) = cache
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant_id)
+        {
+            return Ok(hit.clone());
+        }
+        let generation = cache.generation.load(Ordering::SeqCst);
+        let subs = Arc::new(self.list_subscriptions(tenant_id)?);
+        let mut tenants = cache.tenants.write().unwrap_or_else(|e| e.into_inner());
+        if cache.generation.load(Ordering::SeqCst) == generation {
+            tenants.insert(tenant_id.to_string(), subs.clone());
+        }
+        Ok(subs)
+    }
+
     pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         self.subscriptions
             .insert(scoped(&sub.tenant_id, &sub.id), encode(sub))?;
+        self.routes.invalidate(&sub.tenant_id);
         Ok(())
     }
 
@@ -46,7 +90,9 @@ impl Store {
     }
 
     pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(self.subscriptions.remove(scoped(tenant_id, id))?.is_some())
+        let removed = self.subscriptions.remove(scoped(tenant_id, id))?.is_some();
+        self.routes.invalidate(tenant_id);
+        Ok(removed)
     }
 
     /// Read-modify-write of one subscription in a transaction (attempt
@@ -58,7 +104,8 @@ impl Store {
         f: impl Fn(&mut Subscription) -> bool,
     ) -> Result<Option<Subscription>, StoreError> {
         let key = scoped(tenant_id, id);
-        self.subscriptions
+        let updated = self
+            .subscriptions
             .transaction(|subs| {
                 let Some(bytes) = subs.get(&key)? else {
                     return Ok(None);
@@ -70,6 +117,72 @@ impl Store {
                 }
                 Ok(Some(sub))
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        self.routes.invalidate(tenant_id);
+        Ok(updated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, types: &[&str]) -> Subscription {
+        serde_json::from_value::<crate::subscription::SubscriptionInput>(serde_json::json!({
+            "url": "http://example.com/hook", "event_types": types,
+        }))
+        .unwrap()
+        .create(
+            id.into(),
+            "ten_1",
+            crate::subscription::Defaults {
+                timeout_ms: 1000,
+                max_in_flight: 1,
+            },
+            &crate::app::Bounds::default(),
+            "2026-11-21T10:00:00Z".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_route_cache_follows_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let types = |store: &Store| -> Vec<Vec<String>> {
+            store
+                .routes("ten_1")
+                .unwrap()
+                .iter()
+                .map(|s| s.event_types.clone())
+                .collect()
+        };
+        assert!(types(&store).is_empty());
+        store.put_subscription(&sub("sub_a", &["a.*"])).unwrap();
+        assert_eq!(types(&store), [["a.*"]]);
+        assert!(Arc::ptr_eq(
+            &store.routes("ten_1").unwrap(),
+            &store.routes("ten_1").unwrap()
+        ));
+        store
+            .update_subscription("ten_1", "sub_a", |s| {
+                s.event_types = vec!["b.*".into()];
+                true
+            })
+            .unwrap();
+        assert_eq!(types(&store), [["b.*"]]);
+        store.put_subscription(&sub("sub_b", &["*"])).unwrap();
+        assert_eq!(types(&store).len(), 2);
+        store.delete_subscription("ten_1", "sub_a").unwrap();
+        assert_eq!(types(&store), [["*"]]);
+        store
+            .put_tenant(&Tenant {
+                id: "ten_1".into(),
+                name: "t".into(),
+                created_at: "2026-11-21T10:00:00Z".parse().unwrap(),
+            })
+            .unwrap();
+        store.delete_tenant("ten_1").unwrap();
+        assert!(types(&store).is_empty());
     }
 }

@@ -37,6 +37,7 @@ impl Store {
                 tree.remove(kv?.0)?;
             }
         }
+        self.routes.invalidate(id);
         for kv in self.api_keys.iter() {
             let (k, v) = kv?;
             let record: ApiKeyRecord = decode(&k, &v)?;
