@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# End-to-end load harness with tools nobody on the project wrote:
+#   wrk (Debian) posts ~1 KB message.created events over 64 connections to
+#   `wasmhook serve` (release build, durable 202s, one tenant,
+#   standard-webhooks signing), nginx (Debian) answers every delivery 204;
+#   then, in the same run, the same wrk posts the same body straight to
+#   nginx: the loopback ceiling.
+# Prints one table: events/s accepted, deliveries/s end to end, server CPU
+# per delivery, ingest latency p50/p99, and the ratio to the ceiling.
+#
+#   bench/e2e.sh                 # fan-out 1, fan-out 10, batches of 100, ceiling
+#   DURATION=20 CONNECTIONS=64 bench/e2e.sh
+#
+# Installs nothing: it says what is missing (apt-get install wrk nginx-light).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+missing=()
+for tool in wrk nginx curl python3 cargo; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "missing: ${missing[*]} (Debian: apt-get install wrk nginx-light curl)" >&2
+  exit 2
+fi
+
+cargo build --release -q -p wasmhook
+BIN=target/release/wasmhook
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ticks_per_sec=$(getconf CLK_TCK)
+
+# --- nginx: the receiver, one access-log line per delivery ------------------
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx/logs/access.log combined buffer=256k flush=200ms;
+  client_body_buffer_size 64k;
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport;
+    location / { return 204; }
+  }
+}
+CONF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+PIDS+=($!)
+deliveries() { cat "$WORK/nginx/logs/access.log" 2>/dev/null | grep -c '"POST /hook' || true; }
+
+# --- the event body (~1 KB) and wrk's Lua scripts ----------------------------
+PAD=$(python3 -c 'print("x" * 700)')
+DATA="{\"conversation_id\":\"c-1\",\"author\":\"visitor\",\"content\":\"$PAD\"}"
+cat > "$WORK/single.lua" <<LUA
+-- setup() runs in the main Lua state and sets each thread's global "tid",
+-- so ids are unique across threads (a local here would shadow it).
+local counter = 0
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  counter = counter + 1
+  local body = '{"id":"e' .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+cat > "$WORK/batch.lua" <<LUA
+-- setup() runs in the main Lua state and sets each thread's global "tid",
+-- so ids are unique across threads (a local here would shadow it).
+local counter = 0
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  local events = {}
+  for i = 1, 100 do
+    counter = counter + 1
+    events[i] = '{"id":"b' .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
+  end
+  return wrk.format(nil, nil, nil, '{"events":[' .. table.concat(events, ",") .. ']}')
+end
+LUA
+cat > "$WORK/ceiling.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"id":"x","type":"message.created","data":$DATA}'
+LUA
+
+# Runs wrk; prints "requests non2xx rps p50_ms p99_ms".
+run_wrk() { # url script
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$2" "$1" 2>&1)
+  echo "$out" > "$WORK/last-wrk.txt"
+  python3 - "$WORK/last-wrk.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+req = int(re.search(r"(\d+) requests in", t).group(1))
+non = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", t).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+print(req, int(non.group(1)) if non else 0, rps, p50, p99)
+PY
+}
+
+# --- one scenario: a fresh server, FANOUT subscriptions, wrk, drain ---------
+scenario() { # label fanout script path per_request
+  local label=$1 fanout=$2 script=$3 path=$4 per=$5
+  local port data token key
+  port=$(free_port); data="$WORK/data-$fanout-$per"; token=bench
+  WASMHOOK_ADMIN_TOKEN=$token RUST_LOG=error "$BIN" serve --listen "127.0.0.1:$port" \
+    --data "$data" --allow-private-destinations > "$WORK/server.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  key=$(curl -s -X POST "127.0.0.1:$port/v1/tenants" -H "Authorization: Bearer $token" \
+        -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  for _ in $(seq "$fanout"); do
+    curl -sf -X POST "127.0.0.1:$port/v1/subscriptions" -H "Authorization: Bearer $key" \
+      -d "{\"url\":\"http://127.0.0.1:$NGINX_PORT/hook\",\"event_types\":[\"*\"],\"max_in_flight\":64}" >/dev/null
+  done
+  local before_log before_cpu started
+  before_log=$(deliveries); before_cpu=$(cpu_ticks "$pid"); started=$(date +%s.%N)
+  read -r req non rps p50 p99 < <(WRK_KEY=$key run_wrk_auth "127.0.0.1:$port$path" "$script" "$key")
+  local accepted=$(( (req - non) * per ))
+  local expected=$(( before_log + accepted * fanout ))
+  local deadline=$(( $(date +%s) + 300 ))
+  while [ "$(deliveries)" -lt "$expected" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+  local ended got cpu
+  ended=$(date +%s.%N); got=$(( $(deliveries) - before_log ))
+  cpu=$(( $(cpu_ticks "$pid") - before_cpu ))
+  python3 - "$label" "$accepted" "$got" "$non" "$started" "$ended" "$cpu" "$ticks_per_sec" "$p50" "$p99" "$DURATION" "$fanout" <<'PY' >> "$WORK/table.txt"
+import sys
+label, accepted, got, non, t0, t1, cpu, hz, p50, p99, dur, fanout = sys.argv[1:]
+accepted, got, non, fanout = int(accepted), int(got), int(non), int(fanout)
+secs = float(t1) - float(t0)
+cpu_s = int(cpu) / int(hz)
+print(f"{label}\t{accepted / float(dur):.0f}\t{got / secs:.0f}\t{cpu_s * 1e6 / max(got, 1):.0f}\t{float(p50):.1f}\t{float(p99):.1f}\t{got}/{accepted * fanout}\t{non}")
+PY
+  kill "$pid" 2>/dev/null || true
+}
+
+# wrk with the tenant's key (a header set in the script's environment).
+run_wrk_auth() { # url script key
+  local script="$WORK/auth-$(basename "$2")"
+  { echo "wrk.headers[\"Authorization\"] = \"Bearer $3\""; cat "$2"; } > "$script"
+  run_wrk "http://$1" "$script"
+}
+
+: > "$WORK/table.txt"
+scenario "single events, fan-out 1" 1 "$WORK/single.lua" /v1/events 1
+scenario "single events, fan-out 10" 10 "$WORK/single.lua" /v1/events 1
+scenario "batches of 100, fan-out 1" 1 "$WORK/batch.lua" /v1/events/batch 100
+read -r creq cnon crps cp50 cp99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/hook" "$WORK/ceiling.lua")
+
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "| run | events/s accepted | deliveries/s | server CPU per delivery | ingest p50 / p99 | delivered / counted by wrk | non-2xx | ratio to ceiling |"
+echo "|---|---|---|---|---|---|---|---|"
+while IFS=$'\t' read -r label acc dps cpu p50 p99 delivered non; do
+  ratio=$(python3 -c "print(f'{$acc / $crps:.3f}')")
+  echo "| $label | $acc | $dps | ${cpu} µs | $p50 / $p99 ms | $delivered | $non | $ratio |"
+done < "$WORK/table.txt"
+printf '| ceiling: wrk -> nginx | %.0f requests/s | | | %.1f / %.1f ms | | %s | 1 |\n' "$crps" "$cp50" "$cp99" "$cnon"
