@@ -67,7 +67,10 @@ deliveries() { cat "$WORK/nginx/logs/access.log" 2>/dev/null | grep -c '"POST /h
 # --- the event body (~1 KB) and wrk's Lua scripts ----------------------------
 PAD=$(python3 -c 'print("x" * 700)')
 DATA="{\"conversation_id\":\"c-1\",\"author\":\"visitor\",\"content\":\"$PAD\"}"
-cat > "$WORK/single.lua" <<LUA
+# What both event scripts share: unique ids per thread, JSON POSTs, and
+# event(prefix) building one event.
+preamble() {
+  cat <<LUA
 -- setup() runs in the main Lua state and sets each thread's global "tid",
 -- so ids are unique across threads (a local here would shadow it).
 local counter = 0
@@ -75,26 +78,21 @@ local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-function request()
+local function event(prefix)
   counter = counter + 1
-  local body = '{"id":"e' .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
-  return wrk.format(nil, nil, nil, body)
+  return '{"id":"' .. prefix .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
 end
 LUA
-cat > "$WORK/batch.lua" <<LUA
--- setup() runs in the main Lua state and sets each thread's global "tid",
--- so ids are unique across threads (a local here would shadow it).
-local counter = 0
-local threads = 0
-function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+}
+{ preamble; cat <<'LUA'; } > "$WORK/single.lua"
+function request()
+  return wrk.format(nil, nil, nil, event("e"))
+end
+LUA
+{ preamble; cat <<'LUA'; } > "$WORK/batch.lua"
 function request()
   local events = {}
-  for i = 1, 100 do
-    counter = counter + 1
-    events[i] = '{"id":"b' .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
-  end
+  for i = 1, 100 do events[i] = event("b") end
   return wrk.format(nil, nil, nil, '{"events":[' .. table.concat(events, ",") .. ']}')
 end
 LUA
