@@ -162,8 +162,11 @@ fn check_bounds(
             limit: bounds.deliveries_per_request,
         });
     }
+    if pending == 0 {
+        return Ok(());
+    }
     let queued = app.queue.tenant_pending(tenant_id);
-    if pending > 0 && queued + pending as u64 > bounds.pending_deliveries_per_tenant {
+    if queued + pending as u64 > bounds.pending_deliveries_per_tenant {
         return Err(IngestError::BacklogFull {
             pending: queued,
             adding: pending,
