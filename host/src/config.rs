@@ -33,6 +33,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub server: ServerSection,
+    pub metrics: MetricsSection,
     pub delivery: DeliverySection,
     pub events: EventsSection,
     pub plugins: PluginsSection,
@@ -62,6 +63,12 @@ pub struct ServerSection {
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub ingest_rate_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +108,8 @@ pub struct PluginsSection {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A second address serving only `/metrics`, without authentication.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// sled's page cache, bytes.
     pub store_cache_bytes: u64,
@@ -273,6 +282,15 @@ impl RawConfig {
                 format!("{:?} is not an address like 127.0.0.1:8080", s.listen),
             )
         })?;
+        let metrics_listen = match self.metrics.listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{text:?} is not an address like 127.0.0.1:9090 (or empty)"),
+                )
+            })?),
+        };
         let json_logs = match s.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -358,6 +376,7 @@ impl RawConfig {
         }
         Ok(Config {
             listen,
+            metrics_listen,
             data_dir: s.data_dir.clone(),
             store_cache_bytes: s.store_cache_mb << 20,
             admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),

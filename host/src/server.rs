@@ -24,6 +24,7 @@ use crate::queue::{Caps, Queue, QueueSettings};
 use crate::runtime::admission::Admission;
 use crate::runtime::{ArtifactDigests, Runtime};
 use crate::store::{Store, token_hash};
+use crate::telemetry::Telemetry;
 
 /// How often old events and deliveries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -155,7 +156,22 @@ pub async fn serve(
         max_plugin_bytes: config.max_plugin_bytes,
         rate_limiter: (config.ingest_rate_limit > 0)
             .then(|| Arc::new(RateLimiter::new(config.ingest_rate_limit))),
+        telemetry: Telemetry::install(),
     };
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        info!(listen = %listener.local_addr()?, "metrics served without authentication");
+        let metrics = api::metrics_router(state.clone());
+        let stop = wait_for(stop_rx.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, metrics).with_graceful_shutdown(stop);
+            if let Err(e) = served.await {
+                warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let router = api::router(state);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;

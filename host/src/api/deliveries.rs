@@ -26,6 +26,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
 pub struct ListParams {
     subscription_id: Option<String>,
     event_id: Option<String>,
+    /// An exact event type.
+    event_type: Option<String>,
     /// `pending`, `succeeded`, `failed`, `filtered`, `held`.
     status: Option<String>,
     /// 1 to 500 (default 50).
@@ -110,18 +112,20 @@ async fn list(
     let status = q.status.as_deref().map(parse_status).transpose()?;
     let mut items = Vec::new();
     let mut more = false;
-    for id in state
-        .app
-        .store
-        .tenant_delivery_ids(&tenant.id, q.cursor.as_deref())
-    {
-        let Some(d) = state.app.store.get_delivery(&id?)? else {
+    let store = &state.app.store;
+    let ids: Box<dyn Iterator<Item = _>> = match &q.subscription_id {
+        Some(sub) => Box::new(store.subscription_delivery_ids(sub, q.cursor.as_deref())),
+        None => Box::new(store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref())),
+    };
+    for id in ids {
+        let Some(d) = store.get_delivery(&id?)? else {
             continue;
         };
-        if q.subscription_id
-            .as_ref()
-            .is_some_and(|s| *s != d.subscription_id)
+        // The subscription index is keyed by subscription alone: the tenant
+        // check keeps another tenant's ids out.
+        if d.tenant_id != tenant.id
             || q.event_id.as_ref().is_some_and(|e| *e != d.event_id)
+            || q.event_type.as_ref().is_some_and(|t| *t != d.event_type)
             || status.is_some_and(|s| s != d.status)
         {
             continue;

@@ -10,6 +10,7 @@ mod deliveries;
 mod events;
 mod keys;
 pub mod openapi;
+mod ops;
 mod plugins;
 mod subscriptions;
 mod tenants;
@@ -28,6 +29,7 @@ use tracing::error;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::App;
+use crate::telemetry::{self, Telemetry};
 pub use auth::RateLimiter;
 
 /// What every handler can reach.
@@ -39,6 +41,7 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub telemetry: Telemetry,
 }
 
 /// The whole API, and its OpenAPI document built from the same route
@@ -54,6 +57,10 @@ pub fn router(state: ApiState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/metrics", get(operator_metrics))
+        // Counted per route template, so only matched routes (the fallback
+        // counts the rest as `other`).
+        .route_layer(axum::middleware::from_fn(track_request))
         .fallback(not_found)
         .layer(catch_panics())
         // A 5xx is logged where it happens (internal errors, storage faults);
@@ -65,6 +72,52 @@ pub fn router(state: ApiState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// `/metrics` alone, without authentication: for `metrics.listen`, an
+/// address only a scraper can reach.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(open_metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Prometheus text exposition for the operator.
+async fn operator_metrics(
+    _: auth::Operator,
+    axum::extract::State(state): axum::extract::State<ApiState>,
+) -> Response {
+    exposition(&state)
+}
+
+async fn open_metrics(axum::extract::State(state): axum::extract::State<ApiState>) -> Response {
+    exposition(&state)
+}
+
+fn exposition(state: &ApiState) -> Response {
+    let (queued, in_flight) = state.app.queue.depth();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.telemetry.render(queued, in_flight),
+    )
+        .into_response()
+}
+
+/// Counts a matched request under its route template and its status.
+async fn track_request(
+    path: Option<axum::extract::MatchedPath>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let route = path.as_ref().map_or("other", |p| p.as_str());
+    telemetry::http_request(route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// The OpenAPI document alone (tests, `wasmhook openapi`).
@@ -81,6 +134,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(subscriptions::router())
         .merge(deliveries::router())
         .merge(keys::router())
+        .merge(ops::router())
 }
 
 /// The process and its store: a write made durable right now. 503 when the
@@ -137,6 +191,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn not_found() -> ApiError {
+    telemetry::http_request("other", 404, std::time::Duration::ZERO);
     ApiError::NotFound("no such route".into())
 }
 

@@ -1,6 +1,8 @@
 //! `/v1/subscriptions` (tenant key): create, list, read, change, delete,
 //! enable/disable, reveal and rotate the secret, send a test event, replay.
 
+use crate::notify;
+use crate::telemetry::DisableReason;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use jiff::Timestamp;
@@ -278,12 +280,7 @@ async fn enable(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    let s = update(&state, &tenant, &id, |s| {
-        s.enabled = true;
-        s.disabled_reason = None;
-        s.consecutive_failures = 0;
-    })
-    .await?;
+    let s = set_enabled(&state, &tenant, &id, true).await?;
     Ok(axum::Json(SubscriptionView::of(s, false, &state)))
 }
 
@@ -296,12 +293,43 @@ async fn disable(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    let s = update(&state, &tenant, &id, |s| {
-        s.enabled = false;
-        s.disabled_reason = Some("disabled through the API".into());
+    let s = set_enabled(&state, &tenant, &id, false).await?;
+    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
+}
+
+/// Enables or disables; a change of state is told to the tenant's ops
+/// endpoint (enabling also resets the failure streak).
+async fn set_enabled(
+    state: &ApiState,
+    tenant: &Tenant,
+    id: &str,
+    enabled: bool,
+) -> Result<Subscription, ApiError> {
+    let was = std::sync::atomic::AtomicBool::new(enabled);
+    let s = update(state, tenant, id, |s| {
+        was.store(s.enabled, std::sync::atomic::Ordering::Relaxed);
+        if enabled {
+            s.enabled = true;
+            s.disabled_reason = None;
+            s.consecutive_failures = 0;
+        } else if s.enabled {
+            s.enabled = false;
+            s.disabled_reason = Some("disabled through the API".into());
+        }
     })
     .await?;
-    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
+    if was.into_inner() != enabled {
+        let change = if enabled {
+            notify::Change::Enabled
+        } else {
+            notify::Change::Disabled {
+                why: DisableReason::Operator,
+                last_error: None,
+            }
+        };
+        notify::subscription_changed(&state.app.queue, &s, change, state.app.clock.now()).await?;
+    }
+    Ok(s)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -74,12 +74,35 @@ async fn create_tenant(
 
 /// List tenants.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("operator" = [])),
-    responses((status = 200, body = Vec<Tenant>), (status = 401, body = super::openapi::ErrorBody)))]
+    responses((status = 200, body = Vec<TenantSummary>), (status = 401, body = super::openapi::ErrorBody)))]
 async fn list_tenants(
     _: Operator,
     State(state): State<ApiState>,
-) -> Result<axum::Json<Vec<Tenant>>, ApiError> {
-    Ok(axum::Json(state.app.store.list_tenants()?))
+) -> Result<axum::Json<Vec<TenantSummary>>, ApiError> {
+    let store = &state.app.store;
+    let mut out = Vec::new();
+    for t in store.list_tenants()? {
+        out.push(TenantSummary {
+            subscriptions: store.count_subscriptions(&t.id)?,
+            plugins: store.count_plugins(&t.id)?,
+            api_keys: store.list_api_keys(&t.id)?.len(),
+            pending_deliveries: state.app.queue.tenant_pending(&t.id),
+            tenant: t,
+        });
+    }
+    Ok(axum::Json(out))
+}
+
+/// A tenant with what it holds now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantSummary {
+    #[serde(flatten)]
+    pub tenant: Tenant,
+    pub subscriptions: usize,
+    pub plugins: usize,
+    pub api_keys: usize,
+    /// Deliveries queued or in flight.
+    pub pending_deliveries: u64,
 }
 
 /// Delete a tenant with its keys, subscriptions and plugins.

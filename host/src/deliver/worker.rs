@@ -7,6 +7,8 @@
 //! own caps; while every due delivery is blocked by a cap, the worker sleeps.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -14,10 +16,12 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::deliver::{Request, Stage};
+use crate::notify;
 use crate::queue::{Lease, Queue};
 use crate::retry::{self, Decision};
 use crate::sign;
 use crate::store::{Attempt, Delivery, DeliveryStatus, StoreError};
+use crate::telemetry::{self, AttemptOutcome, DisableReason};
 
 /// Longest sleep when nothing is due sooner (a manual clock in tests, and a
 /// bound on how late a wake-up can be).
@@ -149,9 +153,14 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
         return stage.store.update_delivery(d, previous_due);
     }
     let now = stage.clock.now();
-    let sub = stage
-        .store
-        .get_subscription(&d.tenant_id, &d.subscription_id)?;
+    let ops = notify::is_ops(&d.subscription_id);
+    let sub = if ops {
+        stage.store.get_ops_endpoint(&d.tenant_id)?
+    } else {
+        stage
+            .store
+            .get_subscription(&d.tenant_id, &d.subscription_id)?
+    };
     let span = tracing::Span::current();
     span.record("event_id", d.event_id.as_str());
     span.record("attempt", d.attempts.len() + 1);
@@ -236,11 +245,16 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
         draw,
     );
     info!(status = ?result.status, duration_ms = result.duration_ms, error = ?result.error, decision = ?decision, "attempt");
+    let took = Duration::from_millis(result.duration_ms);
     match decision {
         Decision::Succeeded => {
+            telemetry::attempt(AttemptOutcome::Succeeded, took);
+            telemetry::delivered(
+                Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
+            );
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
             stage.store.update_delivery(d, previous_due)?;
-            if sub.consecutive_failures != 0 {
+            if sub.consecutive_failures != 0 && !ops {
                 stage
                     .store
                     .update_subscription(&sub.tenant_id, &sub.id, |s| {
@@ -250,51 +264,78 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             }
         }
         Decision::RetryAt(at) => {
+            telemetry::attempt(AttemptOutcome::Retry, took);
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
             stage.store.update_delivery(d, previous_due)?;
         }
         Decision::GiveUp { reason } => {
+            telemetry::attempt(AttemptOutcome::Failed, took);
             let error = match result.error {
                 Some(e) => format!("{e}; {reason}"),
                 None => reason,
             };
-            finish(d, DeliveryStatus::Failed, Some(error), decided_at);
+            finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
             stage.store.update_delivery(d, previous_due)?;
+            if ops {
+                return Ok(());
+            }
             let limit = sub.retry.disable_after_failures;
-            stage.store.update_subscription(&sub.tenant_id, &sub.id, |s| {
-                s.consecutive_failures += 1;
-                if limit > 0 && s.consecutive_failures >= limit && s.enabled {
-                    s.enabled = false;
-                    s.disabled_reason = Some(format!(
-                        "{} deliveries in a row failed (limit {limit})",
-                        s.consecutive_failures
-                    ));
-                    s.updated_at = decided_at;
-                    warn!(subscription_id = %s.id, "subscription disabled after repeated failures");
-                }
-                true
-            })?;
+            let tipped = AtomicBool::new(false);
+            let updated = stage
+                .store
+                .update_subscription(&sub.tenant_id, &sub.id, |s| {
+                    s.consecutive_failures += 1;
+                    tipped.store(false, Relaxed);
+                    if limit > 0 && s.consecutive_failures >= limit && s.enabled {
+                        s.enabled = false;
+                        s.disabled_reason = Some(format!(
+                            "{} deliveries in a row failed (limit {limit})",
+                            s.consecutive_failures
+                        ));
+                        s.updated_at = decided_at;
+                        tipped.store(true, Relaxed);
+                    }
+                    true
+                })?;
+            if let Some(s) = updated.filter(|_| tipped.load(Relaxed)) {
+                warn!(subscription_id = %s.id, "subscription disabled after repeated failures");
+                let change = notify::Change::Disabled {
+                    why: DisableReason::Failures,
+                    last_error: Some(error),
+                };
+                notify::subscription_changed(&stage.queue, &s, change, decided_at).await?;
+            }
         }
         Decision::Disable { reason } => {
             let error = result.error.unwrap_or_default();
-            finish(
-                d,
-                DeliveryStatus::Failed,
-                Some(format!("{error}; {reason}")),
-                decided_at,
-            );
+            let error = format!("{error}; {reason}");
+            finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
             stage.store.update_delivery(d, previous_due)?;
-            stage
+            if ops {
+                telemetry::attempt(AttemptOutcome::Failed, took);
+                return Ok(());
+            }
+            telemetry::attempt(AttemptOutcome::Disabled, took);
+            let was_enabled = AtomicBool::new(false);
+            let updated = stage
                 .store
                 .update_subscription(&sub.tenant_id, &sub.id, |s| {
+                    was_enabled.store(s.enabled, Relaxed);
                     s.enabled = false;
                     s.disabled_reason = Some(reason.clone());
                     s.updated_at = decided_at;
                     true
                 })?;
             warn!(subscription_id = %sub.id, %reason, "subscription disabled");
+            if let Some(s) = updated.filter(|_| was_enabled.load(Relaxed)) {
+                let change = notify::Change::Disabled {
+                    why: DisableReason::Gone,
+                    last_error: Some(error),
+                };
+                notify::subscription_changed(&stage.queue, &s, change, decided_at).await?;
+            }
         }
     }
     Ok(())

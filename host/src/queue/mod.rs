@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, from_millis, millis};
 use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
+use crate::telemetry;
 use crate::util::{failpoint, failpoint_active};
 pub use fair::{Caps, Lease};
 
@@ -169,13 +170,17 @@ impl Queue {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
         self.inner.store.durable().await?;
-        self.publish(
+        let new = || {
             batch
                 .iter()
                 .zip(&outcomes)
                 .filter(|(_, o)| matches!(o, Accepted::New))
-                .flat_map(|(n, _)| &n.deliveries),
-        );
+                .map(|(n, _)| n)
+        };
+        let accepted = new().filter(|n| !n.replay).count();
+        telemetry::events(accepted, outcomes.len() - new().count());
+        counted(new().flat_map(|n| &n.deliveries));
+        self.publish(new().flat_map(|n| &n.deliveries));
         // A re-sent event whose first request failed after its write (the
         // commit did not go through, yet the write later reached the disk):
         // its pending deliveries are made visible now, under their ids.
@@ -210,6 +215,7 @@ impl Queue {
         failpoint("flush-after-commit");
         if committed {
             self.inner.store.durable().await?;
+            counted(deliveries);
             self.publish(deliveries);
         }
         Ok(committed)
@@ -229,7 +235,19 @@ impl Queue {
     pub async fn add_unqueued(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
         debug_assert!(deliveries.iter().all(|d| d.next_attempt_at.is_none()));
         self.inner.store.add_deliveries(deliveries)?;
-        self.inner.store.durable().await
+        self.inner.store.durable().await?;
+        counted(deliveries);
+        Ok(())
+    }
+
+    /// Stores new deliveries for the workers (an operational notification):
+    /// visible once on disk.
+    pub async fn add(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        self.inner.store.add_deliveries(deliveries)?;
+        self.inner.store.durable().await?;
+        counted(deliveries);
+        self.publish(deliveries);
+        Ok(())
     }
 
     /// A delivery attempted outside a lease that must be retried later.
@@ -291,5 +309,12 @@ impl Queue {
     pub fn depth(&self) -> (u64, u32) {
         let s = self.lock();
         (s.scheduler.queued(), s.scheduler.in_flight())
+    }
+}
+
+/// Counts newly stored deliveries by their first status.
+fn counted<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) {
+    for d in deliveries {
+        telemetry::delivery_created(d.status.as_str());
     }
 }

@@ -85,14 +85,18 @@ impl Admission {
             retry_after_secs: inner.wait.as_secs().max(1),
         };
         let deadline = tokio::time::Instant::now() + inner.wait;
+        let refused = |_| {
+            crate::telemetry::plugin_busy();
+            busy.clone()
+        };
         let tenant = tokio::time::timeout_at(deadline, tenant.acquire_owned())
             .await
-            .map_err(|_| busy.clone())?
+            .map_err(refused)?
             .map_err(|_| busy.clone())?;
         let pool = tokio::time::timeout_at(deadline, inner.pool.clone().acquire_owned())
             .await
-            .map_err(|_| busy.clone())?
-            .map_err(|_| busy)?;
+            .map_err(refused)?
+            .map_err(|_| busy.clone())?;
         Ok(Permit {
             _tenant: tenant,
             _pool: pool,

@@ -458,10 +458,12 @@ impl Runtime {
             log.retain(|l| !l.message.contains("panicked at"));
         }
         drop(store);
+        let elapsed = started.elapsed();
+        crate::telemetry::plugin_call(&result, elapsed);
         CallReport {
             result,
             log,
-            elapsed: started.elapsed(),
+            elapsed,
         }
     }
 

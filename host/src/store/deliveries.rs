@@ -10,7 +10,7 @@ impl Store {
             .transaction(|(deliveries, tenant_deliveries, outbox)| {
                 for d in new {
                     put_delivery_tx(deliveries, outbox, d, None)?;
-                    tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+                    index_tx(tenant_deliveries, d)?;
                 }
                 Ok(())
             })
@@ -44,10 +44,30 @@ impl Store {
         tenant_id: &str,
         before: Option<&str>,
     ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        let prefix = tenant_prefix(tenant_id);
+        self.delivery_ids(tenant_id, before)
+    }
+
+    /// One subscription's deliveries, newest first, from `before`
+    /// (exclusive): its own index, so a page costs the same whatever the
+    /// rest of the tenant's history holds.
+    pub fn subscription_delivery_ids(
+        &self,
+        subscription_id: &str,
+        before: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        self.delivery_ids(subscription_id, before)
+    }
+
+    /// Ids under `owner \0` in the delivery index, newest first.
+    fn delivery_ids(
+        &self,
+        owner: &str,
+        before: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        let prefix = tenant_prefix(owner);
         let start = prefix.clone();
         let end = match before {
-            Some(id) => scoped(tenant_id, id),
+            Some(id) => scoped(owner, id),
             None => {
                 let mut end = prefix.clone();
                 end.push(0xff);
@@ -71,6 +91,16 @@ impl Store {
             Ok(DueEntry { key, value })
         })
     }
+}
+
+/// Adds a new delivery to the delivery index: under its tenant and under
+/// its subscription. Tenant ids (`ten_…`) and subscription ids (`sub_…`,
+/// `ops_…`) never share a prefix, so the two families share one tree (and
+/// one transaction participant) without mixing in a scan.
+pub(super) fn index_tx(index: &TransactionalTree, d: &Delivery) -> TxResult<()> {
+    index.insert(scoped(&d.tenant_id, &d.id), &[])?;
+    index.insert(scoped(&d.subscription_id, &d.id), &[])?;
+    Ok(())
 }
 
 /// Writes a delivery and keeps the outbox in step: the old entry (if any) is

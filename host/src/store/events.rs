@@ -68,6 +68,8 @@ impl Store {
             if d.status.is_final() {
                 self.deliveries.remove(&k)?;
                 self.tenant_deliveries.remove(scoped(&d.tenant_id, &d.id))?;
+                self.tenant_deliveries
+                    .remove(scoped(&d.subscription_id, &d.id))?;
                 deliveries += 1;
             }
         }
@@ -143,7 +145,7 @@ fn accept_tx(
         }
         for d in &new.deliveries {
             put_delivery_tx(deliveries, outbox, d, None)?;
-            tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+            super::deliveries::index_tx(tenant_deliveries, d)?;
         }
         if let Some((held, windows)) = windows {
             for h in &new.held {

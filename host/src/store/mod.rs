@@ -17,10 +17,11 @@
 //! | `events` | tenant id `\0` event id | [`StoredEvent`] |
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
 //! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
-//! | `tenant_deliveries` | tenant id `\0` delivery id | – |
+//! | `tenant_deliveries` | tenant id `\0` delivery id, and subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
 //! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
+//! | `ops_endpoints` | tenant id | [`Subscription`]: the tenant's operational webhook (see `notify`) |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 
 mod deliveries;
@@ -201,6 +202,7 @@ pub struct Store {
     outbox: Tree,
     held: Tree,
     windows: Tree,
+    ops_endpoints: Tree,
     meta: Tree,
     commit: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     /// Each tenant's subscriptions, decoded once and shared by every ingest
@@ -242,13 +244,33 @@ impl Store {
             outbox: tree("outbox")?,
             held: tree("held")?,
             windows: tree("windows")?,
+            ops_endpoints: tree("ops_endpoints")?,
             meta: tree("meta")?,
             db,
             commit,
             routes: Arc::default(),
         };
+        store.index_subscription_deliveries()?;
         tokio::spawn(group_commit(store.db.clone(), requests));
         Ok(store)
+    }
+
+    /// A store written before deliveries were indexed by subscription gets
+    /// that index once, at its first start on this version.
+    fn index_subscription_deliveries(&self) -> Result<(), StoreError> {
+        const DONE: &[u8] = b"index/subscription_deliveries";
+        if self.meta.get(DONE)?.is_some() {
+            return Ok(());
+        }
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv?;
+            let d: Delivery = decode(&k, &v)?;
+            self.tenant_deliveries
+                .insert(scoped(&d.subscription_id, &d.id), &[])?;
+        }
+        self.meta.insert(DONE, &[])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Waits until everything written so far is on disk. Concurrent callers

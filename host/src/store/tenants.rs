@@ -37,6 +37,7 @@ impl Store {
                 tree.remove(kv?.0)?;
             }
         }
+        self.ops_endpoints.remove(id)?;
         self.routes.invalidate(id);
         for kv in self.api_keys.iter() {
             let (k, v) = kv?;

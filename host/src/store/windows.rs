@@ -119,7 +119,7 @@ impl Store {
                 }
                 for d in new {
                     put_delivery_tx(deliveries, outbox, d, None)?;
-                    tenant_deliveries.insert(scoped(&d.tenant_id, &d.id), &[])?;
+                    super::deliveries::index_tx(tenant_deliveries, d)?;
                 }
                 Ok(true)
             })

@@ -199,6 +199,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
             app.store
                 .window_failed(&sub.id, state.start, &error, now + RETRY_AFTER_FAILURE)?;
             app.store.durable().await?;
+            crate::telemetry::window_flush(false);
             result.error = Some(error);
             return Ok(result);
         }
@@ -214,6 +215,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         .await?
     {
         info!(subscription_id = %sub.id, start = %state.start, items = result.items, deliveries = ids.len(), "window flushed");
+        crate::telemetry::window_flush(true);
         result.deliveries = ids;
     }
     Ok(result)
