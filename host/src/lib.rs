@@ -47,5 +47,6 @@ pub mod sign;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
+pub mod ui;
 pub mod util;
 pub mod window;

@@ -10,6 +10,7 @@ mod e2e;
 mod golden;
 mod harness;
 mod isolation;
+mod observability;
 mod sandbox;
 mod support;
 mod windows;

@@ -46,6 +46,8 @@ pub struct DeliverySummary {
     pub status: String,
     pub attempts: usize,
     pub last_http_status: Option<u16>,
+    /// How long the last attempt took.
+    pub last_duration_ms: Option<u64>,
     pub last_error: Option<String>,
     pub next_attempt_at: Option<Timestamp>,
     pub created_at: Timestamp,
@@ -62,6 +64,7 @@ impl From<&Delivery> for DeliverySummary {
             status: d.status.as_str().into(),
             attempts: d.attempts.len(),
             last_http_status: d.attempts.last().and_then(|a| a.status),
+            last_duration_ms: d.attempts.last().map(|a| a.duration_ms),
             last_error: d.last_error.clone(),
             next_attempt_at: d.next_attempt_at,
             created_at: d.created_at,

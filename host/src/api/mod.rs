@@ -61,6 +61,7 @@ pub fn router(state: ApiState) -> Router {
         // Counted per route template, so only matched routes (the fallback
         // counts the rest as `other`).
         .route_layer(axum::middleware::from_fn(track_request))
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(catch_panics())
         // A 5xx is logged where it happens (internal errors, storage faults);

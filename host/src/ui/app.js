@@ -1,0 +1,642 @@
+// wasmhook dashboard. Plain JavaScript, no build step, no dependencies.
+//
+// Every action is a call to the REST API with the signed-in key as a bearer
+// token: the page can do nothing the API forbids. The key lives in this
+// tab's sessionStorage only (never a cookie, never a URL, gone with the tab).
+// Every string that came from a tenant is put in the page as text
+// (textContent), never as HTML, so a description like <script> shows as
+// written. The page is served with a CSP that forbids inline scripts.
+"use strict";
+
+const KEY = "wasmhook.key";
+const ROLE = "wasmhook.role";
+const POLL_MS = 3000;
+
+let pollTimer = null;
+
+// ---------- the API ----------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body, raw) {
+  const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY) };
+  let payload;
+  if (raw !== undefined) {
+    payload = raw;
+    headers["Content-Type"] = "application/wasm";
+  } else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    headers["Content-Type"] = "application/json";
+  }
+  const res = await fetch(path, { method, headers, body: payload, credentials: "omit", cache: "no-store" });
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : { code: "http_" + res.status, message: text || res.statusText };
+    if (res.status === 401 && sessionStorage.getItem(KEY)) {
+      signOut("Your key was refused (revoked or wrong). Sign in again.");
+    }
+    throw new ApiError(res.status, err.code, err.message);
+  }
+  return data;
+}
+
+// ---------- DOM helpers (text only, never HTML) ----------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+let uid = 0;
+function field(labelText, input, hint) {
+  const id = input.id || "f" + ++uid;
+  input.id = id;
+  return h("div", {}, h("label", { for: id }, labelText), input, hint ? h("p", { class: "hint" }, hint) : null);
+}
+
+function statusBadge(s) {
+  return h("span", { class: "status status-" + s }, s);
+}
+
+function when(ts) {
+  if (!ts) return "";
+  const d = new Date(ts);
+  return isNaN(d) ? String(ts) : d.toLocaleString();
+}
+
+function pretty(text) {
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch (_) { return text; }
+}
+
+function main() { return document.getElementById("main"); }
+
+function render(title, ...content) {
+  const m = main();
+  m.replaceChildren(h("h1", {}, title), ...content);
+  document.title = title + " · wasmhook";
+}
+
+function showError(container, e) {
+  const msg = e instanceof ApiError ? `${e.message} (${e.code}, HTTP ${e.status})` : String(e.message || e);
+  const p = h("p", { class: "error", role: "alert" }, msg);
+  container.prepend(p);
+  return p;
+}
+
+function notice(container, text) {
+  const p = h("p", { class: "notice", role: "status" }, text);
+  container.prepend(p);
+  return p;
+}
+
+// A button that runs an async action, disabled while it runs; errors are shown above it.
+function action(label, run, cls) {
+  const b = h("button", { type: "button", class: cls || "" }, label);
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await run(b); } catch (e) { showError(main(), e); } finally { b.disabled = false; }
+  });
+  return b;
+}
+
+function link(href, text) { return h("a", { href }, text); }
+
+function rowLink(href, cells) {
+  const tr = h("tr", { class: "clickable", tabindex: "0", dataset: { href } }, cells);
+  tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A" && ev.target.tagName !== "BUTTON") location.hash = href; });
+  tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") location.hash = href; });
+  return tr;
+}
+
+// ---------- sign in / out ----------
+
+async function signIn(key) {
+  sessionStorage.setItem(KEY, key);
+  try {
+    await api("GET", "/v1/subscriptions");
+    sessionStorage.setItem(ROLE, "tenant");
+    return "tenant";
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 401) { sessionStorage.removeItem(KEY); throw e; }
+  }
+  try {
+    await api("GET", "/v1/tenants");
+    sessionStorage.setItem(ROLE, "operator");
+    return "operator";
+  } catch (e) {
+    sessionStorage.removeItem(KEY);
+    throw new ApiError(401, "unauthorized", "That key is neither a tenant's API key nor the operator token.");
+  }
+}
+
+function signOut(why) {
+  sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(ROLE);
+  location.hash = "#/";
+  route(why);
+}
+
+function signInPage(why) {
+  const input = h("input", { type: "password", name: "key", autocomplete: "current-password", required: true });
+  const form = h("form", { class: "card", id: "signin" },
+    field("API key or operator token", input, "A tenant's API key (whk_…) opens its endpoints; the operator token opens the tenants. It stays in this tab only."),
+    h("button", { type: "submit" }, "Sign in"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const key = input.value.trim();
+    input.value = "";
+    try {
+      const role = await signIn(key);
+      location.hash = role === "operator" ? "#/tenants" : "#/endpoints";
+      route();
+    } catch (e) { showError(form, e); }
+  });
+  render("Sign in", form);
+  if (why) notice(main(), why);
+  input.focus();
+}
+
+// ---------- navigation ----------
+
+const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
+const OPERATOR_NAV = [["#/tenants", "Tenants"]];
+
+function renderNav(role) {
+  const nav = document.getElementById("nav");
+  if (!role) { nav.replaceChildren(); return; }
+  const items = role === "operator" ? OPERATOR_NAV : TENANT_NAV;
+  const here = location.hash.split("?")[0];
+  nav.replaceChildren(
+    ...items.map(([href, text]) => h("a", { href, "aria-current": here.startsWith(href) ? "page" : null }, text)),
+    h("button", { type: "button", onclick: () => signOut("Signed out.") }, "Sign out"));
+}
+
+// Disabled endpoints, on every tenant page: the owner sees it at once.
+async function refreshBanner() {
+  const banner = document.getElementById("banner");
+  if (sessionStorage.getItem(ROLE) !== "tenant") { banner.replaceChildren(); return; }
+  try {
+    const subs = await api("GET", "/v1/subscriptions");
+    banner.replaceChildren(...subs.filter((s) => !s.enabled).map((s) =>
+      h("p", {}, "Endpoint ", link("#/endpoints/" + s.id, s.url), " is disabled: ", s.disabled_reason || "by an operator", ".")));
+  } catch (_) { /* the page shows its own error */ }
+}
+
+function parseHash() {
+  const [path, query] = location.hash.replace(/^#/, "").split("?");
+  return { parts: path.split("/").filter(Boolean), params: new URLSearchParams(query || "") };
+}
+
+async function route(why) {
+  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  const role = sessionStorage.getItem(KEY) ? sessionStorage.getItem(ROLE) : null;
+  renderNav(role);
+  if (!role) { document.getElementById("banner").replaceChildren(); return signInPage(why); }
+  const { parts, params } = parseHash();
+  refreshBanner();
+  try {
+    if (role === "operator") return await tenantsPage();
+    switch (parts[0]) {
+      case "endpoints":
+        if (parts[1] === "new") return await endpointForm(null);
+        if (parts[1] && parts[2] === "edit") return await endpointForm(parts[1]);
+        if (parts[1]) return await endpointPage(parts[1], params);
+        return await endpointsPage();
+      case "deliveries":
+        if (parts[1]) return await deliveryPage(parts[1]);
+        return await deliveriesPage(params);
+      case "plugins": return await pluginsPage();
+      case "windows": return await windowsPage();
+      case "ops": return await opsPage();
+      default:
+        location.replace("#/endpoints");
+        return await endpointsPage();
+    }
+  } catch (e) {
+    render("Something went wrong");
+    showError(main(), e);
+  }
+}
+
+// ---------- endpoints ----------
+
+async function endpointsPage() {
+  const subs = await api("GET", "/v1/subscriptions");
+  const rows = subs.map((s) => rowLink("#/endpoints/" + s.id, [
+    h("td", {}, link("#/endpoints/" + s.id, s.url), s.description ? h("div", { class: "muted" }, s.description) : null),
+    h("td", {}, s.event_types.join(", ")),
+    h("td", { class: "hide-narrow" }, s.plugin ? s.plugin.id : "—"),
+    h("td", {}, statusBadge(s.enabled ? "enabled" : "disabled"), s.enabled ? null : h("div", { class: "muted" }, s.disabled_reason || "")),
+    h("td", {}, String(s.consecutive_failures)),
+    h("td", { class: "hide-narrow" }, String(s.queued_deliveries)),
+  ]));
+  render("Endpoints",
+    h("div", { class: "actions" }, h("a", { class: "button", href: "#/endpoints/new" }, "Add endpoint")),
+    subs.length === 0 ? h("p", { class: "muted" }, "No endpoints yet.") :
+      h("div", { class: "table-wrap" }, h("table", { id: "endpoints" },
+        h("thead", {}, h("tr", {}, ["URL", "Events", "Plugin", "State", "Failure streak", "Queued"].map((t, i) => h("th", { scope: "col", class: i === 2 || i === 5 ? "hide-narrow" : null }, t)))),
+        h("tbody", {}, rows))));
+}
+
+async function pluginChoices() {
+  const plugins = await api("GET", "/v1/plugins");
+  return plugins.map((p) => ({ id: p.id, label: p.builtin ? `${p.name} (bundled)` : `${p.name} ${p.version}` }));
+}
+
+async function endpointForm(id) {
+  const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
+  const plugins = await pluginChoices();
+  const url = h("input", { type: "url", name: "url", required: true, value: sub ? sub.url : "", placeholder: "https://example.com/webhook" });
+  const all = sub ? sub.event_types.includes("*") : true;
+  const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
+  const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
+  const syncTypes = () => { types.disabled = allEvents.checked; };
+  allEvents.addEventListener("change", syncTypes);
+  syncTypes();
+  const plugin = h("select", { name: "plugin" }, h("option", { value: "" }, "None (send the event as is)"),
+    plugins.map((p) => h("option", { value: p.id, selected: sub && sub.plugin && sub.plugin.id === p.id }, p.label)));
+  const config = h("textarea", { name: "plugin_config", rows: "4" }, sub && sub.plugin ? JSON.stringify(sub.plugin.config, null, 2) : "{}");
+  const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex"].map((s) =>
+    h("option", { value: s, selected: sub && sub.signature.scheme === s }, s)));
+  const preset = h("select", { name: "retry" }, ["standard", "onwebchat", "convosphere", "helloclient"].map((p) =>
+    h("option", { value: p, selected: sub && sub.retry.preset === p }, p)));
+  const every = h("input", { type: "text", name: "window_every", value: sub && sub.window ? sub.window.every : "", placeholder: "1d, 1h, 15m (empty: no window)" });
+  const at = h("input", { type: "text", name: "window_at", value: sub && sub.window ? sub.window.at : "", placeholder: "00:00" });
+  const tz = h("input", { type: "text", name: "window_timezone", value: sub && sub.window ? sub.window.timezone : "", placeholder: "UTC" });
+  const description = h("input", { type: "text", name: "description", value: sub && sub.description ? sub.description : "" });
+  const form = h("form", { class: "card", id: "endpoint-form" },
+    field("URL", url),
+    h("fieldset", {}, h("legend", {}, "Events"),
+      h("label", { class: "inline" }, allEvents, "All events"),
+      field("Event types", types, "Comma-separated: exact types, prefix.* patterns.")),
+    field("Plugin", plugin),
+    field("Plugin config (JSON)", config),
+    field("Signature scheme", scheme),
+    field("Retry preset", preset),
+    h("fieldset", {}, h("legend", {}, "Window (optional)"), field("Every", every), field("Closes at", at), field("Time zone", tz)),
+    field("Description", description),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
+      h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    form.querySelectorAll(".error").forEach((e) => e.remove());
+    try {
+      const input = {
+        url: url.value.trim(),
+        event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
+        description: description.value,
+        retry: { preset: preset.value },
+      };
+      if (!sub || sub.signature.scheme !== scheme.value) input.signature = { scheme: scheme.value };
+      if (plugin.value) {
+        let cfg;
+        try { cfg = JSON.parse(config.value || "{}"); } catch (e) { throw new Error("Plugin config is not JSON: " + e.message); }
+        input.plugin = { id: plugin.value, config: cfg };
+      } else if (sub) input.plugin = null;
+      if (every.value.trim()) {
+        input.window = { every: every.value.trim() };
+        if (at.value.trim()) input.window.at = at.value.trim();
+        if (tz.value.trim()) input.window.timezone = tz.value.trim();
+      } else if (sub) input.window = null;
+      const saved = sub
+        ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
+        : await api("POST", "/v1/subscriptions", input);
+      location.hash = "#/endpoints/" + saved.id;
+    } catch (e) { showError(form, e); }
+  });
+  render(sub ? "Edit endpoint" : "Add endpoint", form);
+  url.focus();
+}
+
+async function endpointPage(id, params) {
+  const sub = await api("GET", "/v1/subscriptions/" + encodeURIComponent(id));
+  const path = "/v1/subscriptions/" + encodeURIComponent(id);
+  const secretBox = h("p", { id: "secret" });
+  const since = h("input", { type: "datetime-local", name: "since" });
+  const details = h("section", { class: "card" },
+    h("dl", { class: "kv" },
+      h("dt", {}, "URL"), h("dd", {}, sub.url),
+      h("dt", {}, "Description"), h("dd", {}, sub.description || "—"),
+      h("dt", {}, "State"), h("dd", {}, statusBadge(sub.enabled ? "enabled" : "disabled"), " ", sub.disabled_reason || ""),
+      h("dt", {}, "Events"), h("dd", {}, sub.event_types.join(", ")),
+      h("dt", {}, "Plugin"), h("dd", {}, sub.plugin ? `${sub.plugin.id} ${JSON.stringify(sub.plugin.config)}` : "—"),
+      h("dt", {}, "Signature"), h("dd", {}, sub.signature.scheme),
+      h("dt", {}, "Retries"), h("dd", {}, `${sub.retry.preset || "custom"}: ${sub.retry.schedule_secs.length} retries`),
+      h("dt", {}, "Window"), h("dd", {}, sub.window ? `every ${sub.window.every} at ${sub.window.at} ${sub.window.timezone}` : "—"),
+      h("dt", {}, "Failure streak"), h("dd", {}, String(sub.consecutive_failures)),
+      h("dt", {}, "Queued"), h("dd", {}, String(sub.queued_deliveries)),
+      h("dt", {}, "Created"), h("dd", {}, when(sub.created_at))),
+    secretBox,
+    h("div", { class: "actions" },
+      h("a", { class: "button secondary", href: "#/endpoints/" + id + "/edit" }, "Edit"),
+      sub.enabled
+        ? action("Disable", async () => { await api("POST", path + "/disable"); route(); }, "secondary")
+        : action("Enable", async () => { await api("POST", path + "/enable"); route(); }, "secondary"),
+      action("Reveal secret", async () => {
+        const s = await api("GET", path + "/secret");
+        secretBox.replaceChildren("Signing secret: ", h("span", { class: "secret" }, s.secret));
+      }, "secondary"),
+      action("Rotate secret", async () => {
+        if (!confirm("Rotate the signing secret? The old one keeps signing for the grace period.")) return;
+        const s = await api("POST", path + "/rotate-secret");
+        secretBox.replaceChildren("New signing secret: ", h("span", { class: "secret" }, s.secret));
+      }, "secondary"),
+      action("Send test event", async () => {
+        const r = await api("POST", path + "/test");
+        const d = r.deliveries[0];
+        const last = d && d.attempts.length ? d.attempts[d.attempts.length - 1] : null;
+        notice(main(), d ? `Test delivery ${d.id}: ${d.status}${last && last.status ? ", HTTP " + last.status : ""}${d.last_error ? " — " + d.last_error : ""}` : "The plugin sent nothing.");
+        deliveries.refresh();
+      }, "secondary"),
+      action("Delete", async () => {
+        if (!confirm("Delete this endpoint? Its pending deliveries fail.")) return;
+        await api("DELETE", path);
+        location.hash = "#/endpoints";
+      }, "danger")),
+    h("form", { class: "filters", id: "replay-form" }, field("Replay events since", since),
+      action("Replay", async () => {
+        if (!since.value) throw new Error("Pick a time to replay from.");
+        const r = await api("POST", path + "/replay", { since: new Date(since.value).toISOString() });
+        notice(main(), `Replayed ${r.events} events into ${r.deliveries} deliveries.`);
+        deliveries.refresh();
+      }, "secondary")));
+  const deliveries = deliveriesTable({ subscription_id: id }, params);
+  render("Endpoint", details, h("h2", {}, "Recent deliveries"), deliveries.element);
+  deliveries.refresh();
+  pollTimer = setInterval(() => deliveries.refresh(true), POLL_MS);
+}
+
+// ---------- deliveries ----------
+
+// A live, filtered, paged table of deliveries; `fixed` are filters that
+// always apply (the endpoint), `params` the ones from the address.
+function deliveriesTable(fixed, params) {
+  const status = h("select", { name: "status" }, ["", "pending", "succeeded", "failed", "filtered", "held"].map((s) =>
+    h("option", { value: s, selected: params.get("status") === s }, s || "any")));
+  const type = h("input", { type: "text", name: "event_type", value: params.get("event_type") || "", placeholder: "message.created" });
+  const body = h("tbody", {});
+  const info = h("span", { class: "muted" });
+  const cursors = [null];
+  let page = 0;
+  let next = null;
+  const newer = h("button", { type: "button", class: "secondary", disabled: true }, "Newer");
+  const older = h("button", { type: "button", class: "secondary", disabled: true }, "Older");
+  const element = h("section", { id: "deliveries" },
+    h("form", { class: "filters", role: "search" }, field("Status", status), field("Event type", type),
+      h("button", { type: "submit" }, "Filter")),
+    h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, ["Event type", "Status", "HTTP", "Attempts", "ms", "Created", "Error"].map((t) => h("th", { scope: "col" }, t)))),
+      body)),
+    h("div", { class: "pager" }, newer, older, info));
+  const load = async (quiet) => {
+    const q = new URLSearchParams({ limit: "25" });
+    for (const [k, v] of Object.entries(fixed)) q.set(k, v);
+    if (status.value) q.set("status", status.value);
+    if (type.value.trim()) q.set("event_type", type.value.trim());
+    if (cursors[page]) q.set("cursor", cursors[page]);
+    let data;
+    try { data = await api("GET", "/v1/deliveries?" + q); } catch (e) { if (!quiet) showError(element, e); return; }
+    next = data.next_cursor;
+    body.replaceChildren(...data.items.map((d) => rowLink("#/deliveries/" + d.id, [
+      h("td", {}, link("#/deliveries/" + d.id, d.event_type)),
+      h("td", {}, statusBadge(d.status)),
+      h("td", {}, d.last_http_status ? String(d.last_http_status) : "—"),
+      h("td", {}, String(d.attempts)),
+      h("td", {}, d.last_duration_ms !== null && d.last_duration_ms !== undefined ? String(d.last_duration_ms) : "—"),
+      h("td", {}, when(d.created_at)),
+      h("td", {}, d.last_error || ""),
+    ])));
+    if (data.items.length === 0) body.replaceChildren(h("tr", {}, h("td", { colspan: "7", class: "muted" }, "No deliveries.")));
+    newer.disabled = page === 0;
+    older.disabled = !next;
+    info.textContent = `Page ${page + 1}` + (page === 0 ? " · live" : "");
+  };
+  element.querySelector("form").addEventListener("submit", (ev) => { ev.preventDefault(); cursors.length = 1; page = 0; load(); });
+  newer.addEventListener("click", () => { if (page > 0) { page--; load(); } });
+  older.addEventListener("click", () => { if (next) { cursors[page + 1] = next; page++; load(); } });
+  // Live: only the first page refreshes by itself, so paging stays put.
+  return { element, refresh: (quiet) => (quiet && page !== 0 ? null : load(quiet)) };
+}
+
+async function deliveriesPage(params) {
+  const table = deliveriesTable({}, params);
+  render("Deliveries", table.element);
+  await table.refresh();
+  pollTimer = setInterval(() => table.refresh(true), POLL_MS);
+}
+
+const SECRET_HEADER = /signature|authorization|secret|token|key/i;
+
+async function deliveryPage(id) {
+  const d = await api("GET", "/v1/deliveries/" + encodeURIComponent(id));
+  const sections = [];
+  sections.push(h("section", { class: "card" }, h("dl", { class: "kv" },
+    h("dt", {}, "Delivery id"), h("dd", {}, d.id),
+    h("dt", {}, "Event"), h("dd", {}, `${d.event_type} (${d.event_id})`),
+    h("dt", {}, "Endpoint"), h("dd", {}, d.subscription_id.startsWith("ops_") ? "ops endpoint" : link("#/endpoints/" + d.subscription_id, d.subscription_id)),
+    h("dt", {}, "Status"), h("dd", { id: "delivery-status" }, statusBadge(d.status)),
+    h("dt", {}, "HTTP"), h("dd", {}, d.last_http_status ? String(d.last_http_status) : "—"),
+    h("dt", {}, "Attempts"), h("dd", {}, String(d.attempts)),
+    h("dt", {}, "Next attempt"), h("dd", {}, d.next_attempt_at ? when(d.next_attempt_at) : "—"),
+    h("dt", {}, "Error"), h("dd", {}, d.last_error || "—"),
+    h("dt", {}, "Created"), h("dd", {}, when(d.created_at))),
+    h("div", { class: "actions" },
+      action("Retry", async () => {
+        await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/retry");
+        notice(main(), "Queued again under the same delivery id.");
+        setTimeout(() => route(), 1500);
+      }),
+      d.subscription_id.startsWith("ops_") ? null : h("a", { class: "button secondary", href: "#/endpoints/" + d.subscription_id }, "Replay from the endpoint"))));
+  if (d.request) {
+    const headers = d.request.headers.map((x) => [x.name, SECRET_HEADER.test(x.name) ? "••••••" : x.value]);
+    headers.unshift(["content-type", d.request.content_type]);
+    sections.push(h("h2", {}, "Request"),
+      h("p", { class: "hint" }, "Signature headers are computed for each attempt and not shown; headers that look like credentials are masked."),
+      h("div", { class: "table-wrap" }, h("table", { id: "request-headers" }, h("tbody", {}, headers.map(([n, v]) => h("tr", {}, h("th", { scope: "row" }, n), h("td", {}, v)))))),
+      h("pre", { id: "request-body" }, pretty(d.request.body)));
+  }
+  sections.push(h("h2", {}, "Attempts"), d.attempt_log.length === 0 ? h("p", { class: "muted" }, "No attempts yet.") :
+    h("div", { class: "table-wrap" }, h("table", { id: "attempts" },
+      h("thead", {}, h("tr", {}, ["At", "HTTP", "ms", "Error", "Response"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, d.attempt_log.map((a) => h("tr", {},
+        h("td", {}, when(a.at)), h("td", {}, a.status ? String(a.status) : "—"), h("td", {}, String(a.duration_ms)),
+        h("td", {}, a.error || ""), h("td", {}, a.response_body ? h("pre", {}, a.response_body) : "")))))));
+  render("Delivery", ...sections);
+  if (d.status === "pending") pollTimer = setInterval(() => route(), POLL_MS);
+}
+
+// ---------- plugins ----------
+
+async function pluginsPage() {
+  const plugins = await api("GET", "/v1/plugins");
+  const name = h("input", { type: "text", name: "name", required: true, placeholder: "my-plugin" });
+  const version = h("input", { type: "text", name: "version", placeholder: "1" });
+  const file = h("input", { type: "file", name: "wasm", accept: ".wasm,application/wasm", required: true });
+  const upload = h("form", { class: "card", id: "upload-form" }, h("h2", {}, "Upload a plugin"),
+    field("Name", name), field("Version", version), field("Component (.wasm)", file),
+    h("button", { type: "submit" }, "Upload"));
+  upload.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      if (!file.files[0]) throw new Error("Choose a .wasm file.");
+      const q = new URLSearchParams({ name: name.value.trim() });
+      if (version.value.trim()) q.set("version", version.value.trim());
+      await api("POST", "/v1/plugins?" + q, undefined, await file.files[0].arrayBuffer());
+      route();
+    } catch (e) { showError(upload, e); }
+  });
+  const which = h("select", { name: "plugin" }, plugins.map((p) => h("option", { value: p.id }, p.builtin ? `${p.name} (bundled)` : `${p.name} ${p.version}`)));
+  const sample = { type: "message.created", source: "dashboard", data: { conversation_id: "c-1", author: "visitor", content: "Hello" } };
+  const event = h("textarea", { name: "event", rows: "10" }, JSON.stringify(sample, null, 2));
+  const config = h("textarea", { name: "config", rows: "3" }, "{}");
+  const recent = h("select", { name: "recent" }, h("option", { value: "" }, "— pick a recent event —"));
+  try {
+    const page = await api("GET", "/v1/deliveries?limit=25");
+    const seen = new Set();
+    for (const d of page.items) {
+      if (seen.has(d.event_id) || d.subscription_id.startsWith("ops_")) continue;
+      seen.add(d.event_id);
+      recent.append(h("option", { value: d.event_id }, `${d.event_type} · ${when(d.created_at)}`));
+    }
+  } catch (_) { /* no recent events to offer */ }
+  recent.addEventListener("change", async () => {
+    if (!recent.value) return;
+    try {
+      const e = await api("GET", "/v1/events/" + encodeURIComponent(recent.value));
+      event.value = JSON.stringify({ id: e.id, type: e.type, occurred_at: e.occurred_at, source: e.source, data: e.data }, null, 2);
+    } catch (e) { showError(dry, e); }
+  });
+  const result = h("div", { id: "dry-run-result" });
+  const dry = h("form", { class: "card", id: "dry-run-form" }, h("h2", {}, "Dry run"),
+    field("Plugin", which), field("Use a recent event", recent), field("Event (JSON)", event), field("Config (JSON)", config),
+    h("button", { type: "submit" }, "Run"), result);
+  dry.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    result.replaceChildren();
+    try {
+      let e, c;
+      try { e = JSON.parse(event.value); } catch (x) { throw new Error("Event is not JSON: " + x.message); }
+      try { c = JSON.parse(config.value || "{}"); } catch (x) { throw new Error("Config is not JSON: " + x.message); }
+      const r = await api("POST", "/v1/plugins/" + encodeURIComponent(which.value) + "/dry-run", { event: e, config: c });
+      result.append(
+        h("p", {}, r.error ? h("span", { class: "error" }, r.error) : "Action:", ` (${(r.elapsed_us / 1000).toFixed(2)} ms)`),
+        r.action ? h("pre", {}, JSON.stringify(r.action, null, 2)) : null,
+        h("h3", {}, "Log"), r.log.length ? h("pre", {}, r.log.map((l) => `${l.level}: ${l.message}`).join("\n")) : h("p", { class: "muted" }, "Nothing logged."));
+    } catch (x) { showError(dry, x); }
+  });
+  render("Plugins",
+    h("div", { class: "table-wrap" }, h("table", { id: "plugins" },
+      h("thead", {}, h("tr", {}, ["Name", "Version", "Id", "Size", "Added", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, plugins.map((p) => h("tr", {},
+        h("td", {}, p.name, p.description ? h("div", { class: "muted" }, p.description) : null),
+        h("td", {}, p.version), h("td", {}, p.id), h("td", {}, `${Math.round(p.size / 1024)} KiB`),
+        h("td", {}, p.builtin ? "bundled" : when(p.created_at)),
+        h("td", {}, p.builtin ? null : action("Delete", async () => {
+          if (!confirm(`Delete plugin ${p.name}?`)) return;
+          await api("DELETE", "/v1/plugins/" + encodeURIComponent(p.id));
+          route();
+        }, "danger"))))))),
+    upload, dry);
+}
+
+// ---------- windows ----------
+
+async function windowsPage() {
+  const subs = (await api("GET", "/v1/subscriptions")).filter((s) => s.window);
+  const cards = [];
+  for (const s of subs) {
+    const path = "/v1/subscriptions/" + encodeURIComponent(s.id);
+    const view = await api("GET", path + "/window");
+    cards.push(h("section", { class: "card" },
+      h("h2", {}, link("#/endpoints/" + s.id, s.url)),
+      h("p", { class: "muted" }, `every ${s.window.every}, closes at ${s.window.at} ${s.window.timezone}`),
+      view.windows.length === 0 ? h("p", {}, "Nothing held.") :
+        h("div", { class: "table-wrap" }, h("table", {},
+          h("thead", {}, h("tr", {}, ["Window", "Closes", "Items", "Groups", "Last error"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, view.windows.map((w) => h("tr", {},
+            h("td", {}, `${when(w.start)} – ${when(w.end)}`), h("td", {}, when(w.close_at)), h("td", {}, String(w.items)),
+            h("td", {}, Object.entries(w.groups).map(([g, n]) => h("div", {}, `${g}: ${n}`))),
+            h("td", {}, w.last_error || "")))))),
+      action("Flush now", async () => {
+        const r = await api("POST", path + "/flush");
+        notice(main(), `Flushed ${r.windows.length} window(s).`);
+        setTimeout(() => route(), 1000);
+      })));
+  }
+  render("Windows", subs.length ? cards : h("p", { class: "muted" }, "No endpoint collects a window."));
+}
+
+// ---------- ops alerts ----------
+
+async function opsPage() {
+  let current = null;
+  try { current = await api("GET", "/v1/ops-endpoint"); } catch (e) { if (!(e instanceof ApiError) || e.status !== 404) throw e; }
+  const url = h("input", { type: "url", name: "ops_url", required: true, value: current ? current.url : "", placeholder: "https://example.com/wasmhook-alerts" });
+  const secretBox = h("p", {});
+  const form = h("form", { class: "card", id: "ops-form" },
+    h("p", {}, "When one of your endpoints is disabled (it answered 410, or too many deliveries in a row failed) or enabled again, wasmhook POSTs a signed subscription.disabled / subscription.enabled event here."),
+    field("Alert URL", url), h("button", { type: "submit" }, current ? "Save" : "Set"), secretBox,
+    current ? h("div", { class: "actions" },
+      action("Reveal secret", async () => {
+        const s = await api("GET", "/v1/ops-endpoint/secret");
+        secretBox.replaceChildren("Signing secret: ", h("span", { class: "secret" }, s.secret));
+      }, "secondary"),
+      action("Remove", async () => { await api("DELETE", "/v1/ops-endpoint"); route(); }, "danger")) : null);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await api("PUT", "/v1/ops-endpoint", { url: url.value.trim() });
+      render("Alerts");
+      notice(main(), "Saved. Signing secret (Standard Webhooks): " + r.secret);
+    } catch (e) { showError(form, e); }
+  });
+  render("Alerts", form);
+}
+
+// ---------- operator ----------
+
+async function tenantsPage() {
+  const tenants = await api("GET", "/v1/tenants");
+  const name = h("input", { type: "text", name: "tenant_name", required: true });
+  const created = h("div", { id: "new-tenant" });
+  const form = h("form", { class: "card", id: "tenant-form" }, h("h2", {}, "Create a tenant"), field("Name", name),
+    h("button", { type: "submit" }, "Create"), created);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const t = await api("POST", "/v1/tenants", { name: name.value });
+      await tenantsPage();
+      notice(main(), "");
+      main().querySelector(".notice").replaceChildren(`Tenant ${t.name} (${t.id}) created. Its API key, shown this once: `, h("span", { class: "secret", id: "new-key" }, t.api_key));
+    } catch (e) { showError(form, e); }
+  });
+  render("Tenants",
+    h("div", { class: "table-wrap" }, h("table", { id: "tenants" },
+      h("thead", {}, h("tr", {}, ["Name", "Id", "Endpoints", "Plugins", "Keys", "Pending", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, tenants.map((t) => h("tr", {},
+        h("td", {}, t.name), h("td", {}, t.id), h("td", {}, String(t.subscriptions)), h("td", {}, String(t.plugins)),
+        h("td", {}, String(t.api_keys)), h("td", {}, String(t.pending_deliveries)), h("td", {}, when(t.created_at))))))),
+    form);
+}
+
+window.addEventListener("hashchange", () => route());
+document.addEventListener("DOMContentLoaded", () => route());

@@ -1,0 +1,387 @@
+//! What operators and owners see, through the real binary: Prometheus
+//! metrics (on the main address to the operator, and on a separate address
+//! without auth), the operational webhook told when a subscription is
+//! disabled or enabled, and the per-subscription delivery index.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// The value of one series in a Prometheus text exposition (`name{labels}`
+/// exactly as rendered, labels in the order given).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a delivery of `key`'s tenant reaches a final status.
+async fn settled(server: &Server, key: &str, id: &str) -> Value {
+    for _ in 0..200 {
+        let (_, d) = server
+            .call("GET", &format!("/v1/deliveries/{id}"), key, None)
+            .await;
+        if d["status"] != "pending" {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("delivery {id} still pending");
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_with(dir.path(), &[], &[("WASMHOOK_METRICS_LISTEN", &listen)]);
+    let (_, key) = server.tenant("metrics").await;
+    let rx = Receiver::ok().await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    for _ in 0..2 {
+        let (status, accepted) = server
+            .call("POST", "/v1/events", &key, Some(message_event("m-1")))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+    }
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let (_, event) = server.call("GET", "/v1/events/m-1", &key, None).await;
+    settled(&server, &key, event["deliveries"][0].as_str().unwrap()).await;
+
+    let url = format!("{}/metrics", server.base);
+    assert_eq!(get_text(&url, None).await.0, 401);
+    assert_eq!(get_text(&url, Some(&key)).await.0, 401, "a tenant key");
+    let (status, text) = get_text(&url, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    for family in [
+        "wasmhook_events_accepted_total",
+        "wasmhook_events_duplicate_total",
+        "wasmhook_deliveries_created_total",
+        "wasmhook_delivery_attempts_total",
+        "wasmhook_delivery_attempt_duration_seconds",
+        "wasmhook_delivery_latency_seconds",
+        "wasmhook_queue_depth",
+        "wasmhook_http_requests_total",
+        "wasmhook_http_request_duration_seconds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing in:\n{text}"
+        );
+    }
+    assert_eq!(sample(&text, "wasmhook_events_accepted_total"), Some(1.0));
+    assert_eq!(sample(&text, "wasmhook_events_duplicate_total"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "wasmhook_deliveries_created_total{status=\"pending\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wasmhook_delivery_attempts_total{outcome=\"succeeded\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "wasmhook_delivery_latency_seconds_count"),
+        Some(1.0)
+    );
+    // Routes by template: no ids in labels.
+    assert_eq!(
+        sample(
+            &text,
+            "wasmhook_http_requests_total{route=\"/v1/events\",status=\"202\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/v1/deliveries/{id}\""));
+    assert!(!text.contains("dlv_"), "an id leaked into a label");
+
+    // The separate address: no auth, /metrics only.
+    let (status, open) = get_text(&format!("http://{listen}/metrics"), None).await;
+    assert_eq!(status, 200);
+    assert!(open.contains("wasmhook_events_accepted_total 1"));
+    assert_eq!(
+        get_text(&format!("http://{listen}/v1/tenants"), None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_ops_endpoint_is_told_when_a_subscription_is_disabled_and_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (tenant_id, key) = server.tenant("ops").await;
+    let ops_rx = Receiver::ok().await;
+
+    // No endpoint yet.
+    let (status, _) = server.call("GET", "/v1/ops-endpoint", &key, None).await;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/ops-endpoint",
+            &key,
+            Some(json!({"url": "not a url"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "invalid_ops_endpoint");
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/ops-endpoint",
+            &key,
+            Some(json!({"url": ops_rx.url(), "color": "red"})),
+        )
+        .await;
+    assert_eq!(status, 400, "unknown field: {body}");
+    let (status, ops) = server
+        .call(
+            "PUT",
+            "/v1/ops-endpoint",
+            &key,
+            Some(json!({"url": ops_rx.url()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{ops}");
+    let secret = ops["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    let (_, shown) = server.call("GET", "/v1/ops-endpoint", &key, None).await;
+    assert!(shown.get("secret").is_none(), "read without the secret");
+    let (_, revealed) = server
+        .call("GET", "/v1/ops-endpoint/secret", &key, None)
+        .await;
+    assert_eq!(revealed["secret"], secret.as_str());
+
+    // 410 Gone: disabled at once, the ops endpoint hears of it, signed.
+    let gone = Receiver::start(vec![], Answer::status(410)).await;
+    let sub = server
+        .subscribe(
+            &key,
+            json!({"url": gone.url(), "event_types": ["message.*"], "description": "<script>crm</script>"}),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().unwrap();
+    server
+        .call("POST", "/v1/events", &key, Some(message_event("g-1")))
+        .await;
+    let told = ops_rx.wait_for(1, Duration::from_secs(10)).await;
+    let n = &told[0];
+    assert_eq!(verify_standard(&secret, n), 1, "signed with the ops secret");
+    let body = n.json();
+    assert_eq!(body["type"], "subscription.disabled");
+    assert_eq!(body["data"]["subscription_id"], sub_id);
+    assert_eq!(body["data"]["reason"], "gone");
+    assert_eq!(body["data"]["description"], "<script>crm</script>");
+    assert!(
+        body["data"]["last_error"].as_str().unwrap().contains("410"),
+        "{body}"
+    );
+    let (_, s) = server
+        .call("GET", &format!("/v1/subscriptions/{sub_id}"), &key, None)
+        .await;
+    assert_eq!(s["enabled"], false);
+
+    // Enabled again through the API: told too; enabling twice tells once.
+    for _ in 0..2 {
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{sub_id}/enable"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let told = ops_rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(told[1].json()["type"], "subscription.enabled");
+
+    // Too many failures in a row: disabled with reason `failures`.
+    let failing = Receiver::start(vec![], Answer::status(500)).await;
+    let sub2 = server
+        .subscribe(
+            &key,
+            json!({"url": failing.url(), "event_types": ["lead.*"],
+                   "retry": {"schedule_secs": [], "disable_after_failures": 1}}),
+        )
+        .await;
+    server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(json!({"type": "lead.created", "source": "t", "data": {}})),
+        )
+        .await;
+    let told = ops_rx.wait_for(3, Duration::from_secs(10)).await;
+    let body = told[2].json();
+    assert_eq!(body["type"], "subscription.disabled");
+    assert_eq!(body["data"]["subscription_id"], sub2["id"]);
+    assert_eq!(body["data"]["reason"], "failures");
+
+    // Disabled through the API: reason `operator`; disabling twice tells once.
+    for _ in 0..2 {
+        server
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{sub_id}/disable"),
+                &key,
+                None,
+            )
+            .await;
+    }
+    let told = ops_rx.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(told[3].json()["data"]["reason"], "operator");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ops_rx.received().len(), 4, "one notification per change");
+
+    // The notifications are in the tenant's delivery log, under the ops id.
+    let ops_id = format!("ops_{tenant_id}");
+    let (_, page) = server
+        .call(
+            "GET",
+            &format!("/v1/deliveries?subscription_id={ops_id}"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 4, "{page}");
+
+    // Another tenant neither sees nor changes it.
+    let (_, other) = server.tenant("other").await;
+    assert_eq!(
+        server.call("GET", "/v1/ops-endpoint", &other, None).await.0,
+        404
+    );
+    let (_, page) = server
+        .call(
+            "GET",
+            &format!("/v1/deliveries?subscription_id={ops_id}"),
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/ops-endpoint", &key, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        server.call("GET", "/v1/ops-endpoint", &key, None).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn deliveries_filter_by_subscription_and_event_type_within_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("index").await;
+    let rx = Receiver::ok().await;
+    let a = server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["message.*"]}))
+        .await;
+    let b = server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    for i in 0..3 {
+        server
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(message_event(&format!("i-{i}"))),
+            )
+            .await;
+    }
+    server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(json!({"type": "lead.created", "source": "t", "data": {}})),
+        )
+        .await;
+    let list = |q: String| {
+        let server = &server;
+        let key = key.clone();
+        async move {
+            let (status, page) = server
+                .call("GET", &format!("/v1/deliveries?{q}"), &key, None)
+                .await;
+            assert_eq!(status, 200, "{page}");
+            page
+        }
+    };
+    let page = list(format!("subscription_id={}", a["id"].as_str().unwrap())).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    let page = list(format!("subscription_id={}", b["id"].as_str().unwrap())).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 4);
+    // Newest first, paged by cursor within the subscription.
+    let first = list(format!(
+        "subscription_id={}&limit=2",
+        b["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(first["items"][0]["event_type"], "lead.created");
+    let rest = list(format!(
+        "subscription_id={}&limit=2&cursor={}",
+        b["id"].as_str().unwrap(),
+        first["next_cursor"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    assert!(rest["next_cursor"].is_null());
+    let page = list("event_type=lead.created".into()).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+
+    let (_, other) = server.tenant("other").await;
+    let (_, page) = server
+        .call(
+            "GET",
+            &format!(
+                "/v1/deliveries?subscription_id={}",
+                a["id"].as_str().unwrap()
+            ),
+            &other,
+            None,
+        )
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
