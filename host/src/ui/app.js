@@ -24,10 +24,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body, raw) {
+// `opts.raw`: a wasm upload; `opts.probe`: a 401 is an answer, not a
+// reason to sign out (the sign-in itself).
+async function api(method, path, body, opts) {
+  const raw = opts && opts.raw;
   const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY) };
   let payload;
-  if (raw !== undefined) {
+  if (raw) {
     payload = raw;
     headers["Content-Type"] = "application/wasm";
   } else if (body !== undefined) {
@@ -41,7 +44,7 @@ async function api(method, path, body, raw) {
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
   if (!res.ok) {
     const err = data && data.error ? data.error : { code: "http_" + res.status, message: text || res.statusText };
-    if (res.status === 401 && sessionStorage.getItem(KEY)) {
+    if (res.status === 401 && !(opts && opts.probe) && sessionStorage.getItem(KEY)) {
       signOut("Your key was refused (revoked or wrong). Sign in again.");
     }
     throw new ApiError(res.status, err.code, err.message);
@@ -91,21 +94,27 @@ function main() { return document.getElementById("main"); }
 
 function render(title, ...content) {
   const m = main();
-  m.replaceChildren(h("h1", {}, title), ...content);
+  m.replaceChildren(h("h1", {}, title), ...content.flat(Infinity).filter((c) => c !== null && c !== undefined));
   document.title = title + " · wasmhook";
 }
 
 function showError(container, e) {
   const msg = e instanceof ApiError ? `${e.message} (${e.code}, HTTP ${e.status})` : String(e.message || e);
   const p = h("p", { class: "error", role: "alert" }, msg);
-  container.prepend(p);
+  place(container, p);
   return p;
 }
 
 function notice(container, text) {
   const p = h("p", { class: "notice", role: "status" }, text);
-  container.prepend(p);
+  place(container, p);
   return p;
+}
+
+// A message goes under the page's title, or first in its form.
+function place(container, p) {
+  const title = container.querySelector(":scope > h1");
+  if (title) title.after(p); else container.prepend(p);
 }
 
 // A button that runs an async action, disabled while it runs; errors are shown above it.
@@ -132,14 +141,14 @@ function rowLink(href, cells) {
 async function signIn(key) {
   sessionStorage.setItem(KEY, key);
   try {
-    await api("GET", "/v1/subscriptions");
+    await api("GET", "/v1/subscriptions", undefined, { probe: true });
     sessionStorage.setItem(ROLE, "tenant");
     return "tenant";
   } catch (e) {
     if (!(e instanceof ApiError) || e.status !== 401) { sessionStorage.removeItem(KEY); throw e; }
   }
   try {
-    await api("GET", "/v1/tenants");
+    await api("GET", "/v1/tenants", undefined, { probe: true });
     sessionStorage.setItem(ROLE, "operator");
     return "operator";
   } catch (e) {
@@ -500,7 +509,7 @@ async function pluginsPage() {
       if (!file.files[0]) throw new Error("Choose a .wasm file.");
       const q = new URLSearchParams({ name: name.value.trim() });
       if (version.value.trim()) q.set("version", version.value.trim());
-      await api("POST", "/v1/plugins?" + q, undefined, await file.files[0].arrayBuffer());
+      await api("POST", "/v1/plugins?" + q, undefined, { raw: await file.files[0].arrayBuffer() });
       route();
     } catch (e) { showError(upload, e); }
   });

@@ -1,0 +1,449 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`), driven over WebDriver against the real binary: the
+//! operator creates a tenant, the tenant signs in, adds an endpoint, sees an
+//! event's delivery appear live with its status and HTTP code, opens it,
+//! retries it, disables the endpoint and sees the banner; a tenant string
+//! full of markup shows as text. A screenshot of each page is saved under
+//! `target/ui-screenshots/`.
+//!
+//! Without chromedriver the test says so and passes — except in CI
+//! (`CI=true`), where `.ci/run` installs it and its absence is a failure.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chromedriver on a free port, once it answers; None when not installed.
+async fn chromedriver() -> Option<Driver> {
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install chromium and chromium-driver (see .ci/run)"
+        );
+        eprintln!("skipping the dashboard test: {CHROMEDRIVER} or {CHROMIUM} is missing");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let status = format!("{}/status", driver.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(&status).await
+            && r.status().is_success()
+        {
+            return Some(driver);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not start");
+}
+
+struct Browser {
+    client: Client,
+    shots: PathBuf,
+    n: usize,
+}
+
+impl Browser {
+    async fn open(driver: &Driver, profile: &std::path::Path) -> Browser {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("a Chromium session");
+        let shots = crate::support::repo_root().join("target/ui-screenshots");
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            shots,
+            n: 0,
+        }
+    }
+
+    /// Saves a screenshot of the page as it is now.
+    async fn shot(&mut self, name: &str) {
+        self.n += 1;
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{:02}-{name}.png", self.n)), png).unwrap();
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Waits until `script` returns true (polls; the page updates itself).
+    async fn until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.js(script).await == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = self.js("return document.body.innerText").await;
+        panic!("timed out waiting for {what}; the page shows:\n{text}");
+    }
+
+    async fn text(&self) -> String {
+        self.js("return document.body.innerText")
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn click_button(&self, label: &str) {
+        let xpath =
+            format!("//button[normalize-space()='{label}'] | //a[normalize-space()='{label}']");
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn sign_in(&self, key: &str) {
+        let input = self.find("#signin input[type=password]").await;
+        input.send_keys(key).await.unwrap();
+        self.find("#signin button[type=submit]")
+            .await
+            .click()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_lives_in_the_dashboard() {
+    let Some(driver) = chromedriver().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let rx = Receiver::ok().await;
+
+    // The page's own headers: its scripts only, nothing inline.
+    let page = reqwest::get(format!("{}/ui/", server.base)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert!(page.headers().get("set-cookie").is_none());
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = Browser::open(&driver, profile.path()).await;
+    let ui = format!("{}/ui/", server.base);
+    b.client.goto(&ui).await.unwrap();
+    b.find("#signin").await;
+    b.shot("sign-in").await;
+
+    // A wrong key is refused with a message; nothing is kept.
+    b.sign_in("whk_not-a-key").await;
+    b.until(
+        "the refusal",
+        "return document.body.innerText.includes('neither a tenant')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return sessionStorage.getItem('wasmhook.key')").await,
+        Value::Null
+    );
+
+    // The operator creates a tenant; its key is shown once.
+    b.sign_in(ADMIN_TOKEN).await;
+    b.find("#tenant-form").await;
+    b.find("input[name=tenant_name]")
+        .await
+        .send_keys("Acme <b>bold</b>")
+        .await
+        .unwrap();
+    b.find("#tenant-form button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let key = b.find("#new-key").await.text().await.unwrap();
+    assert!(key.starts_with("whk_"), "{key}");
+    b.until(
+        "the tenant listed, its name as text",
+        "return [...document.querySelectorAll('#tenants td')].some(td => td.textContent === 'Acme <b>bold</b>')",
+    )
+    .await;
+    b.shot("operator-tenants").await;
+    b.click_button("Sign out").await;
+
+    // The tenant signs in; the key is never in the URL.
+    b.sign_in(&key).await;
+    b.until(
+        "the endpoints page",
+        "return location.hash === '#/endpoints' && document.querySelector('h1').textContent === 'Endpoints'",
+    )
+    .await;
+    assert!(
+        !b.client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains(&key)
+    );
+
+    // Add an endpoint whose description is markup.
+    b.click_button("Add endpoint").await;
+    let form = b.find("#endpoint-form").await;
+    b.find("input[name=url]")
+        .await
+        .send_keys(&rx.url())
+        .await
+        .unwrap();
+    b.find("input[name=description]")
+        .await
+        .send_keys("<script>alert(1)</script>")
+        .await
+        .unwrap();
+    b.shot("add-endpoint").await;
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the endpoint page",
+        "return location.hash.startsWith('#/endpoints/sub_')",
+    )
+    .await;
+    let sub_id = b
+        .js("return location.hash.split('/')[2]")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // An event through the API: its delivery shows up live, succeeded, 200.
+    let (status, _) = server
+        .call("POST", "/v1/events", &key, Some(message_event("ui-1")))
+        .await;
+    assert_eq!(status, 202);
+    b.until(
+        "the delivery row with its status and HTTP code",
+        "const row = document.querySelector('#deliveries tbody tr.clickable'); \
+         return !!row && row.textContent.includes('message.created') && row.textContent.includes('succeeded') && row.cells[2].textContent === '200'",
+    )
+    .await;
+    b.shot("endpoint-with-delivery").await;
+
+    // Open it: the body as sent and the attempt.
+    b.find("#deliveries tbody tr.clickable a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find("#request-body").await;
+    let body = b.find("#request-body").await.text().await.unwrap();
+    assert!(body.contains("\"content\": \"hello\""), "{body}");
+    let attempts = b.find("#attempts").await.text().await.unwrap();
+    assert!(attempts.contains("200"), "{attempts}");
+    b.shot("delivery").await;
+
+    // Retry: sent again under the same delivery id.
+    b.click_button("Retry").await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    b.until(
+        "the second attempt",
+        "const t = document.querySelector('#attempts'); return !!t && t.querySelectorAll('tbody tr').length === 2",
+    )
+    .await;
+
+    // The whole tenant's deliveries, filtered by status.
+    b.client
+        .goto(&format!("{ui}#/deliveries?status=succeeded"))
+        .await
+        .unwrap();
+    b.until(
+        "the tenant's deliveries",
+        "return !!document.querySelector('#deliveries tbody tr.clickable')",
+    )
+    .await;
+    b.shot("deliveries").await;
+
+    // Disable the endpoint: the banner says so on every page.
+    b.client
+        .goto(&format!("{ui}#/endpoints/{sub_id}"))
+        .await
+        .unwrap();
+    b.click_button("Disable").await;
+    b.until(
+        "the banner",
+        "return document.querySelector('#banner').textContent.includes('is disabled')",
+    )
+    .await;
+    let (_, sub) = server
+        .call("GET", &format!("/v1/subscriptions/{sub_id}"), &key, None)
+        .await;
+    assert_eq!(sub["enabled"], false, "the page went through the API");
+
+    // The endpoints list: the description shows as text, nothing ran.
+    b.client.goto(&format!("{ui}#/endpoints")).await.unwrap();
+    b.until(
+        "the description as text",
+        "return document.querySelector('#endpoints').textContent.includes('<script>alert(1)</script>')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelectorAll('script').length")
+            .await,
+        json!(1),
+        "only the page's own script"
+    );
+    assert!(
+        b.client.get_alert_text().await.is_err(),
+        "no alert was opened"
+    );
+    b.shot("endpoints-disabled-banner").await;
+
+    // Plugins: list with the bundled ones, dry-run one.
+    b.client.goto(&format!("{ui}#/plugins")).await.unwrap();
+    b.find("#dry-run-form").await;
+    b.find("#dry-run-form button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the dry run's answer",
+        "return document.querySelector('#dry-run-result').textContent.includes('ms')",
+    )
+    .await;
+    b.js("document.querySelector('#dry-run-result').scrollIntoView()")
+        .await;
+    b.shot("plugins-dry-run").await;
+
+    // Windows: a day's chat log held per group, flushed from the page.
+    let hc = Receiver::start(vec![], Answer::status(200).body(r#"{"status":"success"}"#)).await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": hc.url(), "event_types": ["message.created"],
+                   "plugin": {"id": "builtin:helloclient-chatlog"},
+                   "signature": {"scheme": "timestamped-hex"}, "retry": {"preset": "helloclient"},
+                   "expect_body": {"status": "success"},
+                   "window": {"every": "1d", "at": "02:00", "timezone": "UTC"}}),
+        )
+        .await;
+    server
+        .call("POST", "/v1/events", &key, Some(message_event("ui-2")))
+        .await;
+    b.client.goto(&format!("{ui}#/windows")).await.unwrap();
+    b.until(
+        "the held item",
+        "return document.querySelector('main').textContent.includes('bot-1: 1')",
+    )
+    .await;
+    b.shot("windows").await;
+    b.click_button("Flush now").await;
+    let sent = hc.wait_for(1, Duration::from_secs(10)).await;
+    assert!(
+        String::from_utf8_lossy(&sent[0].body).contains("hello"),
+        "the collection holds the message"
+    );
+
+    // Alerts: the ops endpoint set from the page, its secret shown.
+    let ops_rx = Receiver::ok().await;
+    b.client.goto(&format!("{ui}#/ops")).await.unwrap();
+    b.find("input[name=ops_url]")
+        .await
+        .send_keys(&ops_rx.url())
+        .await
+        .unwrap();
+    b.find("#ops-form button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the ops secret",
+        "return document.querySelector('main').textContent.includes('whsec_')",
+    )
+    .await;
+    b.shot("alerts").await;
+    let (status, ops) = server.call("GET", "/v1/ops-endpoint", &key, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ops["url"], ops_rx.url().as_str());
+
+    // Phone width: nothing sticks out sideways.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.client.goto(&format!("{ui}#/endpoints")).await.unwrap();
+    b.find("#endpoints").await;
+    assert_eq!(
+        b.js("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+            .await,
+        Value::Bool(true)
+    );
+    b.shot("endpoints-phone").await;
+    b.client.close().await.unwrap();
+}
