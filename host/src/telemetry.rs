@@ -283,3 +283,28 @@ pub fn http_request(route: &str, status: u16, elapsed: Duration) {
     histogram!("wasmhook_http_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    /// The Grafana dashboard under `deploy/` queries only families this
+    /// module defines (a renamed metric would leave a panel blank).
+    #[test]
+    fn the_grafana_dashboard_uses_only_our_families() {
+        let dashboard = include_str!("../../deploy/grafana-dashboard.json");
+        let source = include_str!("telemetry.rs");
+        let mut seen = 0;
+        for (i, _) in dashboard.match_indices("wasmhook_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                source.contains(&format!("\"{family}\"")),
+                "the dashboard queries {family}, which telemetry.rs does not define"
+            );
+            seen += 1;
+        }
+        assert!(seen > 10);
+    }
+}

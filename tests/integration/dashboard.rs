@@ -144,14 +144,6 @@ impl Browser {
         panic!("timed out waiting for {what}; the page shows:\n{text}");
     }
 
-    async fn text(&self) -> String {
-        self.js("return document.body.innerText")
-            .await
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
     async fn click_button(&self, label: &str) {
         let xpath =
             format!("//button[normalize-space()='{label}'] | //a[normalize-space()='{label}']");
@@ -366,8 +358,49 @@ async fn a_tenant_lives_in_the_dashboard() {
     );
     b.shot("endpoints-disabled-banner").await;
 
-    // Plugins: list with the bundled ones, dry-run one.
+    // Plugins: upload a component from a file; a wrong one is refused
+    // with the API's message.
+    let wasm_dir = tempfile::tempdir().unwrap();
+    let good = wasm_dir.path().join("plugin.wasm");
+    std::fs::write(&good, crate::support::fixture("raw-wit")).unwrap();
+    let bad = wasm_dir.path().join("bad.wasm");
+    std::fs::write(&bad, crate::support::fixture("wrong-world")).unwrap();
     b.client.goto(&format!("{ui}#/plugins")).await.unwrap();
+    for (name, file) in [("wrong-one", &bad), ("from-the-page", &good)] {
+        b.find("#upload-form input[name=name]")
+            .await
+            .send_keys(name)
+            .await
+            .unwrap();
+        b.find("#upload-form input[type=file]")
+            .await
+            .send_keys(file.to_str().unwrap())
+            .await
+            .unwrap();
+        b.find("#upload-form button[type=submit]")
+            .await
+            .click()
+            .await
+            .unwrap();
+        if name == "wrong-one" {
+            b.until(
+                "the refusal",
+                "return !!document.querySelector('#upload-form .error')",
+            )
+            .await;
+            b.find("#upload-form input[name=name]")
+                .await
+                .clear()
+                .await
+                .unwrap();
+        }
+    }
+    b.until(
+        "the uploaded plugin",
+        "return document.querySelector('#plugins').textContent.includes('from-the-page')",
+    )
+    .await;
+    b.shot("plugins").await;
     b.find("#dry-run-form").await;
     b.find("#dry-run-form button[type=submit]")
         .await

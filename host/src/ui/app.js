@@ -614,7 +614,7 @@ async function opsPage() {
     ev.preventDefault();
     try {
       const r = await api("PUT", "/v1/ops-endpoint", { url: url.value.trim() });
-      render("Alerts");
+      await opsPage();
       notice(main(), "Saved. Signing secret (Standard Webhooks): " + r.secret);
     } catch (e) { showError(form, e); }
   });
