@@ -385,3 +385,54 @@ async fn deliveries_filter_by_subscription_and_event_type_within_the_tenant() {
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
 }
+
+#[tokio::test]
+async fn a_filter_that_matches_little_pages_through_a_long_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("long").await;
+    let rx = Receiver::ok().await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(json!({"type": "lead.created", "source": "t", "data": {}})),
+        )
+        .await;
+    for batch in 0..3 {
+        let events: Vec<Value> = (0..700)
+            .map(|i| message_event(&format!("long-{batch}-{i}")))
+            .collect();
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/events/batch",
+                &key,
+                Some(json!({ "events": events })),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // 2,101 deliveries; the one lead is the oldest. A page reads at most
+    // 2,000: the first answers nothing yet but says where to go on.
+    let (_, first) = server
+        .call("GET", "/v1/deliveries?event_type=lead.created", &key, None)
+        .await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 0, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a cursor to go on");
+    let (_, second) = server
+        .call(
+            "GET",
+            &format!("/v1/deliveries?event_type=lead.created&cursor={cursor}"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["items"][0]["event_type"], "lead.created");
+    assert!(second["next_cursor"].is_null());
+}

@@ -127,9 +127,8 @@ async fn list(
         Some(sub) => Box::new(store.subscription_delivery_ids(sub, q.cursor.as_deref())),
         None => Box::new(store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref())),
     };
-    let mut examined = 0;
     let mut last_examined = None;
-    for id in ids {
+    for (examined, id) in ids.enumerate() {
         let id = id?;
         if examined == SCAN_BUDGET {
             // A filter that skips most of a long history: answer what was
@@ -137,7 +136,6 @@ async fn list(
             more = true;
             break;
         }
-        examined += 1;
         let Some(d) = store.get_delivery(&id)? else {
             continue;
         };

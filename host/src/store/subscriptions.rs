@@ -123,6 +123,27 @@ impl Store {
     }
 }
 
+/// The tenant's operational webhook: a subscription record of its own
+/// (url, secret, signing and retry), kept apart so it never routes events.
+impl Store {
+    pub fn get_ops_endpoint(&self, tenant_id: &str) -> Result<Option<Subscription>, StoreError> {
+        self.ops_endpoints
+            .get(tenant_id)?
+            .map(|v| decode(tenant_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_ops_endpoint(&self, endpoint: &Subscription) -> Result<(), StoreError> {
+        self.ops_endpoints
+            .insert(endpoint.tenant_id.as_bytes(), encode(endpoint))?;
+        Ok(())
+    }
+
+    pub fn delete_ops_endpoint(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        Ok(self.ops_endpoints.remove(tenant_id)?.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,26 +205,5 @@ mod tests {
             .unwrap();
         store.delete_tenant("ten_1").unwrap();
         assert!(types(&store).is_empty());
-    }
-}
-
-/// The tenant's operational webhook: a subscription record of its own
-/// (url, secret, signing and retry), kept apart so it never routes events.
-impl Store {
-    pub fn get_ops_endpoint(&self, tenant_id: &str) -> Result<Option<Subscription>, StoreError> {
-        self.ops_endpoints
-            .get(tenant_id)?
-            .map(|v| decode(tenant_id.as_bytes(), &v))
-            .transpose()
-    }
-
-    pub fn put_ops_endpoint(&self, endpoint: &Subscription) -> Result<(), StoreError> {
-        self.ops_endpoints
-            .insert(endpoint.tenant_id.as_bytes(), encode(endpoint))?;
-        Ok(())
-    }
-
-    pub fn delete_ops_endpoint(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        Ok(self.ops_endpoints.remove(tenant_id)?.is_some())
     }
 }
