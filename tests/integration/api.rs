@@ -685,6 +685,10 @@ async fn the_openapi_document_lists_every_route() {
         ("post", "/v1/keys"),
         ("get", "/v1/keys"),
         ("delete", "/v1/keys/{id}"),
+        ("put", "/v1/ops-endpoint"),
+        ("get", "/v1/ops-endpoint"),
+        ("delete", "/v1/ops-endpoint"),
+        ("get", "/v1/ops-endpoint/secret"),
     ];
     for (method, path) in expected {
         assert!(

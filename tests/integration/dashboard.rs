@@ -135,7 +135,8 @@ impl Browser {
     async fn until(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if self.js(script).await == Value::Bool(true) {
+            // A script that throws (its element not rendered yet) is "not yet".
+            if let Ok(Value::Bool(true)) = self.client.execute(script, vec![]).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
