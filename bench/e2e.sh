@@ -10,6 +10,7 @@
 #
 #   bench/e2e.sh                 # fan-out 1, fan-out 10, batches of 100, ceiling
 #   DURATION=20 CONNECTIONS=64 bench/e2e.sh
+#   WASMHOOK_BIN=/path/to/other/wasmhook bench/e2e.sh   # another build
 #
 # Installs nothing: it says what is missing (apt-get install wrk nginx-light).
 set -euo pipefail
@@ -27,8 +28,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 2
 fi
 
-cargo build --release -q -p wasmhook
-BIN=target/release/wasmhook
+# WASMHOOK_BIN: another build of the binary (before/after in one session).
+if [ -n "${WASMHOOK_BIN:-}" ]; then
+  BIN=$WASMHOOK_BIN
+else
+  cargo build --release -q -p wasmhook
+  BIN=target/release/wasmhook
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
