@@ -519,3 +519,12 @@ pub fn verify_standard(secret: &str, r: &Received) -> usize {
         .filter(|s| *s == expected)
         .count()
 }
+
+/// A loopback port free right now (for a second listener or a driver).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -29,14 +29,6 @@ async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits until a delivery of `key`'s tenant reaches a final status.
 async fn settled(server: &Server, key: &str, id: &str) -> Value {
     for _ in 0..200 {
