@@ -75,6 +75,7 @@ impl Telemetry {
             // rendering then shows what this one saw, which is nothing.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            zeroes();
             Telemetry { handle }
         });
         let handle = telemetry.handle.clone();
@@ -167,6 +168,42 @@ fn describe() {
         Unit::Seconds,
         "API requests, by route template."
     );
+}
+
+/// Every counter series at 0 from the start, so a rate reads 0 rather than
+/// "no data" before the first event of its kind.
+fn zeroes() {
+    counter!("wasmhook_events_accepted_total").increment(0);
+    counter!("wasmhook_events_duplicate_total").increment(0);
+    for status in ["pending", "filtered", "held", "failed"] {
+        counter!("wasmhook_deliveries_created_total", "status" => status).increment(0);
+    }
+    for outcome in ["succeeded", "retry", "failed", "disabled"] {
+        counter!("wasmhook_delivery_attempts_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in [
+        "ok",
+        "plugin_error",
+        "timeout",
+        "memory",
+        "trap",
+        "output",
+        "instantiate",
+        "busy",
+    ] {
+        counter!("wasmhook_plugin_calls_total", "outcome" => outcome).increment(0);
+    }
+    for reason in [
+        DisableReason::Gone,
+        DisableReason::Failures,
+        DisableReason::Operator,
+    ] {
+        counter!("wasmhook_subscriptions_disabled_total", "reason" => reason.as_str()).increment(0);
+    }
+    counter!("wasmhook_subscriptions_enabled_total").increment(0);
+    for outcome in ["ok", "failed"] {
+        counter!("wasmhook_window_flushes_total", "outcome" => outcome).increment(0);
+    }
 }
 
 /// Events stored and duplicates answered by one ingest write.

@@ -79,6 +79,10 @@ async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
         "wasmhook_queue_depth",
         "wasmhook_http_requests_total",
         "wasmhook_http_request_duration_seconds",
+        "wasmhook_plugin_calls_total",
+        "wasmhook_subscriptions_disabled_total",
+        "wasmhook_subscriptions_enabled_total",
+        "wasmhook_window_flushes_total",
         "process_resident_memory_bytes",
     ] {
         assert!(
@@ -117,6 +121,14 @@ async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
     );
     assert!(text.contains("route=\"/v1/deliveries/{id}\""));
     assert!(!text.contains("dlv_"), "an id leaked into a label");
+    // Series nothing has touched yet read 0, not "no data".
+    assert_eq!(
+        sample(
+            &text,
+            "wasmhook_subscriptions_disabled_total{reason=\"gone\"}"
+        ),
+        Some(0.0)
+    );
 
     // The separate address: no auth, /metrics only.
     let (status, open) = get_text(&format!("http://{listen}/metrics"), None).await;
