@@ -80,7 +80,7 @@ async fn run() {
     let started = Instant::now();
     let mut sent = 0;
     while sent < total {
-        let n = 1000.min(total - sent);
+        let n = 999.min(total - sent); // and room for one lead
         let mut events: Vec<Value> = (0..n)
             .map(|i| {
                 json!({"id": format!("m-{}", sent + i), "type": "message.created",

@@ -374,6 +374,33 @@ async fn deliveries_filter_by_subscription_and_event_type_within_the_tenant() {
     assert!(rest["next_cursor"].is_null());
     let page = list("event_type=lead.created".into()).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    // The whole tenant: both subscriptions merged, newest first, paged.
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = list(format!("limit=3{cursor}")).await;
+        for d in page["items"].as_array().unwrap() {
+            ids.push(d["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 7, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    // A deleted subscription's history stays in the tenant's log.
+    let (status, _) = server
+        .call(
+            "DELETE",
+            &format!("/v1/subscriptions/{}", a["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let page = list("limit=50".into()).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 7);
 
     let (_, other) = server.tenant("other").await;
     let (_, page) = server

@@ -124,8 +124,10 @@ async fn list(
     let mut more = false;
     let store = &state.app.store;
     let ids: Box<dyn Iterator<Item = _>> = match &q.subscription_id {
-        Some(sub) => Box::new(store.subscription_delivery_ids(sub, q.cursor.as_deref())),
-        None => Box::new(store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref())),
+        Some(sub) => {
+            Box::new(store.subscription_delivery_ids(&tenant.id, sub, q.cursor.as_deref()))
+        }
+        None => store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref()),
     };
     let mut last_examined = None;
     for (examined, id) in ids.enumerate() {
@@ -140,8 +142,7 @@ async fn list(
             continue;
         };
         last_examined = Some(id);
-        // The subscription index is keyed by subscription alone: the tenant
-        // check keeps another tenant's ids out.
+        // The index is the tenant's own; the check is a second guard.
         if d.tenant_id != tenant.id
             || q.event_id.as_ref().is_some_and(|e| *e != d.event_id)
             || q.event_type.as_ref().is_some_and(|t| *t != d.event_type)

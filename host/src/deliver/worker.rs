@@ -20,7 +20,7 @@ use crate::notify;
 use crate::queue::{Lease, Queue};
 use crate::retry::{self, Decision};
 use crate::sign;
-use crate::store::{Attempt, Delivery, DeliveryStatus, StoreError};
+use crate::store::{Attempt, Delivery, DeliveryStatus, StoreError, Subscription};
 use crate::telemetry::{self, AttemptOutcome, DisableReason};
 
 /// Longest sleep when nothing is due sooner (a manual clock in tests, and a
@@ -278,65 +278,86 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             };
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
             stage.store.update_delivery(d, previous_due)?;
-            if ops {
-                return Ok(());
-            }
-            let limit = sub.retry.disable_after_failures;
-            let tipped = AtomicBool::new(false);
-            let updated = stage
-                .store
-                .update_subscription(&sub.tenant_id, &sub.id, |s| {
+            if !ops {
+                let limit = sub.retry.disable_after_failures;
+                let failed = Failure {
+                    why: DisableReason::Failures,
+                    error,
+                    at: decided_at,
+                };
+                after_failure(stage, &sub, failed, |s| {
                     s.consecutive_failures += 1;
-                    tipped.store(false, Relaxed);
-                    if limit > 0 && s.consecutive_failures >= limit && s.enabled {
-                        s.enabled = false;
-                        s.disabled_reason = Some(format!(
+                    (limit > 0 && s.consecutive_failures >= limit).then(|| {
+                        format!(
                             "{} deliveries in a row failed (limit {limit})",
                             s.consecutive_failures
-                        ));
-                        s.updated_at = decided_at;
-                        tipped.store(true, Relaxed);
-                    }
-                    true
-                })?;
-            if let Some(s) = updated.filter(|_| tipped.load(Relaxed)) {
-                warn!(subscription_id = %s.id, "subscription disabled after repeated failures");
-                let change = notify::Change::Disabled {
-                    why: DisableReason::Failures,
-                    last_error: Some(error),
-                };
-                notify::subscription_changed(&stage.queue, &s, change, decided_at).await?;
+                        )
+                    })
+                })
+                .await?;
             }
         }
         Decision::Disable { reason } => {
-            let error = result.error.unwrap_or_default();
-            let error = format!("{error}; {reason}");
+            let error = format!("{}; {reason}", result.error.unwrap_or_default());
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
             stage.store.update_delivery(d, previous_due)?;
             if ops {
+                // The ops endpoint is never disabled: it is how owners hear of it.
                 telemetry::attempt(AttemptOutcome::Failed, took);
-                return Ok(());
-            }
-            telemetry::attempt(AttemptOutcome::Disabled, took);
-            let was_enabled = AtomicBool::new(false);
-            let updated = stage
-                .store
-                .update_subscription(&sub.tenant_id, &sub.id, |s| {
-                    was_enabled.store(s.enabled, Relaxed);
-                    s.enabled = false;
-                    s.disabled_reason = Some(reason.clone());
-                    s.updated_at = decided_at;
-                    true
-                })?;
-            warn!(subscription_id = %sub.id, %reason, "subscription disabled");
-            if let Some(s) = updated.filter(|_| was_enabled.load(Relaxed)) {
-                let change = notify::Change::Disabled {
+            } else {
+                telemetry::attempt(AttemptOutcome::Disabled, took);
+                let failed = Failure {
                     why: DisableReason::Gone,
-                    last_error: Some(error),
+                    error,
+                    at: decided_at,
                 };
-                notify::subscription_changed(&stage.queue, &s, change, decided_at).await?;
+                after_failure(stage, &sub, failed, |_| Some(reason.clone())).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A delivery that failed for good, and what it may do to its subscription.
+struct Failure {
+    why: DisableReason,
+    /// The delivery's last error, for the owner's notification.
+    error: String,
+    at: Timestamp,
+}
+
+/// Records a failed delivery on its subscription: `mark` updates it and
+/// returns why it must be disabled, if it must. When that disables an
+/// enabled subscription, the owner is told (once: a subscription already
+/// disabled is not disabled again).
+async fn after_failure(
+    stage: &Stage,
+    sub: &Subscription,
+    failed: Failure,
+    mark: impl Fn(&mut Subscription) -> Option<String>,
+) -> Result<(), StoreError> {
+    let disabled = AtomicBool::new(false);
+    let updated = stage
+        .store
+        .update_subscription(&sub.tenant_id, &sub.id, |s| {
+            disabled.store(false, Relaxed);
+            if let Some(reason) = mark(s)
+                && s.enabled
+            {
+                s.enabled = false;
+                s.disabled_reason = Some(reason);
+                s.updated_at = failed.at;
+                disabled.store(true, Relaxed);
+            }
+            true
+        })?;
+    if let Some(s) = updated.filter(|_| disabled.load(Relaxed)) {
+        warn!(subscription_id = %s.id, reason = ?s.disabled_reason, "subscription disabled");
+        let change = notify::Change::Disabled {
+            why: failed.why,
+            last_error: Some(failed.error),
+        };
+        notify::subscription_changed(&stage.queue, &s, change, failed.at).await?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Deliveries with their attempts, the per-tenant index, and the outbox of pending attempts by due time.
+//! Deliveries with their attempts, the index by tenant and subscription, and the outbox of pending attempts by due time.
 
 use super::*;
 
@@ -38,50 +38,73 @@ impl Store {
             .map_err(tx_error)
     }
 
-    /// A tenant's deliveries, newest first, from `before` (exclusive).
+    /// A tenant's deliveries, newest first, from `before` (exclusive): the
+    /// newest-first merge of its subscriptions' indexes (delivery ids are
+    /// time-ordered, so the merge is by id). Costs one seek per
+    /// subscription the tenant has had, then O(1) per id.
     pub fn tenant_delivery_ids(
         &self,
         tenant_id: &str,
         before: Option<&str>,
-    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        self.delivery_ids(tenant_id, before)
+    ) -> Box<dyn Iterator<Item = Result<String, StoreError>> + '_> {
+        let subscriptions = match self.indexed_subscriptions(tenant_id) {
+            Ok(subs) => subs,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let lanes = subscriptions
+            .iter()
+            .map(|sub| self.subscription_delivery_ids(tenant_id, sub, before))
+            .collect();
+        Box::new(NewestFirst::new(lanes))
     }
 
     /// One subscription's deliveries, newest first, from `before`
-    /// (exclusive): its own index, so a page costs the same whatever the
-    /// rest of the tenant's history holds.
+    /// (exclusive): a range of the index, so a page costs the same whatever
+    /// the rest of the tenant's history holds.
     pub fn subscription_delivery_ids(
         &self,
+        tenant_id: &str,
         subscription_id: &str,
         before: Option<&str>,
-    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        self.delivery_ids(subscription_id, before)
-    }
-
-    /// Ids under `owner \0` in the delivery index, newest first.
-    fn delivery_ids(
-        &self,
-        owner: &str,
-        before: Option<&str>,
-    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        let prefix = tenant_prefix(owner);
-        let start = prefix.clone();
+    ) -> impl Iterator<Item = Result<String, StoreError>> + 'static {
+        let prefix = scoped(tenant_id, &format!("{subscription_id}\0"));
         let end = match before {
-            Some(id) => scoped(owner, id),
-            None => {
-                let mut end = prefix.clone();
-                end.push(0xff);
-                end
-            }
+            Some(id) => [prefix.as_slice(), id.as_bytes()].concat(),
+            None => [prefix.as_slice(), &[0xff]].concat(),
         };
         let skip = prefix.len();
         self.tenant_deliveries
-            .range(start..end)
+            .range(prefix..end)
             .rev()
             .map(move |kv| {
                 let (k, _) = kv?;
                 Ok(String::from_utf8_lossy(&k[skip..]).into_owned())
             })
+    }
+
+    /// The subscriptions (deleted ones too) that have deliveries in the
+    /// tenant's index: a skip scan, one seek per subscription.
+    fn indexed_subscriptions(&self, tenant_id: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = tenant_prefix(tenant_id);
+        let mut from = prefix.clone();
+        let mut subs = Vec::new();
+        while let Some(kv) = self.tenant_deliveries.range(from.as_slice()..).next() {
+            let (key, _) = kv?;
+            let Some(rest) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let Some(end) = rest.iter().position(|b| *b == 0) else {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: "a delivery index key without its subscription".into(),
+                });
+            };
+            let sub = &rest[..end];
+            subs.push(String::from_utf8_lossy(sub).into_owned());
+            // Past every `sub \0 …` key: `sub \x01` sorts right after them.
+            from = [prefix.as_slice(), sub, &[1]].concat();
+        }
+        Ok(subs)
     }
 
     /// Every outbox entry (the queue loads them at start).
@@ -93,14 +116,66 @@ impl Store {
     }
 }
 
-/// Adds a new delivery to the delivery index: under its tenant and under
-/// its subscription. Tenant ids (`ten_…`) and subscription ids (`sub_…`,
-/// `ops_…`) never share a prefix, so the two families share one tree (and
-/// one transaction participant) without mixing in a scan.
+/// The delivery index key: `tenant \0 subscription \0 delivery`. One
+/// key per delivery serves both views: a subscription's deliveries are a
+/// range, the tenant's a merge of its subscriptions' ranges.
+pub(super) fn index_key(d: &Delivery) -> Vec<u8> {
+    [
+        d.tenant_id.as_bytes(),
+        &[0],
+        d.subscription_id.as_bytes(),
+        &[0],
+        d.id.as_bytes(),
+    ]
+    .concat()
+}
+
+/// Adds a new delivery to the delivery index.
 pub(super) fn index_tx(index: &TransactionalTree, d: &Delivery) -> TxResult<()> {
-    index.insert(scoped(&d.tenant_id, &d.id), &[])?;
-    index.insert(scoped(&d.subscription_id, &d.id), &[])?;
+    index.insert(index_key(d), &[])?;
     Ok(())
+}
+
+/// Merges newest-first id streams into one newest-first stream.
+struct NewestFirst<I> {
+    lanes: Vec<I>,
+    heads: std::collections::BinaryHeap<(String, usize)>,
+    failed: Option<StoreError>,
+}
+
+impl<I: Iterator<Item = Result<String, StoreError>>> NewestFirst<I> {
+    fn new(lanes: Vec<I>) -> Self {
+        let mut merge = NewestFirst {
+            lanes,
+            heads: Default::default(),
+            failed: None,
+        };
+        for lane in 0..merge.lanes.len() {
+            merge.advance(lane);
+        }
+        merge
+    }
+
+    fn advance(&mut self, lane: usize) {
+        match self.lanes[lane].next() {
+            Some(Ok(id)) => self.heads.push((id, lane)),
+            Some(Err(e)) => self.failed = Some(e),
+            None => {}
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<String, StoreError>>> Iterator for NewestFirst<I> {
+    type Item = Result<String, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let (id, lane) = self.heads.pop()?;
+        self.advance(lane);
+        Some(Ok(id))
+    }
 }
 
 /// Writes a delivery and keeps the outbox in step: the old entry (if any) is
@@ -126,4 +201,41 @@ pub(super) fn put_delivery_tx(
     }
     deliveries.insert(d.id.as_bytes(), encode(d))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(ids: &[&str]) -> std::vec::IntoIter<Result<String, StoreError>> {
+        ids.iter()
+            .map(|s| Ok(s.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn lanes_merge_newest_first() {
+        let merged: Vec<String> = NewestFirst::new(vec![
+            lane(&["dlv_9", "dlv_5", "dlv_1"]),
+            lane(&[]),
+            lane(&["dlv_8", "dlv_7", "dlv_2"]),
+            lane(&["dlv_6"]),
+        ])
+        .map(Result::unwrap)
+        .collect();
+        assert_eq!(
+            merged,
+            [
+                "dlv_9", "dlv_8", "dlv_7", "dlv_6", "dlv_5", "dlv_2", "dlv_1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_error_is_not_swallowed() {
+        let failing = vec![Err(StoreError::Commit("disk".into()))].into_iter();
+        let mut merged = NewestFirst::new(vec![lane(&["dlv_1"]), failing]);
+        assert!(matches!(merged.next(), Some(Err(_))));
+    }
 }

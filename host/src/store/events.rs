@@ -67,9 +67,8 @@ impl Store {
             let d: Delivery = decode(&k, &v)?;
             if d.status.is_final() {
                 self.deliveries.remove(&k)?;
-                self.tenant_deliveries.remove(scoped(&d.tenant_id, &d.id))?;
                 self.tenant_deliveries
-                    .remove(scoped(&d.subscription_id, &d.id))?;
+                    .remove(super::deliveries::index_key(&d))?;
                 deliveries += 1;
             }
         }

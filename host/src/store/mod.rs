@@ -17,7 +17,7 @@
 //! | `events` | tenant id `\0` event id | [`StoredEvent`] |
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
 //! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
-//! | `tenant_deliveries` | tenant id `\0` delivery id, and subscription id `\0` delivery id | – |
+//! | `tenant_deliveries` | tenant id `\0` subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
 //! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
@@ -255,18 +255,20 @@ impl Store {
         Ok(store)
     }
 
-    /// A store written before deliveries were indexed by subscription gets
-    /// that index once, at its first start on this version.
+    /// A store written before the delivery index named the subscription
+    /// (`tenant \0 delivery`) gets the new index once, at its first start on
+    /// this version: rebuilt from the deliveries themselves.
     fn index_subscription_deliveries(&self) -> Result<(), StoreError> {
-        const DONE: &[u8] = b"index/subscription_deliveries";
+        const DONE: &[u8] = b"index/tenant_subscription_deliveries";
         if self.meta.get(DONE)?.is_some() {
             return Ok(());
         }
+        self.tenant_deliveries.clear()?;
         for kv in self.deliveries.iter() {
             let (k, v) = kv?;
             let d: Delivery = decode(&k, &v)?;
             self.tenant_deliveries
-                .insert(scoped(&d.subscription_id, &d.id), &[])?;
+                .insert(deliveries::index_key(&d), &[])?;
         }
         self.meta.insert(DONE, &[])?;
         self.db.flush()?;

@@ -391,7 +391,7 @@ async function endpointPage(id, params) {
   const deliveries = deliveriesTable({ subscription_id: id }, params);
   render("Endpoint", details, h("h2", {}, "Recent deliveries"), deliveries.element);
   deliveries.refresh();
-  pollTimer = setInterval(() => deliveries.refresh(true), POLL_MS);
+  pollTimer = setInterval(() => { deliveries.refresh(true); refreshBanner(); }, POLL_MS);
 }
 
 // ---------- deliveries ----------
@@ -450,7 +450,7 @@ async function deliveriesPage(params) {
   const table = deliveriesTable({}, params);
   render("Deliveries", table.element);
   await table.refresh();
-  pollTimer = setInterval(() => table.refresh(true), POLL_MS);
+  pollTimer = setInterval(() => { table.refresh(true); refreshBanner(); }, POLL_MS);
 }
 
 const SECRET_HEADER = /signature|authorization|secret|token|key/i;
