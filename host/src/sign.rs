@@ -169,6 +169,31 @@ pub fn headers(
     })
 }
 
+/// The headers [`headers`] sets for `msg`, with every signature masked:
+/// what the delivery log shows of a request (no secret needed).
+pub fn masked_headers(scheme: &Scheme, msg: &Message<'_>) -> Vec<(String, String)> {
+    const MASK: &str = "••••••";
+    match scheme {
+        Scheme::StandardWebhooks => vec![
+            ("webhook-id".into(), msg.delivery_id.into()),
+            ("webhook-timestamp".into(), msg.timestamp.to_string()),
+            ("webhook-signature".into(), format!("v1,{MASK}")),
+        ],
+        Scheme::TimestampedHex { header } => {
+            vec![(header.clone(), format!("t={},v1={MASK}", msg.timestamp))]
+        }
+        Scheme::BodyHex {
+            header,
+            event_header,
+            delivery_header,
+        } => vec![
+            (header.clone(), MASK.into()),
+            (event_header.clone(), msg.event_type.into()),
+            (delivery_header.clone(), msg.delivery_id.into()),
+        ],
+    }
+}
+
 /// Header names a scheme sets (a plugin may not set them).
 pub fn reserved_names(scheme: &Scheme) -> Vec<String> {
     match scheme {
@@ -192,6 +217,46 @@ pub fn reserved_names(scheme: &Scheme) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_masked_view_names_every_header_a_scheme_sets_and_no_signature() {
+        let msg = Message {
+            delivery_id: "dlv_1",
+            event_type: "lead.created",
+            timestamp: 1_700_000_000,
+            body: b"{}",
+        };
+        for scheme in [
+            Scheme::StandardWebhooks,
+            Scheme::TimestampedHex {
+                header: "X-Webhook-Signature".into(),
+            },
+            Scheme::BodyHex {
+                header: "X-OWC-Signature".into(),
+                event_header: "X-OWC-Event".into(),
+                delivery_header: "X-OWC-Delivery".into(),
+            },
+        ] {
+            let secret = match scheme {
+                Scheme::StandardWebhooks => generate_secret(),
+                _ => "a-hex-scheme-secret".to_string(),
+            };
+            let sent = headers(&scheme, &[secret.as_str()], &msg).unwrap();
+            let shown = masked_headers(&scheme, &msg);
+            let names =
+                |h: &[(String, String)]| h.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&sent), names(&shown));
+            for ((name, real), (_, masked)) in sent.iter().zip(&shown) {
+                if name.to_ascii_lowercase().contains("signature") {
+                    assert_ne!(real, masked);
+                    assert!(masked.contains("••••••"));
+                } else {
+                    assert_eq!(real, masked);
+                }
+            }
+        }
+    }
+
     use super::*;
 
     /// The test vector of the Standard Webhooks spec and its reference

@@ -290,6 +290,10 @@ async fn a_tenant_lives_in_the_dashboard() {
     b.find("#request-body").await;
     let body = b.find("#request-body").await.text().await.unwrap();
     assert!(body.contains("\"content\": \"hello\""), "{body}");
+    let headers = b.find("#request-headers").await.text().await.unwrap();
+    assert!(headers.contains("webhook-signature"), "{headers}");
+    assert!(headers.contains("v1,••••••"), "signature masked: {headers}");
+    assert!(!headers.contains(&sub_secret_prefix(&server, &key, &sub_id).await));
     let attempts = b.find("#attempts").await.text().await.unwrap();
     assert!(attempts.contains("200"), "{attempts}");
     b.shot("delivery").await;
@@ -472,4 +476,17 @@ async fn a_tenant_lives_in_the_dashboard() {
     );
     b.shot("endpoints-phone").await;
     b.client.close().await.unwrap();
+}
+
+/// The first characters of the endpoint's signing secret (never on the page).
+async fn sub_secret_prefix(server: &Server, key: &str, sub_id: &str) -> String {
+    let (_, s) = server
+        .call(
+            "GET",
+            &format!("/v1/subscriptions/{sub_id}/secret"),
+            key,
+            None,
+        )
+        .await;
+    s["secret"].as_str().unwrap()[..12].to_string()
 }

@@ -12,6 +12,8 @@ use utoipa_axum::routes;
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
+use crate::runtime::Header;
+use crate::sign;
 use crate::store::{Attempt, Delivery, DeliveryStatus, StoredRequest};
 
 pub fn router() -> OpenApiRouter<ApiState> {
@@ -86,6 +88,10 @@ pub struct DeliveryDetail {
     pub summary: DeliverySummary,
     #[schema(value_type = Option<Object>)]
     pub request: Option<StoredRequest>,
+    /// The signing headers of the last attempt (or of the next, before the
+    /// first), signatures masked; empty when the endpoint is gone.
+    #[schema(value_type = Vec<Object>)]
+    pub signing_headers: Vec<Header>,
     #[schema(value_type = Vec<Object>)]
     pub attempt_log: Vec<Attempt>,
 }
@@ -176,12 +182,37 @@ fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Delivery, ApiErro
         .ok_or_else(|| ApiError::NotFound(format!("no delivery {id:?}")))
 }
 
-fn detail(d: Delivery) -> DeliveryDetail {
-    DeliveryDetail {
+fn detail(state: &ApiState, d: Delivery) -> Result<DeliveryDetail, ApiError> {
+    let endpoint = if crate::notify::is_ops(&d.subscription_id) {
+        state.app.store.get_ops_endpoint(&d.tenant_id)?
+    } else {
+        state
+            .app
+            .store
+            .get_subscription(&d.tenant_id, &d.subscription_id)?
+    };
+    let signing_headers = match (&endpoint, &d.request) {
+        (Some(sub), Some(request)) => {
+            let at = d.attempts.last().map_or(state.app.clock.now(), |a| a.at);
+            let message = sign::Message {
+                delivery_id: &d.id,
+                event_type: &d.event_type,
+                timestamp: at.as_second(),
+                body: request.body.as_bytes(),
+            };
+            sign::masked_headers(&sub.signature, &message)
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect()
+        }
+        _ => vec![],
+    };
+    Ok(DeliveryDetail {
         summary: DeliverySummary::from(&d),
         request: d.request,
+        signing_headers,
         attempt_log: d.attempts,
-    }
+    })
 }
 
 /// One delivery: the body sent and every attempt (time, HTTP status,
@@ -194,7 +225,7 @@ async fn get_one(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryDetail>, ApiError> {
-    Ok(axum::Json(detail(load(&state, &tenant, &id)?)))
+    Ok(axum::Json(detail(&state, load(&state, &tenant, &id)?)?))
 }
 
 /// Send a finished delivery again now (same id, same body).
@@ -223,5 +254,5 @@ async fn retry(
     d.next_attempt_at = Some(now);
     d.updated_at = now;
     state.app.queue.requeue(&d).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(detail(d))))
+    Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
 }

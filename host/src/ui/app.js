@@ -476,10 +476,11 @@ async function deliveryPage(id) {
       }),
       d.subscription_id.startsWith("ops_") ? null : h("a", { class: "button secondary", href: "#/endpoints/" + d.subscription_id }, "Replay from the endpoint"))));
   if (d.request) {
-    const headers = d.request.headers.map((x) => [x.name, SECRET_HEADER.test(x.name) ? "••••••" : x.value]);
-    headers.unshift(["content-type", d.request.content_type]);
+    const headers = d.signing_headers.map((x) => [x.name, x.value]);
+    headers.push(["content-type", d.request.content_type]);
+    headers.push(...d.request.headers.map((x) => [x.name, SECRET_HEADER.test(x.name) ? "••••••" : x.value]));
     sections.push(h("h2", {}, "Request"),
-      h("p", { class: "hint" }, "Signature headers are computed for each attempt and not shown; headers that look like credentials are masked."),
+      h("p", { class: "hint" }, "Headers as the last attempt sent them. Signatures are masked, and so are headers that look like credentials."),
       h("div", { class: "table-wrap" }, h("table", { id: "request-headers" }, h("tbody", {}, headers.map(([n, v]) => h("tr", {}, h("th", { scope: "row" }, n), h("td", {}, v)))))),
       h("pre", { id: "request-body" }, pretty(d.request.body)));
   }
