@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-// Shared with the other benches; this one needs no CPU figures.
-#[allow(dead_code)]
 mod common;
 
 use common::{TOKEN, env};

@@ -1,6 +1,9 @@
 //! What the end-to-end benches share: the real `wasmhook serve` (release
 //! build) on a temp data dir and a free port, killed on drop.
 
+// Each bench uses part of this module.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -20,7 +23,7 @@ pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -28,6 +31,14 @@ impl Server {
     /// build's binary, or `WASMHOOK_BIN` (to compare two builds in one run).
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(dir.path(), &[]);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// The same on a data dir the caller keeps (restarts), with extra
+    /// environment (config overrides).
+    pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let binary =
             std::env::var("WASMHOOK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wasmhook").into());
         let mut child = Command::new(binary)
@@ -38,9 +49,10 @@ impl Server {
                 "--allow-private-destinations",
                 "--data",
             ])
-            .arg(dir.path())
+            .arg(dir)
             .env("WASMHOOK_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start wasmhook");
@@ -56,9 +68,28 @@ impl Server {
         Server {
             child,
             base,
-            _dir: dir,
+            _dir: None,
         }
     }
+
+    /// SIGTERM, and wait for the process to finish its shutdown.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process now, in MiB (Linux /proc).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 impl Drop for Server {
