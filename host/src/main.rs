@@ -4,6 +4,12 @@
 use clap::Parser;
 use wasmhook::cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: under load, glibc's allocator took
+/// about 17 % of the server's samples (`_int_malloc`, consolidation), with
+/// its arena locks among the futex waits (BENCHMARKS.md, issue 13).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
