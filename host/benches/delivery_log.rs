@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{TOKEN, env};
+use common::{TOKEN, env, post};
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -43,34 +43,21 @@ async fn run() {
         axum::serve(listener, app).await.unwrap()
     });
 
-    let post = |path: String, token: String, body: Value| {
-        let http = http.clone();
-        let base = base.clone();
-        async move {
-            let resp = http
-                .post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            assert!(status.is_success(), "{path}: {status} {body}");
-            body
-        }
-    };
-    let tenant = post("/v1/tenants".into(), TOKEN.into(), json!({"name": "log"})).await;
+    let tenant = post(&http, &base, "/v1/tenants", TOKEN, json!({"name": "log"})).await;
     let key = tenant["api_key"].as_str().unwrap().to_string();
     let busy = post(
-        "/v1/subscriptions".into(),
-        key.clone(),
+        &http,
+        &base,
+        "/v1/subscriptions",
+        &key,
         json!({"url": format!("{rx}/busy"), "event_types": ["message.*"]}),
     )
     .await;
     let quiet = post(
-        "/v1/subscriptions".into(),
-        key.clone(),
+        &http,
+        &base,
+        "/v1/subscriptions",
+        &key,
         json!({"url": format!("{rx}/quiet"), "event_types": ["lead.*"]}),
     )
     .await;
@@ -90,8 +77,10 @@ async fn run() {
                 .push(json!({"id": format!("l-{}", sent + i), "type": "lead.created", "data": {}}));
         }
         post(
-            "/v1/events/batch".into(),
-            key.clone(),
+            &http,
+            &base,
+            "/v1/events/batch",
+            &key,
             json!({"events": events}),
         )
         .await;

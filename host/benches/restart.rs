@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{TOKEN, env, rss_mib};
+use common::{TOKEN, env, post, rss_mib};
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -30,20 +30,6 @@ fn main() {
         many_subscriptions().await;
         deep_backlog().await;
     });
-}
-
-async fn post(http: &reqwest::Client, base: &str, path: &str, token: &str, body: Value) -> Value {
-    let resp = http
-        .post(format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {body}");
-    body
 }
 
 /// A receiver that counts arrivals; while `hang` is set it never answers.
