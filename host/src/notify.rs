@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::info;
 
 use crate::queue::Queue;
-use crate::store::{Delivery, DeliveryStatus, StoreError, StoredRequest, Subscription};
+use crate::store::{Delivery, DeliveryStatus, Store, StoreError, StoredRequest, Subscription};
 use crate::telemetry::{self, DisableReason};
 use crate::util::new_id_at;
 
@@ -30,6 +30,16 @@ pub fn ops_endpoint_id(tenant_id: &str) -> String {
 /// Whether deliveries with this subscription id go to an ops endpoint.
 pub fn is_ops(subscription_id: &str) -> bool {
     subscription_id.starts_with(OPS_PREFIX)
+}
+
+/// Where a delivery goes: its subscription, or for a notification the
+/// tenant's ops endpoint. None when that is gone.
+pub fn endpoint_of(store: &Store, d: &Delivery) -> Result<Option<Subscription>, StoreError> {
+    if is_ops(&d.subscription_id) {
+        store.get_ops_endpoint(&d.tenant_id)
+    } else {
+        store.get_subscription(&d.tenant_id, &d.subscription_id)
+    }
 }
 
 /// What happened to a subscription.

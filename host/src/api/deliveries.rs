@@ -183,14 +183,7 @@ fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Delivery, ApiErro
 }
 
 fn detail(state: &ApiState, d: Delivery) -> Result<DeliveryDetail, ApiError> {
-    let endpoint = if crate::notify::is_ops(&d.subscription_id) {
-        state.app.store.get_ops_endpoint(&d.tenant_id)?
-    } else {
-        state
-            .app
-            .store
-            .get_subscription(&d.tenant_id, &d.subscription_id)?
-    };
+    let endpoint = crate::notify::endpoint_of(&state.app.store, &d)?;
     let signing_headers = match (&endpoint, &d.request) {
         (Some(sub), Some(request)) => {
             let at = d.attempts.last().map_or(state.app.clock.now(), |a| a.at);

@@ -240,18 +240,28 @@ async fn update(
     id: &str,
     f: impl Fn(&mut Subscription),
 ) -> Result<Subscription, ApiError> {
+    Ok(change(state, tenant, id, f).await?.1)
+}
+
+/// [`update`], answering the subscription before and after the change.
+async fn change(
+    state: &ApiState,
+    tenant: &Tenant,
+    id: &str,
+    f: impl Fn(&mut Subscription),
+) -> Result<(Subscription, Subscription), ApiError> {
     let now = state.app.clock.now();
-    let updated = state
+    let changed = state
         .app
         .store
-        .update_subscription(&tenant.id, id, |s| {
+        .change_subscription(&tenant.id, id, |s| {
             f(s);
             s.updated_at = now;
             true
         })?
         .ok_or_else(|| ApiError::NotFound(format!("no subscription {id:?}")))?;
     state.app.store.durable().await?;
-    Ok(updated)
+    Ok(changed)
 }
 
 /// Delete a subscription (its pending deliveries fail as "subscription deleted").
@@ -305,9 +315,7 @@ async fn set_enabled(
     id: &str,
     enabled: bool,
 ) -> Result<Subscription, ApiError> {
-    let was = std::sync::atomic::AtomicBool::new(enabled);
-    let s = update(state, tenant, id, |s| {
-        was.store(s.enabled, std::sync::atomic::Ordering::Relaxed);
+    let (was, s) = change(state, tenant, id, |s| {
         if enabled {
             s.enabled = true;
             s.disabled_reason = None;
@@ -318,7 +326,7 @@ async fn set_enabled(
         }
     })
     .await?;
-    if was.into_inner() != enabled {
+    if was.enabled != enabled {
         let change = if enabled {
             notify::Change::Enabled
         } else {

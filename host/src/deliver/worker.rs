@@ -7,8 +7,6 @@
 //! own caps; while every due delivery is blocked by a cap, the worker sleeps.
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -154,13 +152,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
     }
     let now = stage.clock.now();
     let ops = notify::is_ops(&d.subscription_id);
-    let sub = if ops {
-        stage.store.get_ops_endpoint(&d.tenant_id)?
-    } else {
-        stage
-            .store
-            .get_subscription(&d.tenant_id, &d.subscription_id)?
-    };
+    let sub = notify::endpoint_of(&stage.store, d)?;
     let span = tracing::Span::current();
     span.record("event_id", d.event_id.as_str());
     span.record("attempt", d.attempts.len() + 1);
@@ -336,22 +328,22 @@ async fn after_failure(
     failed: Failure,
     mark: impl Fn(&mut Subscription) -> Option<String>,
 ) -> Result<(), StoreError> {
-    let disabled = AtomicBool::new(false);
-    let updated = stage
+    let changed = stage
         .store
-        .update_subscription(&sub.tenant_id, &sub.id, |s| {
-            disabled.store(false, Relaxed);
+        .change_subscription(&sub.tenant_id, &sub.id, |s| {
             if let Some(reason) = mark(s)
                 && s.enabled
             {
                 s.enabled = false;
                 s.disabled_reason = Some(reason);
                 s.updated_at = failed.at;
-                disabled.store(true, Relaxed);
             }
             true
         })?;
-    if let Some(s) = updated.filter(|_| disabled.load(Relaxed)) {
+    if let Some((before, s)) = changed
+        && before.enabled
+        && !s.enabled
+    {
         warn!(subscription_id = %s.id, reason = ?s.disabled_reason, "subscription disabled");
         let change = notify::Change::Disabled {
             why: failed.why,

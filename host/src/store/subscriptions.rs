@@ -103,23 +103,38 @@ impl Store {
         id: &str,
         f: impl Fn(&mut Subscription) -> bool,
     ) -> Result<Option<Subscription>, StoreError> {
+        Ok(self
+            .change_subscription(tenant_id, id, f)?
+            .map(|(_, after)| after))
+    }
+
+    /// [`Store::update_subscription`], also answering the record as it was
+    /// before, read in the same transaction: a caller compares the two to
+    /// see what its change did (e.g. whether it disabled the subscription).
+    pub fn change_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        f: impl Fn(&mut Subscription) -> bool,
+    ) -> Result<Option<(Subscription, Subscription)>, StoreError> {
         let key = scoped(tenant_id, id);
-        let updated = self
+        let changed = self
             .subscriptions
             .transaction(|subs| {
                 let Some(bytes) = subs.get(&key)? else {
                     return Ok(None);
                 };
-                let mut sub: Subscription =
+                let before: Subscription =
                     decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                if f(&mut sub) {
-                    subs.insert(key.as_slice(), encode(&sub))?;
+                let mut after = before.clone();
+                if f(&mut after) {
+                    subs.insert(key.as_slice(), encode(&after))?;
                 }
-                Ok(Some(sub))
+                Ok(Some((before, after)))
             })
             .map_err(tx_error)?;
         self.routes.invalidate(tenant_id);
-        Ok(updated)
+        Ok(changed)
     }
 }
 
