@@ -77,6 +77,61 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The scaffolds' JavaScript and Python plugins (`wasmhook plugin new`,
+    // built by the integration tests into target/plugin-scaffolds), on a
+    // ~1 KB `message.created`: instantiate + `handle` in a fresh instance.
+    let message = PluginEvent {
+        event_type: "message.created".into(),
+        payload: json!({
+            "conversation_id": "c_31305",
+            "author": "visitor",
+            "content": lead_event().payload,
+        })
+        .to_string(),
+        ..lead_event()
+    };
+    for (lang, path) in scaffold_plugins() {
+        let Ok(wasm) = std::fs::read(&path) else {
+            eprintln!("skipping {lang}: {} not built (run the integration tests)", path.display());
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let plugin = runtime.load(&wasm).unwrap();
+        eprintln!(
+            "{lang}: {} bytes, compiled in {:?}",
+            wasm.len(),
+            started.elapsed()
+        );
+        let mut group = c.benchmark_group(format!("handle/scaffold-{lang}"));
+        group.bench_function("wasm, fresh instance", |b| {
+            b.to_async(&rt).iter(|| async {
+                let report = runtime.handle(&plugin, &message, "{}").await;
+                assert!(report.result.is_ok(), "{:?}", report.result);
+                report
+            })
+        });
+        group.finish();
+    }
+}
+
+/// `WASMHOOK_BENCH_PLUGINS=js=a.wasm,python=b.wasm`, or the integration
+/// tests' builds.
+fn scaffold_plugins() -> Vec<(String, std::path::PathBuf)> {
+    match std::env::var("WASMHOOK_BENCH_PLUGINS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(lang, path)| (lang.to_string(), path.into()))
+            .collect(),
+        Err(_) => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffolds");
+            ["js", "python"]
+                .into_iter()
+                .map(|lang| (lang.to_string(), root.join(lang).join("plugin.wasm")))
+                .collect()
+        }
+    }
 }
 
 criterion_group!(benches, bench);

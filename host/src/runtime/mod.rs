@@ -27,7 +27,7 @@ use wasmtime::{
 
 use bindings::{Transform, TransformPre};
 pub use cache::ArtifactDigests;
-use state::{LogLimits, State};
+use state::{Determinism, LogLimits, State};
 pub use types::*;
 
 /// How often the epoch advances: the granularity of time limits and of a
@@ -76,7 +76,9 @@ impl Default for Limits {
             max_requests: 16,
             log_lines: 100,
             log_line_bytes: 1024,
-            plugin_bytes: 10 << 20,
+            // A JavaScript component (SpiderMonkey inside) is ~12 MB, a
+            // Python one (CPython inside) ~18 MB.
+            plugin_bytes: 32 << 20,
             max_concurrent_calls: 256,
         }
     }
@@ -96,7 +98,7 @@ pub enum LoadError {
     #[error("invalid component: {0}")]
     Invalid(String),
     #[error(
-        "plugin imports something wasmhook does not provide: {0} (plugins may import only wasmhook:plugin/host and WASI io, stdio, environment and exit)"
+        "plugin imports something wasmhook does not provide: {0} (plugins may import only wasmhook:plugin/host and WASI 0.2 io, cli, clocks, random, filesystem and sockets)"
     )]
     UnsupportedImport(String),
     #[error("plugin does not implement the wasmhook:plugin/transform world: {0}")]
@@ -268,7 +270,9 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(engine_err)?;
 
         let mut linker = Linker::<State>::new(&engine);
-        add_wasi_stdio(&mut linker).map_err(engine_err)?;
+        // All of WASI 0.2, each interface with nothing real behind it (see
+        // `state`): a JavaScript or Python runtime imports them all.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         Transform::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(engine_err)?;
 
@@ -358,7 +362,11 @@ impl Runtime {
     /// Runs `check-config` on the subscription's plugin settings.
     pub async fn check_config(&self, plugin: &Plugin, config: &str) -> CallReport<()> {
         let limit = self.inner.limits.handle_timeout_ms;
-        self.call(plugin, limit, async |bindings, store| {
+        let determinism = Determinism {
+            now: Duration::ZERO,
+            seed: Sha256::digest(config.as_bytes()).into(),
+        };
+        self.call(plugin, limit, determinism, async |bindings, store| {
             bindings.call_check_config(store, config).await
         })
         .await
@@ -372,8 +380,12 @@ impl Runtime {
         config: &str,
     ) -> CallReport<Action> {
         let limit = self.inner.limits.handle_timeout_ms;
+        let determinism = Determinism {
+            now: since_epoch(&event.occurred_at),
+            seed: Sha256::digest(event.id.as_bytes()).into(),
+        };
         let event = bindings::to_wit_event(event);
-        self.call(plugin, limit, async |bindings, store| {
+        self.call(plugin, limit, determinism, async |bindings, store| {
             bindings.call_handle(store, &event, config).await
         })
         .await
@@ -389,9 +401,13 @@ impl Runtime {
         config: &str,
     ) -> CallReport<Vec<PluginRequest>> {
         let limit = self.inner.limits.flush_timeout_ms;
+        let determinism = Determinism {
+            now: since_epoch(&window.end),
+            seed: Sha256::digest(format!("{}/{}", window.start, window.end)).into(),
+        };
         let window = bindings::to_wit_window(window);
         let groups = bindings::to_wit_groups(groups);
-        self.call(plugin, limit, async |bindings, store| {
+        self.call(plugin, limit, determinism, async |bindings, store| {
             bindings.call_flush(store, &window, &groups, config).await
         })
         .await
@@ -407,7 +423,13 @@ impl Runtime {
 
     /// One call in a fresh instance: set the limits, instantiate, run `f`,
     /// classify any failure, collect the log.
-    async fn call<T, F>(&self, plugin: &Plugin, limit_ms: u64, f: F) -> CallReport<T>
+    async fn call<T, F>(
+        &self,
+        plugin: &Plugin,
+        limit_ms: u64,
+        determinism: Determinism,
+        f: F,
+    ) -> CallReport<T>
     where
         F: AsyncFnOnce(
             &Transform,
@@ -423,7 +445,7 @@ impl Runtime {
         };
         let mut store = Store::new(
             &self.inner.engine,
-            State::new(limits.memory_bytes, log_limits),
+            State::new(limits.memory_bytes, log_limits, determinism),
         );
         store.limiter(|state| &mut state.limiter);
         // Lifting a result copies it into host memory before any output
@@ -443,9 +465,17 @@ impl Runtime {
             })
         });
 
-        let outcome = match plugin.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => f(&bindings, &mut store).await,
-            Err(e) => Err(e),
+        // The epoch interrupts only running wasm; a plugin waiting in a host
+        // call (a WASI poll on a clock) is stopped by this timeout instead.
+        let run = async {
+            match plugin.pre.instantiate_async(&mut store).await {
+                Ok(bindings) => f(&bindings, &mut store).await,
+                Err(e) => Err(e),
+            }
+        };
+        let outcome = match tokio::time::timeout(Duration::from_millis(limit_ms), run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
         };
         let mut log = store.data_mut().take_log();
         let result = match outcome {
@@ -597,6 +627,16 @@ fn check_header_name(header: &Header) -> Result<(), CallError> {
     Ok(())
 }
 
+/// An RFC 3339 instant as time since the Unix epoch (the epoch itself when
+/// the text is not one, or is before it).
+fn since_epoch(rfc3339: &str) -> Duration {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| Duration::try_from(t.duration_since(jiff::Timestamp::UNIX_EPOCH)).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Component vs core module vs not wasm, from the preamble, so the error says
 /// which.
 fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
@@ -674,38 +714,4 @@ impl Ticker {
         self.wake.notify_one();
         Ticking(self)
     }
-}
-
-/// Links only the WASI interfaces a Rust `wasm32-wasip2` guest imports for
-/// stdio: io (error, poll, streams) and cli (environment, exit, stdio,
-/// terminals). No filesystem, sockets, clocks or random: a plugin importing
-/// them is refused at load time, naming the import.
-fn add_wasi_stdio(linker: &mut Linker<State>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::p2::bindings::cli;
-    use wasmtime_wasi_io::bindings::wasi::io;
-
-    struct HasIo;
-    impl wasmtime::component::HasData for HasIo {
-        type Data<'a> = &'a mut wasmtime::component::ResourceTable;
-    }
-    fn table(state: &mut State) -> &mut wasmtime::component::ResourceTable {
-        wasmtime_wasi::WasiView::ctx(state).table
-    }
-
-    io::error::add_to_linker::<State, HasIo>(linker, table)?;
-    io::poll::add_to_linker::<State, HasIo>(linker, table)?;
-    io::streams::add_to_linker::<State, HasIo>(linker, table)?;
-    let l = linker;
-    cli::exit::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::environment::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::stdin::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::stdout::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::stderr::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::terminal_input::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::terminal_output::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::terminal_stdin::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::terminal_stdout::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    cli::terminal_stderr::add_to_linker::<State, WasiCli>(l, State::cli)?;
-    Ok(())
 }

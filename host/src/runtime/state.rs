@@ -1,16 +1,37 @@
-//! What one plugin call's store holds: an empty WASI context whose stdout and
-//! stderr are captured, the plugin log, and the memory limiter.
+//! What one plugin call's store holds: a WASI context with nothing real
+//! behind it (stdout and stderr captured, a frozen clock, seeded random, no
+//! files, no network), the plugin log, and the memory limiter.
+//!
+//! Why deterministic stand-ins rather than refusing the imports: the
+//! JavaScript and Python runtimes a plugin may be built with import clocks,
+//! random, filesystem and sockets whether or not the plugin's code uses them.
+//! Refusing them refuses those languages; giving them the host's would let a
+//! plugin see real time, host randomness, files or the network. Instead a
+//! call sees the same world every time it runs on the same input, so a dry
+//! run shows exactly what the delivery will do:
+//! - wall clock: frozen at the call's [`Determinism::now`] (the event's
+//!   `occurred_at`, the window's end);
+//! - monotonic clock: frozen at 0 (a plugin that sleeps or spins on it only
+//!   runs into its time limit);
+//! - random (secure and insecure): a ChaCha stream seeded from the call's
+//!   input, so the same event gives the same numbers;
+//! - filesystem: no preopened directory, so no path can be opened;
+//! - sockets: every address refused and name lookup off (wasmtime-wasi's
+//!   defaults, spelled out here so a change of default cannot open them).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use rand::SeedableRng;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::types::{LogLevel, LogLine};
 use crate::util::truncate;
@@ -22,6 +43,40 @@ pub struct LogLimits {
     pub max_lines: usize,
     /// Longer lines are cut at a character boundary and marked `…`.
     pub max_line_bytes: usize,
+}
+
+/// What a call's clocks and random generator show: derived from its input,
+/// never from the host.
+#[derive(Debug, Clone, Copy)]
+pub struct Determinism {
+    /// The wall clock's frozen reading, since the Unix epoch.
+    pub now: Duration,
+    /// Seed of the call's random stream.
+    pub seed: [u8; 32],
+}
+
+/// A wall clock that always reads the same instant.
+struct FrozenWallClock(Duration);
+
+impl HostWallClock for FrozenWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock that never advances.
+struct FrozenMonotonicClock;
+
+impl HostMonotonicClock for FrozenMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        0
+    }
 }
 
 /// Per-call store data.
@@ -41,14 +96,33 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(memory_limit: usize, log_limits: LogLimits) -> Self {
+    pub fn new(memory_limit: usize, log_limits: LogLimits, determinism: Determinism) -> Self {
         let cap = log_limits
             .max_lines
             .saturating_mul(log_limits.max_line_bytes);
         let stdout = CapturedOutput::new(cap);
         let stderr = CapturedOutput::new(cap);
         let mut builder = WasiCtx::builder();
-        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        let mut insecure_seed = [0u8; 16];
+        insecure_seed.copy_from_slice(&determinism.seed[..16]);
+        // Secure and insecure streams differ so one does not reveal the other.
+        let mut insecure = determinism.seed;
+        insecure[31] ^= 0x5a;
+        builder
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenWallClock(determinism.now))
+            .monotonic_clock(FrozenMonotonicClock)
+            .secure_random(rand::rngs::StdRng::from_seed(determinism.seed))
+            .insecure_random(rand::rngs::StdRng::from_seed(insecure))
+            .insecure_random_seed(u128::from_le_bytes(insecure_seed))
+            // Far below wasmtime's 64 MiB: the bytes are copied into the
+            // guest, and no plugin needs more than a key's worth.
+            .max_random_size(64 * 1024)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false);
         State {
             wasi: builder.build(),
             table: ResourceTable::new(),
@@ -241,6 +315,10 @@ mod tests {
             LogLimits {
                 max_lines: 2,
                 max_line_bytes: 4,
+            },
+            Determinism {
+                now: Duration::ZERO,
+                seed: [0; 32],
             },
         );
         for _ in 0..5 {
