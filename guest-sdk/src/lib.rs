@@ -65,7 +65,9 @@ use serde::de::DeserializeOwned;
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        // The SDK carries its own copy of the WIT (kept identical to the
+        // repository's wit/plugin.wit by a test), so it builds on its own.
+        path: "wit",
         world: "transform",
         pub_export_macro: true,
         export_macro_name: "__export_transform",

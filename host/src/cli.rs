@@ -71,6 +71,15 @@ pub enum PluginCommand {
     Run(RunArgs),
     /// List the bundled plugins.
     List,
+    /// Create a plugin project: an example plugin, a sample event and config,
+    /// a README and a Makefile whose default target builds `plugin.wasm`.
+    New {
+        /// The project directory to create; its last component names the plugin.
+        dir: PathBuf,
+        /// The plugin's language.
+        #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
+        lang: crate::scaffold::Lang,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +121,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugin(PluginCommand::Check { plugin }) => check(&plugin),
         Command::Plugin(PluginCommand::Run(args)) => run_plugin(args).await,
+        Command::Plugin(PluginCommand::New { dir, lang }) => {
+            let files = crate::scaffold::create(&dir, lang)?;
+            println!(
+                "created a {lang} plugin in {} ({} files). Next:\n  cd {}\n  make\n  wasmhook plugin run plugin.wasm --event event.json --config config.json",
+                dir.display(),
+                files.len(),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Plugin(PluginCommand::List) => {
             for b in bundled::BUNDLED {
                 println!(
@@ -184,6 +203,14 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
     };
     let runtime = Runtime::new(Limits::default(), None)?;
     let plugin = load(&runtime, &args.plugin)?;
+    if args.config.is_some() {
+        // As the server does when a subscription is saved.
+        let report = runtime.check_config(&plugin, &config).await;
+        for line in &report.log {
+            eprintln!("plugin {:?}: {}", line.level, line.message);
+        }
+        report.result.context("the plugin refused the config")?;
+    }
 
     let (output, log) = if let Some(groups_path) = &args.flush {
         let groups: Vec<GroupInput> = read_json(groups_path, "groups")?;

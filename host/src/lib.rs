@@ -41,6 +41,7 @@ pub mod plugins;
 pub mod queue;
 pub mod retry;
 pub mod route;
+pub mod scaffold;
 pub mod runtime;
 pub mod server;
 pub mod sign;
