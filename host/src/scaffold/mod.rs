@@ -145,7 +145,7 @@ impl Lang {
                  call costs about a millisecond. `print` goes to the plugin log (stderr as\n\
                  warnings), or call `wasmhook_shim.log(\"warn\", ...)`. The standard library\n\
                  works, but `time.time()` is the event's time, random numbers are\n\
-                 deterministic, the filesystem is empty and every socket is refused. Pure\n\
+                 seeded by the event id, the filesystem is empty and there are no sockets. Pure\n\
                  Python packages can be vendored next to `plugin.py`.\n"
             }
         }

@@ -37,7 +37,30 @@ function text(args) {
     .join(" ");
 }
 
-const logger = (level) => (...args) => log(level, text(args));
+// The host keeps 100 lines of 1 KiB per call by default (the operator may
+// raise that); the shim passes on at most MAX_LINES lines of MAX_CHARS, so a
+// plugin that logs in a loop pays for counting, not for copying.
+const MAX_LINES = 1000;
+const MAX_CHARS = 4096;
+let lines = 0;
+let dropped = 0;
+const logger = (level) => (...args) => {
+  if (lines >= MAX_LINES) {
+    dropped++;
+    return;
+  }
+  lines++;
+  const line = args.length === 1 && typeof args[0] === "string" ? args[0] : text(args);
+  log(level, line.length > MAX_CHARS ? line.slice(0, MAX_CHARS) : line);
+};
+// Called when an export returns: reports what the cap dropped.
+function endCall() {
+  if (dropped > 0) {
+    log("warn", `${dropped} more console lines dropped (the shim passes on ${MAX_LINES} per call)`);
+  }
+  lines = 0;
+  dropped = 0;
+}
 globalThis.console = {
   log: logger("info"),
   info: logger("info"),
@@ -138,6 +161,14 @@ function item(text) {
 }
 
 export function checkConfig(config) {
+  try {
+    checkConfigIn(config);
+  } finally {
+    endCall();
+  }
+}
+
+function checkConfigIn(config) {
   const parsed = parse(config, "the config", "bad-config");
   if (typeof plugin.checkConfig !== "function") return;
   try {
@@ -148,6 +179,14 @@ export function checkConfig(config) {
 }
 
 export function handle(event, config) {
+  try {
+    return handleIn(event, config);
+  } finally {
+    endCall();
+  }
+}
+
+function handleIn(event, config) {
   freezeAt(event.occurredAt);
   const settings = parse(config, "the config", "bad-config");
   const data = parse(event.payload, "the event's data", "bad-event");
@@ -166,6 +205,14 @@ export function handle(event, config) {
 }
 
 export function flush(window, groups, config) {
+  try {
+    return flushIn(window, groups, config);
+  } finally {
+    endCall();
+  }
+}
+
+function flushIn(window, groups, config) {
   freezeAt(window.end);
   const settings = parse(config, "the config", "bad-config");
   if (typeof plugin.flush !== "function") {

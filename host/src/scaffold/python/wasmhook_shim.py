@@ -17,9 +17,10 @@ What plugin.py sees:
       groups [{"key", "items"}]; returns [{"body", ...}].
   check_config(config)            optional; raise to refuse the settings.
 An exception becomes a plugin error carrying its message; print() goes to
-the plugin log (stderr as warnings). time.time() is frozen at the event's
-occurred_at (the window's end in flush) and random is seeded from the event:
-the sandbox gives a plugin no real time or randomness.
+the plugin log (to sys.stderr: as warnings), as does wasmhook_shim.log().
+The sandbox gives a plugin no real time or randomness: time.time() is frozen
+at the event's occurred_at (the window's end in flush), and random numbers
+(os.urandom, random) are drawn from a stream seeded by the event id.
 """
 
 import json
