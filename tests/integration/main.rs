@@ -11,6 +11,7 @@ mod e2e;
 mod golden;
 mod harness;
 mod isolation;
+mod languages;
 mod observability;
 mod sandbox;
 mod support;
