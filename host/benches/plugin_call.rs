@@ -93,7 +93,10 @@ fn bench(c: &mut Criterion) {
     };
     for (lang, path) in scaffold_plugins() {
         let Ok(wasm) = std::fs::read(&path) else {
-            eprintln!("skipping {lang}: {} not built (run the integration tests)", path.display());
+            eprintln!(
+                "skipping {lang}: {} not built (run the integration tests)",
+                path.display()
+            );
             continue;
         };
         let started = std::time::Instant::now();
@@ -125,7 +128,8 @@ fn scaffold_plugins() -> Vec<(String, std::path::PathBuf)> {
             .map(|(lang, path)| (lang.to_string(), path.into()))
             .collect(),
         Err(_) => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffolds");
+            let root =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffolds");
             ["js", "python"]
                 .into_iter()
                 .map(|lang| (lang.to_string(), root.join(lang).join("plugin.wasm")))

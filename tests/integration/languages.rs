@@ -223,7 +223,10 @@ fn a_rust_scaffold_builds_outside_the_workspace_and_runs() {
     // It builds with the SDK copy it carries, not this repository's.
     if let Some(dir) = build(Lang::Rust, "notify-rust", None) {
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-        assert!(manifest.contains(r#"path = "wasmhook-guest""#), "{manifest}");
+        assert!(
+            manifest.contains(r#"path = "wasmhook-guest""#),
+            "{manifest}"
+        );
         assert!(dir.join("wasmhook-guest/wit/plugin.wit").exists());
     }
 }
@@ -274,7 +277,10 @@ async fn javascript_and_python_plugins_upload_dry_run_and_deliver() {
         let body: Value =
             serde_json::from_str(dry["action"]["requests"][0]["body"].as_str().unwrap()).unwrap();
         assert_eq!(body, expected_notification(), "{name}");
-        assert_eq!(dry["log"][0]["message"], "message evt_example_1 from visitor");
+        assert_eq!(
+            dry["log"][0]["message"],
+            "message evt_example_1 from visitor"
+        );
         let dry = dry_run(json!({"type": "chat.rated", "data": {"rating": 5}})).await;
         assert_eq!(
             dry["action"],
@@ -308,9 +314,7 @@ async fn javascript_and_python_plugins_upload_dry_run_and_deliver() {
         receivers.push((name, rx, sub["secret"].as_str().unwrap().to_string()));
     }
 
-    let (status, accepted) = server
-        .call("POST", "/v1/events", &key, Some(event))
-        .await;
+    let (status, accepted) = server.call("POST", "/v1/events", &key, Some(event)).await;
     assert_eq!(status, 202, "{accepted}");
     for (name, rx, secret) in &receivers {
         let got = rx.wait_for(1, Duration::from_secs(20)).await;
@@ -498,7 +502,11 @@ async fn sees_a_deterministic_world(lang: Lang) {
         }
     };
     let first = world("evt_a").await;
-    assert_eq!(world("evt_a").await, first, "{lang:?}: the same event, the same world");
+    assert_eq!(
+        world("evt_a").await,
+        first,
+        "{lang:?}: the same event, the same world"
+    );
     // 2026-11-21T10:00:00Z, the event's occurred_at.
     let now_ms = first["now"].as_f64().unwrap() * if lang == Lang::Js { 1.0 } else { 1000.0 };
     assert_eq!(now_ms, 1_795_255_200_000.0, "{lang:?}: {first}");

@@ -76,7 +76,10 @@ const RUST: &[Template] = &[
     ("Cargo.toml", include_str!("rust/Cargo.toml")),
     ("src/lib.rs", include_str!("rust/lib.rs")),
     ("Makefile", include_str!("rust/Makefile")),
-    ("wasmhook-guest/Cargo.toml", include_str!("rust/sdk-Cargo.toml")),
+    (
+        "wasmhook-guest/Cargo.toml",
+        include_str!("rust/sdk-Cargo.toml"),
+    ),
     (
         "wasmhook-guest/src/lib.rs",
         include_str!("../../../guest-sdk/src/lib.rs"),

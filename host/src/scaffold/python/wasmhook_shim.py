@@ -24,6 +24,7 @@ at the event's occurred_at (the window's end in flush), and random numbers
 """
 
 import json
+import sys
 
 import wit_world
 from componentize_py_types import Err
@@ -40,9 +41,78 @@ _LEVELS = {
 }
 
 
+# print() goes straight to the host log, a line per call, rather than
+# through WASI stdout (two host calls a print, each far dearer than a
+# Python-level write). The host keeps 100 lines of 1 KiB by default (the
+# operator may raise that); the shim passes on at most _MAX_LINES lines of
+# _MAX_CHARS, so a plugin that prints in a loop pays for counting, not copying.
+_MAX_LINES = 1000
+_MAX_CHARS = 4096
+_lines = 0
+_dropped = 0
+
+
+def _emit(level, line):
+    global _lines, _dropped
+    if _lines >= _MAX_LINES:
+        _dropped += 1
+        return
+    _lines += 1
+    host.log(level, line[:_MAX_CHARS])
+
+
 def log(level, *args):
     """Writes one line to the plugin log at `level` (debug, info, warn, error)."""
-    host.log(_LEVELS.get(level, host.Level.INFO), " ".join(str(a) for a in args))
+    _emit(_LEVELS.get(level, host.Level.INFO), " ".join(str(a) for a in args))
+
+
+class _LogStream:
+    """sys.stdout and sys.stderr: each line printed becomes a log line."""
+
+    def __init__(self, level):
+        self._level = level
+        self._pending = ""
+
+    def write(self, text):
+        if "\n" not in text:
+            self._pending += text
+            if len(self._pending) > _MAX_CHARS:
+                self.flush()
+            return len(text)
+        *complete, rest = (self._pending + text).split("\n")
+        self._pending = rest
+        for line in complete:
+            if line:
+                _emit(self._level, line)
+        return len(text)
+
+    def flush(self):
+        if self._pending:
+            _emit(self._level, self._pending)
+        self._pending = ""
+
+    def isatty(self):
+        return False
+
+
+_stdout = _LogStream(host.Level.INFO)
+_stderr = _LogStream(host.Level.WARN)
+sys.stdout = _stdout
+sys.stderr = _stderr
+
+
+def _end_call():
+    """Passes on print()'s last unfinished line and what the cap dropped."""
+    global _lines, _dropped
+    _stdout.flush()
+    _stderr.flush()
+    if _dropped:
+        host.log(
+            host.Level.WARN,
+            f"{_dropped} more printed lines dropped (the shim passes on {_MAX_LINES} a call)",
+        )
+    _lines = 0
+    _dropped = 0
 
 
 def _message(error):
@@ -124,6 +194,24 @@ def _item(text):
 
 class WitWorld(wit_world.WitWorld):
     def check_config(self, config):
+        try:
+            self._check_config(config)
+        finally:
+            _end_call()
+
+    def handle(self, event, config):
+        try:
+            return self._handle(event, config)
+        finally:
+            _end_call()
+
+    def flush(self, window, groups, config):
+        try:
+            return self._flush(window, groups, config)
+        finally:
+            _end_call()
+
+    def _check_config(self, config):
         settings = _parse(config, "the config", types.PluginError_BadConfig)
         check = getattr(plugin, "check_config", None)
         if check is None:
@@ -133,7 +221,7 @@ class WitWorld(wit_world.WitWorld):
         except Exception as e:
             raise _refuse(types.PluginError_BadConfig, e)
 
-    def handle(self, event, config):
+    def _handle(self, event, config):
         settings = _parse(config, "the config", types.PluginError_BadConfig)
         data = _parse(event.payload, "the event's data", types.PluginError_BadEvent)
         given = {
@@ -150,7 +238,7 @@ class WitWorld(wit_world.WitWorld):
         except Exception as e:
             raise _refuse(types.PluginError_Failed, e)
 
-    def flush(self, window, groups, config):
+    def _flush(self, window, groups, config):
         settings = _parse(config, "the config", types.PluginError_BadConfig)
         flush = getattr(plugin, "flush", None)
         if flush is None:
