@@ -1,7 +1,8 @@
 //! One `handle` call of the bundled `helloclient-lead` plugin on a ~1 KB
 //! `lead.created` event, in a fresh instance each time (what the delivery
 //! engine does per event and subscription), against the same plugin code
-//! compiled natively. Results and the machine: BENCHMARKS.md.
+//! compiled natively; then the `plugin new` scaffolds in Rust, JavaScript
+//! and Python. Results and the machine: BENCHMARKS.md.
 //!
 //! `cargo bench -p wasmhook --bench plugin_call`
 
@@ -78,9 +79,10 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    // The scaffolds' JavaScript and Python plugins (`wasmhook plugin new`,
-    // built by the integration tests into target/plugin-scaffolds), on a
-    // ~1 KB `message.created`: instantiate + `handle` in a fresh instance.
+    // The scaffolds' plugins (`wasmhook plugin new`, built by the
+    // integration tests into target/plugin-scaffolds) on a ~1 KB
+    // `message.created`: compile at upload, size on disk, and instantiate +
+    // `handle` in a fresh instance.
     let message = PluginEvent {
         event_type: "message.created".into(),
         payload: json!({
@@ -91,6 +93,7 @@ fn bench(c: &mut Criterion) {
         .to_string(),
         ..lead_event()
     };
+    eprintln!("message event size ≈ {} bytes", message.payload.len() + 100);
     for (lang, path) in scaffold_plugins() {
         let Ok(wasm) = std::fs::read(&path) else {
             eprintln!(
@@ -99,13 +102,24 @@ fn bench(c: &mut Criterion) {
             );
             continue;
         };
+        let cache = tempfile::tempdir().unwrap();
+        let cached = Runtime::new(Limits::default(), Some(cache.path().to_path_buf())).unwrap();
         let started = std::time::Instant::now();
-        let plugin = runtime.load(&wasm).unwrap();
+        cached.load(&wasm).unwrap();
+        let compile = started.elapsed();
+        let started = std::time::Instant::now();
+        cached.load(&wasm).unwrap();
+        let mapped = started.elapsed();
+        let artifact: u64 = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
         eprintln!(
-            "{lang}: {} bytes, compiled in {:?}",
+            "{lang}: component {} bytes, compiled {} bytes; compile {compile:?}, load from the cache {mapped:?}",
             wasm.len(),
-            started.elapsed()
+            artifact
         );
+        let plugin = runtime.load(&wasm).unwrap();
         let mut group = c.benchmark_group(format!("handle/scaffold-{lang}"));
         group.bench_function("wasm, fresh instance", |b| {
             b.to_async(&rt).iter(|| async {
@@ -130,9 +144,12 @@ fn scaffold_plugins() -> Vec<(String, std::path::PathBuf)> {
         Err(_) => {
             let root =
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffolds");
-            ["js", "python"]
+            ["rust", "js", "python"]
                 .into_iter()
-                .map(|lang| (lang.to_string(), root.join(lang).join("plugin.wasm")))
+                .map(|lang| {
+                    let dir = root.join(format!("notify-{lang}"));
+                    (lang.to_string(), dir.join("plugin.wasm"))
+                })
                 .collect()
         }
     }
