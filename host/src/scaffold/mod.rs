@@ -132,7 +132,7 @@ impl Lang {
     fn notes(self) -> &'static str {
         match self {
             Lang::Rust => {
-                "\nThe Rust guest is the smallest and fastest (~100 KB, ~20 µs a call); see\n\
+                "\nThe Rust guest is the smallest and fastest (~150 KB, ~12 µs a call); see\n\
                  `wasmhook-guest/README.md` for the SDK's helpers.\n"
             }
             Lang::Js => {
