@@ -351,7 +351,7 @@ pub async fn transform(
         };
         return Ok(one(delivery(DeliveryStatus::Pending, Some(request), None)));
     };
-    let plugin = match app.plugins.resolve(&sub.tenant_id, &plugin_ref.id) {
+    let plugin = match app.plugins.resolve(&sub.tenant_id, &plugin_ref.id).await {
         Ok(p) => p,
         Err(e) => {
             warn!(subscription_id = %sub.id, error = %e, "plugin unavailable");

@@ -4,9 +4,18 @@
 //! Loaded plugins are kept by SHA-256, so tenants that upload the same
 //! component share one compiled copy. Every call first takes a slot from the
 //! [`Admission`] queue.
+//!
+//! Loading happens on first use, off the async workers and once per
+//! component however many requests want it at once: mapping a cached
+//! artifact takes milliseconds, but compiling a JavaScript or Python
+//! component takes seconds, and a cold start with a burst of events for it
+//! must neither block a tokio worker nor compile it once per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::OnceCell;
 
 use crate::runtime::admission::{Admission, Busy, Permit};
 use crate::runtime::{LoadError, Plugin, Runtime, bundled};
@@ -29,7 +38,9 @@ pub struct Registry {
     runtime: Runtime,
     store: Store,
     admission: Admission,
-    loaded: Arc<RwLock<HashMap<String, Plugin>>>,
+    /// By SHA-256 (or `builtin:<name>`): a cell filled by the first load,
+    /// which every concurrent resolver of the same key awaits.
+    loaded: Arc<RwLock<HashMap<String, Arc<OnceCell<Plugin>>>>>,
 }
 
 impl Registry {
@@ -52,30 +63,37 @@ impl Registry {
     }
 
     /// The loaded plugin `id` as seen by `tenant_id`.
-    pub fn resolve(&self, tenant_id: &str, id: &str) -> Result<Plugin, ResolveError> {
+    pub async fn resolve(&self, tenant_id: &str, id: &str) -> Result<Plugin, ResolveError> {
         if let Some(name) = id.strip_prefix("builtin:") {
             let b = bundled::find(name).ok_or_else(|| ResolveError::Unknown(id.to_string()))?;
-            return self.load_bytes_cached(&format!("builtin:{}", b.name), || Ok(b.wasm.to_vec()));
+            return self
+                .load_once(format!("builtin:{}", b.name), move |_| Ok(b.wasm.to_vec()))
+                .await;
         }
         let record = self
             .store
             .get_plugin(tenant_id, id)?
             .ok_or_else(|| ResolveError::Unknown(id.to_string()))?;
-        let sha = record.sha256.clone();
-        self.load_bytes_cached(&sha, || {
-            self.store
-                .plugin_bytes(&sha)?
-                .ok_or_else(|| ResolveError::Unknown(id.to_string()))
+        let unknown = ResolveError::Unknown(id.to_string());
+        let sha = record.sha256;
+        self.load_once(sha.clone(), move |store| {
+            store.plugin_bytes(&sha)?.ok_or(unknown)
         })
+        .await
     }
 
     /// Loads (validates and compiles) new bytes and caches the result.
     pub fn load_new(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
         let plugin = self.runtime.load(wasm)?;
+        crate::telemetry::plugin_loaded(started.elapsed());
         self.loaded
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(plugin.sha256.clone(), plugin.clone());
+            .insert(
+                plugin.sha256.clone(),
+                Arc::new(OnceCell::new_with(Some(plugin.clone()))),
+            );
         Ok(plugin)
     }
 
@@ -89,24 +107,48 @@ impl Registry {
         self.runtime.forget(sha256);
     }
 
-    fn load_bytes_cached(
+    /// The plugin under `key`, loaded by the first caller on a blocking
+    /// thread (`bytes` reads its component) while the others wait for it. A
+    /// failed load is not remembered: the next caller tries again.
+    async fn load_once(
         &self,
-        key: &str,
-        bytes: impl FnOnce() -> Result<Vec<u8>, ResolveError>,
+        key: String,
+        bytes: impl FnOnce(&Store) -> Result<Vec<u8>, ResolveError> + Send + 'static,
     ) -> Result<Plugin, ResolveError> {
-        if let Some(p) = self
-            .loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
-            return Ok(p.clone());
+        let cell = {
+            let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+            loaded.get(&key).cloned()
+        };
+        let cell = match cell {
+            Some(cell) => cell,
+            None => self
+                .loaded
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        if let Some(plugin) = cell.get() {
+            return Ok(plugin.clone());
         }
-        let plugin = self.runtime.load(&bytes()?)?;
-        self.loaded
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), plugin.clone());
-        Ok(plugin)
+        let (runtime, store) = (self.runtime.clone(), self.store.clone());
+        cell.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                let wasm = bytes(&store)?;
+                let started = Instant::now();
+                let plugin = runtime.load(&wasm)?;
+                crate::telemetry::plugin_loaded(started.elapsed());
+                Ok(plugin)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ResolveError::Load(LoadError::Engine(format!(
+                    "loading the plugin stopped: {e}"
+                ))))
+            })
+        })
+        .await
+        .cloned()
     }
 }

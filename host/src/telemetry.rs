@@ -147,6 +147,11 @@ fn describe() {
         Unit::Seconds,
         "One plugin call, instantiation included."
     );
+    describe_histogram!(
+        "wasmhook_plugin_load_seconds",
+        Unit::Seconds,
+        "Loading a plugin into memory on first use: mapping its cached artifact, or compiling it (seconds for a JavaScript or Python component)."
+    );
     describe_counter!(
         "wasmhook_subscriptions_disabled_total",
         "Subscriptions disabled, by reason (gone: the endpoint answered 410; failures: too many failed deliveries in a row; operator)."
@@ -266,6 +271,11 @@ pub fn plugin_call<T>(result: &Result<T, CallError>, elapsed: Duration) {
     };
     counter!("wasmhook_plugin_calls_total", "outcome" => outcome).increment(1);
     histogram!("wasmhook_plugin_call_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A plugin loaded into memory (first use after start, or a new upload).
+pub fn plugin_loaded(elapsed: Duration) {
+    histogram!("wasmhook_plugin_load_seconds").record(elapsed.as_secs_f64());
 }
 
 /// A plugin call refused by admission (the pool or the tenant's share full).

@@ -715,3 +715,49 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
 }
+
+/// After a restart a plugin is loaded on first use, once, however many
+/// requests want it at the same moment (a JavaScript or Python component
+/// takes seconds to compile when its cached artifact is gone).
+#[tokio::test]
+async fn a_burst_after_a_restart_loads_a_plugin_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("Acme Dental").await;
+    let (status, plugin) = server
+        .raw(
+            "POST",
+            "/v1/plugins?name=crm-lead",
+            &key,
+            "application/wasm",
+            bundled("helloclient-lead"),
+        )
+        .await;
+    assert_eq!(status, 201, "{plugin}");
+    let path = format!("/v1/plugins/{}/dry-run", plugin["id"].as_str().unwrap());
+    assert_eq!(server.stop().code(), Some(0));
+
+    let server = Server::start(dir.path());
+    let body = || Some(json!({"event": lead()}));
+    let runs = tokio::join!(
+        server.call("POST", &path, &key, body()),
+        server.call("POST", &path, &key, body()),
+        server.call("POST", &path, &key, body()),
+        server.call("POST", &path, &key, body()),
+        server.call("POST", &path, &key, body()),
+        server.call("POST", &path, &key, body()),
+    );
+    for (status, dry) in [runs.0, runs.1, runs.2, runs.3, runs.4, runs.5] {
+        assert_eq!(status, 200, "{dry}");
+        assert_eq!(dry["action"]["action"], "deliver", "{dry}");
+    }
+    let (status, metrics) = server.call("GET", "/metrics", ADMIN_TOKEN, None).await;
+    assert_eq!(status, 200);
+    let loads = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmhook_plugin_load_seconds_count "))
+        .unwrap_or_else(|| panic!("no load count in {metrics}"));
+    assert_eq!(loads.trim(), "1", "six dry runs, one load");
+}

@@ -285,6 +285,7 @@ async fn dry_run(
         .app
         .plugins
         .resolve(&tenant.id, &id)
+        .await
         .map_err(|e| ApiError::bad("invalid_plugin", e.to_string()))?;
     let event: EventInput = serde_json::from_value(input.event)
         .map_err(|e| ApiError::bad("invalid_event", format!("event: {e}")))?;

@@ -107,6 +107,7 @@ async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Resul
         .app
         .plugins
         .resolve(tenant_id, &p.id)
+        .await
         .map_err(|e| bad(format!("plugin: {e}")))?;
     let report = {
         let _slot = state.app.plugins.admit(tenant_id).await?;

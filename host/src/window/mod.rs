@@ -176,7 +176,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
     let now = app.clock.now();
     let requests = match &sub.plugin {
         None => Err("the subscription has no plugin to flush its window".to_string()),
-        Some(p) => match app.plugins.resolve(&sub.tenant_id, &p.id) {
+        Some(p) => match app.plugins.resolve(&sub.tenant_id, &p.id).await {
             Err(e) => Err(format!("plugin {}: {e}", p.id)),
             Ok(plugin) => {
                 let bounds = WindowBounds {
