@@ -8,7 +8,8 @@
 # Prints one table: events/s accepted, deliveries/s end to end, server CPU
 # per delivery, ingest latency p50/p99, and the ratio to the ceiling.
 #
-#   bench/e2e.sh                 # fan-out 1, fan-out 10, batches of 100, ceiling
+#   bench/e2e.sh                 # fan-out 1 (at peak, then at half of it), fan-out 10,
+#                                # batches of 100, ceiling
 #   DURATION=20 CONNECTIONS=64 bench/e2e.sh
 #   WASMHOOK_BIN=/path/to/other/wasmhook bench/e2e.sh   # another build
 #
@@ -178,6 +179,13 @@ run_wrk_auth() { # url script key
 
 : > "$WORK/table.txt"
 scenario "single events, fan-out 1" 1 "$WORK/single.lua" /v1/events 1
+# The same at half of that peak: each connection waits between requests
+# (wrk's delay hook) so that CONNECTIONS / delay is half the rate just
+# measured; the latency then is what a sender sees below saturation.
+peak=$(head -1 "$WORK/table.txt" | cut -f2)
+delay_ms=$(python3 -c "print(max(1, round($CONNECTIONS / ($peak / 2) * 1000)))")
+{ cat "$WORK/single.lua"; echo "function delay() return $delay_ms end"; } > "$WORK/half.lua"
+scenario "single events, fan-out 1, half load" 1 "$WORK/half.lua" /v1/events 1
 scenario "single events, fan-out 10" 10 "$WORK/single.lua" /v1/events 1
 scenario "batches of 100, fan-out 1" 1 "$WORK/batch.lua" /v1/events/batch 100
 read -r creq cnon crps cp50 cp99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/hook" "$WORK/ceiling.lua")
