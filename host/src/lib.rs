@@ -26,7 +26,9 @@
 //!
 //! Beside the flow: [`app`] (the shared context), [`subscription`] (a
 //! subscription's rules), [`clock`], [`config`],
-//! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`util`].
+//! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`scaffold`]
+//! (`wasmhook plugin new`: plugin projects in Rust, JavaScript, Python),
+//! [`util`].
 
 pub mod api;
 pub mod app;
