@@ -578,3 +578,30 @@ async fn javascript_holds_come_back_to_flush_as_values() {
 async fn python_holds_come_back_to_flush_as_values() {
     holds_and_flushes(Lang::Python).await;
 }
+
+#[tokio::test]
+async fn a_javascript_plugin_may_be_async() {
+    let Some((runtime, plugin)) = hostile(Lang::Js) else {
+        return;
+    };
+    let event = event("message.created", json!({"n": 7}));
+    let report = runtime
+        .handle(plugin, &event, &json!({"mode": "async"}).to_string())
+        .await;
+    match report.result {
+        Ok(Action::Deliver { requests }) => assert_eq!(
+            serde_json::from_str::<Value>(&requests[0].body).unwrap(),
+            json!({"async": true, "n": 7})
+        ),
+        other => panic!("{other:?}"),
+    }
+    let report = runtime
+        .handle(plugin, &event, &json!({"mode": "async-throw"}).to_string())
+        .await;
+    assert_eq!(
+        report.result.unwrap_err(),
+        CallError::Plugin(PluginError::Failed(
+            "the hostile plugin rejects on purpose".into()
+        ))
+    );
+}

@@ -15,7 +15,8 @@
 //   flush(window, groups, config)   optional; window: {start, end},
 //       groups: [{key, items}]; returns [{ body, contentType?, headers? }].
 //   checkConfig(config)             optional; throw to refuse the settings.
-// A thrown Error becomes a plugin error carrying its message; console.log,
+// Any of them may be async (return a promise). A thrown Error (or a rejected
+// promise) becomes a plugin error carrying its message; console.log,
 // .info, .warn, .error and .debug go to the plugin log. Date is frozen at
 // the event's occurredAt (the window's end in flush) and Math.random is
 // deterministic: the sandbox gives a plugin no real time or randomness.
@@ -160,30 +161,70 @@ function item(text) {
   }
 }
 
-export function checkConfig(config) {
+function isThenable(value) {
+  return value != null && typeof value.then === "function";
+}
+
+// Runs one export's body and ends the call (the log cap's report) when it
+// is done: at once, or when the promise an async plugin returned settles
+// (componentize-js runs the event loop until it does).
+function call(body) {
+  let result;
   try {
-    checkConfigIn(config);
-  } finally {
+    result = body();
+  } catch (e) {
     endCall();
+    throw e;
   }
+  if (isThenable(result)) return result.finally(endCall);
+  endCall();
+  return result;
+}
+
+// The plugin's answer, awaited if it is a promise, then mapped by `then`;
+// an error (thrown or rejected) becomes the `tag` plugin error.
+function answer(produce, then, tag) {
+  const fail = (e) => {
+    throw e && e.payload ? e : refuse(tag, e);
+  };
+  let value;
+  try {
+    value = produce();
+  } catch (e) {
+    fail(e);
+  }
+  if (isThenable(value)) {
+    return value.then((v) => {
+      try {
+        return then(v);
+      } catch (e) {
+        return fail(e);
+      }
+    }, fail);
+  }
+  try {
+    return then(value);
+  } catch (e) {
+    return fail(e);
+  }
+}
+
+export function checkConfig(config) {
+  return call(() => checkConfigIn(config));
+}
+
+export function handle(event, config) {
+  return call(() => handleIn(event, config));
+}
+
+export function flush(window, groups, config) {
+  return call(() => flushIn(window, groups, config));
 }
 
 function checkConfigIn(config) {
   const parsed = parse(config, "the config", "bad-config");
   if (typeof plugin.checkConfig !== "function") return;
-  try {
-    plugin.checkConfig(parsed);
-  } catch (e) {
-    throw refuse("bad-config", e);
-  }
-}
-
-export function handle(event, config) {
-  try {
-    return handleIn(event, config);
-  } finally {
-    endCall();
-  }
+  return answer(() => plugin.checkConfig(parsed), () => undefined, "bad-config");
 }
 
 function handleIn(event, config) {
@@ -197,19 +238,7 @@ function handleIn(event, config) {
     occurredAt: event.occurredAt,
     data,
   };
-  try {
-    return action(plugin.handle(input, settings));
-  } catch (e) {
-    throw e && e.payload ? e : refuse("failed", e);
-  }
-}
-
-export function flush(window, groups, config) {
-  try {
-    return flushIn(window, groups, config);
-  } finally {
-    endCall();
-  }
+  return answer(() => plugin.handle(input, settings), action, "failed");
 }
 
 function flushIn(window, groups, config) {
@@ -219,9 +248,6 @@ function flushIn(window, groups, config) {
     throw refuse("bad-config", "this plugin holds no items: it exports no flush");
   }
   const input = groups.map((g) => ({ key: g.key, items: g.items.map(item) }));
-  try {
-    return requests(plugin.flush({ start: window.start, end: window.end }, input, settings), "flush");
-  } catch (e) {
-    throw e && e.payload ? e : refuse("failed", e);
-  }
+  const bounds = { start: window.start, end: window.end };
+  return answer(() => plugin.flush(bounds, input, settings), (r) => requests(r, "flush"), "failed");
 }
