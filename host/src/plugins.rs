@@ -84,9 +84,7 @@ impl Registry {
 
     /// Loads (validates and compiles) new bytes and caches the result.
     pub fn load_new(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
-        let started = Instant::now();
-        let plugin = self.runtime.load(wasm)?;
-        crate::telemetry::plugin_loaded(started.elapsed());
+        let plugin = load_timed(&self.runtime, wasm)?;
         self.loaded
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -134,21 +132,23 @@ impl Registry {
         }
         let (runtime, store) = (self.runtime.clone(), self.store.clone());
         cell.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || {
-                let wasm = bytes(&store)?;
-                let started = Instant::now();
-                let plugin = runtime.load(&wasm)?;
-                crate::telemetry::plugin_loaded(started.elapsed());
-                Ok(plugin)
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ResolveError::Load(LoadError::Engine(format!(
-                    "loading the plugin stopped: {e}"
-                ))))
-            })
+            tokio::task::spawn_blocking(move || Ok(load_timed(&runtime, &bytes(&store)?)?))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ResolveError::Load(LoadError::Engine(format!(
+                        "loading the plugin stopped: {e}"
+                    ))))
+                })
         })
         .await
         .cloned()
     }
+}
+
+/// Validates and compiles (or maps) a component, recording how long it took.
+fn load_timed(runtime: &Runtime, wasm: &[u8]) -> Result<Plugin, LoadError> {
+    let started = Instant::now();
+    let plugin = runtime.load(wasm)?;
+    crate::telemetry::plugin_loaded(started.elapsed());
+    Ok(plugin)
 }

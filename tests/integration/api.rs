@@ -28,16 +28,13 @@ async fn a_new_tenants_whole_story() {
     let (_, key) = server.tenant("Acme Dental").await;
 
     // Upload its own plugin (the lead transform, as its own component).
-    let (status, plugin) = server
-        .raw(
-            "POST",
-            "/v1/plugins?name=crm-lead&version=1.2.0",
+    let plugin = server
+        .upload_plugin(
             &key,
-            "application/wasm",
+            "name=crm-lead&version=1.2.0",
             bundled("helloclient-lead"),
         )
         .await;
-    assert_eq!(status, 201, "{plugin}");
     let plugin_id = plugin["id"].as_str().unwrap();
     assert!(plugin_id.starts_with("plg_"));
     assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
@@ -514,14 +511,8 @@ async fn a_restart_keeps_tenants_keys_plugins_and_subscriptions() {
         .await;
     assert_eq!(s, 201);
     let second_key = extra["api_key"].as_str().unwrap().to_string();
-    let (_, plugin) = server
-        .raw(
-            "POST",
-            "/v1/plugins?name=raw",
-            &key,
-            "application/wasm",
-            fixture("raw-wit"),
-        )
+    let plugin = server
+        .upload_plugin(&key, "name=raw", fixture("raw-wit"))
         .await;
     let plugin = plugin["id"].as_str().unwrap().to_string();
     let rx = Receiver::ok().await;
@@ -724,16 +715,9 @@ async fn a_burst_after_a_restart_loads_a_plugin_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let (_, key) = server.tenant("Acme Dental").await;
-    let (status, plugin) = server
-        .raw(
-            "POST",
-            "/v1/plugins?name=crm-lead",
-            &key,
-            "application/wasm",
-            bundled("helloclient-lead"),
-        )
+    let plugin = server
+        .upload_plugin(&key, "name=crm-lead", bundled("helloclient-lead"))
         .await;
-    assert_eq!(status, 201, "{plugin}");
     let path = format!("/v1/plugins/{}/dry-run", plugin["id"].as_str().unwrap());
     assert_eq!(server.stop().code(), Some(0));
 

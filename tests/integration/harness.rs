@@ -299,6 +299,15 @@ impl Server {
         )
     }
 
+    /// Uploads a plugin (`query`: `name=…`, optionally `&version=…`) and
+    /// returns its record; the upload must be accepted.
+    pub async fn upload_plugin(&self, key: &str, query: &str, wasm: Vec<u8>) -> Value {
+        let path = format!("/v1/plugins?{query}");
+        let (status, plugin) = self.raw("POST", &path, key, "application/wasm", wasm).await;
+        assert_eq!(status, 201, "{query}: {plugin}");
+        plugin
+    }
+
     /// Creates a subscription; returns its JSON (with `secret`).
     pub async fn subscribe(&self, key: &str, body: Value) -> Value {
         let (status, sub) = self

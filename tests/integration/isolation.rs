@@ -127,16 +127,9 @@ async fn a_full_plugin_pool_never_fails_an_accepted_event() {
     ));
     let (_, a) = server.tenant("a").await;
     let (_, b) = server.tenant("b").await;
-    let (s, plugin) = server
-        .raw(
-            "POST",
-            "/v1/plugins?name=hostile",
-            &a,
-            "application/wasm",
-            fixture("hostile"),
-        )
+    let plugin = server
+        .upload_plugin(&a, "name=hostile", fixture("hostile"))
         .await;
-    assert_eq!(s, 201, "{plugin}");
     let plugin_id = plugin["id"].as_str().unwrap().to_string();
     let rx = Receiver::ok().await;
     server
@@ -274,16 +267,7 @@ async fn bounds_are_answered_with_the_key_that_limits() {
     );
 
     let wasm = fixture("raw-wit");
-    let (s, _) = server
-        .raw(
-            "POST",
-            "/v1/plugins?name=one",
-            &key,
-            "application/wasm",
-            wasm.clone(),
-        )
-        .await;
-    assert_eq!(s, 201);
+    server.upload_plugin(&key, "name=one", wasm.clone()).await;
     let (s, body) = server
         .raw(
             "POST",
@@ -550,27 +534,8 @@ async fn compiled_artifacts_leave_with_their_plugin_and_are_checked_before_use()
     };
     let server = Server::start(dir.path());
     let (_, key) = server.tenant("t").await;
-    let upload = |name: &str, wasm: Vec<u8>| {
-        let (server, key, name) = (&server, key.clone(), name.to_string());
-        async move {
-            let (s, p) = server
-                .raw(
-                    "POST",
-                    &format!("/v1/plugins?name={name}"),
-                    &key,
-                    "application/wasm",
-                    wasm,
-                )
-                .await;
-            assert_eq!(s, 201, "{p}");
-            (
-                p["id"].as_str().unwrap().to_string(),
-                p["sha256"].as_str().unwrap().to_string(),
-            )
-        }
-    };
-    let (hostile, hostile_sha) = upload("hostile", fixture("hostile")).await;
-    let (raw, raw_sha) = upload("raw", fixture("raw-wit")).await;
+    let (hostile, hostile_sha) = upload_with(&server, &key, "hostile", fixture("hostile")).await;
+    let (raw, raw_sha) = upload_with(&server, &key, "raw", fixture("raw-wit")).await;
     assert_eq!(cwasm(&hostile_sha).len(), 1);
     assert_eq!(cwasm(&raw_sha).len(), 1);
     let (s, _) = server
@@ -617,16 +582,9 @@ async fn compiled_artifacts_leave_with_their_plugin_and_are_checked_before_use()
 }
 
 async fn upload_with(server: &Server, key: &str, name: &str, wasm: Vec<u8>) -> (String, String) {
-    let (s, p) = server
-        .raw(
-            "POST",
-            &format!("/v1/plugins?name={name}"),
-            key,
-            "application/wasm",
-            wasm,
-        )
+    let p = server
+        .upload_plugin(key, &format!("name={name}"), wasm)
         .await;
-    assert_eq!(s, 201, "{p}");
     (
         p["id"].as_str().unwrap().to_string(),
         p["sha256"].as_str().unwrap().to_string(),

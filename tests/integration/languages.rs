@@ -15,44 +15,37 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde_json::{Value, json};
 use wasmhook::runtime::{Action, CallError, LogLevel, Plugin, PluginError, Runtime};
+use wasmhook::scaffold::Lang;
 
 use crate::harness::{Receiver, Server, verify_standard};
 use crate::support::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Lang {
-    Rust,
-    Js,
-    Python,
+/// The `--lang` value, as the CLI spells it.
+fn flag(lang: Lang) -> String {
+    lang.to_possible_value()
+        .expect("every language has a flag")
+        .get_name()
+        .to_string()
 }
 
-impl Lang {
-    fn flag(self) -> &'static str {
-        match self {
-            Lang::Rust => "rust",
-            Lang::Js => "js",
-            Lang::Python => "python",
-        }
+/// The plugin's own source in a scaffold.
+fn source(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "src/lib.rs",
+        Lang::Js => "plugin.js",
+        Lang::Python => "plugin.py",
     }
+}
 
-    /// The plugin's own source in a scaffold.
-    fn source(self) -> &'static str {
-        match self {
-            Lang::Rust => "src/lib.rs",
-            Lang::Js => "plugin.js",
-            Lang::Python => "plugin.py",
-        }
-    }
-
-    /// The tools its build needs.
-    fn tools(self) -> &'static [&'static str] {
-        match self {
-            Lang::Rust => &["make", "cargo", "rustup"],
-            Lang::Js => &["make", "node", "npm"],
-            Lang::Python => &["make", "python3"],
-        }
+/// The tools its build needs.
+fn tools(lang: Lang) -> &'static [&'static str] {
+    match lang {
+        Lang::Rust => &["make", "cargo", "rustup"],
+        Lang::Js => &["make", "node", "npm"],
+        Lang::Python => &["make", "python3"],
     }
 }
 
@@ -80,7 +73,7 @@ fn build(lang: Lang, name: &str, replace: Option<&str>) -> Option<PathBuf> {
     if let Some(dir) = built.get(name) {
         return Some(dir.clone());
     }
-    let missing: Vec<&str> = lang.tools().iter().copied().filter(|t| !have(t)).collect();
+    let missing: Vec<&str> = tools(lang).iter().copied().filter(|t| !have(t)).collect();
     if !missing.is_empty() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -96,7 +89,7 @@ fn build(lang: Lang, name: &str, replace: Option<&str>) -> Option<PathBuf> {
     let out = Command::new(binary())
         .args(["plugin", "new"])
         .arg(&fresh_dir)
-        .args(["--lang", lang.flag()])
+        .args(["--lang", &flag(lang)])
         .output()
         .unwrap();
     assert!(out.status.success(), "plugin new: {out:?}");
@@ -105,7 +98,7 @@ fn build(lang: Lang, name: &str, replace: Option<&str>) -> Option<PathBuf> {
     if let Some(fixture) = replace {
         std::fs::copy(
             repo_root().join("tests/fixtures").join(fixture),
-            fresh_dir.join(lang.source()),
+            fresh_dir.join(source(lang)),
         )
         .unwrap();
     }
@@ -183,7 +176,7 @@ fn expected_notification() -> Value {
 /// `plugin new`, `make`, then `wasmhook plugin run plugin.wasm --event
 /// event.json --config config.json` as the README says.
 fn scaffold_runs_in_the_cli(lang: Lang) {
-    let name = format!("notify-{}", lang.flag());
+    let name = format!("notify-{}", flag(lang));
     let Some(dir) = build(lang, &name, None) else {
         return;
     };
@@ -248,16 +241,9 @@ async fn javascript_and_python_plugins_upload_dry_run_and_deliver() {
     let mut receivers = Vec::new();
     for (name, dir) in [("notify-js", &js), ("notify-python", &py)] {
         let wasm = std::fs::read(dir.join("plugin.wasm")).unwrap();
-        let (status, plugin) = server
-            .raw(
-                "POST",
-                &format!("/v1/plugins?name={name}"),
-                &key,
-                "application/wasm",
-                wasm,
-            )
+        let plugin = server
+            .upload_plugin(&key, &format!("name={name}"), wasm)
             .await;
-        assert_eq!(status, 201, "{name}: {plugin}");
         let id = plugin["id"].as_str().unwrap().to_string();
 
         // Dry runs: the sample, then an event it skips.
@@ -344,29 +330,11 @@ fn hostile(lang: Lang) -> Option<&'static (Runtime, Plugin)> {
     .as_ref()
 }
 
-/// Runs the hostile plugin in `mode`, then proves the runtime recovers by
-/// running `ok` on the same plugin (as `sandbox::hostile` does for Rust).
+/// The hostile plugin of `lang` in `mode`, then `ok` (see
+/// `support::misbehave_then_recover`); `None` without its toolchain.
 async fn misbehave(lang: Lang, mode: &str) -> Option<CallError> {
     let (runtime, plugin) = hostile(lang)?;
-    let event = event("message.created", json!({"n": 1}));
-    let report = runtime
-        .handle(plugin, &event, &json!({ "mode": mode }).to_string())
-        .await;
-    let error = report.result.expect_err("the hostile call must fail");
-    let ok = runtime
-        .handle(plugin, &event, &json!({"mode": "ok"}).to_string())
-        .await;
-    assert_eq!(
-        ok.result.expect("the next call succeeds"),
-        Action::Deliver {
-            requests: vec![wasmhook::runtime::PluginRequest {
-                body: r#"{"n":1}"#.into(),
-                content_type: "application/json".into(),
-                headers: vec![],
-            }]
-        }
-    );
-    Some(error)
+    Some(misbehave_then_recover(runtime, plugin, mode).await.0)
 }
 
 /// Every misbehaviour fails with the same error as the Rust fixture's.

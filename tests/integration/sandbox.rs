@@ -8,30 +8,11 @@ use wasmhook::runtime::{Action, CallError, Limits, LoadError, LogLevel, PluginEr
 
 use crate::support::*;
 
-/// Runs the hostile plugin in `mode`, then proves the runtime still works by
-/// running the well-behaved mode on the same plugin.
+/// Runs the Rust hostile plugin in `mode`, then `ok` on the same plugin.
 async fn hostile(mode: &str) -> (CallError, Duration) {
     let runtime = runtime();
     let plugin = load_fixture(&runtime, "hostile");
-    let event = event("message.created", json!({"n": 1}));
-    let config = json!({ "mode": mode }).to_string();
-    let report = runtime.handle(&plugin, &event, &config).await;
-    let error = report.result.expect_err("the hostile call must fail");
-
-    let ok = runtime
-        .handle(&plugin, &event, &json!({"mode": "ok"}).to_string())
-        .await;
-    assert_eq!(
-        ok.result.expect("the next call succeeds"),
-        Action::Deliver {
-            requests: vec![wasmhook::runtime::PluginRequest {
-                body: r#"{"n":1}"#.into(),
-                content_type: "application/json".into(),
-                headers: vec![],
-            }]
-        }
-    );
-    (error, report.elapsed)
+    misbehave_then_recover(&runtime, &plugin, mode).await
 }
 
 #[tokio::test]

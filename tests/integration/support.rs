@@ -41,6 +41,40 @@ pub fn event(event_type: &str, data: serde_json::Value) -> PluginEvent {
     }
 }
 
+/// Runs a hostile fixture plugin (any language: they share their modes) in
+/// `mode`, which must fail, then proves the runtime still works by running
+/// its well-behaved `ok` mode on the same plugin. Returns the failure and
+/// how long the failing call took.
+pub async fn misbehave_then_recover(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    mode: &str,
+) -> (wasmhook::runtime::CallError, std::time::Duration) {
+    let event = event("message.created", serde_json::json!({"n": 1}));
+    let config = serde_json::json!({ "mode": mode }).to_string();
+    let report = runtime.handle(plugin, &event, &config).await;
+    let error = report.result.expect_err("the hostile call must fail");
+
+    let ok = runtime
+        .handle(
+            plugin,
+            &event,
+            &serde_json::json!({"mode": "ok"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        ok.result.expect("the next call succeeds"),
+        wasmhook::runtime::Action::Deliver {
+            requests: vec![wasmhook::runtime::PluginRequest {
+                body: r#"{"n":1}"#.into(),
+                content_type: "application/json".into(),
+                headers: vec![],
+            }]
+        }
+    );
+    (error, report.elapsed)
+}
+
 /// The path of the real `wasmhook` binary.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wasmhook")
