@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins embedded in the `wasmhook` binary (`builtin:<name>`).
-const BUNDLED: &[&str] = &["helloclient-lead", "helloclient-chatlog", "event-filter"];
+const BUNDLED: &[&str] = &[
+    "helloclient-lead",
+    "helloclient-chatlog",
+    "event-filter",
+    "platform-sources",
+];
 /// Components only the tests use (hostile behaviour, raw WIT, wrong world).
 const FIXTURES: &[&str] = &["fixture-hostile", "fixture-raw-wit", "fixture-wrong-world"];
 

@@ -267,7 +267,7 @@ pub fn plugin_call<T>(result: &Result<T, CallError>, elapsed: Duration) {
             | CallError::ReservedHeader { .. }
             | CallError::InvalidHeader { .. },
         ) => "output",
-        Err(CallError::Instantiate { .. }) => "instantiate",
+        Err(CallError::Instantiate { .. } | CallError::WrongWorld { .. }) => "instantiate",
     };
     counter!("wasmhook_plugin_calls_total", "outcome" => outcome).increment(1);
     histogram!("wasmhook_plugin_call_duration_seconds").record(elapsed.as_secs_f64());

@@ -17,7 +17,7 @@ use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, body_error, limit_body};
 use crate::event::EventInput;
-use crate::runtime::{Action, LogLine, bundled};
+use crate::runtime::{Action, LogLine, World, bundled};
 use crate::store::PluginRecord;
 use crate::util::{new_id, new_id_at};
 
@@ -50,6 +50,9 @@ pub struct PluginView {
     pub version: String,
     pub sha256: String,
     pub size: usize,
+    /// `transform`: a subscription's plugin; `source`: a source's adapter.
+    #[schema(value_type = String)]
+    pub world: World,
     pub builtin: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -65,6 +68,7 @@ impl From<PluginRecord> for PluginView {
             version: r.version,
             sha256: r.sha256,
             size: r.size,
+            world: r.world,
             builtin: false,
             description: None,
             created_at: Some(r.created_at),
@@ -81,6 +85,7 @@ fn builtin_views() -> Vec<PluginView> {
             version: env!("CARGO_PKG_VERSION").into(),
             sha256: hex::encode(sha2::Sha256::digest(b.wasm)),
             size: b.wasm.len(),
+            world: b.world,
             builtin: true,
             description: Some(b.description.into()),
             created_at: None,
@@ -152,6 +157,7 @@ async fn upload(
         sha256: plugin.sha256.clone(),
         size: wasm.len(),
         created_at: state.app.clock.now(),
+        world: plugin.world(),
     };
     state.app.store.put_plugin(&record, &wasm)?;
     state.app.store.durable().await?;

@@ -18,7 +18,7 @@ use super::{ApiError, ApiState, Json};
 use crate::event::Envelope;
 use crate::ingest::HoldMode;
 use crate::retry::RetryPolicy;
-use crate::runtime::CallError;
+use crate::runtime::{CallError, World};
 use crate::sign::{self, Scheme};
 use crate::store::{Delivery, PluginRef, Subscription};
 pub use crate::subscription::{Defaults, SubscriptionInput};
@@ -109,6 +109,12 @@ async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Resul
         .resolve(tenant_id, &p.id)
         .await
         .map_err(|e| bad(format!("plugin: {e}")))?;
+    if plugin.world() != World::Transform {
+        return Err(bad(format!(
+            "plugin {} is a source adapter (the source world); a subscription needs a transform plugin",
+            p.id
+        )));
+    }
     let report = {
         let _slot = state.app.plugins.admit(tenant_id).await?;
         state

@@ -1,5 +1,6 @@
-//! The one `bindgen!` of the host, and the conversions between its generated
-//! types and the plain types in [`super::types`].
+//! The host's `bindgen!`s (one per world, sharing the `types` and `host`
+//! interfaces), and the conversions between their generated types and the
+//! plain types in [`super::types`].
 
 use super::state::State;
 use super::types as t;
@@ -12,7 +13,64 @@ wasmtime::component::bindgen!({
 
 use self::wasmhook::plugin::types as wit;
 
-pub use wit::PluginError as WitPluginError;
+
+/// The `source` world: its own exports, the `transform` world's interfaces.
+pub mod source {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "source",
+        exports: { default: async },
+        with: {
+            "wasmhook:plugin/types": crate::runtime::bindings::wasmhook::plugin::types,
+            "wasmhook:plugin/host": crate::runtime::bindings::wasmhook::plugin::host,
+        },
+    });
+}
+
+use self::source::wasmhook::plugin::source_types as src;
+
+impl src::Host for State {}
+
+pub fn to_wit_inbound(r: &t::Inbound) -> src::Inbound {
+    src::Inbound {
+        headers: r
+            .headers
+            .iter()
+            .map(|h| wit::Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
+        body: r.body.clone(),
+        received_at: r.received_at.clone(),
+    }
+}
+
+pub fn from_wit_normalized(n: src::Normalized) -> t::Normalized {
+    t::Normalized {
+        events: n
+            .events
+            .into_iter()
+            .map(|e| t::IncomingEvent {
+                id: e.id,
+                event_type: e.event_type,
+                occurred_at: e.occurred_at,
+                payload: e.payload,
+            })
+            .collect(),
+        reply: n.reply,
+    }
+}
+
+/// A source adapter's error as the host's plugin error: a payload it cannot
+/// read is the source's "bad event".
+pub fn from_wit_source_error(e: src::SourceError) -> t::PluginError {
+    match e {
+        src::SourceError::BadConfig(m) => t::PluginError::BadConfig(m),
+        src::SourceError::BadPayload(m) => t::PluginError::BadEvent(m),
+        src::SourceError::Failed(m) => t::PluginError::Failed(m),
+    }
+}
 
 impl self::wasmhook::plugin::host::Host for State {
     fn log(&mut self, level: self::wasmhook::plugin::host::Level, message: String) {

@@ -1,6 +1,8 @@
 //! The plugins compiled into the binary by `build.rs`, available to every
 //! tenant as `builtin:<name>` and to the CLI by bare name.
 
+use super::World;
+
 /// A plugin shipped inside the `wasmhook` binary.
 #[derive(Debug, Clone, Copy)]
 pub struct Bundled {
@@ -10,6 +12,9 @@ pub struct Bundled {
     pub description: &'static str,
     /// The component bytes.
     pub wasm: &'static [u8],
+    /// Which world it implements: subscriptions use `transform` plugins,
+    /// sources `source` adapters.
+    pub world: World,
 }
 
 impl Bundled {
@@ -25,16 +30,25 @@ pub const BUNDLED: &[Bundled] = &[
         name: "helloclient-lead",
         description: "lead.created / appointment.created -> Hello Client's CRM lead record",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/helloclient-lead.wasm")),
+        world: World::Transform,
     },
     Bundled {
         name: "helloclient-chatlog",
         description: "message.created held per chatbot -> Hello Client's daily chat-log Collection",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/helloclient-chatlog.wasm")),
+        world: World::Transform,
     },
     Bundled {
         name: "event-filter",
         description: "conditions on JSON pointers (equals, one_of, exists, prefix; all/any/not) -> the event unchanged",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/event-filter.wasm")),
+        world: World::Transform,
+    },
+    Bundled {
+        name: "platform-sources",
+        description: "source adapter: the seed platforms' webhooks (config {\"kind\": …}) -> canonical events",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/platform-sources.wasm")),
+        world: World::Source,
     },
 ];
 

@@ -26,6 +26,7 @@ use wasmtime::{
 };
 
 use bindings::{Transform, TransformPre};
+use bindings::source::{Source, SourcePre};
 pub use cache::ArtifactDigests;
 use state::{Determinism, LogLimits, State};
 pub use types::*;
@@ -101,7 +102,9 @@ pub enum LoadError {
         "plugin imports something wasmhook does not provide: {0} (plugins may import only wasmhook:plugin/host and WASI 0.2 io, cli, clocks, random, filesystem and sockets)"
     )]
     UnsupportedImport(String),
-    #[error("plugin does not implement the wasmhook:plugin/transform world: {0}")]
+    #[error(
+        "plugin implements neither the wasmhook:plugin/transform world nor the source world: {0}"
+    )]
     WrongWorld(String),
     #[error("setting up the sandbox failed: {0}")]
     Engine(String),
@@ -131,6 +134,11 @@ pub enum CallError {
     InvalidHeader { name: String, reason: String },
     #[error("the sandbox could not start the plugin: {message}")]
     Instantiate { message: String },
+    #[error("this plugin implements the {actual} world; this use needs the {expected} world")]
+    WrongWorld {
+        expected: &'static str,
+        actual: &'static str,
+    },
     #[error(transparent)]
     Plugin(#[from] PluginError),
 }
@@ -181,10 +189,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-ohallo-signature",
 ];
 
-/// A validated, pre-instantiated plugin. Cheap to clone.
+/// A validated, pre-instantiated plugin of either world. Cheap to clone.
 #[derive(Clone)]
 pub struct Plugin {
-    pre: TransformPre<State>,
+    pre: Pre,
     component: Component,
     /// Hex SHA-256 of the component bytes: its identity in the store.
     pub sha256: String,
@@ -192,9 +200,38 @@ pub struct Plugin {
     pub size: usize,
 }
 
+/// The pre-instantiated exports of the world the component implements.
+#[derive(Clone)]
+enum Pre {
+    Transform(TransformPre<State>),
+    Source(SourcePre<State>),
+}
+
+impl Plugin {
+    /// The world the component implements.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::Transform(_) => World::Transform,
+            Pre::Source(_) => World::Source,
+        }
+    }
+
+    fn wrong_world<T>(&self, expected: World) -> CallReport<T> {
+        CallReport {
+            result: Err(CallError::WrongWorld {
+                expected: expected.wit_name(),
+                actual: self.world().wit_name(),
+            }),
+            log: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
+            .field("world", &self.world())
             .field("sha256", &self.sha256)
             .field("size", &self.size)
             .finish()
@@ -207,6 +244,8 @@ pub struct PluginInfo {
     pub sha256: String,
     pub size: usize,
     pub world: &'static str,
+    /// `transform` (a subscription's plugin) or `source` (a source's adapter).
+    pub kind: World,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
 }
@@ -320,7 +359,8 @@ impl Runtime {
 
     /// Validates and pre-instantiates a component: size cap, component (not
     /// core module), compiles (or reuses the cached artifact), imports only
-    /// what the host provides, exports the whole `transform` world.
+    /// what the host provides, exports the whole `transform` or `source`
+    /// world.
     pub fn load(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
         let limits = &self.inner.limits;
         if wasm.len() > limits.plugin_bytes {
@@ -341,8 +381,13 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
-        let pre =
-            TransformPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = match TransformPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Transform(pre),
+            Err(not_transform) => match SourcePre::new(instance_pre) {
+                Ok(pre) => Pre::Source(pre),
+                Err(_) => return Err(LoadError::WrongWorld(format!("{not_transform:#}"))),
+            },
+        };
         Ok(Plugin {
             pre,
             component,
@@ -358,7 +403,8 @@ impl Runtime {
         PluginInfo {
             sha256: plugin.sha256.clone(),
             size: plugin.size,
-            world: "wasmhook:plugin/transform@0.1.0",
+            world: plugin.world().wit_name(),
+            kind: plugin.world(),
             imports: ty
                 .imports(engine)
                 .map(|(name, _)| name.to_string())
@@ -370,17 +416,68 @@ impl Runtime {
         }
     }
 
-    /// Runs `check-config` on the subscription's plugin settings.
+    /// Runs `check-config` on a subscription's plugin settings or a
+    /// source's adapter settings (either world has it).
     pub async fn check_config(&self, plugin: &Plugin, config: &str) -> CallReport<()> {
         let limit = self.inner.limits.handle_timeout_ms;
         let determinism = Determinism {
             now: Duration::ZERO,
             seed: Sha256::digest(config.as_bytes()).into(),
         };
-        self.call(plugin, limit, determinism, async |bindings, store| {
-            bindings.call_check_config(store, config).await
+        match &plugin.pre {
+            Pre::Transform(pre) => {
+                self.call(limit, determinism, async |store| {
+                    let bindings = pre.instantiate_async(&mut *store).await?;
+                    let result = bindings.call_check_config(store, config).await?;
+                    Ok(result.map_err(bindings::from_wit_error))
+                })
+                .await
+            }
+            Pre::Source(pre) => {
+                self.call(limit, determinism, async |store| {
+                    let bindings: Source = pre.instantiate_async(&mut *store).await?;
+                    let result = bindings.call_check_config(store, config).await?;
+                    Ok(result.map_err(bindings::from_wit_source_error))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs a source adapter's `normalize` on one verified request.
+    pub async fn normalize(
+        &self,
+        plugin: &Plugin,
+        request: &Inbound,
+        config: &str,
+    ) -> CallReport<Normalized> {
+        let Pre::Source(pre) = &plugin.pre else {
+            return plugin.wrong_world(World::Source);
+        };
+        let limit = self.inner.limits.handle_timeout_ms;
+        let determinism = Determinism {
+            now: since_epoch(&request.received_at),
+            seed: Sha256::digest(request.body.as_bytes()).into(),
+        };
+        let inbound = bindings::to_wit_inbound(request);
+        self.call(limit, determinism, async |store| {
+            let bindings = pre.instantiate_async(&mut *store).await?;
+            let result = bindings.call_normalize(store, &inbound, config).await?;
+            Ok(result
+                .map(bindings::from_wit_normalized)
+                .map_err(bindings::from_wit_source_error))
         })
         .await
+        .and_then(|normalized| {
+            let size: usize = normalized
+                .events
+                .iter()
+                .map(|e| e.payload.len() + e.event_type.len())
+                .sum::<usize>()
+                + normalized.reply.as_ref().map_or(0, String::len);
+            self.check_size(size)?;
+            Ok(normalized)
+        })
     }
 
     /// Runs `handle` on one event.
@@ -395,9 +492,14 @@ impl Runtime {
             now: since_epoch(&event.occurred_at),
             seed: Sha256::digest(event.id.as_bytes()).into(),
         };
+        let Pre::Transform(pre) = &plugin.pre else {
+            return plugin.wrong_world(World::Transform);
+        };
         let event = bindings::to_wit_event(event);
-        self.call(plugin, limit, determinism, async |bindings, store| {
-            bindings.call_handle(store, &event, config).await
+        self.call(limit, determinism, async |store| {
+            let bindings = pre.instantiate_async(&mut *store).await?;
+            let result = bindings.call_handle(store, &event, config).await?;
+            Ok(result.map_err(bindings::from_wit_error))
         })
         .await
         .and_then(|action| self.check_action(bindings::from_wit_action(action)))
@@ -416,10 +518,15 @@ impl Runtime {
             now: since_epoch(&window.end),
             seed: Sha256::digest(format!("{}/{}", window.start, window.end)).into(),
         };
+        let Pre::Transform(pre) = &plugin.pre else {
+            return plugin.wrong_world(World::Transform);
+        };
         let window = bindings::to_wit_window(window);
         let groups = bindings::to_wit_groups(groups);
-        self.call(plugin, limit, determinism, async |bindings, store| {
-            bindings.call_flush(store, &window, &groups, config).await
+        self.call(limit, determinism, async |store| {
+            let bindings = pre.instantiate_async(&mut *store).await?;
+            let result = bindings.call_flush(store, &window, &groups, config).await?;
+            Ok(result.map_err(bindings::from_wit_error))
         })
         .await
         .and_then(|requests| {
@@ -432,20 +539,11 @@ impl Runtime {
         })
     }
 
-    /// One call in a fresh instance: set the limits, instantiate, run `f`,
-    /// classify any failure, collect the log.
-    async fn call<T, F>(
-        &self,
-        plugin: &Plugin,
-        limit_ms: u64,
-        determinism: Determinism,
-        f: F,
-    ) -> CallReport<T>
+    /// One call in a fresh store: set the limits, run `f` (which
+    /// instantiates and calls), classify any failure, collect the log.
+    async fn call<T, F>(&self, limit_ms: u64, determinism: Determinism, f: F) -> CallReport<T>
     where
-        F: AsyncFnOnce(
-            &Transform,
-            &mut Store<State>,
-        ) -> wasmtime::Result<Result<T, bindings::WitPluginError>>,
+        F: AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<T, PluginError>>,
     {
         let started = Instant::now();
         let _ticking = self.inner.ticker.running();
@@ -478,12 +576,7 @@ impl Runtime {
 
         // The epoch interrupts only running wasm; a plugin waiting in a host
         // call (a WASI poll on a clock) is stopped by this timeout instead.
-        let run = async {
-            match plugin.pre.instantiate_async(&mut store).await {
-                Ok(bindings) => f(&bindings, &mut store).await,
-                Err(e) => Err(e),
-            }
-        };
+        let run = f(&mut store);
         let outcome = match tokio::time::timeout(Duration::from_millis(limit_ms), run).await {
             Ok(outcome) => outcome,
             Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
@@ -491,7 +584,7 @@ impl Runtime {
         let mut log = store.data_mut().take_log();
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(plugin_error)) => Err(CallError::Plugin(bindings::from_wit_error(plugin_error))),
+            Ok(Err(plugin_error)) => Err(CallError::Plugin(plugin_error)),
             Err(e) => Err(classify(e, store.data(), limit_ms, limits, &log)),
         };
         if let Err(CallError::Panic { .. }) = &result {

@@ -91,3 +91,54 @@ pub struct LogLine {
     pub level: LogLevel,
     pub message: String,
 }
+
+/// A platform's verified HTTP request, as a source adapter receives it (WIT
+/// `inbound`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inbound {
+    /// Lowercase names, in the order received.
+    pub headers: Vec<Header>,
+    pub body: String,
+    /// RFC 3339 in UTC.
+    pub received_at: String,
+}
+
+/// One canonical event a source adapter found (WIT `incoming`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingEvent {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: Option<String>,
+    /// The event's `data` as JSON text.
+    pub payload: String,
+}
+
+/// What a source adapter made of one request (WIT `normalized`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Normalized {
+    pub events: Vec<IncomingEvent>,
+    /// JSON text answered to the platform, when it expects a given body.
+    pub reply: Option<String>,
+}
+
+/// Which world a component implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// Subscriptions' plugins: events in, requests out.
+    #[default]
+    Transform,
+    /// Sources' adapters: a platform's request in, events out.
+    Source,
+}
+
+impl World {
+    /// The WIT name of the world.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            World::Transform => "wasmhook:plugin/transform@0.1.0",
+            World::Source => "wasmhook:plugin/source@0.1.0",
+        }
+    }
+}

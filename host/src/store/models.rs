@@ -103,6 +103,10 @@ pub struct PluginRecord {
     pub sha256: String,
     pub size: usize,
     pub created_at: Timestamp,
+    /// Which world the component implements (records from before sources
+    /// existed are all `transform`).
+    #[serde(default)]
+    pub world: crate::runtime::World,
 }
 
 /// An accepted event.
