@@ -48,6 +48,8 @@ pub struct Bounds {
     pub window_max_items: u64,
     /// API keys one tenant may have.
     pub keys_per_tenant: usize,
+    /// Sources (inbound platform endpoints) one tenant may have.
+    pub sources_per_tenant: usize,
 }
 
 impl Default for Bounds {
@@ -60,6 +62,7 @@ impl Default for Bounds {
             window_max_bytes: 8 << 20,
             window_max_items: 100_000,
             keys_per_tenant: 20,
+            sources_per_tenant: 100,
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct LimitsSection {
     pub subscriptions_per_tenant: usize,
     pub plugins_per_tenant: usize,
     pub keys_per_tenant: usize,
+    pub sources_per_tenant: usize,
     pub deliveries_per_request: usize,
     pub pending_deliveries_per_tenant: u64,
     pub window_max_bytes: u64,
@@ -349,6 +350,7 @@ impl RawConfig {
             ),
             ("limits.plugins_per_tenant", l.plugins_per_tenant as u64),
             ("limits.keys_per_tenant", l.keys_per_tenant as u64),
+            ("limits.sources_per_tenant", l.sources_per_tenant as u64),
             (
                 "limits.deliveries_per_request",
                 l.deliveries_per_request as u64,
@@ -414,6 +416,7 @@ impl RawConfig {
                 window_max_bytes: l.window_max_bytes,
                 window_max_items: l.window_max_items,
                 keys_per_tenant: l.keys_per_tenant,
+                sources_per_tenant: l.sources_per_tenant,
             },
         })
     }

@@ -6,6 +6,9 @@
 //!
 //! 1. [`api`] — the admin REST API (axum): tenants, events, plugins,
 //!    subscriptions, deliveries; authenticates and validates.
+//! 1b. [`source`] — a platform's own webhook (`POST /in/{id}`): its
+//!    signature checked, normalized into canonical events by the source's
+//!    adapter (a `source`-world component), then handed to [`ingest`].
 //! 2. [`ingest`] — accepts validated [`event`]s: [`route`]s each to the
 //!    tenant's subscriptions, runs their plugins (after an admission slot),
 //!    checks the bounds, and hands event and deliveries to the [`queue`].
@@ -47,6 +50,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod sign;
+pub mod source;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;

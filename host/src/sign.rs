@@ -105,6 +105,21 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// Whether `expected` is the HMAC-SHA256 of `parts` under `key`, compared
+/// in constant time (inbound verification, `source::verify`).
+pub fn hmac_matches(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(expected).is_ok()
+}
+
+/// Standard base64, or None.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    BASE64.decode(text).ok()
+}
+
 /// `v1,<base64>` for one standard-webhooks key.
 pub fn standard_signature(key: &[u8], msg: &Message<'_>) -> String {
     let ts = msg.timestamp.to_string();

@@ -165,6 +165,10 @@ fn describe() {
         "Window flushes, by outcome (ok, failed)."
     );
     describe_counter!(
+        "wasmhook_source_requests_total",
+        "Platform requests to sources (/in/{id}), by source kind and outcome (accepted, unauthorized: a bad signature, dead_letter: verified but not normalizable)."
+    );
+    describe_counter!(
         "wasmhook_http_requests_total",
         "API requests, by route template and status code."
     );
@@ -320,6 +324,11 @@ pub fn window_flush(ok: bool) {
 
 /// One API request. `route` is the matched route template (`/v1/deliveries/{id}`),
 /// or `other` for paths no route matched.
+/// One platform request to a source, by kind and outcome.
+pub fn source_request(kind: &'static str, outcome: &'static str) {
+    counter!("wasmhook_source_requests_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
 pub fn http_request(route: &str, status: u16, elapsed: Duration) {
     counter!(
         "wasmhook_http_requests_total",

@@ -282,6 +282,31 @@ impl Server {
         )
     }
 
+    /// What a chat platform does: POST `body` with `headers` to a source's
+    /// path (`/in/{id}`), no API key. Returns the status and the body.
+    pub async fn inbound(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// Creates a tenant; returns (id, api key).
     pub async fn tenant(&self, name: &str) -> (String, String) {
         let (status, body) = self

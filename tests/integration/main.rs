@@ -14,5 +14,6 @@ mod isolation;
 mod languages;
 mod observability;
 mod sandbox;
+mod sources;
 mod support;
 mod windows;

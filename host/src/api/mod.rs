@@ -12,6 +12,7 @@ mod keys;
 pub mod openapi;
 mod ops;
 mod plugins;
+mod sources;
 mod subscriptions;
 mod tenants;
 
@@ -133,6 +134,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(events::router(state))
         .merge(plugins::router(state))
         .merge(subscriptions::router())
+        .merge(sources::router(state))
         .merge(deliveries::router())
         .merge(keys::router())
         .merge(ops::router())
@@ -207,6 +209,13 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A source's platform request whose signature does not verify.
+    #[error("{0}")]
+    BadSignature(String),
+    /// Well-formed but not what the receiver can use (a platform payload
+    /// its adapter cannot normalize).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("the request body is larger than the {limit}-byte limit")]
     TooLarge { limit: usize },
     #[error("{message}")]
@@ -240,6 +249,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -253,6 +264,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::BadSignature(_) => "bad_signature",
+            ApiError::Unprocessable { code, .. } => code,
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::TooManyRequests { code, .. } => code,
             ApiError::Unavailable { code, .. } => code,

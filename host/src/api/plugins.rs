@@ -234,10 +234,19 @@ async fn delete(
         .into_iter()
         .filter(|s| s.plugin.as_ref().is_some_and(|p| p.id == id))
         .map(|s| s.id)
+        .chain(
+            state
+                .app
+                .store
+                .list_sources(&tenant.id)?
+                .into_iter()
+                .filter(|s| s.plugin.as_ref().is_some_and(|p| p.id == id))
+                .map(|s| s.id),
+        )
         .collect();
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!(
-            "plugin {id} is used by subscription(s) {}; change or delete them first",
+            "plugin {id} is used by {}; change or delete them first",
             users.join(", ")
         )));
     }

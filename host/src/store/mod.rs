@@ -22,12 +22,16 @@
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
 //! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
 //! | `ops_endpoints` | tenant id | [`Subscription`]: the tenant's operational webhook (see `notify`) |
+//! | `sources` | tenant id `\0` source id | [`crate::source::Source`] |
+//! | `source_index` | source id | tenant id (an inbound request names only the source) |
+//! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 
 mod deliveries;
 mod events;
 pub mod models;
 mod plugins;
+mod sources;
 mod subscriptions;
 mod tenants;
 mod windows;
@@ -203,6 +207,9 @@ pub struct Store {
     held: Tree,
     windows: Tree,
     ops_endpoints: Tree,
+    sources: Tree,
+    source_index: Tree,
+    dead_letters: Tree,
     meta: Tree,
     commit: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     /// Each tenant's subscriptions, decoded once and shared by every ingest
@@ -245,6 +252,9 @@ impl Store {
             held: tree("held")?,
             windows: tree("windows")?,
             ops_endpoints: tree("ops_endpoints")?,
+            sources: tree("sources")?,
+            source_index: tree("source_index")?,
+            dead_letters: tree("dead_letters")?,
             meta: tree("meta")?,
             db,
             commit,

@@ -1,0 +1,424 @@
+//! Sources: a chat platform's own webhooks in, canonical events out.
+//!
+//! A source is a tenant's inbound endpoint, `POST /in/{id}`. The platform
+//! posts there what it sends to any receiver; wasmhook checks the
+//! platform's signature ([`verify`]), hands the request to the source's
+//! **adapter** (a WASM component of the `source` world: the bundled
+//! `builtin:platform-sources` for the seed platforms, or the tenant's own),
+//! and accepts the canonical events it returns exactly as `POST /v1/events`
+//! does. The platform's delivery id becomes the event id, so its retries
+//! are routed once.
+//!
+//! A request that verifies but cannot be normalized is answered 422 and
+//! kept in the source's **dead letters**, to be replayed once the adapter
+//! (or its config) is fixed. A request that fails verification is answered
+//! 401 and nothing of it is kept.
+
+pub mod verify;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::app::App;
+use crate::event::{Envelope, EventInput};
+use crate::ingest::{self, IngestError, IngestResult};
+use crate::runtime::admission::Busy;
+use crate::runtime::{CallError, Header, Inbound, PluginError, World};
+use crate::store::{PluginRef, Secret, StoreError};
+use crate::util::new_id_at;
+pub use verify::Verify;
+
+/// The bundled adapter of every kind but `plugin`.
+pub const BUNDLED_ADAPTER: &str = "builtin:platform-sources";
+
+/// Most events one platform request may carry (a Hello Client day).
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// Dead letters kept per source; the oldest go first beyond it.
+pub const MAX_DEAD_LETTERS: usize = 1000;
+
+/// Headers handed to an adapter at most (the rest are dropped).
+const MAX_HEADERS: usize = 64;
+
+/// The platform a source speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// OneHash Chat (Chatwoot family, seed 001).
+    Onehash,
+    /// onWebChat (seed 003).
+    Onwebchat,
+    /// Convosphere AI (seed 004).
+    Convosphere,
+    /// Hello Client (seed 002).
+    Helloclient,
+    /// oHallo (seed 000).
+    Ohallo,
+    /// Any sender of the Standard Webhooks payload form, wasmhook included.
+    StandardWebhooks,
+    /// The tenant's own adapter (`plugin`).
+    Plugin,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Onehash => "onehash",
+            Kind::Onwebchat => "onwebchat",
+            Kind::Convosphere => "convosphere",
+            Kind::Helloclient => "helloclient",
+            Kind::Ohallo => "ohallo",
+            Kind::StandardWebhooks => "standard-webhooks",
+            Kind::Plugin => "plugin",
+        }
+    }
+
+    /// How the platform signs, as far as its docs say. OneHash's and
+    /// Convosphere's seeds do not say how (or whether) they sign: their
+    /// sources rely on the unguessable URL.
+    pub fn default_verify(self) -> Verify {
+        match self {
+            Kind::Onwebchat => Verify::BodyHex {
+                header: "x-owc-signature".into(),
+            },
+            Kind::Ohallo => Verify::BodyHex {
+                header: "x-ohallo-signature".into(),
+            },
+            Kind::Helloclient => Verify::TimestampedHex {
+                header: "x-webhook-signature".into(),
+            },
+            Kind::StandardWebhooks => Verify::StandardWebhooks,
+            Kind::Onehash | Kind::Convosphere | Kind::Plugin => Verify::None,
+        }
+    }
+}
+
+/// A tenant's inbound endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// `src_` + 128 random bits: the path is the credential where the
+    /// platform does not sign.
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: Kind,
+    /// The current secret first, then any still inside its grace period.
+    pub secrets: Vec<Secret>,
+    pub verify: Verify,
+    /// How old a signed timestamp may be (timestamped schemes), seconds.
+    pub tolerance_secs: u64,
+    /// The adapter of a `plugin` source.
+    pub plugin: Option<PluginRef>,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Default signature-timestamp tolerance: Standard Webhooks' 5 minutes.
+pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+
+impl Source {
+    /// The path the platform posts to.
+    pub fn url(&self) -> String {
+        format!("/in/{}", self.id)
+    }
+
+    /// The adapter's plugin id and the config it is called with.
+    pub fn adapter(&self) -> (String, String) {
+        match &self.plugin {
+            Some(p) => (p.id.clone(), p.config.to_string()),
+            None => (
+                BUNDLED_ADAPTER.to_string(),
+                serde_json::json!({ "kind": self.kind.name() }).to_string(),
+            ),
+        }
+    }
+
+    /// The secrets that verify now: the current one, and older ones until
+    /// their grace period ends.
+    pub fn live_secrets(&self, now: Timestamp) -> Vec<&str> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|t| t > now))
+            .map(|s| s.secret.as_str())
+            .collect()
+    }
+
+    /// A new current secret; the old one keeps verifying for `grace`.
+    pub fn rotate_secret(&mut self, fresh: String, now: Timestamp, grace: SignedDuration) {
+        let mut secrets = vec![Secret {
+            secret: fresh,
+            expires_at: None,
+        }];
+        for (i, old) in self.secrets.iter().enumerate() {
+            let expires_at = if i == 0 {
+                Some(now + grace)
+            } else {
+                old.expires_at
+            };
+            if expires_at.is_none_or(|t| t > now) {
+                secrets.push(Secret {
+                    secret: old.secret.clone(),
+                    expires_at,
+                });
+            }
+        }
+        self.secrets = secrets;
+        self.updated_at = now;
+    }
+}
+
+/// A new source id: 128 random bits, hex.
+pub fn new_source_id() -> String {
+    format!("src_{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// Whether `secret` can verify under `verify`: a `whsec_` secret for
+/// Standard Webhooks, 1–200 printable characters otherwise.
+pub fn check_secret(verify: &Verify, secret: &str) -> Result<(), String> {
+    if matches!(verify, Verify::StandardWebhooks) {
+        crate::sign::standard_key(secret).map_err(|e| e.to_string())?;
+    }
+    if secret.is_empty() || secret.len() > 200 || secret.chars().any(char::is_control) {
+        return Err("a secret is 1 to 200 printable characters".into());
+    }
+    Ok(())
+}
+
+/// A request kept because it verified but could not be normalized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub id: String,
+    pub source_id: String,
+    pub tenant_id: String,
+    pub received_at: Timestamp,
+    /// The request's headers (lowercase), as the adapter saw them.
+    #[schema(value_type = Vec<Object>)]
+    pub headers: Vec<Header>,
+    /// The body as received (invalid UTF-8 replaced).
+    pub body: String,
+    /// Why it could not be normalized, the last time it was tried.
+    pub error: String,
+    /// How many times it was tried (the request, then each replay).
+    pub attempts: u32,
+    pub updated_at: Timestamp,
+}
+
+/// Why a platform's request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The signature is missing, malformed, stale or wrong: nothing kept.
+    #[error("{0}")]
+    Unauthorized(#[from] verify::VerifyError),
+    /// Verified but not normalizable: kept as the dead letter `dead_letter`.
+    #[error("{message} (kept as dead letter {dead_letter}; replay it once the adapter is fixed)")]
+    Unprocessable {
+        message: String,
+        dead_letter: String,
+    },
+    /// Replaying a dead letter failed again (the letter is kept).
+    #[error("{0}")]
+    StillUnprocessable(String),
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the platform gets back once its events are durably accepted.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The body answered with 200 (JSON).
+    pub reply: String,
+    pub events: Vec<IngestResult>,
+}
+
+/// One platform request: verify, normalize, accept. Returns once the events
+/// and their deliveries are durable (or why not).
+pub async fn receive(
+    app: &App,
+    source: &Source,
+    headers: Vec<Header>,
+    body: &[u8],
+) -> Result<Receipt, ReceiveError> {
+    let now = app.clock.now();
+    verify::check(
+        &source.verify,
+        &source.live_secrets(now),
+        source.tolerance_secs,
+        &headers,
+        body,
+        now,
+    )
+    .inspect_err(|_| crate::telemetry::source_request(source.kind.name(), "unauthorized"))?;
+    let headers: Vec<Header> = headers
+        .into_iter()
+        .filter(|h| !matches!(h.name.as_str(), "authorization" | "cookie"))
+        .take(MAX_HEADERS)
+        .collect();
+    let text = String::from_utf8_lossy(body);
+    match normalize(app, source, &headers, &text, now, std::str::from_utf8(body).is_ok()).await? {
+        Ok((events, reply)) => accept(app, source, events, reply).await,
+        Err(message) => {
+            let letter = DeadLetter {
+                id: new_id_at("dlq", now),
+                source_id: source.id.clone(),
+                tenant_id: source.tenant_id.clone(),
+                received_at: now,
+                headers,
+                body: text.into_owned(),
+                error: message.clone(),
+                attempts: 1,
+                updated_at: now,
+            };
+            app.store.put_dead_letter(&letter, MAX_DEAD_LETTERS)?;
+            app.store.durable().await?;
+            crate::telemetry::source_request(source.kind.name(), "dead_letter");
+            Err(ReceiveError::Unprocessable {
+                message,
+                dead_letter: letter.id,
+            })
+        }
+    }
+}
+
+/// Runs a dead letter through the source's adapter again (no signature
+/// check: it was verified when it arrived). Accepted: the letter is gone.
+/// Failing again: it stays, with the new error.
+pub async fn replay_dead_letter(
+    app: &App,
+    source: &Source,
+    letter: &DeadLetter,
+) -> Result<Receipt, ReceiveError> {
+    let now = app.clock.now();
+    match normalize(app, source, &letter.headers, &letter.body, letter.received_at, true).await? {
+        Ok((events, reply)) => {
+            let receipt = accept(app, source, events, reply).await?;
+            app.store.delete_dead_letter(&source.id, &letter.id)?;
+            app.store.durable().await?;
+            Ok(receipt)
+        }
+        Err(message) => {
+            let mut again = letter.clone();
+            again.error = message.clone();
+            again.attempts += 1;
+            again.updated_at = now;
+            app.store.put_dead_letter(&again, MAX_DEAD_LETTERS)?;
+            app.store.durable().await?;
+            Err(ReceiveError::StillUnprocessable(message))
+        }
+    }
+}
+
+/// The adapter's events as validated envelopes and its reply, or why there
+/// are none (the message names the field). Only a full plugin pool is an
+/// error here.
+async fn normalize(
+    app: &App,
+    source: &Source,
+    headers: &[Header],
+    body: &str,
+    received_at: Timestamp,
+    utf8: bool,
+) -> Result<Result<(Vec<Envelope>, Option<String>), String>, Busy> {
+    if !utf8 {
+        return Ok(Err("the body is not UTF-8 text".into()));
+    }
+    let (plugin_id, config) = source.adapter();
+    let plugin = match app.plugins.resolve(&source.tenant_id, &plugin_id).await {
+        Ok(p) if p.world() == World::Source => p,
+        Ok(_) => {
+            return Ok(Err(format!(
+                "adapter {plugin_id} is not a source adapter (it implements the transform world)"
+            )));
+        }
+        Err(e) => return Ok(Err(format!("adapter {plugin_id}: {e}"))),
+    };
+    let inbound = Inbound {
+        headers: headers.to_vec(),
+        body: body.to_string(),
+        received_at: received_at.to_string(),
+    };
+    let report = {
+        let _slot = app.plugins.admit(&source.tenant_id).await?;
+        app.plugins
+            .runtime()
+            .normalize(&plugin, &inbound, &config)
+            .await
+    };
+    debug!(source_id = %source.id, elapsed_us = report.elapsed.as_micros() as u64, "adapter ran");
+    let normalized = match report.result {
+        Ok(n) => n,
+        Err(CallError::Plugin(PluginError::BadEvent(m))) => return Ok(Err(m)),
+        Err(CallError::Plugin(PluginError::BadConfig(m))) => {
+            return Ok(Err(format!("the adapter refused its config: {m}")));
+        }
+        Err(e) => return Ok(Err(format!("the adapter failed: {e}"))),
+    };
+    if normalized.events.len() > MAX_EVENTS_PER_REQUEST {
+        return Ok(Err(format!(
+            "the request carries {} events, over the {MAX_EVENTS_PER_REQUEST} one request may carry",
+            normalized.events.len()
+        )));
+    }
+    if let Some(reply) = &normalized.reply
+        && serde_json::from_str::<Value>(reply).is_err()
+    {
+        return Ok(Err("the adapter's reply is not JSON".into()));
+    }
+    let digest = hex::encode(&Sha256::digest(body.as_bytes())[..16]);
+    let origin = match source.kind {
+        Kind::Plugin => source.id.clone(),
+        kind => kind.name().to_string(),
+    };
+    let mut events = Vec::with_capacity(normalized.events.len());
+    for (i, incoming) in normalized.events.into_iter().enumerate() {
+        let data: Value = match serde_json::from_str(&incoming.payload) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("event {i} from the adapter: `data` is not JSON: {e}"))),
+        };
+        let input = EventInput {
+            // No platform id: the same body is still routed once.
+            id: Some(
+                incoming
+                    .id
+                    .unwrap_or_else(|| format!("{}:{digest}:{i}", source.id)),
+            ),
+            event_type: incoming.event_type,
+            occurred_at: incoming.occurred_at,
+            source: Some(origin.clone()),
+            data,
+        };
+        // The id is always set above, so validation never generates one.
+        match input.validate(received_at, &origin, String::new) {
+            Ok(e) => events.push(e),
+            Err(e) => return Ok(Err(format!("event {i} from the adapter: {e}"))),
+        }
+    }
+    Ok(Ok((events, normalized.reply)))
+}
+
+/// Accepts the events (durably, with their deliveries) and builds the
+/// platform's answer: the adapter's reply, or `{"accepted": n}`.
+async fn accept(
+    app: &App,
+    source: &Source,
+    events: Vec<Envelope>,
+    reply: Option<String>,
+) -> Result<Receipt, ReceiveError> {
+    let n = events.len();
+    let results = if events.is_empty() {
+        Vec::new()
+    } else {
+        ingest::accept(app, &source.tenant_id, events).await?
+    };
+    crate::telemetry::source_request(source.kind.name(), "accepted");
+    Ok(Receipt {
+        reply: reply.unwrap_or_else(|| serde_json::json!({ "accepted": n }).to_string()),
+        events: results,
+    })
+}

@@ -1,0 +1,272 @@
+//! Checking a platform's signature on an inbound request: the mirror of
+//! `sign`, with the same three schemes plus `none` (the platform does not
+//! sign; the unguessable URL is the credential). Comparisons are constant
+//! time; a timestamped scheme also refuses a stale or future timestamp, so
+//! a captured request cannot be replayed later.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Header;
+use crate::sign;
+
+/// How a source checks its platform's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Verify {
+    /// No signature: the URL is the credential.
+    None,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
+    /// over `id.timestamp.body`, keyed by the `whsec_` secret's bytes.
+    StandardWebhooks,
+    /// `t=<unix>,v1=<hex HMAC-SHA256 of "t.body">` (Hello Client).
+    TimestampedHex {
+        #[serde(default = "default_timestamped_header")]
+        header: String,
+    },
+    /// Hex HMAC-SHA256 of the exact body (onWebChat, oHallo); an optional
+    /// `sha256=` prefix is accepted.
+    BodyHex {
+        #[serde(default = "default_body_header")]
+        header: String,
+    },
+}
+
+fn default_timestamped_header() -> String {
+    "x-webhook-signature".into()
+}
+
+fn default_body_header() -> String {
+    "x-owc-signature".into()
+}
+
+impl Verify {
+    /// Header names are matched case-insensitively: store them lowercase.
+    pub fn normalized(self) -> Self {
+        match self {
+            Verify::TimestampedHex { header } => Verify::TimestampedHex {
+                header: header.to_ascii_lowercase(),
+            },
+            Verify::BodyHex { header } => Verify::BodyHex {
+                header: header.to_ascii_lowercase(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Why a request's signature was refused (answered 401, nothing kept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the {0} header is missing")]
+    Missing(String),
+    #[error("the {header} header is malformed: {reason}")]
+    Malformed { header: String, reason: String },
+    #[error("the signature timestamp is {age_secs} s away from now, over the {tolerance_secs} s tolerance")]
+    Stale { age_secs: i64, tolerance_secs: u64 },
+    #[error("the signature does not match the body under the source's secret")]
+    Mismatch,
+}
+
+fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.trim())
+}
+
+fn required<'a>(headers: &'a [Header], name: &str) -> Result<&'a str, VerifyError> {
+    header(headers, name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| VerifyError::Missing(name.to_string()))
+}
+
+fn fresh(timestamp: i64, now: Timestamp, tolerance_secs: u64) -> Result<(), VerifyError> {
+    let age_secs = now.as_second() - timestamp;
+    if age_secs.unsigned_abs() > tolerance_secs {
+        return Err(VerifyError::Stale {
+            age_secs,
+            tolerance_secs,
+        });
+    }
+    Ok(())
+}
+
+fn unix_seconds(header: &str, value: &str) -> Result<i64, VerifyError> {
+    value.parse().map_err(|_| VerifyError::Malformed {
+        header: header.to_string(),
+        reason: format!("{value:?} is not Unix seconds"),
+    })
+}
+
+/// Checks the request's signature under any of `secrets` (the current one
+/// and those still in their rotation grace period).
+pub fn check(
+    verify: &Verify,
+    secrets: &[&str],
+    tolerance_secs: u64,
+    headers: &[Header],
+    body: &[u8],
+    now: Timestamp,
+) -> Result<(), VerifyError> {
+    match verify {
+        Verify::None => Ok(()),
+        Verify::BodyHex { header: name } => {
+            let value = required(headers, name)?;
+            let hex_sig = value.strip_prefix("sha256=").unwrap_or(value);
+            let sig = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed {
+                header: name.clone(),
+                reason: "not hex".into(),
+            })?;
+            secrets
+                .iter()
+                .any(|s| sign::hmac_matches(s.as_bytes(), &[body], &sig))
+                .then_some(())
+                .ok_or(VerifyError::Mismatch)
+        }
+        Verify::TimestampedHex { header: name } => {
+            let value = required(headers, name)?;
+            let mut t = None;
+            let mut signatures = Vec::new();
+            for part in value.split(',') {
+                match part.trim().split_once('=') {
+                    Some(("t", v)) => t = Some(v),
+                    Some(("v1", v)) => signatures.push(v),
+                    _ => {}
+                }
+            }
+            let (Some(t), false) = (t, signatures.is_empty()) else {
+                return Err(VerifyError::Malformed {
+                    header: name.clone(),
+                    reason: "expected t=<unix>,v1=<hex>".into(),
+                });
+            };
+            fresh(unix_seconds(name, t)?, now, tolerance_secs)?;
+            let matched = signatures.iter().any(|v| {
+                hex::decode(v).is_ok_and(|sig| {
+                    secrets
+                        .iter()
+                        .any(|s| sign::hmac_matches(s.as_bytes(), &[t.as_bytes(), b".", body], &sig))
+                })
+            });
+            matched.then_some(()).ok_or(VerifyError::Mismatch)
+        }
+        Verify::StandardWebhooks => {
+            let id = required(headers, "webhook-id")?;
+            let ts = required(headers, "webhook-timestamp")?;
+            let value = required(headers, "webhook-signature")?;
+            fresh(unix_seconds("webhook-timestamp", ts)?, now, tolerance_secs)?;
+            let keys: Vec<Vec<u8>> = secrets
+                .iter()
+                .filter_map(|s| sign::standard_key(s).ok())
+                .collect();
+            let matched = value.split(' ').any(|candidate| {
+                candidate
+                    .strip_prefix("v1,")
+                    .and_then(|b64| sign::decode_base64(b64))
+                    .is_some_and(|sig| {
+                        keys.iter().any(|k| {
+                            sign::hmac_matches(
+                                k,
+                                &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+                                &sig,
+                            )
+                        })
+                    })
+            });
+            matched.then_some(()).ok_or(VerifyError::Mismatch)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::Message;
+
+    fn h(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(NOW).unwrap()
+    }
+
+    #[test]
+    fn body_hex_accepts_the_exact_body_only() {
+        let v = Verify::BodyHex {
+            header: "x-owc-signature".into(),
+        };
+        let sig = sign::body_hex_signature("s3cret", b"{\"a\":1}");
+        let ok = [h("X-OWC-Signature", &sig)];
+        assert_eq!(check(&v, &["s3cret"], 300, &ok, b"{\"a\":1}", now()), Ok(()));
+        let prefixed = [h("x-owc-signature", &format!("sha256={sig}"))];
+        assert_eq!(check(&v, &["old", "s3cret"], 300, &prefixed, b"{\"a\":1}", now()), Ok(()));
+        assert_eq!(
+            check(&v, &["s3cret"], 300, &ok, b"{\"a\": 1}", now()),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(&v, &["s3cret"], 300, &[], b"{}", now()),
+            Err(VerifyError::Missing("x-owc-signature".into()))
+        );
+        assert!(matches!(
+            check(&v, &["s3cret"], 300, &[h("x-owc-signature", "zz")], b"{}", now()),
+            Err(VerifyError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamped_hex_refuses_stale_timestamps() {
+        let v = Verify::TimestampedHex {
+            header: "x-webhook-signature".into(),
+        };
+        let msg = |ts| Message {
+            delivery_id: "d",
+            event_type: "t",
+            timestamp: ts,
+            body: b"{}",
+        };
+        let good = sign::timestamped_hex_signature("k", &msg(NOW - 10));
+        assert_eq!(check(&v, &["k"], 300, &[h("x-webhook-signature", &good)], b"{}", now()), Ok(()));
+        let stale = sign::timestamped_hex_signature("k", &msg(NOW - 301));
+        assert!(matches!(
+            check(&v, &["k"], 300, &[h("x-webhook-signature", &stale)], b"{}", now()),
+            Err(VerifyError::Stale { age_secs: 301, .. })
+        ));
+        assert_eq!(
+            check(&v, &["other"], 300, &[h("x-webhook-signature", &good)], b"{}", now()),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_checks_id_timestamp_and_body() {
+        let secret = sign::generate_secret();
+        let key = sign::standard_key(&secret).unwrap();
+        let msg = Message {
+            delivery_id: "msg_1",
+            event_type: "t",
+            timestamp: NOW,
+            body: b"{}",
+        };
+        let sig = sign::standard_signature(&key, &msg);
+        let headers = [
+            h("webhook-id", "msg_1"),
+            h("webhook-timestamp", &NOW.to_string()),
+            h("webhook-signature", &format!("v1,bm9wZQ== {sig}")),
+        ];
+        assert_eq!(check(&Verify::StandardWebhooks, &[&secret], 300, &headers, b"{}", now()), Ok(()));
+        let mut forged = headers.clone();
+        forged[0] = h("webhook-id", "msg_2");
+        assert_eq!(
+            check(&Verify::StandardWebhooks, &[&secret], 300, &forged, b"{}", now()),
+            Err(VerifyError::Mismatch)
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Sources (a tenant's inbound endpoints) and their dead letters.
+
+use super::*;
+use crate::source::{DeadLetter, Source};
+
+impl Store {
+    /// Creates or replaces a source (and its id → tenant index).
+    pub fn put_source(&self, source: &Source) -> Result<(), StoreError> {
+        (&self.sources, &self.source_index)
+            .transaction(|(sources, index)| {
+                sources.insert(scoped(&source.tenant_id, &source.id), encode(source))?;
+                index.insert(source.id.as_bytes(), source.tenant_id.as_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    pub fn get_source(&self, tenant_id: &str, id: &str) -> Result<Option<Source>, StoreError> {
+        let key = scoped(tenant_id, id);
+        self.sources
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// The source an inbound request names, whatever its tenant.
+    pub fn find_source(&self, id: &str) -> Result<Option<Source>, StoreError> {
+        match self.source_index.get(id.as_bytes())? {
+            Some(tenant) => self.get_source(&String::from_utf8_lossy(&tenant), id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_sources(&self, tenant_id: &str) -> Result<Vec<Source>, StoreError> {
+        self.sources
+            .scan_prefix(tenant_prefix(tenant_id))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn count_sources(&self, tenant_id: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.sources.scan_prefix(tenant_prefix(tenant_id)).keys() {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes a source and its dead letters; whether it existed.
+    pub fn delete_source(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let existed = (&self.sources, &self.source_index)
+            .transaction(|(sources, index)| {
+                let existed = sources.remove(scoped(tenant_id, id))?.is_some();
+                if existed {
+                    index.remove(id.as_bytes())?;
+                }
+                Ok(existed)
+            })
+            .map_err(tx_error)?;
+        for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
+            self.dead_letters.remove(key?)?;
+        }
+        Ok(existed)
+    }
+
+    /// Stores (or updates) a dead letter, dropping the source's oldest
+    /// beyond `keep`.
+    pub fn put_dead_letter(&self, letter: &DeadLetter, keep: usize) -> Result<(), StoreError> {
+        self.dead_letters
+            .insert(scoped(&letter.source_id, &letter.id), encode(letter))?;
+        let prefix = scoped(&letter.source_id, "");
+        let count = self.dead_letters.scan_prefix(&prefix).keys().count();
+        for key in self
+            .dead_letters
+            .scan_prefix(&prefix)
+            .keys()
+            .take(count.saturating_sub(keep))
+        {
+            self.dead_letters.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// A source's dead letters, oldest first, after `after` (an id).
+    pub fn list_dead_letters(
+        &self,
+        source_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let prefix = scoped(source_id, "");
+        let start = match after {
+            Some(id) => {
+                let mut k = scoped(source_id, id);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        self.dead_letters
+            .range(start..)
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn get_dead_letter(
+        &self,
+        source_id: &str,
+        id: &str,
+    ) -> Result<Option<DeadLetter>, StoreError> {
+        let key = scoped(source_id, id);
+        self.dead_letters
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    pub fn count_dead_letters(&self, source_id: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.dead_letters.scan_prefix(scoped(source_id, "")).keys() {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Whether it existed.
+    pub fn delete_dead_letter(&self, source_id: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.dead_letters.remove(scoped(source_id, id))?.is_some())
+    }
+}
