@@ -5,10 +5,11 @@
 //! the order in which an event travels):
 //!
 //! 1. [`api`] — the admin REST API (axum): tenants, events, plugins,
-//!    subscriptions, deliveries; authenticates and validates.
-//! 1b. [`source`] — a platform's own webhook (`POST /in/{id}`): its
-//!    signature checked, normalized into canonical events by the source's
-//!    adapter (a `source`-world component), then handed to [`ingest`].
+//!    subscriptions, sources, deliveries; authenticates and validates.
+//!    Beside it, [`source`]: a platform's own webhook (`POST /in/{id}`),
+//!    its signature checked, normalized into canonical events by the
+//!    source's adapter (a `source`-world component), then handed on to
+//!    [`ingest`].
 //! 2. [`ingest`] — accepts validated [`event`]s: [`route`]s each to the
 //!    tenant's subscriptions, runs their plugins (after an admission slot),
 //!    checks the bounds, and hands event and deliveries to the [`queue`].

@@ -29,9 +29,7 @@ fn unix_now() -> i64 {
 }
 
 async fn source(server: &Server, key: &str, body: Value) -> Value {
-    let (status, source) = server
-        .call("POST", "/v1/sources", key, Some(body))
-        .await;
+    let (status, source) = server.call("POST", "/v1/sources", key, Some(body)).await;
     assert_eq!(status, 201, "{source}");
     source
 }
@@ -58,7 +56,10 @@ async fn every_seed_platform_comes_in_through_its_source() {
     let s = source(&server, &key, json!({"kind": "onehash"})).await;
     assert_eq!(s["verify"]["scheme"], "none");
     let url = s["url"].as_str().unwrap();
-    assert!(url.starts_with("/in/src_") && url.len() == "/in/src_".len() + 32, "{url}");
+    assert!(
+        url.starts_with("/in/src_") && url.len() == "/in/src_".len() + 32,
+        "{url}"
+    );
     let (status, reply) = server
         .inbound(url, &[], &seed("onehash-message_created.json"))
         .await;
@@ -68,21 +69,41 @@ async fn every_seed_platform_comes_in_through_its_source() {
     // Hello Client: t=…,v1=… over "t.body"; a day's collection is one
     // event per message, answered {"status":"success"}.
     let secret = "hc-signing-key-from-the-dashboard";
-    let s = source(&server, &key, json!({"kind": "helloclient", "secret": secret})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "helloclient", "secret": secret}),
+    )
+    .await;
     let url = s["url"].as_str().unwrap().to_string();
-    for (file, n) in [("helloclient-collection.json", 3), ("helloclient-lead.json", 1)] {
+    for (file, n) in [
+        ("helloclient-collection.json", 3),
+        ("helloclient-lead.json", 1),
+    ] {
         let body = seed(file);
         let t = unix_now().to_string();
-        let sig = format!("t={t},v1={}", hex_hmac(secret, &[t.as_bytes(), b".", &body]));
+        let sig = format!(
+            "t={t},v1={}",
+            hex_hmac(secret, &[t.as_bytes(), b".", &body])
+        );
         let (status, reply) = server
             .inbound(&url, &[("X-Webhook-Signature", sig)], &body)
             .await;
-        assert_eq!((status, &reply), (200, &json!({"status": "success"})), "{file}");
+        assert_eq!(
+            (status, &reply),
+            (200, &json!({"status": "success"})),
+            "{file}"
+        );
         expected += n;
     }
 
     // onWebChat: hex HMAC of the exact body; the delivery id is the event id.
-    let s = source(&server, &key, json!({"kind": "onwebchat", "secret": "owc_secret"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "onwebchat", "secret": "owc_secret"}),
+    )
+    .await;
     let body = seed("onwebchat-chat_closed.json");
     let headers = [
         ("X-OWC-Signature", hex_hmac("owc_secret", &[&body])),
@@ -109,7 +130,12 @@ async fn every_seed_platform_comes_in_through_its_source() {
     expected += 1;
 
     // oHallo: hex HMAC in X-OHallo-Signature; its idempotency key is the id.
-    let s = source(&server, &key, json!({"kind": "ohallo", "secret": "oh_secret"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "ohallo", "secret": "oh_secret"}),
+    )
+    .await;
     let body = seed("ohallo-channel_message_received.json");
     let (status, _) = server
         .inbound(
@@ -166,10 +192,15 @@ async fn every_seed_platform_comes_in_through_its_source() {
     assert_eq!(d["sender"]["email"], "agent@example.com");
     assert_eq!(d["contact"]["name"], "contact-name");
     assert_eq!(d["account"]["name"], "OneChat");
-    assert_eq!(d["raw"]["conversation"]["additional_attributes"]["browser"]["browser_name"], "Chrome");
+    assert_eq!(
+        d["raw"]["conversation"]["additional_attributes"]["browser"]["browser_name"],
+        "Chrome"
+    );
 
     let serial = "59001dd73709417321c58b11693183a2";
-    let m = find(&format!("helloclient:{serial}:31302:2023-11-21T00:00:00Z:1"));
+    let m = find(&format!(
+        "helloclient:{serial}:31302:2023-11-21T00:00:00Z:1"
+    ));
     assert_eq!(m["type"], "message.created");
     assert_eq!(m["data"]["author"], "visitor");
     assert_eq!(m["data"]["content"], "make an appointment");
@@ -194,12 +225,13 @@ async fn every_seed_platform_comes_in_through_its_source() {
 
     let upstream = find("evt_upstream_1");
     assert_eq!(upstream["type"], "chat.rated");
-    assert_eq!(upstream["data"], json!({"conversation_id": "c1", "rating": 5}));
+    assert_eq!(
+        upstream["data"],
+        json!({"conversation_id": "c1", "rating": 5})
+    );
 
     // The stored event says where it came from.
-    let (status, stored) = server
-        .call("GET", "/v1/events/owc_dlv_1", &key, None)
-        .await;
+    let (status, stored) = server.call("GET", "/v1/events/owc_dlv_1", &key, None).await;
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["source"], "onwebchat");
 }
@@ -209,7 +241,12 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let (key, rx) = tenant_with_receiver(&server, "faults").await;
-    let s = source(&server, &key, json!({"kind": "onwebchat", "secret": "owc_secret"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "onwebchat", "secret": "owc_secret"}),
+    )
+    .await;
     let (id, url) = (s["id"].as_str().unwrap(), s["url"].as_str().unwrap());
     let signed = |body: &[u8], delivery: &str| {
         vec![
@@ -224,18 +261,22 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
     let mut forged = signed(message, "d_forged");
     forged[0].1 = hex_hmac("not-the-secret", &[message]);
     let (status, body) = server.inbound(url, &forged, message).await;
-    assert_eq!((status, error_code(&body)), (401, "bad_signature"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (401, "bad_signature"),
+        "{body}"
+    );
     assert!(error_message(&body).contains("does not match"), "{body}");
-    let (status, body) = server.inbound(url, &signed(message, "d_x")[1..], message).await;
+    let (status, body) = server
+        .inbound(url, &signed(message, "d_x")[1..], message)
+        .await;
     assert_eq!(status, 401);
     assert!(error_message(&body).contains("x-owc-signature"), "{body}");
     let mut junk = signed(message, "d_junk");
     junk[0].1 = "not hex".into();
     let (status, _) = server.inbound(url, &junk, message).await;
     assert_eq!(status, 401);
-    let (status, _) = server
-        .call("GET", "/v1/events/d_forged", &key, None)
-        .await;
+    let (status, _) = server.call("GET", "/v1/events/d_forged", &key, None).await;
     assert_eq!(status, 404, "a forged request leaves nothing behind");
 
     // The platform retries a delivery: routed once.
@@ -254,7 +295,11 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
     // Malformed JSON and a missing field: 422 naming it, kept as dead letters.
     let broken = br#"{"data": {"chat_id": "c1",}"#;
     let (status, body) = server.inbound(url, &signed(broken, "d_3"), broken).await;
-    assert_eq!((status, error_code(&body)), (422, "unprocessable_payload"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "unprocessable_payload"),
+        "{body}"
+    );
     assert!(error_message(&body).contains("not JSON"), "{body}");
     let no_author = br#"{"data":{"chat_id":"c1","content":"hi"}}"#;
     let (status, body) = server
@@ -274,7 +319,11 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
     // Oversized: 413 before anything is read into a record.
     let huge = vec![b' '; 262_144 * 64 + 1];
     let (status, body) = server.inbound(url, &signed(&huge, "d_6"), &huge).await;
-    assert_eq!((status, error_code(&body)), (413, "payload_too_large"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
 
     let (status, letters) = server
         .call("GET", &format!("/v1/sources/{id}/dead-letters"), &key, None)
@@ -288,10 +337,16 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
         .call("GET", &format!("/v1/sources/{id}"), &key, None)
         .await;
     assert_eq!((status, &s["dead_letters"]), (200, &json!(2)));
-    assert!(s.get("secret").is_none(), "the secret only on create, reveal, rotate");
+    assert!(
+        s.get("secret").is_none(),
+        "the secret only on create, reveal, rotate"
+    );
 
     let got = rx.wait_for(3, Duration::from_secs(20)).await;
-    let ids: Vec<String> = got.iter().map(|r| r.json()["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.iter().filter(|i| *i == "d_1").count(), 1, "{ids:?}");
     let typing = got.iter().find(|r| r.json()["id"] == "d_2").unwrap().json();
     assert_eq!(typing["type"], "onwebchat.visitor.typing");
@@ -304,7 +359,12 @@ async fn hello_client_signatures_expire_and_rotated_secrets_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let (key, _rx) = tenant_with_receiver(&server, "stale").await;
-    let s = source(&server, &key, json!({"kind": "helloclient", "tolerance_secs": 60})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "helloclient", "tolerance_secs": 60}),
+    )
+    .await;
     let (id, url) = (s["id"].as_str().unwrap(), s["url"].as_str().unwrap());
     let old = s["secret"].as_str().unwrap().to_string();
     let body = seed("helloclient-lead.json");
@@ -312,10 +372,15 @@ async fn hello_client_signatures_expire_and_rotated_secrets_overlap() {
         let t = t.to_string();
         vec![(
             "X-Webhook-Signature",
-            format!("t={t},v1={}", hex_hmac(secret, &[t.as_bytes(), b".", &body])),
+            format!(
+                "t={t},v1={}",
+                hex_hmac(secret, &[t.as_bytes(), b".", &body])
+            ),
         )]
     };
-    let (status, body_out) = server.inbound(url, &sign(&old, unix_now() - 120), &body).await;
+    let (status, body_out) = server
+        .inbound(url, &sign(&old, unix_now() - 120), &body)
+        .await;
     assert_eq!(status, 401);
     assert!(error_message(&body_out).contains("tolerance"), "{body_out}");
 
@@ -367,7 +432,7 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
             "POST",
             "/v1/subscriptions",
             &key,
-            Some(json!({"url": rx.url(), "plugin": {"id": plugin_id}})),
+            Some(json!({"url": rx.url(), "event_types": ["*"], "plugin": {"id": plugin_id}})),
         )
         .await;
     assert_eq!(status, 400);
@@ -378,7 +443,9 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
             "POST",
             "/v1/sources",
             &key,
-            Some(json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "kafka"}}})),
+            Some(
+                json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "kafka"}}}),
+            ),
         )
         .await;
     assert_eq!(status, 400);
@@ -387,14 +454,17 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
     let s = source(
         &server,
         &key,
-        json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "onehash"}}}),
+        json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "helloclient"}}}),
     )
     .await;
     let (id, url) = (s["id"].as_str().unwrap(), s["url"].as_str().unwrap());
     let body = seed("ohallo-channel_message_received.json");
     let (status, out) = server.inbound(url, &[], &body).await;
     assert_eq!(status, 422, "{out}");
-    assert!(error_message(&out).contains("`event` must be a string"), "{out}");
+    assert!(
+        error_message(&out).contains("neither `Collection`"),
+        "{out}"
+    );
 
     // Replaying without a fix fails again and keeps the letter.
     let (_, letters) = server
@@ -405,7 +475,12 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
     let (status, _) = server.call("POST", &replay, &key, None).await;
     assert_eq!(status, 422);
     let (_, l) = server
-        .call("GET", &format!("/v1/sources/{id}/dead-letters/{letter}"), &key, None)
+        .call(
+            "GET",
+            &format!("/v1/sources/{id}/dead-letters/{letter}"),
+            &key,
+            None,
+        )
         .await;
     assert_eq!(l["attempts"], 2);
 
@@ -431,9 +506,17 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
     assert_eq!(result["events"][0]["id"], "oh_idem_9f2c");
     let got = rx.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].json()["type"], "message.created");
-    assert_eq!(got[0].json()["data"]["raw"]["event"], "channel.message_received");
+    assert_eq!(
+        got[0].json()["data"]["raw"]["event"],
+        "channel.message_received"
+    );
     let (status, _) = server
-        .call("GET", &format!("/v1/sources/{id}/dead-letters/{letter}"), &key, None)
+        .call(
+            "GET",
+            &format!("/v1/sources/{id}/dead-letters/{letter}"),
+            &key,
+            None,
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -444,7 +527,12 @@ async fn sources_are_the_tenants_own() {
     let server = Server::start(dir.path());
     let (_, a) = server.tenant("a").await;
     let (_, b) = server.tenant("b").await;
-    let s = source(&server, &a, json!({"kind": "convosphere", "description": "bot"})).await;
+    let s = source(
+        &server,
+        &a,
+        json!({"kind": "convosphere", "description": "bot"}),
+    )
+    .await;
     let id = s["id"].as_str().unwrap();
     for (method, path) in [
         ("GET", format!("/v1/sources/{id}")),
@@ -467,12 +555,23 @@ async fn sources_are_the_tenants_own() {
     for (input, needle) in [
         (json!({"kind": "kafka"}), "unknown variant"),
         (json!({"kind": "onehash", "colour": 1}), "unknown field"),
-        (json!({"kind": "onehash", "plugin": {"id": "builtin:platform-sources"}}), "for kind `plugin`"),
+        (
+            json!({"kind": "onehash", "plugin": {"id": "builtin:platform-sources"}}),
+            "for kind `plugin`",
+        ),
         (json!({"kind": "plugin"}), "needs `plugin`"),
-        (json!({"kind": "standard-webhooks", "secret": "plain"}), "whsec_"),
-        (json!({"kind": "onwebchat", "tolerance_secs": 0}), "tolerance_secs"),
+        (
+            json!({"kind": "standard-webhooks", "secret": "plain"}),
+            "whsec_",
+        ),
+        (
+            json!({"kind": "onwebchat", "tolerance_secs": 0}),
+            "tolerance_secs",
+        ),
     ] {
-        let (status, body) = server.call("POST", "/v1/sources", &a, Some(input.clone())).await;
+        let (status, body) = server
+            .call("POST", "/v1/sources", &a, Some(input.clone()))
+            .await;
         assert_eq!(status, 400, "{input}: {body}");
         assert!(error_message(&body).contains(needle), "{input}: {body}");
     }
@@ -483,7 +582,11 @@ async fn sources_are_the_tenants_own() {
         .await;
     assert_eq!(status, 204);
     let (status, _) = server
-        .inbound(&format!("/in/{id}"), &[], br#"{"event":"conversation.started"}"#)
+        .inbound(
+            &format!("/in/{id}"),
+            &[],
+            br#"{"event":"conversation.started"}"#,
+        )
         .await;
     assert_eq!(status, 404);
 }

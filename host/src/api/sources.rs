@@ -20,9 +20,7 @@ use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, body_error, limit_body};
 use crate::runtime::{CallError, Header, World};
 use crate::sign;
-use crate::source::{
-    self, DEFAULT_TOLERANCE_SECS, DeadLetter, Kind, ReceiveError, Source, Verify,
-};
+use crate::source::{self, DEFAULT_TOLERANCE_SECS, DeadLetter, Kind, ReceiveError, Source, Verify};
 use crate::store::{PluginRef, Secret};
 
 pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
@@ -105,7 +103,8 @@ impl SourceView {
     fn of(s: Source, with_secret: bool, state: &ApiState) -> Result<Self, ApiError> {
         Ok(SourceView {
             url: s.url(),
-            secret: with_secret.then(|| s.secrets.first().map(|x| x.secret.clone()))
+            secret: with_secret
+                .then(|| s.secrets.first().map(|x| x.secret.clone()))
                 .flatten(),
             dead_letters: state.app.store.count_dead_letters(&s.id)?,
             id: s.id,

@@ -13,7 +13,6 @@ wasmtime::component::bindgen!({
 
 use self::wasmhook::plugin::types as wit;
 
-
 /// The `source` world: its own exports, the `transform` world's interfaces.
 pub mod source {
     wasmtime::component::bindgen!({

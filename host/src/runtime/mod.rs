@@ -25,8 +25,8 @@ use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
-use bindings::{Transform, TransformPre};
 use bindings::source::{Source, SourcePre};
+use bindings::{Transform, TransformPre};
 pub use cache::ArtifactDigests;
 use state::{Determinism, LogLimits, State};
 pub use types::*;

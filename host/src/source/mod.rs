@@ -261,7 +261,16 @@ pub async fn receive(
         .take(MAX_HEADERS)
         .collect();
     let text = String::from_utf8_lossy(body);
-    match normalize(app, source, &headers, &text, now, std::str::from_utf8(body).is_ok()).await? {
+    match normalize(
+        app,
+        source,
+        &headers,
+        &text,
+        now,
+        std::str::from_utf8(body).is_ok(),
+    )
+    .await?
+    {
         Ok((events, reply)) => accept(app, source, events, reply).await,
         Err(message) => {
             let letter = DeadLetter {
@@ -295,7 +304,16 @@ pub async fn replay_dead_letter(
     letter: &DeadLetter,
 ) -> Result<Receipt, ReceiveError> {
     let now = app.clock.now();
-    match normalize(app, source, &letter.headers, &letter.body, letter.received_at, true).await? {
+    match normalize(
+        app,
+        source,
+        &letter.headers,
+        &letter.body,
+        letter.received_at,
+        true,
+    )
+    .await?
+    {
         Ok((events, reply)) => {
             let receipt = accept(app, source, events, reply).await?;
             app.store.delete_dead_letter(&source.id, &letter.id)?;
@@ -379,7 +397,11 @@ async fn normalize(
     for (i, incoming) in normalized.events.into_iter().enumerate() {
         let data: Value = match serde_json::from_str(&incoming.payload) {
             Ok(v) => v,
-            Err(e) => return Ok(Err(format!("event {i} from the adapter: `data` is not JSON: {e}"))),
+            Err(e) => {
+                return Ok(Err(format!(
+                    "event {i} from the adapter: `data` is not JSON: {e}"
+                )));
+            }
         };
         let input = EventInput {
             // No platform id: the same body is still routed once.

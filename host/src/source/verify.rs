@@ -62,7 +62,9 @@ pub enum VerifyError {
     Missing(String),
     #[error("the {header} header is malformed: {reason}")]
     Malformed { header: String, reason: String },
-    #[error("the signature timestamp is {age_secs} s away from now, over the {tolerance_secs} s tolerance")]
+    #[error(
+        "the signature timestamp is {age_secs} s away from now, over the {tolerance_secs} s tolerance"
+    )]
     Stale { age_secs: i64, tolerance_secs: u64 },
     #[error("the signature does not match the body under the source's secret")]
     Mismatch,
@@ -144,9 +146,9 @@ pub fn check(
             fresh(unix_seconds(name, t)?, now, tolerance_secs)?;
             let matched = signatures.iter().any(|v| {
                 hex::decode(v).is_ok_and(|sig| {
-                    secrets
-                        .iter()
-                        .any(|s| sign::hmac_matches(s.as_bytes(), &[t.as_bytes(), b".", body], &sig))
+                    secrets.iter().any(|s| {
+                        sign::hmac_matches(s.as_bytes(), &[t.as_bytes(), b".", body], &sig)
+                    })
                 })
             });
             matched.then_some(()).ok_or(VerifyError::Mismatch)
@@ -163,7 +165,7 @@ pub fn check(
             let matched = value.split(' ').any(|candidate| {
                 candidate
                     .strip_prefix("v1,")
-                    .and_then(|b64| sign::decode_base64(b64))
+                    .and_then(sign::decode_base64)
                     .is_some_and(|sig| {
                         keys.iter().any(|k| {
                             sign::hmac_matches(
@@ -204,9 +206,15 @@ mod tests {
         };
         let sig = sign::body_hex_signature("s3cret", b"{\"a\":1}");
         let ok = [h("X-OWC-Signature", &sig)];
-        assert_eq!(check(&v, &["s3cret"], 300, &ok, b"{\"a\":1}", now()), Ok(()));
+        assert_eq!(
+            check(&v, &["s3cret"], 300, &ok, b"{\"a\":1}", now()),
+            Ok(())
+        );
         let prefixed = [h("x-owc-signature", &format!("sha256={sig}"))];
-        assert_eq!(check(&v, &["old", "s3cret"], 300, &prefixed, b"{\"a\":1}", now()), Ok(()));
+        assert_eq!(
+            check(&v, &["old", "s3cret"], 300, &prefixed, b"{\"a\":1}", now()),
+            Ok(())
+        );
         assert_eq!(
             check(&v, &["s3cret"], 300, &ok, b"{\"a\": 1}", now()),
             Err(VerifyError::Mismatch)
@@ -216,7 +224,14 @@ mod tests {
             Err(VerifyError::Missing("x-owc-signature".into()))
         );
         assert!(matches!(
-            check(&v, &["s3cret"], 300, &[h("x-owc-signature", "zz")], b"{}", now()),
+            check(
+                &v,
+                &["s3cret"],
+                300,
+                &[h("x-owc-signature", "zz")],
+                b"{}",
+                now()
+            ),
             Err(VerifyError::Malformed { .. })
         ));
     }
@@ -233,14 +248,38 @@ mod tests {
             body: b"{}",
         };
         let good = sign::timestamped_hex_signature("k", &msg(NOW - 10));
-        assert_eq!(check(&v, &["k"], 300, &[h("x-webhook-signature", &good)], b"{}", now()), Ok(()));
+        assert_eq!(
+            check(
+                &v,
+                &["k"],
+                300,
+                &[h("x-webhook-signature", &good)],
+                b"{}",
+                now()
+            ),
+            Ok(())
+        );
         let stale = sign::timestamped_hex_signature("k", &msg(NOW - 301));
         assert!(matches!(
-            check(&v, &["k"], 300, &[h("x-webhook-signature", &stale)], b"{}", now()),
+            check(
+                &v,
+                &["k"],
+                300,
+                &[h("x-webhook-signature", &stale)],
+                b"{}",
+                now()
+            ),
             Err(VerifyError::Stale { age_secs: 301, .. })
         ));
         assert_eq!(
-            check(&v, &["other"], 300, &[h("x-webhook-signature", &good)], b"{}", now()),
+            check(
+                &v,
+                &["other"],
+                300,
+                &[h("x-webhook-signature", &good)],
+                b"{}",
+                now()
+            ),
             Err(VerifyError::Mismatch)
         );
     }
@@ -261,11 +300,28 @@ mod tests {
             h("webhook-timestamp", &NOW.to_string()),
             h("webhook-signature", &format!("v1,bm9wZQ== {sig}")),
         ];
-        assert_eq!(check(&Verify::StandardWebhooks, &[&secret], 300, &headers, b"{}", now()), Ok(()));
+        assert_eq!(
+            check(
+                &Verify::StandardWebhooks,
+                &[&secret],
+                300,
+                &headers,
+                b"{}",
+                now()
+            ),
+            Ok(())
+        );
         let mut forged = headers.clone();
         forged[0] = h("webhook-id", "msg_2");
         assert_eq!(
-            check(&Verify::StandardWebhooks, &[&secret], 300, &forged, b"{}", now()),
+            check(
+                &Verify::StandardWebhooks,
+                &[&secret],
+                300,
+                &forged,
+                b"{}",
+                now()
+            ),
             Err(VerifyError::Mismatch)
         );
     }

@@ -123,7 +123,8 @@ pub fn normalize(
     received_at: &str,
 ) -> Result<Normalized, String> {
     let _ = received_at;
-    let value: Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let Value::Object(body) = value else {
         return Err("the body is not a JSON object".into());
     };
@@ -136,7 +137,11 @@ pub fn normalize(
     };
     let events = match kind {
         Kind::OneHash => vec![onehash(body)?],
-        Kind::OnWebChat => vec![onwebchat(body, header("x-owc-event"), header("x-owc-delivery"))?],
+        Kind::OnWebChat => vec![onwebchat(
+            body,
+            header("x-owc-event"),
+            header("x-owc-delivery"),
+        )?],
         Kind::Convosphere => convosphere(body)?,
         Kind::HelloClient => {
             return Ok(Normalized {
@@ -235,7 +240,11 @@ fn onehash(body: Map<String, Value>) -> Result<Event, String> {
         Some("outgoing") | Some("1") => "agent",
         Some("template") | Some("3") => "trigger",
         Some("activity") | Some("2") => "trigger",
-        Some(other) => return Err(format!("`message_type` {other:?} is not incoming, outgoing or template")),
+        Some(other) => {
+            return Err(format!(
+                "`message_type` {other:?} is not incoming, outgoing or template"
+            ));
+        }
         None => match body.get("message_type").and_then(Value::as_i64) {
             Some(0) => "visitor",
             Some(1) => "agent",
@@ -256,20 +265,36 @@ fn onehash(body: Map<String, Value>) -> Result<Event, String> {
     );
     data.insert(
         "chatbot_id".into(),
-        json!(account.and_then(|a| text_of(a.get("id"))).unwrap_or_default()),
+        json!(
+            account
+                .and_then(|a| text_of(a.get("id")))
+                .unwrap_or_default()
+        ),
     );
     data.insert(
         "chatbot_name".into(),
-        json!(account.and_then(|a| text_of(a.get("name"))).unwrap_or_default()),
+        json!(
+            account
+                .and_then(|a| text_of(a.get("name")))
+                .unwrap_or_default()
+        ),
     );
     data.insert(
         "uri".into(),
-        json!(attributes.and_then(|a| text_of(a.get("referer"))).unwrap_or_default()),
+        json!(
+            attributes
+                .and_then(|a| text_of(a.get("referer")))
+                .unwrap_or_default()
+        ),
     );
     data.insert("author".into(), json!(author));
     data.insert(
         "content".into(),
-        json!(body.get("content").and_then(Value::as_str).unwrap_or_default()),
+        json!(
+            body.get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ),
     );
     data.insert("created_at".into(), json!(created_at));
     data.insert("message_id".into(), json!(id));
@@ -288,7 +313,9 @@ fn onehash(body: Map<String, Value>) -> Result<Event, String> {
             data.insert(kept.into(), v.clone());
         }
     }
-    let account_id = account.and_then(|a| text_of(a.get("id"))).unwrap_or_default();
+    let account_id = account
+        .and_then(|a| text_of(a.get("id")))
+        .unwrap_or_default();
     data.insert("raw".into(), Value::Object(body));
     Ok(Event {
         // A message is created once: its id (per account) deduplicates
@@ -309,15 +336,20 @@ fn onwebchat(
 ) -> Result<Event, String> {
     let name = match event_header {
         Some(name) => name.to_string(),
-        None => string_field(&body, "event")
-            .map_err(|_| "the X-OWC-Event header is missing (and the body has no `event`)".to_string())?,
+        None => string_field(&body, "event").map_err(|_| {
+            "the X-OWC-Event header is missing (and the body has no `event`)".to_string()
+        })?,
     };
     let event_type = match name.as_str() {
         "chat.created" => "conversation.created".to_string(),
         "chat.assigned" => "conversation.assigned".to_string(),
         "chat.closed" => "conversation.closed".to_string(),
-        "message.created" | "chat.rated" | "offline_message.created" | "visitor.updated"
-        | "visitor.banned" | "visitor.unbanned" => name.clone(),
+        "message.created"
+        | "chat.rated"
+        | "offline_message.created"
+        | "visitor.updated"
+        | "visitor.banned"
+        | "visitor.unbanned" => name.clone(),
         _ => Kind::OnWebChat.unknown(&name),
     };
     let source = match body.get("data") {
@@ -332,7 +364,9 @@ fn onwebchat(
         }
     }
     if !data.contains_key("conversation_id")
-        && let Some(id) = source.get("chat_id").or_else(|| source.get("chat").and_then(|c| c.get("id")))
+        && let Some(id) = source
+            .get("chat_id")
+            .or_else(|| source.get("chat").and_then(|c| c.get("id")))
     {
         data.insert("conversation_id".into(), id.clone());
     }
@@ -378,7 +412,11 @@ fn convosphere(body: Map<String, Value>) -> Result<Vec<Event>, String> {
     }
     let event_type = match name.as_str() {
         "message.created" | "message.completed" => {
-            let author = if name == "message.created" { "visitor" } else { "ai" };
+            let author = if name == "message.created" {
+                "visitor"
+            } else {
+                "ai"
+            };
             data.insert("author".into(), json!(author));
             "message.created".to_string()
         }
@@ -388,10 +426,18 @@ fn convosphere(body: Map<String, Value>) -> Result<Vec<Event>, String> {
             // Thumbs up/down: 1 or 0.
             let rating = match source.get("rating").or_else(|| source.get("feedback")) {
                 Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-                Some(Value::String(s)) if matches!(s.as_str(), "up" | "thumbs_up" | "positive") => 1,
-                Some(Value::String(s)) if matches!(s.as_str(), "down" | "thumbs_down" | "negative") => 0,
+                Some(Value::String(s)) if matches!(s.as_str(), "up" | "thumbs_up" | "positive") => {
+                    1
+                }
+                Some(Value::String(s))
+                    if matches!(s.as_str(), "down" | "thumbs_down" | "negative") =>
+                {
+                    0
+                }
                 Some(Value::Bool(b)) => i64::from(*b),
-                Some(other) => return Err(format!("`data.rating` {other} is not up, down or a number")),
+                Some(other) => {
+                    return Err(format!("`data.rating` {other} is not up, down or a number"));
+                }
                 None => return Err("`data.rating` is missing".into()),
             };
             data.insert("rating".into(), json!(rating));
@@ -445,7 +491,9 @@ fn helloclient(body: Map<String, Value>) -> Result<Vec<Event>, String> {
                     Some(Value::String(s)) if s.parse::<u64>().is_ok() => {
                         serde_json::Number::from(s.parse::<u64>().expect("checked"))
                     }
-                    Some(other) => return Err(format!("`{path}.SessionID` {other} is not an integer")),
+                    Some(other) => {
+                        return Err(format!("`{path}.SessionID` {other} is not an integer"));
+                    }
                     None => return Err(format!("`{path}.SessionID` is missing")),
                 };
                 let created = time_field(conv, "CreateTime")
@@ -470,7 +518,10 @@ fn helloclient(body: Map<String, Value>) -> Result<Vec<Event>, String> {
                         }
                         None => return Err(format!("`{mpath}.Type` is missing")),
                     };
-                    let content = message.get("Content").and_then(Value::as_str).unwrap_or_default();
+                    let content = message
+                        .get("Content")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     events.push(Event {
                         // Stable across Hello Client's retries of the same day.
                         id: Some(format!("helloclient:{serial}:{session}:{start}:{m}")),
@@ -675,46 +726,84 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("conversation.display_id"), "{e}");
-        let e = run(Kind::HelloClient, &[], json!({"Collection": [{"SerialNumber": "s",
-            "Conversations": [{"SessionID": "x", "CreateTime": "2023-11-21T16:22:42Z"}]}]}))
+        let e = run(
+            Kind::HelloClient,
+            &[],
+            json!({"Collection": [{"SerialNumber": "s",
+            "Conversations": [{"SessionID": "x", "CreateTime": "2023-11-21T16:22:42Z"}]}]}),
+        )
         .unwrap_err();
-        assert!(e.contains("Collection[0].Conversations[0].SessionID"), "{e}");
+        assert!(
+            e.contains("Collection[0].Conversations[0].SessionID"),
+            "{e}"
+        );
         let e = run(Kind::OnWebChat, &[], json!({"data": {}})).unwrap_err();
         assert!(e.contains("X-OWC-Event"), "{e}");
     }
 
     #[test]
     fn unknown_events_are_kept_under_the_kind() {
-        let out = run(Kind::OnWebChat, &[("x-owc-event", "Visitor.Typing-Started"), ("x-owc-delivery", "d1")], json!({"data": {}})).unwrap();
+        let out = run(
+            Kind::OnWebChat,
+            &[
+                ("x-owc-event", "Visitor.Typing-Started"),
+                ("x-owc-delivery", "d1"),
+            ],
+            json!({"data": {}}),
+        )
+        .unwrap();
         assert_eq!(out.events[0].event_type, "onwebchat.visitor.typing_started");
         assert_eq!(out.events[0].id.as_deref(), Some("d1"));
         let out = run(Kind::OneHash, &[], json!({"event": "webwidget_triggered"})).unwrap();
         assert_eq!(out.events[0].event_type, "onehash.webwidget_triggered");
-        let out = run(Kind::HelloClient, &[], json!({"Type": "Quote", "SerialNumber": "s", "SessionID": 1})).unwrap();
+        let out = run(
+            Kind::HelloClient,
+            &[],
+            json!({"Type": "Quote", "SerialNumber": "s", "SessionID": 1}),
+        )
+        .unwrap();
         assert_eq!(out.events[0].event_type, "helloclient.quote.created");
-        let out = run(Kind::StandardWebhooks, &[], json!({"type": "Order-Paid", "timestamp": "2026-11-23T10:00:00Z", "data": {}})).unwrap();
+        let out = run(
+            Kind::StandardWebhooks,
+            &[],
+            json!({"type": "Order-Paid", "timestamp": "2026-11-23T10:00:00Z", "data": {}}),
+        )
+        .unwrap();
         assert_eq!(out.events[0].event_type, "standard_webhooks.order_paid");
         assert_eq!(Kind::OHallo.unknown("9lives"), "ohallo.e9lives");
     }
 
     #[test]
     fn a_collection_is_one_event_per_message_and_answers_success() {
-        let out = run(Kind::HelloClient, &[], json!({"Collection": [{"SerialNumber": "s", "Name": "Bot",
+        let out = run(
+            Kind::HelloClient,
+            &[],
+            json!({"Collection": [{"SerialNumber": "s", "Name": "Bot",
             "StartTime": "2023-11-21T00:00:00Z", "Conversations": [{"SessionID": 31302,
             "CreateTime": "2023-11-21T16:22:42.264484Z", "URI": "u",
-            "Messages": [{"Type": "AI", "Content": "a"}, {"Type": "User", "Content": "b"}]}]}]})).unwrap();
+            "Messages": [{"Type": "AI", "Content": "a"}, {"Type": "User", "Content": "b"}]}]}]}),
+        )
+        .unwrap();
         assert_eq!(out.reply.as_deref(), Some(r#"{"status":"success"}"#));
         assert_eq!(out.events.len(), 2);
         assert_eq!(out.events[1].data["author"], "visitor");
         assert_eq!(out.events[1].data["conversation_id"], 31302);
-        assert_eq!(out.events[1].id.as_deref(), Some("helloclient:s:31302:2023-11-21T00:00:00Z:1"));
+        assert_eq!(
+            out.events[1].id.as_deref(),
+            Some("helloclient:s:31302:2023-11-21T00:00:00Z:1")
+        );
     }
 
     #[test]
     fn convosphere_test_events_route_nothing() {
         let out = run(Kind::Convosphere, &[], json!({"event": "webhook.test"})).unwrap();
         assert!(out.events.is_empty());
-        let out = run(Kind::Convosphere, &[], json!({"event": "user.feedback", "data": {"conversation_id": "c", "rating": "down"}})).unwrap();
+        let out = run(
+            Kind::Convosphere,
+            &[],
+            json!({"event": "user.feedback", "data": {"conversation_id": "c", "rating": "down"}}),
+        )
+        .unwrap();
         assert_eq!(out.events[0].event_type, "chat.rated");
         assert_eq!(out.events[0].data["rating"], 0);
     }
@@ -722,7 +811,11 @@ mod tests {
     #[test]
     fn config_names_the_kind() {
         assert_eq!(Kind::from_config(r#"{"kind":"ohallo"}"#), Ok(Kind::OHallo));
-        assert!(Kind::from_config(r#"{"kind":"kafka"}"#).unwrap_err().contains("unknown kind"));
+        assert!(
+            Kind::from_config(r#"{"kind":"kafka"}"#)
+                .unwrap_err()
+                .contains("unknown kind")
+        );
         assert!(Kind::from_config("{}").unwrap_err().contains("kind"));
     }
 }
