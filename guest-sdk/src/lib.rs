@@ -305,6 +305,16 @@ pub fn log(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
+/// The id of the delivery that the `index`-th request (0-based) returned by
+/// this call will become: receivers deduplicate on it, so it makes a good
+/// idempotency key in a body. On a native build, `dlv_native_<index>`.
+pub fn delivery_id(index: u32) -> String {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::wasmhook::plugin::host::delivery_id(index);
+    #[cfg(not(target_arch = "wasm32"))]
+    format!("dlv_native_{index}")
+}
+
 /// Logs at debug level with `format!` syntax.
 #[macro_export]
 macro_rules! debug {

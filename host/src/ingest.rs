@@ -251,11 +251,14 @@ pub enum HoldMode {
 /// be made: the one constructor for pending deliveries (ingest and window
 /// flush), so the subscription's own signature headers are reserved on
 /// every path.
+/// `ids` are those the plugin took through `host.delivery-id`, by request
+/// index: the delivery of such a request carries the id its body names.
 pub fn pending_deliveries(
     sub: &Subscription,
     event_id: &str,
     event_type: &str,
     requests: Vec<PluginRequest>,
+    ids: Vec<String>,
     now: Timestamp,
 ) -> Result<Vec<Delivery>, String> {
     let reserved = crate::sign::reserved_names(&sub.signature);
@@ -269,6 +272,7 @@ pub fn pending_deliveries(
             h.name
         ));
     }
+    let mut ids = ids.into_iter();
     Ok(requests
         .into_iter()
         .map(|r| {
@@ -277,7 +281,7 @@ pub fn pending_deliveries(
                 content_type: r.content_type,
                 headers: r.headers,
             };
-            new_delivery(
+            let mut delivery = new_delivery(
                 sub,
                 event_id,
                 event_type,
@@ -285,7 +289,11 @@ pub fn pending_deliveries(
                 DeliveryStatus::Pending,
                 Some(request),
                 None,
-            )
+            );
+            if let Some(id) = ids.next() {
+                delivery.id = id;
+            }
+            delivery
         })
         .collect())
 }
@@ -383,7 +391,14 @@ pub async fn transform(
             Some("the plugin returned no requests".into()),
         )),
         Ok(Action::Deliver { requests }) => {
-            match pending_deliveries(sub, &event.id, &event.event_type, requests, now) {
+            match pending_deliveries(
+                sub,
+                &event.id,
+                &event.event_type,
+                requests,
+                report.delivery_ids,
+                now,
+            ) {
                 Ok(deliveries) => Transformed {
                     deliveries,
                     held: Vec::new(),
@@ -470,11 +485,19 @@ mod tests {
         let sub = body_hex_subscription();
         let now = "2026-11-21T10:00:00Z".parse().unwrap();
         for name in ["x-acme-event", "X-Acme-Delivery", "X-OHALLO-SIGNATURE"] {
-            let e = pending_deliveries(&sub, "window:x", "window.closed", vec![request(name)], now)
+            let e = pending_deliveries(
+                &sub,
+                "window:x",
+                "window.closed",
+                vec![request(name)],
+                Vec::new(),
+                now,
+            )
                 .unwrap_err();
             assert!(e.contains("reserved header"), "{e}");
         }
-        let ok = pending_deliveries(&sub, "e1", "a.b", vec![request("X-Trace")], now).unwrap();
+        let ok = pending_deliveries(&sub, "e1", "a.b", vec![request("X-Trace")], Vec::new(), now)
+                .unwrap();
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].status, DeliveryStatus::Pending);
         assert_eq!(ok[0].next_attempt_at, Some(now));

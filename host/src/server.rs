@@ -39,6 +39,8 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
         )),
     )
     .context("starting the plugin sandbox")?;
+    let ids = clock.clone();
+    runtime.set_id_clock(Arc::new(move || ids.now()));
     let admission = Admission::new(
         config.limits.max_concurrent_calls,
         config.tenant_share_percent,

@@ -82,6 +82,10 @@ impl self::wasmhook::plugin::host::Host for State {
         };
         self.push_log(level, &message);
     }
+
+    fn delivery_id(&mut self, index: u32) -> String {
+        State::delivery_id(self, index)
+    }
 }
 
 impl wit::Host for State {}

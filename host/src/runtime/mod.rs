@@ -16,7 +16,7 @@ mod state;
 pub mod types;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -28,6 +28,7 @@ use wasmtime::{
 use bindings::source::{Source, SourcePre};
 use bindings::{Transform, TransformPre};
 pub use cache::ArtifactDigests;
+pub use state::IdClock;
 use state::{Determinism, LogLimits, State};
 pub use types::*;
 
@@ -150,6 +151,9 @@ pub struct CallReport<T> {
     pub result: Result<T, CallError>,
     pub log: Vec<LogLine>,
     pub elapsed: Duration,
+    /// The ids `host.delivery-id` handed out, by request index: the
+    /// deliveries made of the requests take them.
+    pub delivery_ids: Vec<String>,
 }
 
 impl<T> CallReport<T> {
@@ -160,6 +164,7 @@ impl<T> CallReport<T> {
             result: self.result.and_then(f),
             log: self.log,
             elapsed: self.elapsed,
+            delivery_ids: self.delivery_ids,
         }
     }
 }
@@ -224,6 +229,7 @@ impl Plugin {
             }),
             log: Vec::new(),
             elapsed: Duration::ZERO,
+            delivery_ids: Vec::new(),
         }
     }
 }
@@ -263,6 +269,8 @@ struct Inner {
     cache: Option<cache::ArtifactCache>,
     /// Advances the epoch while calls run (and only then).
     ticker: Arc<Ticker>,
+    /// Stamps the ids `host.delivery-id` hands out (the engine's clock).
+    id_clock: RwLock<IdClock>,
 }
 
 impl Runtime {
@@ -341,6 +349,7 @@ impl Runtime {
                 limits,
                 cache,
                 ticker,
+                id_clock: RwLock::new(Arc::new(jiff::Timestamp::now)),
             }),
         })
     }
@@ -350,6 +359,12 @@ impl Runtime {
         if let Some(cache) = &self.inner.cache {
             cache.remove(sha256);
         }
+    }
+
+    /// The clock that stamps delivery ids handed to plugins (the engine's,
+    /// so a manual clock in tests stamps them too).
+    pub fn set_id_clock(&self, clock: IdClock) {
+        *self.inner.id_clock.write().unwrap_or_else(|e| e.into_inner()) = clock;
     }
 
     /// The limits every call runs under.
@@ -554,7 +569,12 @@ impl Runtime {
         };
         let mut store = Store::new(
             &self.inner.engine,
-            State::new(limits.memory_bytes, log_limits, determinism),
+            State::new(
+                limits.memory_bytes,
+                log_limits,
+                determinism,
+                self.inner.id_clock.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         // Lifting a result copies it into host memory before any output
@@ -582,6 +602,7 @@ impl Runtime {
             Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
         };
         let mut log = store.data_mut().take_log();
+        let delivery_ids = std::mem::take(&mut store.data_mut().delivery_ids);
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(plugin_error)) => Err(CallError::Plugin(plugin_error)),
@@ -598,6 +619,7 @@ impl Runtime {
             result,
             log,
             elapsed,
+            delivery_ids,
         }
     }
 

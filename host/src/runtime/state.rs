@@ -93,10 +93,41 @@ pub struct State {
     pub(super) stdout: CapturedOutput,
     pub(super) stderr: CapturedOutput,
     pub(super) limiter: MemoryLimiter,
+    /// Ids handed out by `host.delivery-id`, by request index; the caller
+    /// gives them to the deliveries it makes of the requests.
+    pub(super) delivery_ids: Vec<String>,
+    pub(super) id_clock: IdClock,
+}
+
+/// The clock delivery ids are stamped with (the engine's: ids of records
+/// pruned by age must sort by the clock that ages them).
+pub type IdClock = std::sync::Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
+
+/// The most ids one call may ask for (far above the request limit).
+const MAX_DELIVERY_IDS: usize = 1024;
+
+impl State {
+    /// The id of the `index`-th request's delivery, made on first ask.
+    pub fn delivery_id(&mut self, index: u32) -> String {
+        let index = index as usize;
+        if index >= MAX_DELIVERY_IDS {
+            return String::new();
+        }
+        while self.delivery_ids.len() <= index {
+            let id = crate::util::new_id_at("dlv", (self.id_clock)());
+            self.delivery_ids.push(id);
+        }
+        self.delivery_ids[index].clone()
+    }
 }
 
 impl State {
-    pub fn new(memory_limit: usize, log_limits: LogLimits, determinism: Determinism) -> Self {
+    pub fn new(
+        memory_limit: usize,
+        log_limits: LogLimits,
+        determinism: Determinism,
+        id_clock: IdClock,
+    ) -> Self {
         let cap = log_limits
             .max_lines
             .saturating_mul(log_limits.max_line_bytes);
@@ -135,6 +166,8 @@ impl State {
                 limit: memory_limit,
                 exceeded: false,
             },
+            delivery_ids: Vec::new(),
+            id_clock,
         }
     }
 

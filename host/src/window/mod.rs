@@ -24,7 +24,7 @@ use crate::app::App;
 use crate::event::Envelope;
 use crate::runtime::{CallError, HeldGroup, HeldItem, WindowBounds};
 use crate::store::{HeldWrite, StoreError, Subscription, WindowState};
-use crate::util::failpoint;
+use crate::util::{failpoint, new_id_at};
 pub use schedule::{Bounds, Schedule, WindowSpec};
 
 /// How often the scheduler looks for closed windows.
@@ -189,8 +189,8 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         },
     };
     let event_id = format!("window:{}", state.start);
-    let deliveries = requests.and_then(|requests| {
-        crate::ingest::pending_deliveries(&sub, &event_id, "window.closed", requests, now)
+    let deliveries = requests.and_then(|(requests, ids)| {
+        crate::ingest::pending_deliveries(&sub, &event_id, "window.closed", requests, ids, now)
     });
     let deliveries = match deliveries {
         Ok(d) => d,
@@ -223,6 +223,8 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
 
 /// Calls `flush` on the groups; when the answer is too large, splits them
 /// in two (by groups, or a lone group by items) and flushes each half.
+/// Returns the requests and their delivery ids (those the plugin took
+/// through `host.delivery-id`, new ones for the rest).
 async fn flush_in_parts(
     app: &App,
     tenant_id: &str,
@@ -230,9 +232,10 @@ async fn flush_in_parts(
     bounds: &WindowBounds,
     groups: Vec<HeldGroup>,
     config: &str,
-) -> Result<Result<Vec<crate::runtime::PluginRequest>, String>, FlushError> {
+) -> Result<Result<(Vec<crate::runtime::PluginRequest>, Vec<String>), String>, FlushError> {
     let mut pending = vec![groups];
     let mut requests = Vec::new();
+    let mut ids = Vec::new();
     while let Some(part) = pending.pop() {
         let report = {
             let _slot = app.plugins.admit(tenant_id).await?;
@@ -243,6 +246,10 @@ async fn flush_in_parts(
         };
         let failure = match report.result {
             Ok(r) => {
+                let mut part_ids = report.delivery_ids;
+                part_ids.truncate(r.len());
+                part_ids.resize_with(r.len(), || new_id_at("dlv", app.clock.now()));
+                ids.extend(part_ids);
                 requests.extend(r);
                 continue;
             }
@@ -267,7 +274,7 @@ async fn flush_in_parts(
             CallFailure::Other(why) => return Ok(Err(why)),
         }
     }
-    Ok(Ok(requests))
+    Ok(Ok((requests, ids)))
 }
 
 /// Halves a part: by groups when there are several, else the lone group's
