@@ -17,6 +17,10 @@ const BUNDLED: &[&str] = &[
     "helloclient-chatlog",
     "event-filter",
     "platform-sources",
+    "onehash-message",
+    "onwebchat",
+    "convosphere",
+    "ohallo",
 ];
 /// Components only the tests use (hostile behaviour, raw WIT, wrong world).
 const FIXTURES: &[&str] = &["fixture-hostile", "fixture-raw-wit", "fixture-wrong-world"];

@@ -315,6 +315,20 @@ pub fn delivery_id(index: u32) -> String {
     format!("dlv_native_{index}")
 }
 
+/// Takes the items this subscription holds under `group` (from every
+/// window, in arrival order): they are removed once this call's result is
+/// stored. Lets a plugin send a conversation when it closes rather than
+/// when the window does. On a native build, always empty.
+pub fn take_held(group: &str) -> Vec<String> {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::wasmhook::plugin::host::take_held(group);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = group;
+        Vec::new()
+    }
+}
+
 /// Logs at debug level with `format!` syntax.
 #[macro_export]
 macro_rules! debug {

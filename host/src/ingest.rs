@@ -76,6 +76,7 @@ pub async fn accept(
                 event: existing,
                 deliveries: Vec::new(),
                 held: Vec::new(),
+                released: Vec::new(),
             }),
             None => fresh.push(event),
         }
@@ -97,14 +98,17 @@ pub async fn accept(
     for (event, subs) in routed {
         let mut deliveries = Vec::new();
         let mut held = Vec::new();
+        let mut released = Vec::new();
         for sub in subs {
             let out = transform(app, sub, &event, now, HoldMode::Keep).await?;
             deliveries.extend(out.deliveries);
             held.extend(out.held);
+            released.extend(out.released);
         }
         batch.push(NewEvent {
             replay: false,
             held,
+            released,
             event: StoredEvent {
                 tenant_id: tenant_id.to_string(),
                 event,
@@ -203,6 +207,7 @@ pub async fn replay(
             event: stored,
             deliveries: out.deliveries,
             held: out.held,
+            released: out.released,
         });
     }
     let created = check_batch(app, &sub.tenant_id, &batch)?;
@@ -236,6 +241,8 @@ pub struct Transformed {
     pub deliveries: Vec<Delivery>,
     /// Items the plugin held for the subscription's window.
     pub held: Vec<HeldWrite>,
+    /// Held items the plugin took (`host.take-held`), to remove.
+    pub released: Vec<crate::runtime::TakenItem>,
 }
 
 /// What to do with items a plugin holds.
@@ -273,10 +280,14 @@ pub fn pending_deliveries(
         ));
     }
     let mut ids = ids.into_iter();
+    let names_events = matches!(sub.signature, crate::sign::Scheme::BodyHex { .. });
     Ok(requests
         .into_iter()
         .map(|r| {
             let request = StoredRequest {
+                event_name: names_events
+                    .then(|| StoredRequest::event_name_of(&r.body))
+                    .flatten(),
                 body: r.body,
                 content_type: r.content_type,
                 headers: r.headers,
@@ -350,12 +361,14 @@ pub async fn transform(
     let one = |d: Delivery| Transformed {
         deliveries: vec![d],
         held: Vec::new(),
+        released: Vec::new(),
     };
     let Some(plugin_ref) = &sub.plugin else {
         let request = StoredRequest {
             body: envelope_body(event),
             content_type: "application/json".into(),
             headers: Vec::new(),
+            event_name: None,
         };
         return Ok(one(delivery(DeliveryStatus::Pending, Some(request), None)));
     };
@@ -371,15 +384,25 @@ pub async fn transform(
         }
     };
     let config = plugin_ref.config.to_string();
-    let report = {
+    // A subscription with a window may take its held items back (a
+    // conversation sent when it closes); a test event takes nothing.
+    let held: Option<std::sync::Arc<dyn crate::runtime::HeldSource>> =
+        (sub.window.is_some() && hold == HoldMode::Keep).then(|| {
+            std::sync::Arc::new(crate::store::SubscriptionHeld {
+                store: app.store.clone(),
+                subscription_id: sub.id.clone(),
+            }) as _
+        });
+    let mut report = {
         let _slot = app.plugins.admit(&sub.tenant_id).await?;
         app.plugins
             .runtime()
-            .handle(&plugin, &event.to_plugin_event(), &config)
+            .handle_with(&plugin, &event.to_plugin_event(), &config, held)
             .await
     };
+    let taken = std::mem::take(&mut report.taken);
     debug!(subscription_id = %sub.id, event_id = %event.id, elapsed_us = report.elapsed.as_micros() as u64, "plugin ran");
-    Ok(match report.result {
+    let mut out = match report.result {
         Ok(Action::Skip { reason }) => one(delivery(
             DeliveryStatus::Filtered,
             None,
@@ -402,6 +425,7 @@ pub async fn transform(
                 Ok(deliveries) => Transformed {
                     deliveries,
                     held: Vec::new(),
+                    released: Vec::new(),
                 },
                 Err(why) => one(delivery(DeliveryStatus::Failed, None, Some(why))),
             }
@@ -418,6 +442,7 @@ pub async fn transform(
             Ok((held, note)) => Transformed {
                 deliveries: vec![delivery(DeliveryStatus::Held, None, Some(note))],
                 held,
+                released: Vec::new(),
             },
             Err(why) => one(delivery(DeliveryStatus::Failed, None, Some(why))),
         },
@@ -435,7 +460,17 @@ pub async fn transform(
             }
             one(delivery(DeliveryStatus::Failed, None, Some(message)))
         }
-    })
+    };
+    // Taken items go only with a result that is kept: a failed call (or
+    // one whose output was refused) leaves them held.
+    if !out
+        .deliveries
+        .iter()
+        .any(|d| d.status == DeliveryStatus::Failed)
+    {
+        out.released = taken;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -120,6 +120,7 @@ fn notification(
             body: body.to_string(),
             content_type: "application/json".into(),
             headers: vec![],
+            event_name: None,
         }),
         attempts: vec![],
         next_attempt_at: Some(now),

@@ -189,7 +189,7 @@ fn detail(state: &ApiState, d: Delivery) -> Result<DeliveryDetail, ApiError> {
             let at = d.attempts.last().map_or(state.app.clock.now(), |a| a.at);
             let message = sign::Message {
                 delivery_id: &d.id,
-                event_type: &d.event_type,
+                event_type: request.event_name.as_deref().unwrap_or(&d.event_type),
                 timestamp: at.as_second(),
                 body: request.body.as_bytes(),
             };

@@ -183,7 +183,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
     let secrets = sub.signing_secrets(now);
     let message = sign::Message {
         delivery_id: &d.id,
-        event_type: &d.event_type,
+        event_type: request.event_name.as_deref().unwrap_or(&d.event_type),
         timestamp: now.as_second(),
         body: request.body.as_bytes(),
     };

@@ -86,6 +86,10 @@ impl self::wasmhook::plugin::host::Host for State {
     fn delivery_id(&mut self, index: u32) -> String {
         State::delivery_id(self, index)
     }
+
+    fn take_held(&mut self, group: String) -> Vec<String> {
+        State::take_held(self, &group)
+    }
 }
 
 impl wit::Host for State {}

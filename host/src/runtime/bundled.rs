@@ -45,6 +45,30 @@ pub const BUNDLED: &[Bundled] = &[
         world: World::Transform,
     },
     Bundled {
+        name: "onehash-message",
+        description: "message.created -> OneHash Chat's (Chatwoot's) message_created body, as seed 001 shows it",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/onehash-message.wasm")),
+        world: World::Transform,
+    },
+    Bundled {
+        name: "onwebchat",
+        description: "onWebChat's events; a conversation's messages held and sent in its chat.closed transcript",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/onwebchat.wasm")),
+        world: World::Transform,
+    },
+    Bundled {
+        name: "convosphere",
+        description: "Convosphere AI's events (message.created/completed, conversation.started/ended, user.feedback, error.occurred)",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/convosphere.wasm")),
+        world: World::Transform,
+    },
+    Bundled {
+        name: "ohallo",
+        description: "oHallo's events, with the delivery id as the payload's idempotency_key",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/ohallo.wasm")),
+        world: World::Transform,
+    },
+    Bundled {
         name: "platform-sources",
         description: "source adapter: the seed platforms' webhooks (config {\"kind\": …}) -> canonical events",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/platform-sources.wasm")),

@@ -154,6 +154,9 @@ pub struct CallReport<T> {
     /// The ids `host.delivery-id` handed out, by request index: the
     /// deliveries made of the requests take them.
     pub delivery_ids: Vec<String>,
+    /// The held items `host.take-held` handed out: to remove with the
+    /// call's result.
+    pub taken: Vec<TakenItem>,
 }
 
 impl<T> CallReport<T> {
@@ -165,6 +168,7 @@ impl<T> CallReport<T> {
             log: self.log,
             elapsed: self.elapsed,
             delivery_ids: self.delivery_ids,
+            taken: self.taken,
         }
     }
 }
@@ -230,6 +234,7 @@ impl Plugin {
             log: Vec::new(),
             elapsed: Duration::ZERO,
             delivery_ids: Vec::new(),
+            taken: Vec::new(),
         }
     }
 }
@@ -495,12 +500,23 @@ impl Runtime {
         })
     }
 
-    /// Runs `handle` on one event.
+    /// Runs `handle` on one event (no held items to take: dry runs, tests).
     pub async fn handle(
         &self,
         plugin: &Plugin,
         event: &PluginEvent,
         config: &str,
+    ) -> CallReport<Action> {
+        self.handle_with(plugin, event, config, None).await
+    }
+
+    /// Runs `handle` on one event; `held` serves `host.take-held`.
+    pub async fn handle_with(
+        &self,
+        plugin: &Plugin,
+        event: &PluginEvent,
+        config: &str,
+        held: Option<Arc<dyn HeldSource>>,
     ) -> CallReport<Action> {
         let limit = self.inner.limits.handle_timeout_ms;
         let determinism = Determinism {
@@ -511,7 +527,7 @@ impl Runtime {
             return plugin.wrong_world(World::Transform);
         };
         let event = bindings::to_wit_event(event);
-        self.call(limit, determinism, async |store| {
+        self.call_with(limit, determinism, held, async |store| {
             let bindings = pre.instantiate_async(&mut *store).await?;
             let result = bindings.call_handle(store, &event, config).await?;
             Ok(result.map_err(bindings::from_wit_error))
@@ -560,6 +576,20 @@ impl Runtime {
     where
         F: AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<T, PluginError>>,
     {
+        self.call_with(limit_ms, determinism, None, f).await
+    }
+
+    /// [`Runtime::call`] with `held` behind `host.take-held`.
+    async fn call_with<T, F>(
+        &self,
+        limit_ms: u64,
+        determinism: Determinism,
+        held: Option<Arc<dyn HeldSource>>,
+        f: F,
+    ) -> CallReport<T>
+    where
+        F: AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<Result<T, PluginError>>,
+    {
         let started = Instant::now();
         let _ticking = self.inner.ticker.running();
         let limits = &self.inner.limits;
@@ -576,6 +606,7 @@ impl Runtime {
                 self.inner.id_clock.read().unwrap_or_else(|e| e.into_inner()).clone(),
             ),
         );
+        store.data_mut().held = held;
         store.limiter(|state| &mut state.limiter);
         // Lifting a result copies it into host memory before any output
         // check can look at it: cap the copy near the output limit (the
@@ -603,6 +634,7 @@ impl Runtime {
         };
         let mut log = store.data_mut().take_log();
         let delivery_ids = std::mem::take(&mut store.data_mut().delivery_ids);
+        let taken = std::mem::take(&mut store.data_mut().taken);
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(plugin_error)) => Err(CallError::Plugin(plugin_error)),
@@ -620,6 +652,7 @@ impl Runtime {
             log,
             elapsed,
             delivery_ids,
+            taken,
         }
     }
 

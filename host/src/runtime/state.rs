@@ -97,6 +97,10 @@ pub struct State {
     /// gives them to the deliveries it makes of the requests.
     pub(super) delivery_ids: Vec<String>,
     pub(super) id_clock: IdClock,
+    /// The subscription's held items, for `host.take-held` (None: empty).
+    pub(super) held: Option<std::sync::Arc<dyn super::HeldSource>>,
+    /// What `host.take-held` handed out.
+    pub(super) taken: Vec<super::TakenItem>,
 }
 
 /// The clock delivery ids are stamped with (the engine's: ids of records
@@ -107,6 +111,22 @@ pub type IdClock = std::sync::Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 const MAX_DELIVERY_IDS: usize = 1024;
 
 impl State {
+    /// The items held under `group` not taken yet in this call; recorded
+    /// so the caller removes them with the call's result.
+    pub fn take_held(&mut self, group: &str) -> Vec<String> {
+        let Some(held) = &self.held else {
+            return Vec::new();
+        };
+        let mut items = Vec::new();
+        for taken in held.held_in_group(group) {
+            if self.taken.iter().all(|t| t.key != taken.key) {
+                items.push(taken.item.clone());
+                self.taken.push(taken);
+            }
+        }
+        items
+    }
+
     /// The id of the `index`-th request's delivery, made on first ask.
     pub fn delivery_id(&mut self, index: u32) -> String {
         let index = index as usize;
@@ -168,6 +188,8 @@ impl State {
             },
             delivery_ids: Vec::new(),
             id_clock,
+            held: None,
+            taken: Vec::new(),
         }
     }
 

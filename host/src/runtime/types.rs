@@ -142,3 +142,21 @@ impl World {
         }
     }
 }
+
+/// A held item a plugin took with `host.take-held`: removed from its window
+/// when the call's result is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenItem {
+    /// Its key in the store (window key and arrival sequence).
+    pub key: Vec<u8>,
+    pub item: String,
+    /// Group and item bytes, as the window counts them.
+    pub bytes: u64,
+}
+
+/// Where `host.take-held` finds one subscription's held items (the store,
+/// for a subscription with a window): runtime stays free of the store.
+pub trait HeldSource: Send + Sync {
+    /// The items held under `group`, in arrival order.
+    fn held_in_group(&self, group: &str) -> Vec<TakenItem>;
+}

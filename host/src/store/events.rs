@@ -17,7 +17,10 @@ impl Store {
     pub fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
         // A transaction locks every tree it names: leave the window trees
         // out when nothing is held (the common case).
-        if batch.iter().all(|n| n.held.is_empty()) {
+        if batch
+            .iter()
+            .all(|n| n.held.is_empty() && n.released.is_empty())
+        {
             (
                 &self.events,
                 &self.events_by_time,
@@ -149,6 +152,9 @@ fn accept_tx(
         if let Some((held, windows)) = windows {
             for h in &new.held {
                 hold_tx(held, windows, h, &e.event.id)?;
+            }
+            for taken in &new.released {
+                super::windows::release_tx(held, windows, taken)?;
             }
         }
         results.push(Accepted::New);

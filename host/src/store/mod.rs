@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::millis;
 pub use models::*;
+pub use windows::SubscriptionHeld;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +182,8 @@ pub struct NewEvent {
     pub deliveries: Vec<Delivery>,
     /// Items plugins held, stored with the event.
     pub held: Vec<HeldWrite>,
+    /// Held items plugins took (`host.take-held`), removed with the event.
+    pub released: Vec<crate::runtime::TakenItem>,
 }
 
 /// `subscription \0 start ms (BE)`: one window of one subscription.

@@ -156,6 +156,25 @@ pub struct StoredRequest {
     pub body: String,
     pub content_type: String,
     pub headers: Vec<Header>,
+    /// The event name a body-hex signature's event header carries: the
+    /// body's own top-level `event` (a platform format names its events
+    /// there: onWebChat's `chat.closed`), else the delivery's event type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_name: Option<String>,
+}
+
+impl StoredRequest {
+    /// The body's top-level `"event"` string, if it is a JSON object with one.
+    pub fn event_name_of(body: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            event: Option<String>,
+        }
+        if !body.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str::<Named>(body).ok()?.event
+    }
 }
 
 /// One attempt, as the delivery log shows it.

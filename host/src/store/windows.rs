@@ -139,6 +139,63 @@ impl Store {
 }
 
 /// Stores one held item and counts it in its window's state.
+/// Removes an item a plugin took (`host.take-held`) from its window. One
+/// already gone (flushed, or taken by a concurrent event) is skipped.
+pub(super) fn release_tx(
+    held: &TransactionalTree,
+    windows: &TransactionalTree,
+    taken: &crate::runtime::TakenItem,
+) -> TxResult<()> {
+    if held.remove(taken.key.as_slice())?.is_none() || taken.key.len() < 8 {
+        return Ok(());
+    }
+    let wkey = &taken.key[..taken.key.len() - 8];
+    if let Some(bytes) = windows.get(wkey)? {
+        let mut state: WindowState =
+            decode(wkey, &bytes).map_err(ConflictableTransactionError::Abort)?;
+        state.items = state.items.saturating_sub(1);
+        state.bytes = state.bytes.saturating_sub(taken.bytes);
+        if state.items == 0 {
+            windows.remove(wkey)?;
+        } else {
+            windows.insert(wkey, encode(&state))?;
+        }
+    }
+    Ok(())
+}
+
+/// The store as `host.take-held` sees one subscription's held items.
+pub struct SubscriptionHeld {
+    pub store: Store,
+    pub subscription_id: String,
+}
+
+impl crate::runtime::HeldSource for SubscriptionHeld {
+    fn held_in_group(&self, group: &str) -> Vec<crate::runtime::TakenItem> {
+        let mut items = Vec::new();
+        for kv in self
+            .store
+            .held
+            .scan_prefix(scoped(&self.subscription_id, ""))
+        {
+            let Ok((key, value)) = kv else { break };
+            let Ok(record) = decode::<HeldRecord>(&key, &value) else {
+                continue;
+            };
+            if record.group == group {
+                items.push(crate::runtime::TakenItem {
+                    key: key.to_vec(),
+                    bytes: (record.group.len() + record.item.len()) as u64,
+                    item: record.item,
+                });
+            }
+        }
+        // Keys sort by window, then arrival: put them in arrival order.
+        items.sort_by_key(|t| t.key[t.key.len().saturating_sub(8)..].to_vec());
+        items
+    }
+}
+
 pub(super) fn hold_tx(
     held: &TransactionalTree,
     windows: &TransactionalTree,
