@@ -528,11 +528,11 @@ mod tests {
                 Vec::new(),
                 now,
             )
-                .unwrap_err();
+            .unwrap_err();
             assert!(e.contains("reserved header"), "{e}");
         }
         let ok = pending_deliveries(&sub, "e1", "a.b", vec![request("X-Trace")], Vec::new(), now)
-                .unwrap();
+            .unwrap();
         assert_eq!(ok.len(), 1);
         assert_eq!(ok[0].status, DeliveryStatus::Pending);
         assert_eq!(ok[0].next_attempt_at, Some(now));

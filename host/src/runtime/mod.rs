@@ -369,7 +369,11 @@ impl Runtime {
     /// The clock that stamps delivery ids handed to plugins (the engine's,
     /// so a manual clock in tests stamps them too).
     pub fn set_id_clock(&self, clock: IdClock) {
-        *self.inner.id_clock.write().unwrap_or_else(|e| e.into_inner()) = clock;
+        *self
+            .inner
+            .id_clock
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = clock;
     }
 
     /// The limits every call runs under.
@@ -603,7 +607,11 @@ impl Runtime {
                 limits.memory_bytes,
                 log_limits,
                 determinism,
-                self.inner.id_clock.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                self.inner
+                    .id_clock
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             ),
         );
         store.data_mut().held = held;

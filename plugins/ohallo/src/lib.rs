@@ -35,12 +35,10 @@ impl Plugin for OHallo {
         let mut data: Map<String, Value> = event.json()?;
         data.remove("raw");
         let name = match event.event_type.as_str() {
-            "message.created" => {
-                match data.get("author").and_then(Value::as_str).unwrap_or("") {
-                    "visitor" => "message.received",
-                    _ => "message.sent",
-                }
-            }
+            "message.created" => match data.get("author").and_then(Value::as_str).unwrap_or("") {
+                "visitor" => "message.received",
+                _ => "message.sent",
+            },
             "conversation.created" => "conversation.created",
             "conversation.updated" => "conversation.updated",
             "conversation.resolved" => "conversation.resolved",

@@ -112,7 +112,11 @@ impl Plugin for OneHashMessage {
         let name = m.author_name.clone().unwrap_or_default();
         let body = Body {
             event: "message_created",
-            id: as_id(m.message_id.as_ref().unwrap_or(&Value::String(event.id.clone()))),
+            id: as_id(
+                m.message_id
+                    .as_ref()
+                    .unwrap_or(&Value::String(event.id.clone())),
+            ),
             content: m.content,
             created_at: chatwoot_time(&m.created_at),
             message_type,
@@ -153,8 +157,14 @@ mod tests {
 
     #[test]
     fn times_become_chatwoots() {
-        assert_eq!(chatwoot_time("2020-03-03T13:05:57Z"), "2020-03-03 13:05:57 UTC");
-        assert_eq!(chatwoot_time("2020-03-03T13:05:57.25Z"), "2020-03-03 13:05:57 UTC");
+        assert_eq!(
+            chatwoot_time("2020-03-03T13:05:57Z"),
+            "2020-03-03 13:05:57 UTC"
+        );
+        assert_eq!(
+            chatwoot_time("2020-03-03T13:05:57.25Z"),
+            "2020-03-03 13:05:57 UTC"
+        );
         assert_eq!(chatwoot_time("yesterday"), "yesterday");
     }
 }

@@ -59,7 +59,11 @@ fn id_text(v: &Value) -> Option<String> {
     }
 }
 
-fn send(event: &'static str, created_at: &str, data: Map<String, Value>) -> Result<Request, PluginError> {
+fn send(
+    event: &'static str,
+    created_at: &str,
+    data: Map<String, Value>,
+) -> Result<Request, PluginError> {
     Request::json(&Body {
         event,
         created_at,
@@ -84,9 +88,20 @@ impl Plugin for OnWebChat {
                         PluginError::BadEvent("message.created has no conversation_id".into())
                     })?;
                     let line = Line {
-                        author: data.get("author").and_then(Value::as_str).unwrap_or("visitor").into(),
-                        author_name: data.get("author_name").and_then(Value::as_str).map(Into::into),
-                        content: data.get("content").and_then(Value::as_str).unwrap_or("").into(),
+                        author: data
+                            .get("author")
+                            .and_then(Value::as_str)
+                            .unwrap_or("visitor")
+                            .into(),
+                        author_name: data
+                            .get("author_name")
+                            .and_then(Value::as_str)
+                            .map(Into::into),
+                        content: data
+                            .get("content")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .into(),
                         created_at: data
                             .get("created_at")
                             .and_then(Value::as_str)
@@ -129,7 +144,11 @@ impl Plugin for OnWebChat {
     }
 
     /// Conversations still open when the window closes.
-    fn flush(window: Window, groups: Vec<Group>, _config: Config) -> Result<Vec<Request>, PluginError> {
+    fn flush(
+        window: Window,
+        groups: Vec<Group>,
+        _config: Config,
+    ) -> Result<Vec<Request>, PluginError> {
         groups
             .iter()
             .map(|g| {
