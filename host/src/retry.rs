@@ -29,12 +29,19 @@ pub struct RetryPolicy {
 }
 
 /// The named presets, from the platforms' documented schedules.
-pub const PRESETS: &[&str] = &["standard", "onwebchat", "convosphere", "helloclient"];
+pub const PRESETS: &[&str] = &[
+    "standard",
+    "onwebchat",
+    "convosphere",
+    "helloclient",
+    "ohallo",
+];
 
 impl RetryPolicy {
     /// A preset by name: `standard` (Standard-Webhooks-like), `onwebchat`
     /// (1m, 5m, 20m, 1h, 2h), `convosphere` (1, 2, 4, 8, 16 min; every 4xx but
-    /// 429 is final), `helloclient` (1m, 3m).
+    /// 429 is final), `helloclient` (1m, 3m), `ohallo` (exponential, 3
+    /// attempts in all: 1m, 2m; 4xx and 5xx alike).
     pub fn preset(name: &str) -> Option<Self> {
         let base = RetryPolicy {
             preset: Some(name.to_string()),
@@ -63,6 +70,12 @@ impl RetryPolicy {
             },
             "helloclient" => RetryPolicy {
                 schedule_secs: minutes(&[1, 3]),
+                ..base
+            },
+            // Seed 000: "exponential backoff on 4xx/5xx responses (up to 3
+            // attempts)"; the base is not given, so a doubling minute.
+            "ohallo" => RetryPolicy {
+                schedule_secs: minutes(&[1, 2]),
                 ..base
             },
             _ => return None,
@@ -209,6 +222,7 @@ mod tests {
         assert_eq!(mins("onwebchat"), [1, 5, 20, 60, 120]);
         assert_eq!(mins("convosphere"), [1, 2, 4, 8, 16]);
         assert_eq!(mins("helloclient"), [1, 3]);
+        assert_eq!(mins("ohallo"), [1, 2]);
         assert_eq!(
             RetryPolicy::preset("standard").unwrap().schedule_secs,
             [5, 300, 1800, 7200, 18000, 36000, 36000]

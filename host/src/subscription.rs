@@ -110,6 +110,11 @@ pub struct SubscriptionInput {
     /// existing receiver's key): `whsec_…` for standard-webhooks, 16 to 200
     /// characters for the hex schemes.
     pub secret: Option<String>,
+    /// Creation only: send a `webhook.test` event through the plugin and
+    /// signer right away, as Convosphere does when an endpoint is created,
+    /// and answer with its first attempt's result (`verification`). The
+    /// subscription is created whatever the receiver answers.
+    pub verify_on_create: Option<bool>,
 }
 
 /// `Some(None)` for an explicit null, `None` for an absent field.

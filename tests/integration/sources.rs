@@ -590,3 +590,157 @@ async fn sources_are_the_tenants_own() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn the_formats_send_each_platforms_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("formats").await;
+
+    // onWebChat: messages held per conversation, sent inside chat.closed,
+    // signed in X-OWC-Signature with X-OWC-Event naming onWebChat's event.
+    let owc = Receiver::ok().await;
+    let sub = server
+        .subscribe(
+            &key,
+            json!({"url": owc.url(), "event_types": ["message.created", "conversation.closed"],
+                   "plugin": {"id": "builtin:onwebchat"}, "window": {"every": "1d"},
+                   "retry": {"preset": "onwebchat"},
+                   "signature": {"scheme": "body-hex"}, "secret": "owc-endpoint-signing-secret"}),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().unwrap();
+    let event = |id: &str, t: &str, data: Value| json!({"id": id, "type": t, "occurred_at": "2026-11-21T10:00:00Z", "data": data});
+    let message = |id: &str, conv: &str, author: &str, content: &str| {
+        event(
+            id,
+            "message.created",
+            json!({"conversation_id": conv, "conversation_created_at": "2026-11-21T10:00:00Z",
+            "chatbot_id": "b", "chatbot_name": "Bot", "uri": "u", "author": author, "content": content,
+            "created_at": "2026-11-21T10:00:00Z"}),
+        )
+    };
+    for e in [
+        message("m1", "c1", "visitor", "Hello"),
+        message("m2", "c2", "visitor", "Other chat"),
+        message("m3", "c1", "ai", "Hi there"),
+        event(
+            "x1",
+            "conversation.closed",
+            json!({"conversation_id": "c1", "closed_by": "visitor"}),
+        ),
+    ] {
+        let (status, body) = server.call("POST", "/v1/events", &key, Some(e)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let got = owc.wait_for(1, Duration::from_secs(20)).await;
+    let r = &got[0];
+    assert_eq!(r.header("x-owc-event"), "chat.closed");
+    assert_eq!(
+        r.header("x-owc-signature"),
+        hex_hmac("owc-endpoint-signing-secret", &[&r.body])
+    );
+    assert!(r.header("x-owc-delivery").starts_with("dlv_"));
+    let body = r.json();
+    assert_eq!(body["event"], "chat.closed");
+    assert_eq!(body["data"]["chat_id"], "c1");
+    let transcript: Vec<&str> = body["data"]["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(transcript, ["Hello", "Hi there"]);
+    // c1's items left the window with the transcript; c2's wait for it.
+    let (_, window) = server
+        .call(
+            "GET",
+            &format!("/v1/subscriptions/{sub_id}/window"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(window["windows"].as_array().unwrap().len(), 1, "{window}");
+    assert_eq!(window["windows"][0]["items"], 1, "{window}");
+
+    // oHallo: the idempotency key is the delivery id, the one in the header.
+    let oh = Receiver::ok().await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": oh.url(), "event_types": ["kb_entry.proposed"], "plugin": {"id": "builtin:ohallo"},
+                   "retry": {"preset": "ohallo"},
+                   "signature": {"scheme": "body-hex", "header": "X-OHallo-Signature",
+                                 "event_header": "X-OHallo-Event", "delivery_header": "X-OHallo-Delivery"},
+                   "secret": "ohallo-signing-secret-1"}),
+        )
+        .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(event(
+                "k1",
+                "kb_entry.proposed",
+                json!({"entry_id": "kb_1"}),
+            )),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let r = &oh.wait_for(1, Duration::from_secs(20)).await[0];
+    let body = r.json();
+    assert_eq!(body["event"], "kb_entry.proposed");
+    assert_eq!(
+        body["idempotency_key"],
+        r.header("x-ohallo-delivery").as_str()
+    );
+    assert_eq!(r.header("x-ohallo-event"), "kb_entry.proposed");
+    assert_eq!(
+        r.header("x-ohallo-signature"),
+        hex_hmac("ohallo-signing-secret-1", &[&r.body])
+    );
+    let (_, stored) = server.call("GET", "/v1/events/k1", &key, None).await;
+    assert_eq!(stored["deliveries"][0], body["idempotency_key"], "{stored}");
+
+    // Convosphere: a test event at creation, its result in the answer.
+    let cv = Receiver::ok().await;
+    let sub = server
+        .subscribe(
+            &key,
+            json!({"url": cv.url(), "event_types": ["message.created"], "plugin": {"id": "builtin:convosphere"},
+                   "retry": {"preset": "convosphere"}, "verify_on_create": true}),
+        )
+        .await;
+    let verification = &sub["verification"]["deliveries"][0];
+    assert_eq!(verification["status"], "succeeded", "{sub}");
+    let r = &cv.wait_for(1, Duration::from_secs(5)).await[0];
+    assert_eq!(r.json()["event"], "webhook.test");
+    let (status, body) = server
+        .call(
+            "PATCH",
+            &format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap()),
+            &key,
+            Some(json!({"verify_on_create": true})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // OneHash in, OneHash out: the seed's body comes back as it was.
+    let oh1 = Receiver::ok().await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": oh1.url(), "event_types": ["message.created"], "plugin": {"id": "builtin:onehash-message"}}),
+        )
+        .await;
+    let s = source(&server, &key, json!({"kind": "onehash"})).await;
+    let seed_body = seed("onehash-message_created.json");
+    let (status, _) = server
+        .inbound(s["url"].as_str().unwrap(), &[], &seed_body)
+        .await;
+    assert_eq!(status, 200);
+    let r = &oh1.wait_for(1, Duration::from_secs(20)).await[0];
+    let original: Value = serde_json::from_slice(&seed_body).unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), original.to_string());
+}

@@ -68,6 +68,10 @@ pub struct SubscriptionView {
     pub updated_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// With `verify_on_create`: the test event's deliveries and their first
+    /// attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<TestResult>,
 }
 
 impl SubscriptionView {
@@ -93,6 +97,7 @@ impl SubscriptionView {
             consecutive_failures: s.consecutive_failures,
             created_at: s.created_at,
             updated_at: s.updated_at,
+            verification: None,
         }
     }
 }
@@ -167,6 +172,7 @@ async fn create(
         max_in_flight: settings.max_in_flight_per_subscription,
     };
     let plugin = input.plugin.clone().flatten();
+    let verify = input.verify_on_create.unwrap_or(false);
     let sub = input
         .create(
             new_id("sub"),
@@ -181,10 +187,16 @@ async fn create(
     }
     state.app.store.put_subscription(&sub)?;
     state.app.store.durable().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(SubscriptionView::of(sub, true, &state)),
-    ))
+    let verification = if verify {
+        Some(TestResult {
+            deliveries: run_test(&state, &sub).await?,
+        })
+    } else {
+        None
+    };
+    let mut view = SubscriptionView::of(sub, true, &state);
+    view.verification = verification;
+    Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 /// List the tenant's subscriptions.
@@ -229,6 +241,11 @@ async fn patch(
     Json(input): Json<SubscriptionInput>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let mut changed = load(&state, &tenant, &id)?;
+    if input.verify_on_create.is_some() {
+        return Err(bad(
+            "verify_on_create is for creation; send a test event with POST /v1/subscriptions/{id}/test",
+        ));
+    }
     if let Some(Some(p)) = &input.plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
@@ -432,6 +449,14 @@ async fn send_test(
     Path(id): Path<String>,
 ) -> Result<axum::Json<TestResult>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
+    Ok(axum::Json(TestResult {
+        deliveries: run_test(&state, &sub).await?,
+    }))
+}
+
+/// A `webhook.test` event through the subscription's plugin and signer,
+/// attempted here; returns its deliveries after their first attempt.
+async fn run_test(state: &ApiState, sub: &Subscription) -> Result<Vec<Delivery>, ApiError> {
     let now = state.app.clock.now();
     let event = Envelope {
         id: new_id_at("evt", now),
@@ -445,7 +470,7 @@ async fn send_test(
     };
     // Through the plugin like any event, but sent right here (not by the
     // workers), and items the plugin holds are not kept in the real window.
-    let out = ingest::transform(&state.app, &sub, &event, now, HoldMode::Discard).await?;
+    let out = ingest::transform(&state.app, sub, &event, now, HoldMode::Discard).await?;
     let mut deliveries = out.deliveries;
     for d in &mut deliveries {
         d.next_attempt_at = None;
@@ -465,9 +490,7 @@ async fn send_test(
             results.push(d);
         }
     }
-    Ok(axum::Json(TestResult {
-        deliveries: results,
-    }))
+    Ok(results)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -375,6 +375,7 @@ mod tests {
                 now: Duration::ZERO,
                 seed: [0; 32],
             },
+            std::sync::Arc::new(jiff::Timestamp::now),
         );
         for _ in 0..5 {
             state.push_log(LogLevel::Info, "abcdefgh");

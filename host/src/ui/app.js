@@ -286,7 +286,7 @@ async function endpointForm(id) {
   const config = h("textarea", { name: "plugin_config", rows: "4" }, sub && sub.plugin ? JSON.stringify(sub.plugin.config, null, 2) : "{}");
   const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex"].map((s) =>
     h("option", { value: s, selected: sub && sub.signature.scheme === s }, s)));
-  const preset = h("select", { name: "retry" }, ["standard", "onwebchat", "convosphere", "helloclient"].map((p) =>
+  const preset = h("select", { name: "retry" }, ["standard", "onwebchat", "convosphere", "helloclient", "ohallo"].map((p) =>
     h("option", { value: p, selected: sub && sub.retry.preset === p }, p)));
   const every = h("input", { type: "text", name: "window_every", value: sub && sub.window ? sub.window.every : "", placeholder: "1d, 1h, 15m (empty: no window)" });
   const at = h("input", { type: "text", name: "window_at", value: sub && sub.window ? sub.window.at : "", placeholder: "00:00" });
