@@ -680,6 +680,18 @@ async fn the_openapi_document_lists_every_route() {
         ("get", "/v1/ops-endpoint"),
         ("delete", "/v1/ops-endpoint"),
         ("get", "/v1/ops-endpoint/secret"),
+        ("post", "/v1/sources"),
+        ("get", "/v1/sources"),
+        ("get", "/v1/sources/{id}"),
+        ("patch", "/v1/sources/{id}"),
+        ("delete", "/v1/sources/{id}"),
+        ("get", "/v1/sources/{id}/secret"),
+        ("post", "/v1/sources/{id}/rotate-secret"),
+        ("get", "/v1/sources/{id}/dead-letters"),
+        ("get", "/v1/sources/{id}/dead-letters/{letter}"),
+        ("delete", "/v1/sources/{id}/dead-letters/{letter}"),
+        ("post", "/v1/sources/{id}/dead-letters/{letter}/replay"),
+        ("post", "/in/{id}"),
     ];
     for (method, path) in expected {
         assert!(
@@ -696,7 +708,7 @@ async fn the_openapi_document_lists_every_route() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     // Every documented route is really served: none answers 404 "no such route".
     for (method, path) in expected {
-        let concrete = path.replace("{id}", "x");
+        let concrete = path.replace("{id}", "x").replace("{letter}", "y");
         let (s, b) = server
             .call(&method.to_uppercase(), &concrete, "nobody", None)
             .await;

@@ -104,7 +104,7 @@ pub enum LoadError {
     )]
     UnsupportedImport(String),
     #[error(
-        "plugin implements neither the wasmhook:plugin/transform world nor the source world: {0}"
+        "plugin does not implement the wasmhook:plugin/transform world (nor the source world): {0}"
     )]
     WrongWorld(String),
     #[error("setting up the sandbox failed: {0}")]
