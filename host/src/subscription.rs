@@ -277,24 +277,7 @@ impl Subscription {
     /// `grace` (standard-webhooks: alongside, space-separated); older ones
     /// keep their expiry and drop out once expired.
     pub fn rotate_secret(&mut self, fresh: String, now: Timestamp, grace: SignedDuration) {
-        let mut secrets = vec![Secret {
-            secret: fresh,
-            expires_at: None,
-        }];
-        for (i, old) in self.secrets.iter().enumerate() {
-            let expires_at = if i == 0 {
-                Some(now + grace)
-            } else {
-                old.expires_at
-            };
-            if expires_at.is_none_or(|t| t > now) {
-                secrets.push(Secret {
-                    secret: old.secret.clone(),
-                    expires_at,
-                });
-            }
-        }
-        self.secrets = secrets;
+        self.secrets = Secret::rotated(&self.secrets, fresh, now, grace);
     }
 
     /// Takes a changed copy (`changed`, from [`SubscriptionInput::apply`])

@@ -520,7 +520,7 @@ pub struct ReceivedEvent {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReplayResult {
+pub struct DeadLetterReplay {
     pub events: Vec<ReceivedEvent>,
 }
 
@@ -529,16 +529,16 @@ pub struct ReplayResult {
 /// is gone. Failing again: 422 with the new error; the letter stays.
 #[utoipa::path(post, path = "/v1/sources/{id}/dead-letters/{letter}/replay", tag = "sources", security(("tenant" = [])),
     params(("id" = String, Path), ("letter" = String, Path)),
-    responses((status = 200, body = ReplayResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = DeadLetterReplay), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn replay_dead_letter(
     tenant: Tenant,
     State(state): State<ApiState>,
     Path((id, letter)): Path<(String, String)>,
-) -> Result<axum::Json<ReplayResult>, ApiError> {
+) -> Result<axum::Json<DeadLetterReplay>, ApiError> {
     let source = load(&state, &tenant, &id)?;
     let letter = load_letter(&state, &source, &letter)?;
     let receipt = source::replay_dead_letter(&state.app, &source, &letter).await?;
-    Ok(axum::Json(ReplayResult {
+    Ok(axum::Json(DeadLetterReplay {
         events: receipt
             .events
             .into_iter()

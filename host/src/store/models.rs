@@ -45,10 +45,40 @@ fn empty_object() -> Value {
 }
 
 /// A signing secret; an old one keeps signing until `expires_at` after a rotation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Secret {
     pub secret: String,
     pub expires_at: Option<Timestamp>,
+}
+
+impl Secret {
+    /// `secrets` after a rotation to `fresh`: the current one expires
+    /// `grace` from `now`, older ones keep their expiry, expired ones go.
+    pub fn rotated(
+        secrets: &[Secret],
+        fresh: String,
+        now: Timestamp,
+        grace: jiff::SignedDuration,
+    ) -> Vec<Secret> {
+        let mut out = vec![Secret {
+            secret: fresh,
+            expires_at: None,
+        }];
+        for (i, old) in secrets.iter().enumerate() {
+            let expires_at = if i == 0 {
+                Some(now + grace)
+            } else {
+                old.expires_at
+            };
+            if expires_at.is_none_or(|t| t > now) {
+                out.push(Secret {
+                    secret: old.secret.clone(),
+                    expires_at,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A subscription: where matching events go and how.
