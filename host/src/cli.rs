@@ -90,10 +90,17 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "EVENT_JSON",
-        required_unless_present = "flush",
-        conflicts_with = "flush"
+        required_unless_present_any = ["flush", "request"],
+        conflicts_with_all = ["flush", "request"]
     )]
     event: Option<PathBuf>,
+    /// A source adapter: run `normalize` on this platform request body (the
+    /// file's bytes, as the platform would post them).
+    #[arg(long, value_name = "BODY_FILE", conflicts_with = "flush")]
+    request: Option<PathBuf>,
+    /// A header of that request, `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "request")]
+    headers: Vec<String>,
     /// The subscription's plugin settings (JSON); `{}` when absent.
     #[arg(long, value_name = "CONFIG_JSON")]
     config: Option<PathBuf>,
@@ -212,7 +219,31 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
         report.result.context("the plugin refused the config")?;
     }
 
-    let (output, log) = if let Some(groups_path) = &args.flush {
+    let (output, log) = if let Some(body_path) = &args.request {
+        let body = std::fs::read_to_string(body_path)
+            .with_context(|| format!("reading the request body {}", body_path.display()))?;
+        let headers = args
+            .headers
+            .iter()
+            .map(|h| {
+                let (name, value) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?} is not `Name: value`"))?;
+                Ok(crate::runtime::Header {
+                    name: name.trim().to_ascii_lowercase(),
+                    value: value.trim().to_string(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let inbound = crate::runtime::Inbound {
+            headers,
+            body,
+            received_at: jiff::Timestamp::now().to_string(),
+        };
+        let report = runtime.normalize(&plugin, &inbound, &config).await;
+        let normalized = report.result.context("normalize failed")?;
+        (serde_json::to_value(normalized)?, report.log)
+    } else if let Some(groups_path) = &args.flush {
         let groups: Vec<GroupInput> = read_json(groups_path, "groups")?;
         let groups: Vec<HeldGroup> = groups
             .into_iter()

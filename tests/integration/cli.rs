@@ -108,6 +108,42 @@ fn flush_through_the_cli() {
     assert_eq!(body["Collection"][0]["Conversations"][0]["SessionID"], 7);
 }
 
+/// A source adapter on a platform's request, as an adapter author runs it.
+#[test]
+fn normalize_a_platform_request_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"kind": "onwebchat"}"#).unwrap();
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        "platform-sources",
+        "--request",
+        "tests/fixtures/seeds/onwebchat-chat_closed.json",
+        "--header",
+        "X-OWC-Event: chat.closed",
+        "--header",
+        "X-OWC-Delivery: owc_1",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let result = stdout_json(&out);
+    assert_eq!(result["events"][0]["id"], "owc_1");
+    assert_eq!(result["events"][0]["type"], "conversation.closed");
+    std::fs::write(&config, r#"{"kind": "helloclient"}"#).unwrap();
+    let out = wasmhook(&[
+        "plugin",
+        "run",
+        "platform-sources",
+        "--request",
+        "tests/fixtures/seeds/onwebchat-chat_closed.json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let line = error_line(&out);
+    assert!(line.contains("neither `Collection`"), "{line}");
+}
+
 #[test]
 fn check_prints_exports_and_limits() {
     let out = wasmhook(&["plugin", "check", "event-filter"]);
