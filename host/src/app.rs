@@ -92,4 +92,6 @@ pub struct App {
     pub deliver: deliver::Stage,
     pub clock: Arc<dyn Clock>,
     pub settings: EngineSettings,
+    /// The `nats` sources' consumers.
+    pub feeds: Arc<crate::source::nats::Feeds>,
 }

@@ -75,6 +75,7 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
         queue,
         store,
         clock,
+        feeds: Arc::default(),
         settings: EngineSettings {
             workers: config.workers,
             max_in_flight_per_subscription: config.max_in_flight_per_subscription,
@@ -150,6 +151,10 @@ pub async fn serve(
         app.clone(),
         wait_for(stop_rx.clone()),
     ));
+    let feeds = app.feeds.start_all(&app)?;
+    if feeds > 0 {
+        info!(feeds, "NATS sources consuming");
+    }
 
     let state = ApiState {
         app: app.clone(),

@@ -744,3 +744,150 @@ async fn the_formats_send_each_platforms_shape() {
     let original: Value = serde_json::from_slice(&seed_body).unwrap();
     assert_eq!(String::from_utf8_lossy(&r.body), original.to_string());
 }
+
+/// A real `nats-server` with JetStream on a free loopback port, stopped on
+/// drop. None (the test skips) when it is not installed, outside CI.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> Option<Self> {
+        let installed = std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nats-server is not installed (.ci/run installs Debian's package)"
+            );
+            eprintln!("skipping: nats-server not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_nats_subject_is_a_source() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (key, rx) = tenant_with_receiver(&server, "broker").await;
+
+    let (status, body) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "nats", "nats": {"url": "nats://127.0.0.1:1", "subject": "x.y", "format": "ohallo"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(error_message(&body).contains("cannot connect"), "{body}");
+
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "nats", "nats": {"url": nats.url, "subject": "ohallo.events.>", "format": "ohallo"}}),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let (status, _) = server.inbound(s["url"].as_str().unwrap(), &[], b"{}").await;
+    assert_eq!(status, 404, "a NATS source takes no HTTP requests");
+
+    // The feed creates the stream that captures the subject; publish once
+    // it exists, with JetStream's acknowledgement.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while js.stream_by_subject("ohallo.events.>").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream for the subject"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publish = |subject: &'static str, body: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let seed_body = seed("ohallo-channel_message_received.json");
+    publish("ohallo.events.whatsapp", seed_body.clone()).await;
+    publish("ohallo.events.whatsapp", seed_body.clone()).await; // redelivered by the platform
+    publish("ohallo.events.whatsapp", b"{not json".to_vec()).await;
+
+    let got = rx.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].json()["id"], "oh_idem_9f2c");
+    assert_eq!(got[0].json()["type"], "message.created");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, letters) = server
+            .call("GET", &format!("/v1/sources/{id}/dead-letters"), &key, None)
+            .await;
+        if letters["items"].as_array().is_some_and(|l| l.len() == 1) {
+            assert!(
+                letters["items"][0]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not JSON")
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{letters}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // While wasmhook is down the broker keeps the messages; the durable
+    // consumer resumes after a restart.
+    assert!(server.stop().success());
+    let later = br#"{"event":"conversation.updated","idempotency_key":"oh_3","data":{"conversation_id":"c9","changes":{"status":"open"}}}"#;
+    publish("ohallo.events.web", later.to_vec()).await;
+    let server = Server::start(dir.path());
+    let got = rx.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[1].json()["id"], "oh_3");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 2, "each message routed once");
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/sources/{id}"), &key, None)
+        .await;
+    assert_eq!(status, 204);
+}

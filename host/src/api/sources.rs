@@ -20,6 +20,7 @@ use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, body_error, limit_body};
 use crate::runtime::{CallError, Header, World};
 use crate::sign;
+use crate::source::nats::NatsFeed;
 use crate::source::{self, DEFAULT_TOLERANCE_SECS, DeadLetter, Kind, ReceiveError, Source, Verify};
 use crate::store::{PluginRef, Secret};
 
@@ -46,7 +47,8 @@ pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
 #[serde(deny_unknown_fields)]
 pub struct SourceInput {
     /// The platform: `onehash`, `onwebchat`, `convosphere`, `helloclient`,
-    /// `ohallo`, `standard-webhooks`, or `plugin` (your own adapter).
+    /// `ohallo`, `standard-webhooks`, `plugin` (your own adapter), or `nats`
+    /// (a NATS subject instead of HTTP requests).
     kind: Kind,
     /// The platform's signing secret (many platforms generate it: paste
     /// theirs). Default: a new `whsec_…` secret to give the platform.
@@ -60,6 +62,8 @@ pub struct SourceInput {
     /// The adapter of a `plugin` source: `{"id": "plg_…", "config": {…}}`.
     #[schema(value_type = Option<Object>)]
     plugin: Option<PluginRef>,
+    /// A `nats` source's subject: `{"url", "subject", "format"}`.
+    nats: Option<NatsFeed>,
     description: Option<String>,
 }
 
@@ -92,6 +96,8 @@ pub struct SourceView {
     pub tolerance_secs: u64,
     #[schema(value_type = Option<Object>)]
     pub plugin: Option<PluginRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsFeed>,
     pub description: String,
     /// Requests kept because they could not be normalized.
     pub dead_letters: usize,
@@ -112,6 +118,7 @@ impl SourceView {
             verify: s.verify,
             tolerance_secs: s.tolerance_secs,
             plugin: s.plugin,
+            nats: s.nats,
             description: s.description,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -183,6 +190,40 @@ async fn check_adapter(state: &ApiState, source: &Source) -> Result<(), ApiError
     }
 }
 
+/// A feed's settings are usable and its server answers now (a typo in the
+/// URL is a 400, not a task retrying forever).
+async fn check_feed(feed: &NatsFeed) -> Result<(), ApiError> {
+    source::nats::check(feed).map_err(bad)?;
+    let formats = [
+        "onehash",
+        "onwebchat",
+        "convosphere",
+        "helloclient",
+        "ohallo",
+        "standard-webhooks",
+    ];
+    if !formats.contains(&feed.format.as_str()) {
+        return Err(bad(format!(
+            "nats.format {:?} is not one of {}",
+            feed.format,
+            formats.join(", ")
+        )));
+    }
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        async_nats::connect(&feed.url),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(bad(format!("cannot connect to {}: {e}", feed.url))),
+        Err(_) => Err(bad(format!(
+            "cannot connect to {}: no answer in 5 s",
+            feed.url
+        ))),
+    }
+}
+
 fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Source, ApiError> {
     state
         .app
@@ -224,6 +265,21 @@ async fn create(
         }
         _ => {}
     }
+    match (input.kind, &input.nats) {
+        (Kind::Nats, None) => {
+            return Err(bad(
+                "a `nats` source needs `nats`: {\"url\": \"nats://…\", \"subject\": …, \"format\": \"ohallo\"}",
+            ));
+        }
+        (Kind::Nats, Some(feed)) => check_feed(feed).await?,
+        (kind, Some(_)) => {
+            return Err(bad(format!(
+                "`nats` is for kind `nats`, not {}",
+                kind.name()
+            )));
+        }
+        _ => {}
+    }
     let verify = input
         .verify
         .unwrap_or_else(|| input.kind.default_verify())
@@ -248,6 +304,7 @@ async fn create(
         verify,
         tolerance_secs: check_tolerance(input.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS))?,
         plugin: input.plugin,
+        nats: input.nats,
         description: check_description(input.description.unwrap_or_default())?,
         created_at: now,
         updated_at: now,
@@ -255,6 +312,7 @@ async fn create(
     check_adapter(&state, &source).await?;
     state.app.store.put_source(&source)?;
     state.app.store.durable().await?;
+    state.app.feeds.start(&state.app, &source);
     Ok((
         StatusCode::CREATED,
         axum::Json(SourceView::of(source, true, &state)?),
@@ -347,6 +405,7 @@ async fn delete(
     if !state.app.store.delete_source(&tenant.id, &id)? {
         return Err(ApiError::NotFound(format!("no source {id:?}")));
     }
+    state.app.feeds.stop(&id);
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -592,6 +651,11 @@ async fn receive(
         .store
         .find_source(&id)?
         .ok_or_else(|| ApiError::NotFound(format!("no source {id:?}")))?;
+    if source.kind == Kind::Nats {
+        return Err(ApiError::NotFound(format!(
+            "source {id:?} consumes a NATS subject; it takes no HTTP requests"
+        )));
+    }
     let body = body.map_err(|e| body_error(e, state.max_event_bytes.saturating_mul(64)))?;
     let headers: Vec<Header> = headers
         .iter()

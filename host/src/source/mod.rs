@@ -14,6 +14,7 @@
 //! (or its config) is fixed. A request that fails verification is answered
 //! 401 and nothing of it is kept.
 
+pub mod nats;
 pub mod verify;
 
 use jiff::{SignedDuration, Timestamp};
@@ -61,6 +62,8 @@ pub enum Kind {
     StandardWebhooks,
     /// The tenant's own adapter (`plugin`).
     Plugin,
+    /// A NATS subject instead of HTTP requests (`nats`).
+    Nats,
 }
 
 impl Kind {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Ohallo => "ohallo",
             Kind::StandardWebhooks => "standard-webhooks",
             Kind::Plugin => "plugin",
+            Kind::Nats => "nats",
         }
     }
 
@@ -91,7 +95,7 @@ impl Kind {
                 header: "x-webhook-signature".into(),
             },
             Kind::StandardWebhooks => Verify::StandardWebhooks,
-            Kind::Onehash | Kind::Convosphere | Kind::Plugin => Verify::None,
+            Kind::Onehash | Kind::Convosphere | Kind::Plugin | Kind::Nats => Verify::None,
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Source {
     pub tolerance_secs: u64,
     /// The adapter of a `plugin` source.
     pub plugin: Option<PluginRef>,
+    /// Where a `nats` source reads.
+    #[serde(default)]
+    pub nats: Option<nats::NatsFeed>,
     pub description: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -127,6 +134,12 @@ impl Source {
 
     /// The adapter's plugin id and the config it is called with.
     pub fn adapter(&self) -> (String, String) {
+        if let Some(feed) = &self.nats {
+            return (
+                BUNDLED_ADAPTER.to_string(),
+                serde_json::json!({ "kind": feed.format }).to_string(),
+            );
+        }
         match &self.plugin {
             Some(p) => (p.id.clone(), p.config.to_string()),
             None => (

@@ -41,6 +41,17 @@ impl Store {
             .collect()
     }
 
+    /// Every tenant's sources (starting the NATS feeds).
+    pub fn all_sources(&self) -> Result<Vec<Source>, StoreError> {
+        self.sources
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     pub fn count_sources(&self, tenant_id: &str) -> Result<usize, StoreError> {
         let mut n = 0;
         for kv in self.sources.scan_prefix(tenant_prefix(tenant_id)).keys() {
