@@ -97,22 +97,23 @@ pub fn standard_key(secret: &str) -> Result<Vec<u8>, SecretError> {
     Ok(key)
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 under `key` fed with `parts` in order.
+fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {
         mac.update(part);
     }
-    mac.finalize().into_bytes().to_vec()
+    mac
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    mac(key, parts).finalize().into_bytes().to_vec()
 }
 
 /// Whether `expected` is the HMAC-SHA256 of `parts` under `key`, compared
 /// in constant time (inbound verification, `source::verify`).
 pub fn hmac_matches(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    for part in parts {
-        mac.update(part);
-    }
-    mac.verify_slice(expected).is_ok()
+    mac(key, parts).verify_slice(expected).is_ok()
 }
 
 /// Standard base64, or None.

@@ -333,3 +333,47 @@ async fn dry_run(
         elapsed_us: report.elapsed.as_micros() as u64,
     }))
 }
+
+/// The plugin `id` exists for the tenant, implements `world`, and its
+/// `check-config` accepts `config`: what saving a subscription (a transform)
+/// or a source (an adapter) checks. A missing plugin or the wrong world is
+/// a 400 under `code` (the message from `wrong_world`); a refused config is
+/// `invalid_plugin_config` with the plugin's message.
+pub(super) async fn check_plugin_config(
+    state: &ApiState,
+    tenant_id: &str,
+    id: &str,
+    config: &str,
+    world: World,
+    code: &'static str,
+    wrong_world: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    let plugin = state
+        .app
+        .plugins
+        .resolve(tenant_id, id)
+        .await
+        .map_err(|e| ApiError::bad(code, format!("plugin: {e}")))?;
+    if plugin.world() != world {
+        return Err(ApiError::bad(code, wrong_world()));
+    }
+    let report = {
+        let _slot = state.app.plugins.admit(tenant_id).await?;
+        state
+            .app
+            .plugins
+            .runtime()
+            .check_config(&plugin, config)
+            .await
+    };
+    match report.result {
+        Ok(()) => Ok(()),
+        Err(crate::runtime::CallError::Plugin(e)) => {
+            Err(ApiError::bad("invalid_plugin_config", e.to_string()))
+        }
+        Err(e) => Err(ApiError::bad(
+            "invalid_plugin_config",
+            format!("check-config failed: {e}"),
+        )),
+    }
+}

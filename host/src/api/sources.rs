@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
+use super::subscriptions::{SecretView, secret_view};
 use super::{ApiError, ApiState, Json, body_error, limit_body};
-use crate::runtime::{CallError, Header, World};
+use crate::runtime::{Header, World};
 use crate::sign;
 use crate::source::nats::NatsFeed;
 use crate::source::{self, DEFAULT_TOLERANCE_SECS, DeadLetter, Kind, ReceiveError, Source, Verify};
@@ -160,48 +161,32 @@ fn check_description(d: String) -> Result<String, ApiError> {
 /// accepts its config.
 async fn check_adapter(state: &ApiState, source: &Source) -> Result<(), ApiError> {
     let (id, config) = source.adapter();
-    let plugin = state
-        .app
-        .plugins
-        .resolve(&source.tenant_id, &id)
-        .await
-        .map_err(|e| bad(format!("plugin: {e}")))?;
-    if plugin.world() != World::Source {
-        return Err(bad(format!(
-            "plugin {id} implements the transform world; a source needs an adapter of the source world (wit/source.wit)"
-        )));
-    }
-    let report = {
-        let _slot = state.app.plugins.admit(&source.tenant_id).await?;
-        state
-            .app
-            .plugins
-            .runtime()
-            .check_config(&plugin, &config)
-            .await
-    };
-    match report.result {
-        Ok(()) => Ok(()),
-        Err(CallError::Plugin(e)) => Err(ApiError::bad("invalid_plugin_config", e.to_string())),
-        Err(e) => Err(ApiError::bad(
-            "invalid_plugin_config",
-            format!("check-config failed: {e}"),
-        )),
-    }
+    super::plugins::check_plugin_config(
+        state,
+        &source.tenant_id,
+        &id,
+        &config,
+        World::Source,
+        "invalid_source",
+        || {
+            format!(
+                "plugin {id} implements the transform world; a source needs an adapter of the source world (wit/source.wit)"
+            )
+        },
+    )
+    .await
 }
 
 /// A feed's settings are usable and its server answers now (a typo in the
 /// URL is a 400, not a task retrying forever).
 async fn check_feed(feed: &NatsFeed) -> Result<(), ApiError> {
     source::nats::check(feed).map_err(bad)?;
-    let formats = [
-        "onehash",
-        "onwebchat",
-        "convosphere",
-        "helloclient",
-        "ohallo",
-        "standard-webhooks",
-    ];
+    // The bundled adapter's kinds: every source kind but these two.
+    let formats: Vec<&str> = Kind::ALL
+        .iter()
+        .filter(|k| !matches!(k, Kind::Plugin | Kind::Nats))
+        .map(|k| k.name())
+        .collect();
     if !formats.contains(&feed.format.as_str()) {
         return Err(bad(format!(
             "nats.format {:?} is not one of {}",
@@ -410,42 +395,17 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The secret that verifies, and older ones still accepted until when.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SourceSecretView {
-    pub secret: String,
-    #[schema(value_type = Vec<Object>)]
-    pub previous: Vec<Secret>,
-}
-
-fn secret_view(s: &Source, now: Timestamp) -> SourceSecretView {
-    SourceSecretView {
-        secret: s
-            .secrets
-            .first()
-            .map(|x| x.secret.clone())
-            .unwrap_or_default(),
-        previous: s
-            .secrets
-            .iter()
-            .skip(1)
-            .filter(|x| x.expires_at.is_none_or(|t| t > now))
-            .cloned()
-            .collect(),
-    }
-}
-
 /// Show the secret(s).
 #[utoipa::path(get, path = "/v1/sources/{id}/secret", tag = "sources", security(("tenant" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = SourceSecretView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
 async fn reveal_secret(
     tenant: Tenant,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<SourceSecretView>, ApiError> {
+) -> Result<axum::Json<SecretView>, ApiError> {
     let s = load(&state, &tenant, &id)?;
-    Ok(axum::Json(secret_view(&s, state.app.clock.now())))
+    Ok(axum::Json(secret_view(&s.secrets, state.app.clock.now())))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -460,13 +420,13 @@ pub struct RotateInput {
 /// without a refused request.
 #[utoipa::path(post, path = "/v1/sources/{id}/rotate-secret", tag = "sources", request_body = Option<RotateInput>,
     security(("tenant" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = SourceSecretView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn rotate_secret(
     tenant: Tenant,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<axum::Json<SourceSecretView>, ApiError> {
+) -> Result<axum::Json<SecretView>, ApiError> {
     let input: RotateInput = if body.is_empty() {
         RotateInput::default()
     } else {
@@ -485,7 +445,7 @@ async fn rotate_secret(
     source.rotate_secret(fresh, now, grace);
     state.app.store.put_source(&source)?;
     state.app.store.durable().await?;
-    Ok(axum::Json(secret_view(&source, now)))
+    Ok(axum::Json(secret_view(&source.secrets, now)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

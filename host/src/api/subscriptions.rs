@@ -18,7 +18,7 @@ use super::{ApiError, ApiState, Json};
 use crate::event::Envelope;
 use crate::ingest::HoldMode;
 use crate::retry::RetryPolicy;
-use crate::runtime::{CallError, World};
+use crate::runtime::World;
 use crate::sign::{self, Scheme};
 use crate::store::{Delivery, PluginRef, Subscription};
 pub use crate::subscription::{Defaults, SubscriptionInput};
@@ -106,37 +106,23 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad("invalid_subscription", message)
 }
 
-/// The plugin exists for this tenant and accepts its config.
+/// The plugin exists for this tenant, is a transform, and accepts its config.
 async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Result<(), ApiError> {
-    let plugin = state
-        .app
-        .plugins
-        .resolve(tenant_id, &p.id)
-        .await
-        .map_err(|e| bad(format!("plugin: {e}")))?;
-    if plugin.world() != World::Transform {
-        return Err(bad(format!(
-            "plugin {} is a source adapter (the source world); a subscription needs a transform plugin",
-            p.id
-        )));
-    }
-    let report = {
-        let _slot = state.app.plugins.admit(tenant_id).await?;
-        state
-            .app
-            .plugins
-            .runtime()
-            .check_config(&plugin, &p.config.to_string())
-            .await
-    };
-    match report.result {
-        Ok(()) => Ok(()),
-        Err(CallError::Plugin(e)) => Err(ApiError::bad("invalid_plugin_config", e.to_string())),
-        Err(e) => Err(ApiError::bad(
-            "invalid_plugin_config",
-            format!("check-config failed: {e}"),
-        )),
-    }
+    super::plugins::check_plugin_config(
+        state,
+        tenant_id,
+        &p.id,
+        &p.config.to_string(),
+        World::Transform,
+        "invalid_subscription",
+        || {
+            format!(
+                "plugin {} is a source adapter (the source world); a subscription needs a transform plugin",
+                p.id
+            )
+        },
+    )
+    .await
 }
 
 fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Subscription, ApiError> {
@@ -378,15 +364,15 @@ pub struct PreviousSecret {
     pub expires_at: Option<Timestamp>,
 }
 
-fn secret_view(s: &Subscription, now: Timestamp) -> SecretView {
+/// The current secret and those still in their grace period (a
+/// subscription's or a source's).
+pub(super) fn secret_view(secrets: &[crate::store::Secret], now: Timestamp) -> SecretView {
     SecretView {
-        secret: s
-            .secrets
+        secret: secrets
             .first()
             .map(|x| x.secret.clone())
             .unwrap_or_default(),
-        previous: s
-            .secrets
+        previous: secrets
             .iter()
             .skip(1)
             .filter(|x| x.expires_at.is_none_or(|t| t > now))
@@ -408,7 +394,7 @@ async fn reveal_secret(
     Path(id): Path<String>,
 ) -> Result<axum::Json<SecretView>, ApiError> {
     let s = load(&state, &tenant, &id)?;
-    Ok(axum::Json(secret_view(&s, state.app.clock.now())))
+    Ok(axum::Json(secret_view(&s.secrets, state.app.clock.now())))
 }
 
 /// Rotate the secret: a new one signs from now on; the old one keeps signing
@@ -428,7 +414,7 @@ async fn rotate_secret(
         s.rotate_secret(fresh.clone(), now, grace)
     })
     .await?;
-    Ok(axum::Json(secret_view(&s, now)))
+    Ok(axum::Json(secret_view(&s.secrets, now)))
 }
 
 /// A delivery with its attempts, as the test endpoint reports it.

@@ -67,6 +67,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Onehash,
+        Kind::Onwebchat,
+        Kind::Convosphere,
+        Kind::Helloclient,
+        Kind::Ohallo,
+        Kind::StandardWebhooks,
+        Kind::Plugin,
+        Kind::Nats,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Onehash => "onehash",
@@ -256,17 +267,10 @@ pub async fn receive(
         .filter(|h| !matches!(h.name.as_str(), "authorization" | "cookie"))
         .take(MAX_HEADERS)
         .collect();
+    // Borrowed exactly when the body is valid UTF-8 (one pass, not two).
     let text = String::from_utf8_lossy(body);
-    match normalize(
-        app,
-        source,
-        &headers,
-        &text,
-        now,
-        std::str::from_utf8(body).is_ok(),
-    )
-    .await?
-    {
+    let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+    match normalize(app, source, &headers, &text, now, utf8).await? {
         Ok((events, reply)) => accept(app, source, events, reply).await,
         Err(message) => {
             let letter = DeadLetter {

@@ -108,6 +108,16 @@ fn tenant_prefix(tenant_id: &str) -> Vec<u8> {
     scoped(tenant_id, "")
 }
 
+/// How many keys of `tree` start with `prefix` (keys only, values unread).
+fn count_prefix(tree: &Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for kv in tree.scan_prefix(prefix).keys() {
+        kv?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// `due ms (BE) ++ delivery id`: the outbox scans in due order.
 pub fn outbox_key(due: Timestamp, delivery_id: &str) -> Vec<u8> {
     let mut key = millis(due).to_be_bytes().to_vec();

@@ -45,7 +45,7 @@ fn empty_object() -> Value {
 }
 
 /// A signing secret; an old one keeps signing until `expires_at` after a rotation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Secret {
     pub secret: String,
     pub expires_at: Option<Timestamp>,

@@ -60,11 +60,6 @@ impl Store {
 
     /// How many plugins a tenant has uploaded.
     pub fn count_plugins(&self, tenant_id: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for kv in self.plugins.scan_prefix(tenant_prefix(tenant_id)).keys() {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count_prefix(&self.plugins, &tenant_prefix(tenant_id))
     }
 }

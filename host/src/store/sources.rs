@@ -53,12 +53,7 @@ impl Store {
     }
 
     pub fn count_sources(&self, tenant_id: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for kv in self.sources.scan_prefix(tenant_prefix(tenant_id)).keys() {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count_prefix(&self.sources, &tenant_prefix(tenant_id))
     }
 
     /// Removes a source and its dead letters; whether it existed.
@@ -136,12 +131,7 @@ impl Store {
     }
 
     pub fn count_dead_letters(&self, source_id: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for kv in self.dead_letters.scan_prefix(scoped(source_id, "")).keys() {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count_prefix(&self.dead_letters, &scoped(source_id, ""))
     }
 
     /// Whether it existed.

@@ -77,16 +77,7 @@ impl Store {
 
     /// How many subscriptions a tenant has (keys only, no decoding).
     pub fn count_subscriptions(&self, tenant_id: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for kv in self
-            .subscriptions
-            .scan_prefix(tenant_prefix(tenant_id))
-            .keys()
-        {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count_prefix(&self.subscriptions, &tenant_prefix(tenant_id))
     }
 
     pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
