@@ -610,7 +610,10 @@ async fn the_formats_send_each_platforms_shape() {
         )
         .await;
     let sub_id = sub["id"].as_str().unwrap();
-    let event = |id: &str, t: &str, data: Value| json!({"id": id, "type": t, "occurred_at": "2026-11-21T10:00:00Z", "data": data});
+    // Now, not a fixed date: an event from a day already over lands in a
+    // late window, which the scheduler flushes within a second.
+    let now = jiff::Timestamp::now().to_string();
+    let event = |id: &str, t: &str, data: Value| json!({"id": id, "type": t, "occurred_at": now, "data": data});
     let message = |id: &str, conv: &str, author: &str, content: &str| {
         event(
             id,
@@ -840,14 +843,33 @@ async fn a_nats_subject_is_a_source() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Retried until JetStream acknowledges (a stream just created may not
+    // answer yet); the message id makes a retried publish store one copy.
     let publish = |subject: &'static str, body: Vec<u8>| {
         let js = js.clone();
+        let msg_id = format!("{:x}", {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (subject, &body, std::time::Instant::now()).hash(&mut h);
+            h.finish()
+        });
         async move {
-            js.publish(subject, body.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            for attempt in 0.. {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+                let acked = match js
+                    .publish_with_headers(subject, headers, body.clone().into())
+                    .await
+                {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if acked {
+                    return;
+                }
+                assert!(attempt < 50, "JetStream never acknowledged the publish");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let seed_body = seed("ohallo-channel_message_received.json");
