@@ -119,10 +119,11 @@ pub async fn accept(
         });
     }
     check_batch(app, tenant_id, &batch)?;
-    let outcomes = app.queue.accept(&batch).await?;
-    Ok(batch
+    Ok(app
+        .queue
+        .accept(batch)
+        .await?
         .into_iter()
-        .zip(outcomes)
         .map(|(new, outcome)| match outcome {
             Accepted::New => IngestResult {
                 id: new.event.event.id,
@@ -211,8 +212,9 @@ pub async fn replay(
         });
     }
     let created = check_batch(app, &sub.tenant_id, &batch)?;
-    app.queue.accept(&batch).await?;
-    Ok((batch.len(), created))
+    let events = batch.len();
+    app.queue.accept(batch).await?;
+    Ok((events, created))
 }
 
 /// The body sent when a subscription has no plugin: the Standard Webhooks

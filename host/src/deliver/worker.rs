@@ -148,7 +148,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return stage.store.update_delivery(d, previous_due);
+        return stage.store.record_delivery(d, previous_due).await;
     }
     let now = stage.clock.now();
     let ops = notify::is_ops(&d.subscription_id);
@@ -167,7 +167,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 None => "subscription deleted".into(),
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
-            return stage.store.update_delivery(d, previous_due);
+            return stage.store.record_delivery(d, previous_due).await;
         }
     };
     let Some(request) = d.request.clone() else {
@@ -177,7 +177,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             Some("nothing to send".into()),
             now,
         );
-        return stage.store.update_delivery(d, previous_due);
+        return stage.store.record_delivery(d, previous_due).await;
     };
 
     let secrets = sub.signing_secrets(now);
@@ -196,7 +196,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return stage.store.update_delivery(d, previous_due);
+            return stage.store.record_delivery(d, previous_due).await;
         }
     };
     headers.extend(
@@ -245,7 +245,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
             );
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
-            stage.store.update_delivery(d, previous_due)?;
+            stage.store.record_delivery(d, previous_due).await?;
             if sub.consecutive_failures != 0 && !ops {
                 stage
                     .store
@@ -260,7 +260,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            stage.store.update_delivery(d, previous_due)?;
+            stage.store.record_delivery(d, previous_due).await?;
         }
         Decision::GiveUp { reason } => {
             telemetry::attempt(AttemptOutcome::Failed, took);
@@ -269,7 +269,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 None => reason,
             };
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.update_delivery(d, previous_due)?;
+            stage.store.record_delivery(d, previous_due).await?;
             if !ops {
                 let limit = sub.retry.disable_after_failures;
                 let failed = Failure {
@@ -292,7 +292,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
         Decision::Disable { reason } => {
             let error = format!("{}; {reason}", result.error.unwrap_or_default());
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.update_delivery(d, previous_due)?;
+            stage.store.record_delivery(d, previous_due).await?;
             if ops {
                 // The ops endpoint is never disabled: it is how owners hear of it.
                 telemetry::attempt(AttemptOutcome::Failed, took);

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, from_millis, millis};
 use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
 use crate::telemetry;
-use crate::util::{failpoint, failpoint_active};
+use crate::util::failpoint;
 pub use fair::{Caps, Lease};
 
 /// The queue's settings.
@@ -159,17 +159,15 @@ impl Queue {
         }
     }
 
-    /// Stores events with their deliveries and held items in one
-    /// transaction, waits until it is on disk, then makes the deliveries
-    /// visible to the workers.
-    pub async fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
-        let outcomes = self.inner.store.accept(batch)?;
-        if failpoint_active("accept-slow-commit") {
-            // Crash tests: a long window between the write and its fsync,
-            // during which no worker may see the deliveries.
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        }
-        self.inner.store.durable().await?;
+    /// Stores events with their deliveries and held items (concurrent
+    /// calls share one transaction and one flush, see the store's
+    /// committer), waits until it is on disk, then makes the deliveries
+    /// visible to the workers. Gives each event back with its outcome.
+    pub async fn accept(
+        &self,
+        batch: Vec<NewEvent>,
+    ) -> Result<Vec<(NewEvent, Accepted)>, StoreError> {
+        let (batch, outcomes) = self.inner.store.accept(batch).await?;
         let new = || {
             batch
                 .iter()
@@ -195,7 +193,7 @@ impl Queue {
             }
         }
         self.publish(&resent);
-        Ok(outcomes)
+        Ok(batch.into_iter().zip(outcomes).collect())
     }
 
     /// A window flush: removes the flushed items and adds their deliveries in

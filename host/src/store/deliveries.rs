@@ -189,18 +189,22 @@ pub(super) fn put_delivery_tx(
     if let Some(due) = previous_due {
         outbox.remove(outbox_key(due, &d.id))?;
     }
-    if d.status == DeliveryStatus::Pending
-        && let Some(due) = d.next_attempt_at
-    {
-        // The value names the subscription, so the worker can apply the
-        // per-subscription cap without decoding the delivery.
-        outbox.insert(
-            outbox_key(due, &d.id),
-            scoped(&d.tenant_id, &d.subscription_id),
-        )?;
+    if let Some((key, value)) = outbox_entry(d) {
+        outbox.insert(key, value)?;
     }
     deliveries.insert(d.id.as_bytes(), encode(d))?;
     Ok(())
+}
+
+/// The outbox entry of a pending delivery. The value names the
+/// subscription, so the worker can apply the per-subscription cap without
+/// decoding the delivery.
+pub(super) fn outbox_entry(d: &Delivery) -> Option<(Vec<u8>, Vec<u8>)> {
+    let due = d.next_attempt_at.filter(|_| d.status == DeliveryStatus::Pending)?;
+    Some((
+        outbox_key(due, &d.id),
+        scoped(&d.tenant_id, &d.subscription_id),
+    ))
 }
 
 #[cfg(test)]

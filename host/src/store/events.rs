@@ -10,43 +10,6 @@ impl Store {
         self.events.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
 
-    /// Stores events with their deliveries in one transaction: each event is
-    /// stored only if the tenant has not sent its id before, together with
-    /// its deliveries, their outbox entries and indexes. Not yet durable:
-    /// call [`Store::durable`] before acknowledging.
-    pub fn accept(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, StoreError> {
-        // A transaction locks every tree it names: leave the window trees
-        // out when nothing is held (the common case).
-        if batch
-            .iter()
-            .all(|n| n.held.is_empty() && n.released.is_empty())
-        {
-            (
-                &self.events,
-                &self.events_by_time,
-                &self.deliveries,
-                &self.tenant_deliveries,
-                &self.outbox,
-            )
-                .transaction(|(e, t, d, td, o)| accept_tx(batch, [e, t, d, td, o], None))
-                .map_err(tx_error)
-        } else {
-            (
-                &self.events,
-                &self.events_by_time,
-                &self.deliveries,
-                &self.tenant_deliveries,
-                &self.outbox,
-                &self.held,
-                &self.windows,
-            )
-                .transaction(|(e, t, d, td, o, h, w)| {
-                    accept_tx(batch, [e, t, d, td, o], Some((h, w)))
-                })
-                .map_err(tx_error)
-        }
-    }
-
     /// Removes events received before `cutoff` and finished deliveries
     /// created before it. Returns (events, deliveries) removed.
     pub fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
@@ -108,16 +71,16 @@ impl Store {
     }
 }
 
-/// The body of [`Store::accept`]: each event only if its id is new, with
+/// The acceptance in a committer's transaction: each event only if its id is new, with
 /// its deliveries, outbox entries, indexes and held items.
-fn accept_tx(
-    batch: &[NewEvent],
+pub(super) fn accept_tx(
+    batch: &[&NewEvent],
     [events, by_time, deliveries, tenant_deliveries, outbox]: [&TransactionalTree; 5],
     windows: Option<(&TransactionalTree, &TransactionalTree)>,
 ) -> TxResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut seen = std::collections::HashSet::new();
-    for new in batch {
+    for &new in batch {
         let e = &new.event;
         let key = scoped(&e.tenant_id, &e.event.id);
         if new.replay {

@@ -27,6 +27,7 @@
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 
+mod commit;
 mod deliveries;
 mod events;
 pub mod models;
@@ -45,7 +46,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Db, Transactional, Tree};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::clock::millis;
 pub use models::*;
@@ -224,7 +225,8 @@ pub struct Store {
     source_index: Tree,
     dead_letters: Tree,
     meta: Tree,
-    commit: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    /// The committer thread (see `commit.rs`).
+    commit: std::sync::mpsc::Sender<commit::Job>,
     /// Each tenant's subscriptions, decoded once and shared by every ingest
     /// request until one of them changes (see `subscriptions.rs`).
     routes: Arc<subscriptions::RouteCache>,
@@ -232,7 +234,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database in `dir` with the default cache and
-    /// starts the group commit. Must be called inside a tokio runtime.
+    /// starts the committer thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }
@@ -250,20 +252,37 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let tree = |name: &str| db.open_tree(name);
-        let (commit, requests) = mpsc::unbounded_channel();
+        let events = tree("events")?;
+        let events_by_time = tree("events_by_time")?;
+        let deliveries = tree("deliveries")?;
+        let tenant_deliveries = tree("tenant_deliveries")?;
+        let outbox = tree("outbox")?;
+        let held = tree("held")?;
+        let windows = tree("windows")?;
+        let commit = commit::start(commit::Writer {
+            db: db.clone(),
+            events: events.clone(),
+            events_by_time: events_by_time.clone(),
+            deliveries: deliveries.clone(),
+            tenant_deliveries: tenant_deliveries.clone(),
+            outbox: outbox.clone(),
+            held: held.clone(),
+            windows: windows.clone(),
+        })
+        .map_err(|e| StoreError::Commit(format!("starting the committer: {e}")))?;
         let store = Store {
             tenants: tree("tenants")?,
             api_keys: tree("api_keys")?,
             subscriptions: tree("subscriptions")?,
             plugins: tree("plugins")?,
             plugin_blobs: tree("plugin_blobs")?,
-            events: tree("events")?,
-            events_by_time: tree("events_by_time")?,
-            deliveries: tree("deliveries")?,
-            tenant_deliveries: tree("tenant_deliveries")?,
-            outbox: tree("outbox")?,
-            held: tree("held")?,
-            windows: tree("windows")?,
+            events,
+            events_by_time,
+            deliveries,
+            tenant_deliveries,
+            outbox,
+            held,
+            windows,
             ops_endpoints: tree("ops_endpoints")?,
             sources: tree("sources")?,
             source_index: tree("source_index")?,
@@ -274,7 +293,6 @@ impl Store {
             routes: Arc::default(),
         };
         store.index_subscription_deliveries()?;
-        tokio::spawn(group_commit(store.db.clone(), requests));
         Ok(store)
     }
 
@@ -299,16 +317,49 @@ impl Store {
     }
 
     /// Waits until everything written so far is on disk. Concurrent callers
-    /// share one fsync: while one flush runs, the next callers queue up and
-    /// are all served by the following flush.
+    /// share one flush: the committer serves every call that arrived while
+    /// it was busy with the next one.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.commit
-            .send(tx)
-            .map_err(|_| StoreError::Commit("the committer is gone".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Commit("the committer is gone".into()))?
-            .map_err(StoreError::Commit)
+        let (reply, rx) = oneshot::channel();
+        self.send(commit::Job::Durable { reply })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Stores events with their deliveries, outbox entries, indexes and held
+    /// items: each event only if the tenant has not sent its id before.
+    /// Returns once on disk, with the batch given back beside its outcomes.
+    /// The writes of concurrent calls share one transaction and one flush.
+    pub async fn accept(
+        &self,
+        batch: Vec<NewEvent>,
+    ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(commit::Job::Accept { batch, reply })?;
+        let (batch, result) = rx.await.map_err(|_| gone())?;
+        Ok((batch, result?))
+    }
+
+    /// Like [`Store::update_delivery`], through the committer: concurrent
+    /// attempts' records share one transaction. Returns once written (on
+    /// disk by the next flush).
+    pub async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        previous_due: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let update = commit::Update {
+            id: delivery.id.clone(),
+            record: encode(delivery),
+            unqueue: previous_due.map(|due| outbox_key(due, &delivery.id)),
+            queue: deliveries::outbox_entry(delivery),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.send(commit::Job::Update { update, reply })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn send(&self, job: commit::Job) -> Result<(), StoreError> {
+        self.commit.send(job).map_err(|_| gone())
     }
 
     /// A small write made durable now: whether the store can take writes.
@@ -357,23 +408,7 @@ impl crate::runtime::ArtifactDigests for Store {
     }
 }
 
-/// The committer: one `flush` serves every request that arrived before it.
-async fn group_commit(
-    db: Db,
-    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
-) {
-    while let Some(first) = requests.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(next) = requests.try_recv() {
-            waiters.push(next);
-        }
-        let result = db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
-    }
+/// The committer thread ended (it panicked): nothing can be made durable.
+fn gone() -> StoreError {
+    StoreError::Commit("the committer is gone".into())
 }
