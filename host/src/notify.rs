@@ -34,11 +34,14 @@ pub fn is_ops(subscription_id: &str) -> bool {
 
 /// Where a delivery goes: its subscription, or for a notification the
 /// tenant's ops endpoint. None when that is gone.
-pub fn endpoint_of(store: &Store, d: &Delivery) -> Result<Option<Subscription>, StoreError> {
+pub fn endpoint_of(
+    store: &Store,
+    d: &Delivery,
+) -> Result<Option<std::sync::Arc<Subscription>>, StoreError> {
     if is_ops(&d.subscription_id) {
-        store.get_ops_endpoint(&d.tenant_id)
+        Ok(store.get_ops_endpoint(&d.tenant_id)?.map(std::sync::Arc::new))
     } else {
-        store.get_subscription(&d.tenant_id, &d.subscription_id)
+        store.cached_subscription(&d.tenant_id, &d.subscription_id)
     }
 }
 

@@ -162,7 +162,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             let why = match other {
                 Some(s) => format!(
                     "subscription disabled: {}",
-                    s.disabled_reason.unwrap_or_else(|| "by an operator".into())
+                    s.disabled_reason.as_deref().unwrap_or("by an operator")
                 ),
                 None => "subscription deleted".into(),
             };

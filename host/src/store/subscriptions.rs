@@ -1,6 +1,6 @@
 //! Subscriptions, keyed `tenant \\0 id` so a prefix scan lists a tenant's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,17 +11,31 @@ use super::*;
 /// per subscription of the tenant. Every write to a tenant's subscriptions
 /// drops its entry; a generation counter keeps a reader that scanned before
 /// such a write from putting its stale copy back.
+///
+/// The delivery worker reads one subscription per attempt: those are kept
+/// here too, by `tenant \0 id`, dropped with their tenant's routes.
 #[derive(Default)]
 pub(super) struct RouteCache {
     tenants: RwLock<HashMap<String, Arc<Vec<Subscription>>>>,
+    one: RwLock<BTreeMap<Vec<u8>, Arc<Subscription>>>,
     generation: AtomicU64,
 }
 
 impl RouteCache {
     pub(super) fn invalidate(&self, tenant_id: &str) {
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        let mut one = self.one.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         tenants.remove(tenant_id);
+        let prefix = tenant_prefix(tenant_id);
+        let stale: Vec<Vec<u8>> = one
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            one.remove(&key);
+        }
     }
 }
 
@@ -44,6 +58,34 @@ impl Store {
             tenants.insert(tenant_id.to_string(), subs.clone());
         }
         Ok(subs)
+    }
+
+    /// One subscription, shared until it (or any of its tenant's) changes:
+    /// what the delivery worker reads per attempt.
+    pub fn cached_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Arc<Subscription>>, StoreError> {
+        let cache = &self.routes;
+        let key = scoped(tenant_id, id);
+        if let Some(hit) = cache
+            .one
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(hit.clone()));
+        }
+        let generation = cache.generation.load(Ordering::SeqCst);
+        let Some(sub) = self.get_subscription(tenant_id, id)?.map(Arc::new) else {
+            return Ok(None);
+        };
+        let mut one = cache.one.write().unwrap_or_else(|e| e.into_inner());
+        if cache.generation.load(Ordering::SeqCst) == generation {
+            one.insert(key, sub.clone());
+        }
+        Ok(Some(sub))
     }
 
     pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
