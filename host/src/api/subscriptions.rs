@@ -466,7 +466,7 @@ async fn run_test(state: &ApiState, sub: &Subscription) -> Result<Vec<Delivery>,
     for d in deliveries {
         if d.status == crate::store::DeliveryStatus::Pending {
             let id = d.id.clone();
-            deliver::worker::attempt(&state.app.deliver, d).await?;
+            deliver::worker::attempt(&state.app.deliver, d, None).await?;
             if let Some(done) = state.app.store.get_delivery(&id)? {
                 // A retry the policy scheduled goes to the workers.
                 state.app.queue.rescheduled(&done);

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::clock::from_millis;
 use crate::deliver::{Request, Stage};
 use crate::notify;
 use crate::queue::{Lease, Queue};
@@ -121,7 +122,7 @@ impl Worker {
 /// One leased attempt, then the lease back to the queue.
 async fn run_lease(stage: Stage, lease: Lease) {
     let result = match stage.store.get_delivery(&lease.delivery_id) {
-        Ok(Some(delivery)) => attempt(&stage, delivery).await,
+        Ok(Some(delivery)) => attempt(&stage, delivery, Some(from_millis(lease.due_ms))).await,
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
@@ -135,20 +136,28 @@ async fn run_lease(stage: Stage, lease: Lease) {
     stage.queue.complete(&lease, next);
 }
 
-/// One attempt of one delivery, recorded with its consequence. Returns when
-/// the next attempt is due, if the delivery is still pending.
-pub async fn attempt(stage: &Stage, mut d: Delivery) -> Result<Option<Timestamp>, StoreError> {
-    record_attempt(stage, &mut d).await?;
+/// One attempt of one delivery, recorded with its consequence; `leased`:
+/// the due time of the outbox entry it was taken from. Returns when the
+/// next attempt is due, if the delivery is still pending.
+pub async fn attempt(
+    stage: &Stage,
+    mut d: Delivery,
+    leased: Option<Timestamp>,
+) -> Result<Option<Timestamp>, StoreError> {
+    record_attempt(stage, &mut d, leased).await?;
     Ok(d.next_attempt_at
         .filter(|_| d.status == DeliveryStatus::Pending))
 }
 
-async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreError> {
-    let previous_due = d.next_attempt_at;
+async fn record_attempt(
+    stage: &Stage,
+    d: &mut Delivery,
+    leased: Option<Timestamp>,
+) -> Result<(), StoreError> {
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return stage.store.record_delivery(d, previous_due).await;
+        return stage.store.record_delivery(d, leased);
     }
     let now = stage.clock.now();
     let ops = notify::is_ops(&d.subscription_id);
@@ -167,7 +176,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 None => "subscription deleted".into(),
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
-            return stage.store.record_delivery(d, previous_due).await;
+            return stage.store.record_delivery(d, leased);
         }
     };
     let Some(request) = d.request.clone() else {
@@ -177,7 +186,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             Some("nothing to send".into()),
             now,
         );
-        return stage.store.record_delivery(d, previous_due).await;
+        return stage.store.record_delivery(d, leased);
     };
 
     let secrets = sub.signing_secrets(now);
@@ -196,7 +205,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return stage.store.record_delivery(d, previous_due).await;
+            return stage.store.record_delivery(d, leased);
         }
     };
     headers.extend(
@@ -245,7 +254,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
             );
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
-            stage.store.record_delivery(d, previous_due).await?;
+            stage.store.record_delivery(d, leased)?;
             if sub.consecutive_failures != 0 && !ops {
                 stage
                     .store
@@ -260,7 +269,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            stage.store.record_delivery(d, previous_due).await?;
+            stage.store.record_delivery(d, leased)?;
         }
         Decision::GiveUp { reason } => {
             telemetry::attempt(AttemptOutcome::Failed, took);
@@ -269,7 +278,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
                 None => reason,
             };
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, previous_due).await?;
+            stage.store.record_delivery(d, leased)?;
             if !ops {
                 let limit = sub.retry.disable_after_failures;
                 let failed = Failure {
@@ -292,7 +301,7 @@ async fn record_attempt(stage: &Stage, d: &mut Delivery) -> Result<(), StoreErro
         Decision::Disable { reason } => {
             let error = format!("{}; {reason}", result.error.unwrap_or_default());
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, previous_due).await?;
+            stage.store.record_delivery(d, leased)?;
             if ops {
                 // The ops endpoint is never disabled: it is how owners hear of it.
                 telemetry::attempt(AttemptOutcome::Failed, took);

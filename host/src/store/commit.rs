@@ -1,5 +1,5 @@
-//! The one writer of the hot records: every request's acceptance and every
-//! attempt's record go to one thread, which turns all that arrived while it
+//! The one writer of acceptances: every request's events, deliveries and
+//! outbox entries go to one thread, which turns all that arrived while it
 //! was busy into **one sled transaction and one flush**.
 //!
 //! Why a thread of its own: in sled 0.34 every transaction (and every
@@ -9,11 +9,11 @@
 //! ~2.4 synchronous disk writes and ~15 context switches per event (`perf
 //! stat` under `bench/e2e.sh`, see BENCHMARKS.md); one transaction per
 //! group makes that cost per group, and the group grows with the load.
+//! (Attempt records need no transaction: see [`Store::record_delivery`].)
 //!
 //! What each job is promised does not change: an acceptance is answered
-//! once its writes are on disk; an attempt's record once it is written (as
-//! before, durable by the next flush, at most `flush_every_ms` later); a
-//! `durable` call once everything written before it is on disk. If a group's
+//! once its writes are on disk; a `durable` call once everything written
+//! before it is on disk. If a group's
 //! transaction fails, its jobs are tried one by one, so one job's corrupt
 //! record cannot fail the others.
 
@@ -30,28 +30,12 @@ use crate::util::failpoint_active;
 /// write set and the wait of the group's first job.
 const MAX_GROUP: usize = 512;
 
-/// An attempt's record, encoded by the caller (the committer's one thread
-/// does nothing it can leave to the many).
-pub(super) struct Update {
-    pub(super) id: String,
-    pub(super) record: Vec<u8>,
-    /// The outbox entry it leaves.
-    pub(super) unqueue: Option<Vec<u8>>,
-    /// The outbox entry it gets (key, value).
-    pub(super) queue: Option<(Vec<u8>, Vec<u8>)>,
-}
-
 pub(super) enum Job {
     /// Store events with their deliveries; answered once on disk, with the
     /// batch given back.
     Accept {
         batch: Vec<NewEvent>,
         reply: oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>,
-    },
-    /// Replace a delivery and move its outbox entry; answered once written.
-    Update {
-        update: Update,
-        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Answered once everything written before it is on disk.
     Durable {
@@ -123,13 +107,9 @@ impl Writer {
         };
         let mut results = results.into_iter();
 
-        // Attempts are answered now; acceptances and `durable` after the flush.
         let mut waiting = Vec::new();
         for job in group {
             match job {
-                Job::Update { reply, .. } => {
-                    let _ = reply.send(results.next().unwrap_or(Ok(None)).map(|_| ()));
-                }
                 Job::Accept { batch, reply } => {
                     let result = results.next().unwrap_or(Ok(None));
                     waiting.push(Waiting::Accept(batch, reply, result));
@@ -165,8 +145,8 @@ impl Writer {
         }
     }
 
-    /// The writes of `jobs` in one transaction: per writing job, in order,
-    /// its acceptance outcomes (`Some`) or `None` for an update.
+    /// The writes of `jobs` in one transaction: per acceptance, in order,
+    /// its outcomes.
     #[allow(clippy::type_complexity)]
     fn transaction(
         &self,
@@ -193,16 +173,6 @@ impl Writer {
                 match job {
                     Job::Accept { batch, .. } => {
                         out.push(Ok(Some(accepted.by_ref().take(batch.len()).collect())));
-                    }
-                    Job::Update { update, .. } => {
-                        if let Some(key) = &update.unqueue {
-                            o.remove(key.as_slice())?;
-                        }
-                        if let Some((key, value)) = &update.queue {
-                            o.insert(key.as_slice(), value.as_slice())?;
-                        }
-                        d.insert(update.id.as_bytes(), update.record.as_slice())?;
-                        out.push(Ok(None));
                     }
                     Job::Durable { .. } => {}
                 }

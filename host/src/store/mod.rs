@@ -339,23 +339,33 @@ impl Store {
         Ok((batch, result?))
     }
 
-    /// Like [`Store::update_delivery`], through the committer: concurrent
-    /// attempts' records share one transaction. Returns once written (on
-    /// disk by the next flush).
-    pub async fn record_delivery(
+    /// An attempt's record: the delivery replaced, its outbox entry moved
+    /// from `leased` (the entry the worker took it from) to its next due
+    /// time, if it is still pending. Plain writes, no transaction (in sled
+    /// every transaction costs two waiting disk writes), in an order whose
+    /// every prefix a crash may leave is safe: the new entry first (at
+    /// worst a delivery is due twice and attempted again under its id),
+    /// then the record, then the old entry removed (at worst a stale entry,
+    /// which the worker drops when it finds the delivery no longer due).
+    /// On disk by the next flush, as before.
+    pub fn record_delivery(
         &self,
         delivery: &Delivery,
-        previous_due: Option<Timestamp>,
+        leased: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        let update = commit::Update {
-            id: delivery.id.clone(),
-            record: encode(delivery),
-            unqueue: previous_due.map(|due| outbox_key(due, &delivery.id)),
-            queue: deliveries::outbox_entry(delivery),
-        };
-        let (reply, rx) = oneshot::channel();
-        self.send(commit::Job::Update { update, reply })?;
-        rx.await.map_err(|_| gone())?
+        let entry = deliveries::outbox_entry(delivery);
+        if let Some((key, value)) = &entry {
+            self.outbox.insert(key.as_slice(), value.as_slice())?;
+        }
+        self.deliveries
+            .insert(delivery.id.as_bytes(), encode(delivery))?;
+        if let Some(due) = leased {
+            let old = outbox_key(due, &delivery.id);
+            if entry.is_none_or(|(key, _)| key != old) {
+                self.outbox.remove(old)?;
+            }
+        }
+        Ok(())
     }
 
     fn send(&self, job: commit::Job) -> Result<(), StoreError> {
