@@ -39,7 +39,9 @@ pub fn endpoint_of(
     d: &Delivery,
 ) -> Result<Option<std::sync::Arc<Subscription>>, StoreError> {
     if is_ops(&d.subscription_id) {
-        Ok(store.get_ops_endpoint(&d.tenant_id)?.map(std::sync::Arc::new))
+        Ok(store
+            .get_ops_endpoint(&d.tenant_id)?
+            .map(std::sync::Arc::new))
     } else {
         store.cached_subscription(&d.tenant_id, &d.subscription_id)
     }

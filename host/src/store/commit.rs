@@ -165,20 +165,21 @@ impl Writer {
             .any(|n| !n.held.is_empty() || !n.released.is_empty());
         // A transaction locks every tree it names: the window trees only
         // when something is held or taken (rare).
-        let write = |[e, t, d, td, o]: [&TransactionalTree; 5],
-                     windows: Option<(&TransactionalTree, &TransactionalTree)>| {
-            let mut accepted = accept_tx(&events, [e, t, d, td, o], windows)?.into_iter();
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                match job {
-                    Job::Accept { batch, .. } => {
-                        out.push(Ok(Some(accepted.by_ref().take(batch.len()).collect())));
+        let write =
+            |[e, t, d, td, o]: [&TransactionalTree; 5],
+             windows: Option<(&TransactionalTree, &TransactionalTree)>| {
+                let mut accepted = accept_tx(&events, [e, t, d, td, o], windows)?.into_iter();
+                let mut out = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match job {
+                        Job::Accept { batch, .. } => {
+                            out.push(Ok(Some(accepted.by_ref().take(batch.len()).collect())));
+                        }
+                        Job::Durable { .. } => {}
                     }
-                    Job::Durable { .. } => {}
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         let trees = (
             &self.events,
             &self.events_by_time,
@@ -213,4 +214,132 @@ enum Waiting {
         Result<Option<Vec<Accepted>>, StoreError>,
     ),
     Durable(oneshot::Sender<Result<(), StoreError>>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Envelope;
+
+    fn new_event(tenant: &str, id: &str, delivery: &str, at: Timestamp) -> NewEvent {
+        let d = Delivery {
+            id: delivery.into(),
+            tenant_id: tenant.into(),
+            event_id: id.into(),
+            event_type: "message.created".into(),
+            subscription_id: "sub_1".into(),
+            status: DeliveryStatus::Pending,
+            request: Some(StoredRequest {
+                body: "{}".into(),
+                content_type: "application/json".into(),
+                headers: vec![],
+                event_name: None,
+            }),
+            attempts: vec![],
+            next_attempt_at: Some(at),
+            last_error: None,
+            created_at: at,
+            updated_at: at,
+        };
+        NewEvent {
+            replay: false,
+            event: StoredEvent {
+                tenant_id: tenant.into(),
+                event: Envelope {
+                    id: id.into(),
+                    event_type: "message.created".into(),
+                    occurred_at: at.to_string(),
+                    source: "test".into(),
+                    data: serde_json::json!({}),
+                },
+                received_at: at,
+                deliveries: vec![delivery.into()],
+            },
+            deliveries: vec![d],
+            held: vec![],
+            released: vec![],
+        }
+    }
+
+    /// Many requests at once, several of them re-sending one id: they share
+    /// transactions, and across them the id is still stored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_acceptances_share_groups_and_deduplicate_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let mut calls = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            // Every fourth call sends evt_same; the others their own id.
+            let id = if i % 4 == 0 {
+                "evt_same".to_string()
+            } else {
+                format!("evt_{i}")
+            };
+            let n = new_event("ten_1", &id, &format!("dlv_{i:03}"), at);
+            calls.push(tokio::spawn(async move { store.accept(vec![n]).await }));
+        }
+        let mut new = 0;
+        let mut duplicates = 0;
+        for call in calls {
+            let (batch, outcomes) = call.await.unwrap().unwrap();
+            assert_eq!(batch.len(), 1, "each caller gets its own batch back");
+            match &outcomes[..] {
+                [Accepted::New] => new += 1,
+                [Accepted::Duplicate(existing)] => {
+                    assert_eq!(existing.event.id, "evt_same");
+                    duplicates += 1;
+                }
+                other => panic!("unexpected outcomes {other:?}"),
+            }
+        }
+        assert_eq!((new, duplicates), (49, 15));
+        assert_eq!(store.outbox_entries().count(), 49);
+        assert!(store.get_event("ten_1", "evt_same").unwrap().is_some());
+    }
+
+    /// An attempt's record moves the outbox entry it was leased from, and a
+    /// finished delivery leaves none behind.
+    #[tokio::test]
+    async fn an_attempt_record_moves_the_leased_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let (mut batch, _) = store
+            .accept(vec![new_event("ten_1", "evt_1", "dlv_1", at)])
+            .await
+            .unwrap();
+        let mut d = batch.remove(0).deliveries.remove(0);
+        let due = |store: &Store| -> Vec<u64> {
+            store
+                .outbox_entries()
+                .map(|e| e.unwrap().due_ms())
+                .collect()
+        };
+        assert_eq!(due(&store), [millis(at)]);
+
+        let retry_at = at + jiff::SignedDuration::from_secs(60);
+        d.next_attempt_at = Some(retry_at);
+        store.record_delivery(&d, Some(at)).unwrap();
+        assert_eq!(due(&store), [millis(retry_at)]);
+
+        d.status = DeliveryStatus::Succeeded;
+        d.next_attempt_at = None;
+        store.record_delivery(&d, Some(retry_at)).unwrap();
+        assert!(due(&store).is_empty());
+        assert_eq!(
+            store.get_delivery("dlv_1").unwrap().unwrap().status,
+            DeliveryStatus::Succeeded
+        );
+    }
+
+    /// `durable` alone (no writes in its group) is answered.
+    #[tokio::test]
+    async fn a_durable_call_alone_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.durable().await.unwrap();
+        store.check().await.unwrap();
+    }
 }

@@ -200,7 +200,9 @@ pub(super) fn put_delivery_tx(
 /// subscription, so the worker can apply the per-subscription cap without
 /// decoding the delivery.
 pub(super) fn outbox_entry(d: &Delivery) -> Option<(Vec<u8>, Vec<u8>)> {
-    let due = d.next_attempt_at.filter(|_| d.status == DeliveryStatus::Pending)?;
+    let due = d
+        .next_attempt_at
+        .filter(|_| d.status == DeliveryStatus::Pending)?;
     Some((
         outbox_key(due, &d.id),
         scoped(&d.tenant_id, &d.subscription_id),
