@@ -30,12 +30,18 @@ use crate::util::failpoint_active;
 /// write set and the wait of the group's first job.
 const MAX_GROUP: usize = 512;
 
+/// Where an acceptance's answer goes: its batch back, with the outcomes.
+pub(super) type AcceptReply = oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
+
+/// The outcomes of one acceptance in a group's transaction.
+type Outcomes = Result<Option<Vec<Accepted>>, StoreError>;
+
 pub(super) enum Job {
     /// Store events with their deliveries; answered once on disk, with the
     /// batch given back.
     Accept {
         batch: Vec<NewEvent>,
-        reply: oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>,
+        reply: AcceptReply,
     },
     /// Answered once everything written before it is on disk.
     Durable {
@@ -147,11 +153,7 @@ impl Writer {
 
     /// The writes of `jobs` in one transaction: per acceptance, in order,
     /// its outcomes.
-    #[allow(clippy::type_complexity)]
-    fn transaction(
-        &self,
-        jobs: &[Job],
-    ) -> Result<Vec<Result<Option<Vec<Accepted>>, StoreError>>, StoreError> {
+    fn transaction(&self, jobs: &[Job]) -> Result<Vec<Outcomes>, StoreError> {
         let events: Vec<&NewEvent> = jobs
             .iter()
             .filter_map(|j| match j {
@@ -208,11 +210,7 @@ impl Writer {
 }
 
 enum Waiting {
-    Accept(
-        Vec<NewEvent>,
-        oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>,
-        Result<Option<Vec<Accepted>>, StoreError>,
-    ),
+    Accept(Vec<NewEvent>, AcceptReply, Outcomes),
     Durable(oneshot::Sender<Result<(), StoreError>>),
 }
 
