@@ -179,7 +179,9 @@ async fn record_attempt(
             return stage.store.record_delivery(d, leased);
         }
     };
-    let Some(request) = d.request.clone() else {
+    // Taken out while it is sent (not copied per attempt), put back before
+    // the record is written.
+    let Some(request) = d.request.take() else {
         finish(
             d,
             DeliveryStatus::Failed,
@@ -199,6 +201,7 @@ async fn record_attempt(
     let mut headers = match sign::headers(&sub.signature, &secrets, &message) {
         Ok(h) => h,
         Err(e) => {
+            d.request = Some(request);
             finish(
                 d,
                 DeliveryStatus::Failed,
@@ -229,6 +232,7 @@ async fn record_attempt(
             now,
         )
         .await;
+    d.request = Some(request);
     d.attempts.push(Attempt {
         at: now,
         status: result.status,
