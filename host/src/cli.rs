@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// End of the flushed window (RFC 3339).
     #[arg(long, value_name = "T")]
     window_end: Option<String>,
+    /// Time limit of each call, in ms (the server's default: 50). A busy
+    /// machine (a build running beside it, a CI runner) may need more for
+    /// a large component's first call.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().handle_timeout_ms)]
+    timeout_ms: u64,
 }
 
 /// Runs a parsed command line.
@@ -208,7 +213,11 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => read_json::<Value>(path, "config")?.to_string(),
         None => "{}".to_string(),
     };
-    let runtime = Runtime::new(Limits::default(), None)?;
+    let limits = Limits {
+        handle_timeout_ms: args.timeout_ms,
+        ..Limits::default()
+    };
+    let runtime = Runtime::new(limits, None)?;
     let plugin = load(&runtime, &args.plugin)?;
     if args.config.is_some() {
         // As the server does when a subscription is saved.

@@ -3,8 +3,8 @@
 //! For each event: route it to the tenant's enabled subscriptions, run each
 //! subscription's plugin **once** (the requests it returns are stored with the
 //! delivery, so every retry sends the same bytes under the same delivery id),
-//! then store the event with all its deliveries in one transaction and wait
-//! for the group commit before answering. A plugin that skips, fails or
+//! then store the event with all its deliveries in one transaction (shared
+//! with concurrent requests) and wait until it is on disk before answering. A plugin that skips, fails or
 //! traps produces a recorded delivery (filtered / failed), never a lost event
 //! and never an error for the sender.
 

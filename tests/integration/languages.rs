@@ -184,6 +184,9 @@ fn scaffold_runs_in_the_cli(lang: Lang) {
         .current_dir(&dir)
         .args(["plugin", "run", "plugin.wasm", "--event", "event.json"])
         .args(["--config", "config.json"])
+        // Tests run in parallel beside builds: a CPython component's first
+        // call can take longer than the server's 50 ms on a loaded runner.
+        .args(["--timeout-ms", "2000"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,8 +6,10 @@
 //!   event with its deliveries and held items ([`Queue::accept`]), a flush's
 //!   deliveries with the removal of the flushed items
 //!   ([`Queue::commit_flush`]), a manual retry ([`Queue::requeue`]).
-//! - **Visible once durable**: each of those writes in one sled transaction,
-//!   waits for the group commit, and only then hands the new pending
+//! - **Visible once durable**: each of those writes in one sled transaction
+//!   (an acceptance shares its transaction and flush with the concurrent
+//!   ones, see the store's committer), waits until it is on disk, and only
+//!   then hands the new pending
 //!   deliveries to the scheduler. A worker can never send a delivery that a
 //!   crash could still undo, so a sender that re-sends after a crash gets
 //!   its event delivered under one delivery id.

@@ -1,11 +1,12 @@
 //! The records, on sled: the only module that touches it. One tree per
 //! record type, keyed for the scans the engine and the API need; changes
-//! that span trees run in sled transactions; acceptance is made durable by a
-//! group commit (many requests, one fsync). One file per noun (`tenants`,
-//! `subscriptions`, `plugins`, `events`, `deliveries`, `windows`); this one
-//! holds the database, the group commit and the key helpers. Writes that
-//! create work go through [`crate::queue`], which makes them visible to the
-//! workers once durable.
+//! that span trees run in sled transactions; acceptances go through one
+//! committer thread that writes all concurrent ones in one transaction and
+//! makes them durable with one flush (`commit.rs`). One file per noun
+//! (`tenants`, `subscriptions`, `plugins`, `events`, `deliveries`,
+//! `windows`); this one holds the database, the calls into the committer and
+//! the key helpers. Writes that create work go through [`crate::queue`],
+//! which makes them visible to the workers once durable.
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -59,7 +60,7 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
-    #[error("the group commit failed: {0}")]
+    #[error("the commit failed: {0}")]
     Commit(String),
 }
 
@@ -259,7 +260,7 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // Durability comes from the group commit; the periodic flush only
+            // Durability comes from the committer's flush; the periodic flush only
             // bounds how much non-acknowledged state (attempt results) a
             // crash can lose.
             .flush_every_ms(Some(500))
