@@ -1,6 +1,6 @@
 //! End-to-end throughput: the real `wasmhook serve` binary on a temp data
 //! dir, one subscription, a loopback receiver; clients post events with
-//! durable acks (202 after the group commit) and the clock stops when the
+//! durable acks (202 once on disk) and the clock stops when the
 //! receiver has every delivery. Results and the machine: BENCHMARKS.md.
 //!
 //! `cargo bench -p wasmhook --bench end_to_end`
