@@ -4,9 +4,10 @@
 //! subscription's plugin **once** (the requests it returns are stored with the
 //! delivery, so every retry sends the same bytes under the same delivery id),
 //! then store the event with all its deliveries in one transaction (shared
-//! with concurrent requests) and wait until it is on disk before answering. A plugin that skips, fails or
-//! traps produces a recorded delivery (filtered / failed), never a lost event
-//! and never an error for the sender.
+//! with concurrent requests) and wait until it is on disk before answering.
+//! A plugin that skips, fails or traps produces a recorded delivery
+//! (filtered / failed), never a lost event and never an error for the
+//! sender.
 
 use jiff::Timestamp;
 use serde::Serialize;

@@ -13,9 +13,8 @@
 //!
 //! What each job is promised does not change: an acceptance is answered
 //! once its writes are on disk; a `durable` call once everything written
-//! before it is on disk. If a group's
-//! transaction fails, its jobs are tried one by one, so one job's corrupt
-//! record cannot fail the others.
+//! before it is on disk. If a group's transaction fails, its acceptances
+//! are tried one by one, so one job's corrupt record cannot fail the others.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -32,9 +31,6 @@ const MAX_GROUP: usize = 512;
 
 /// Where an acceptance's answer goes: its batch back, with the outcomes.
 pub(super) type AcceptReply = oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
-
-/// The outcomes of one acceptance in a group's transaction.
-type Outcomes = Result<Option<Vec<Accepted>>, StoreError>;
 
 pub(super) enum Job {
     /// Store events with their deliveries; answered once on disk, with the
@@ -85,110 +81,69 @@ impl Writer {
         }
     }
 
-    /// One group: one transaction for its writes, then one flush if any job
-    /// waits for the disk.
+    /// One group: one transaction for its acceptances, then one flush.
     fn serve(&self, group: Vec<Job>) {
-        let writes = group
-            .iter()
-            .filter(|j| !matches!(j, Job::Durable { .. }))
-            .count();
-        let outcome = if writes == 0 {
-            Ok(Vec::new())
-        } else {
-            self.transaction(&group)
-        };
-        let results = match outcome {
-            Ok(results) => results,
-            Err(e) if writes == 1 => vec![Err(e)],
+        let mut accepts = Vec::new();
+        let mut durables = Vec::new();
+        for job in group {
+            match job {
+                Job::Accept { batch, reply } => accepts.push((batch, reply)),
+                Job::Durable { reply } => durables.push(reply),
+            }
+        }
+        let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
+        let results = match self.transaction(&batches) {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) if batches.len() <= 1 => vec![Err(e)],
             // One job's fault must not fail the others: each alone.
-            Err(_) => group
+            Err(_) => batches
                 .iter()
-                .filter(|j| !matches!(j, Job::Durable { .. }))
-                .map(|job| {
-                    self.transaction(std::slice::from_ref(job))
-                        .map(|mut r| r.pop().unwrap_or(Ok(None)))
-                        .and_then(|r| r)
+                .map(|batch| {
+                    self.transaction(std::slice::from_ref(batch))
+                        .map(|mut r| r.pop().unwrap_or_default())
                 })
                 .collect(),
         };
-        let mut results = results.into_iter();
-
-        let mut waiting = Vec::new();
-        for job in group {
-            match job {
-                Job::Accept { batch, reply } => {
-                    let result = results.next().unwrap_or(Ok(None));
-                    waiting.push(Waiting::Accept(batch, reply, result));
-                }
-                Job::Durable { reply } => waiting.push(Waiting::Durable(reply)),
-            }
-        }
-        if waiting.is_empty() {
-            return;
-        }
-        if failpoint_active("accept-slow-commit")
-            && waiting.iter().any(|w| matches!(w, Waiting::Accept(..)))
-        {
+        if failpoint_active("accept-slow-commit") && !accepts.is_empty() {
             // Crash tests: a long window between the write and its fsync,
             // during which no worker may see the deliveries.
             std::thread::sleep(Duration::from_secs(2));
         }
         let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
-        for w in waiting {
-            match w {
-                Waiting::Durable(reply) => {
-                    let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
-                }
-                Waiting::Accept(batch, reply, result) => {
-                    let result = match (result, &flushed) {
-                        (Ok(accepted), Ok(())) => Ok(accepted.unwrap_or_default()),
-                        (Err(e), _) => Err(e),
-                        (Ok(_), Err(e)) => Err(StoreError::Commit(e.clone())),
-                    };
-                    let _ = reply.send((batch, result));
-                }
-            }
+        for reply in durables {
+            let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
+        }
+        for ((batch, reply), result) in accepts.into_iter().zip(results) {
+            let result = match (result, &flushed) {
+                (Ok(accepted), Ok(())) => Ok(accepted),
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(StoreError::Commit(e.clone())),
+            };
+            let _ = reply.send((batch, result));
         }
     }
 
-    /// The writes of `jobs` in one transaction: per acceptance, in order,
-    /// its outcomes.
-    fn transaction(&self, jobs: &[Job]) -> Result<Vec<Outcomes>, StoreError> {
-        let events: Vec<&NewEvent> = jobs
-            .iter()
-            .filter_map(|j| match j {
-                Job::Accept { batch, .. } => Some(batch.iter()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+    /// The acceptances of `batches` in one transaction: per batch, in
+    /// order, its outcomes. No batch, no transaction.
+    fn transaction(&self, batches: &[&[NewEvent]]) -> Result<Vec<Vec<Accepted>>, StoreError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events: Vec<&NewEvent> = batches.iter().flat_map(|b| b.iter()).collect();
         let holds = events
             .iter()
             .any(|n| !n.held.is_empty() || !n.released.is_empty());
+        let write =
+            |trees: [&TransactionalTree; 5],
+             windows: Option<(&TransactionalTree, &TransactionalTree)>| {
+                let mut accepted = accept_tx(&events, trees, windows)?.into_iter();
+                Ok(batches
+                    .iter()
+                    .map(|b| accepted.by_ref().take(b.len()).collect())
+                    .collect())
+            };
         // A transaction locks every tree it names: the window trees only
         // when something is held or taken (rare).
-        let write =
-            |[e, t, d, td, o]: [&TransactionalTree; 5],
-             windows: Option<(&TransactionalTree, &TransactionalTree)>| {
-                let mut accepted = accept_tx(&events, [e, t, d, td, o], windows)?.into_iter();
-                let mut out = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    match job {
-                        Job::Accept { batch, .. } => {
-                            out.push(Ok(Some(accepted.by_ref().take(batch.len()).collect())));
-                        }
-                        Job::Durable { .. } => {}
-                    }
-                }
-                Ok(out)
-            };
-        let trees = (
-            &self.events,
-            &self.events_by_time,
-            &self.deliveries,
-            &self.tenant_deliveries,
-            &self.outbox,
-        );
         if holds {
             (
                 &self.events,
@@ -202,16 +157,17 @@ impl Writer {
                 .transaction(|(e, t, d, td, o, h, w)| write([e, t, d, td, o], Some((h, w))))
                 .map_err(tx_error)
         } else {
-            trees
+            (
+                &self.events,
+                &self.events_by_time,
+                &self.deliveries,
+                &self.tenant_deliveries,
+                &self.outbox,
+            )
                 .transaction(|(e, t, d, td, o)| write([e, t, d, td, o], None))
                 .map_err(tx_error)
         }
     }
-}
-
-enum Waiting {
-    Accept(Vec<NewEvent>, AcceptReply, Outcomes),
-    Durable(oneshot::Sender<Result<(), StoreError>>),
 }
 
 #[cfg(test)]
