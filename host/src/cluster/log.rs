@@ -1,0 +1,492 @@
+//! The replicated log of guarded write batches, and each node's view of it.
+//!
+//! - A **batch** is what one change of the records writes (tree, key, new
+//!   value or removal) together with its **guards**: the keys the change
+//!   read and what it found there (a digest of the value, or absent). A
+//!   writer builds one with a [`Recorder`] over its view.
+//! - The batches go to one JetStream stream ([`STREAM`]), replicated R
+//!   times; a publish is acknowledged once R/2+1 servers hold it. The
+//!   batch's id is the message id, so a publish retried after a lost
+//!   acknowledgement is stored once.
+//! - Every node's applier reads the stream in order from where its view
+//!   stopped and applies each batch to the view ([`View::apply`]): if every
+//!   guard still holds, its writes in one sled transaction; if one does
+//!   not, nothing (a *conflict*). Either way the view records the
+//!   sequence it reached in the same transaction, so a restarted node
+//!   resumes exactly after the last batch its view kept. The same batches
+//!   in the same order with the same rule: every view ends up the same.
+//! - The writer waits for its own applier to reach its batch and gets the
+//!   outcome: applied, or conflict (someone else changed what it read;
+//!   re-run the change on the newer view).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+
+use super::ClusterError;
+
+/// The stream of batches.
+pub const STREAM: &str = "WASMHOOK_LOG";
+/// Its one subject.
+const SUBJECT: &str = "wasmhook.log";
+/// How long JetStream remembers a batch id to drop a re-sent publish.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The view's own tree: the sequence it has applied.
+const LOG_TREE: &str = "__log";
+const APPLIED: &[u8] = b"applied";
+
+/// One change of the records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Unique (a ULID); the message id that deduplicates a re-sent publish.
+    pub id: String,
+    /// The node that wrote it (its applier answers the waiting writer).
+    pub node: String,
+    pub guards: Vec<Guard>,
+    pub writes: Vec<Write>,
+}
+
+/// What a key held when the change read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub tree: String,
+    pub key: Vec<u8>,
+    /// SHA-256 of the value; None: the key was absent.
+    pub digest: Option<[u8; 32]>,
+}
+
+/// A key set or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    pub tree: String,
+    pub key: Vec<u8>,
+    /// None: removed.
+    pub value: Option<Vec<u8>>,
+}
+
+/// What became of a batch, decided by the log's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        seq: u64,
+    },
+    /// A guard no longer held: the batch changed nothing.
+    Conflict {
+        seq: u64,
+        tree: String,
+        key: Vec<u8>,
+    },
+}
+
+fn digest(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
+}
+
+/// A node's copy of the records: sled trees written only by the applier.
+pub struct View {
+    db: sled::Db,
+    trees: Mutex<HashMap<String, sled::Tree>>,
+    log: sled::Tree,
+}
+
+impl View {
+    pub fn open(db: sled::Db) -> Result<Self, ClusterError> {
+        Ok(View {
+            log: db.open_tree(LOG_TREE)?,
+            db,
+            trees: Mutex::default(),
+        })
+    }
+
+    /// A tree of the view, by name.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, ClusterError> {
+        let mut trees = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = trees.get(name) {
+            return Ok(t.clone());
+        }
+        let t = self.db.open_tree(name)?;
+        trees.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The last log sequence applied (0: none).
+    pub fn applied(&self) -> Result<u64, ClusterError> {
+        Ok(self
+            .log
+            .get(APPLIED)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Applies the batch at `seq`: its writes if every guard holds,
+    /// nothing otherwise; the sequence in the same transaction. A sequence
+    /// at or below the applied one is skipped (a message seen twice after
+    /// the consumer was recreated): it answers as applied.
+    pub fn apply(&self, seq: u64, batch: &Batch) -> Result<Outcome, ClusterError> {
+        if seq <= self.applied()? {
+            return Ok(Outcome::Applied { seq });
+        }
+        // The trees the batch touches, each once, then the log tree last.
+        let mut names: Vec<&str> = batch
+            .guards
+            .iter()
+            .map(|g| g.tree.as_str())
+            .chain(batch.writes.iter().map(|w| w.tree.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        trees.push(self.log.clone());
+        let index = |name: &str| names.binary_search(&name).expect("collected above");
+        let result = trees.as_slice().transaction(|tx| {
+            let log = tx.last().expect("the log tree");
+            log.insert(APPLIED, &seq.to_be_bytes())?;
+            for g in &batch.guards {
+                let found = tx[index(&g.tree)].get(&g.key)?;
+                if found.as_deref().map(digest) != g.digest {
+                    return Ok(Outcome::Conflict {
+                        seq,
+                        tree: g.tree.clone(),
+                        key: g.key.clone(),
+                    });
+                }
+            }
+            for w in &batch.writes {
+                let t = &tx[index(&w.tree)];
+                match &w.value {
+                    Some(v) => t.insert(w.key.as_slice(), v.as_slice())?,
+                    None => t.remove(w.key.as_slice())?,
+                };
+            }
+            Ok::<_, ConflictableTransactionError<()>>(Outcome::Applied { seq })
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the closure never aborts"),
+        }
+    }
+}
+
+/// Builds a batch from reads and writes against a view: reads see the
+/// recorder's own writes first, and the first read of each key from the
+/// view becomes a guard.
+pub struct Recorder<'v> {
+    view: &'v View,
+    guards: BTreeMap<(String, Vec<u8>), Option<[u8; 32]>>,
+    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'v> Recorder<'v> {
+    pub fn new(view: &'v View) -> Self {
+        Recorder {
+            view,
+            guards: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClusterError> {
+        let k = (tree.to_string(), key.to_vec());
+        if let Some(w) = self.writes.get(&k) {
+            return Ok(w.clone());
+        }
+        let value = self.view.tree(tree)?.get(key)?.map(|v| v.to_vec());
+        self.guards
+            .entry(k)
+            .or_insert_with(|| value.as_deref().map(digest));
+        Ok(value)
+    }
+
+    /// Sets a key without reading it (no guard: the last batch in the
+    /// log's order wins).
+    pub fn insert(&mut self, tree: &str, key: &[u8], value: Vec<u8>) {
+        self.writes
+            .insert((tree.to_string(), key.to_vec()), Some(value));
+    }
+
+    pub fn remove(&mut self, tree: &str, key: &[u8]) {
+        self.writes.insert((tree.to_string(), key.to_vec()), None);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    pub fn into_batch(self, node: &str) -> Batch {
+        Batch {
+            id: ulid::Ulid::new().to_string(),
+            node: node.to_string(),
+            guards: self
+                .guards
+                .into_iter()
+                .map(|((tree, key), digest)| Guard { tree, key, digest })
+                .collect(),
+            writes: self
+                .writes
+                .into_iter()
+                .map(|((tree, key), value)| Write { tree, key, value })
+                .collect(),
+        }
+    }
+}
+
+/// Writers waiting for their batches, by batch id.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Outcome, ClusterError>>>>>;
+
+/// A node's end of the log: publishes its batches, applies everyone's.
+pub struct Log {
+    js: jetstream::Context,
+    node: String,
+    view: Arc<View>,
+    waiters: Waiters,
+    applied: watch::Receiver<u64>,
+    applier: AbortHandle,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.applier.abort();
+    }
+}
+
+impl Log {
+    /// Creates the stream with `replicas` or checks the one that exists,
+    /// then starts applying it to `view` from where the view stopped.
+    pub async fn open(
+        client: async_nats::Client,
+        replicas: usize,
+        node: &str,
+        view: Arc<View>,
+    ) -> Result<Self, ClusterError> {
+        let js = jetstream::new(client);
+        let stream = ensure_stream(&js, replicas).await?;
+        let from = view.applied()? + 1;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::jetstream)?;
+        let messages = consumer.messages().await.map_err(ClusterError::jetstream)?;
+        let (tx, applied) = watch::channel(from - 1);
+        let waiters = Waiters::default();
+        let task = tokio::spawn(apply_all(
+            messages,
+            view.clone(),
+            node.to_string(),
+            waiters.clone(),
+            tx,
+        ));
+        Ok(Log {
+            js,
+            node: node.to_string(),
+            view,
+            waiters,
+            applied,
+            applier: task.abort_handle(),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Publishes the batch and waits until this node's view has applied
+    /// it: its outcome in the log's order. An error: the batch may or may
+    /// not be in the log (a re-run of the change decides).
+    pub async fn publish(&self, batch: &Batch) -> Result<Outcome, ClusterError> {
+        let body = postcard::to_allocvec(batch).map_err(ClusterError::jetstream)?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(batch.id.clone(), tx);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", batch.id.as_str());
+        let sent = async {
+            self.js
+                .publish_with_headers(SUBJECT, headers, body.into())
+                .await
+                .map_err(ClusterError::jetstream)?
+                .await
+                .map_err(ClusterError::jetstream)
+        }
+        .await;
+        if let Err(e) = sent {
+            self.lock_waiters().remove(&batch.id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Waits until the view has applied everything the stream held when
+    /// called: a read after this sees every write acknowledged before it,
+    /// whichever node made it. Returns the sequence reached.
+    pub async fn caught_up(&self) -> Result<u64, ClusterError> {
+        let stream = self
+            .js
+            .get_stream_no_info(STREAM)
+            .await
+            .map_err(ClusterError::jetstream)?;
+        let last = stream
+            .get_info()
+            .await
+            .map_err(ClusterError::jetstream)?
+            .state
+            .last_sequence;
+        let mut applied = self.applied.clone();
+        let reached = applied
+            .wait_for(|a| *a >= last)
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        Ok(*reached)
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Result<Outcome, ClusterError>>>>
+    {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The stream as this version uses it: created if missing, else checked.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, ClusterError> {
+    let mut s = js
+        .get_or_create_stream(stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec![SUBJECT.to_string()],
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(ClusterError::jetstream)?;
+    let config = &s.info().await.map_err(ClusterError::jetstream)?.config;
+    let incompatible = |setting, found: String, wanted: String| ClusterError::Incompatible {
+        what: "stream",
+        name: STREAM.to_string(),
+        setting,
+        found,
+        wanted,
+    };
+    if config.subjects != [SUBJECT] {
+        return Err(incompatible(
+            "subjects",
+            format!("{:?}", config.subjects),
+            format!("[{SUBJECT:?}]"),
+        ));
+    }
+    if config.num_replicas.max(1) != replicas {
+        return Err(incompatible(
+            "num_replicas",
+            config.num_replicas.max(1).to_string(),
+            replicas.to_string(),
+        ));
+    }
+    if config.retention != stream::RetentionPolicy::Limits {
+        return Err(incompatible(
+            "retention",
+            format!("{:?}", config.retention),
+            "Limits".into(),
+        ));
+    }
+    if config.storage != stream::StorageType::File {
+        return Err(incompatible(
+            "storage",
+            format!("{:?}", config.storage),
+            "File".into(),
+        ));
+    }
+    Ok(s)
+}
+
+/// The applier: every batch in order into the view; answers this node's
+/// writers; publishes the sequence reached. Stops (waiters get an error)
+/// if the view fails or a batch is unreadable: a view that skipped a
+/// batch would no longer agree with the others.
+async fn apply_all(
+    mut messages: consumer::pull::Ordered,
+    view: Arc<View>,
+    node: String,
+    waiters: Waiters,
+    applied: watch::Sender<u64>,
+) {
+    let fail = |e: ClusterError| {
+        tracing::error!(error = %e, "the cluster log's applier stopped");
+        let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, tx) in w.drain() {
+            let _ = tx.send(Err(ClusterError::Stopped));
+        }
+    };
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                // The ordered consumer recreates itself after gaps and
+                // lost heartbeats; an error here is reported and read past.
+                tracing::warn!(error = %e, "reading the cluster log");
+                continue;
+            }
+        };
+        let seq = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => return fail(ClusterError::jetstream(e)),
+        };
+        let batch: Batch = match postcard::from_bytes(&message.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                return fail(ClusterError::Corrupt {
+                    seq,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let view = view.clone();
+        let applied_batch = {
+            let batch = batch.clone();
+            tokio::task::spawn_blocking(move || view.apply(seq, &batch)).await
+        };
+        let outcome = match applied_batch {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return fail(e),
+            Err(e) => return fail(ClusterError::jetstream(e)),
+        };
+        applied.send_replace(seq);
+        if batch.node == node {
+            let waiter = waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&batch.id);
+            if let Some(tx) = waiter {
+                let _ = tx.send(Ok(outcome));
+            }
+        }
+    }
+    fail(ClusterError::Stopped);
+}
+
+#[cfg(test)]
+mod tests;

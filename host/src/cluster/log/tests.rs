@@ -1,0 +1,281 @@
+//! The log against a real 3-server NATS cluster: each "node" is a `Log`
+//! with its own sled view, connected through its own server.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::cluster::testing::NatsCluster;
+use crate::cluster::{ClusterSettings, connect};
+
+struct Node {
+    log: Log,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(urls: Vec<String>, name: &str, replicas: usize) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_at(urls, name, replicas, dir.path()).await;
+    Node { log, _dir: dir }
+}
+
+/// A node whose view is in `path` (kept by the caller).
+async fn log_at(urls: Vec<String>, name: &str, replicas: usize, path: &std::path::Path) -> Log {
+    let client = connect(&ClusterSettings::new(urls)).await.unwrap();
+    // sled releases a directory's lock once every handle of it is gone.
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    let view = Arc::new(View::open(db).unwrap());
+    Log::open(client, replicas, name, view).await.unwrap()
+}
+
+/// Everything in a tree of a view, in key order.
+fn dump(view: &View, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    view.tree(tree)
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+/// "Accept event `key` unless it exists": the guarded change an acceptance
+/// makes, written by `node`.
+fn accept_once(log: &Log, key: &str, by: &str) -> Batch {
+    let mut r = Recorder::new(log.view());
+    if r.get("events", key.as_bytes()).unwrap().is_none() {
+        r.insert("events", key.as_bytes(), by.as_bytes().to_vec());
+        r.insert("outbox", format!("{key}/{by}").as_bytes(), vec![]);
+    }
+    r.into_batch(log.node())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_through_two_nodes_is_applied_once_and_every_view_agrees() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let a = node(vec![cluster.url(0)], "a", 3).await;
+    let b = node(vec![cluster.url(1)], "b", 3).await;
+    let c = node(vec![cluster.url(2)], "c", 3).await;
+
+    for i in 0..40 {
+        let key = format!("tenant\0event-{i}");
+        // Both nodes read "absent" before either batch is sequenced.
+        let from_a = accept_once(&a.log, &key, "a");
+        let from_b = accept_once(&b.log, &key, "b");
+        assert_eq!(from_a.guards.len(), 1);
+        let (oa, ob) = tokio::join!(a.log.publish(&from_a), b.log.publish(&from_b));
+        let (oa, ob) = (oa.unwrap(), ob.unwrap());
+        let applied = [&oa, &ob]
+            .iter()
+            .filter(|o| matches!(o, Outcome::Applied { .. }))
+            .count();
+        assert_eq!(applied, 1, "exactly one of {oa:?} / {ob:?} applies");
+        let (lost, loser) = if matches!(oa, Outcome::Applied { .. }) {
+            (&ob, &b)
+        } else {
+            (&oa, &a)
+        };
+        let Outcome::Conflict { tree, key: k, .. } = lost else {
+            unreachable!()
+        };
+        assert_eq!((tree.as_str(), k.as_slice()), ("events", key.as_bytes()));
+        // The loser's re-run on its (now newer) view finds the event and
+        // writes nothing.
+        let rerun = accept_once(&loser.log, &key, loser.log.node());
+        assert!(rerun.writes.is_empty());
+    }
+
+    for n in [&a, &b, &c] {
+        n.log.caught_up().await.unwrap();
+    }
+    let events = dump(a.log.view(), "events");
+    assert_eq!(events.len(), 40);
+    assert_eq!(
+        dump(a.log.view(), "outbox").len(),
+        40,
+        "one outbox entry per event"
+    );
+    for n in [&b, &c] {
+        assert_eq!(dump(n.log.view(), "events"), events);
+        assert_eq!(dump(n.log.view(), "outbox"), dump(a.log.view(), "outbox"));
+        assert_eq!(
+            n.log.view().applied().unwrap(),
+            a.log.view().applied().unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resumes_and_an_empty_view_is_rebuilt_from_the_log() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = log_at(cluster.urls(), "a", 3, dir.path()).await;
+    for i in 0..20u32 {
+        let mut r = Recorder::new(a.view());
+        r.insert("deliveries", &i.to_be_bytes(), vec![b'x'; 1000]);
+        if i % 2 == 1 {
+            r.remove("deliveries", &(i - 1).to_be_bytes());
+        }
+        let outcome = a.publish(&r.into_batch("a")).await.unwrap();
+        assert!(matches!(outcome, Outcome::Applied { .. }));
+    }
+    let before = dump(a.view(), "deliveries");
+    let applied = a.view().applied().unwrap();
+    assert_eq!(before.len(), 10);
+    drop(a);
+
+    // The same view directory: nothing re-applied, then new batches apply.
+    let reopened = log_at(cluster.urls(), "a", 3, dir.path()).await;
+    assert_eq!(reopened.caught_up().await.unwrap(), applied);
+    assert_eq!(dump(reopened.view(), "deliveries"), before);
+    let mut r = Recorder::new(reopened.view());
+    r.insert("deliveries", b"late", b"y".to_vec());
+    let outcome = reopened.publish(&r.into_batch("a")).await.unwrap();
+    assert_eq!(outcome, Outcome::Applied { seq: applied + 1 });
+
+    // A node with an empty view ends up with the same records.
+    let fresh = node(vec![cluster.url(2)], "fresh", 3).await;
+    assert_eq!(fresh.log.caught_up().await.unwrap(), applied + 1);
+    assert_eq!(
+        dump(fresh.log.view(), "deliveries"),
+        dump(reopened.view(), "deliveries")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_server_of_three_killed_the_log_takes_batches_and_views_agree() {
+    let Some(mut cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let a = node(cluster.urls(), "a", 3).await;
+    let b = node(vec![cluster.url(0), cluster.url(1)], "b", 3).await;
+    cluster.kill(2);
+    for i in 0..30u32 {
+        let n = if i % 2 == 0 { &a } else { &b };
+        let key = format!("k{i}");
+        let batch = accept_once(&n.log, &key, n.log.node());
+        // A publish may time out while the stream elects a new leader;
+        // the re-sent batch (same id) is stored once.
+        let mut tries = 0;
+        let outcome = loop {
+            match n.log.publish(&batch).await {
+                Ok(o) => break o,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("retrying after {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    }
+    a.log.caught_up().await.unwrap();
+    b.log.caught_up().await.unwrap();
+    assert_eq!(dump(a.log.view(), "events").len(), 30);
+    assert_eq!(dump(a.log.view(), "events"), dump(b.log.view(), "events"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_another_replication_is_named_at_start() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let _one = node(cluster.urls(), "a", 1).await;
+    let client = connect(&ClusterSettings::new(cluster.urls()))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::cluster::replicas(&ClusterSettings::new(vec![]), &client),
+        3
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let view = Arc::new(View::open(sled::open(dir.path()).unwrap()).unwrap());
+    let Err(e) = Log::open(client, 3, "b", view).await else {
+        panic!("a stream with 1 replica was accepted for 3");
+    };
+    assert!(matches!(e, ClusterError::Incompatible { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "stream WASMHOOK_LOG exists with num_replicas = 1, but this node needs 3"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_named() {
+    let settings = ClusterSettings {
+        request_timeout: std::time::Duration::from_millis(500),
+        ..ClusterSettings::new(vec![
+            "nats://127.0.0.1:1".into(),
+            "nats://127.0.0.1:2".into(),
+        ])
+    };
+    let Err(e) = connect(&settings).await else {
+        panic!("connected to nothing");
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("cannot reach NATS at nats://127.0.0.1:1,nats://127.0.0.1:2: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_conflicting_guard_changes_nothing_but_the_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = View::open(sled::open(dir.path()).unwrap()).unwrap();
+    let mut r = Recorder::new(&view);
+    assert_eq!(r.get("t", b"k").unwrap(), None);
+    r.insert("t", b"k", b"1".to_vec());
+    r.insert("u", b"other", b"x".to_vec());
+    // Reads see the recorder's own writes and add no guard for them.
+    assert_eq!(r.get("t", b"k").unwrap(), Some(b"1".to_vec()));
+    let first = r.into_batch("n");
+    assert_eq!(first.guards.len(), 1);
+
+    let mut r = Recorder::new(&view);
+    assert_eq!(r.get("t", b"k").unwrap(), None);
+    r.insert("t", b"k", b"2".to_vec());
+    let second = r.into_batch("n");
+
+    assert_eq!(view.apply(1, &first).unwrap(), Outcome::Applied { seq: 1 });
+    assert_eq!(
+        view.apply(2, &second).unwrap(),
+        Outcome::Conflict {
+            seq: 2,
+            tree: "t".into(),
+            key: b"k".to_vec()
+        }
+    );
+    assert_eq!(
+        view.tree("t").unwrap().get(b"k").unwrap().unwrap(),
+        &b"1"[..]
+    );
+    assert_eq!(view.applied().unwrap(), 2);
+    // A sequence seen again (a recreated consumer) is skipped.
+    assert_eq!(view.apply(1, &second).unwrap(), Outcome::Applied { seq: 1 });
+    assert_eq!(
+        view.tree("t").unwrap().get(b"k").unwrap().unwrap(),
+        &b"1"[..]
+    );
+    // A guard on a value (not only on absence) holds until it changes.
+    let mut r = Recorder::new(&view);
+    assert_eq!(r.get("t", b"k").unwrap(), Some(b"1".to_vec()));
+    r.remove("t", b"k");
+    let remove = r.into_batch("n");
+    assert_eq!(view.apply(3, &remove).unwrap(), Outcome::Applied { seq: 3 });
+    assert_eq!(view.tree("t").unwrap().get(b"k").unwrap(), None);
+    assert_eq!(
+        view.tree("u").unwrap().get(b"other").unwrap().unwrap(),
+        &b"x"[..]
+    );
+}

@@ -1,0 +1,114 @@
+//! Cluster mode on NATS JetStream, **under construction** (issue 8; the
+//! design and what is built so far: `docs/cluster.md`). Nothing in
+//! `wasmhook serve` reaches this module yet.
+//!
+//! The records stay sled trees on every node, but in cluster mode each
+//! node's sled directory is a *view*: a replicated JetStream stream carries
+//! every change as a guarded write batch, and every node applies the
+//! batches in the stream's order ([`log`]). JetStream 2.9's KV gives neither
+//! atomic changes across keys nor ordered range scans, and the records need
+//! both (an acceptance, a window flush, the outbox by due time, the delivery
+//! log by tenant); a log of atomic batches applied to sled gives both, and
+//! keeps one code path for the records on both backends.
+
+pub mod log;
+
+use std::time::Duration;
+
+/// What can go wrong talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No server of the list answered (at start: the node refuses to start).
+    #[error("cannot reach NATS at {urls}: {message}")]
+    Unreachable { urls: String, message: String },
+    /// A stream, bucket or object store exists with a configuration this
+    /// version does not use (another version, another replication).
+    #[error("{what} {name} exists with {setting} = {found}, but this node needs {wanted}")]
+    Incompatible {
+        what: &'static str,
+        name: String,
+        setting: &'static str,
+        found: String,
+        wanted: String,
+    },
+    /// A JetStream request failed or timed out (NATS lost while running):
+    /// callers answer 503; nothing was half-written.
+    #[error("NATS JetStream: {0}")]
+    JetStream(String),
+    /// A batch in the log cannot be decoded (written by another version).
+    #[error("log message {seq} is unreadable: {message}")]
+    Corrupt { seq: u64, message: String },
+    /// The local view (sled) failed.
+    #[error("the local view: {0}")]
+    View(#[from] sled::Error),
+    /// The node is shutting down or its applier stopped.
+    #[error("the log applier stopped")]
+    Stopped,
+}
+
+impl ClusterError {
+    fn jetstream(e: impl std::fmt::Display) -> Self {
+        ClusterError::JetStream(e.to_string())
+    }
+}
+
+/// How a node reaches the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `nats://h1:4222,nats://h2:4222,…`
+    pub urls: Vec<String>,
+    /// The replication of the streams, buckets and object stores this node
+    /// creates. None: 3 when the cluster has at least 3 servers, else 1.
+    pub replicas: Option<usize>,
+    /// How long a JetStream request may take before it fails.
+    pub request_timeout: Duration,
+}
+
+impl ClusterSettings {
+    pub fn new(urls: Vec<String>) -> Self {
+        ClusterSettings {
+            urls,
+            replicas: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connects to the first server of `settings.urls` that answers; an error
+/// that names the URLs when none does. Reconnects by itself afterwards.
+pub async fn connect(settings: &ClusterSettings) -> Result<async_nats::Client, ClusterError> {
+    let unreachable = |message: String| ClusterError::Unreachable {
+        urls: settings.urls.join(","),
+        message,
+    };
+    let addrs: Vec<async_nats::ServerAddr> = settings
+        .urls
+        .iter()
+        .map(|u| u.parse().map_err(|e| unreachable(format!("{u}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    async_nats::ConnectOptions::new()
+        .name("wasmhook")
+        .connection_timeout(settings.request_timeout)
+        .request_timeout(Some(settings.request_timeout))
+        .connect(addrs)
+        .await
+        .map_err(|e| unreachable(e.to_string()))
+}
+
+/// The replication to create with: the setting, or 3 when the cluster has
+/// at least 3 servers (as the server the client reached advertises), else 1.
+pub fn replicas(settings: &ClusterSettings, client: &async_nats::Client) -> usize {
+    settings.replicas.unwrap_or_else(|| {
+        let info = client.server_info();
+        // `connect_urls` lists the cluster's client URLs, this server's
+        // included; a server outside a cluster leaves it empty.
+        if info.cluster.is_some() && info.connect_urls.len() >= 3 {
+            3
+        } else {
+            1
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,149 @@
+//! A real NATS cluster for tests: `nats-server` processes (Debian's
+//! package, JetStream on) routed to each other on free loopback ports, with
+//! temporary store directories. Outside CI a missing `nats-server` skips
+//! the test; under CI (`.ci/run` installs it) it fails.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsCluster {
+    servers: Vec<Server>,
+    routes: String,
+    _dir: tempfile::TempDir,
+}
+
+struct Server {
+    port: u16,
+    cluster_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsCluster {
+    /// `n` servers in one cluster, JetStream ready (a meta leader elected).
+    pub async fn start(n: usize) -> Option<Self> {
+        let installed = Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nats-server is not installed (.ci/run installs Debian's package)"
+            );
+            eprintln!("skipping: nats-server not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let servers: Vec<Server> = (0..n)
+            .map(|i| Server {
+                port: free_port(),
+                cluster_port: free_port(),
+                dir: dir.path().join(format!("n{i}")),
+                child: None,
+            })
+            .collect();
+        let routes = servers
+            .iter()
+            .map(|s| format!("nats-route://127.0.0.1:{}", s.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = NatsCluster {
+            servers,
+            routes,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready().await;
+        Some(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let n = self.servers.len();
+        let s = &mut self.servers[i];
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &s.port.to_string()])
+            .args(["-n", &format!("n{i}"), "-sd"])
+            .arg(&s.dir);
+        if n > 1 {
+            cmd.args(["--cluster_name", "wasmhook-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", s.cluster_port)])
+                .args(["--routes", &self.routes]);
+        }
+        s.child = Some(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server n{i} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until JetStream answers through every running server.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            let client = async_nats::connect(format!("nats://127.0.0.1:{}", s.port))
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            // Ready: a stream lookup is answered "not found" (before a meta
+            // leader is elected it times out or answers "unavailable").
+            loop {
+                let e = js.get_stream("READY_PROBE").await.err().unwrap();
+                if let async_nats::jetstream::context::GetStreamErrorKind::JetStream(e) = e.kind()
+                    && e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "JetStream did not become ready: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// The client URL of server `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    /// Every server's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.servers.len()).map(|i| self.url(i)).collect()
+    }
+
+    /// kill -9 of server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
