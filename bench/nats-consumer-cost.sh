@@ -14,6 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${MODE:-per-sub}
 IDLE=${IDLE:-20}
+# Each replicated consumer keeps files open on every server: at 10,000 the
+# servers need more than a default limit. NOFILE raises it (as root).
+if [ -n "${NOFILE:-}" ]; then ulimit -n "$NOFILE" || echo "cannot raise the open-file limit to $NOFILE"; fi
+echo "open-file limit: $(ulimit -n)"
 command -v nats-server >/dev/null || { echo "missing: nats-server (apt-get install nats-server)" >&2; exit 2; }
 VENV=target/bench-venv
 [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q nats-py; }
@@ -43,7 +47,10 @@ for N in "$@"; do
   }
   start_cluster
   base_rss=$(rss_mb)
-  out=$($PY create "$URLS" "$MODE" "$N")
+  out=$(timeout 1800 $PY create "$URLS" "$MODE" "$N" || echo "create failed or timed out")
+  if grep -q "out of resources" "$WORK"/n*.log; then
+    out="$out; JetStream DISABLED itself on: $(grep -l 'out of resources' "$WORK"/n*.log | xargs -n1 basename | tr '\n' ' ')($(grep -ho 'too many open files' "$WORK"/n*.log | head -1))"
+  fi
   sleep 5
   t0=$(ticks); sleep "$IDLE"; t1=$(ticks)
   idle_cpu=$(python3 -c "print(f'{($t1-$t0)/$HZ/$IDLE*100:.1f}')")
@@ -51,7 +58,7 @@ for N in "$@"; do
   disk=$(du -sm "$WORK" | cut -f1)
   kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true
   start_cluster
-  ready=$($PY ready "$URLS" "$MODE" "$N")
+  ready=$(timeout 1800 $PY ready "$URLS" "$MODE" "$N" || echo "not ready in 1800 s")
   rss_after=$(rss_mb)
   echo "mode=$MODE consumers=$N | $out | RSS 3 servers: $base_rss MB empty, $rss MB with them, $rss_after MB after restart | idle CPU ${idle_cpu}% of one core | disk ${disk} MB | restart: $ready"
   kill "${PIDS[@]}"; wait "${PIDS[@]}" 2>/dev/null || true

@@ -94,4 +94,24 @@ pub struct App {
     pub settings: EngineSettings,
     /// The `nats` sources' consumers.
     pub feeds: Arc<crate::source::nats::Feeds>,
+    /// Cluster mode: the partitions this node leases (None: embedded, this
+    /// node does all the work).
+    pub ownership: Option<crate::cluster::leases::Ownership>,
+}
+
+impl App {
+    /// Whether this node does the subscription's work (its deliveries and
+    /// window flushes): always, unless in cluster mode another node leases
+    /// its partition.
+    pub fn owns(&self, subscription_id: &str) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|o| o.owns(subscription_id))
+    }
+
+    /// Whether this node does the work done once for the whole cluster
+    /// (pruning): the holder of partition 0, or the only node.
+    pub fn leads(&self) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.owns_partition(0))
+    }
 }

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Deliver to loopback and private addresses too (off: the SSRF guard refuses them).
     #[arg(long)]
     pub allow_private_destinations: bool,
+    /// Cluster mode: the records and the queue in NATS JetStream at these
+    /// comma-separated URLs (`[cluster] nats_urls`; see docs/cluster.md).
+    #[arg(long, value_name = "URLS")]
+    pub nats: Option<String>,
 }
 
 impl ServeArgs {
@@ -56,6 +60,7 @@ impl ServeArgs {
             data_dir: self.data.clone(),
             listen: self.listen.clone(),
             allow_private_destinations: self.allow_private_destinations,
+            nats_urls: self.nats.clone(),
         })
     }
 }

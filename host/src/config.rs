@@ -38,6 +38,17 @@ pub struct RawConfig {
     pub events: EventsSection,
     pub plugins: PluginsSection,
     pub limits: LimitsSection,
+    pub cluster: ClusterSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub nats_urls: Vec<String>,
+    pub replicas: usize,
+    pub partitions: u32,
+    pub lease_secs: u64,
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +144,18 @@ pub struct Config {
     pub tenant_share_percent: u32,
     pub admission_wait: Duration,
     pub bounds: crate::app::Bounds,
+    /// Cluster mode (NATS JetStream), when set.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Validated `[cluster]` settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub urls: Vec<String>,
+    /// None: decided from the NATS cluster's size.
+    pub replicas: Option<usize>,
+    pub leases: crate::cluster::leases::LeaseSettings,
+    pub node_id: String,
 }
 
 /// Command-line overrides (the last layer).
@@ -142,6 +165,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub allow_private_destinations: bool,
+    /// `--nats`: comma-separated NATS URLs (cluster mode).
+    pub nats_urls: Option<String>,
 }
 
 impl Config {
@@ -181,6 +206,14 @@ impl Config {
         }
         if overrides.allow_private_destinations {
             table["delivery"]["allow_private_destinations"] = toml::Value::Boolean(true);
+        }
+        if let Some(urls) = &overrides.nats_urls {
+            table["cluster"]["nats_urls"] = toml::Value::Array(
+                urls.split(',')
+                    .map(|u| toml::Value::String(u.trim().to_string()))
+                    .filter(|u| u.as_str() != Some(""))
+                    .collect(),
+            );
         }
         let raw: RawConfig =
             toml::Value::Table(table)
@@ -376,7 +409,64 @@ impl RawConfig {
                 ),
             ));
         }
+        let c = &self.cluster;
+        let cluster = if c.nats_urls.is_empty() {
+            None
+        } else {
+            for url in &c.nats_urls {
+                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                    return Err(invalid(
+                        "cluster.nats_urls",
+                        format!("{url:?} is not a NATS URL like nats://127.0.0.1:4222"),
+                    ));
+                }
+            }
+            if s.admin_token.is_empty() {
+                return Err(invalid(
+                    "server.admin_token",
+                    "cluster mode needs the operator token set (server.admin_token or WASMHOOK_ADMIN_TOKEN), the same on every node: a token generated per node would differ".into(),
+                ));
+            }
+            positive("cluster.partitions", u64::from(c.partitions))?;
+            if c.lease_secs < 3 {
+                return Err(invalid(
+                    "cluster.lease_secs",
+                    format!(
+                        "{} is too short: at least 3 (leases are renewed every third of it)",
+                        c.lease_secs
+                    ),
+                ));
+            }
+            let node_id = if c.node_id.is_empty() {
+                format!("node-{}", hex::encode(rand::random::<[u8; 4]>()))
+            } else if c
+                .node_id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                && c.node_id.len() <= 64
+            {
+                c.node_id.clone()
+            } else {
+                return Err(invalid(
+                    "cluster.node_id",
+                    format!(
+                        "{:?} may use only letters, digits, '-' and '_' (at most 64)",
+                        c.node_id
+                    ),
+                ));
+            };
+            Some(ClusterConfig {
+                urls: c.nats_urls.clone(),
+                replicas: (c.replicas > 0).then_some(c.replicas),
+                leases: crate::cluster::leases::LeaseSettings {
+                    partitions: c.partitions,
+                    lease: Duration::from_secs(c.lease_secs),
+                },
+                node_id,
+            })
+        };
         Ok(Config {
+            cluster,
             listen,
             metrics_listen,
             data_dir: s.data_dir.clone(),

@@ -76,6 +76,7 @@ impl Registry {
             .ok_or_else(|| ResolveError::Unknown(id.to_string()))?;
         let unknown = ResolveError::Unknown(id.to_string());
         let sha = record.sha256;
+        self.store.fetch_plugin(&sha).await?;
         self.load_once(sha.clone(), move |store| {
             store.plugin_bytes(&sha)?.ok_or(unknown)
         })

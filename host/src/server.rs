@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState, RateLimiter};
 use crate::app::{App, EngineSettings};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::cluster::ClusterSettings;
+use crate::cluster::leases::{Leases, OnChange, Ownership};
+use crate::config::{ClusterConfig, Config};
 use crate::deliver::worker::Worker;
 use crate::deliver::{self, Sender, ssrf};
 use crate::plugins::Registry;
@@ -31,6 +33,16 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Builds the shared context from validated settings.
 pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    build_app_with(config, store, clock, None)
+}
+
+/// [`build_app`]; in cluster mode with the partitions this node leases.
+pub fn build_app_with(
+    config: &Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ownership: Option<Ownership>,
+) -> anyhow::Result<App> {
     let runtime = Runtime::with_cache(
         config.limits.clone(),
         Some((
@@ -46,18 +58,19 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
         config.tenant_share_percent,
         config.admission_wait,
     );
-    let queue = Queue::open(
-        store.clone(),
-        QueueSettings {
-            caps: Caps {
-                global: config.workers as u32,
-                per_tenant: config.max_in_flight_per_tenant,
-            },
-            default_subscription_cap: config.max_in_flight_per_subscription,
+    let settings = QueueSettings {
+        caps: Caps {
+            global: config.workers as u32,
+            per_tenant: config.max_in_flight_per_tenant,
         },
-        clock.clone(),
-    )
-    .context("loading the outbox")?;
+        default_subscription_cap: config.max_in_flight_per_subscription,
+    };
+    let queue = match &ownership {
+        None => {
+            Queue::open(store.clone(), settings, clock.clone()).context("loading the outbox")?
+        }
+        Some(owner) => Queue::open_cluster(store.clone(), settings, clock.clone(), owner.clone()),
+    };
     let sender = Sender::new(ssrf::Guard {
         allow_private: config.allow_private_destinations,
         allow: config.allow_cidrs.clone(),
@@ -76,6 +89,7 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
         store,
         clock,
         feeds: Arc::default(),
+        ownership,
         settings: EngineSettings {
             workers: config.workers,
             max_in_flight_per_subscription: config.max_in_flight_per_subscription,
@@ -132,10 +146,30 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     check_writable(&config.data_dir)?;
-    let store = Store::open_with_cache(&config.data_dir, config.store_cache_bytes)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let (store, leases) = match &config.cluster {
+        None => (
+            Store::open_with_cache(&config.data_dir, config.store_cache_bytes)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            None,
+        ),
+        Some(cluster) => {
+            let (store, leases) = join_cluster(&config, cluster).await?;
+            (store, Some(leases))
+        }
+    };
     let token = admin_token(&config)?;
-    let app = build_app(&config, store.clone(), Arc::new(SystemClock))?;
+    let app = build_app_with(
+        &config,
+        store.clone(),
+        Arc::new(SystemClock),
+        leases.as_ref().map(Leases::ownership),
+    )?;
+    let lease_keeper = leases.map(|leases| {
+        let on = Arc::new(LeaseChanges {
+            queue: app.queue.clone(),
+        });
+        tokio::spawn(leases.run(on))
+    });
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -189,6 +223,10 @@ pub async fn serve(
     let _ = worker.await;
     let _ = pruner.await;
     let _ = scheduler.await;
+    if let Some(keeper) = lease_keeper {
+        // Its leases expire; the other nodes take the partitions then.
+        keeper.abort();
+    }
     store.flush().context("flushing the store")?;
     info!("stopped");
     Ok(())
@@ -221,6 +259,56 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Cluster mode: connects (refusing to start, naming the URLs, when no
+/// server answers), opens this node's view of the log (creating or checking
+/// the stream) and the lease bucket.
+async fn join_cluster(config: &Config, cluster: &ClusterConfig) -> anyhow::Result<(Store, Leases)> {
+    let settings = ClusterSettings {
+        urls: cluster.urls.clone(),
+        replicas: cluster.replicas,
+        request_timeout: Duration::from_secs(5),
+    };
+    let client = crate::cluster::connect(&settings).await?;
+    let replicas = crate::cluster::replicas(&settings, &client);
+    let store = Store::open_cluster(
+        &config.data_dir,
+        config.store_cache_bytes,
+        client.clone(),
+        replicas,
+        &cluster.node_id,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening this node's view of the cluster log in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let js = async_nats::jetstream::new(client);
+    let kv = crate::cluster::leases::ensure_bucket(&js, replicas, &cluster.leases).await?;
+    info!(node = %cluster.node_id, replicas, partitions = cluster.leases.partitions, "joined the cluster");
+    Ok((store, Leases::new(kv, &cluster.node_id, cluster.leases)))
+}
+
+/// What a node does when it gains or loses a partition's lease.
+struct LeaseChanges {
+    queue: Queue,
+}
+
+impl OnChange for LeaseChanges {
+    fn gained(&self, partition: u32) {
+        if let Err(e) = self.queue.gained(partition) {
+            warn!(partition, error = %e, "loading a gained partition's deliveries");
+        }
+        info!(partition, "partition leased");
+    }
+
+    fn lost(&self, partition: u32) {
+        self.queue.lost(partition);
+        info!(partition, "partition lease given up");
+    }
+}
+
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -230,7 +318,13 @@ async fn prune_loop(app: App, shutdown: impl Future<Output = ()>) {
     loop {
         let cutoff = app.clock.now()
             - jiff::SignedDuration::try_from(app.settings.retention).unwrap_or_default();
-        match app.store.prune(cutoff) {
+        // In a cluster, one node prunes for all (the others would repeat it).
+        let pruned = if app.leads() {
+            app.store.prune(cutoff).await
+        } else {
+            Ok((0, 0))
+        };
+        match pruned {
             Ok((0, 0)) => {}
             Ok((events, deliveries)) => info!(events, deliveries, "pruned"),
             Err(e) => warn!(error = %e, "pruning failed"),

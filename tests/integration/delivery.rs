@@ -376,7 +376,7 @@ async fn retention_prunes_old_events_and_finished_deliveries_only() {
 
     e.clock.advance(Duration::from_secs(31 * 24 * 3600));
     let cutoff = e.clock.now() - jiff::SignedDuration::from_secs(30 * 24 * 3600);
-    let (events, deliveries) = e.app.store.prune(cutoff).unwrap();
+    let (events, deliveries) = e.app.store.prune(cutoff).await.unwrap();
     assert_eq!((events, deliveries), (1, 1));
     let (s, _) = e.call("GET", "/v1/events/old", &key, None).await;
     assert_eq!(s, 404);

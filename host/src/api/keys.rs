@@ -56,7 +56,7 @@ pub(super) async fn issue_key(state: &ApiState, tenant_id: &str) -> Result<NewKe
         prefix: key[..12].to_string(),
         created_at: state.app.clock.now(),
     };
-    state.app.store.put_api_key(&key, &record)?;
+    state.app.store.put_api_key(&key, &record).await?;
     state.app.store.durable().await?;
     Ok(NewKeyView {
         id: api_key_id(&token_hash(&key)),
@@ -112,7 +112,7 @@ async fn revoke(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_api_key(&tenant.id, &id)? {
+    if !state.app.store.delete_api_key(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no API key {id:?}")));
     }
     state.app.store.durable().await?;

@@ -62,6 +62,12 @@ pub fn router(state: ApiState) -> Router {
         // Counted per route template, so only matched routes (the fallback
         // counts the rest as `other`).
         .route_layer(axum::middleware::from_fn(track_request))
+        // Cluster mode: a request sees every write acknowledged before it,
+        // through whichever node it was made.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            caught_up,
+        ))
         .merge(crate::ui::router())
         .fallback(not_found)
         .layer(catch_panics())
@@ -143,12 +149,39 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
 /// The process and its store: a write made durable right now. 503 when the
 /// store cannot take one (disk full, I/O errors), so a supervisor or a load
 /// balancer sees what ingest sees.
+/// Cluster mode: before a request is handled, this node's view catches up
+/// with the log (a storage fault if NATS cannot say where it stands).
+/// Health and metrics answer from what the node has.
+async fn caught_up(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if path != "/healthz"
+        && path != "/metrics"
+        && let Err(e) = state.app.store.sync().await
+    {
+        return ApiError::from(e).into_response();
+    }
+    next.run(request).await
+}
+
 async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) -> Response {
     let (queued, in_flight) = state.app.queue.depth();
+    let cluster = state.app.ownership.as_ref().map(|o| {
+        json!({
+            "node": state.app.store.node_id(),
+            "partitions_leased": o.count(),
+            "partitions": o.partitions(),
+        })
+    });
     match state.app.store.check().await {
         Ok(()) => axum::Json(json!({
             "status": "ok",
             "store": "ok",
+            "backend": if cluster.is_some() { "nats" } else { "sled" },
+            "cluster": cluster,
             "outbox": queued,
             "in_flight": in_flight,
         }))

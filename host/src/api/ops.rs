@@ -107,7 +107,7 @@ async fn put_endpoint(
             endpoint.secrets = old.secrets;
         }
     }
-    state.app.store.put_ops_endpoint(&endpoint)?;
+    state.app.store.put_ops_endpoint(&endpoint).await?;
     state.app.store.durable().await?;
     Ok(axum::Json(OpsEndpointView::of(endpoint, true)))
 }
@@ -157,7 +157,7 @@ async fn delete_endpoint(
     tenant: Tenant,
     State(state): State<ApiState>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_ops_endpoint(&tenant.id)? {
+    if !state.app.store.delete_ops_endpoint(&tenant.id).await? {
         return Err(ApiError::NotFound("no ops endpoint is set".into()));
     }
     state.app.store.durable().await?;

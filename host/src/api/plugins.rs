@@ -159,7 +159,7 @@ async fn upload(
         created_at: state.app.clock.now(),
         world: plugin.world(),
     };
-    state.app.store.put_plugin(&record, &wasm)?;
+    state.app.store.put_plugin(&record, &wasm).await?;
     state.app.store.durable().await?;
     Ok((StatusCode::CREATED, axum::Json(record.into())))
 }
@@ -250,7 +250,7 @@ async fn delete(
             users.join(", ")
         )));
     }
-    if let Some((record, bytes_gone)) = state.app.store.delete_plugin(&tenant.id, &id)? {
+    if let Some((record, bytes_gone)) = state.app.store.delete_plugin(&tenant.id, &id).await? {
         state.app.store.durable().await?;
         if bytes_gone {
             // No record uses the component any more: drop its compiled copy

@@ -295,7 +295,7 @@ async fn create(
         updated_at: now,
     };
     check_adapter(&state, &source).await?;
-    state.app.store.put_source(&source)?;
+    state.app.store.put_source(&source).await?;
     state.app.store.durable().await?;
     state.app.feeds.start(&state.app, &source);
     Ok((
@@ -373,7 +373,7 @@ async fn patch(
         check_adapter(&state, &source).await?;
     }
     source.updated_at = state.app.clock.now();
-    state.app.store.put_source(&source)?;
+    state.app.store.put_source(&source).await?;
     state.app.store.durable().await?;
     Ok(axum::Json(SourceView::of(source, false, &state)?))
 }
@@ -387,7 +387,7 @@ async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_source(&tenant.id, &id)? {
+    if !state.app.store.delete_source(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no source {id:?}")));
     }
     state.app.feeds.stop(&id);
@@ -443,7 +443,7 @@ async fn rotate_secret(
     let now = state.app.clock.now();
     let grace = jiff::SignedDuration::try_from(state.app.settings.secret_grace).unwrap_or_default();
     source.rotate_secret(fresh, now, grace);
-    state.app.store.put_source(&source)?;
+    state.app.store.put_source(&source).await?;
     state.app.store.durable().await?;
     Ok(axum::Json(secret_view(&source.secrets, now)))
 }
@@ -523,7 +523,12 @@ async fn delete_dead_letter(
     Path((id, letter)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let source = load(&state, &tenant, &id)?;
-    if !state.app.store.delete_dead_letter(&source.id, &letter)? {
+    if !state
+        .app
+        .store
+        .delete_dead_letter(&source.id, &letter)
+        .await?
+    {
         return Err(ApiError::NotFound(format!("no dead letter {letter:?}")));
     }
     state.app.store.durable().await?;

@@ -171,7 +171,7 @@ async fn create(
     if let Some(p) = &plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
-    state.app.store.put_subscription(&sub)?;
+    state.app.store.put_subscription(&sub).await?;
     state.app.store.durable().await?;
     let verification = if verify {
         Some(TestResult {
@@ -268,7 +268,8 @@ async fn change(
             f(s);
             s.updated_at = now;
             true
-        })?
+        })
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no subscription {id:?}")))?;
     state.app.store.durable().await?;
     Ok(changed)
@@ -283,10 +284,10 @@ async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_subscription(&tenant.id, &id)? {
+    if !state.app.store.delete_subscription(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no subscription {id:?}")));
     }
-    state.app.store.drop_windows(&id)?;
+    state.app.store.drop_windows(&id).await?;
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }

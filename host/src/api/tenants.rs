@@ -60,7 +60,7 @@ async fn create_tenant(
         name: name.to_string(),
         created_at: state.app.clock.now(),
     };
-    state.app.store.put_tenant(&tenant)?;
+    state.app.store.put_tenant(&tenant).await?;
     let api_key = super::keys::issue_key(&state, &tenant.id).await?.api_key;
     Ok((
         StatusCode::CREATED,
@@ -114,7 +114,7 @@ async fn delete_tenant(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_tenant(&id)? {
+    if !state.app.store.delete_tenant(&id).await? {
         return Err(ApiError::NotFound(format!("no tenant {id:?}")));
     }
     state.app.store.durable().await?;

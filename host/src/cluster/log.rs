@@ -40,6 +40,9 @@ pub const STREAM: &str = "WASMHOOK_LOG";
 const SUBJECT: &str = "wasmhook.log";
 /// How long JetStream remembers a batch id to drop a re-sent publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a writer waits for its own view to apply its batch (the
+/// ordered consumer recreates itself after a lost server within this).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The view's own tree: the sequence it has applied.
 const LOG_TREE: &str = "__log";
 const APPLIED: &[u8] = b"applied";
@@ -91,11 +94,16 @@ fn digest(value: &[u8]) -> [u8; 32] {
     Sha256::digest(value).into()
 }
 
+/// Called with every batch the applier wrote (not with conflicts): what
+/// the node keeps beside the view (caches) follows other nodes' writes.
+pub type OnApplied = Box<dyn Fn(&Batch) + Send + Sync>;
+
 /// A node's copy of the records: sled trees written only by the applier.
 pub struct View {
     db: sled::Db,
     trees: Mutex<HashMap<String, sled::Tree>>,
     log: sled::Tree,
+    hooks: std::sync::RwLock<Vec<OnApplied>>,
 }
 
 impl View {
@@ -104,7 +112,16 @@ impl View {
             log: db.open_tree(LOG_TREE)?,
             db,
             trees: Mutex::default(),
+            hooks: Default::default(),
         })
+    }
+
+    /// Adds a hook called after each applied batch, in the log's order.
+    pub fn on_applied(&self, hook: OnApplied) {
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// A tree of the view, by name.
@@ -173,7 +190,14 @@ impl View {
             Ok::<_, ConflictableTransactionError<()>>(Outcome::Applied { seq })
         });
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                if let Outcome::Applied { .. } = outcome {
+                    for hook in self.hooks.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                        hook(batch);
+                    }
+                }
+                Ok(outcome)
+            }
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the closure never aborts"),
         }
@@ -225,6 +249,42 @@ impl<'v> Recorder<'v> {
         self.writes.is_empty()
     }
 
+    /// Unguarded writes split into batches of at most about `max_bytes`
+    /// each (a NATS message is bounded; 1 MiB by default): for writes that
+    /// need no atomicity, such as pruning. A single write larger than that
+    /// gets a batch of its own (and fails to publish if the server's limit
+    /// is lower). Guarded recorders give one batch, as [`Recorder::into_batch`].
+    pub fn into_batches(self, node: &str, max_bytes: usize) -> Vec<Batch> {
+        if !self.guards.is_empty() {
+            return vec![self.into_batch(node)];
+        }
+        let mut batches = Vec::new();
+        let mut writes = Vec::new();
+        let mut size = 0;
+        for ((tree, key), value) in self.writes {
+            let len = tree.len() + key.len() + value.as_ref().map_or(0, Vec::len) + 8;
+            if size + len > max_bytes && !writes.is_empty() {
+                batches.push(Self::batch_of(node, std::mem::take(&mut writes)));
+                size = 0;
+            }
+            size += len;
+            writes.push(Write { tree, key, value });
+        }
+        if !writes.is_empty() {
+            batches.push(Self::batch_of(node, writes));
+        }
+        batches
+    }
+
+    fn batch_of(node: &str, writes: Vec<Write>) -> Batch {
+        Batch {
+            id: ulid::Ulid::new().to_string(),
+            node: node.to_string(),
+            guards: Vec::new(),
+            writes,
+        }
+    }
+
     pub fn into_batch(self, node: &str) -> Batch {
         Batch {
             id: ulid::Ulid::new().to_string(),
@@ -254,6 +314,9 @@ pub struct Log {
     waiters: Waiters,
     applied: watch::Receiver<u64>,
     applier: AbortHandle,
+    /// The last "where does the stream end" answer, and when its request
+    /// was sent: concurrent [`Log::caught_up`] calls share requests.
+    last_end: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Drop for Log {
@@ -274,19 +337,13 @@ impl Log {
         let js = jetstream::new(client);
         let stream = ensure_stream(&js, replicas).await?;
         let from = view.applied()? + 1;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(ClusterError::jetstream)?;
-        let messages = consumer.messages().await.map_err(ClusterError::jetstream)?;
+        // The first reader is made here, so a start-up fault is the
+        // caller's error; later ones by the applier itself.
+        let messages = read_from(&stream, from).await?;
         let (tx, applied) = watch::channel(from - 1);
         let waiters = Waiters::default();
         let task = tokio::spawn(apply_all(
+            stream,
             messages,
             view.clone(),
             node.to_string(),
@@ -300,6 +357,7 @@ impl Log {
             waiters,
             applied,
             applier: task.abort_handle(),
+            last_end: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -333,28 +391,58 @@ impl Log {
             self.lock_waiters().remove(&batch.id);
             return Err(e);
         }
-        rx.await.map_err(|_| ClusterError::Stopped)?
+        match tokio::time::timeout(APPLY_TIMEOUT, rx).await {
+            Ok(outcome) => outcome.map_err(|_| ClusterError::Stopped)?,
+            Err(_) => {
+                self.lock_waiters().remove(&batch.id);
+                Err(ClusterError::JetStream(format!(
+                    "batch {} is in the log but this node's view did not reach it within {APPLY_TIMEOUT:?}",
+                    batch.id
+                )))
+            }
+        }
     }
 
     /// Waits until the view has applied everything the stream held when
     /// called: a read after this sees every write acknowledged before it,
     /// whichever node made it. Returns the sequence reached.
+    ///
+    /// One request at a time asks where the stream ends; a caller that
+    /// arrived while one was under way waits for it, then uses the next
+    /// one sent after it arrived (its own or another waiter's). Under load
+    /// that is one request per round trip, not one per API request.
     pub async fn caught_up(&self) -> Result<u64, ClusterError> {
-        let stream = self
-            .js
-            .get_stream_no_info(STREAM)
-            .await
-            .map_err(ClusterError::jetstream)?;
-        let last = stream
-            .get_info()
-            .await
-            .map_err(ClusterError::jetstream)?
-            .state
-            .last_sequence;
+        let arrived = std::time::Instant::now();
+        let last = {
+            let mut last_end = self.last_end.lock().await;
+            match *last_end {
+                Some((sent, end)) if sent >= arrived => end,
+                _ => {
+                    let sent = std::time::Instant::now();
+                    let stream = self
+                        .js
+                        .get_stream_no_info(STREAM)
+                        .await
+                        .map_err(ClusterError::jetstream)?;
+                    let end = stream
+                        .get_info()
+                        .await
+                        .map_err(ClusterError::jetstream)?
+                        .state
+                        .last_sequence;
+                    *last_end = Some((sent, end));
+                    end
+                }
+            }
+        };
         let mut applied = self.applied.clone();
-        let reached = applied
-            .wait_for(|a| *a >= last)
+        let reached = tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|a| *a >= last))
             .await
+            .map_err(|_| {
+                ClusterError::JetStream(format!(
+                    "this node's view did not reach the log's end ({last}) within {APPLY_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|_| ClusterError::Stopped)?;
         Ok(*reached)
     }
@@ -423,58 +511,114 @@ async fn ensure_stream(
     Ok(s)
 }
 
+/// An ordered reader of the stream from sequence `from`.
+async fn read_from(
+    stream: &stream::Stream,
+    from: u64,
+) -> Result<consumer::pull::Ordered, ClusterError> {
+    stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            // Short pulls, so heartbeats every second: a reader lost with
+            // its server is noticed within seconds, not after 30 s.
+            max_expires: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .map_err(ClusterError::jetstream)?
+        .messages()
+        .await
+        .map_err(ClusterError::jetstream)
+}
+
+/// How long the applier waits before making a new reader after a fault.
+const REREAD_AFTER: Duration = Duration::from_millis(500);
+
 /// The applier: every batch in order into the view; answers this node's
-/// writers; publishes the sequence reached. Stops (waiters get an error)
-/// if the view fails or a batch is unreadable: a view that skipped a
-/// batch would no longer agree with the others.
+/// writers; publishes the sequence reached. A reader that fails or ends
+/// (its server died, NATS is unreachable) is replaced by a new one from
+/// the sequence after the view's, for as long as the node runs. Stops
+/// (waiters get an error) only if the view fails or a batch is
+/// unreadable: a view that skipped a batch would no longer agree with
+/// the others.
 async fn apply_all(
-    mut messages: consumer::pull::Ordered,
+    stream: stream::Stream,
+    first: consumer::pull::Ordered,
     view: Arc<View>,
     node: String,
     waiters: Waiters,
     applied: watch::Sender<u64>,
 ) {
-    let fail = |e: ClusterError| {
-        tracing::error!(error = %e, "the cluster log's applier stopped");
-        let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, tx) in w.drain() {
-            let _ = tx.send(Err(ClusterError::Stopped));
+    let mut reader = Some(first);
+    loop {
+        let messages = match reader.take() {
+            Some(m) => m,
+            None => {
+                tokio::time::sleep(REREAD_AFTER).await;
+                let from = match view.applied() {
+                    Ok(a) => a + 1,
+                    Err(e) => return stop(&waiters, e),
+                };
+                match read_from(&stream, from).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the cluster log again");
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Err(e) = apply_from(messages, &view, &node, &waiters, &applied).await {
+            return stop(&waiters, e);
         }
-    };
+    }
+}
+
+/// Fails every waiting writer: the applier stopped for good.
+fn stop(waiters: &Waiters, e: ClusterError) {
+    tracing::error!(error = %e, "the cluster log's applier stopped");
+    let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, tx) in w.drain() {
+        let _ = tx.send(Err(ClusterError::Stopped));
+    }
+}
+
+/// Applies what one reader gives until it fails or ends (Ok: make a new
+/// reader), or the view fails (Err: stop).
+async fn apply_from(
+    mut messages: consumer::pull::Ordered,
+    view: &Arc<View>,
+    node: &str,
+    waiters: &Waiters,
+    applied: &watch::Sender<u64>,
+) -> Result<(), ClusterError> {
     while let Some(message) = messages.next().await {
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                // The ordered consumer recreates itself after gaps and
-                // lost heartbeats; an error here is reported and read past.
                 tracing::warn!(error = %e, "reading the cluster log");
-                continue;
+                return Ok(());
             }
         };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => return fail(ClusterError::jetstream(e)),
-        };
-        let batch: Batch = match postcard::from_bytes(&message.payload) {
-            Ok(b) => b,
-            Err(e) => {
-                return fail(ClusterError::Corrupt {
-                    seq,
-                    message: e.to_string(),
-                });
-            }
-        };
-        let view = view.clone();
-        let applied_batch = {
+        let seq = message
+            .info()
+            .map_err(ClusterError::jetstream)?
+            .stream_sequence;
+        let batch: Batch =
+            postcard::from_bytes(&message.payload).map_err(|e| ClusterError::Corrupt {
+                seq,
+                message: e.to_string(),
+            })?;
+        let outcome = {
+            let view = view.clone();
             let batch = batch.clone();
-            tokio::task::spawn_blocking(move || view.apply(seq, &batch)).await
+            tokio::task::spawn_blocking(move || view.apply(seq, &batch))
+                .await
+                .map_err(ClusterError::jetstream)??
         };
-        let outcome = match applied_batch {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return fail(e),
-            Err(e) => return fail(ClusterError::jetstream(e)),
-        };
-        applied.send_replace(seq);
+        applied.send_modify(|a| *a = (*a).max(seq));
         if batch.node == node {
             let waiter = waiters
                 .lock()
@@ -485,7 +629,7 @@ async fn apply_all(
             }
         }
     }
-    fail(ClusterError::Stopped);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! log by tenant); a log of atomic batches applied to sled gives both, and
 //! keeps one code path for the records on both backends.
 
+pub mod blobs;
+pub mod leases;
 pub mod log;
 
 use std::time::Duration;

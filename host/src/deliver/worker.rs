@@ -157,7 +157,7 @@ async fn record_attempt(
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return stage.store.record_delivery(d, leased);
+        return stage.store.record_delivery(d, leased).await;
     }
     let now = stage.clock.now();
     let ops = notify::is_ops(&d.subscription_id);
@@ -176,7 +176,7 @@ async fn record_attempt(
                 None => "subscription deleted".into(),
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
-            return stage.store.record_delivery(d, leased);
+            return stage.store.record_delivery(d, leased).await;
         }
     };
     // Taken out while it is sent (not copied per attempt), put back before
@@ -188,7 +188,7 @@ async fn record_attempt(
             Some("nothing to send".into()),
             now,
         );
-        return stage.store.record_delivery(d, leased);
+        return stage.store.record_delivery(d, leased).await;
     };
 
     let secrets = sub.signing_secrets(now);
@@ -208,7 +208,7 @@ async fn record_attempt(
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return stage.store.record_delivery(d, leased);
+            return stage.store.record_delivery(d, leased).await;
         }
     };
     headers.extend(
@@ -258,14 +258,15 @@ async fn record_attempt(
                 Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
             );
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
-            stage.store.record_delivery(d, leased)?;
+            stage.store.record_delivery(d, leased).await?;
             if sub.consecutive_failures != 0 && !ops {
                 stage
                     .store
                     .update_subscription(&sub.tenant_id, &sub.id, |s| {
                         s.consecutive_failures = 0;
                         true
-                    })?;
+                    })
+                    .await?;
             }
         }
         Decision::RetryAt(at) => {
@@ -273,7 +274,7 @@ async fn record_attempt(
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            stage.store.record_delivery(d, leased)?;
+            stage.store.record_delivery(d, leased).await?;
         }
         Decision::GiveUp { reason } => {
             telemetry::attempt(AttemptOutcome::Failed, took);
@@ -282,7 +283,7 @@ async fn record_attempt(
                 None => reason,
             };
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, leased)?;
+            stage.store.record_delivery(d, leased).await?;
             if !ops {
                 let limit = sub.retry.disable_after_failures;
                 let failed = Failure {
@@ -305,7 +306,7 @@ async fn record_attempt(
         Decision::Disable { reason } => {
             let error = format!("{}; {reason}", result.error.unwrap_or_default());
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, leased)?;
+            stage.store.record_delivery(d, leased).await?;
             if ops {
                 // The ops endpoint is never disabled: it is how owners hear of it.
                 telemetry::attempt(AttemptOutcome::Failed, took);
@@ -352,7 +353,8 @@ async fn after_failure(
                 s.updated_at = failed.at;
             }
             true
-        })?;
+        })
+        .await?;
     if let Some((before, s)) = changed
         && before.enabled
         && !s.enabled

@@ -250,6 +250,34 @@ impl Scheduler {
         self.forget_if_idle(&lease.subscription_id);
     }
 
+    /// Forgets the queued (not in-flight) deliveries of every subscription
+    /// `drop` names: in cluster mode, when this node loses the partition
+    /// they belong to (their new owner loads them from the records). An
+    /// attempt still in flight completes as usual. Returns how many.
+    pub fn drop_queued(&mut self, drop: impl Fn(&str) -> bool) -> u64 {
+        let subs: Vec<Arc<str>> = self.lanes.keys().filter(|s| drop(s)).cloned().collect();
+        let mut dropped = 0;
+        for sub in subs {
+            let lane = self.lanes.get_mut(&sub).expect("listed above");
+            let items = std::mem::take(&mut lane.queue);
+            lane.timer = None;
+            let was_ready = std::mem::replace(&mut lane.ready, false);
+            let tenant_id = lane.tenant.clone();
+            let tenant = tenant_mut(&mut self.tenants, &tenant_id);
+            if was_ready {
+                tenant.ready.retain(|s| *s != sub);
+            }
+            tenant.pending = tenant.pending.saturating_sub(items.len() as u64);
+            self.queued = self.queued.saturating_sub(items.len() as u64);
+            dropped += items.len() as u64;
+            for (_, id) in items {
+                self.known.remove(&id);
+            }
+            self.forget_if_idle(&sub);
+        }
+        dropped
+    }
+
     /// When the earliest not-yet-due item becomes due (ms), if any.
     pub fn next_due(&self) -> Option<u64> {
         self.timers.peek().map(|Reverse((due, _))| *due)
@@ -363,6 +391,44 @@ mod tests {
 
     fn caps(global: u32, per_tenant: u32) -> Caps {
         Caps { global, per_tenant }
+    }
+
+    #[test]
+    fn dropping_a_subscriptions_queue_keeps_the_rest_and_the_counts() {
+        let mut s = Scheduler::new(caps(10, 10));
+        for (sub, id, due) in [
+            ("a", "1", 10),
+            ("a", "2", 500),
+            ("b", "3", 10),
+            ("b", "4", 20),
+        ] {
+            s.push("t", sub, 1, id, due, 100);
+        }
+        let first = s.lease(100).unwrap();
+        assert_eq!(
+            s.drop_queued(|sub| sub == first.subscription_id.as_ref()),
+            1
+        );
+        let other = if first.subscription_id.as_ref() == "a" {
+            "b"
+        } else {
+            "a"
+        };
+        assert_eq!(s.subscription_depth(&first.subscription_id), 0);
+        assert_eq!(s.subscription_depth(other), 2);
+        assert_eq!(s.queued(), 2);
+        assert_eq!(s.tenant_pending("t"), 3, "two queued and one in flight");
+        // The in-flight attempt completes as usual; its subscription's
+        // dropped items are never leased.
+        s.complete(&first, None, 100);
+        let rest: Vec<_> = drain(&mut s, 1_000)
+            .into_iter()
+            .map(|l| l.subscription_id)
+            .collect();
+        assert!(rest.iter().all(|sub| sub.as_ref() == other));
+        // A dropped delivery can be queued again (its new owner's view).
+        s.push("t", &first.subscription_id, 1, "again", 10, 100);
+        assert_eq!(s.subscription_depth(&first.subscription_id), 1);
     }
 
     /// Leases everything leasable now, without completing.

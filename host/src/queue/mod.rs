@@ -19,6 +19,14 @@
 //!
 //! At start the outbox tree (everything sled recovered is on disk) is loaded
 //! into the scheduler.
+//!
+//! In cluster mode ([`Queue::open_cluster`]) a node schedules only the
+//! subscriptions of the partitions it leases (`crate::cluster::leases`):
+//! it loads a partition's outbox entries when it gains it, drops them when
+//! it loses it, and queues the deliveries other nodes add to its partitions
+//! as its view applies their batches. The per-subscription cap and the
+//! fair order then hold across the cluster, since one subscription's work
+//! is on one node at a time.
 
 pub mod fair;
 
@@ -29,6 +37,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 
 use crate::clock::{Clock, from_millis, millis};
+use crate::cluster::leases::{Ownership, partition_of};
 use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
 use crate::telemetry;
 use crate::util::failpoint;
@@ -55,6 +64,8 @@ struct Inner {
     /// Wakes the worker: new work is visible, or a cap was freed.
     wake: Notify,
     default_cap: u32,
+    /// Cluster mode: the partitions this node leases.
+    owner: Option<Ownership>,
 }
 
 struct Scheduled {
@@ -71,7 +82,51 @@ impl Queue {
         settings: QueueSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let queue = Queue {
+        let queue = Self::new(store, settings, clock, None);
+        let entries: Vec<_> = queue
+            .inner
+            .store
+            .outbox_entries()
+            .collect::<Result<_, _>>()?;
+        queue.load(&entries)?;
+        Ok(queue)
+    }
+
+    /// Cluster mode: schedules nothing until [`Queue::gained`] hands it a
+    /// partition; then also what other nodes add to its partitions.
+    pub fn open_cluster(
+        store: Store,
+        settings: QueueSettings,
+        clock: Arc<dyn Clock>,
+        owner: Ownership,
+    ) -> Self {
+        let queue = Self::new(store, settings, clock, Some(owner));
+        let weak = Arc::downgrade(&queue.inner);
+        queue.inner.store.on_applied(Box::new(move |batch| {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let queue = Queue { inner };
+            let added: Vec<(Vec<u8>, Vec<u8>)> = batch
+                .writes
+                .iter()
+                .filter(|w| w.tree == "outbox")
+                .filter_map(|w| Some((w.key.clone(), w.value.clone()?)))
+                .collect();
+            if !added.is_empty() {
+                queue.queue_remote(&added);
+            }
+        }));
+        queue
+    }
+
+    fn new(
+        store: Store,
+        settings: QueueSettings,
+        clock: Arc<dyn Clock>,
+        owner: Option<Ownership>,
+    ) -> Self {
+        Queue {
             inner: Arc::new(Inner {
                 store,
                 clock,
@@ -81,18 +136,18 @@ impl Queue {
                 }),
                 wake: Notify::new(),
                 default_cap: settings.default_subscription_cap.max(1),
+                owner,
             }),
-        };
-        let now = millis(queue.inner.clock.now());
-        let entries: Vec<_> = queue
-            .inner
-            .store
-            .outbox_entries()
-            .collect::<Result<_, _>>()?;
+        }
+    }
+
+    /// Queues outbox entries (at start, or a partition gained).
+    fn load(&self, entries: &[crate::store::DueEntry]) -> Result<(), StoreError> {
+        let now = millis(self.inner.clock.now());
         {
-            let mut s = queue.lock();
-            for e in &entries {
-                let cap = queue.cap_of(&mut s, e.tenant_id(), e.subscription_id())?;
+            let mut s = self.lock();
+            for e in entries {
+                let cap = self.cap_of(&mut s, e.tenant_id(), e.subscription_id())?;
                 s.scheduler.push(
                     e.tenant_id(),
                     e.subscription_id(),
@@ -103,7 +158,78 @@ impl Queue {
                 );
             }
         }
-        Ok(queue)
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether this node schedules the subscription's work.
+    fn owns(&self, subscription_id: &str) -> bool {
+        self.inner
+            .owner
+            .as_ref()
+            .is_none_or(|o| o.owns(subscription_id))
+    }
+
+    /// Cluster mode: this node now leases `partition`: its outbox entries
+    /// (as this node's view has them) are queued.
+    pub fn gained(&self, partition: u32) -> Result<(), StoreError> {
+        let Some(owner) = &self.inner.owner else {
+            return Ok(());
+        };
+        let n = owner.partitions();
+        let entries: Vec<_> = self
+            .inner
+            .store
+            .outbox_entries()
+            .filter(|e| {
+                e.as_ref()
+                    .map_or(true, |e| partition_of(e.subscription_id(), n) == partition)
+            })
+            .collect::<Result<_, _>>()?;
+        self.load(&entries)
+    }
+
+    /// Cluster mode: another node leases `partition` now (or will): its
+    /// queued deliveries are forgotten here.
+    pub fn lost(&self, partition: u32) {
+        let Some(owner) = &self.inner.owner else {
+            return;
+        };
+        let n = owner.partitions();
+        self.lock()
+            .scheduler
+            .drop_queued(|sub| partition_of(sub, n) == partition);
+    }
+
+    /// Outbox entries another node's batch added (key: due ms + delivery
+    /// id; value: tenant \0 subscription): queued if this node owns them.
+    fn queue_remote(&self, added: &[(Vec<u8>, Vec<u8>)]) {
+        let now = millis(self.inner.clock.now());
+        let mut queued = false;
+        {
+            let mut s = self.lock();
+            for (key, value) in added {
+                if key.len() < 8 {
+                    continue;
+                }
+                let due = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+                let id = String::from_utf8_lossy(&key[8..]);
+                let mut parts = value.splitn(2, |b| *b == 0);
+                let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                let sub = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                if !self.owns(&sub) {
+                    continue;
+                }
+                let cap = self
+                    .cap_of(&mut s, &tenant, &sub)
+                    .unwrap_or(self.inner.default_cap);
+                s.scheduler.push(&tenant, &sub, cap, &id, due, now);
+                queued = true;
+            }
+        }
+        if queued {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// The store the queue writes to.
@@ -141,6 +267,10 @@ impl Queue {
                 let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_at) else {
                     continue;
                 };
+                if !self.owns(&d.subscription_id) {
+                    // Its partition's owner queues it from its own view.
+                    continue;
+                }
                 // A store error here only costs the cap lookup: use the default.
                 let cap = self
                     .cap_of(&mut s, &d.tenant_id, &d.subscription_id)
@@ -208,10 +338,11 @@ impl Queue {
         flushed: &[(Vec<u8>, u64)],
         deliveries: &[Delivery],
     ) -> Result<bool, StoreError> {
-        let committed =
-            self.inner
-                .store
-                .commit_flush(subscription_id, start, flushed, deliveries)?;
+        let committed = self
+            .inner
+            .store
+            .commit_flush(subscription_id, start, flushed, deliveries)
+            .await?;
         failpoint("flush-after-commit");
         if committed {
             self.inner.store.durable().await?;
@@ -223,7 +354,7 @@ impl Queue {
 
     /// Makes a finished delivery pending again (a manual retry).
     pub async fn requeue(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.inner.store.update_delivery(delivery, None)?;
+        self.inner.store.update_delivery(delivery, None).await?;
         self.inner.store.durable().await?;
         self.publish([delivery]);
         Ok(())
@@ -234,7 +365,7 @@ impl Queue {
     /// [`Queue::rescheduled`].
     pub async fn add_unqueued(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
         debug_assert!(deliveries.iter().all(|d| d.next_attempt_at.is_none()));
-        self.inner.store.add_deliveries(deliveries)?;
+        self.inner.store.add_deliveries(deliveries).await?;
         self.inner.store.durable().await?;
         counted(deliveries);
         Ok(())
@@ -243,7 +374,7 @@ impl Queue {
     /// Stores new deliveries for the workers (an operational notification):
     /// visible once on disk.
     pub async fn add(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        self.inner.store.add_deliveries(deliveries)?;
+        self.inner.store.add_deliveries(deliveries).await?;
         self.inner.store.durable().await?;
         counted(deliveries);
         self.publish(deliveries);
@@ -264,6 +395,8 @@ impl Queue {
     /// The attempt of a lease is recorded: `next_due` queues the retry.
     pub fn complete(&self, lease: &Lease, next_due: Option<Timestamp>) {
         let now = millis(self.inner.clock.now());
+        // A retry of a partition lost meanwhile is its new owner's.
+        let next_due = next_due.filter(|_| self.owns(&lease.subscription_id));
         self.lock()
             .scheduler
             .complete(lease, next_due.map(millis), now);

@@ -284,7 +284,7 @@ pub async fn receive(
                 attempts: 1,
                 updated_at: now,
             };
-            app.store.put_dead_letter(&letter, MAX_DEAD_LETTERS)?;
+            app.store.put_dead_letter(&letter, MAX_DEAD_LETTERS).await?;
             app.store.durable().await?;
             crate::telemetry::source_request(source.kind.name(), "dead_letter");
             Err(ReceiveError::Unprocessable {
@@ -316,7 +316,7 @@ pub async fn replay_dead_letter(
     {
         Ok((events, reply)) => {
             let receipt = accept(app, source, events, reply).await?;
-            app.store.delete_dead_letter(&source.id, &letter.id)?;
+            app.store.delete_dead_letter(&source.id, &letter.id).await?;
             app.store.durable().await?;
             Ok(receipt)
         }
@@ -325,7 +325,7 @@ pub async fn replay_dead_letter(
             again.error = message.clone();
             again.attempts += 1;
             again.updated_at = now;
-            app.store.put_dead_letter(&again, MAX_DEAD_LETTERS)?;
+            app.store.put_dead_letter(&again, MAX_DEAD_LETTERS).await?;
             app.store.durable().await?;
             Err(ReceiveError::StillUnprocessable(message))
         }

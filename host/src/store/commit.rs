@@ -136,6 +136,8 @@ impl Writer {
         let write =
             |trees: [&TransactionalTree; 5],
              windows: Option<(&TransactionalTree, &TransactionalTree)>| {
+                let trees = trees.map(|t| t as &dyn TxTree);
+                let windows = windows.map(|(h, w)| (h as &dyn TxTree, w as &dyn TxTree));
                 let mut accepted = accept_tx(&events, trees, windows)?.into_iter();
                 Ok(batches
                     .iter()
@@ -171,11 +173,16 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::event::Envelope;
 
-    fn new_event(tenant: &str, id: &str, delivery: &str, at: Timestamp) -> NewEvent {
+    pub(in crate::store) fn new_event(
+        tenant: &str,
+        id: &str,
+        delivery: &str,
+        at: Timestamp,
+    ) -> NewEvent {
         let d = Delivery {
             id: delivery.into(),
             tenant_id: tenant.into(),
@@ -275,12 +282,12 @@ mod tests {
 
         let retry_at = at + jiff::SignedDuration::from_secs(60);
         d.next_attempt_at = Some(retry_at);
-        store.record_delivery(&d, Some(at)).unwrap();
+        store.record_delivery(&d, Some(at)).await.unwrap();
         assert_eq!(due(&store), [millis(retry_at)]);
 
         d.status = DeliveryStatus::Succeeded;
         d.next_attempt_at = None;
-        store.record_delivery(&d, Some(retry_at)).unwrap();
+        store.record_delivery(&d, Some(retry_at)).await.unwrap();
         assert!(due(&store).is_empty());
         assert_eq!(
             store.get_delivery("dlv_1").unwrap().unwrap().status,

@@ -5,16 +5,18 @@ use super::*;
 impl Store {
     /// Adds deliveries outside ingest (retry, replay, test): delivery,
     /// outbox entry and index in one transaction.
-    pub fn add_deliveries(&self, new: &[Delivery]) -> Result<(), StoreError> {
-        (&self.deliveries, &self.tenant_deliveries, &self.outbox)
-            .transaction(|(deliveries, tenant_deliveries, outbox)| {
+    pub async fn add_deliveries(&self, new: &[Delivery]) -> Result<(), StoreError> {
+        self.change(
+            [&self.deliveries, &self.tenant_deliveries, &self.outbox],
+            |[deliveries, tenant_deliveries, outbox]| {
                 for d in new {
                     put_delivery_tx(deliveries, outbox, d, None)?;
                     index_tx(tenant_deliveries, d)?;
                 }
                 Ok(())
-            })
-            .map_err(tx_error)
+            },
+        )
+        .await
     }
 
     pub fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -26,16 +28,15 @@ impl Store {
 
     /// Replaces a delivery, moving its outbox entry from `previous_due` to
     /// its new `next_attempt_at` in the same transaction.
-    pub fn update_delivery(
+    pub async fn update_delivery(
         &self,
         delivery: &Delivery,
         previous_due: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        (&self.deliveries, &self.outbox)
-            .transaction(|(deliveries, outbox)| {
-                put_delivery_tx(deliveries, outbox, delivery, previous_due)
-            })
-            .map_err(tx_error)
+        self.change([&self.deliveries, &self.outbox], |[deliveries, outbox]| {
+            put_delivery_tx(deliveries, outbox, delivery, previous_due)
+        })
+        .await
     }
 
     /// A tenant's deliveries, newest first, from `before` (exclusive): the
@@ -131,9 +132,8 @@ pub(super) fn index_key(d: &Delivery) -> Vec<u8> {
 }
 
 /// Adds a new delivery to the delivery index.
-pub(super) fn index_tx(index: &TransactionalTree, d: &Delivery) -> TxResult<()> {
-    index.insert(index_key(d), &[])?;
-    Ok(())
+pub(super) fn index_tx(index: &dyn TxTree, d: &Delivery) -> TxResult<()> {
+    index.insert(&index_key(d), &[])
 }
 
 /// Merges newest-first id streams into one newest-first stream.
@@ -181,19 +181,18 @@ impl<I: Iterator<Item = Result<String, StoreError>>> Iterator for NewestFirst<I>
 /// Writes a delivery and keeps the outbox in step: the old entry (if any) is
 /// removed, a new one added when the delivery is pending.
 pub(super) fn put_delivery_tx(
-    deliveries: &TransactionalTree,
-    outbox: &TransactionalTree,
+    deliveries: &dyn TxTree,
+    outbox: &dyn TxTree,
     d: &Delivery,
     previous_due: Option<Timestamp>,
 ) -> TxResult<()> {
     if let Some(due) = previous_due {
-        outbox.remove(outbox_key(due, &d.id))?;
+        outbox.remove(&outbox_key(due, &d.id))?;
     }
     if let Some((key, value)) = outbox_entry(d) {
-        outbox.insert(key, value)?;
+        outbox.insert(&key, &value)?;
     }
-    deliveries.insert(d.id.as_bytes(), encode(d))?;
-    Ok(())
+    deliveries.insert(d.id.as_bytes(), &encode(d))
 }
 
 /// The outbox entry of a pending delivery. The value names the

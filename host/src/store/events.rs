@@ -12,13 +12,14 @@ impl Store {
 
     /// Removes events received before `cutoff` and finished deliveries
     /// created before it. Returns (events, deliveries) removed.
-    pub fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
+    pub async fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
         let end = millis(cutoff).to_be_bytes();
+        let mut w = self.plain();
         let mut events = 0;
         for kv in self.events_by_time.range(..end.as_slice()) {
             let (k, _) = kv?;
-            self.events.remove(&k[8..])?;
-            self.events_by_time.remove(&k)?;
+            w.remove(&self.events, &k[8..])?;
+            w.remove(&self.events_by_time, &k)?;
             events += 1;
         }
         let boundary = format!(
@@ -32,12 +33,12 @@ impl Store {
             let (k, v) = kv?;
             let d: Delivery = decode(&k, &v)?;
             if d.status.is_final() {
-                self.deliveries.remove(&k)?;
-                self.tenant_deliveries
-                    .remove(super::deliveries::index_key(&d))?;
+                w.remove(&self.deliveries, &k)?;
+                w.remove(&self.tenant_deliveries, super::deliveries::index_key(&d))?;
                 deliveries += 1;
             }
         }
+        w.commit().await?;
         Ok((events, deliveries))
     }
 
@@ -75,8 +76,8 @@ impl Store {
 /// its deliveries, outbox entries, indexes and held items.
 pub(super) fn accept_tx(
     batch: &[&NewEvent],
-    [events, by_time, deliveries, tenant_deliveries, outbox]: [&TransactionalTree; 5],
-    windows: Option<(&TransactionalTree, &TransactionalTree)>,
+    [events, by_time, deliveries, tenant_deliveries, outbox]: [&dyn TxTree; 5],
+    windows: Option<(&dyn TxTree, &dyn TxTree)>,
 ) -> TxResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut seen = std::collections::HashSet::new();
@@ -90,7 +91,7 @@ pub(super) fn accept_tx(
                 stored
                     .deliveries
                     .extend(new.deliveries.iter().map(|d| d.id.clone()));
-                events.insert(key.as_slice(), encode(&stored))?;
+                events.insert(&key, &encode(&stored))?;
             }
         } else if let Some(existing) = events.get(&key)? {
             let existing = decode(&key, &existing).map_err(ConflictableTransactionError::Abort)?;
@@ -103,10 +104,10 @@ pub(super) fn accept_tx(
             continue;
         }
         if !new.replay {
-            events.insert(key.as_slice(), encode(e))?;
+            events.insert(&key, &encode(e))?;
             let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
             time_key.extend_from_slice(&key);
-            by_time.insert(time_key, &[])?;
+            by_time.insert(&time_key, &[])?;
         }
         for d in &new.deliveries {
             put_delivery_tx(deliveries, outbox, d, None)?;

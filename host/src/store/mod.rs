@@ -28,6 +28,9 @@
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 
+mod change;
+#[cfg(test)]
+mod cluster_tests;
 mod commit;
 mod deliveries;
 mod events;
@@ -50,6 +53,7 @@ use sled::{Db, Transactional, Tree};
 use tokio::sync::oneshot;
 
 use crate::clock::millis;
+pub(crate) use change::TxTree;
 pub use models::*;
 pub use windows::SubscriptionHeld;
 
@@ -62,6 +66,9 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("the commit failed: {0}")]
     Commit(String),
+    /// Cluster mode: the log could not take or apply a change.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl StoreError {
@@ -73,7 +80,7 @@ impl StoreError {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     match e {
@@ -244,6 +251,11 @@ pub struct Trees {
     /// Each tenant's subscriptions, decoded once and shared by every ingest
     /// request until one of them changes (see `subscriptions.rs`).
     routes: Arc<subscriptions::RouteCache>,
+    /// Cluster mode: the log every write goes through (see `change.rs`);
+    /// the trees above are then this node's view of it.
+    log: Option<Arc<crate::cluster::log::Log>>,
+    /// Cluster mode: plugin components (see `crate::cluster::blobs`).
+    blobs: Option<crate::cluster::blobs::Blobs>,
 }
 
 impl Store {
@@ -256,7 +268,45 @@ impl Store {
     /// Like [`Store::open`], with sled's page cache capped at `cache_bytes`
     /// (`server.store_cache_mb`; sled's own default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let db = Self::open_db(dir, cache_bytes)?;
+        Self::with_db(db, None, Arc::default())
+    }
+
+    /// Cluster mode: `dir` holds this node's view of the cluster's log
+    /// (created or brought up to date from the log), and every write goes
+    /// through the log (see `change.rs` and [`crate::cluster::log`]).
+    pub async fn open_cluster(
+        dir: &Path,
+        cache_bytes: u64,
+        client: async_nats::Client,
+        replicas: usize,
+        node: &str,
+    ) -> Result<Self, StoreError> {
+        let db = Self::open_db(dir, cache_bytes)?;
+        let view = crate::cluster::log::View::open(db.clone())?;
+        // Other nodes' writes change subscriptions too: the applier drops
+        // the tenant's cached routes, as a local write does.
+        let routes: Arc<subscriptions::RouteCache> = Arc::default();
+        let cache = routes.clone();
+        view.on_applied(Box::new(move |batch| {
+            for w in &batch.writes {
+                let tenant = match w.tree.as_str() {
+                    "subscriptions" => w.key.split(|b| *b == 0).next().unwrap_or_default(),
+                    "tenants" => &w.key[..],
+                    _ => continue,
+                };
+                cache.invalidate(&String::from_utf8_lossy(tenant));
+            }
+        }));
+        let js = async_nats::jetstream::new(client.clone());
+        let blobs = crate::cluster::blobs::Blobs::open(&js, replicas).await?;
+        let log = crate::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
+        log.caught_up().await?;
+        Self::with_db(db, Some((Arc::new(log), blobs)), routes)
+    }
+
+    fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
+        Ok(sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
@@ -264,7 +314,15 @@ impl Store {
             // bounds how much non-acknowledged state (attempt results) a
             // crash can lose.
             .flush_every_ms(Some(500))
-            .open()?;
+            .open()?)
+    }
+
+    fn with_db(
+        db: Db,
+        cluster: Option<(Arc<crate::cluster::log::Log>, crate::cluster::blobs::Blobs)>,
+        routes: Arc<subscriptions::RouteCache>,
+    ) -> Result<Self, StoreError> {
+        let (log, blobs) = cluster.unzip();
         let tree = |name: &str| db.open_tree(name);
         let events = tree("events")?;
         let events_by_time = tree("events_by_time")?;
@@ -304,7 +362,9 @@ impl Store {
             meta: tree("meta")?,
             db,
             commit,
-            routes: Arc::default(),
+            routes,
+            log,
+            blobs,
         }));
         store.index_subscription_deliveries()?;
         Ok(store)
@@ -334,6 +394,10 @@ impl Store {
     /// share one flush: the committer serves every call that arrived while
     /// it was busy with the next one.
     pub async fn durable(&self) -> Result<(), StoreError> {
+        if self.log().is_some() {
+            // Cluster mode: a write returns once the log has it replicated.
+            return Ok(());
+        }
         let (reply, rx) = oneshot::channel();
         self.send(commit::Job::Durable { reply })?;
         rx.await.map_err(|_| gone())?
@@ -347,6 +411,26 @@ impl Store {
         &self,
         batch: Vec<NewEvent>,
     ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
+        if self.log().is_some() {
+            let events: Vec<&NewEvent> = batch.iter().collect();
+            let accepted = self
+                .change(
+                    [
+                        &self.events,
+                        &self.events_by_time,
+                        &self.deliveries,
+                        &self.tenant_deliveries,
+                        &self.outbox,
+                        &self.held,
+                        &self.windows,
+                    ],
+                    |[e, t, d, td, o, h, w]| {
+                        events::accept_tx(&events, [e, t, d, td, o], Some((h, w)))
+                    },
+                )
+                .await?;
+            return Ok((batch, accepted));
+        }
         let (reply, rx) = oneshot::channel();
         self.send(commit::Job::Accept { batch, reply })?;
         let (batch, result) = rx.await.map_err(|_| gone())?;
@@ -362,24 +446,24 @@ impl Store {
     /// then the record, then the old entry removed (at worst a stale entry,
     /// which the worker drops when it finds the delivery no longer due).
     /// On disk by the next flush, as before.
-    pub fn record_delivery(
+    pub async fn record_delivery(
         &self,
         delivery: &Delivery,
         leased: Option<Timestamp>,
     ) -> Result<(), StoreError> {
+        let mut w = self.plain();
         let entry = deliveries::outbox_entry(delivery);
         if let Some((key, value)) = &entry {
-            self.outbox.insert(key.as_slice(), value.as_slice())?;
+            w.insert(&self.outbox, key, value)?;
         }
-        self.deliveries
-            .insert(delivery.id.as_bytes(), encode(delivery))?;
+        w.insert(&self.deliveries, &delivery.id, encode(delivery))?;
         if let Some(due) = leased {
             let old = outbox_key(due, &delivery.id);
             if entry.is_none_or(|(key, _)| key != old) {
-                self.outbox.remove(old)?;
+                w.remove(&self.outbox, old)?;
             }
         }
-        Ok(())
+        w.commit().await
     }
 
     fn send(&self, job: commit::Job) -> Result<(), StoreError> {
@@ -388,6 +472,11 @@ impl Store {
 
     /// A small write made durable now: whether the store can take writes.
     pub async fn check(&self) -> Result<(), StoreError> {
+        if let Some(log) = self.log() {
+            // Cluster mode: the log answers and this node's view keeps up.
+            log.caught_up().await?;
+            return Ok(());
+        }
         self.meta.insert(
             "health",
             &jiff::Timestamp::now().as_millisecond().to_be_bytes(),

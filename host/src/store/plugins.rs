@@ -3,11 +3,23 @@
 use super::*;
 
 impl Store {
-    pub fn put_plugin(&self, record: &PluginRecord, wasm: &[u8]) -> Result<(), StoreError> {
-        self.plugin_blobs.insert(record.sha256.as_bytes(), wasm)?;
-        self.plugins
-            .insert(scoped(&record.tenant_id, &record.id), encode(record))?;
-        Ok(())
+    pub async fn put_plugin(&self, record: &PluginRecord, wasm: &[u8]) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        match &self.blobs {
+            // Cluster mode: the bytes in the object store, and in this
+            // node's cache (the log carries the record only).
+            Some(blobs) => {
+                blobs.put(&record.sha256, wasm).await?;
+                self.plugin_blobs.insert(record.sha256.as_bytes(), wasm)?;
+            }
+            None => w.insert(&self.plugin_blobs, &record.sha256, wasm)?,
+        }
+        w.insert(
+            &self.plugins,
+            scoped(&record.tenant_id, &record.id),
+            encode(record),
+        )?;
+        w.commit().await
     }
 
     pub fn get_plugin(
@@ -36,9 +48,25 @@ impl Store {
         Ok(self.plugin_blobs.get(sha256)?.map(|v| v.to_vec()))
     }
 
+    /// Cluster mode: makes sure this node has a component's bytes (fetched
+    /// from the object store on first use), so [`Store::plugin_bytes`]
+    /// finds them. Embedded: they are always here.
+    pub async fn fetch_plugin(&self, sha256: &str) -> Result<(), StoreError> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(());
+        };
+        if self.plugin_blobs.contains_key(sha256)? {
+            return Ok(());
+        }
+        if let Some(bytes) = blobs.get(sha256).await? {
+            self.plugin_blobs.insert(sha256.as_bytes(), bytes)?;
+        }
+        Ok(())
+    }
+
     /// Removes a plugin's record (and its bytes when no other record uses
     /// them). Returns the record, and whether its bytes went too.
-    pub fn delete_plugin(
+    pub async fn delete_plugin(
         &self,
         tenant_id: &str,
         id: &str,
@@ -46,14 +74,24 @@ impl Store {
         let Some(record) = self.get_plugin(tenant_id, id)? else {
             return Ok(None);
         };
-        self.plugins.remove(scoped(tenant_id, id))?;
-        let still_used = self.plugins.iter().values().any(|v| {
-            v.ok()
-                .and_then(|v| serde_json::from_slice::<PluginRecord>(&v).ok())
+        let key = scoped(tenant_id, id);
+        let still_used = self.plugins.iter().any(|kv| {
+            kv.ok()
+                .filter(|(k, _)| k != &key)
+                .and_then(|(_, v)| serde_json::from_slice::<PluginRecord>(&v).ok())
                 .is_some_and(|r| r.sha256 == record.sha256)
         });
-        if !still_used {
+        let mut w = self.plain();
+        w.remove(&self.plugins, &key)?;
+        if !still_used && self.blobs.is_none() {
+            w.remove(&self.plugin_blobs, &record.sha256)?;
+        }
+        w.commit().await?;
+        if let (false, Some(blobs)) = (still_used, &self.blobs) {
+            // Cluster mode, once the record is gone: the bytes. Other
+            // nodes' cached copies stay, unread (nothing names the digest).
             self.plugin_blobs.remove(record.sha256.as_bytes())?;
+            blobs.delete(&record.sha256).await?;
         }
         Ok(Some((record, !still_used)))
     }

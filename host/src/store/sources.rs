@@ -5,14 +5,12 @@ use crate::source::{DeadLetter, Source};
 
 impl Store {
     /// Creates or replaces a source (and its id → tenant index).
-    pub fn put_source(&self, source: &Source) -> Result<(), StoreError> {
-        (&self.sources, &self.source_index)
-            .transaction(|(sources, index)| {
-                sources.insert(scoped(&source.tenant_id, &source.id), encode(source))?;
-                index.insert(source.id.as_bytes(), source.tenant_id.as_bytes())?;
-                Ok(())
-            })
-            .map_err(tx_error)
+    pub async fn put_source(&self, source: &Source) -> Result<(), StoreError> {
+        self.change([&self.sources, &self.source_index], |[sources, index]| {
+            sources.insert(&scoped(&source.tenant_id, &source.id), &encode(source))?;
+            index.insert(source.id.as_bytes(), source.tenant_id.as_bytes())
+        })
+        .await
     }
 
     pub fn get_source(&self, tenant_id: &str, id: &str) -> Result<Option<Source>, StoreError> {
@@ -57,38 +55,48 @@ impl Store {
     }
 
     /// Removes a source and its dead letters; whether it existed.
-    pub fn delete_source(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let existed = (&self.sources, &self.source_index)
-            .transaction(|(sources, index)| {
-                let existed = sources.remove(scoped(tenant_id, id))?.is_some();
+    pub async fn delete_source(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let existed = self
+            .change([&self.sources, &self.source_index], |[sources, index]| {
+                let existed = sources.remove(&scoped(tenant_id, id))?;
                 if existed {
                     index.remove(id.as_bytes())?;
                 }
                 Ok(existed)
             })
-            .map_err(tx_error)?;
+            .await?;
+        let mut w = self.plain();
         for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
-            self.dead_letters.remove(key?)?;
+            w.remove(&self.dead_letters, key?)?;
         }
+        w.commit().await?;
         Ok(existed)
     }
 
     /// Stores (or updates) a dead letter, dropping the source's oldest
     /// beyond `keep`.
-    pub fn put_dead_letter(&self, letter: &DeadLetter, keep: usize) -> Result<(), StoreError> {
-        self.dead_letters
-            .insert(scoped(&letter.source_id, &letter.id), encode(letter))?;
+    pub async fn put_dead_letter(
+        &self,
+        letter: &DeadLetter,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let mut w = self.plain();
         let prefix = scoped(&letter.source_id, "");
-        let count = self.dead_letters.scan_prefix(&prefix).keys().count();
-        for key in self
+        let key = scoped(&letter.source_id, &letter.id);
+        // The letters kept after this one is written (the scan cannot see
+        // a write that is only recorded yet, in cluster mode).
+        let new = usize::from(!self.dead_letters.contains_key(&key)?);
+        let count = self.dead_letters.scan_prefix(&prefix).keys().count() + new;
+        for old in self
             .dead_letters
             .scan_prefix(&prefix)
             .keys()
             .take(count.saturating_sub(keep))
         {
-            self.dead_letters.remove(key?)?;
+            w.remove(&self.dead_letters, old?)?;
         }
-        Ok(())
+        w.insert(&self.dead_letters, key, encode(letter))?;
+        w.commit().await
     }
 
     /// A source's dead letters, oldest first, after `after` (an id).
@@ -135,7 +143,10 @@ impl Store {
     }
 
     /// Whether it existed.
-    pub fn delete_dead_letter(&self, source_id: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(self.dead_letters.remove(scoped(source_id, id))?.is_some())
+    pub async fn delete_dead_letter(&self, source_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut w = self.plain();
+        let existed = w.remove(&self.dead_letters, scoped(source_id, id))?;
+        w.commit().await?;
+        Ok(existed)
     }
 }

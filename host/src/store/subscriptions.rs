@@ -88,9 +88,14 @@ impl Store {
         Ok(Some(sub))
     }
 
-    pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.subscriptions
-            .insert(scoped(&sub.tenant_id, &sub.id), encode(sub))?;
+    pub async fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        w.insert(
+            &self.subscriptions,
+            scoped(&sub.tenant_id, &sub.id),
+            encode(sub),
+        )?;
+        w.commit().await?;
         self.routes.invalidate(&sub.tenant_id);
         Ok(())
     }
@@ -122,29 +127,32 @@ impl Store {
         count_prefix(&self.subscriptions, &tenant_prefix(tenant_id))
     }
 
-    pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let removed = self.subscriptions.remove(scoped(tenant_id, id))?.is_some();
+    pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut w = self.plain();
+        let removed = w.remove(&self.subscriptions, scoped(tenant_id, id))?;
+        w.commit().await?;
         self.routes.invalidate(tenant_id);
         Ok(removed)
     }
 
     /// Read-modify-write of one subscription in a transaction (attempt
     /// results and API changes may race). `f` returns false to leave it as is.
-    pub fn update_subscription(
+    pub async fn update_subscription(
         &self,
         tenant_id: &str,
         id: &str,
         f: impl Fn(&mut Subscription) -> bool,
     ) -> Result<Option<Subscription>, StoreError> {
         Ok(self
-            .change_subscription(tenant_id, id, f)?
+            .change_subscription(tenant_id, id, f)
+            .await?
             .map(|(_, after)| after))
     }
 
     /// [`Store::update_subscription`], also answering the record as it was
     /// before, read in the same transaction: a caller compares the two to
     /// see what its change did (e.g. whether it disabled the subscription).
-    pub fn change_subscription(
+    pub async fn change_subscription(
         &self,
         tenant_id: &str,
         id: &str,
@@ -152,8 +160,7 @@ impl Store {
     ) -> Result<Option<(Subscription, Subscription)>, StoreError> {
         let key = scoped(tenant_id, id);
         let changed = self
-            .subscriptions
-            .transaction(|subs| {
+            .change([&self.subscriptions], |[subs]| {
                 let Some(bytes) = subs.get(&key)? else {
                     return Ok(None);
                 };
@@ -161,11 +168,11 @@ impl Store {
                     decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
                 let mut after = before.clone();
                 if f(&mut after) {
-                    subs.insert(key.as_slice(), encode(&after))?;
+                    subs.insert(&key, &encode(&after))?;
                 }
                 Ok(Some((before, after)))
             })
-            .map_err(tx_error)?;
+            .await?;
         self.routes.invalidate(tenant_id);
         Ok(changed)
     }
@@ -181,14 +188,17 @@ impl Store {
             .transpose()
     }
 
-    pub fn put_ops_endpoint(&self, endpoint: &Subscription) -> Result<(), StoreError> {
-        self.ops_endpoints
-            .insert(endpoint.tenant_id.as_bytes(), encode(endpoint))?;
-        Ok(())
+    pub async fn put_ops_endpoint(&self, endpoint: &Subscription) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        w.insert(&self.ops_endpoints, &endpoint.tenant_id, encode(endpoint))?;
+        w.commit().await
     }
 
-    pub fn delete_ops_endpoint(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        Ok(self.ops_endpoints.remove(tenant_id)?.is_some())
+    pub async fn delete_ops_endpoint(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        let mut w = self.plain();
+        let existed = w.remove(&self.ops_endpoints, tenant_id)?;
+        w.commit().await?;
+        Ok(existed)
     }
 }
 
@@ -227,7 +237,10 @@ mod tests {
                 .collect()
         };
         assert!(types(&store).is_empty());
-        store.put_subscription(&sub("sub_a", &["a.*"])).unwrap();
+        store
+            .put_subscription(&sub("sub_a", &["a.*"]))
+            .await
+            .unwrap();
         assert_eq!(types(&store), [["a.*"]]);
         assert!(Arc::ptr_eq(
             &store.routes("ten_1").unwrap(),
@@ -238,11 +251,12 @@ mod tests {
                 s.event_types = vec!["b.*".into()];
                 true
             })
+            .await
             .unwrap();
         assert_eq!(types(&store), [["b.*"]]);
-        store.put_subscription(&sub("sub_b", &["*"])).unwrap();
+        store.put_subscription(&sub("sub_b", &["*"])).await.unwrap();
         assert_eq!(types(&store).len(), 2);
-        store.delete_subscription("ten_1", "sub_a").unwrap();
+        store.delete_subscription("ten_1", "sub_a").await.unwrap();
         assert_eq!(types(&store), [["*"]]);
         store
             .put_tenant(&Tenant {
@@ -250,8 +264,9 @@ mod tests {
                 name: "t".into(),
                 created_at: "2026-11-21T10:00:00Z".parse().unwrap(),
             })
+            .await
             .unwrap();
-        store.delete_tenant("ten_1").unwrap();
+        store.delete_tenant("ten_1").await.unwrap();
         assert!(types(&store).is_empty());
     }
 }

@@ -3,9 +3,10 @@
 use super::*;
 
 impl Store {
-    pub fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        self.tenants.insert(tenant.id.as_bytes(), encode(tenant))?;
-        Ok(())
+    pub async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        w.insert(&self.tenants, &tenant.id, encode(tenant))?;
+        w.commit().await
     }
 
     pub fn get_tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
@@ -27,31 +28,34 @@ impl Store {
 
     /// Deletes a tenant with its keys, subscriptions and plugins (events and
     /// deliveries age out with the retention).
-    pub fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
-        if self.tenants.remove(id)?.is_none() {
+    pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
+        let mut w = self.plain();
+        if !w.remove(&self.tenants, id)? {
             return Ok(false);
         }
         let prefix = tenant_prefix(id);
         for tree in [&self.subscriptions, &self.plugins] {
             for kv in tree.scan_prefix(&prefix) {
-                tree.remove(kv?.0)?;
+                w.remove(tree, kv?.0)?;
             }
         }
-        self.ops_endpoints.remove(id)?;
-        self.routes.invalidate(id);
+        w.remove(&self.ops_endpoints, id)?;
         for kv in self.api_keys.iter() {
             let (k, v) = kv?;
             let record: ApiKeyRecord = decode(&k, &v)?;
             if record.tenant_id == id {
-                self.api_keys.remove(k)?;
+                w.remove(&self.api_keys, k)?;
             }
         }
+        w.commit().await?;
+        self.routes.invalidate(id);
         Ok(true)
     }
 
-    pub fn put_api_key(&self, key: &str, record: &ApiKeyRecord) -> Result<(), StoreError> {
-        self.api_keys.insert(token_hash(key), encode(record))?;
-        Ok(())
+    pub async fn put_api_key(&self, key: &str, record: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        w.insert(&self.api_keys, token_hash(key), encode(record))?;
+        w.commit().await
     }
 
     /// A tenant's API keys with their ids, oldest first.
@@ -72,16 +76,23 @@ impl Store {
     }
 
     /// Revokes one of a tenant's API keys by id.
-    pub fn delete_api_key(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_api_key(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut found = None;
         for kv in self.api_keys.iter() {
             let (hash, v) = kv?;
             if api_key_id(&hash) == id && decode::<ApiKeyRecord>(&hash, &v)?.tenant_id == tenant_id
             {
-                self.api_keys.remove(hash)?;
-                return Ok(true);
+                found = Some(hash);
+                break;
             }
         }
-        Ok(false)
+        let Some(hash) = found else {
+            return Ok(false);
+        };
+        let mut w = self.plain();
+        let existed = w.remove(&self.api_keys, hash)?;
+        w.commit().await?;
+        Ok(existed)
     }
 
     /// The tenant an API key belongs to.

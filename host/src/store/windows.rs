@@ -6,7 +6,15 @@ use super::*;
 impl Store {
     /// A fresh number for ordering held items (monotonic across restarts).
     pub fn next_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        let local = self.db.generate_id()?;
+        if self.log().is_none() {
+            return Ok(local);
+        }
+        // Cluster mode: the arrival millisecond, then this node's counter,
+        // so items held through different nodes sort by time. Two nodes
+        // may still pick one number: `hold_tx` takes the next free one.
+        let ms = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+        Ok((ms << 22) | (local & 0x3f_ffff))
     }
 
     /// Every window with held items, earliest close first.
@@ -50,7 +58,7 @@ impl Store {
     }
 
     /// Records a failed flush on the window (its items stay).
-    pub fn window_failed(
+    pub async fn window_failed(
         &self,
         subscription_id: &str,
         start: Timestamp,
@@ -58,25 +66,24 @@ impl Store {
         retry_at: Timestamp,
     ) -> Result<(), StoreError> {
         let key = window_key(subscription_id, start);
-        self.windows
-            .transaction(|windows| {
-                if let Some(bytes) = windows.get(&key)? {
-                    let mut state: WindowState =
-                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    state.last_error = Some(error.to_string());
-                    state.retry_at = Some(retry_at);
-                    windows.insert(key.as_slice(), encode(&state))?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)
+        self.change([&self.windows], |[windows]| {
+            if let Some(bytes) = windows.get(&key)? {
+                let mut state: WindowState =
+                    decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                state.last_error = Some(error.to_string());
+                state.retry_at = Some(retry_at);
+                windows.insert(&key, &encode(&state))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The flush of one window, atomically: the items that were flushed are
     /// removed and the deliveries made of them are added, or nothing changes.
     /// Returns false (and changes nothing) when some of the items are gone
     /// already: another flush took them.
-    pub fn commit_flush(
+    pub async fn commit_flush(
         &self,
         subscription_id: &str,
         start: Timestamp,
@@ -84,24 +91,25 @@ impl Store {
         new: &[Delivery],
     ) -> Result<bool, StoreError> {
         let key = window_key(subscription_id, start);
-        (
-            &self.held,
-            &self.windows,
-            &self.deliveries,
-            &self.tenant_deliveries,
-            &self.outbox,
-        )
-            .transaction(|(held, windows, deliveries, tenant_deliveries, outbox)| {
+        self.change(
+            [
+                &self.held,
+                &self.windows,
+                &self.deliveries,
+                &self.tenant_deliveries,
+                &self.outbox,
+            ],
+            |[held, windows, deliveries, tenant_deliveries, outbox]| {
                 for (item_key, _) in flushed {
                     if held.get(item_key)?.is_none() {
                         return Ok(false);
                     }
                 }
                 for (item_key, _) in flushed {
-                    held.remove(item_key.as_slice())?;
+                    held.remove(item_key)?;
                 }
                 if flushed.is_empty() {
-                    windows.remove(key.as_slice())?;
+                    windows.remove(&key)?;
                 } else if let Some(bytes) = windows.get(&key)? {
                     let mut state: WindowState =
                         decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
@@ -112,9 +120,9 @@ impl Store {
                     state.last_error = None;
                     state.retry_at = None;
                     if state.items == 0 {
-                        windows.remove(key.as_slice())?;
+                        windows.remove(&key)?;
                     } else {
-                        windows.insert(key.as_slice(), encode(&state))?;
+                        windows.insert(&key, &encode(&state))?;
                     }
                 }
                 for d in new {
@@ -122,19 +130,21 @@ impl Store {
                     super::deliveries::index_tx(tenant_deliveries, d)?;
                 }
                 Ok(true)
-            })
-            .map_err(tx_error)
+            },
+        )
+        .await
     }
 
     /// Drops every held item of a deleted subscription.
-    pub fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
+    pub async fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
         let prefix = scoped(subscription_id, "");
+        let mut w = self.plain();
         for tree in [&self.held, &self.windows] {
             for kv in tree.scan_prefix(&prefix) {
-                tree.remove(kv?.0)?;
+                w.remove(tree, kv?.0)?;
             }
         }
-        Ok(())
+        w.commit().await
     }
 }
 
@@ -142,11 +152,11 @@ impl Store {
 /// Removes an item a plugin took (`host.take-held`) from its window. One
 /// already gone (flushed, or taken by a concurrent event) is skipped.
 pub(super) fn release_tx(
-    held: &TransactionalTree,
-    windows: &TransactionalTree,
+    held: &dyn TxTree,
+    windows: &dyn TxTree,
     taken: &crate::runtime::TakenItem,
 ) -> TxResult<()> {
-    if held.remove(taken.key.as_slice())?.is_none() || taken.key.len() < 8 {
+    if !held.remove(&taken.key)? || taken.key.len() < 8 {
         return Ok(());
     }
     let wkey = &taken.key[..taken.key.len() - 8];
@@ -158,7 +168,7 @@ pub(super) fn release_tx(
         if state.items == 0 {
             windows.remove(wkey)?;
         } else {
-            windows.insert(wkey, encode(&state))?;
+            windows.insert(wkey, &encode(&state))?;
         }
     }
     Ok(())
@@ -197,8 +207,8 @@ impl crate::runtime::HeldSource for SubscriptionHeld {
 }
 
 pub(super) fn hold_tx(
-    held: &TransactionalTree,
-    windows: &TransactionalTree,
+    held: &dyn TxTree,
+    windows: &dyn TxTree,
     h: &HeldWrite,
     event_id: &str,
 ) -> TxResult<()> {
@@ -219,14 +229,21 @@ pub(super) fn hold_tx(
     };
     state.items += 1;
     state.bytes += (h.group.len() + h.item.len()) as u64;
-    windows.insert(wkey.as_slice(), encode(&state))?;
-    let mut key = wkey;
-    key.extend_from_slice(&h.seq.to_be_bytes());
+    windows.insert(&wkey, &encode(&state))?;
+    // The item's own key; should another item hold it already (cluster
+    // mode: two nodes picked one sequence), the next free one.
+    let mut seq = h.seq;
+    let mut key = wkey.clone();
+    key.extend_from_slice(&seq.to_be_bytes());
+    while held.get(&key)?.is_some() {
+        seq = seq.wrapping_add(1);
+        key.truncate(wkey.len());
+        key.extend_from_slice(&seq.to_be_bytes());
+    }
     let record = HeldRecord {
         group: h.group.clone(),
         item: h.item.clone(),
         event_id: event_id.to_string(),
     };
-    held.insert(key, encode(&record))?;
-    Ok(())
+    held.insert(&key, &encode(&record))
 }

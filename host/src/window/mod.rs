@@ -145,7 +145,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         .store
         .get_subscription(&state.tenant_id, &state.subscription_id)?
     else {
-        app.store.drop_windows(&state.subscription_id)?;
+        app.store.drop_windows(&state.subscription_id).await?;
         return Ok(result);
     };
     let items = app.store.held_items(&sub.id, state.start)?;
@@ -197,7 +197,8 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         Err(error) => {
             warn!(subscription_id = %sub.id, start = %state.start, %error, "window flush failed; items kept");
             app.store
-                .window_failed(&sub.id, state.start, &error, now + RETRY_AFTER_FAILURE)?;
+                .window_failed(&sub.id, state.start, &error, now + RETRY_AFTER_FAILURE)
+                .await?;
             app.store.durable().await?;
             crate::telemetry::window_flush(false);
             result.error = Some(error);
@@ -315,7 +316,8 @@ pub async fn flush_due(app: &App) -> Result<usize, FlushError> {
     let now = app.clock.now();
     let mut flushed = 0;
     for state in app.store.windows()? {
-        if state.close_at > now {
+        if state.close_at > now || !app.owns(&state.subscription_id) {
+            // Not closed yet, or (cluster mode) another node's to flush.
             continue;
         }
         if state.retry_at.is_some_and(|t| t > now) {

@@ -1,0 +1,386 @@
+//! The work split between nodes: every subscription belongs to one of a
+//! fixed number of partitions (a hash of its id), and each partition is
+//! leased to one node at a time through a JetStream KV bucket.
+//!
+//! - The bucket's entries expire after the lease time (`max_age`), so a
+//!   dead node's leases vanish by themselves; a live node renews its own
+//!   every third of that time (an update that names the revision it holds,
+//!   so two nodes can never both renew one lease).
+//! - Each node also keeps a `node.<id>` entry alive; the live entries say
+//!   how many nodes share the partitions, and each node takes free ones
+//!   until it has its share (and gives back any beyond it, so a node that
+//!   joins gets work).
+//! - A lease that cannot be renewed (taken, or NATS unreachable) is given
+//!   up at once: the node stops starting attempts in that partition before
+//!   another node can take it over.
+//!
+//! What a node does with a partition it gains or loses is its owner's
+//! business ([`Ownership`]): the queue loads or drops that partition's
+//! deliveries, the window scheduler its windows.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use futures_util::TryStreamExt;
+
+use super::ClusterError;
+
+/// The lease bucket.
+pub const BUCKET: &str = "wasmhook_leases";
+
+/// How the work is split and leased.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// Fixed for the life of the cluster (every node must agree).
+    pub partitions: u32,
+    /// How long a lease outlives its node: the longest a dead node's work
+    /// waits for another node.
+    pub lease: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            partitions: 64,
+            lease: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The partition a subscription's work belongs to: FNV-1a of its id, so
+/// every node and version computes the same.
+pub fn partition_of(subscription_id: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in subscription_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// Which partitions this node holds; cheap to ask on every lease.
+#[derive(Clone)]
+pub struct Ownership {
+    partitions: u32,
+    owned: Arc<RwLock<HashSet<u32>>>,
+}
+
+impl Ownership {
+    pub fn owns(&self, subscription_id: &str) -> bool {
+        self.owns_partition(partition_of(subscription_id, self.partitions))
+    }
+
+    pub fn owns_partition(&self, p: u32) -> bool {
+        self.owned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&p)
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// How many partitions this node holds.
+    pub fn count(&self) -> usize {
+        self.owned.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// What a node does when it gains or loses a partition.
+pub trait OnChange: Send + Sync {
+    fn gained(&self, partition: u32);
+    fn lost(&self, partition: u32);
+}
+
+/// The bucket as this version uses it: created if missing, else checked.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+    settings: &LeaseSettings,
+) -> Result<kv::Store, ClusterError> {
+    // The bucket's stream, as `create_key_value` would make it: that call
+    // first asks for the account's limits in a form nats-server 2.9 does
+    // not answer, so the stream is created directly.
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{BUCKET}"),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: settings.lease,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(ClusterError::jetstream)?;
+    let config = &stream.info().await.map_err(ClusterError::jetstream)?.config;
+    let incompatible = |setting, found: String, wanted: String| ClusterError::Incompatible {
+        what: "key-value bucket",
+        name: BUCKET.to_string(),
+        setting,
+        found,
+        wanted,
+    };
+    if config.num_replicas.max(1) != replicas {
+        return Err(incompatible(
+            "num_replicas",
+            config.num_replicas.max(1).to_string(),
+            replicas.to_string(),
+        ));
+    }
+    if config.max_age != settings.lease {
+        return Err(incompatible(
+            "max_age (the lease time)",
+            format!("{:?}", config.max_age),
+            format!("{:?}", settings.lease),
+        ));
+    }
+    js.get_key_value(BUCKET)
+        .await
+        .map_err(ClusterError::jetstream)
+}
+
+/// The lease keeper of one node.
+pub struct Leases {
+    kv: kv::Store,
+    node: String,
+    settings: LeaseSettings,
+    ownership: Ownership,
+    /// Revision of each lease held.
+    held: BTreeMap<u32, u64>,
+}
+
+fn partition_key(p: u32) -> String {
+    format!("p.{p}")
+}
+
+impl Leases {
+    pub fn new(kv: kv::Store, node: &str, settings: LeaseSettings) -> Self {
+        Leases {
+            kv,
+            node: node.to_string(),
+            settings,
+            ownership: Ownership {
+                partitions: settings.partitions.max(1),
+                owned: Arc::default(),
+            },
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn ownership(&self) -> Ownership {
+        self.ownership.clone()
+    }
+
+    /// Runs until the task is dropped: a round every third of the lease.
+    pub async fn run(mut self, on: Arc<dyn OnChange>) {
+        let every = self.settings.lease / 3;
+        loop {
+            if let Err(e) = self.round(on.as_ref()).await {
+                tracing::warn!(error = %e, "renewing partition leases");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn set_owned(&self, p: u32, owned: bool) {
+        let mut set = self
+            .ownership
+            .owned
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if owned {
+            set.insert(p);
+        } else {
+            set.remove(&p);
+        }
+    }
+
+    fn lose(&mut self, p: u32, on: &dyn OnChange) {
+        if self.held.remove(&p).is_some() {
+            self.set_owned(p, false);
+            on.lost(p);
+        }
+    }
+
+    /// One round: heartbeat, renew, then give back or take partitions
+    /// until this node holds its share.
+    pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
+        let heartbeat = self
+            .kv
+            .put(format!("node.{}", self.node), self.node.clone().into())
+            .await;
+        if let Err(e) = heartbeat {
+            // NATS unreachable: every lease may expire before the next
+            // renewal reaches it, so stop now rather than overlap.
+            for p in self.held.keys().copied().collect::<Vec<_>>() {
+                self.lose(p, on);
+            }
+            return Err(ClusterError::jetstream(e));
+        }
+        for (p, revision) in self.held.clone() {
+            match self
+                .kv
+                .update(partition_key(p), self.node.clone().into(), revision)
+                .await
+            {
+                Ok(r) => {
+                    self.held.insert(p, r);
+                }
+                Err(_) => self.lose(p, on),
+            }
+        }
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(ClusterError::jetstream)?
+            .try_collect()
+            .await
+            .map_err(ClusterError::jetstream)?;
+        let nodes = keys
+            .iter()
+            .filter(|k| k.starts_with("node."))
+            .count()
+            .max(1);
+        let taken: HashSet<u32> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("p.")?.parse().ok())
+            .collect();
+        let partitions = self.settings.partitions.max(1);
+        let share = (partitions as usize).div_ceil(nodes);
+        // Beyond the share (a node joined): give back the highest.
+        while self.held.len() > share {
+            let (p, revision) = self.held.pop_last().expect("non-empty");
+            self.set_owned(p, false);
+            on.lost(p);
+            let _ = self
+                .kv
+                .delete_expect_revision(partition_key(p), Some(revision))
+                .await;
+        }
+        // Below it: take free partitions, starting at a place of this
+        // node's own so that nodes starting together do not all race for
+        // the same ones.
+        let start = partition_of(&self.node, partitions);
+        for i in 0..partitions {
+            if self.held.len() >= share {
+                break;
+            }
+            let p = (start + i) % partitions;
+            if self.held.contains_key(&p) || taken.contains(&p) {
+                continue;
+            }
+            if let Ok(revision) = self
+                .kv
+                .create(partition_key(p), self.node.clone().into())
+                .await
+            {
+                self.held.insert(p, revision);
+                self.set_owned(p, true);
+                on.gained(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::{ClusterSettings, connect};
+
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(bool, u32)>>);
+
+    impl OnChange for Record {
+        fn gained(&self, p: u32) {
+            self.0.lock().unwrap().push((true, p));
+        }
+        fn lost(&self, p: u32) {
+            self.0.lock().unwrap().push((false, p));
+        }
+    }
+
+    async fn keeper(url: String, node: &str, settings: LeaseSettings) -> Leases {
+        let client = connect(&ClusterSettings::new(vec![url])).await.unwrap();
+        let js = jetstream::new(client);
+        let kv = ensure_bucket(&js, 3, &settings).await.unwrap();
+        Leases::new(kv, node, settings)
+    }
+
+    fn owned(l: &Leases) -> Vec<u32> {
+        let mut v: Vec<u32> = l.held.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(partition_of("sub_1", 64), partition_of("sub_1", 64));
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[partition_of(&format!("sub_{i:05}"), 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_split_the_partitions_and_a_dead_nodes_share_is_taken_over() {
+        let Some(cluster) = NatsCluster::start(3).await else {
+            return;
+        };
+        let settings = LeaseSettings {
+            partitions: 8,
+            lease: Duration::from_secs(3),
+        };
+        let (ra, rb) = (Record::default(), Record::default());
+        let mut a = keeper(cluster.url(0), "node-a", settings).await;
+        let mut b = keeper(cluster.url(1), "node-b", settings).await;
+
+        // Alone, a takes everything; once b's heartbeat is there, a gives
+        // half back and b takes it.
+        a.round(&ra).await.unwrap();
+        assert_eq!(owned(&a).len(), 8);
+        b.round(&rb).await.unwrap();
+        a.round(&ra).await.unwrap();
+        b.round(&rb).await.unwrap();
+        assert_eq!(owned(&a).len(), 4);
+        assert_eq!(owned(&b).len(), 4);
+        let mut all = [owned(&a), owned(&b)].concat();
+        all.sort();
+        assert_eq!(all, (0..8).collect::<Vec<_>>(), "disjoint and complete");
+        assert!(owned(&a).iter().all(|p| a.ownership().owns_partition(*p)));
+        assert_eq!(rb.0.lock().unwrap().len(), 4);
+
+        // b dies (no more rounds): its leases expire and a takes them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while owned(&a).len() < 8 {
+            assert!(std::time::Instant::now() < deadline, "not taken over");
+            tokio::time::sleep(settings.lease / 3).await;
+            a.round(&ra).await.unwrap();
+        }
+        // b comes back: its renewals fail (a holds them now), so it gives
+        // them up before doing anything in them.
+        b.round(&rb).await.unwrap();
+        let lost: Vec<u32> =
+            rb.0.lock()
+                .unwrap()
+                .iter()
+                .filter(|(g, _)| !g)
+                .map(|(_, p)| *p)
+                .collect();
+        assert_eq!(lost.len(), 4);
+        assert!(owned(&b).iter().all(|p| !owned(&a).contains(p)));
+    }
+}

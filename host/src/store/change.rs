@@ -1,0 +1,225 @@
+//! How the records are written on either backend.
+//!
+//! Reads are the same everywhere: the sled trees on this machine (in
+//! cluster mode, the node's view of the log). Writes take one of two forms:
+//!
+//! - [`Store::change`]: a read-modify-write over named trees that must be
+//!   atomic. Embedded: one sled transaction. Cluster: the same closure runs
+//!   against a [`Recorder`] of the view, its reads become the batch's
+//!   guards, and the batch goes through the log; a conflict (another node
+//!   changed what it read) re-runs it on the newer view.
+//! - [`Plain`]: writes that need no atomicity. Embedded: each applied at
+//!   once, in the order given (record_delivery's crash safety rests on that
+//!   order). Cluster: gathered into one batch, applied all at once.
+//!
+//! The code of a change is written once, against [`TxTree`], for both.
+
+use std::cell::RefCell;
+
+use super::*;
+use crate::cluster::log::{Log, Outcome, Recorder};
+
+/// How many times a change is re-run after conflicts before it fails
+/// (503): only a key fought over by many nodes at once gets there.
+const MAX_RERUNS: usize = 16;
+
+/// The size plain writes are split at: under NATS's default message limit
+/// (1 MiB) with room for the batch's framing.
+const MAX_BATCH_BYTES: usize = 768 * 1024;
+
+/// A tree inside one change: a sled transaction's, or a recorder's.
+pub(crate) trait TxTree {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>>;
+    fn insert(&self, key: &[u8], value: &[u8]) -> TxResult<()>;
+    /// Whether the key was there.
+    fn remove(&self, key: &[u8]) -> TxResult<bool>;
+}
+
+impl TxTree for TransactionalTree {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(TransactionalTree::get(self, key)?)
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
+        TransactionalTree::insert(self, key, value)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> TxResult<bool> {
+        Ok(TransactionalTree::remove(self, key)?.is_some())
+    }
+}
+
+/// One tree of a change being recorded for the log.
+struct Recorded<'r, 'v> {
+    recorder: &'r RefCell<Recorder<'v>>,
+    name: String,
+}
+
+fn abort(e: crate::cluster::ClusterError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Cluster(e))
+}
+
+impl TxTree for Recorded<'_, '_> {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        let value = self
+            .recorder
+            .borrow_mut()
+            .get(&self.name, key)
+            .map_err(abort)?;
+        Ok(value.map(sled::IVec::from))
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.recorder
+            .borrow_mut()
+            .insert(&self.name, key, value.to_vec());
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> TxResult<bool> {
+        let mut recorder = self.recorder.borrow_mut();
+        let existed = recorder.get(&self.name, key).map_err(abort)?.is_some();
+        recorder.remove(&self.name, key);
+        Ok(existed)
+    }
+}
+
+fn tree_name(tree: &Tree) -> String {
+    String::from_utf8_lossy(&tree.name()).into_owned()
+}
+
+impl Store {
+    /// The cluster log, in cluster mode.
+    pub(super) fn log(&self) -> Option<&Log> {
+        self.log.as_deref()
+    }
+
+    /// One atomic read-modify-write over `trees` (see the module doc).
+    /// `f` may run more than once.
+    pub(crate) async fn change<const N: usize, T>(
+        &self,
+        trees: [&Tree; N],
+        f: impl Fn([&dyn TxTree; N]) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let Some(log) = self.log() else {
+            return trees
+                .as_slice()
+                .transaction(|tx| f(std::array::from_fn(|i| &tx[i] as &dyn TxTree)))
+                .map_err(tx_error);
+        };
+        let names: [String; N] = std::array::from_fn(|i| tree_name(trees[i]));
+        let mut last = None;
+        for _ in 0..MAX_RERUNS {
+            let recorder = RefCell::new(Recorder::new(log.view()));
+            let value = {
+                let recorded: [Recorded; N] = std::array::from_fn(|i| Recorded {
+                    recorder: &recorder,
+                    name: names[i].clone(),
+                });
+                match f(std::array::from_fn(|i| &recorded[i] as &dyn TxTree)) {
+                    Ok(v) => v,
+                    Err(ConflictableTransactionError::Abort(e)) => return Err(e),
+                    Err(ConflictableTransactionError::Storage(e)) => return Err(e.into()),
+                    Err(_) => continue,
+                }
+            };
+            let recorder = recorder.into_inner();
+            if recorder.is_empty() {
+                return Ok(value);
+            }
+            match log.publish(&recorder.into_batch(log.node())).await? {
+                Outcome::Applied { .. } => return Ok(value),
+                conflict => last = Some(conflict),
+            }
+        }
+        Err(StoreError::Commit(format!(
+            "gave up after {MAX_RERUNS} conflicting changes (the last: {last:?})"
+        )))
+    }
+
+    /// Cluster mode: waits until this node's view has applied everything
+    /// the log held when called (embedded: nothing to wait for).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        if let Some(log) = self.log() {
+            log.caught_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: this node's name in the log and the leases.
+    pub fn node_id(&self) -> Option<&str> {
+        self.log().map(Log::node)
+    }
+
+    /// Cluster mode: calls `hook` with every batch this node's view
+    /// applies, whichever node wrote it (embedded: never).
+    pub fn on_applied(&self, hook: crate::cluster::log::OnApplied) {
+        if let Some(log) = self.log() {
+            log.view().on_applied(hook);
+        }
+    }
+
+    /// Writes that need no atomicity (see the module doc).
+    pub(super) fn plain(&self) -> Plain<'_> {
+        Plain {
+            recorder: self.log().map(|log| Recorder::new(log.view())),
+            store: self,
+        }
+    }
+}
+
+/// Writes applied at once (embedded) or gathered for one batch (cluster).
+pub(super) struct Plain<'s> {
+    store: &'s Store,
+    recorder: Option<Recorder<'s>>,
+}
+
+impl Plain<'_> {
+    pub(super) fn insert(
+        &mut self,
+        tree: &Tree,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), StoreError> {
+        match &mut self.recorder {
+            None => {
+                tree.insert(key.as_ref(), value.as_ref())?;
+            }
+            Some(r) => r.insert(&tree_name(tree), key.as_ref(), value.as_ref().to_vec()),
+        }
+        Ok(())
+    }
+
+    /// Whether the key was there (read from this machine's trees).
+    pub(super) fn remove(
+        &mut self,
+        tree: &Tree,
+        key: impl AsRef<[u8]>,
+    ) -> Result<bool, StoreError> {
+        Ok(match &mut self.recorder {
+            None => tree.remove(key.as_ref())?.is_some(),
+            Some(r) => {
+                let existed = tree.get(key.as_ref())?.is_some();
+                r.remove(&tree_name(tree), key.as_ref());
+                existed
+            }
+        })
+    }
+
+    /// Embedded: nothing left to do. Cluster: publishes the batch and
+    /// returns once this node's view has applied it.
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        let (Some(log), Some(recorder)) = (self.store.log(), self.recorder) else {
+            return Ok(());
+        };
+        for batch in recorder.into_batches(log.node(), MAX_BATCH_BYTES) {
+            match log.publish(&batch).await? {
+                Outcome::Applied { .. } => {}
+                // A batch without guards cannot conflict.
+                conflict => return Err(StoreError::Commit(format!("unexpected {conflict:?}"))),
+            }
+        }
+        Ok(())
+    }
+}
