@@ -5,6 +5,7 @@
 
 mod api;
 mod cli;
+mod cluster;
 mod dashboard;
 mod delivery;
 mod e2e;

@@ -43,6 +43,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a writer waits for its own view to apply its batch (the
 /// ordered consumer recreates itself after a lost server within this).
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a wait for the view goes before the applier reads anew.
+const KICK_AFTER: Duration = Duration::from_secs(3);
 /// The view's own tree: the sequence it has applied.
 const LOG_TREE: &str = "__log";
 const APPLIED: &[u8] = b"applied";
@@ -317,6 +319,9 @@ pub struct Log {
     /// The last "where does the stream end" answer, and when its request
     /// was sent: concurrent [`Log::caught_up`] calls share requests.
     last_end: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// Makes the applier replace its reader: a writer or reader waited
+    /// [`KICK_AFTER`] for the view to reach a sequence the stream has.
+    kick: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Log {
@@ -342,13 +347,17 @@ impl Log {
         let messages = read_from(&stream, from).await?;
         let (tx, applied) = watch::channel(from - 1);
         let waiters = Waiters::default();
+        let kick = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(apply_all(
             stream,
             messages,
-            view.clone(),
-            node.to_string(),
-            waiters.clone(),
-            tx,
+            Applier {
+                view: view.clone(),
+                node: node.to_string(),
+                waiters: waiters.clone(),
+                applied: tx,
+                kick: kick.clone(),
+            },
         ));
         Ok(Log {
             js,
@@ -358,6 +367,7 @@ impl Log {
             applied,
             applier: task.abort_handle(),
             last_end: tokio::sync::Mutex::new(None),
+            kick,
         })
     }
 
@@ -387,11 +397,25 @@ impl Log {
                 .map_err(ClusterError::jetstream)
         }
         .await;
-        if let Err(e) = sent {
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.lock_waiters().remove(&batch.id);
+                return Err(e);
+            }
+        };
+        if ack.duplicate && ack.sequence <= *self.applied.borrow() {
+            // A re-sent batch the log already had, and the view applied
+            // before this call waited for it: its outcome was given to no
+            // one. The caller re-runs its change on the view, which shows
+            // whether the batch took effect.
             self.lock_waiters().remove(&batch.id);
-            return Err(e);
+            return Err(ClusterError::JetStream(format!(
+                "batch {} was in the log already (sequence {}); its outcome is in the view",
+                batch.id, ack.sequence
+            )));
         }
-        match tokio::time::timeout(APPLY_TIMEOUT, rx).await {
+        match self.patiently(rx).await {
             Ok(outcome) => outcome.map_err(|_| ClusterError::Stopped)?,
             Err(_) => {
                 self.lock_waiters().remove(&batch.id);
@@ -436,7 +460,8 @@ impl Log {
             }
         };
         let mut applied = self.applied.clone();
-        let reached = tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|a| *a >= last))
+        let reached = self
+            .patiently(applied.wait_for(|a| *a >= last))
             .await
             .map_err(|_| {
                 ClusterError::JetStream(format!(
@@ -445,6 +470,21 @@ impl Log {
             })?
             .map_err(|_| ClusterError::Stopped)?;
         Ok(*reached)
+    }
+
+    /// Waits for the view to reach something the stream has, up to
+    /// [`APPLY_TIMEOUT`]; past [`KICK_AFTER`] the applier is told to read
+    /// again (a reader can stall silently when its server went away).
+    async fn patiently<F: std::future::Future>(
+        &self,
+        wait: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        tokio::pin!(wait);
+        if let Ok(done) = tokio::time::timeout(KICK_AFTER, &mut wait).await {
+            return Ok(done);
+        }
+        self.kick.notify_one();
+        tokio::time::timeout(APPLY_TIMEOUT - KICK_AFTER, wait).await
     }
 
     fn lock_waiters(
@@ -543,23 +583,16 @@ const REREAD_AFTER: Duration = Duration::from_millis(500);
 /// (waiters get an error) only if the view fails or a batch is
 /// unreadable: a view that skipped a batch would no longer agree with
 /// the others.
-async fn apply_all(
-    stream: stream::Stream,
-    first: consumer::pull::Ordered,
-    view: Arc<View>,
-    node: String,
-    waiters: Waiters,
-    applied: watch::Sender<u64>,
-) {
+async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, a: Applier) {
     let mut reader = Some(first);
     loop {
         let messages = match reader.take() {
             Some(m) => m,
             None => {
                 tokio::time::sleep(REREAD_AFTER).await;
-                let from = match view.applied() {
-                    Ok(a) => a + 1,
-                    Err(e) => return stop(&waiters, e),
+                let from = match a.view.applied() {
+                    Ok(applied) => applied + 1,
+                    Err(e) => return stop(&a.waiters, e),
                 };
                 match read_from(&stream, from).await {
                     Ok(m) => m,
@@ -570,10 +603,19 @@ async fn apply_all(
                 }
             }
         };
-        if let Err(e) = apply_from(messages, &view, &node, &waiters, &applied).await {
-            return stop(&waiters, e);
+        if let Err(e) = a.apply_from(messages).await {
+            return stop(&a.waiters, e);
         }
     }
+}
+
+/// What the applier task holds.
+struct Applier {
+    view: Arc<View>,
+    node: String,
+    waiters: Waiters,
+    applied: watch::Sender<u64>,
+    kick: Arc<tokio::sync::Notify>,
 }
 
 /// Fails every waiting writer: the applier stopped for good.
@@ -585,51 +627,55 @@ fn stop(waiters: &Waiters, e: ClusterError) {
     }
 }
 
-/// Applies what one reader gives until it fails or ends (Ok: make a new
-/// reader), or the view fails (Err: stop).
-async fn apply_from(
-    mut messages: consumer::pull::Ordered,
-    view: &Arc<View>,
-    node: &str,
-    waiters: &Waiters,
-    applied: &watch::Sender<u64>,
-) -> Result<(), ClusterError> {
-    while let Some(message) = messages.next().await {
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the cluster log");
-                return Ok(());
-            }
-        };
-        let seq = message
-            .info()
-            .map_err(ClusterError::jetstream)?
-            .stream_sequence;
-        let batch: Batch =
-            postcard::from_bytes(&message.payload).map_err(|e| ClusterError::Corrupt {
-                seq,
-                message: e.to_string(),
-            })?;
-        let outcome = {
-            let view = view.clone();
-            let batch = batch.clone();
-            tokio::task::spawn_blocking(move || view.apply(seq, &batch))
-                .await
-                .map_err(ClusterError::jetstream)??
-        };
-        applied.send_modify(|a| *a = (*a).max(seq));
-        if batch.node == node {
-            let waiter = waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&batch.id);
-            if let Some(tx) = waiter {
-                let _ = tx.send(Ok(outcome));
+impl Applier {
+    /// Applies what one reader gives until it fails, ends or is kicked
+    /// (Ok: make a new reader), or the view fails (Err: stop).
+    async fn apply_from(&self, mut messages: consumer::pull::Ordered) -> Result<(), ClusterError> {
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                _ = self.kick.notified() => {
+                    tracing::info!("the cluster log's reader stalled: reading again");
+                    return Ok(());
+                }
+            };
+            let message = match message {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the cluster log");
+                    return Ok(());
+                }
+                None => return Ok(()),
+            };
+            let seq = message
+                .info()
+                .map_err(ClusterError::jetstream)?
+                .stream_sequence;
+            let batch: Batch =
+                postcard::from_bytes(&message.payload).map_err(|e| ClusterError::Corrupt {
+                    seq,
+                    message: e.to_string(),
+                })?;
+            let outcome = {
+                let view = self.view.clone();
+                let batch = batch.clone();
+                tokio::task::spawn_blocking(move || view.apply(seq, &batch))
+                    .await
+                    .map_err(ClusterError::jetstream)??
+            };
+            self.applied.send_modify(|a| *a = (*a).max(seq));
+            if batch.node == self.node {
+                let waiter = self
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&batch.id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(Ok(outcome));
+                }
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -112,5 +112,7 @@ pub fn replicas(settings: &ClusterSettings, client: &async_nats::Client) -> usiz
     })
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Test support (a real NATS cluster), for this crate's tests and the
+/// integration tests; not part of the product.
+#[doc(hidden)]
+pub mod testing;

@@ -1,7 +1,8 @@
-//! A real NATS cluster for tests: `nats-server` processes (Debian's
-//! package, JetStream on) routed to each other on free loopback ports, with
-//! temporary store directories. Outside CI a missing `nats-server` skips
-//! the test; under CI (`.ci/run` installs it) it fails.
+//! A real NATS cluster for tests (this crate's and the integration
+//! tests'): `nats-server` processes (Debian's package, JetStream on) routed
+//! to each other on free loopback ports, with temporary store directories.
+//! Outside CI a missing `nats-server` skips the test; under CI (`.ci/run`
+//! installs it) it fails.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 pub struct NatsCluster {
     servers: Vec<Server>,
     routes: String,
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 struct Server {
@@ -44,12 +45,16 @@ impl NatsCluster {
             eprintln!("skipping: nats-server not installed");
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "wasmhook-nats-{}-{}",
+            std::process::id(),
+            ulid::Ulid::new()
+        ));
         let servers: Vec<Server> = (0..n)
             .map(|i| Server {
                 port: free_port(),
                 cluster_port: free_port(),
-                dir: dir.path().join(format!("n{i}")),
+                dir: dir.join(format!("n{i}")),
                 child: None,
             })
             .collect();
@@ -61,7 +66,7 @@ impl NatsCluster {
         let mut cluster = NatsCluster {
             servers,
             routes,
-            _dir: dir,
+            dir,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -131,6 +136,11 @@ impl NatsCluster {
         (0..self.servers.len()).map(|i| self.url(i)).collect()
     }
 
+    /// Every server's client URL, comma-separated (`--nats`).
+    pub fn urls_arg(&self) -> String {
+        self.urls().join(",")
+    }
+
     /// kill -9 of server `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].child.take() {
@@ -145,5 +155,6 @@ impl Drop for NatsCluster {
         for i in 0..self.servers.len() {
             self.kill(i);
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

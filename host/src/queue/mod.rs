@@ -107,6 +107,16 @@ impl Queue {
                 return;
             };
             let queue = Queue { inner };
+            // A cap changed through another node.
+            for w in batch.writes.iter().filter(|w| w.tree == "subscriptions") {
+                if let Some(sub) = w
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<crate::store::Subscription>(v).ok())
+                {
+                    queue.set_cap(&sub.id, sub.max_in_flight);
+                }
+            }
             let added: Vec<(Vec<u8>, Vec<u8>)> = batch
                 .writes
                 .iter()

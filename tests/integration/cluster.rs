@@ -1,0 +1,228 @@
+//! Cluster mode: real `wasmhook` nodes on a real 3-server NATS cluster
+//! (JetStream on, temp store dirs, loopback ports), a real receiver.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasmhook::cluster::testing::NatsCluster;
+
+use crate::harness::*;
+
+/// A node of the cluster: short leases (3 s) and 8 partitions, so that
+/// take-overs happen within a test's patience.
+fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
+    Server::start_with(
+        dir,
+        &["--nats", &cluster.urls_arg()],
+        &[
+            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+            ("WASMHOOK_CLUSTER_NODE_ID", name),
+        ],
+    )
+}
+
+/// Waits until the live nodes lease all 8 partitions between them.
+async fn wait_for_leases(nodes: &[&Server]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut total = 0;
+        for n in nodes {
+            let (_, health) = n.call("GET", "/healthz", "", None).await;
+            total += health["cluster"]["partitions_leased"].as_u64().unwrap_or(0);
+        }
+        if total == 8 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not leased: {total}/8"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Deliveries by delivery id (the `webhook-id` header), each with how
+/// many times it arrived.
+fn by_delivery_id(received: &[Received]) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for r in received {
+        *ids.entry(r.header("webhook-id")).or_default() += 1;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_route_each_event_once_and_take_over_a_killed_nodes_work() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n0 = node(&cluster, dirs[0].path(), "n0");
+    let n1 = node(&cluster, dirs[1].path(), "n1");
+    let n2 = node(&cluster, dirs[2].path(), "n2");
+    let (_, health) = n0.call("GET", "/healthz", "", None).await;
+    assert_eq!(health["backend"], "nats", "{health}");
+
+    // Set up through different nodes: each sees the others' writes.
+    let receiver = Receiver::ok().await;
+    let (_, key) = n0.tenant("acme").await;
+    let mut subs = Vec::new();
+    for (i, n) in [&n1, &n2, &n0, &n1].iter().enumerate() {
+        let sub = n
+            .subscribe(
+                &key,
+                json!({"url": format!("{}/s{i}", receiver.url()), "event_types": ["message.*"]}),
+            )
+            .await;
+        subs.push(sub["id"].as_str().unwrap().to_string());
+    }
+    let (status, listed) = n2.call("GET", "/v1/subscriptions", &key, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
+    wait_for_leases(&[&n0, &n1, &n2]).await;
+
+    // 30 events spread over the nodes, each of the first ten sent to two
+    // nodes at once: every event reaches the 4 subscriptions once.
+    let nodes = [&n0, &n1, &n2];
+    for i in 0..30 {
+        let event = message_event(&format!("evt_{i}"));
+        let (status, body) = nodes[i % 3]
+            .call("POST", "/v1/events", &key, Some(event.clone()))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        if i < 10 {
+            let (status, again) = nodes[(i + 1) % 3]
+                .call("POST", "/v1/events", &key, Some(event))
+                .await;
+            assert!(status == 200 || status == 202, "{status} {again}");
+            assert_eq!(
+                again["deliveries"], body["deliveries"],
+                "the same delivery ids"
+            );
+        }
+    }
+    let received = receiver.wait_for(120, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.received().len().max(received.len());
+    assert_eq!(received, 120, "each event once per subscription");
+    let ids = by_delivery_id(&receiver.received());
+    assert_eq!(ids.len(), 120);
+    assert!(ids.values().all(|n| *n == 1), "no delivery sent twice");
+
+    // Any node answers for a delivery, whichever node sent it.
+    let some = ids.keys().next().unwrap().clone();
+    for n in nodes {
+        let (status, d) = n
+            .call("GET", &format!("/v1/deliveries/{some}"), &key, None)
+            .await;
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["status"], "succeeded", "{d}");
+    }
+
+    // kill -9 of one node: the others take its partitions within the
+    // lease time and deliver what arrives meanwhile.
+    n2.kill9();
+    for i in 30..50 {
+        let (status, body) = [&n0, &n1][i % 2]
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(message_event(&format!("evt_{i}"))),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let all = receiver.wait_for(200, Duration::from_secs(30)).await;
+    assert!(
+        all.len() >= 200,
+        "{} of 200 delivered after the kill",
+        all.len()
+    );
+    let ids = by_delivery_id(&receiver.received());
+    assert_eq!(ids.len(), 200, "every delivery id arrived");
+    wait_for_leases(&[&n0, &n1]).await;
+}
+
+#[test]
+fn a_node_refuses_to_start_without_its_cluster_and_names_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let out = Command::new(crate::support::binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--nats",
+                "nats://127.0.0.1:1",
+            ])
+            .arg("--data")
+            .arg(dir.path())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unreachable = run(&[("WASMHOOK_ADMIN_TOKEN", "tok")]);
+    assert!(
+        unreachable.contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{unreachable}"
+    );
+    let no_token = run(&[("WASMHOOK_ADMIN_TOKEN", "")]);
+    assert!(
+        no_token.contains("server.admin_token") && no_token.contains("cluster mode"),
+        "{no_token}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_through_one_node_runs_on_another() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n0 = node(&cluster, dirs[0].path(), "p0");
+    let n1 = node(&cluster, dirs[1].path(), "p1");
+    let (_, key) = n0.tenant("acme").await;
+    let wasm = wasmhook::runtime::bundled::find("helloclient-lead")
+        .unwrap()
+        .wasm
+        .to_vec();
+    let plugin = n0.upload_plugin(&key, "name=crm-lead", wasm).await;
+    let lead: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::support::repo_root().join("examples/lead.json")).unwrap(),
+    )
+    .unwrap();
+    // n1 never saw the bytes: it fetches them from the object store,
+    // compiles them and runs them.
+    let (status, dry) = n1
+        .call(
+            "POST",
+            &format!("/v1/plugins/{}/dry-run", plugin["id"].as_str().unwrap()),
+            &key,
+            Some(json!({ "event": lead })),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["action"]["action"], "deliver", "{dry}");
+    // Deleted through n1: gone for n0 too.
+    let (status, _) = n1
+        .call(
+            "DELETE",
+            &format!("/v1/plugins/{}", plugin["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, list) = n0.call("GET", "/v1/plugins", &key, None).await;
+    assert!(
+        !list.to_string().contains(plugin["id"].as_str().unwrap()),
+        "{list}"
+    );
+}
