@@ -12,6 +12,11 @@
 #                                # batches of 100, ceiling
 #   DURATION=20 CONNECTIONS=64 bench/e2e.sh
 #   WASMHOOK_BIN=/path/to/other/wasmhook bench/e2e.sh   # another build
+#   BACKEND=nats1 bench/e2e.sh   # cluster mode: one node on one nats-server
+#   BACKEND=nats3 bench/e2e.sh   # three nodes on a 3-server NATS cluster (wrk
+#                                # posts to the first node; CPU counts every
+#                                # node and every nats-server)
+#   ONLY=1 bench/e2e.sh          # the first scenario (fan-out 1) and the ceiling
 #
 # Installs nothing: it says what is missing (apt-get install wrk nginx-light).
 set -euo pipefail
@@ -21,7 +26,10 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 missing=()
-for tool in wrk nginx curl python3 cargo; do
+BACKEND=${BACKEND:-sled}
+tools="wrk nginx curl python3 cargo"
+[ "$BACKEND" != sled ] && tools="$tools nats-server"
+for tool in $tools; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -46,7 +54,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 ticks_per_sec=$(getconf CLK_TCK)
 
 # --- nginx: the receiver, one access-log line per delivery ------------------
@@ -135,14 +143,41 @@ scenario() { # label fanout script path per_request
   local label=$1 fanout=$2 script=$3 path=$4 per=$5
   local port data token key
   port=$(free_port); data="$WORK/data-$fanout-$per"; token=bench
-  # The backlog quota would turn a deep queue into 429s: this measures
-  # throughput, so it is lifted.
-  WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT=1000000000 \
-  WASMHOOK_ADMIN_TOKEN=$token RUST_LOG=error "$BIN" serve --listen "127.0.0.1:$port" \
-    --data "$data" --allow-private-destinations > "$WORK/server.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  local pids=() nats_args=()
+  case "$BACKEND" in
+    nats1|nats3)
+      local n=${BACKEND#nats} routes="" urls="" cports=() nports=()
+      for i in $(seq 0 $((n - 1))); do cports+=("$(free_port)"); nports+=("$(free_port)"); done
+      for i in $(seq 0 $((n - 1))); do
+        routes="$routes${routes:+,}nats-route://127.0.0.1:${cports[$i]}"
+        urls="$urls${urls:+,}nats://127.0.0.1:${nports[$i]}"
+      done
+      for i in $(seq 0 $((n - 1))); do
+        local cluster_args=()
+        [ "$n" -gt 1 ] && cluster_args=(--cluster_name bench --cluster "nats://127.0.0.1:${cports[$i]}" --routes "$routes")
+        nats-server -a 127.0.0.1 -p "${nports[$i]}" -n "n$i" -js -sd "$data-nats-$i" "${cluster_args[@]}" \
+          > "$WORK/nats-$i.log" 2>&1 &
+        pids+=($!); PIDS+=($!)
+      done
+      sleep 3
+      nats_args=(--nats "$urls")
+      ;;
+  esac
+  local nodes=1
+  [ "$BACKEND" = nats3 ] && nodes=3
+  local ports=("$port")
+  for i in $(seq 1 $((nodes - 1))); do ports+=("$(free_port)"); done
+  for i in $(seq 0 $((nodes - 1))); do
+    # The backlog quota would turn a deep queue into 429s: this measures
+    # throughput, so it is lifted.
+    WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT=1000000000 \
+    WASMHOOK_ADMIN_TOKEN=$token RUST_LOG=error "$BIN" serve --listen "127.0.0.1:${ports[$i]}" \
+      --data "$data-$i" --allow-private-destinations "${nats_args[@]}" > "$WORK/server-$i.log" 2>&1 &
+    pids+=($!); PIDS+=($!)
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 300); do curl -sf "127.0.0.1:$p/healthz" >/dev/null && break; sleep 0.1; done
+  done
   key=$(curl -s -X POST "127.0.0.1:$port/v1/tenants" -H "Authorization: Bearer $token" \
         -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
   for _ in $(seq "$fanout"); do
@@ -150,7 +185,17 @@ scenario() { # label fanout script path per_request
       -d "{\"url\":\"http://127.0.0.1:$NGINX_PORT/hook\",\"event_types\":[\"*\"],\"max_in_flight\":64}" >/dev/null
   done
   local before_log before_cpu started
-  before_log=$(deliveries); before_cpu=$(cpu_ticks "$pid"); started=$(date +%s.%N)
+  if [ "$nodes" -gt 1 ]; then
+    # Every node leases its share of the partitions before the load.
+    for _ in $(seq 100); do
+      total=0
+      for p in "${ports[@]}"; do
+        total=$((total + $(curl -s "127.0.0.1:$p/healthz" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("cluster") or {}).get("partitions_leased", 0))')))
+      done
+      [ "$total" -ge 64 ] && break; sleep 0.3
+    done
+  fi
+  before_log=$(deliveries); before_cpu=$(cpu_ticks "${pids[@]}"); started=$(date +%s.%N)
   read -r req non rps p50 p99 < <(WRK_KEY=$key run_wrk_auth "127.0.0.1:$port$path" "$script" "$key")
   local accepted=$(( (req - non) * per ))
   local expected=$(( before_log + accepted * fanout ))
@@ -158,7 +203,7 @@ scenario() { # label fanout script path per_request
   while [ "$(deliveries)" -lt "$expected" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
   local ended got cpu
   ended=$(date +%s.%N); got=$(( $(deliveries) - before_log ))
-  cpu=$(( $(cpu_ticks "$pid") - before_cpu ))
+  cpu=$(( $(cpu_ticks "${pids[@]}") - before_cpu ))
   python3 - "$label" "$accepted" "$got" "$non" "$started" "$ended" "$cpu" "$ticks_per_sec" "$p50" "$p99" "$DURATION" "$fanout" <<'PY' >> "$WORK/table.txt"
 import sys
 label, accepted, got, non, t0, t1, cpu, hz, p50, p99, dur, fanout = sys.argv[1:]
@@ -167,7 +212,8 @@ secs = float(t1) - float(t0)
 cpu_s = int(cpu) / int(hz)
 print(f"{label}\t{accepted / float(dur):.0f}\t{got / secs:.0f}\t{cpu_s * 1e6 / max(got, 1):.0f}\t{float(p50):.1f}\t{float(p99):.1f}\t{got}/{accepted * fanout}\t{non}")
 PY
-  kill "$pid" 2>/dev/null || true
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
 }
 
 # wrk with the tenant's key (a header set in the script's environment).
@@ -179,6 +225,7 @@ run_wrk_auth() { # url script key
 
 : > "$WORK/table.txt"
 scenario "single events, fan-out 1" 1 "$WORK/single.lua" /v1/events 1
+if [ -z "${ONLY:-}" ]; then
 # The same at half of that peak: each connection waits between requests
 # (wrk's delay hook) so that CONNECTIONS / delay is half the rate just
 # measured; the latency then is what a sender sees below saturation.
@@ -188,10 +235,11 @@ delay_ms=$(python3 -c "print(max(1, round($CONNECTIONS / ($peak / 2) * 1000)))")
 scenario "single events, fan-out 1, half load" 1 "$WORK/half.lua" /v1/events 1
 scenario "single events, fan-out 10" 10 "$WORK/single.lua" /v1/events 1
 scenario "batches of 100, fan-out 1" 1 "$WORK/batch.lua" /v1/events/batch 100
+fi
 read -r creq cnon crps cp50 cp99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/hook" "$WORK/ceiling.lua")
 
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; backend $BACKEND; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "| run | events/s accepted | deliveries/s | server CPU per delivery | ingest p50 / p99 | delivered / counted by wrk | non-2xx | ratio to ceiling |"
 echo "|---|---|---|---|---|---|---|---|"
 while IFS=$'\t' read -r label acc dps cpu p50 p99 delivered non; do

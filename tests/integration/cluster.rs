@@ -226,3 +226,68 @@ async fn a_plugin_uploaded_through_one_node_runs_on_another() {
         "{list}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lost_while_running_is_a_503_then_work_resumes() {
+    let Some(mut cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n0 = node(&cluster, dir.path(), "solo");
+    let receiver = Receiver::ok().await;
+    let (_, key) = n0.tenant("acme").await;
+    n0.subscribe(
+        &key,
+        json!({"url": receiver.url(), "event_types": ["message.*"]}),
+    )
+    .await;
+    wait_for_leases(&[&n0]).await;
+    let (status, _) = n0
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(message_event("evt_before")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+
+    // Every NATS server gone: ingest and health answer 503, naming NATS.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let (status, body) = n0
+        .call("POST", "/v1/events", &key, Some(message_event("evt_lost")))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, health) = n0.call("GET", "/healthz", "", None).await;
+    assert_eq!(status, 503, "{health}");
+    assert!(health.to_string().contains("NATS"), "{health}");
+
+    // Back: the event sent again is accepted and delivered, and so is the
+    // rest, without restarting the node.
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    cluster.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = n0
+            .call("POST", "/v1/events", &key, Some(message_event("evt_lost")))
+            .await;
+        if status == 202 || status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, _) = n0
+        .call("POST", "/v1/events", &key, Some(message_event("evt_after")))
+        .await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_for(3, Duration::from_secs(60)).await;
+    assert_eq!(by_delivery_id(&got).len(), 3, "each event once");
+    let (status, health) = n0.call("GET", "/healthz", "", None).await;
+    assert_eq!(status, 200, "{health}");
+}

@@ -141,6 +141,17 @@ impl NatsCluster {
         self.urls().join(",")
     }
 
+    /// Starts server `i` again (after [`NatsCluster::kill`]) on its port
+    /// and store directory; [`NatsCluster::ready`] waits for JetStream.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    /// Waits until JetStream answers through every running server.
+    pub async fn ready(&self) {
+        self.wait_ready().await;
+    }
+
     /// kill -9 of server `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].child.take() {

@@ -451,6 +451,9 @@ impl Store {
         delivery: &Delivery,
         leased: Option<Timestamp>,
     ) -> Result<(), StoreError> {
+        if let (Some(_), Some(due)) = (self.log(), leased) {
+            return self.record_leased_attempt(delivery, due).await;
+        }
         let mut w = self.plain();
         let entry = deliveries::outbox_entry(delivery);
         if let Some((key, value)) = &entry {
@@ -464,6 +467,42 @@ impl Store {
             }
         }
         w.commit().await
+    }
+
+    /// Cluster mode: an attempt's record, guarded by the outbox entry it
+    /// was leased from. If that entry is gone, another node took the
+    /// partition and recorded this delivery since: the new owner's record
+    /// stands and this one is dropped (the receiver saw one more attempt
+    /// under the same delivery id, which at-least-once allows).
+    async fn record_leased_attempt(
+        &self,
+        delivery: &Delivery,
+        leased: Timestamp,
+    ) -> Result<(), StoreError> {
+        let old = outbox_key(leased, &delivery.id);
+        let entry = deliveries::outbox_entry(delivery);
+        let recorded = self
+            .change([&self.outbox, &self.deliveries], |[outbox, deliveries]| {
+                if outbox.get(&old)?.is_none() {
+                    return Ok(false);
+                }
+                if let Some((key, value)) = &entry {
+                    outbox.insert(key, value)?;
+                }
+                deliveries.insert(delivery.id.as_bytes(), &encode(delivery))?;
+                if entry.as_ref().is_none_or(|(key, _)| *key != old) {
+                    outbox.remove(&old)?;
+                }
+                Ok(true)
+            })
+            .await?;
+        if !recorded {
+            tracing::warn!(
+                delivery_id = %delivery.id,
+                "attempt not recorded: another node owns this delivery now"
+            );
+        }
+        Ok(())
     }
 
     fn send(&self, job: commit::Job) -> Result<(), StoreError> {
