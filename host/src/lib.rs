@@ -26,7 +26,13 @@
 //! 8. [`retry`] — what happens after an attempt: the pure retry policy.
 //! 9. [`window`] — items plugins hold, flushed by a scheduler when their
 //!    window closes, in one transaction with the deliveries they become.
-//! 10. [`store`] — the records, on sled: the only module that touches it.
+//! 10. [`store`] — the records, on sled: the only module that touches it
+//!     (besides the cluster log's view of the same trees).
+//!
+//! Cluster mode: [`cluster`] — the records' changes as a replicated
+//! JetStream log that every node applies to its own sled view, the work
+//! split into partitions leased to nodes, plugin bytes in an object store
+//! (`docs/cluster.md`).
 //!
 //! Beside the flow: [`app`] (the shared context), [`subscription`] (a
 //! subscription's rules), [`clock`], [`config`],

@@ -303,4 +303,40 @@ pub(super) mod tests {
         store.durable().await.unwrap();
         store.check().await.unwrap();
     }
+
+    /// Two items held under one sequence number (in cluster mode two nodes
+    /// can pick the same one): the second takes the next free key, and
+    /// both are kept.
+    #[tokio::test]
+    async fn an_item_held_under_a_taken_sequence_is_kept_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let held = |event: &str, item: &str| {
+            let mut n = new_event("ten_1", event, &format!("dlv_{event}"), at);
+            n.deliveries.clear();
+            n.event.deliveries.clear();
+            n.held.push(HeldWrite {
+                tenant_id: "ten_1".into(),
+                subscription_id: "sub_w".into(),
+                start: at,
+                end: at,
+                close_at: at,
+                seq: 7,
+                group: "conv".into(),
+                item: item.into(),
+            });
+            n
+        };
+        store.accept(vec![held("evt_a", "first")]).await.unwrap();
+        store.accept(vec![held("evt_b", "second")]).await.unwrap();
+        let items: Vec<String> = store
+            .held_items("sub_w", at)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r.item)
+            .collect();
+        assert_eq!(items, ["first", "second"]);
+        assert_eq!(store.windows_of("sub_w").unwrap()[0].items, 2);
+    }
 }
