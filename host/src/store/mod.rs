@@ -8,6 +8,12 @@
 //! the key helpers. Writes that create work go through [`crate::queue`],
 //! which makes them visible to the workers once durable.
 //!
+//! In cluster mode ([`Store::open_cluster`]) the same trees are this node's
+//! view of the cluster's log, and every write of the records goes through
+//! `change.rs` as a guarded batch on the log instead of straight to sled;
+//! reads are the same. `meta` and the log's own `__log` tree stay this
+//! node's, and `plugin_blobs` is a cache of the object store.
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `tenants` | tenant id | [`Tenant`] |
