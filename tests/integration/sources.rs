@@ -748,63 +748,10 @@ async fn the_formats_send_each_platforms_shape() {
     assert_eq!(String::from_utf8_lossy(&r.body), original.to_string());
 }
 
-/// A real `nats-server` with JetStream on a free loopback port, stopped on
-/// drop. None (the test skips) when it is not installed, outside CI.
-struct NatsServer {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> Option<Self> {
-        let installed = std::process::Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server is not installed (.ci/run installs Debian's package)"
-            );
-            eprintln!("skipping: nats-server not installed");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_nats_subject_is_a_source() {
-    let Some(nats) = NatsServer::start() else {
+    // One real nats-server (JetStream on), the cluster tests' fixture.
+    let Some(nats) = wasmhook::cluster::testing::NatsCluster::start(1).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -825,7 +772,7 @@ async fn a_nats_subject_is_a_source() {
     let s = source(
         &server,
         &key,
-        json!({"kind": "nats", "nats": {"url": nats.url, "subject": "ohallo.events.>", "format": "ohallo"}}),
+        json!({"kind": "nats", "nats": {"url": nats.url(0), "subject": "ohallo.events.>", "format": "ohallo"}}),
     )
     .await;
     let id = s["id"].as_str().unwrap().to_string();
@@ -834,7 +781,7 @@ async fn a_nats_subject_is_a_source() {
 
     // The feed creates the stream that captures the subject; publish once
     // it exists, with JetStream's acknowledgement.
-    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while js.stream_by_subject("ohallo.events.>").await.is_err() {
         assert!(

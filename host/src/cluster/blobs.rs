@@ -7,7 +7,7 @@
 use async_nats::jetstream::{self, object_store};
 use tokio::io::AsyncReadExt;
 
-use super::ClusterError;
+use super::{ClusterError, check_setting};
 
 /// The object store's bucket.
 pub const BUCKET: &str = "wasmhook_plugins";
@@ -43,15 +43,7 @@ impl Blobs {
             .config
             .num_replicas
             .max(1);
-        if found != replicas {
-            return Err(ClusterError::Incompatible {
-                what: "object store",
-                name: BUCKET.to_string(),
-                setting: "num_replicas",
-                found: found.to_string(),
-                wanted: replicas.to_string(),
-            });
-        }
+        check_setting("object store", BUCKET, "num_replicas", found, replicas)?;
         Ok(Blobs { store })
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use futures_util::TryStreamExt;
 
-use super::ClusterError;
+use super::{ClusterError, check_setting};
 
 /// The lease bucket.
 pub const BUCKET: &str = "wasmhook_leases";
@@ -121,27 +121,21 @@ pub async fn ensure_bucket(
         .await
         .map_err(ClusterError::jetstream)?;
     let config = &stream.info().await.map_err(ClusterError::jetstream)?.config;
-    let incompatible = |setting, found: String, wanted: String| ClusterError::Incompatible {
-        what: "key-value bucket",
-        name: BUCKET.to_string(),
-        setting,
-        found,
-        wanted,
-    };
-    if config.num_replicas.max(1) != replicas {
-        return Err(incompatible(
-            "num_replicas",
-            config.num_replicas.max(1).to_string(),
-            replicas.to_string(),
-        ));
-    }
-    if config.max_age != settings.lease {
-        return Err(incompatible(
-            "max_age (the lease time)",
-            format!("{:?}", config.max_age),
-            format!("{:?}", settings.lease),
-        ));
-    }
+    let what = "key-value bucket";
+    check_setting(
+        what,
+        BUCKET,
+        "num_replicas",
+        config.num_replicas.max(1),
+        replicas,
+    )?;
+    check_setting(
+        what,
+        BUCKET,
+        "max_age (the lease time)",
+        config.max_age,
+        settings.lease,
+    )?;
     js.get_key_value(BUCKET)
         .await
         .map_err(ClusterError::jetstream)

@@ -32,7 +32,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
-use super::ClusterError;
+use super::{ClusterError, check_setting};
 
 /// The stream of batches.
 pub const STREAM: &str = "WASMHOOK_LOG";
@@ -513,41 +513,34 @@ async fn ensure_stream(
         .await
         .map_err(ClusterError::jetstream)?;
     let config = &s.info().await.map_err(ClusterError::jetstream)?.config;
-    let incompatible = |setting, found: String, wanted: String| ClusterError::Incompatible {
-        what: "stream",
-        name: STREAM.to_string(),
-        setting,
-        found,
-        wanted,
-    };
-    if config.subjects != [SUBJECT] {
-        return Err(incompatible(
-            "subjects",
-            format!("{:?}", config.subjects),
-            format!("[{SUBJECT:?}]"),
-        ));
-    }
-    if config.num_replicas.max(1) != replicas {
-        return Err(incompatible(
-            "num_replicas",
-            config.num_replicas.max(1).to_string(),
-            replicas.to_string(),
-        ));
-    }
-    if config.retention != stream::RetentionPolicy::Limits {
-        return Err(incompatible(
-            "retention",
-            format!("{:?}", config.retention),
-            "Limits".into(),
-        ));
-    }
-    if config.storage != stream::StorageType::File {
-        return Err(incompatible(
-            "storage",
-            format!("{:?}", config.storage),
-            "File".into(),
-        ));
-    }
+    check_setting(
+        "stream",
+        STREAM,
+        "subjects",
+        config.subjects.clone(),
+        vec![SUBJECT.to_string()],
+    )?;
+    check_setting(
+        "stream",
+        STREAM,
+        "num_replicas",
+        config.num_replicas.max(1),
+        replicas,
+    )?;
+    check_setting(
+        "stream",
+        STREAM,
+        "retention",
+        config.retention,
+        stream::RetentionPolicy::Limits,
+    )?;
+    check_setting(
+        "stream",
+        STREAM,
+        "storage",
+        config.storage,
+        stream::StorageType::File,
+    )?;
     Ok(s)
 }
 

@@ -54,6 +54,28 @@ impl ClusterError {
     }
 }
 
+/// One setting of a stream (or of the stream behind a bucket or an object
+/// store) that exists already: [`ClusterError::Incompatible`] naming it
+/// unless it is what this version creates.
+fn check_setting<T: PartialEq + std::fmt::Debug>(
+    what: &'static str,
+    name: &str,
+    setting: &'static str,
+    found: T,
+    wanted: T,
+) -> Result<(), ClusterError> {
+    if found == wanted {
+        return Ok(());
+    }
+    Err(ClusterError::Incompatible {
+        what,
+        name: name.to_string(),
+        setting,
+        found: format!("{found:?}"),
+        wanted: format!("{wanted:?}"),
+    })
+}
+
 /// How a node reaches the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {

@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, from_millis, millis};
 use crate::cluster::leases::{Ownership, partition_of};
-use crate::store::{Accepted, Delivery, DeliveryStatus, NewEvent, Store, StoreError};
+use crate::store::{Accepted, Delivery, DeliveryStatus, DueEntry, NewEvent, Store, StoreError};
 use crate::telemetry;
 use crate::util::failpoint;
 pub use fair::{Caps, Lease};
@@ -117,11 +117,11 @@ impl Queue {
                     queue.set_cap(&sub.id, sub.max_in_flight);
                 }
             }
-            let added: Vec<(Vec<u8>, Vec<u8>)> = batch
+            let added: Vec<DueEntry> = batch
                 .writes
                 .iter()
                 .filter(|w| w.tree == "outbox")
-                .filter_map(|w| Some((w.key.clone(), w.value.clone()?)))
+                .filter_map(|w| DueEntry::from_parts(&w.key, w.value.as_deref()?))
                 .collect();
             if !added.is_empty() {
                 queue.queue_remote(&added);
@@ -213,27 +213,18 @@ impl Queue {
 
     /// Outbox entries another node's batch added (key: due ms + delivery
     /// id; value: tenant \0 subscription): queued if this node owns them.
-    fn queue_remote(&self, added: &[(Vec<u8>, Vec<u8>)]) {
+    fn queue_remote(&self, added: &[DueEntry]) {
         let now = millis(self.inner.clock.now());
         let mut queued = false;
         {
             let mut s = self.lock();
-            for (key, value) in added {
-                if key.len() < 8 {
-                    continue;
-                }
-                let due = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
-                let id = String::from_utf8_lossy(&key[8..]);
-                let mut parts = value.splitn(2, |b| *b == 0);
-                let tenant = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                let sub = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                if !self.owns(&sub) {
-                    continue;
-                }
+            for e in added.iter().filter(|e| self.owns(e.subscription_id())) {
+                let (tenant, sub) = (e.tenant_id(), e.subscription_id());
                 let cap = self
-                    .cap_of(&mut s, &tenant, &sub)
+                    .cap_of(&mut s, tenant, sub)
                     .unwrap_or(self.inner.default_cap);
-                s.scheduler.push(&tenant, &sub, cap, &id, due, now);
+                s.scheduler
+                    .push(tenant, sub, cap, e.delivery_id(), e.due_ms(), now);
                 queued = true;
             }
         }

@@ -2,6 +2,7 @@
 //! its own view, on a real 3-server NATS cluster.
 
 use super::commit::tests::new_event;
+use super::subscriptions::tests::sub;
 use super::*;
 use crate::cluster::testing::NatsCluster;
 use crate::cluster::{ClusterSettings, connect};
@@ -22,24 +23,6 @@ async fn node(url: String, name: &str) -> Node {
 
 fn at() -> Timestamp {
     "2026-11-23T10:00:00Z".parse().unwrap()
-}
-
-fn subscription(id: &str) -> Subscription {
-    serde_json::from_value::<crate::subscription::SubscriptionInput>(serde_json::json!({
-        "url": "http://example.com/hook", "event_types": ["message.*"],
-    }))
-    .unwrap()
-    .create(
-        id.into(),
-        "ten_1",
-        crate::subscription::Defaults {
-            timeout_ms: 1000,
-            max_in_flight: 1,
-        },
-        &crate::app::Bounds::default(),
-        at(),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +80,7 @@ async fn two_nodes_share_the_records_and_decide_races_the_same_way() {
     // cached routes are dropped when the batch is applied there).
     assert!(b.store.routes("ten_1").unwrap().is_empty());
     a.store
-        .put_subscription(&subscription("sub_1"))
+        .put_subscription(&sub("sub_1", &["message.*"]))
         .await
         .unwrap();
     b.store.check().await.unwrap();

@@ -168,6 +168,16 @@ pub struct DueEntry {
 }
 
 impl DueEntry {
+    /// An outbox entry from its key and value as written (in cluster mode,
+    /// read from another node's batch); None if the key is too short to be
+    /// one.
+    pub fn from_parts(key: &[u8], value: &[u8]) -> Option<Self> {
+        (key.len() >= 8).then(|| DueEntry {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+
     pub fn delivery_id(&self) -> &str {
         std::str::from_utf8(&self.key[8..]).unwrap_or_default()
     }
@@ -486,19 +496,12 @@ impl Store {
         leased: Timestamp,
     ) -> Result<(), StoreError> {
         let old = outbox_key(leased, &delivery.id);
-        let entry = deliveries::outbox_entry(delivery);
         let recorded = self
             .change([&self.outbox, &self.deliveries], |[outbox, deliveries]| {
                 if outbox.get(&old)?.is_none() {
                     return Ok(false);
                 }
-                if let Some((key, value)) = &entry {
-                    outbox.insert(key, value)?;
-                }
-                deliveries.insert(delivery.id.as_bytes(), &encode(delivery))?;
-                if entry.as_ref().is_none_or(|(key, _)| *key != old) {
-                    outbox.remove(&old)?;
-                }
+                deliveries::put_delivery_tx(deliveries, outbox, delivery, Some(leased))?;
                 Ok(true)
             })
             .await?;

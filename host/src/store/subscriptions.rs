@@ -203,10 +203,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn sub(id: &str, types: &[&str]) -> Subscription {
+    pub(in crate::store) fn sub(id: &str, types: &[&str]) -> Subscription {
         serde_json::from_value::<crate::subscription::SubscriptionInput>(serde_json::json!({
             "url": "http://example.com/hook", "event_types": types,
         }))
