@@ -3,7 +3,7 @@
 //! `wasmhook serve` binary on a free port with a temp data dir, and an
 //! in-process engine with a manual clock for schedules of minutes and hours.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -139,6 +139,37 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// Requests by delivery id (the `webhook-id` header), each with how
+    /// many times it arrived.
+    pub fn by_delivery_id(&self) -> HashMap<String, usize> {
+        let mut ids = HashMap::new();
+        for r in self.received() {
+            *ids.entry(r.header("webhook-id")).or_default() += 1;
+        }
+        ids
+    }
+
+    /// Waits until `n` distinct delivery ids arrived (or panics after
+    /// `timeout`). Delivery is at least once: an attempt whose record was
+    /// lost with its store is sent again under the same id, so counting
+    /// requests could return before the last id arrives.
+    pub async fn wait_for_ids(&self, n: usize, timeout: Duration) -> HashMap<String, usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ids = self.by_delivery_id();
+            if ids.len() >= n {
+                return ids;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "expected {n} delivery ids, got {} within {timeout:?}",
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until at least `n` requests arrived (or panics after `timeout`).
