@@ -261,8 +261,9 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
 
 /// Cluster mode: connects (refusing to start, naming the URLs, when no
 /// server answers), opens this node's view of the log (creating or checking
-/// the stream) and the lease bucket.
-async fn join_cluster(config: &Config, cluster: &ClusterConfig) -> anyhow::Result<(Store, Leases)> {
+/// the stream) and the lease bucket. Public for the integration tests, which
+/// run the engine in-process on both backends.
+pub async fn join_cluster(config: &Config, cluster: &ClusterConfig) -> anyhow::Result<(Store, Leases)> {
     let settings = ClusterSettings {
         urls: cluster.urls.clone(),
         replicas: cluster.replicas,
@@ -290,9 +291,10 @@ async fn join_cluster(config: &Config, cluster: &ClusterConfig) -> anyhow::Resul
     Ok((store, Leases::new(kv, &cluster.node_id, cluster.leases)))
 }
 
-/// What a node does when it gains or loses a partition's lease.
-struct LeaseChanges {
-    queue: Queue,
+/// What a node does when it gains or loses a partition's lease: its queue
+/// loads or drops the partition's deliveries.
+pub struct LeaseChanges {
+    pub queue: Queue,
 }
 
 impl OnChange for LeaseChanges {

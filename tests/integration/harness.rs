@@ -2,6 +2,11 @@
 //! loopback that records what it gets and answers as told, the real
 //! `wasmhook serve` binary on a free port with a temp data dir, and an
 //! in-process engine with a manual clock for schedules of minutes and hours.
+//!
+//! The delivery, window, isolation and API tests run on both backends from
+//! one body ([`both_backends!`]): `name::sled` on the embedded store,
+//! `name::nats` in cluster mode on a NATS JetStream server of the test's
+//! own. The multi-node and NATS-fault tests are in `cluster.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
@@ -201,6 +206,105 @@ pub fn dead_port_url() -> String {
 
 pub const ADMIN_TOKEN: &str = "test-operator-token";
 
+/// Which store a test body runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Nats,
+}
+
+/// What a test's servers and engines run on. For NATS: one `nats-server`
+/// of the test's own (JetStream on, temp store dir), which outlives the
+/// wasmhook processes a test restarts, as a real deployment's would.
+pub struct Backing {
+    pub backend: Backend,
+    nats: Option<wasmhook::cluster::testing::NatsCluster>,
+}
+
+/// Lease time of test nodes: a node restarted under a new id takes the
+/// partitions over within it (the shortest the config accepts).
+const TEST_LEASE_SECS: u64 = 3;
+const TEST_PARTITIONS: u32 = 8;
+
+impl Backing {
+    /// `None` when the test is skipped (nats-server missing outside CI).
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let nats = match backend {
+            Backend::Sled => None,
+            Backend::Nats => Some(wasmhook::cluster::testing::NatsCluster::start(1).await?),
+        };
+        Some(Backing { backend, nats })
+    }
+
+    pub fn is_nats(&self) -> bool {
+        self.backend == Backend::Nats
+    }
+
+    /// The real binary on `data`, on this backend.
+    pub async fn start(&self, data: &Path) -> Server {
+        self.start_with(data, &[], &[]).await
+    }
+
+    pub async fn start_with(&self, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        match &self.nats {
+            None => Server::start_with(data, args, env),
+            Some(nats) => {
+                let urls = nats.urls_arg();
+                let lease = TEST_LEASE_SECS.to_string();
+                let partitions = TEST_PARTITIONS.to_string();
+                let mut all_args = vec!["--nats", &urls];
+                all_args.extend_from_slice(args);
+                let mut all_env = vec![
+                    ("WASMHOOK_CLUSTER_LEASE_SECS", lease.as_str()),
+                    ("WASMHOOK_CLUSTER_PARTITIONS", partitions.as_str()),
+                ];
+                all_env.extend_from_slice(env);
+                let server = Server::start_with(data, &all_args, &all_env);
+                server.wait_until_leased().await;
+                server
+            }
+        }
+    }
+
+    /// The in-process engine on this backend (private destinations allowed).
+    pub async fn engine(&self) -> Engine {
+        Engine::on(self, true).await
+    }
+
+    /// The in-process engine with the SSRF guard on.
+    pub async fn guarded_engine(&self) -> Engine {
+        Engine::on(self, false).await
+    }
+}
+
+/// Declares a test whose body runs on both backends, as `name::sled` and
+/// `name::nats`; the body gets `backing: &Backing`. Attributes (the
+/// `#[tokio::test]` flavor) apply to both.
+macro_rules! both_backends {
+    ($(#[$attr:meta])* async fn $name:ident($backing:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($backing: &crate::harness::Backing) $body
+
+            $(#[$attr])*
+            async fn sled() {
+                let backing = crate::harness::Backing::new(crate::harness::Backend::Sled).await;
+                body(&backing.expect("sled needs nothing installed")).await
+            }
+
+            $(#[$attr])*
+            async fn nats() {
+                if let Some(backing) = crate::harness::Backing::new(crate::harness::Backend::Nats).await {
+                    body(&backing).await
+                }
+            }
+        }
+    };
+}
+pub(crate) use both_backends;
+
 /// The real `wasmhook serve` on a free port.
 pub struct Server {
     child: Child,
@@ -250,6 +354,24 @@ impl Server {
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
+        }
+    }
+
+    /// Cluster mode: waits until this (only) node leases every partition,
+    /// so that what a test sends is scheduled at once.
+    async fn wait_until_leased(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, health) = self.call("GET", "/healthz", "", None).await;
+            let leased = health["cluster"]["partitions_leased"].as_u64();
+            if leased == Some(u64::from(TEST_PARTITIONS)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node leased {leased:?} of {TEST_PARTITIONS} partitions: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -397,17 +519,35 @@ pub struct Engine {
     pub clock: Arc<wasmhook::clock::ManualClock>,
     pub worker: wasmhook::deliver::worker::Worker,
     router: axum::Router,
+    /// Cluster mode: the task renewing this engine's leases.
+    lease_keeper: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(keeper) = &self.lease_keeper {
+            keeper.abort();
+        }
+    }
+}
+
 impl Engine {
+    /// On the embedded store, private destinations allowed.
     pub async fn new() -> Self {
         Self::with(true).await
     }
 
-    /// `allow_private: false` keeps the SSRF guard on.
+    /// On the embedded store; `allow_private: false` keeps the SSRF guard on.
     pub async fn with(allow_private: bool) -> Self {
-        use wasmhook::config::{Config, Overrides};
+        let sled = Backing::new(Backend::Sled).await.expect("nothing to install");
+        Self::on(&sled, allow_private).await
+    }
+
+    /// On `backing`. In cluster mode the engine is a node that has leased
+    /// every partition before this returns.
+    pub async fn on(backing: &Backing, allow_private: bool) -> Self {
+        use wasmhook::config::{ClusterConfig, Config, Overrides};
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::load_with_env(
             &Overrides {
@@ -419,9 +559,46 @@ impl Engine {
         )
         .unwrap();
         config.limits.max_concurrent_calls = 8;
-        let store = wasmhook::store::Store::open(dir.path()).unwrap();
         let clock = wasmhook::clock::ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap());
-        let app = wasmhook::server::build_app(&config, store, clock.clone()).unwrap();
+        let (app, lease_keeper) = match &backing.nats {
+            None => {
+                let store = wasmhook::store::Store::open(dir.path()).unwrap();
+                let app = wasmhook::server::build_app(&config, store, clock.clone()).unwrap();
+                (app, None)
+            }
+            Some(nats) => {
+                let cluster = ClusterConfig {
+                    urls: nats.urls(),
+                    replicas: None,
+                    leases: wasmhook::cluster::leases::LeaseSettings {
+                        partitions: TEST_PARTITIONS,
+                        lease: Duration::from_secs(TEST_LEASE_SECS),
+                    },
+                    node_id: "engine".into(),
+                };
+                config.cluster = Some(cluster.clone());
+                let (store, mut leases) = wasmhook::server::join_cluster(&config, &cluster)
+                    .await
+                    .unwrap();
+                let app = wasmhook::server::build_app_with(
+                    &config,
+                    store,
+                    clock.clone(),
+                    Some(leases.ownership()),
+                )
+                .unwrap();
+                let changes = Arc::new(wasmhook::server::LeaseChanges {
+                    queue: app.queue.clone(),
+                });
+                leases.round(changes.as_ref()).await.unwrap();
+                assert_eq!(
+                    leases.ownership().count(),
+                    TEST_PARTITIONS as usize,
+                    "the only node leases every partition"
+                );
+                (app, Some(tokio::spawn(leases.run(changes))))
+            }
+        };
         let router = wasmhook::api::router(wasmhook::api::ApiState {
             app: app.clone(),
             admin_token_hash: Arc::new(wasmhook::store::token_hash(ADMIN_TOKEN)),
@@ -435,6 +612,7 @@ impl Engine {
             app,
             clock,
             router,
+            lease_keeper,
             _dir: dir,
         }
     }
