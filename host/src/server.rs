@@ -263,7 +263,10 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
 /// server answers), opens this node's view of the log (creating or checking
 /// the stream) and the lease bucket. Public for the integration tests, which
 /// run the engine in-process on both backends.
-pub async fn join_cluster(config: &Config, cluster: &ClusterConfig) -> anyhow::Result<(Store, Leases)> {
+pub async fn join_cluster(
+    config: &Config,
+    cluster: &ClusterConfig,
+) -> anyhow::Result<(Store, Leases)> {
     let settings = ClusterSettings {
         urls: cluster.urls.clone(),
         replicas: cluster.replicas,

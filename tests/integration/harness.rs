@@ -533,17 +533,6 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    /// On the embedded store, private destinations allowed.
-    pub async fn new() -> Self {
-        Self::with(true).await
-    }
-
-    /// On the embedded store; `allow_private: false` keeps the SSRF guard on.
-    pub async fn with(allow_private: bool) -> Self {
-        let sled = Backing::new(Backend::Sled).await.expect("nothing to install");
-        Self::on(&sled, allow_private).await
-    }
-
     /// On `backing`. In cluster mode the engine is a node that has leased
     /// every partition before this returns.
     pub async fn on(backing: &Backing, allow_private: bool) -> Self {

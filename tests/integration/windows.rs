@@ -147,239 +147,243 @@ fn verify_timestamped_hex(secret: &str, r: &Received) {
     assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
 }
 
-#[tokio::test]
-async fn a_day_of_messages_becomes_one_signed_collection_per_window() {
-    use wasmhook::clock::Clock;
-    let e = Engine::new().await;
-    e.clock.set("2026-11-19T12:00:00Z".parse().unwrap());
-    let key = e.tenant().await;
-    let rx = Receiver::ok().await;
-    let sub = e.subscribe(&key, chatlog_subscription(&rx.url())).await;
-    let sub_id = sub["id"].as_str().unwrap();
-    let secret = sub["secret"].as_str().unwrap();
-    for event in two_days() {
-        let ids = e.send(&key, event).await;
-        assert_eq!(e.delivery(&key, &ids[0]).await["status"], "held");
+both_backends! {
+    #[tokio::test]
+    async fn a_day_of_messages_becomes_one_signed_collection_per_window(backing) {
+        use wasmhook::clock::Clock;
+        let e = backing.engine().await;
+        e.clock.set("2026-11-19T12:00:00Z".parse().unwrap());
+        let key = e.tenant().await;
+        let rx = Receiver::ok().await;
+        let sub = e.subscribe(&key, chatlog_subscription(&rx.url())).await;
+        let sub_id = sub["id"].as_str().unwrap();
+        let secret = sub["secret"].as_str().unwrap();
+        for event in two_days() {
+            let ids = e.send(&key, event).await;
+            assert_eq!(e.delivery(&key, &ids[0]).await["status"], "held");
+        }
+        let (_, view) = e
+            .call(
+                "GET",
+                &format!("/v1/subscriptions/{sub_id}/window"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(view["windows"][0]["items"], 4);
+        assert_eq!(
+            view["windows"][0]["groups"],
+            json!({"bot-a": 3, "bot-b": 1})
+        );
+        assert_eq!(view["windows"][0]["close_at"], "2026-11-19T02:00:00Z");
+        assert_eq!(view["windows"][1]["groups"], json!({"bot-a": 2}));
+
+        // Day one closed at 02:00 today: the scheduler flushes it; day two not yet.
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
+        e.worker.run_due().await;
+        let got = rx.wait_for(1, Duration::from_secs(5)).await;
+        assert_eq!(got[0].json(), day_one());
+        verify_timestamped_hex(secret, &got[0]);
+
+        // Nothing is due until tomorrow 02:00.
+        e.clock.set("2026-11-20T01:59:00Z".parse().unwrap());
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
+        e.clock.set("2026-11-20T02:00:00Z".parse().unwrap());
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
+        e.worker.run_due().await;
+        let got = rx.wait_for(2, Duration::from_secs(5)).await;
+        assert_eq!(got[1].json(), day_two());
+        verify_timestamped_hex(secret, &got[1]);
+
+        // Both deliveries succeeded against expect_body.
+        let (_, page) = e
+            .call(
+                "GET",
+                &format!("/v1/deliveries?subscription_id={sub_id}&status=succeeded"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 2);
+        assert_eq!(page["items"][0]["event_type"], "window.closed");
+
+        // An empty window sends nothing.
+        e.clock.set("2026-11-22T02:00:00Z".parse().unwrap());
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
+
+        // A late message for day one: held in day one again and sent at the next
+        // tick as a late delivery for that day, alone.
+        e.send(
+            &key,
+            msg(
+                "late",
+                "bot-b",
+                201,
+                "2026-11-18T09:00:00Z",
+                "visitor",
+                "sorry, late",
+                "2026-11-18T23:59:00Z",
+            ),
+        )
+        .await;
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
+        e.worker.run_due().await;
+        let got = rx.wait_for(3, Duration::from_secs(5)).await;
+        let late = got[2].json();
+        assert_eq!(late["Collection"][0]["StartTime"], "2026-11-18T00:00:00Z");
+        assert_eq!(
+            late["Collection"][0]["Conversations"][0]["Messages"],
+            json!([{"Type": "User", "Content": "sorry, late"}])
+        );
+        assert_eq!(e.clock.now().to_string(), "2026-11-22T02:00:00Z");
     }
-    let (_, view) = e
-        .call(
-            "GET",
-            &format!("/v1/subscriptions/{sub_id}/window"),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(view["windows"][0]["items"], 4);
-    assert_eq!(
-        view["windows"][0]["groups"],
-        json!({"bot-a": 3, "bot-b": 1})
-    );
-    assert_eq!(view["windows"][0]["close_at"], "2026-11-19T02:00:00Z");
-    assert_eq!(view["windows"][1]["groups"], json!({"bot-a": 2}));
-
-    // Day one closed at 02:00 today: the scheduler flushes it; day two not yet.
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
-    e.worker.run_due().await;
-    let got = rx.wait_for(1, Duration::from_secs(5)).await;
-    assert_eq!(got[0].json(), day_one());
-    verify_timestamped_hex(secret, &got[0]);
-
-    // Nothing is due until tomorrow 02:00.
-    e.clock.set("2026-11-20T01:59:00Z".parse().unwrap());
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
-    e.clock.set("2026-11-20T02:00:00Z".parse().unwrap());
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
-    e.worker.run_due().await;
-    let got = rx.wait_for(2, Duration::from_secs(5)).await;
-    assert_eq!(got[1].json(), day_two());
-    verify_timestamped_hex(secret, &got[1]);
-
-    // Both deliveries succeeded against expect_body.
-    let (_, page) = e
-        .call(
-            "GET",
-            &format!("/v1/deliveries?subscription_id={sub_id}&status=succeeded"),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(page["items"].as_array().unwrap().len(), 2);
-    assert_eq!(page["items"][0]["event_type"], "window.closed");
-
-    // An empty window sends nothing.
-    e.clock.set("2026-11-22T02:00:00Z".parse().unwrap());
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
-
-    // A late message for day one: held in day one again and sent at the next
-    // tick as a late delivery for that day, alone.
-    e.send(
-        &key,
-        msg(
-            "late",
-            "bot-b",
-            201,
-            "2026-11-18T09:00:00Z",
-            "visitor",
-            "sorry, late",
-            "2026-11-18T23:59:00Z",
-        ),
-    )
-    .await;
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
-    e.worker.run_due().await;
-    let got = rx.wait_for(3, Duration::from_secs(5)).await;
-    let late = got[2].json();
-    assert_eq!(late["Collection"][0]["StartTime"], "2026-11-18T00:00:00Z");
-    assert_eq!(
-        late["Collection"][0]["Conversations"][0]["Messages"],
-        json!([{"Type": "User", "Content": "sorry, late"}])
-    );
-    assert_eq!(e.clock.now().to_string(), "2026-11-22T02:00:00Z");
 }
 
-#[tokio::test]
-async fn flush_now_limits_and_oversized_flushes() {
-    let e = Engine::new().await;
-    let key = e.tenant().await;
-    let rx = Receiver::ok().await;
-    let mut body = chatlog_subscription(&rx.url());
-    body["window"]["max_items"] = json!(5);
-    let sub = e.subscribe(&key, body).await;
-    let sub_id = sub["id"].as_str().unwrap();
-    let big = "x".repeat(250 * 1024);
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        ids.push(
-            e.send(
-                &key,
-                msg(
-                    &format!("b{i}"),
-                    "bot",
-                    1,
-                    "2026-11-21T09:00:00Z",
-                    "visitor",
-                    &big,
-                    "2026-11-21T09:00:01Z",
-                ),
-            )
-            .await,
-        );
-    }
-    // The sixth is over the item limit: a clear error, recorded.
-    let d = e.delivery(&key, &ids[5][0]).await;
-    assert_eq!(d["status"], "failed");
-    assert!(
-        d["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("held-item limit reached: 5 items"),
-        "{d}"
-    );
-
-    // Five 250 KB messages make a collection over the 1 MiB output limit:
-    // the flush is split into parts that fit, all committed together, so
-    // the full window is sent (each message once) and emptied.
-    let (s, flushed) = e
-        .call(
-            "POST",
-            &format!("/v1/subscriptions/{sub_id}/flush"),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{flushed}");
-    assert!(flushed["windows"][0]["error"].is_null(), "{flushed}");
-    assert_eq!(flushed["windows"][0]["items"], 5);
-    let parts = flushed["windows"][0]["deliveries"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert!(parts >= 2, "split into {parts} part(s)");
-    let (_, view) = e
-        .call(
-            "GET",
-            &format!("/v1/subscriptions/{sub_id}/window"),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(view["windows"].as_array().unwrap().len(), 0, "{view}");
-    e.worker.run_due().await;
-    rx.wait_for(parts, Duration::from_secs(5)).await;
-    let mut total = 0;
-    for r in rx.received() {
-        assert!(r.body.len() <= 1 << 20, "each part fits the output limit");
-        for bot in r.json()["Collection"].as_array().unwrap() {
-            for conv in bot["Conversations"].as_array().unwrap() {
-                total += conv["Messages"].as_array().unwrap().len();
-            }
+both_backends! {
+    #[tokio::test]
+    async fn flush_now_limits_and_oversized_flushes(backing) {
+        let e = backing.engine().await;
+        let key = e.tenant().await;
+        let rx = Receiver::ok().await;
+        let mut body = chatlog_subscription(&rx.url());
+        body["window"]["max_items"] = json!(5);
+        let sub = e.subscribe(&key, body).await;
+        let sub_id = sub["id"].as_str().unwrap();
+        let big = "x".repeat(250 * 1024);
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(
+                e.send(
+                    &key,
+                    msg(
+                        &format!("b{i}"),
+                        "bot",
+                        1,
+                        "2026-11-21T09:00:00Z",
+                        "visitor",
+                        &big,
+                        "2026-11-21T09:00:01Z",
+                    ),
+                )
+                .await,
+            );
         }
-    }
-    assert_eq!(total, 5, "every held message in exactly one part");
+        // The sixth is over the item limit: a clear error, recorded.
+        let d = e.delivery(&key, &ids[5][0]).await;
+        assert_eq!(d["status"], "failed");
+        assert!(
+            d["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("held-item limit reached: 5 items"),
+            "{d}"
+        );
 
-    // A window that fits flushes through the same endpoint.
-    let rx2 = Receiver::ok().await;
-    let sub2 = e.subscribe(&key, chatlog_subscription(&rx2.url())).await;
-    e.send(
-        &key,
-        msg(
-            "s1",
-            "bot",
-            1,
-            "2026-11-21T09:00:00Z",
-            "visitor",
-            "small",
-            "2026-11-21T09:00:01Z",
-        ),
-    )
-    .await;
-    let (s, flushed) = e
-        .call(
-            "POST",
-            &format!("/v1/subscriptions/{}/flush", sub2["id"].as_str().unwrap()),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(flushed["windows"][0]["items"], 1);
-    assert_eq!(
-        flushed["windows"][0]["deliveries"]
+        // Five 250 KB messages make a collection over the 1 MiB output limit:
+        // the flush is split into parts that fit, all committed together, so
+        // the full window is sent (each message once) and emptied.
+        let (s, flushed) = e
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{sub_id}/flush"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{flushed}");
+        assert!(flushed["windows"][0]["error"].is_null(), "{flushed}");
+        assert_eq!(flushed["windows"][0]["items"], 5);
+        let parts = flushed["windows"][0]["deliveries"]
             .as_array()
             .unwrap()
-            .len(),
-        1
-    );
-    e.worker.run_due().await;
-    assert_eq!(
-        rx2.wait_for(1, Duration::from_secs(5)).await[0].json()["Collection"][0]["Conversations"]
-            [0]["Messages"][0]["Content"],
-        "small"
-    );
+            .len();
+        assert!(parts >= 2, "split into {parts} part(s)");
+        let (_, view) = e
+            .call(
+                "GET",
+                &format!("/v1/subscriptions/{sub_id}/window"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(view["windows"].as_array().unwrap().len(), 0, "{view}");
+        e.worker.run_due().await;
+        rx.wait_for(parts, Duration::from_secs(5)).await;
+        let mut total = 0;
+        for r in rx.received() {
+            assert!(r.body.len() <= 1 << 20, "each part fits the output limit");
+            for bot in r.json()["Collection"].as_array().unwrap() {
+                for conv in bot["Conversations"].as_array().unwrap() {
+                    total += conv["Messages"].as_array().unwrap().len();
+                }
+            }
+        }
+        assert_eq!(total, 5, "every held message in exactly one part");
 
-    // A subscription without a window cannot be flushed; a bad window spec is a 400.
-    let plain = e
-        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
-        .await;
-    let (s, _) = e
-        .call(
-            "POST",
-            &format!("/v1/subscriptions/{}/flush", plain["id"].as_str().unwrap()),
+        // A window that fits flushes through the same endpoint.
+        let rx2 = Receiver::ok().await;
+        let sub2 = e.subscribe(&key, chatlog_subscription(&rx2.url())).await;
+        e.send(
             &key,
-            None,
+            msg(
+                "s1",
+                "bot",
+                1,
+                "2026-11-21T09:00:00Z",
+                "visitor",
+                "small",
+                "2026-11-21T09:00:01Z",
+            ),
         )
         .await;
-    assert_eq!(s, 400);
-    let mut bad = chatlog_subscription(&rx.url());
-    bad["window"]["every"] = json!("7m");
-    let (s, b) = e.call("POST", "/v1/subscriptions", &key, Some(bad)).await;
-    assert_eq!(s, 400);
-    assert!(
-        b["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("window.every")
-    );
+        let (s, flushed) = e
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{}/flush", sub2["id"].as_str().unwrap()),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(flushed["windows"][0]["items"], 1);
+        assert_eq!(
+            flushed["windows"][0]["deliveries"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        e.worker.run_due().await;
+        assert_eq!(
+            rx2.wait_for(1, Duration::from_secs(5)).await[0].json()["Collection"][0]["Conversations"]
+                [0]["Messages"][0]["Content"],
+            "small"
+        );
+
+        // A subscription without a window cannot be flushed; a bad window spec is a 400.
+        let plain = e
+            .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+            .await;
+        let (s, _) = e
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{}/flush", plain["id"].as_str().unwrap()),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(s, 400);
+        let mut bad = chatlog_subscription(&rx.url());
+        bad["window"]["every"] = json!("7m");
+        let (s, b) = e.call("POST", "/v1/subscriptions", &key, Some(bad)).await;
+        assert_eq!(s, 400);
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("window.every")
+        );
+    }
 }
 
 /// Messages (by content) in every Collection the receiver got, counted.
@@ -428,116 +432,122 @@ async fn wait_for_messages(rx: &Receiver, n: usize) -> HashMap<String, usize> {
     delivered_messages(rx)
 }
 
-#[tokio::test]
-async fn kill_9_between_holding_and_flushing_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    let (_, key) = server.tenant("w").await;
-    let rx = Receiver::ok().await;
-    let sub = server
-        .subscribe(&key, chatlog_subscription(&rx.url()))
-        .await;
-    for m in future_messages(20) {
-        let (s, _) = server.call("POST", "/v1/events", &key, Some(m)).await;
-        assert_eq!(s, 202);
-    }
-    server.kill9();
-    let server = Server::start(dir.path());
-    let (s, flushed) = server
-        .call(
-            "POST",
-            &format!("/v1/subscriptions/{}/flush", sub["id"].as_str().unwrap()),
-            &key,
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{flushed}");
-    assert_eq!(flushed["windows"].as_array().unwrap().len(), 2);
-    let seen = wait_for_messages(&rx, 20).await;
-    assert_eq!(seen.len(), 20, "{seen:?}");
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "each message in exactly one collection: {seen:?}"
-    );
-    assert_eq!(rx.received().len(), 2, "one collection per window");
-}
-
-#[tokio::test]
-async fn kill_9_during_a_flush_sends_each_day_once() {
-    for failpoint in ["flush-before-commit", "flush-after-commit"] {
+both_backends! {
+    #[tokio::test]
+    async fn kill_9_between_holding_and_flushing_loses_nothing(backing) {
         let dir = tempfile::tempdir().unwrap();
-        let server = Server::start_with(dir.path(), &[], &[("WASMHOOK_FAILPOINT", failpoint)]);
+        let server = backing.start(dir.path()).await;
         let (_, key) = server.tenant("w").await;
         let rx = Receiver::ok().await;
         let sub = server
             .subscribe(&key, chatlog_subscription(&rx.url()))
             .await;
-        let flush = format!("/v1/subscriptions/{}/flush", sub["id"].as_str().unwrap());
-        for m in future_messages(12) {
-            server.call("POST", "/v1/events", &key, Some(m)).await;
+        for m in future_messages(20) {
+            let (s, _) = server.call("POST", "/v1/events", &key, Some(m)).await;
+            assert_eq!(s, 202);
         }
-        // The flush aborts the process at the failpoint: no answer.
-        let aborted = reqwest::Client::new()
-            .post(format!("{}{flush}", server.base))
-            .bearer_auth(&key)
-            .send()
+        server.kill9();
+        let server = backing.start(dir.path()).await;
+        let (s, flushed) = server
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{}/flush", sub["id"].as_str().unwrap()),
+                &key,
+                None,
+            )
             .await;
-        assert!(aborted.is_err(), "{failpoint}: the server should have died");
-        drop(server);
-
-        let server = Server::start(dir.path());
-        // Whatever is still held is flushed now; what was committed is delivered.
-        let (s, _) = server.call("POST", &flush, &key, None).await;
-        assert_eq!(s, 200);
-        let seen = wait_for_messages(&rx, 12).await;
-        assert_eq!(seen.len(), 12, "{failpoint}: {seen:?}");
-        assert!(seen.values().all(|n| *n == 1), "{failpoint}: {seen:?}");
+        assert_eq!(s, 200, "{flushed}");
+        assert_eq!(flushed["windows"].as_array().unwrap().len(), 2);
+        let seen = wait_for_messages(&rx, 20).await;
+        assert_eq!(seen.len(), 20, "{seen:?}");
+        assert!(
+            seen.values().all(|n| *n == 1),
+            "each message in exactly one collection: {seen:?}"
+        );
+        assert_eq!(rx.received().len(), 2, "one collection per window");
     }
 }
 
-#[tokio::test]
-async fn a_disabled_subscription_keeps_its_items_until_enabled() {
-    let e = Engine::new().await;
-    e.clock.set("2026-11-19T12:00:00Z".parse().unwrap());
-    let key = e.tenant().await;
-    let rx = Receiver::ok().await;
-    let sub = e.subscribe(&key, chatlog_subscription(&rx.url())).await;
-    let id = sub["id"].as_str().unwrap();
-    e.send(
-        &key,
-        msg(
-            "d1",
-            "bot",
-            1,
-            "2026-11-18T09:00:00Z",
-            "visitor",
-            "kept",
-            "2026-11-18T09:00:01Z",
-        ),
-    )
-    .await;
-    let (s, _) = e
-        .call(
+both_backends! {
+    #[tokio::test]
+    async fn kill_9_during_a_flush_sends_each_day_once(backing) {
+        for failpoint in ["flush-before-commit", "flush-after-commit"] {
+            let dir = tempfile::tempdir().unwrap();
+            let server = backing.start_with(dir.path(), &[], &[("WASMHOOK_FAILPOINT", failpoint)]).await;
+            let (_, key) = server.tenant("w").await;
+            let rx = Receiver::ok().await;
+            let sub = server
+                .subscribe(&key, chatlog_subscription(&rx.url()))
+                .await;
+            let flush = format!("/v1/subscriptions/{}/flush", sub["id"].as_str().unwrap());
+            for m in future_messages(12) {
+                server.call("POST", "/v1/events", &key, Some(m)).await;
+            }
+            // The flush aborts the process at the failpoint: no answer.
+            let aborted = reqwest::Client::new()
+                .post(format!("{}{flush}", server.base))
+                .bearer_auth(&key)
+                .send()
+                .await;
+            assert!(aborted.is_err(), "{failpoint}: the server should have died");
+            drop(server);
+
+            let server = backing.start(dir.path()).await;
+            // Whatever is still held is flushed now; what was committed is delivered.
+            let (s, _) = server.call("POST", &flush, &key, None).await;
+            assert_eq!(s, 200);
+            let seen = wait_for_messages(&rx, 12).await;
+            assert_eq!(seen.len(), 12, "{failpoint}: {seen:?}");
+            assert!(seen.values().all(|n| *n == 1), "{failpoint}: {seen:?}");
+        }
+    }
+}
+
+both_backends! {
+    #[tokio::test]
+    async fn a_disabled_subscription_keeps_its_items_until_enabled(backing) {
+        let e = backing.engine().await;
+        e.clock.set("2026-11-19T12:00:00Z".parse().unwrap());
+        let key = e.tenant().await;
+        let rx = Receiver::ok().await;
+        let sub = e.subscribe(&key, chatlog_subscription(&rx.url())).await;
+        let id = sub["id"].as_str().unwrap();
+        e.send(
+            &key,
+            msg(
+                "d1",
+                "bot",
+                1,
+                "2026-11-18T09:00:00Z",
+                "visitor",
+                "kept",
+                "2026-11-18T09:00:01Z",
+            ),
+        )
+        .await;
+        let (s, _) = e
+            .call(
+                "POST",
+                &format!("/v1/subscriptions/{id}/disable"),
+                &key,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
+        let (_, view) = e
+            .call("GET", &format!("/v1/subscriptions/{id}/window"), &key, None)
+            .await;
+        assert_eq!(view["windows"][0]["items"], 1);
+        e.call(
             "POST",
-            &format!("/v1/subscriptions/{id}/disable"),
+            &format!("/v1/subscriptions/{id}/enable"),
             &key,
             None,
         )
         .await;
-    assert_eq!(s, 200);
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 0);
-    let (_, view) = e
-        .call("GET", &format!("/v1/subscriptions/{id}/window"), &key, None)
-        .await;
-    assert_eq!(view["windows"][0]["items"], 1);
-    e.call(
-        "POST",
-        &format!("/v1/subscriptions/{id}/enable"),
-        &key,
-        None,
-    )
-    .await;
-    assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
-    e.worker.run_due().await;
-    assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+        assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
+        e.worker.run_due().await;
+        assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+    }
 }

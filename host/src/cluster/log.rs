@@ -18,6 +18,11 @@
 //! - The writer waits for its own applier to reach its batch and gets the
 //!   outcome: applied, or conflict (someone else changed what it read;
 //!   re-run the change on the newer view).
+//! - A batch larger than a NATS message (1 MiB unless the servers say
+//!   otherwise) goes as **parts**, published in order under one batch id.
+//!   A view keeps the parts it has read (in its own tree, with the sequence
+//!   reached) and applies the batch at its last part's sequence: the
+//!   batch's place in the log's order is where it became whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -48,6 +53,19 @@ const KICK_AFTER: Duration = Duration::from_secs(3);
 /// The view's own tree: the sequence it has applied.
 const LOG_TREE: &str = "__log";
 const APPLIED: &[u8] = b"applied";
+/// Key prefix of a large batch's parts in [`LOG_TREE`].
+const PARTS: &str = "part/";
+/// Header of a part: `index/count`.
+const PART_HEADER: &str = "Wasmhook-Part";
+/// Header of a part: the id of the batch it belongs to.
+const BATCH_HEADER: &str = "Wasmhook-Batch";
+/// Room left in a message for its headers when a batch is cut into parts.
+const PART_HEADROOM: usize = 16 * 1024;
+/// Parts of a batch whose last part has not come within this many
+/// sequences are dropped (its writer failed midway and re-ran its change
+/// under a new id). Counted in sequences so that every view drops them at
+/// the same point.
+const ORPHAN_PARTS_AFTER: u64 = 100_000;
 
 /// One change of the records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +169,18 @@ impl View {
     /// at or below the applied one is skipped (a message seen twice after
     /// the consumer was recreated): it answers as applied.
     pub fn apply(&self, seq: u64, batch: &Batch) -> Result<Outcome, ClusterError> {
+        self.apply_and_drop(seq, batch, &[])
+    }
+
+    /// [`View::apply`], also removing `parts` (keys of [`LOG_TREE`]: the
+    /// parts the batch was assembled from) in the same transaction,
+    /// whatever the outcome.
+    fn apply_and_drop(
+        &self,
+        seq: u64,
+        batch: &Batch,
+        parts: &[Vec<u8>],
+    ) -> Result<Outcome, ClusterError> {
         if seq <= self.applied()? {
             return Ok(Outcome::Applied { seq });
         }
@@ -172,6 +202,9 @@ impl View {
         let result = trees.as_slice().transaction(|tx| {
             let log = tx.last().expect("the log tree");
             log.insert(APPLIED, &seq.to_be_bytes())?;
+            for key in parts {
+                log.remove(key.as_slice())?;
+            }
             for g in &batch.guards {
                 let found = tx[index(&g.tree)].get(&g.key)?;
                 if found.as_deref().map(digest) != g.digest {
@@ -203,6 +236,89 @@ impl View {
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the closure never aborts"),
         }
+    }
+}
+
+impl View {
+    /// Keeps part `index` of batch `id`, read at `seq`, until its last part
+    /// comes; the sequence reached in the same transaction.
+    fn stash_part(&self, seq: u64, id: &str, index: u32, chunk: &[u8]) -> Result<(), ClusterError> {
+        if seq <= self.applied()? {
+            return Ok(());
+        }
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(chunk);
+        let key = part_key(id, index);
+        self.log
+            .transaction(|log| {
+                log.insert(APPLIED, &seq.to_be_bytes())?;
+                log.insert(key.as_slice(), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => ClusterError::from(e),
+                TransactionError::Abort(()) => unreachable!("the closure never aborts"),
+            })
+    }
+
+    /// Batch `id` from its kept parts and its last part `last` (the
+    /// `count`-th), read at `seq`: its bytes, or None when a part is
+    /// missing; and the keys to drop with it (its parts, and any orphans).
+    fn assemble(
+        &self,
+        seq: u64,
+        id: &str,
+        count: u32,
+        last: &[u8],
+    ) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), ClusterError> {
+        let mut bytes = Vec::new();
+        let mut drop = Vec::new();
+        let mut complete = true;
+        for index in 0..count - 1 {
+            let key = part_key(id, index);
+            match self.log.get(&key)? {
+                Some(v) if v.len() >= 8 => bytes.extend_from_slice(&v[8..]),
+                _ => complete = false,
+            }
+            drop.push(key);
+        }
+        bytes.extend_from_slice(last);
+        for entry in self.log.scan_prefix(PARTS) {
+            let (key, value) = entry?;
+            let read_at = value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+            if read_at + ORPHAN_PARTS_AFTER < seq && !drop.iter().any(|k| k[..] == key[..]) {
+                drop.push(key.to_vec());
+            }
+        }
+        Ok((complete.then_some(bytes), drop))
+    }
+}
+
+fn part_key(id: &str, index: u32) -> Vec<u8> {
+    format!("{PARTS}{id}/{index:08}").into_bytes()
+}
+
+/// Where a message stands in a batch cut into parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Part {
+    batch: String,
+    index: u32,
+    count: u32,
+}
+
+impl Part {
+    fn from_headers(headers: &async_nats::HeaderMap) -> Option<Part> {
+        let (index, count) = headers.get(PART_HEADER)?.as_str().split_once('/')?;
+        let (index, count) = (index.parse().ok()?, count.parse().ok()?);
+        let batch = headers.get(BATCH_HEADER)?.as_str().to_string();
+        (index < count).then_some(Part {
+            batch,
+            index,
+            count,
+        })
     }
 }
 
@@ -383,27 +499,43 @@ impl Log {
     /// it: its outcome in the log's order. An error: the batch may or may
     /// not be in the log (a re-run of the change decides).
     pub async fn publish(&self, batch: &Batch) -> Result<Outcome, ClusterError> {
-        let body = postcard::to_allocvec(batch).map_err(ClusterError::jetstream)?;
+        let body =
+            bytes::Bytes::from(postcard::to_allocvec(batch).map_err(ClusterError::jetstream)?);
+        let limit = part_limit(self.js.client().server_info().max_payload);
+        let count = body.len().div_ceil(limit).max(1);
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(batch.id.clone(), tx);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", batch.id.as_str());
-        let sent = async {
-            self.js
-                .publish_with_headers(SUBJECT, headers, body.into())
-                .await
-                .map_err(ClusterError::jetstream)?
-                .await
-                .map_err(ClusterError::jetstream)
-        }
-        .await;
-        let ack = match sent {
-            Ok(ack) => ack,
-            Err(e) => {
-                self.lock_waiters().remove(&batch.id);
-                return Err(e);
+        let mut ack = None;
+        // Parts go one after another, each acknowledged before the next:
+        // a view applies the batch when its last part comes.
+        for index in 0..count {
+            let mut headers = async_nats::HeaderMap::new();
+            if count == 1 {
+                headers.insert("Nats-Msg-Id", batch.id.as_str());
+            } else {
+                headers.insert("Nats-Msg-Id", format!("{}.{index}", batch.id).as_str());
+                headers.insert(PART_HEADER, format!("{index}/{count}").as_str());
+                headers.insert(BATCH_HEADER, batch.id.as_str());
             }
-        };
+            let chunk = body.slice(index * limit..((index + 1) * limit).min(body.len()));
+            let sent = async {
+                self.js
+                    .publish_with_headers(SUBJECT, headers, chunk)
+                    .await
+                    .map_err(ClusterError::jetstream)?
+                    .await
+                    .map_err(ClusterError::jetstream)
+            }
+            .await;
+            match sent {
+                Ok(a) => ack = Some(a),
+                Err(e) => {
+                    self.lock_waiters().remove(&batch.id);
+                    return Err(e);
+                }
+            }
+        }
+        let ack = ack.expect("at least one part");
         if ack.duplicate && ack.sequence <= *self.applied.borrow() {
             // A re-sent batch the log already had, and the view applied
             // before this call waited for it: its outcome was given to no
@@ -602,6 +734,22 @@ async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, a: Ap
     }
 }
 
+/// The batch id of a part message.
+fn part_batch_id(headers: &Option<async_nats::HeaderMap>) -> Option<String> {
+    Some(headers.as_ref()?.get(BATCH_HEADER)?.as_str().to_string())
+}
+
+/// How many bytes of a batch go in one message, given the servers'
+/// `max_payload` (0: unknown, NATS's default of 1 MiB).
+fn part_limit(max_payload: usize) -> usize {
+    let max = if max_payload == 0 {
+        1 << 20
+    } else {
+        max_payload
+    };
+    max.saturating_sub(PART_HEADROOM).max(4096)
+}
+
 /// What the applier task holds.
 struct Applier {
     view: Arc<View>,
@@ -644,18 +792,60 @@ impl Applier {
                 .info()
                 .map_err(ClusterError::jetstream)?
                 .stream_sequence;
-            let batch: Batch =
-                postcard::from_bytes(&message.payload).map_err(|e| ClusterError::Corrupt {
+            let part = message.headers.as_ref().and_then(Part::from_headers);
+            let view = self.view.clone();
+            let (bytes, parts) = match part {
+                None => (Some(message.payload.to_vec()), Vec::new()),
+                Some(part) if part.index + 1 < part.count => {
+                    let payload = message.payload.clone();
+                    tokio::task::spawn_blocking(move || {
+                        view.stash_part(seq, &part.batch, part.index, &payload)
+                    })
+                    .await
+                    .map_err(ClusterError::jetstream)??;
+                    self.applied.send_modify(|a| *a = (*a).max(seq));
+                    continue;
+                }
+                Some(part) => {
+                    let view = view.clone();
+                    let payload = message.payload.clone();
+                    let (bytes, parts) = tokio::task::spawn_blocking(move || {
+                        view.assemble(seq, &part.batch, part.count, &payload)
+                    })
+                    .await
+                    .map_err(ClusterError::jetstream)??;
+                    (bytes, parts)
+                }
+            };
+            let complete = bytes.is_some();
+            let batch: Batch = match bytes {
+                Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| ClusterError::Corrupt {
                     seq,
                     message: e.to_string(),
-                })?;
-            let outcome = {
-                let view = self.view.clone();
+                })?,
+                // A part is missing (its writer's publish failed midway and
+                // yet its last part came): nothing of it is applied, and
+                // its writer re-runs its change.
+                None => Batch {
+                    id: part_batch_id(&message.headers).unwrap_or_default(),
+                    node: self.node.clone(),
+                    guards: Vec::new(),
+                    writes: Vec::new(),
+                },
+            };
+            let mut outcome = {
                 let batch = batch.clone();
-                tokio::task::spawn_blocking(move || view.apply(seq, &batch))
+                tokio::task::spawn_blocking(move || view.apply_and_drop(seq, &batch, &parts))
                     .await
                     .map_err(ClusterError::jetstream)??
             };
+            if !complete {
+                outcome = Outcome::Conflict {
+                    seq,
+                    tree: LOG_TREE.to_string(),
+                    key: b"missing part".to_vec(),
+                };
+            }
             self.applied.send_modify(|a| *a = (*a).max(seq));
             if batch.node == self.node {
                 let waiter = self

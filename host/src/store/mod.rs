@@ -445,6 +445,11 @@ impl Store {
                     },
                 )
                 .await?;
+            if crate::util::failpoint_active("accept-slow-commit") {
+                // Crash tests: the log has the events (they are durable and
+                // may be sent), the caller has no answer yet.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
             return Ok((batch, accepted));
         }
         let (reply, rx) = oneshot::channel();

@@ -282,3 +282,107 @@ fn a_conflicting_guard_changes_nothing_but_the_sequence() {
         &b"x"[..]
     );
 }
+
+/// The keys of a view's log tree that hold parts of batches.
+fn kept_parts(view: &View) -> usize {
+    view.log.scan_prefix(PARTS).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_message_goes_in_parts_and_applies_whole() {
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let a = node(cluster.urls(), "a", 1).await;
+    let b = node(cluster.urls(), "b", 1).await;
+    // Guarded, 3 MiB: three parts or more under the default 1 MiB limit.
+    let mut r = Recorder::new(a.log.view());
+    assert!(r.get("windows", b"w").unwrap().is_none());
+    for i in 0..3u8 {
+        r.insert("windows", &[i], vec![i; 1 << 20]);
+    }
+    let big = r.into_batch("a");
+    let small = {
+        let mut r = Recorder::new(b.log.view());
+        r.insert("other", b"k", b"v".to_vec());
+        r.into_batch("b")
+    };
+    // Another node's batch may land between the parts.
+    let (big_outcome, small_outcome) = tokio::join!(a.log.publish(&big), b.log.publish(&small));
+    let Outcome::Applied { seq } = big_outcome.unwrap() else {
+        panic!("the big batch conflicted");
+    };
+    assert!(matches!(small_outcome.unwrap(), Outcome::Applied { .. }));
+    assert!(seq >= 3, "applied at its last part's sequence: {seq}");
+    b.log.caught_up().await.unwrap();
+    for view in [a.log.view(), b.log.view()] {
+        let windows = dump(view, "windows");
+        assert_eq!(windows.len(), 3);
+        assert!(
+            windows
+                .iter()
+                .all(|(k, v)| v.len() == 1 << 20 && v[0] == k[0])
+        );
+        assert_eq!(kept_parts(view), 0, "parts dropped once applied");
+    }
+    // The same guard again: a conflict, decided at the last part.
+    let mut r = Recorder::new(b.log.view());
+    assert!(r.get("windows", &[0]).unwrap().is_some());
+    r.insert("windows", &[9], vec![9; 2 << 20]);
+    let stale = r.into_batch("b");
+    let mut r = Recorder::new(a.log.view());
+    r.remove("windows", &[0]);
+    a.log.publish(&r.into_batch("a")).await.unwrap();
+    assert!(matches!(
+        b.log.publish(&stale).await.unwrap(),
+        Outcome::Conflict { .. }
+    ));
+    b.log.caught_up().await.unwrap();
+    assert!(
+        b.log
+            .view()
+            .tree("windows")
+            .unwrap()
+            .get([9])
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(kept_parts(b.log.view()), 0);
+}
+
+#[test]
+fn a_batch_missing_a_part_applies_nothing_and_orphan_parts_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = View::open(sled::open(dir.path()).unwrap()).unwrap();
+    let whole = postcard::to_allocvec(&Batch {
+        id: "b1".into(),
+        node: "n".into(),
+        guards: vec![],
+        writes: vec![Write {
+            tree: "t".into(),
+            key: b"k".to_vec(),
+            value: Some(b"v".to_vec()),
+        }],
+    })
+    .unwrap();
+    let (first, last) = whole.split_at(whole.len() / 2);
+    // Kept across a restart of the view (same sled directory).
+    view.stash_part(1, "b1", 0, first).unwrap();
+    assert_eq!(view.applied().unwrap(), 1);
+    let (bytes, drop) = view.assemble(2, "b1", 2, last).unwrap();
+    assert_eq!(bytes.as_deref(), Some(&whole[..]));
+    assert_eq!(drop.len(), 1);
+
+    // Part 0 of 3 of "b2" never came: nothing to assemble.
+    view.stash_part(3, "b2", 1, b"x").unwrap();
+    let (bytes, _) = view.assemble(4, "b2", 3, b"y").unwrap();
+    assert!(bytes.is_none());
+
+    // An orphan (its last part never comes) is dropped far enough on.
+    view.stash_part(5, "b3", 0, b"z").unwrap();
+    let (_, drop) = view.assemble(6, "b4", 1, b"").unwrap();
+    assert!(!drop.contains(&part_key("b3", 0)));
+    let (_, drop) = view.assemble(6 + ORPHAN_PARTS_AFTER, "b4", 1, b"").unwrap();
+    assert!(drop.contains(&part_key("b3", 0)));
+    assert!(drop.contains(&part_key("b2", 1)));
+}
