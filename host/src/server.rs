@@ -164,11 +164,15 @@ pub async fn serve(
         Arc::new(SystemClock),
         leases.as_ref().map(Leases::ownership),
     )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Leases are given back only after the workers stopped, so that no
+    // other node starts a delivery this one is still attempting.
+    let (leases_stop_tx, leases_stop) = watch::channel(false);
     let lease_keeper = leases.map(|leases| {
         let on = Arc::new(LeaseChanges {
             queue: app.queue.clone(),
         });
-        tokio::spawn(leases.run(on))
+        tokio::spawn(leases.run(on, wait_for(leases_stop.clone())))
     });
     let listener = TcpListener::bind(config.listen)
         .await
@@ -178,7 +182,6 @@ pub async fn serve(
     // Tests and scripts read the bound address (port 0 picks a free one).
     println!("wasmhook listening on http://{local}");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(Worker::new(app.deliver.clone()).run(wait_for(stop_rx.clone())));
     let pruner = tokio::spawn(prune_loop(app.clone(), wait_for(stop_rx.clone())));
     let scheduler = tokio::spawn(crate::window::run_scheduler(
@@ -224,8 +227,9 @@ pub async fn serve(
     let _ = pruner.await;
     let _ = scheduler.await;
     if let Some(keeper) = lease_keeper {
-        // Its leases expire; the other nodes take the partitions then.
-        keeper.abort();
+        // The work left is due in the records: give the partitions back.
+        let _ = leases_stop_tx.send(true);
+        let _ = keeper.await;
     }
     store.flush().context("flushing the store")?;
     info!("stopped");

@@ -394,6 +394,18 @@ impl Server {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.try_call(method, path, token, body).await.unwrap()
+    }
+
+    /// [`Server::call`], with a connection fault as an error (a node that
+    /// may be gone).
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let mut req = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
@@ -401,13 +413,13 @@ impl Server {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.unwrap();
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
+        let text = resp.text().await?;
+        Ok((
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        ))
     }
 
     pub async fn raw(
@@ -585,7 +597,10 @@ impl Engine {
                     TEST_PARTITIONS as usize,
                     "the only node leases every partition"
                 );
-                (app, Some(tokio::spawn(leases.run(changes))))
+                (
+                    app,
+                    Some(tokio::spawn(leases.run(changes, std::future::pending()))),
+                )
             }
         };
         let router = wasmhook::api::router(wasmhook::api::ApiState {

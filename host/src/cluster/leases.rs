@@ -173,15 +173,39 @@ impl Leases {
         self.ownership.clone()
     }
 
-    /// Runs until the task is dropped: a round every third of the lease.
-    pub async fn run(mut self, on: Arc<dyn OnChange>) {
+    /// A round every third of the lease until `stop` resolves; then the
+    /// leases are given back, so that the other nodes take the partitions
+    /// at their next round rather than after the lease time.
+    pub async fn run(mut self, on: Arc<dyn OnChange>, stop: impl std::future::Future<Output = ()>) {
         let every = self.settings.lease / 3;
+        tokio::pin!(stop);
         loop {
             if let Err(e) = self.round(on.as_ref()).await {
                 tracing::warn!(error = %e, "renewing partition leases");
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stop => break,
+            }
         }
+        self.release(on.as_ref()).await;
+    }
+
+    /// Gives back every lease held (each only if still this node's: the
+    /// revision must match) and the node's heartbeat.
+    pub async fn release(&mut self, on: &dyn OnChange) {
+        for (p, revision) in std::mem::take(&mut self.held) {
+            self.set_owned(p, false);
+            on.lost(p);
+            if let Err(e) = self
+                .kv
+                .delete_expect_revision(partition_key(p), Some(revision))
+                .await
+            {
+                tracing::warn!(partition = p, error = %e, "giving back a lease; it expires instead");
+            }
+        }
+        let _ = self.kv.delete(format!("node.{}", self.node)).await;
     }
 
     fn set_owned(&self, p: u32, owned: bool) {
