@@ -270,7 +270,7 @@ impl View {
         id: &str,
         count: u32,
         last: &[u8],
-    ) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), ClusterError> {
+    ) -> Result<Assembled, ClusterError> {
         let mut bytes = Vec::new();
         let mut drop = Vec::new();
         let mut complete = true;
@@ -296,6 +296,9 @@ impl View {
         Ok((complete.then_some(bytes), drop))
     }
 }
+
+/// A batch's bytes (None: a part is missing) and the part keys to drop.
+type Assembled = (Option<Vec<u8>>, Vec<Vec<u8>>);
 
 fn part_key(id: &str, index: u32) -> Vec<u8> {
     format!("{PARTS}{id}/{index:08}").into_bytes()
