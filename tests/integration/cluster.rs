@@ -381,7 +381,7 @@ async fn kill_9_of_a_node_and_of_a_nats_server_under_load_loses_nothing() {
             nodes.rotate_left(j % alive.len());
             let key = key.as_str();
             async move {
-                let ids = send_until_accepted(&nodes, &key, &event).await;
+                let ids = send_until_accepted(&nodes, key, &event).await;
                 (id, ids)
             }
         });
