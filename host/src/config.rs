@@ -48,6 +48,7 @@ pub struct ClusterSection {
     pub replicas: usize,
     pub partitions: u32,
     pub lease_secs: u64,
+    pub snapshot_secs: u64,
     pub node_id: String,
 }
 
@@ -155,6 +156,9 @@ pub struct ClusterConfig {
     /// None: decided from the NATS cluster's size.
     pub replicas: Option<usize>,
     pub leases: crate::cluster::leases::LeaseSettings,
+    /// How often the leading node snapshots its view and compacts the
+    /// log; None: never.
+    pub snapshot_every: Option<Duration>,
     pub node_id: String,
 }
 
@@ -462,6 +466,7 @@ impl RawConfig {
                     partitions: c.partitions,
                     lease: Duration::from_secs(c.lease_secs),
                 },
+                snapshot_every: (c.snapshot_secs > 0).then(|| Duration::from_secs(c.snapshot_secs)),
                 node_id,
             })
         };

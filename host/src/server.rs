@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState, RateLimiter};
 use crate::app::{App, EngineSettings};
@@ -188,6 +188,11 @@ pub async fn serve(
         app.clone(),
         wait_for(stop_rx.clone()),
     ));
+    let compactor = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.snapshot_every)
+        .map(|every| tokio::spawn(compact_loop(app.clone(), every, wait_for(stop_rx.clone()))));
     let feeds = app.feeds.start_all(&app)?;
     if feeds > 0 {
         info!(feeds, "NATS sources consuming");
@@ -217,8 +222,18 @@ pub async fn serve(
         });
     }
     let router = api::router(state);
+    // A view that can no longer follow the cluster's log stops the node:
+    // a restart loads the newest snapshot.
+    let fault: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let watched = (store.clone(), fault.clone());
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            reason = watched.0.failed() => {
+                error!(%reason, "this node cannot follow the cluster log: stopping");
+                *watched.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
+        }
         info!("shutting down: no new requests");
         let _ = stop_tx.send(true);
     });
@@ -226,12 +241,18 @@ pub async fn serve(
     let _ = worker.await;
     let _ = pruner.await;
     let _ = scheduler.await;
+    if let Some(compactor) = compactor {
+        let _ = compactor.await;
+    }
     if let Some(keeper) = lease_keeper {
         // The work left is due in the records: give the partitions back.
         let _ = leases_stop_tx.send(true);
         let _ = keeper.await;
     }
     store.flush().context("flushing the store")?;
+    if let Some(reason) = fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        anyhow::bail!("{reason}");
+    }
     info!("stopped");
     Ok(())
 }
@@ -341,6 +362,28 @@ async fn prune_loop(app: App, shutdown: impl Future<Output = ()>) {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Cluster mode: every `every`, the node holding partition 0 snapshots
+/// its view and compacts the log (one node does it for all).
+async fn compact_loop(app: App, every: Duration, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !app.leads() {
+            continue;
+        }
+        match app.store.compact().await {
+            Ok(Some((seq, purged_below))) => {
+                info!(seq, purged_below, "log snapshot stored")
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "log compaction failed; retried at the next interval"),
         }
     }
 }

@@ -435,3 +435,79 @@ async fn a_stopped_node_gives_its_partitions_back_at_once() {
     wait_for_leases_within(&[&n0], Duration::from_secs(15)).await;
     assert_eq!(leased(&n0).await, 8);
 }
+
+/// Compaction through the binary: with snapshots every second the log is
+/// purged, and a node that joins afterwards loads the snapshot and serves
+/// the same records and deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_compaction_loads_the_snapshot() {
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n0 = Server::start_with(
+        dirs[0].path(),
+        &["--nats", &cluster.urls_arg()],
+        &[
+            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+            ("WASMHOOK_CLUSTER_SNAPSHOT_SECS", "1"),
+        ],
+    );
+    let receiver = Receiver::ok().await;
+    let (_, key) = n0.tenant("acme").await;
+    n0.subscribe(
+        &key,
+        json!({"url": receiver.url(), "event_types": ["message.*"]}),
+    )
+    .await;
+    wait_for_leases(&[&n0]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
+    let first_sequence = || async {
+        let mut stream = js.get_stream("WASMHOOK_LOG").await.unwrap();
+        stream.info().await.unwrap().state.first_sequence
+    };
+    // Events until the log has been purged (two snapshots apart).
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_sequence().await <= 1 {
+        assert!(Instant::now() < deadline, "the log was never compacted");
+        let (status, body) = n0
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(message_event(&format!("evt_{sent}"))),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    receiver.wait_for_ids(sent, Duration::from_secs(30)).await;
+
+    let n1 = node(&cluster, dirs[1].path(), "late");
+    for i in 0..sent {
+        let (status, event) = n1
+            .call("GET", &format!("/v1/events/evt_{i}"), &key, None)
+            .await;
+        assert_eq!(status, 200, "evt_{i} on the late node: {event}");
+    }
+    let (status, n0_list) = n0.call("GET", "/v1/deliveries?limit=500", &key, None).await;
+    assert_eq!(status, 200, "{n0_list}");
+    let (status, n1_list) = n1.call("GET", "/v1/deliveries?limit=500", &key, None).await;
+    assert_eq!(status, 200, "{n1_list}");
+    assert_eq!(n0_list, n1_list, "the same delivery log from both nodes");
+    assert!(
+        n1_list.to_string().matches("\"succeeded\"").count() >= sent,
+        "{n1_list}"
+    );
+    // The late node serves writes too: an event through it is delivered.
+    let (status, _) = n1
+        .call("POST", "/v1/events", &key, Some(message_event("evt_late")))
+        .await;
+    assert_eq!(status, 202);
+    receiver
+        .wait_for_ids(sent + 1, Duration::from_secs(30))
+        .await;
+}

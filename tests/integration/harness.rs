@@ -575,6 +575,7 @@ impl Engine {
                         partitions: TEST_PARTITIONS,
                         lease: Duration::from_secs(TEST_LEASE_SECS),
                     },
+                    snapshot_every: None,
                     node_id: "engine".into(),
                 };
                 config.cluster = Some(cluster.clone());

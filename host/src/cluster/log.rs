@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use super::{ClusterError, check_setting};
@@ -51,10 +51,10 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a wait for the view goes before the applier reads anew.
 const KICK_AFTER: Duration = Duration::from_secs(3);
 /// The view's own tree: the sequence it has applied.
-const LOG_TREE: &str = "__log";
+pub(super) const LOG_TREE: &str = "__log";
 const APPLIED: &[u8] = b"applied";
 /// Key prefix of a large batch's parts in [`LOG_TREE`].
-const PARTS: &str = "part/";
+pub(super) const PARTS: &str = "part/";
 /// Header of a part: `index/count`.
 const PART_HEADER: &str = "Wasmhook-Part";
 /// Header of a part: the id of the batch it belongs to.
@@ -124,6 +124,8 @@ pub struct View {
     trees: Mutex<HashMap<String, sled::Tree>>,
     log: sled::Tree,
     hooks: std::sync::RwLock<Vec<OnApplied>>,
+    /// Where snapshot files are written and downloaded.
+    scratch: std::path::PathBuf,
 }
 
 impl View {
@@ -133,7 +135,37 @@ impl View {
             db,
             trees: Mutex::default(),
             hooks: Default::default(),
+            scratch: std::env::temp_dir(),
         })
+    }
+
+    /// Snapshot files go to `dir` (the node's data directory) rather than
+    /// the system's temporary directory.
+    pub fn with_scratch(mut self, dir: &std::path::Path) -> Self {
+        self.scratch = dir.to_path_buf();
+        self
+    }
+
+    /// Writes the view at the sequence it has applied to a new file in its
+    /// scratch directory. Only the applier may call it: the replicated
+    /// trees must not change meanwhile.
+    fn export(&self) -> Result<(tempfile::NamedTempFile, u64), ClusterError> {
+        let seq = self.applied()?;
+        let file = tempfile::Builder::new()
+            .prefix("snapshot-")
+            .tempfile_in(&self.scratch)
+            .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+        super::snapshot::export(&self.db, seq, file.path())?;
+        Ok((file, seq))
+    }
+
+    /// Replaces the view with the snapshot in `from`; returns its sequence,
+    /// which becomes the applied one.
+    fn restore(&self, from: &std::path::Path) -> Result<u64, ClusterError> {
+        let seq = super::snapshot::import(&self.db, from)?;
+        self.log.insert(APPLIED, &seq.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(seq)
     }
 
     /// Adds a hook called after each applied batch, in the log's order.
@@ -441,7 +473,15 @@ pub struct Log {
     /// Makes the applier replace its reader: a writer or reader waited
     /// [`KICK_AFTER`] for the view to reach a sequence the stream has.
     kick: Arc<tokio::sync::Notify>,
+    snapshots: super::snapshot::Snapshots,
+    /// Asks the applier for a snapshot of the view between two batches.
+    snapshot_requests: mpsc::Sender<SnapshotReply>,
+    /// Why the applier stopped, once it has (the node cannot serve then).
+    failure: watch::Receiver<Option<String>>,
 }
+
+/// The applier's answer to a snapshot request: the file and its sequence.
+type SnapshotReply = oneshot::Sender<Result<(tempfile::NamedTempFile, u64), ClusterError>>;
 
 impl Drop for Log {
     fn drop(&mut self) {
@@ -459,7 +499,17 @@ impl Log {
         view: Arc<View>,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client);
-        let stream = ensure_stream(&js, replicas).await?;
+        let mut stream = ensure_stream(&js, replicas).await?;
+        let snapshots = super::snapshot::Snapshots::open(&js, replicas).await?;
+        let first = stream
+            .info()
+            .await
+            .map_err(ClusterError::jetstream)?
+            .state
+            .first_sequence;
+        if view.applied()? + 1 < first {
+            restore(&view, &snapshots, first).await?;
+        }
         let from = view.applied()? + 1;
         // The first reader is made here, so a start-up fault is the
         // caller's error; later ones by the applier itself.
@@ -467,6 +517,8 @@ impl Log {
         let (tx, applied) = watch::channel(from - 1);
         let waiters = Waiters::default();
         let kick = Arc::new(tokio::sync::Notify::new());
+        let (snapshot_requests, requests) = mpsc::channel(1);
+        let (failed, failure) = watch::channel(None);
         let task = tokio::spawn(apply_all(
             stream,
             messages,
@@ -476,6 +528,8 @@ impl Log {
                 waiters: waiters.clone(),
                 applied: tx,
                 kick: kick.clone(),
+                snapshot_requests: requests,
+                failure: failed,
             },
         ));
         Ok(Log {
@@ -487,7 +541,54 @@ impl Log {
             applier: task.abort_handle(),
             last_end: tokio::sync::Mutex::new(None),
             kick,
+            snapshots,
+            snapshot_requests,
+            failure,
         })
+    }
+
+    /// Resolves with the reason once the applier has stopped for good (the
+    /// view can no longer follow the log: the node must restart).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the cluster log's applier is gone".to_string(),
+        }
+    }
+
+    /// Compaction: has the applier write the view at the sequence S it has
+    /// reached, stores it as the newest snapshot, then purges the log below
+    /// the previous snapshot's sequence. Returns S and how far the log was
+    /// purged (None: the first snapshot, nothing purged). A snapshot at
+    /// or behind the newest one is not stored again.
+    pub async fn compact(&self) -> Result<(u64, Option<u64>), ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        self.snapshot_requests
+            .send(reply)
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        let (file, seq) = answer.await.map_err(|_| ClusterError::Stopped)??;
+        let previous = self.snapshots.latest().await?;
+        if previous.is_some_and(|p| p >= seq) {
+            return Ok((seq, None));
+        }
+        self.snapshots.upload(file.path(), seq).await?;
+        drop(file);
+        let Some(previous) = previous else {
+            return Ok((seq, None));
+        };
+        // Below the previous snapshot's sequence: a node up to one interval
+        // behind still reads every batch it lacks.
+        self.js
+            .get_stream_no_info(STREAM)
+            .await
+            .map_err(ClusterError::jetstream)?
+            .purge()
+            .sequence(previous + 1)
+            .await
+            .map_err(ClusterError::jetstream)?;
+        Ok((seq, Some(previous + 1)))
     }
 
     pub fn node(&self) -> &str {
@@ -571,6 +672,9 @@ impl Log {
     /// one sent after it arrived (its own or another waiter's). Under load
     /// that is one request per round trip, not one per API request.
     pub async fn caught_up(&self) -> Result<u64, ClusterError> {
+        if self.failure.borrow().is_some() {
+            return Err(ClusterError::Stopped);
+        }
         let arrived = std::time::Instant::now();
         let last = {
             let mut last_end = self.last_end.lock().await;
@@ -701,6 +805,38 @@ async fn read_from(
         .map_err(ClusterError::jetstream)
 }
 
+/// Loads the newest snapshot into `view`, whose end is before the log's
+/// `first` message (a new node, or one down for longer than the log keeps).
+async fn restore(
+    view: &Arc<View>,
+    snapshots: &super::snapshot::Snapshots,
+    first: u64,
+) -> Result<(), ClusterError> {
+    let file = tempfile::Builder::new()
+        .prefix("snapshot-")
+        .tempfile_in(&view.scratch)
+        .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+    if !snapshots.download(file.path()).await? {
+        return Err(ClusterError::Snapshot(format!(
+            "the log starts at {first}, after this node's view, and there is no snapshot to load"
+        )));
+    }
+    let seq = {
+        let view = view.clone();
+        let path = file.path().to_path_buf();
+        tokio::task::spawn_blocking(move || view.restore(&path))
+            .await
+            .map_err(ClusterError::jetstream)??
+    };
+    if seq + 1 < first {
+        return Err(ClusterError::Snapshot(format!(
+            "the newest snapshot (at {seq}) is older than the log's start ({first})"
+        )));
+    }
+    tracing::info!(seq, "loaded the newest snapshot of the records");
+    Ok(())
+}
+
 /// How long the applier waits before making a new reader after a fault.
 const REREAD_AFTER: Duration = Duration::from_millis(500);
 
@@ -711,7 +847,7 @@ const REREAD_AFTER: Duration = Duration::from_millis(500);
 /// (waiters get an error) only if the view fails or a batch is
 /// unreadable: a view that skipped a batch would no longer agree with
 /// the others.
-async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, a: Applier) {
+async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, mut a: Applier) {
     let mut reader = Some(first);
     loop {
         let messages = match reader.take() {
@@ -720,7 +856,7 @@ async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, a: Ap
                 tokio::time::sleep(REREAD_AFTER).await;
                 let from = match a.view.applied() {
                     Ok(applied) => applied + 1,
-                    Err(e) => return stop(&a.waiters, e),
+                    Err(e) => return a.stop(e),
                 };
                 match read_from(&stream, from).await {
                     Ok(m) => m,
@@ -732,7 +868,7 @@ async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, a: Ap
             }
         };
         if let Err(e) = a.apply_from(messages).await {
-            return stop(&a.waiters, e);
+            return a.stop(e);
         }
     }
 }
@@ -760,27 +896,48 @@ struct Applier {
     waiters: Waiters,
     applied: watch::Sender<u64>,
     kick: Arc<tokio::sync::Notify>,
+    snapshot_requests: mpsc::Receiver<SnapshotReply>,
+    /// Why the applier stopped, once it has.
+    failure: watch::Sender<Option<String>>,
 }
 
-/// Fails every waiting writer: the applier stopped for good.
-fn stop(waiters: &Waiters, e: ClusterError) {
-    tracing::error!(error = %e, "the cluster log's applier stopped");
-    let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, tx) in w.drain() {
-        let _ = tx.send(Err(ClusterError::Stopped));
+impl Applier {
+    /// Fails every waiting writer and tells the node: the applier stopped
+    /// for good.
+    fn stop(&self, e: ClusterError) {
+        tracing::error!(error = %e, "the cluster log's applier stopped");
+        let _ = self.failure.send(Some(e.to_string()));
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, tx) in w.drain() {
+            let _ = tx.send(Err(ClusterError::Stopped));
+        }
     }
 }
 
 impl Applier {
     /// Applies what one reader gives until it fails, ends or is kicked
     /// (Ok: make a new reader), or the view fails (Err: stop).
-    async fn apply_from(&self, mut messages: consumer::pull::Ordered) -> Result<(), ClusterError> {
+    async fn apply_from(
+        &mut self,
+        mut messages: consumer::pull::Ordered,
+    ) -> Result<(), ClusterError> {
         loop {
             let message = tokio::select! {
                 m = messages.next() => m,
                 _ = self.kick.notified() => {
                     tracing::info!("the cluster log's reader stalled: reading again");
                     return Ok(());
+                }
+                Some(reply) = self.snapshot_requests.recv() => {
+                    // Between two batches: the view is the log up to the
+                    // sequence it has applied.
+                    let view = self.view.clone();
+                    let export = tokio::task::spawn_blocking(move || view.export())
+                        .await
+                        .map_err(ClusterError::jetstream)
+                        .and_then(|r| r);
+                    let _ = reply.send(export);
+                    continue;
                 }
             };
             let message = match message {
@@ -795,6 +952,12 @@ impl Applier {
                 .info()
                 .map_err(ClusterError::jetstream)?
                 .stream_sequence;
+            let applied = *self.applied.borrow();
+            if seq > applied + 1 {
+                // Purged below a snapshot while this node lagged: the
+                // batches in between are gone from the log.
+                return Err(ClusterError::Behind { applied, next: seq });
+            }
             let part = message.headers.as_ref().and_then(Part::from_headers);
             let view = self.view.clone();
             let (bytes, parts) = match part {

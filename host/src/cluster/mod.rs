@@ -14,6 +14,7 @@
 pub mod blobs;
 pub mod leases;
 pub mod log;
+pub mod snapshot;
 
 use std::time::Duration;
 
@@ -43,6 +44,15 @@ pub enum ClusterError {
     /// The local view (sled) failed.
     #[error("the local view: {0}")]
     View(#[from] sled::Error),
+    /// A snapshot could not be written, stored or loaded.
+    #[error("log snapshot: {0}")]
+    Snapshot(String),
+    /// The log was purged past this node's view while it ran: only a
+    /// restart (which loads the newest snapshot) can bring it back.
+    #[error(
+        "the log was compacted past this node's view (applied {applied}, next in the log {next}); restart the node to load the newest snapshot"
+    )]
+    Behind { applied: u64, next: u64 },
     /// The node is shutting down or its applier stopped.
     #[error("the log applier stopped")]
     Stopped,

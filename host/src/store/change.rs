@@ -140,6 +140,25 @@ impl Store {
 
     /// Cluster mode: waits until this node's view has applied everything
     /// the log held when called (embedded: nothing to wait for).
+    /// Cluster mode: snapshots the view and compacts the log (see
+    /// [`Log::compact`]): the sequence of the snapshot and where the log
+    /// now starts, if it was purged. Embedded: nothing to do (None).
+    pub async fn compact(&self) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+        match self.log() {
+            Some(log) => Ok(Some(log.compact().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Cluster mode: resolves with the reason once this node's view can no
+    /// longer follow the log (the node must restart). Embedded: never.
+    pub async fn failed(&self) -> String {
+        match self.log() {
+            Some(log) => log.failed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     pub async fn sync(&self) -> Result<(), StoreError> {
         if let Some(log) = self.log() {
             log.caught_up().await?;

@@ -299,7 +299,7 @@ impl Store {
         node: &str,
     ) -> Result<Self, StoreError> {
         let db = Self::open_db(dir, cache_bytes)?;
-        let view = crate::cluster::log::View::open(db.clone())?;
+        let view = crate::cluster::log::View::open(db.clone())?.with_scratch(dir);
         // Other nodes' writes change subscriptions too: the applier drops
         // the tenant's cached routes, as a local write does.
         let routes: Arc<subscriptions::RouteCache> = Arc::default();

@@ -386,3 +386,124 @@ fn a_batch_missing_a_part_applies_nothing_and_orphan_parts_are_dropped() {
     assert!(drop.contains(&part_key("b3", 0)));
     assert!(drop.contains(&part_key("b2", 1)));
 }
+
+/// Every replicated tree of a view (what a snapshot carries), in order.
+fn records(view: &View) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let mut names: Vec<String> = view
+        .db
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .filter(|n| !n.starts_with("__") && n != "meta" && n != "plugin_blobs")
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let rows = dump(view, &n);
+            (n, rows)
+        })
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_log_is_rebuilt_from_the_snapshot_by_new_and_lagging_nodes() {
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let lagging_dir = tempfile::tempdir().unwrap();
+    let a = node(cluster.urls(), "a", 1).await;
+    let write = |log: &Log, i: u32| {
+        let mut r = Recorder::new(log.view());
+        r.insert("deliveries", &i.to_be_bytes(), vec![b'x'; 100]);
+        if i % 3 == 0 {
+            r.remove("deliveries", &(i / 2).to_be_bytes());
+        }
+        r.insert("tenants", b"t", i.to_be_bytes().to_vec());
+        r.into_batch(log.node())
+    };
+    // A node that saw the first five batches, then stopped.
+    {
+        let lagging = log_at(cluster.urls(), "lagging", 1, lagging_dir.path()).await;
+        for i in 0..5 {
+            lagging.publish(&write(&lagging, i)).await.unwrap();
+        }
+        assert_eq!(lagging.view().applied().unwrap(), 5);
+    }
+    for i in 5..25 {
+        a.log.publish(&write(&a.log, i)).await.unwrap();
+    }
+    // The first snapshot purges nothing; the second purges below the first.
+    let (first, purged) = a.log.compact().await.unwrap();
+    assert_eq!((first, purged), (25, None));
+    for i in 25..40 {
+        a.log.publish(&write(&a.log, i)).await.unwrap();
+    }
+    let (second, purged) = a.log.compact().await.unwrap();
+    assert_eq!((second, purged), (40, Some(26)));
+    // Nothing new: not stored again.
+    assert_eq!(a.log.compact().await.unwrap(), (40, None));
+    for i in 40..45 {
+        a.log.publish(&write(&a.log, i)).await.unwrap();
+    }
+    let want = records(a.log.view());
+    assert!(want.iter().any(|(n, _)| n == "deliveries"));
+
+    // A new node: the snapshot at 40, then the batches after it.
+    let fresh = node(cluster.urls(), "fresh", 1).await;
+    assert_eq!(fresh.log.caught_up().await.unwrap(), 45);
+    assert_eq!(records(fresh.log.view()), want);
+    // The lagging node (at 5, the log now starts at 26): the same.
+    let lagging = log_at(cluster.urls(), "lagging", 1, lagging_dir.path()).await;
+    assert_eq!(lagging.caught_up().await.unwrap(), 45);
+    assert_eq!(records(lagging.view()), want);
+    // And both go on with the log.
+    let outcome = fresh.log.publish(&write(&fresh.log, 45)).await.unwrap();
+    assert_eq!(outcome, Outcome::Applied { seq: 46 });
+    a.log.caught_up().await.unwrap();
+    lagging.caught_up().await.unwrap();
+    assert_eq!(records(lagging.view()), records(a.log.view()));
+}
+
+#[test]
+fn a_snapshot_carries_the_records_and_unfinished_parts_but_not_the_nodes_own_trees() {
+    let from_dir = tempfile::tempdir().unwrap();
+    let from = View::open(sled::open(from_dir.path()).unwrap()).unwrap();
+    from.tree("events").unwrap().insert(b"e1", b"one").unwrap();
+    from.tree("meta")
+        .unwrap()
+        .insert(b"health", b"mine")
+        .unwrap();
+    from.stash_part(7, "big", 0, b"half").unwrap();
+    let (file, seq) = from.export().unwrap();
+    assert_eq!(seq, 7);
+
+    let to_dir = tempfile::tempdir().unwrap();
+    let to = View::open(sled::open(to_dir.path()).unwrap()).unwrap();
+    to.tree("events")
+        .unwrap()
+        .insert(b"stale", b"gone")
+        .unwrap();
+    to.tree("meta")
+        .unwrap()
+        .insert(b"health", b"its own")
+        .unwrap();
+    assert_eq!(to.restore(file.path()).unwrap(), 7);
+    assert_eq!(to.applied().unwrap(), 7);
+    assert_eq!(dump(&to, "events"), vec![(b"e1".to_vec(), b"one".to_vec())]);
+    assert_eq!(
+        dump(&to, "meta"),
+        vec![(b"health".to_vec(), b"its own".to_vec())]
+    );
+    // The batch whose last part comes after the snapshot still assembles.
+    let (bytes, _) = to.assemble(8, "big", 2, b"!").unwrap();
+    assert_eq!(bytes.as_deref(), Some(&b"half!"[..]));
+
+    let damaged = to_dir.path().join("damaged");
+    std::fs::write(&damaged, b"not a snapshot at all").unwrap();
+    assert!(matches!(
+        to.restore(&damaged),
+        Err(ClusterError::Snapshot(_))
+    ));
+}
