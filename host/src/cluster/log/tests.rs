@@ -387,8 +387,11 @@ fn a_batch_missing_a_part_applies_nothing_and_orphan_parts_are_dropped() {
     assert!(drop.contains(&part_key("b2", 1)));
 }
 
+/// A tree's rows, in key order.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every replicated tree of a view (what a snapshot carries), in order.
-fn records(view: &View) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn records(view: &View) -> Vec<(String, Rows)> {
     let mut names: Vec<String> = view
         .db
         .tree_names()
@@ -417,7 +420,7 @@ async fn a_compacted_log_is_rebuilt_from_the_snapshot_by_new_and_lagging_nodes()
     let write = |log: &Log, i: u32| {
         let mut r = Recorder::new(log.view());
         r.insert("deliveries", &i.to_be_bytes(), vec![b'x'; 100]);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             r.remove("deliveries", &(i / 2).to_be_bytes());
         }
         r.insert("tenants", b"t", i.to_be_bytes().to_vec());
