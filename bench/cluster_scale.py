@@ -1,0 +1,333 @@
+"""Cluster mode at the scale issue 8 names: 1,000 tenants with 10,000
+subscriptions on three wasmhook nodes and a 3-server NATS cluster (R3), all
+on this machine. Run by bench/cluster-scale.sh (which builds the release
+binary); only the standard library, nats-server and nginx.
+
+Per run, on fresh servers:
+  setup     1,000 tenants and 10 subscriptions each, through the API, spread
+            over the nodes (16 requests in flight)
+  idle      RSS and CPU of the NATS servers and of the nodes over 10 s idle,
+            and the log stream's size
+  load      one event per tenant (1,000 events, 10,000 deliveries), spread
+            over the nodes: accepted/s, time until nginx has every delivery
+            id, CPU per delivery (every process)
+  kill -9   one node killed; 1,000 more events through the other two: time
+            until every delivery id arrived (the dead node's partitions wait
+            for its leases to expire: lease_secs)
+  restart   the killed node started again on its data directory: time until
+            it answers /healthz, and until it holds leases again
+  snapshot  size of the view snapshot the leading node stores
+
+Prints each run and the medians as a Markdown table.
+
+  python3 bench/cluster_scale.py BIN [RUNS]
+"""
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TOKEN = "bench"
+TENANTS = int(os.environ.get("TENANTS", 1000))
+SUBS = int(os.environ.get("SUBS_PER_TENANT", 10))
+LEASE = int(os.environ.get("LEASE_SECS", 20))
+# Compaction every SNAPSHOT s, so that a run sees a snapshot's size.
+SNAPSHOT = int(os.environ.get("SNAPSHOT_SECS", 30))
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def call(base, method, path, token=TOKEN, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out: {what}")
+
+
+def cpu_ticks(pids):
+    t = 0
+    for p in pids:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        t += int(fields[11]) + int(fields[12])
+    return t
+
+
+def rss_mb(pids):
+    t = 0
+    for p in pids:
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    t += int(line.split()[1])
+    return t / 1024
+
+
+class Run:
+    def __init__(self, binary, work):
+        self.binary = binary
+        self.work = work
+        self.procs = []
+
+    def spawn(self, args, env=None, log="x.log"):
+        out = open(os.path.join(self.work, log), "w")
+        p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+
+    # --- the parts -------------------------------------------------------
+
+    def start_nats(self):
+        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+        routes = ",".join(f"nats-route://127.0.0.1:{c}" for _, c, _ in ports)
+        self.nats = []
+        for i, (port, cport, mport) in enumerate(ports):
+            self.nats.append(
+                self.spawn(
+                    ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+                     "-n", f"n{i}", "-js", "-sd", os.path.join(self.work, f"nats-{i}"),
+                     "--cluster_name", "scale", "--cluster", f"nats://127.0.0.1:{cport}",
+                     "--routes", routes],
+                    log=f"nats-{i}.log",
+                )
+            )
+        self.nats_urls = ",".join(f"nats://127.0.0.1:{p}" for p, _, _ in ports)
+        self.monitor = f"http://127.0.0.1:{ports[0][2]}"
+        wait_until(lambda: urllib.request.urlopen(self.monitor + "/healthz?js-enabled-only=true",
+                                                  timeout=2).status == 200, 30, "NATS")
+        time.sleep(2)
+
+    def start_nginx(self):
+        self.nginx_port = free_port()
+        d = os.path.join(self.work, "nginx")
+        os.makedirs(os.path.join(d, "logs"))
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+  log_format ids '$http_webhook_id';
+  access_log {d}/logs/access.log ids buffer=64k flush=100ms;
+  server {{ listen 127.0.0.1:{self.nginx_port}; location / {{ return 204; }} }}
+}}
+""")
+        self.access_log = os.path.join(d, "logs", "access.log")
+        self.spawn(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")], log="nginx.log")
+        time.sleep(0.5)
+
+    def delivered_ids(self):
+        try:
+            with open(self.access_log) as f:
+                return set(line.strip() for line in f if line.strip())
+        except FileNotFoundError:
+            return set()
+
+    def start_node(self, i):
+        port = self.node_ports[i]
+        env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG="warn",
+                   WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
+                   WASMHOOK_CLUSTER_LEASE_SECS=str(LEASE),
+                   WASMHOOK_CLUSTER_SNAPSHOT_SECS=str(SNAPSHOT),
+                   WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT="1000000000")
+        p = self.spawn([self.binary, "serve", "--listen", f"127.0.0.1:{port}",
+                        "--data", os.path.join(self.work, f"node-{i}"),
+                        "--allow-private-destinations", "--nats", self.nats_urls],
+                       env=env, log=f"node-{i}.log")
+        self.nodes[i] = p
+        return p
+
+    def base(self, i):
+        return f"http://127.0.0.1:{self.node_ports[i]}"
+
+    def leased(self, i):
+        status, h = call(self.base(i), "GET", "/healthz", timeout=5)
+        return (h.get("cluster") or {}).get("partitions_leased", 0) if status == 200 else 0
+
+    def stream(self, name="WASMHOOK_LOG"):
+        with urllib.request.urlopen(self.monitor + "/jsz?streams=true", timeout=5) as r:
+            jsz = json.load(r)
+        for account in jsz.get("account_details", []):
+            for s in account.get("stream_detail", []):
+                if s["name"] == name:
+                    return s["state"]["bytes"], s["state"]["messages"]
+        return 0, 0
+
+    # --- the run -----------------------------------------------------------
+
+    def run(self):
+        r = {}
+        self.start_nats()
+        self.start_nginx()
+        self.node_ports = [free_port() for _ in range(3)]
+        self.nodes = [None] * 3
+        for i in range(3):
+            self.start_node(i)
+        for i in range(3):
+            wait_until(lambda i=i: call(self.base(i), "GET", "/healthz", timeout=2)[0] == 200,
+                       60, f"node {i}")
+        wait_until(lambda: sum(self.leased(i) for i in range(3)) == 64, 120, "leases")
+        pool = cf.ThreadPoolExecutor(16)
+
+        # setup
+        t0 = time.monotonic()
+
+        def tenant(n):
+            status, body = call(self.base(n % 3), "POST", "/v1/tenants", body={"name": f"t{n}"})
+            assert status == 201, body
+            return body["api_key"]
+
+        keys = list(pool.map(tenant, range(TENANTS)))
+
+        def subscribe(job):
+            n, s = job
+            status, body = call(self.base((n + s) % 3), "POST", "/v1/subscriptions", token=keys[n],
+                                body={"url": f"http://127.0.0.1:{self.nginx_port}/hook/{n}/{s}",
+                                      "event_types": ["*"]})
+            assert status == 201, body
+
+        list(pool.map(subscribe, [(n, s) for n in range(TENANTS) for s in range(SUBS)]))
+        r["setup_s"] = time.monotonic() - t0
+
+        # idle
+        nats_pids = [p.pid for p in self.nats]
+        node_pids = [p.pid for p in self.nodes]
+        time.sleep(3)
+        n0, w0 = cpu_ticks(nats_pids), cpu_ticks(node_pids)
+        time.sleep(10)
+        r["nats_idle_cpu_pct"] = (cpu_ticks(nats_pids) - n0) / HZ / 10 * 100
+        r["nodes_idle_cpu_pct"] = (cpu_ticks(node_pids) - w0) / HZ / 10 * 100
+        r["nats_rss_mb"] = rss_mb(nats_pids)
+        r["nodes_rss_mb"] = rss_mb(node_pids)
+        r["log_mb"], r["log_messages"] = (lambda b, m: (b / 2**20, m))(*self.stream())
+
+        # load: one event per tenant
+        def send(job, nodes):
+            n, prefix = job
+            event = {"id": f"{prefix}-{n}", "type": "message.created",
+                     "data": {"conversation_id": f"c{n}", "content": "hello"}}
+            for attempt in range(200):
+                node = nodes[(n + attempt) % len(nodes)]
+                try:
+                    status, _ = call(self.base(node), "POST", "/v1/events", token=keys[n],
+                                     body=event, timeout=10)
+                    if status == 202:
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            raise SystemExit(f"event {prefix}-{n} never accepted")
+
+        all_pids = nats_pids + node_pids
+        before = len(self.delivered_ids())
+        c0, t0 = cpu_ticks(all_pids), time.monotonic()
+        list(pool.map(lambda n: send((n, "a"), [0, 1, 2]), range(TENANTS)))
+        r["load_accept_per_s"] = TENANTS / (time.monotonic() - t0)
+        want = before + TENANTS * SUBS
+        wait_until(lambda: len(self.delivered_ids()) >= want, 300, "deliveries")
+        secs = time.monotonic() - t0
+        r["load_deliveries_per_s"] = TENANTS * SUBS / secs
+        r["load_cpu_us_per_delivery"] = (cpu_ticks(all_pids) - c0) / HZ * 1e6 / (TENANTS * SUBS)
+
+        # kill -9 of node 2, load through the others
+        self.nodes[2].send_signal(signal.SIGKILL)
+        self.nodes[2].wait()
+        t0 = time.monotonic()
+        list(pool.map(lambda n: send((n, "b"), [0, 1]), range(TENANTS)))
+        want += TENANTS * SUBS
+        wait_until(lambda: len(self.delivered_ids()) >= want, 300, "deliveries after the kill")
+        r["after_kill_all_delivered_s"] = time.monotonic() - t0
+        with open(self.access_log) as f:
+            lines = sum(1 for line in f if line.strip())
+        r["distinct_delivery_ids"] = len(self.delivered_ids())
+        r["sent_again_same_id"] = lines - r["distinct_delivery_ids"]
+
+        # restart of node 2
+        t0 = time.monotonic()
+        self.start_node(2)
+        wait_until(lambda: call(self.base(2), "GET", "/healthz", timeout=2)[0] == 200, 120,
+                   "restart")
+        r["restart_serving_s"] = time.monotonic() - t0
+        wait_until(lambda: self.leased(2) > 0, 120, "leases after the restart")
+        r["restart_leasing_s"] = time.monotonic() - t0
+
+        # the snapshot the leading node stored (every SNAPSHOT s)
+        wait_until(lambda: self.stream("OBJ_wasmhook_snapshots")[0] > 0, SNAPSHOT * 3,
+                   "a snapshot")
+        r["snapshot_mb"] = self.stream("OBJ_wasmhook_snapshots")[0] / 2**20
+        r["view_dir_mb"] = sum(
+            os.path.getsize(os.path.join(dp, f))
+            for dp, _, fs in os.walk(os.path.join(self.work, "node-0")) for f in fs
+        ) / 2**20
+        pool.shutdown()
+        return r
+
+
+def main():
+    binary = sys.argv[1]
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    results = []
+    for i in range(runs):
+        work = tempfile.mkdtemp(prefix="wasmhook-scale-")
+        run = Run(binary, work)
+        try:
+            r = run.run()
+        finally:
+            run.stop_all()
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"run {i + 1}: {json.dumps({k: round(v, 1) for k, v in r.items()})}", flush=True)
+        results.append(r)
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print()
+    print(f"{TENANTS} tenants x {SUBS} subscriptions, 3 nodes, 3 nats-servers (R3), "
+          f"lease {LEASE} s; {os.cpu_count()} cores; medians of {runs}")
+    print("| measure | median |")
+    print("|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:,.1f} |")
+
+
+if __name__ == "__main__":
+    main()
