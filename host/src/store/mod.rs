@@ -40,6 +40,7 @@ mod cluster_tests;
 mod commit;
 mod deliveries;
 mod events;
+mod group;
 pub mod models;
 mod plugins;
 mod sources;
@@ -272,6 +273,9 @@ pub struct Trees {
     log: Option<Arc<crate::cluster::log::Log>>,
     /// Cluster mode: plugin components (see `crate::cluster::blobs`).
     blobs: Option<crate::cluster::blobs::Blobs>,
+    /// Cluster mode: concurrent acceptances grouped into one batch (see
+    /// `group.rs`).
+    group: std::sync::OnceLock<group::Grouper>,
 }
 
 impl Store {
@@ -318,7 +322,11 @@ impl Store {
         let blobs = crate::cluster::blobs::Blobs::open(&js, replicas).await?;
         let log = crate::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
         log.caught_up().await?;
-        Self::with_db(db, Some((Arc::new(log), blobs)), routes)
+        let store = Self::with_db(db, Some((Arc::new(log), blobs)), routes)?;
+        let _ = store
+            .group
+            .set(group::Grouper::start(Arc::downgrade(&store.0)));
+        Ok(store)
     }
 
     fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
@@ -381,6 +389,7 @@ impl Store {
             routes,
             log,
             blobs,
+            group: std::sync::OnceLock::new(),
         }));
         store.index_subscription_deliveries()?;
         Ok(store)
@@ -428,23 +437,14 @@ impl Store {
         batch: Vec<NewEvent>,
     ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
         if self.log().is_some() {
-            let events: Vec<&NewEvent> = batch.iter().collect();
-            let accepted = self
-                .change(
-                    [
-                        &self.events,
-                        &self.events_by_time,
-                        &self.deliveries,
-                        &self.tenant_deliveries,
-                        &self.outbox,
-                        &self.held,
-                        &self.windows,
-                    ],
-                    |[e, t, d, td, o, h, w]| {
-                        events::accept_tx(&events, [e, t, d, td, o], Some((h, w)))
-                    },
-                )
-                .await?;
+            let (batch, accepted) = match self.group.get() {
+                Some(group) => group.accept(batch).await?,
+                None => {
+                    let events: Vec<&NewEvent> = batch.iter().collect();
+                    let accepted = self.accept_in_log(&events).await?;
+                    (batch, accepted)
+                }
+            };
             if crate::util::failpoint_active("accept-slow-commit") {
                 // Crash tests: the log has the events (they are durable and
                 // may be sent), the caller has no answer yet.
@@ -456,6 +456,23 @@ impl Store {
         self.send(commit::Job::Accept { batch, reply })?;
         let (batch, result) = rx.await.map_err(|_| gone())?;
         Ok((batch, result?))
+    }
+
+    /// Cluster mode: `events` accepted in one guarded batch of the log.
+    async fn accept_in_log(&self, events: &[&NewEvent]) -> Result<Vec<Accepted>, StoreError> {
+        self.change(
+            [
+                &self.events,
+                &self.events_by_time,
+                &self.deliveries,
+                &self.tenant_deliveries,
+                &self.outbox,
+                &self.held,
+                &self.windows,
+            ],
+            |[e, t, d, td, o, h, w]| events::accept_tx(events, [e, t, d, td, o], Some((h, w))),
+        )
+        .await
     }
 
     /// An attempt's record: the delivery replaced, its outbox entry moved
