@@ -28,6 +28,9 @@ use crate::runtime::{ArtifactDigests, Runtime};
 use crate::store::{Store, token_hash};
 use crate::telemetry::Telemetry;
 
+/// How long a stopping node tries to give its leases back.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often old events and deliveries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -246,8 +249,16 @@ pub async fn serve(
     }
     if let Some(keeper) = lease_keeper {
         // The work left is due in the records: give the partitions back.
+        // With NATS gone that cannot be done; the leases then expire.
         let _ = leases_stop_tx.send(true);
-        let _ = keeper.await;
+        let abort = keeper.abort_handle();
+        if tokio::time::timeout(LEASE_RELEASE_WAIT, keeper)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            warn!("giving the leases back took too long; they expire instead");
+        }
     }
     store.flush().context("flushing the store")?;
     if let Some(reason) = fault.lock().unwrap_or_else(|e| e.into_inner()).take() {

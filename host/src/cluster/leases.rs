@@ -194,15 +194,21 @@ impl Leases {
     /// Gives back every lease held (each only if still this node's: the
     /// revision must match) and the node's heartbeat.
     pub async fn release(&mut self, on: &dyn OnChange) {
-        for (p, revision) in std::mem::take(&mut self.held) {
-            self.set_owned(p, false);
-            on.lost(p);
+        let held = std::mem::take(&mut self.held);
+        for p in held.keys() {
+            self.set_owned(*p, false);
+            on.lost(*p);
+        }
+        for (p, revision) in held {
             if let Err(e) = self
                 .kv
                 .delete_expect_revision(partition_key(p), Some(revision))
                 .await
             {
-                tracing::warn!(partition = p, error = %e, "giving back a lease; it expires instead");
+                // NATS unreachable (or the lease taken meanwhile): the rest
+                // expire on their own rather than each waiting out a timeout.
+                tracing::warn!(partition = p, error = %e, "giving back a lease; the rest expire instead");
+                return;
             }
         }
         let _ = self.kv.delete(format!("node.{}", self.node)).await;

@@ -1,77 +1,92 @@
-//! Cluster mode: concurrent acceptances share one batch of the log, as the
-//! embedded committer makes them share one transaction and one flush.
+//! Cluster mode: concurrent writes of one kind share one batch of the log,
+//! as the embedded committer makes acceptances share one transaction and
+//! one flush.
 //!
 //! Each batch costs a publish acknowledged at the stream's replication and
-//! a transaction on every node's view, whatever its size. So acceptances
-//! wait in a queue; a few groups are in flight at once ([`IN_FLIGHT`]), and
-//! each takes everything that queued while the others were being written
-//! (up to [`MAX_EVENTS`]). A group that fails is retried one acceptance at
-//! a time, so that one caller's fault is not another's.
+//! a transaction on every node's view, whatever its size. So writes wait in
+//! a queue; a few groups are in flight at once ([`IN_FLIGHT`]), and each
+//! takes everything that queued while the others were being written (up to
+//! a size). A group is one [`Store::change`](super::Store::change): if a key
+//! it read changed meanwhile, the whole group is computed again on the newer
+//! view, so each write keeps the meaning it has alone. A group that fails
+//! is retried one write at a time, so that one caller's fault is not
+//! another's.
+//!
+//! Two kinds use it: acceptances (`Store::accept`) and attempt records
+//! (`Store::record_delivery`).
 
 use std::sync::{Arc, Weak};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Accepted, NewEvent, StoreError, Trees};
+use super::{Store, StoreError, Trees};
 
 /// Groups written at once: a publish's round trip is spent waiting, so a
 /// second group fills while the first is acknowledged.
 const IN_FLIGHT: usize = 4;
-/// Events in one group at most (a batch larger than a NATS message goes
-/// in parts, which costs more round trips).
-const MAX_EVENTS: usize = 1000;
 
-type Reply = oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
+/// Writes a group: the items given back, with one outcome per item.
+pub(super) type WriteGroup<I, O> = Arc<
+    dyn Fn(Store, Vec<I>) -> BoxFuture<'static, (Vec<I>, Result<Vec<O>, StoreError>)> + Send + Sync,
+>;
 
-struct Job {
-    batch: Vec<NewEvent>,
-    reply: Reply,
+/// What a job's caller gets: its item back with its outcome.
+type Done<I, O> = Result<(I, O), StoreError>;
+
+struct Job<I, O> {
+    item: I,
+    reply: oneshot::Sender<Done<I, O>>,
 }
 
-/// The queue in front of the log's acceptances.
-pub(super) struct Grouper {
-    jobs: mpsc::UnboundedSender<Job>,
+/// The queue in front of one kind of write.
+pub(super) struct Grouper<I, O> {
+    jobs: mpsc::UnboundedSender<Job<I, O>>,
 }
 
-impl Grouper {
-    /// Starts the grouping task. It holds the store weakly: it ends when
-    /// the store is dropped.
-    pub(super) fn start(trees: Weak<Trees>) -> Self {
+impl<I: Send + 'static, O: Send + 'static> Grouper<I, O> {
+    /// Starts the grouping task: a group holds at most `max` by `size`
+    /// (the first item always fits). The task holds the store weakly: it
+    /// ends when the store is dropped.
+    pub(super) fn start(
+        trees: Weak<Trees>,
+        max: usize,
+        size: fn(&I) -> usize,
+        write: WriteGroup<I, O>,
+    ) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(trees, rx));
+        tokio::spawn(run(trees, rx, max, size, write));
         Grouper { jobs }
     }
 
-    /// Stores `batch` within a group: the batch given back with its
-    /// outcomes.
-    pub(super) async fn accept(
-        &self,
-        batch: Vec<NewEvent>,
-    ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
+    /// Writes `item` within a group: the item given back with its outcome.
+    pub(super) async fn write(&self, item: I) -> Done<I, O> {
+        let stopped = || StoreError::Commit("the write queue stopped".into());
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { batch, reply })
-            .map_err(|_| StoreError::Commit("the acceptance queue stopped".into()))?;
-        let (batch, result) = answer
-            .await
-            .map_err(|_| StoreError::Commit("the acceptance queue stopped".into()))?;
-        Ok((batch, result?))
+        self.jobs.send(Job { item, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(trees: Weak<Trees>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run<I: Send + 'static, O: Send + 'static>(
+    trees: Weak<Trees>,
+    mut rx: mpsc::UnboundedReceiver<Job<I, O>>,
+    max: usize,
+    size: fn(&I) -> usize,
+    write: WriteGroup<I, O>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         // Whatever queued while waiting for a slot joins the group.
-        let mut events = first.batch.len();
+        let mut total = size(&first.item);
         let mut jobs = vec![first];
-        while events < MAX_EVENTS {
+        while total < max {
             match rx.try_recv() {
                 Ok(job) => {
-                    events += job.batch.len();
+                    total += size(&job.item);
                     jobs.push(job);
                 }
                 Err(_) => break,
@@ -80,37 +95,41 @@ async fn run(trees: Weak<Trees>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let Some(trees) = trees.upgrade() else {
             return;
         };
+        let write = write.clone();
         tokio::spawn(async move {
-            write_group(&super::Store(trees), jobs).await;
+            write_group(Store(trees), jobs, write).await;
             drop(slot);
         });
     }
 }
 
 /// One change for the whole group; on failure, each job alone.
-async fn write_group(store: &super::Store, jobs: Vec<Job>) {
-    let all: Vec<&NewEvent> = jobs.iter().flat_map(|j| j.batch.iter()).collect();
-    let result = store.accept_in_log(&all).await;
-    drop(all);
+async fn write_group<I, O>(store: Store, jobs: Vec<Job<I, O>>, write: WriteGroup<I, O>) {
+    let (items, replies): (Vec<I>, Vec<_>) = jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+    let alone = items.len() == 1;
+    let (items, result) = write(store.clone(), items).await;
     match result {
-        Ok(accepted) => {
-            // In the order of the events: each job takes its share.
-            let mut rest = accepted.into_iter();
-            for job in jobs {
-                let mine: Vec<Accepted> = rest.by_ref().take(job.batch.len()).collect();
-                let _ = job.reply.send((job.batch, Ok(mine)));
+        Ok(outcomes) => {
+            for ((item, reply), outcome) in items.into_iter().zip(replies).zip(outcomes) {
+                let _ = reply.send(Ok((item, outcome)));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            let job = jobs.into_iter().next().expect("one job");
-            let _ = job.reply.send((job.batch, Err(e)));
+        Err(e) if alone => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
         }
         Err(_) => {
-            for job in jobs {
-                let events: Vec<&NewEvent> = job.batch.iter().collect();
-                let result = store.accept_in_log(&events).await;
-                drop(events);
-                let _ = job.reply.send((job.batch, result));
+            for (item, reply) in items.into_iter().zip(replies) {
+                let (items, result) = write(store.clone(), vec![item]).await;
+                let done = result.and_then(|outcomes| {
+                    items
+                        .into_iter()
+                        .zip(outcomes)
+                        .next()
+                        .ok_or_else(|| StoreError::Commit("a write gave no outcome".into()))
+                });
+                let _ = reply.send(done);
             }
         }
     }

@@ -229,6 +229,55 @@ pub fn window_key(subscription_id: &str, start: Timestamp) -> Vec<u8> {
     key
 }
 
+/// Cluster mode's write groups (see `group.rs`).
+struct Groups {
+    /// Batches of events; each gets its acceptances.
+    accepts: group::Grouper<Vec<NewEvent>, Vec<Accepted>>,
+    /// An attempt's record and the due time it was leased from; each gets
+    /// whether it was recorded.
+    records: group::Grouper<(Delivery, Timestamp), bool>,
+}
+
+/// Events in one group of acceptances at most (a batch larger than a NATS
+/// message goes in parts, which costs more round trips).
+const GROUP_EVENTS: usize = 1000;
+/// Attempt records in one group at most.
+const GROUP_RECORDS: usize = 500;
+
+impl Groups {
+    fn start(store: &Store) -> Self {
+        let accepts: group::WriteGroup<Vec<NewEvent>, Vec<Accepted>> =
+            Arc::new(|store: Store, batches: Vec<Vec<NewEvent>>| {
+                Box::pin(async move {
+                    let events: Vec<&NewEvent> = batches.iter().flatten().collect();
+                    let result = store.accept_in_log(&events).await;
+                    drop(events);
+                    // In the order of the events: each batch takes its share.
+                    let result = result.map(|accepted| {
+                        let mut rest = accepted.into_iter();
+                        batches
+                            .iter()
+                            .map(|b| rest.by_ref().take(b.len()).collect())
+                            .collect()
+                    });
+                    (batches, result)
+                })
+            });
+        let records: group::WriteGroup<(Delivery, Timestamp), bool> =
+            Arc::new(|store: Store, records: Vec<(Delivery, Timestamp)>| {
+                Box::pin(async move {
+                    let result = store.record_leased_in_log(&records).await;
+                    (records, result)
+                })
+            });
+        let trees = Arc::downgrade(&store.0);
+        Groups {
+            accepts: group::Grouper::start(trees.clone(), GROUP_EVENTS, Vec::len, accepts),
+            records: group::Grouper::start(trees, GROUP_RECORDS, |_| 1, records),
+        }
+    }
+}
+
 /// The sled database and its trees. Cheap to clone: one shared handle
 /// (every request and attempt clones it; a clone per tree cost ~2 % of the
 /// server's CPU under load).
@@ -273,9 +322,9 @@ pub struct Trees {
     log: Option<Arc<crate::cluster::log::Log>>,
     /// Cluster mode: plugin components (see `crate::cluster::blobs`).
     blobs: Option<crate::cluster::blobs::Blobs>,
-    /// Cluster mode: concurrent acceptances grouped into one batch (see
-    /// `group.rs`).
-    group: std::sync::OnceLock<group::Grouper>,
+    /// Cluster mode: concurrent acceptances, and concurrent attempt
+    /// records, each grouped into one batch of the log (see `group.rs`).
+    groups: std::sync::OnceLock<Groups>,
 }
 
 impl Store {
@@ -323,9 +372,7 @@ impl Store {
         let log = crate::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
         log.caught_up().await?;
         let store = Self::with_db(db, Some((Arc::new(log), blobs)), routes)?;
-        let _ = store
-            .group
-            .set(group::Grouper::start(Arc::downgrade(&store.0)));
+        let _ = store.groups.set(Groups::start(&store));
         Ok(store)
     }
 
@@ -389,7 +436,7 @@ impl Store {
             routes,
             log,
             blobs,
-            group: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
         }));
         store.index_subscription_deliveries()?;
         Ok(store)
@@ -437,8 +484,8 @@ impl Store {
         batch: Vec<NewEvent>,
     ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
         if self.log().is_some() {
-            let (batch, accepted) = match self.group.get() {
-                Some(group) => group.accept(batch).await?,
+            let (batch, accepted) = match self.groups.get() {
+                Some(groups) => groups.accepts.write(batch).await?,
                 None => {
                     let events: Vec<&NewEvent> = batch.iter().collect();
                     let accepted = self.accept_in_log(&events).await?;
@@ -517,16 +564,13 @@ impl Store {
         delivery: &Delivery,
         leased: Timestamp,
     ) -> Result<(), StoreError> {
-        let old = outbox_key(leased, &delivery.id);
-        let recorded = self
-            .change([&self.outbox, &self.deliveries], |[outbox, deliveries]| {
-                if outbox.get(&old)?.is_none() {
-                    return Ok(false);
-                }
-                deliveries::put_delivery_tx(deliveries, outbox, delivery, Some(leased))?;
-                Ok(true)
-            })
-            .await?;
+        let recorded = match self.groups.get() {
+            Some(groups) => groups.records.write((delivery.clone(), leased)).await?.1,
+            None => {
+                let item = [(delivery.clone(), leased)];
+                self.record_leased_in_log(&item).await?[0]
+            }
+        };
         if !recorded {
             tracing::warn!(
                 delivery_id = %delivery.id,
@@ -534,6 +578,27 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Attempt records in one batch, each guarded by the outbox entry it
+    /// was leased from: whether each was recorded.
+    async fn record_leased_in_log(
+        &self,
+        records: &[(Delivery, Timestamp)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.change([&self.outbox, &self.deliveries], |[outbox, deliveries]| {
+            let mut recorded = Vec::with_capacity(records.len());
+            for (delivery, leased) in records {
+                if outbox.get(&outbox_key(*leased, &delivery.id))?.is_none() {
+                    recorded.push(false);
+                    continue;
+                }
+                deliveries::put_delivery_tx(deliveries, outbox, delivery, Some(*leased))?;
+                recorded.push(true);
+            }
+            Ok(recorded)
+        })
+        .await
     }
 
     fn send(&self, job: commit::Job) -> Result<(), StoreError> {
