@@ -226,12 +226,26 @@ pub struct Backing {
 const TEST_LEASE_SECS: u64 = 3;
 const TEST_PARTITIONS: u32 = 8;
 
+/// NATS servers behind each `name::nats` test: 1, or
+/// `WASMHOOK_TEST_NATS_SERVERS` (3 runs the suites on a replicated cluster,
+/// R3; about 8 times slower on 2 cores, so not the default). The multi-node
+/// and fault tests in `cluster.rs` always use 3.
+fn nats_servers() -> usize {
+    std::env::var("WASMHOOK_TEST_NATS_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
 impl Backing {
     /// `None` when the test is skipped (nats-server missing outside CI).
     pub async fn new(backend: Backend) -> Option<Self> {
         let nats = match backend {
             Backend::Sled => None,
-            Backend::Nats => Some(wasmhook::cluster::testing::NatsCluster::start(1).await?),
+            Backend::Nats => {
+                Some(wasmhook::cluster::testing::NatsCluster::start(nats_servers()).await?)
+            }
         };
         Some(Backing { backend, nats })
     }
