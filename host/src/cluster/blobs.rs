@@ -7,7 +7,7 @@
 use async_nats::jetstream::{self, object_store};
 use tokio::io::AsyncReadExt;
 
-use super::{ClusterError, check_setting};
+use super::ClusterError;
 
 /// The object store's bucket.
 pub const BUCKET: &str = "wasmhook_plugins";
@@ -20,30 +20,7 @@ pub struct Blobs {
 impl Blobs {
     /// The bucket as this version uses it: created if missing, else checked.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
-        let store = match js.get_object_store(BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: BUCKET.to_string(),
-                    num_replicas: replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(ClusterError::jetstream)?,
-        };
-        let mut stream = js
-            .get_stream(format!("OBJ_{BUCKET}"))
-            .await
-            .map_err(ClusterError::jetstream)?;
-        let found = stream
-            .info()
-            .await
-            .map_err(ClusterError::jetstream)?
-            .config
-            .num_replicas
-            .max(1);
-        check_setting("object store", BUCKET, "num_replicas", found, replicas)?;
+        let store = super::object_store(js, BUCKET, replicas).await?;
         Ok(Blobs { store })
     }
 

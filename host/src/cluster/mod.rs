@@ -108,6 +108,40 @@ impl ClusterSettings {
     }
 }
 
+/// An object store as this version uses it (file storage, `replicas`):
+/// created if missing, else its replication checked.
+async fn object_store(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<async_nats::jetstream::object_store::ObjectStore, ClusterError> {
+    use async_nats::jetstream::{object_store, stream::StorageType};
+    let store = match js.get_object_store(bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.to_string(),
+                num_replicas: replicas,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(ClusterError::jetstream)?,
+    };
+    let found = js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(ClusterError::jetstream)?
+        .info()
+        .await
+        .map_err(ClusterError::jetstream)?
+        .config
+        .num_replicas
+        .max(1);
+    check_setting("object store", bucket, "num_replicas", found, replicas)?;
+    Ok(store)
+}
+
 /// Connects to the first server of `settings.urls` that answers; an error
 /// that names the URLs when none does. Reconnects by itself afterwards.
 pub async fn connect(settings: &ClusterSettings) -> Result<async_nats::Client, ClusterError> {

@@ -26,8 +26,8 @@ use std::path::Path;
 
 use async_nats::jetstream::{self, object_store};
 
+use super::ClusterError;
 use super::log::{LOG_TREE, PARTS};
-use super::{ClusterError, check_setting};
 
 /// The object store's bucket.
 pub const BUCKET: &str = "wasmhook_snapshots";
@@ -173,30 +173,7 @@ pub struct Snapshots {
 impl Snapshots {
     /// The bucket as this version uses it: created if missing, else checked.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
-        let store = match js.get_object_store(BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: BUCKET.to_string(),
-                    num_replicas: replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(ClusterError::jetstream)?,
-        };
-        let mut stream = js
-            .get_stream(format!("OBJ_{BUCKET}"))
-            .await
-            .map_err(ClusterError::jetstream)?;
-        let found = stream
-            .info()
-            .await
-            .map_err(ClusterError::jetstream)?
-            .config
-            .num_replicas
-            .max(1);
-        check_setting("object store", BUCKET, "num_replicas", found, replicas)?;
+        let store = super::object_store(js, BUCKET, replicas).await?;
         Ok(Snapshots { store })
     }
 

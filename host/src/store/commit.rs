@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::events::accept_tx;
+use super::events::{accept_tx, split_by_batch};
 use super::*;
 use crate::util::failpoint_active;
 
@@ -138,11 +138,8 @@ impl Writer {
              windows: Option<(&TransactionalTree, &TransactionalTree)>| {
                 let trees = trees.map(|t| t as &dyn TxTree);
                 let windows = windows.map(|(h, w)| (h as &dyn TxTree, w as &dyn TxTree));
-                let mut accepted = accept_tx(&events, trees, windows)?.into_iter();
-                Ok(batches
-                    .iter()
-                    .map(|b| accepted.by_ref().take(b.len()).collect())
-                    .collect())
+                let accepted = accept_tx(&events, trees, windows)?;
+                Ok(split_by_batch(accepted, batches))
             };
         // A transaction locks every tree it names: the window trees only
         // when something is held or taken (rare).

@@ -72,6 +72,19 @@ impl Store {
     }
 }
 
+/// The outcomes of a group's events (in their order) split back into each
+/// batch's share, for the batches whose events were accepted together.
+pub(super) fn split_by_batch<B>(accepted: Vec<Accepted>, batches: &[B]) -> Vec<Vec<Accepted>>
+where
+    B: AsRef<[NewEvent]>,
+{
+    let mut rest = accepted.into_iter();
+    batches
+        .iter()
+        .map(|b| rest.by_ref().take(b.as_ref().len()).collect())
+        .collect()
+}
+
 /// The acceptance in a committer's transaction: each event only if its id is new, with
 /// its deliveries, outbox entries, indexes and held items.
 pub(super) fn accept_tx(

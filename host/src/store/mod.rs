@@ -252,14 +252,7 @@ impl Groups {
                     let events: Vec<&NewEvent> = batches.iter().flatten().collect();
                     let result = store.accept_in_log(&events).await;
                     drop(events);
-                    // In the order of the events: each batch takes its share.
-                    let result = result.map(|accepted| {
-                        let mut rest = accepted.into_iter();
-                        batches
-                            .iter()
-                            .map(|b| rest.by_ref().take(b.len()).collect())
-                            .collect()
-                    });
+                    let result = result.map(|accepted| events::split_by_batch(accepted, &batches));
                     (batches, result)
                 })
             });
