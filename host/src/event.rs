@@ -135,6 +135,30 @@ impl EventInput {
 }
 
 impl Envelope {
+    /// The body sent when a subscription has no plugin: the Standard
+    /// Webhooks payload form (`type`, `timestamp`, `data`) plus the event id.
+    /// A pure function of the event, and the same after the event's record
+    /// is read back (`preserve_order` keeps `data`'s keys in order,
+    /// `float_roundtrip` its numbers exact), so a retry made from the
+    /// stored event sends the first attempt's bytes.
+    pub fn webhook_body(&self) -> String {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            timestamp: &'a str,
+            data: &'a Value,
+        }
+        serde_json::to_string(&Body {
+            id: &self.id,
+            event_type: &self.event_type,
+            timestamp: &self.occurred_at,
+            data: &self.data,
+        })
+        .expect("serializable")
+    }
+
     /// The event as a plugin sees it (`data` as compact JSON text).
     pub fn to_plugin_event(&self) -> PluginEvent {
         PluginEvent {

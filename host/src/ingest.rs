@@ -11,7 +11,6 @@
 
 use jiff::Timestamp;
 use serde::Serialize;
-use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::app::App;
@@ -218,26 +217,6 @@ pub async fn replay(
     Ok((events, created))
 }
 
-/// The body sent when a subscription has no plugin: the Standard Webhooks
-/// payload form (`type`, `timestamp`, `data`) plus the event id.
-pub fn envelope_body(event: &Envelope) -> String {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        id: &'a str,
-        #[serde(rename = "type")]
-        event_type: &'a str,
-        timestamp: &'a str,
-        data: &'a Value,
-    }
-    serde_json::to_string(&Body {
-        id: &event.id,
-        event_type: &event.event_type,
-        timestamp: &event.occurred_at,
-        data: &event.data,
-    })
-    .expect("serializable")
-}
-
 /// What routing one event to one subscription produced.
 #[derive(Debug, Default)]
 pub struct Transformed {
@@ -294,6 +273,7 @@ pub fn pending_deliveries(
                 body: r.body,
                 content_type: r.content_type,
                 headers: r.headers,
+                body_from_event: false,
             };
             let mut delivery = new_delivery(
                 sub,
@@ -367,11 +347,13 @@ pub async fn transform(
         released: Vec::new(),
     };
     let Some(plugin_ref) = &sub.plugin else {
+        // The body is the event's envelope: stored once, with the event.
         let request = StoredRequest {
-            body: envelope_body(event),
+            body: String::new(),
             content_type: "application/json".into(),
             headers: Vec::new(),
             event_name: None,
+            body_from_event: true,
         };
         return Ok(one(delivery(DeliveryStatus::Pending, Some(request), None)));
     };

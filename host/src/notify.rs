@@ -126,6 +126,7 @@ fn notification(
             content_type: "application/json".into(),
             headers: vec![],
             event_name: None,
+            body_from_event: false,
         }),
         attempts: vec![],
         next_attempt_at: Some(now),

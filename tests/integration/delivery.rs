@@ -383,9 +383,10 @@ both_backends! {
         let e = backing.engine().await;
         let key = e.tenant().await;
         let ok = Receiver::ok().await;
+        let flaky = Receiver::start(vec![Answer::status(500)], Answer::status(200)).await;
         e.subscribe(&key, json!({"url": ok.url(), "event_types": ["message.*"]}))
             .await;
-        e.subscribe(&key, json!({"url": dead_port_url(), "event_types": ["message.*"], "retry": {"preset": "onwebchat"}}))
+        e.subscribe(&key, json!({"url": flaky.url(), "event_types": ["message.*"], "retry": {"preset": "onwebchat"}}))
             .await;
         let ids = e.send(&key, message_event("old")).await;
         e.worker.run_due().await;
@@ -400,12 +401,26 @@ both_backends! {
         e.clock.advance(Duration::from_secs(31 * 24 * 3600));
         let cutoff = e.clock.now() - jiff::SignedDuration::from_secs(30 * 24 * 3600);
         let (events, deliveries) = e.app.store.prune(cutoff).await.unwrap();
-        assert_eq!((events, deliveries), (1, 1));
+        // The finished delivery is gone. The event stays while its pending
+        // delivery still sends the event's body.
+        assert_eq!((events, deliveries), (0, 1));
         let (s, _) = e.call("GET", "/v1/events/old", &key, None).await;
-        assert_eq!(s, 404);
-        // The pending delivery is kept (and still listed); the finished one is gone.
+        assert_eq!(s, 200);
         let (_, page) = e.call("GET", "/v1/deliveries", &key, None).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 1);
         assert_eq!(page["items"][0]["status"], "pending");
+
+        // Its retry sends the first attempt's bytes; then the event goes too.
+        e.worker.run_due().await;
+        let got = flaky.received();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].body, got[1].body);
+        assert_eq!(got[1].json()["id"], "old");
+        let (events, deliveries) = e.app.store.prune(cutoff).await.unwrap();
+        assert_eq!((events, deliveries), (1, 1));
+        let (s, _) = e.call("GET", "/v1/events/old", &key, None).await;
+        assert_eq!(s, 404);
+        let (_, page) = e.call("GET", "/v1/deliveries", &key, None).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 0);
     }
 }

@@ -182,7 +182,9 @@ fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Delivery, ApiErro
         .ok_or_else(|| ApiError::NotFound(format!("no delivery {id:?}")))
 }
 
-fn detail(state: &ApiState, d: Delivery) -> Result<DeliveryDetail, ApiError> {
+fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError> {
+    // Shown whole, even when stored without its event's body.
+    state.app.store.fill_body(&mut d)?;
     let endpoint = crate::notify::endpoint_of(&state.app.store, &d)?;
     let signing_headers = match (&endpoint, &d.request) {
         (Some(sub), Some(request)) => {
@@ -240,6 +242,18 @@ async fn retry(
         return Err(ApiError::Conflict(format!(
             "delivery {id} has nothing to send ({}); replay the event through the subscription instead",
             d.status.as_str()
+        )));
+    }
+    if d.request.as_ref().is_some_and(|r| r.body_from_event)
+        && state
+            .app
+            .store
+            .event_body(&d.tenant_id, &d.event_id)?
+            .is_none()
+    {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} sends its event's body, and event {:?} is no longer stored (past the retention)",
+            d.event_id
         )));
     }
     let now = state.app.clock.now();

@@ -461,6 +461,11 @@ async fn run_test(state: &ApiState, sub: &Subscription) -> Result<Vec<Delivery>,
     let mut deliveries = out.deliveries;
     for d in &mut deliveries {
         d.next_attempt_at = None;
+        // The test event is not stored: its deliveries keep its body.
+        if let Some(r) = d.request.as_mut().filter(|r| r.body_from_event) {
+            r.body = event.webhook_body();
+            r.body_from_event = false;
+        }
     }
     state.app.queue.add_unqueued(&deliveries).await?;
     let mut results = Vec::new();

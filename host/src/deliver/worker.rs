@@ -190,13 +190,32 @@ async fn record_attempt(
         );
         return stage.store.record_delivery(d, leased).await;
     };
+    // The event's own body, for a delivery without a plugin: cached since
+    // its acceptance, or made again from the stored event.
+    let from_event = match request.body_from_event {
+        false => None,
+        true => match stage.store.event_body(&d.tenant_id, &d.event_id) {
+            Ok(Some(body)) => Some(body),
+            Ok(None) => {
+                d.request = Some(request);
+                let why = "its event is no longer stored, so there is no body to send";
+                finish(d, DeliveryStatus::Failed, Some(why.into()), now);
+                return stage.store.record_delivery(d, leased).await;
+            }
+            Err(e) => {
+                d.request = Some(request);
+                return Err(e);
+            }
+        },
+    };
+    let body = from_event.as_deref().unwrap_or(&request.body);
 
     let secrets = sub.signing_secrets(now);
     let message = sign::Message {
         delivery_id: &d.id,
         event_type: request.event_name.as_deref().unwrap_or(&d.event_type),
         timestamp: now.as_second(),
-        body: request.body.as_bytes(),
+        body: body.as_bytes(),
     };
     let mut headers = match sign::headers(&sub.signature, &secrets, &message) {
         Ok(h) => h,
@@ -223,7 +242,7 @@ async fn record_attempt(
         .send(
             &Request {
                 url: &sub.url,
-                body: request.body.as_bytes(),
+                body: body.as_bytes(),
                 content_type: &request.content_type,
                 headers: &headers,
                 timeout: Duration::from_millis(sub.timeout_ms),

@@ -192,6 +192,7 @@ pub(super) mod tests {
                 content_type: "application/json".into(),
                 headers: vec![],
                 event_name: None,
+                body_from_event: false,
             }),
             attempts: vec![],
             next_attempt_at: Some(at),

@@ -4,20 +4,118 @@ use super::deliveries::put_delivery_tx;
 use super::windows::hold_tx;
 use super::*;
 
+/// Bytes of event bodies the cache keeps at most: a few seconds of
+/// deliveries at full load, so first attempts find their body here and
+/// only retries and a backlog read the event back.
+const BODY_CACHE_BYTES: u64 = 32 << 20;
+
+/// The bodies of recent events that deliveries send without a plugin
+/// (see [`StoredRequest::body_from_event`]), by event key, shared by the
+/// event's deliveries. Only a cache: a miss makes the body from the event
+/// record, and a restart starts it empty.
+pub(super) struct Bodies(quick_cache::sync::Cache<Vec<u8>, Arc<str>, BodyWeight>);
+
+/// A body weighs its bytes and its key's.
+#[derive(Clone)]
+struct BodyWeight;
+
+impl quick_cache::Weighter<Vec<u8>, Arc<str>> for BodyWeight {
+    fn weight(&self, key: &Vec<u8>, body: &Arc<str>) -> u64 {
+        (key.len() + body.len()) as u64
+    }
+}
+
+impl Default for Bodies {
+    fn default() -> Self {
+        Bodies(quick_cache::sync::Cache::with_weighter(
+            16_384,
+            BODY_CACHE_BYTES,
+            BodyWeight,
+        ))
+    }
+}
+
 impl Store {
+    /// The body the deliveries of an event send when they have no plugin:
+    /// from the cache, else made from the event record (and cached for the
+    /// event's other deliveries). None if the event is no longer stored.
+    pub fn event_body(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        let key = scoped(tenant_id, event_id);
+        if let Some(body) = self.bodies.0.get(&key) {
+            return Ok(Some(body));
+        }
+        let Some(bytes) = self.events.get(&key)? else {
+            return Ok(None);
+        };
+        let stored: StoredEvent = decode(&key, &bytes)?;
+        let body: Arc<str> = stored.event.webhook_body().into();
+        self.bodies.0.insert(key, body.clone());
+        Ok(Some(body))
+    }
+
+    /// Fills in the body of a delivery stored without it, for whoever
+    /// shows or sends the delivery whole. False if it has none to fill in:
+    /// its event is no longer stored.
+    pub fn fill_body(&self, d: &mut Delivery) -> Result<bool, StoreError> {
+        let Some(request) = d.request.as_mut().filter(|r| r.body_from_event) else {
+            return Ok(true);
+        };
+        match self.event_body(&d.tenant_id, &d.event_id)? {
+            Some(body) => {
+                request.body = body.to_string();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// After an acceptance: the bodies of the new events whose deliveries
+    /// send them, cached for their first attempts (a duplicate's body is
+    /// not: its deliveries are the first event's).
+    pub(super) fn remember_bodies(&self, batch: &[NewEvent], accepted: &[Accepted]) {
+        for (new, outcome) in batch.iter().zip(accepted) {
+            let sends_it = new
+                .deliveries
+                .iter()
+                .any(|d| d.request.as_ref().is_some_and(|r| r.body_from_event));
+            if *outcome == Accepted::New && sends_it {
+                let e = &new.event;
+                let body: Arc<str> = e.event.webhook_body().into();
+                self.bodies
+                    .0
+                    .insert(scoped(&e.tenant_id, &e.event.id), body);
+            }
+        }
+    }
+
     pub fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let key = scoped(tenant_id, id);
         self.events.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
 
     /// Removes events received before `cutoff` and finished deliveries
-    /// created before it. Returns (events, deliveries) removed.
+    /// created before it. Returns (events, deliveries) removed. An event
+    /// whose pending deliveries still send its body stays until they are
+    /// done (a later prune takes it).
     pub async fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
         let end = millis(cutoff).to_be_bytes();
         let mut w = self.plain();
         let mut events = 0;
+        let mut still_sent = None;
         for kv in self.events_by_time.range(..end.as_slice()) {
             let (k, _) = kv?;
+            // Read only when there is something to prune.
+            let still_sent = match &mut still_sent {
+                Some(keys) => keys,
+                None => still_sent.insert(self.events_still_sent()?),
+            };
+            if still_sent.contains(&k[8..]) {
+                continue;
+            }
             w.remove(&self.events, &k[8..])?;
             w.remove(&self.events_by_time, &k)?;
             events += 1;
@@ -40,6 +138,22 @@ impl Store {
         }
         w.commit().await?;
         Ok((events, deliveries))
+    }
+
+    /// The keys of the events whose pending deliveries send the event's
+    /// own body: the outbox's deliveries, read once per prune.
+    fn events_still_sent(&self) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
+        let mut keys = std::collections::HashSet::new();
+        for entry in self.outbox_entries() {
+            let entry = entry?;
+            if let Some(d) = self.get_delivery(entry.delivery_id())?
+                && d.status == DeliveryStatus::Pending
+                && d.request.is_some_and(|r| r.body_from_event)
+            {
+                keys.insert(scoped(&d.tenant_id, &d.event_id));
+            }
+        }
+        Ok(keys)
     }
 
     /// Stored events of a tenant received at or after `since` that `wanted`
@@ -137,4 +251,90 @@ pub(super) fn accept_tx(
         results.push(Accepted::New);
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::commit::tests::new_event;
+
+    /// An event whose delivery sends the event's own body (no plugin).
+    fn sending_its_body(id: &str, delivery: &str, at: Timestamp) -> NewEvent {
+        let mut new = new_event("t", id, delivery, at);
+        // Key order, floats that parse inexactly without `float_roundtrip`,
+        // and escapes: what could change when the record is read back.
+        new.event.event.data = serde_json::from_str(
+            r#"{"z":1,"a":0.30000000000000004,"f":2.2250738585072014e-308,"g":1.7976931348623157e308,"h":-0.0,"s":"é\u0000\ud83d\ude00"}"#,
+        )
+        .unwrap();
+        let request = new.deliveries[0].request.as_mut().unwrap();
+        request.body = String::new();
+        request.body_from_event = true;
+        new
+    }
+
+    #[tokio::test]
+    async fn a_delivery_without_a_plugin_sends_its_events_body_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = Timestamp::from_second(4_000_000_000).unwrap();
+        let new = sending_its_body("e1", "dlv_1", at);
+        let expected = new.event.event.webhook_body();
+        store.accept(vec![new]).await.unwrap();
+
+        // The delivery's record does not hold the body.
+        let raw = store.deliveries.get("dlv_1").unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("30000000000000004"));
+        // Cached at acceptance, and made again from the event record (as
+        // after a restart) byte for byte.
+        assert_eq!(
+            store.event_body("t", "e1").unwrap().unwrap().as_ref(),
+            expected
+        );
+        store.bodies.0.clear();
+        assert_eq!(
+            store.event_body("t", "e1").unwrap().unwrap().as_ref(),
+            expected
+        );
+        let mut d = store.get_delivery("dlv_1").unwrap().unwrap();
+        assert_eq!(d.request.as_ref().unwrap().body, "");
+        assert!(store.fill_body(&mut d).unwrap());
+        assert_eq!(d.request.unwrap().body, expected);
+
+        // A duplicate with other data does not replace the cached body.
+        let mut dup = sending_its_body("e1", "dlv_2", at);
+        dup.event.event.data = serde_json::json!({"other": true});
+        store.accept(vec![dup]).await.unwrap();
+        assert_eq!(
+            store.event_body("t", "e1").unwrap().unwrap().as_ref(),
+            expected
+        );
+        assert_eq!(store.event_body("t", "missing").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_an_event_while_a_pending_delivery_sends_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = Timestamp::from_second(4_000_000_000).unwrap();
+        store
+            .accept(vec![
+                sending_its_body("pending", "dlv_1", at),
+                new_event("t", "inline", "dlv_2", at),
+            ])
+            .await
+            .unwrap();
+        let cutoff = at + jiff::SignedDuration::from_secs(1);
+        // dlv_2 holds its own body: its event goes, though it is pending.
+        assert_eq!(store.prune(cutoff).await.unwrap(), (1, 0));
+        assert!(store.get_event("t", "pending").unwrap().is_some());
+        assert!(store.get_event("t", "inline").unwrap().is_none());
+
+        let mut d = store.get_delivery("dlv_1").unwrap().unwrap();
+        d.status = DeliveryStatus::Succeeded;
+        d.next_attempt_at = None;
+        store.record_delivery(&d, Some(at)).await.unwrap();
+        assert_eq!(store.prune(cutoff).await.unwrap(), (1, 0));
+        assert!(store.get_event("t", "pending").unwrap().is_none());
+    }
 }

@@ -318,6 +318,9 @@ pub struct Trees {
     /// Cluster mode: concurrent acceptances, and concurrent attempt
     /// records, each grouped into one batch of the log (see `group.rs`).
     groups: std::sync::OnceLock<Groups>,
+    /// The bodies of recent events, for their deliveries' attempts (see
+    /// `events.rs`).
+    bodies: events::Bodies,
 }
 
 impl Store {
@@ -430,6 +433,7 @@ impl Store {
             log,
             blobs,
             groups: std::sync::OnceLock::new(),
+            bodies: events::Bodies::default(),
         }));
         store.index_subscription_deliveries()?;
         Ok(store)
@@ -490,12 +494,15 @@ impl Store {
                 // may be sent), the caller has no answer yet.
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
+            self.remember_bodies(&batch, &accepted);
             return Ok((batch, accepted));
         }
         let (reply, rx) = oneshot::channel();
         self.send(commit::Job::Accept { batch, reply })?;
         let (batch, result) = rx.await.map_err(|_| gone())?;
-        Ok((batch, result?))
+        let accepted = result?;
+        self.remember_bodies(&batch, &accepted);
+        Ok((batch, accepted))
     }
 
     /// Cluster mode: `events` accepted in one guarded batch of the log.

@@ -191,6 +191,15 @@ pub struct StoredRequest {
     /// there: onWebChat's `chat.closed`), else the delivery's event type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_name: Option<String>,
+    /// The body is the event's own envelope ([`Envelope::webhook_body`]),
+    /// as for every subscription without a plugin. Such a delivery is
+    /// stored with an empty `body`: the event record already holds it, so
+    /// an event with ten subscriptions stores its payload once instead of
+    /// eleven times, and every attempt rewrites a small record. The store
+    /// makes the body from the event when it is needed
+    /// ([`crate::store::Store::request_body`]); the API shows it filled in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_from_event: bool,
 }
 
 impl StoredRequest {
