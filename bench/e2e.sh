@@ -6,7 +6,8 @@
 #   then, in the same run, the same wrk posts the same body straight to
 #   nginx: the loopback ceiling.
 # Prints one table: events/s accepted, deliveries/s end to end, server CPU
-# per delivery, ingest latency p50/p99, and the ratio to the ceiling.
+# per delivery, ingest latency p50/p99, the data directory's size per
+# accepted event once all is delivered, and the ratio to the ceiling.
 #
 #   bench/e2e.sh                 # fan-out 1 (at peak, then at half of it), fan-out 10,
 #                                # batches of 100, ceiling
@@ -142,7 +143,7 @@ PY
 scenario() { # label fanout script path per_request
   local label=$1 fanout=$2 script=$3 path=$4 per=$5
   local port data token key
-  port=$(free_port); data="$WORK/data-$fanout-$per"; token=bench
+  port=$(free_port); data="$WORK/data-$(wc -l < "$WORK/table.txt")"; token=bench
   local pids=() nats_args=()
   case "$BACKEND" in
     nats1|nats3)
@@ -204,13 +205,18 @@ scenario() { # label fanout script path per_request
   local ended got cpu
   ended=$(date +%s.%N); got=$(( $(deliveries) - before_log ))
   cpu=$(( $(cpu_ticks "${pids[@]}") - before_cpu ))
-  python3 - "$label" "$accepted" "$got" "$non" "$started" "$ended" "$cpu" "$ticks_per_sec" "$p50" "$p99" "$DURATION" "$fanout" <<'PY' >> "$WORK/table.txt"
+  # Disk: the data directories (every node's; NATS's own are apart) once
+  # everything is delivered and the periodic flush has run.
+  sleep 2
+  local disk
+  disk=$(du -scb "$data"-[0-9]* | tail -1 | cut -f1)
+  python3 - "$label" "$accepted" "$got" "$non" "$started" "$ended" "$cpu" "$ticks_per_sec" "$p50" "$p99" "$DURATION" "$fanout" "$disk" <<'PY' >> "$WORK/table.txt"
 import sys
-label, accepted, got, non, t0, t1, cpu, hz, p50, p99, dur, fanout = sys.argv[1:]
+label, accepted, got, non, t0, t1, cpu, hz, p50, p99, dur, fanout, disk = sys.argv[1:]
 accepted, got, non, fanout = int(accepted), int(got), int(non), int(fanout)
 secs = float(t1) - float(t0)
 cpu_s = int(cpu) / int(hz)
-print(f"{label}\t{accepted / float(dur):.0f}\t{got / secs:.0f}\t{cpu_s * 1e6 / max(got, 1):.0f}\t{float(p50):.1f}\t{float(p99):.1f}\t{got}/{accepted * fanout}\t{non}")
+print(f"{label}\t{accepted / float(dur):.0f}\t{got / secs:.0f}\t{cpu_s * 1e6 / max(got, 1):.0f}\t{float(p50):.1f}\t{float(p99):.1f}\t{got}/{accepted * fanout}\t{non}\t{int(disk) / max(accepted, 1) / 1000:.1f}")
 PY
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
@@ -240,10 +246,10 @@ read -r creq cnon crps cp50 cp99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/hook"
 
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; backend $BACKEND; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "| run | events/s accepted | deliveries/s | server CPU per delivery | ingest p50 / p99 | delivered / counted by wrk | non-2xx | ratio to ceiling |"
-echo "|---|---|---|---|---|---|---|---|"
-while IFS=$'\t' read -r label acc dps cpu p50 p99 delivered non; do
+echo "| run | events/s accepted | deliveries/s | server CPU per delivery | ingest p50 / p99 | delivered / counted by wrk | non-2xx | disk per event | ratio to ceiling |"
+echo "|---|---|---|---|---|---|---|---|---|"
+while IFS=$'\t' read -r label acc dps cpu p50 p99 delivered non disk; do
   ratio=$(python3 -c "print(f'{$acc / $crps:.3f}')")
-  echo "| $label | $acc | $dps | ${cpu} µs | $p50 / $p99 ms | $delivered | $non | $ratio |"
+  echo "| $label | $acc | $dps | ${cpu} µs | $p50 / $p99 ms | $delivered | $non | ${disk} KB | $ratio |"
 done < "$WORK/table.txt"
-printf '| ceiling: wrk -> nginx | %.0f requests/s | | | %.1f / %.1f ms | | %s | 1 |\n' "$crps" "$cp50" "$cp99" "$cnon"
+printf '| ceiling: wrk -> nginx | %.0f requests/s | | | %.1f / %.1f ms | | %s | | 1 |\n' "$crps" "$cp50" "$cp99" "$cnon"

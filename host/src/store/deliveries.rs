@@ -192,7 +192,7 @@ pub(super) fn put_delivery_tx(
     if let Some((key, value)) = outbox_entry(d) {
         outbox.insert(&key, &value)?;
     }
-    deliveries.insert(d.id.as_bytes(), &encode(d))
+    deliveries.insert(d.id.as_bytes(), &encode_packed(d))
 }
 
 /// The outbox entry of a pending delivery. The value names the
