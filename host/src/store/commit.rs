@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::events::{Encoded, accept_tx, split_by_batch};
+use super::events::{accept_tx, split_by_batch};
 use super::*;
 use crate::util::failpoint_active;
 
@@ -37,8 +37,6 @@ pub(super) enum Job {
     /// batch given back.
     Accept {
         batch: Vec<NewEvent>,
-        /// The batch's records, encoded by the caller.
-        encoded: Vec<Encoded>,
         reply: AcceptReply,
     },
     /// Answered once everything written before it is on disk.
@@ -89,18 +87,11 @@ impl Writer {
         let mut durables = Vec::new();
         for job in group {
             match job {
-                Job::Accept {
-                    batch,
-                    encoded,
-                    reply,
-                } => accepts.push((batch, encoded, reply)),
+                Job::Accept { batch, reply } => accepts.push((batch, reply)),
                 Job::Durable { reply } => durables.push(reply),
             }
         }
-        let batches: Vec<(&[NewEvent], &[Encoded])> = accepts
-            .iter()
-            .map(|(b, e, _)| (b.as_slice(), e.as_slice()))
-            .collect();
+        let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
         let results = match self.transaction(&batches) {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(e) if batches.len() <= 1 => vec![Err(e)],
@@ -122,7 +113,7 @@ impl Writer {
         for reply in durables {
             let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
         }
-        for ((batch, _, reply), result) in accepts.into_iter().zip(results) {
+        for ((batch, reply), result) in accepts.into_iter().zip(results) {
             let result = match (result, &flushed) {
                 (Ok(accepted), Ok(())) => Ok(accepted),
                 (Err(e), _) => Err(e),
@@ -134,15 +125,11 @@ impl Writer {
 
     /// The acceptances of `batches` in one transaction: per batch, in
     /// order, its outcomes. No batch, no transaction.
-    fn transaction(
-        &self,
-        batches: &[(&[NewEvent], &[Encoded])],
-    ) -> Result<Vec<Vec<Accepted>>, StoreError> {
+    fn transaction(&self, batches: &[&[NewEvent]]) -> Result<Vec<Vec<Accepted>>, StoreError> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
-        let events: Vec<&NewEvent> = batches.iter().flat_map(|(b, _)| b.iter()).collect();
-        let encoded: Vec<&Encoded> = batches.iter().flat_map(|(_, e)| e.iter()).collect();
+        let events: Vec<&NewEvent> = batches.iter().flat_map(|b| b.iter()).collect();
         let holds = events
             .iter()
             .any(|n| !n.held.is_empty() || !n.released.is_empty());
@@ -151,9 +138,8 @@ impl Writer {
              windows: Option<(&TransactionalTree, &TransactionalTree)>| {
                 let trees = trees.map(|t| t as &dyn TxTree);
                 let windows = windows.map(|(h, w)| (h as &dyn TxTree, w as &dyn TxTree));
-                let accepted = accept_tx(&events, &encoded, trees, windows)?;
-                let batches: Vec<&[NewEvent]> = batches.iter().map(|(b, _)| *b).collect();
-                Ok(split_by_batch(accepted, &batches))
+                let accepted = accept_tx(&events, trees, windows)?;
+                Ok(split_by_batch(accepted, batches))
             };
         // A transaction locks every tree it names: the window trees only
         // when something is held or taken (rare).

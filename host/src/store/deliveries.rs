@@ -186,24 +186,13 @@ pub(super) fn put_delivery_tx(
     d: &Delivery,
     previous_due: Option<Timestamp>,
 ) -> TxResult<()> {
-    put_encoded_delivery_tx(deliveries, outbox, d, previous_due, &encode_packed(d))
-}
-
-/// [`put_delivery_tx`] with the delivery's record already encoded.
-pub(super) fn put_encoded_delivery_tx(
-    deliveries: &dyn TxTree,
-    outbox: &dyn TxTree,
-    d: &Delivery,
-    previous_due: Option<Timestamp>,
-    record: &[u8],
-) -> TxResult<()> {
     if let Some(due) = previous_due {
         outbox.remove(&outbox_key(due, &d.id))?;
     }
     if let Some((key, value)) = outbox_entry(d) {
         outbox.insert(&key, &value)?;
     }
-    deliveries.insert(d.id.as_bytes(), record)
+    deliveries.insert(d.id.as_bytes(), &encode_packed(d))
 }
 
 /// The outbox entry of a pending delivery. The value names the

@@ -1,6 +1,6 @@
 //! Events: accepted with their deliveries and held items in one transaction, deduplicated per tenant, pruned by age.
 
-use super::deliveries::put_encoded_delivery_tx;
+use super::deliveries::put_delivery_tx;
 use super::windows::hold_tx;
 use super::*;
 
@@ -199,41 +199,16 @@ where
         .collect()
 }
 
-/// An event's records as written: encoded by the task that accepts it,
-/// before its turn at the one committer thread, which then only writes
-/// (encoding there was a tenth of that thread's time, and that thread
-/// bounds the acceptances per second).
-pub(super) struct Encoded {
-    /// The event record (empty for a replay: the stored one is extended).
-    event: Vec<u8>,
-    /// Each delivery's record, in order.
-    deliveries: Vec<Vec<u8>>,
-}
-
-impl Encoded {
-    pub(super) fn of(new: &NewEvent) -> Self {
-        Encoded {
-            event: match new.replay {
-                true => Vec::new(),
-                false => encode_packed(&new.event),
-            },
-            deliveries: new.deliveries.iter().map(encode_packed).collect(),
-        }
-    }
-}
-
 /// The acceptance in a committer's transaction: each event only if its id is new, with
-/// its deliveries, outbox entries, indexes and held items. `encoded`: each
-/// event's records, in the batch's order.
+/// its deliveries, outbox entries, indexes and held items.
 pub(super) fn accept_tx(
     batch: &[&NewEvent],
-    encoded: &[&Encoded],
     [events, by_time, deliveries, tenant_deliveries, outbox]: [&dyn TxTree; 5],
     windows: Option<(&dyn TxTree, &dyn TxTree)>,
 ) -> TxResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut seen = std::collections::HashSet::new();
-    for (&new, &encoded) in batch.iter().zip(encoded) {
+    for &new in batch {
         let e = &new.event;
         let key = scoped(&e.tenant_id, &e.event.id);
         if new.replay {
@@ -256,13 +231,13 @@ pub(super) fn accept_tx(
             continue;
         }
         if !new.replay {
-            events.insert(&key, &encoded.event)?;
+            events.insert(&key, &encode_packed(e))?;
             let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
             time_key.extend_from_slice(&key);
             by_time.insert(&time_key, &[])?;
         }
-        for (d, record) in new.deliveries.iter().zip(&encoded.deliveries) {
-            put_encoded_delivery_tx(deliveries, outbox, d, None, record)?;
+        for d in &new.deliveries {
+            put_delivery_tx(deliveries, outbox, d, None)?;
             super::deliveries::index_tx(tenant_deliveries, d)?;
         }
         if let Some((held, windows)) = windows {

@@ -21,9 +21,9 @@
 //! | `subscriptions` | tenant id `\0` subscription id | [`Subscription`] |
 //! | `plugins` | tenant id `\0` plugin id | [`PluginRecord`] |
 //! | `plugin_blobs` | SHA-256 (hex) | component bytes |
-//! | `events` | tenant id `\0` event id | [`StoredEvent`], packed |
+//! | `events` | tenant id `\0` event id | [`StoredEvent`] |
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
-//! | `deliveries` | delivery id (time-ordered) | [`Delivery`], packed; without its body when that is the event's |
+//! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
 //! | `tenant_deliveries` | tenant id `\0` subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
@@ -33,9 +33,6 @@
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
-//!
-//! Values are JSON; events and deliveries, written at every acceptance and
-//! attempt, are "packed" (LZ4 of the JSON, see [`encode_packed`]).
 
 mod change;
 #[cfg(test)]
@@ -559,13 +556,8 @@ impl Store {
             self.remember_bodies(&batch, &accepted);
             return Ok((batch, accepted));
         }
-        let encoded = batch.iter().map(events::Encoded::of).collect();
         let (reply, rx) = oneshot::channel();
-        self.send(commit::Job::Accept {
-            batch,
-            encoded,
-            reply,
-        })?;
+        self.send(commit::Job::Accept { batch, reply })?;
         let (batch, result) = rx.await.map_err(|_| gone())?;
         let accepted = result?;
         self.remember_bodies(&batch, &accepted);
@@ -574,8 +566,6 @@ impl Store {
 
     /// Cluster mode: `events` accepted in one guarded batch of the log.
     async fn accept_in_log(&self, events: &[&NewEvent]) -> Result<Vec<Accepted>, StoreError> {
-        let encoded: Vec<events::Encoded> = events.iter().map(|n| events::Encoded::of(n)).collect();
-        let encoded: Vec<&events::Encoded> = encoded.iter().collect();
         self.change(
             [
                 &self.events,
@@ -586,9 +576,7 @@ impl Store {
                 &self.held,
                 &self.windows,
             ],
-            |[e, t, d, td, o, h, w]| {
-                events::accept_tx(events, &encoded, [e, t, d, td, o], Some((h, w)))
-            },
+            |[e, t, d, td, o, h, w]| events::accept_tx(events, [e, t, d, td, o], Some((h, w))),
         )
         .await
     }
