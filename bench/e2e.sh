@@ -18,6 +18,7 @@
 #                                # posts to the first node; CPU counts every
 #                                # node and every nats-server)
 #   ONLY=1 bench/e2e.sh          # the first scenario (fan-out 1) and the ceiling
+#   PAYLOAD=random bench/e2e.sh  # an incompressible ~1 KB body
 #
 # Installs nothing: it says what is missing (apt-get install wrk nginx-light).
 set -euo pipefail
@@ -81,7 +82,13 @@ PIDS+=($!)
 deliveries() { cat "$WORK/nginx/logs/access.log" 2>/dev/null | grep -c '"POST /hook' || true; }
 
 # --- the event body (~1 KB) and wrk's Lua scripts ----------------------------
-PAD=$(python3 -c 'print("x" * 700)')
+# PAYLOAD=random: the 700 characters are random base64 instead of "x"s, which
+# no compression shrinks (the stored records' worst case).
+if [ "${PAYLOAD:-}" = random ]; then
+  PAD=$(python3 -c 'import base64, random; random.seed(7); print(base64.b64encode(random.randbytes(525)).decode())')
+else
+  PAD=$(python3 -c 'print("x" * 700)')
+fi
 DATA="{\"conversation_id\":\"c-1\",\"author\":\"visitor\",\"content\":\"$PAD\"}"
 # What both event scripts share: unique ids per thread, JSON POSTs, and
 # event(prefix) building one event.

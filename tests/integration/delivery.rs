@@ -49,6 +49,9 @@ both_backends! {
         let got = rx.received();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].body, got[1].body, "every retry sends the same bytes");
+        // Stored without it (it is the event's), shown whole.
+        assert_eq!(d["request"]["body"].as_str().unwrap().as_bytes(), &got[0].body[..]);
+        assert_eq!(d["request"]["body_from_event"], true);
         assert_eq!(got[0].header("webhook-id"), ids[0]);
         assert_eq!(got[1].header("webhook-id"), ids[0]);
         assert_ne!(

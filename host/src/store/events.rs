@@ -12,8 +12,17 @@ const BODY_CACHE_BYTES: u64 = 32 << 20;
 /// The bodies of recent events that deliveries send without a plugin
 /// (see [`StoredRequest::body_from_event`]), by event key, shared by the
 /// event's deliveries. Only a cache: a miss makes the body from the event
-/// record, and a restart starts it empty.
-pub(super) struct Bodies(quick_cache::sync::Cache<Vec<u8>, Arc<str>, BodyWeight>);
+/// record, and a restart starts it empty. An event removed (pruned, after
+/// which its id may be sent again with other data) is forgotten: here by
+/// `prune`, on other cluster nodes as their view applies the removal.
+#[derive(Clone)]
+pub(super) struct Bodies(Arc<quick_cache::sync::Cache<Vec<u8>, Arc<str>, BodyWeight>>);
+
+impl Bodies {
+    pub(super) fn forget(&self, event_key: &[u8]) {
+        self.0.remove(event_key);
+    }
+}
 
 /// A body weighs its bytes and its key's.
 #[derive(Clone)]
@@ -27,11 +36,11 @@ impl quick_cache::Weighter<Vec<u8>, Arc<str>> for BodyWeight {
 
 impl Default for Bodies {
     fn default() -> Self {
-        Bodies(quick_cache::sync::Cache::with_weighter(
+        Bodies(Arc::new(quick_cache::sync::Cache::with_weighter(
             16_384,
             BODY_CACHE_BYTES,
             BodyWeight,
-        ))
+        )))
     }
 }
 
@@ -117,6 +126,7 @@ impl Store {
                 continue;
             }
             w.remove(&self.events, &k[8..])?;
+            self.bodies.forget(&k[8..]);
             w.remove(&self.events_by_time, &k)?;
             events += 1;
         }
@@ -338,5 +348,7 @@ mod tests {
         store.record_delivery(&d, Some(at)).await.unwrap();
         assert_eq!(store.prune(cutoff).await.unwrap(), (1, 0));
         assert!(store.get_event("t", "pending").unwrap().is_none());
+        // Forgotten by the cache too: the id may come again with other data.
+        assert_eq!(store.event_body("t", "pending").unwrap(), None);
     }
 }

@@ -21,9 +21,9 @@
 //! | `subscriptions` | tenant id `\0` subscription id | [`Subscription`] |
 //! | `plugins` | tenant id `\0` plugin id | [`PluginRecord`] |
 //! | `plugin_blobs` | SHA-256 (hex) | component bytes |
-//! | `events` | tenant id `\0` event id | [`StoredEvent`] |
+//! | `events` | tenant id `\0` event id | [`StoredEvent`], packed |
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
-//! | `deliveries` | delivery id (time-ordered) | [`Delivery`] |
+//! | `deliveries` | delivery id (time-ordered) | [`Delivery`], packed; without its body when that is the event's |
 //! | `tenant_deliveries` | tenant id `\0` subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
@@ -33,6 +33,9 @@
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
+//!
+//! Values are JSON; events and deliveries, written at every acceptance and
+//! attempt, are "packed" (LZ4 of the JSON, see [`encode_packed`]).
 
 mod change;
 #[cfg(test)]
@@ -393,7 +396,7 @@ impl Store {
     /// (`server.store_cache_mb`; sled's own default is 1 GiB).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Self::open_db(dir, cache_bytes)?;
-        Self::with_db(db, None, Arc::default())
+        Self::with_db(db, None, Arc::default(), events::Bodies::default())
     }
 
     /// Cluster mode: `dir` holds this node's view of the cluster's log
@@ -412,8 +415,16 @@ impl Store {
         // the tenant's cached routes, as a local write does.
         let routes: Arc<subscriptions::RouteCache> = Arc::default();
         let cache = routes.clone();
+        // And an event written or removed elsewhere (pruned, then sent again
+        // under its id) must not be answered from this node's body cache.
+        let bodies = events::Bodies::default();
+        let cached_bodies = bodies.clone();
         view.on_applied(Box::new(move |batch| {
             for w in &batch.writes {
+                if w.tree == "events" {
+                    cached_bodies.forget(&w.key);
+                    continue;
+                }
                 let tenant = match w.tree.as_str() {
                     "subscriptions" => w.key.split(|b| *b == 0).next().unwrap_or_default(),
                     "tenants" => &w.key[..],
@@ -426,7 +437,7 @@ impl Store {
         let blobs = crate::cluster::blobs::Blobs::open(&js, replicas).await?;
         let log = crate::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
         log.caught_up().await?;
-        let store = Self::with_db(db, Some((Arc::new(log), blobs)), routes)?;
+        let store = Self::with_db(db, Some((Arc::new(log), blobs)), routes, bodies)?;
         let _ = store.groups.set(Groups::start(&store));
         Ok(store)
     }
@@ -447,6 +458,7 @@ impl Store {
         db: Db,
         cluster: Option<(Arc<crate::cluster::log::Log>, crate::cluster::blobs::Blobs)>,
         routes: Arc<subscriptions::RouteCache>,
+        bodies: events::Bodies,
     ) -> Result<Self, StoreError> {
         let (log, blobs) = cluster.unzip();
         let tree = |name: &str| db.open_tree(name);
@@ -492,7 +504,7 @@ impl Store {
             log,
             blobs,
             groups: std::sync::OnceLock::new(),
-            bodies: events::Bodies::default(),
+            bodies,
         }));
         store.index_subscription_deliveries()?;
         Ok(store)
