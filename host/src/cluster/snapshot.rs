@@ -39,11 +39,18 @@ const MAGIC: &[u8; 8] = b"WHSNAP1\n";
 
 /// Trees of a node's sled directory that are its own, not the log's: the
 /// view's bookkeeping, sled's default tree, the store's `meta` (health
-/// probe, compiled-artifact digests) and `plugin_blobs` (a cache of the
-/// plugin object store). See the store module's doc.
+/// probe, compiled-artifact digests), `plugin_blobs` (a cache of the
+/// plugin object store) and `intents` (the embedded committer's, empty
+/// here). See the store module's doc.
 /// Of `__log`, only the parts of batches not yet whole go in a snapshot:
 /// a node loading it reads their last parts after S.
-const NODE_TREES: &[&str] = &[LOG_TREE, "__sled__default", "meta", "plugin_blobs"];
+const NODE_TREES: &[&str] = &[
+    LOG_TREE,
+    "__sled__default",
+    "meta",
+    "plugin_blobs",
+    crate::store::INTENTS_TREE,
+];
 
 fn replicated(name: &[u8]) -> bool {
     !NODE_TREES.iter().any(|t| t.as_bytes() == name)

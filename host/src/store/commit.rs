@@ -1,33 +1,42 @@
 //! The one writer of acceptances: every request's events, deliveries and
-//! outbox entries go to one thread, which turns all that arrived while it
-//! was busy into **one sled transaction and one flush**.
+//! outbox entries go to one thread, which writes all that arrived while it
+//! was busy as **one group with one flush**.
 //!
 //! Why a thread of its own: in sled 0.34 every transaction (and every
 //! `apply_batch`) takes the global write lock and rolls the log buffer
 //! before and after itself, each roll a `pwrite` plus a waiting
 //! `sync_file_range`. One transaction per request and one per attempt made
 //! ~2.4 synchronous disk writes and ~15 context switches per event (`perf
-//! stat` under `bench/e2e.sh`, see BENCHMARKS.md); one transaction per
-//! group makes that cost per group, and the group grows with the load.
+//! stat` under `bench/e2e.sh`, see BENCHMARKS.md); one flush per group
+//! makes that cost per group, and the group grows with the load.
+//!
+//! A group of plain new events (the hot path) is not even a transaction:
+//! its writes are ordered behind an intent record ([`super::intent`]), so
+//! the write lock, which would stall every reader while the group is
+//! written, is never taken. A group with a replay or window items is one
+//! transaction, as it needs reads and writes to be atomic.
 //! (Attempt records need no transaction: see [`Store::record_delivery`].)
 //!
 //! What each job is promised does not change: an acceptance is answered
 //! once its writes are on disk; a `durable` call once everything written
-//! before it is on disk. If a group's transaction fails, its acceptances
-//! are tried one by one, so one job's corrupt record cannot fail the others.
+//! before it is on disk. One job's corrupt record does not fail the
+//! others: a plain group reads every job's duplicates before it writes, a
+//! failed transaction is retried one job at a time.
 
+use std::collections::HashSet;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::events::{accept_tx, split_by_batch};
+use super::intent::Intents;
 use super::*;
 use crate::util::failpoint_active;
 
-/// At most this many jobs share a transaction: bounds the transaction's
-/// write set and the wait of the group's first job.
-const MAX_GROUP: usize = 512;
+/// A group takes jobs until it holds this many events: bounds the group's
+/// write set and the wait of its first job.
+const MAX_GROUP: usize = 2048;
 
 /// Where an acceptance's answer goes: its batch back, with the outcomes.
 pub(super) type AcceptReply = oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
@@ -56,6 +65,17 @@ pub(super) struct Writer {
     pub(super) outbox: Tree,
     pub(super) held: Tree,
     pub(super) windows: Tree,
+    pub(super) intents: Tree,
+}
+
+impl Job {
+    /// What the job adds to its group's transaction: its events.
+    fn size(&self) -> usize {
+        match self {
+            Job::Accept { batch, .. } => batch.len().max(1),
+            Job::Durable { .. } => 1,
+        }
+    }
 }
 
 /// Starts the committer thread.
@@ -70,10 +90,14 @@ pub(super) fn start(writer: Writer) -> std::io::Result<mpsc::Sender<Job>> {
 impl Writer {
     fn run(self, jobs: mpsc::Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
+            let mut size = first.size();
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+            while size < MAX_GROUP {
                 match jobs.try_recv() {
-                    Ok(job) => group.push(job),
+                    Ok(job) => {
+                        size += job.size();
+                        group.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -81,7 +105,20 @@ impl Writer {
         }
     }
 
-    /// One group: one transaction for its acceptances, then one flush.
+    /// The trees of a plain group, with its intents.
+    pub(super) fn intents(&self) -> Intents<'_> {
+        Intents {
+            intents: &self.intents,
+            events: &self.events,
+            events_by_time: &self.events_by_time,
+            deliveries: &self.deliveries,
+            tenant_deliveries: &self.tenant_deliveries,
+            outbox: &self.outbox,
+        }
+    }
+
+    /// One group: its acceptances written (plainly or in one transaction),
+    /// then one flush.
     fn serve(&self, group: Vec<Job>) {
         let mut accepts = Vec::new();
         let mut durables = Vec::new();
@@ -92,17 +129,13 @@ impl Writer {
             }
         }
         let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
-        let results = match self.transaction(&batches) {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) if batches.len() <= 1 => vec![Err(e)],
-            // One job's fault must not fail the others: each alone.
-            Err(_) => batches
-                .iter()
-                .map(|batch| {
-                    self.transaction(std::slice::from_ref(batch))
-                        .map(|mut r| r.pop().unwrap_or_default())
-                })
-                .collect(),
+        let plain = batches.iter().flat_map(|b| b.iter()).all(|n| {
+            !n.replay && n.held.is_empty() && n.released.is_empty()
+        });
+        let results = if plain {
+            self.write_plain(&batches)
+        } else {
+            self.write_transactions(&batches)
         };
         if failpoint_active("accept-slow-commit") && !accepts.is_empty() {
             // Crash tests: a long window between the write and its fsync,
@@ -120,6 +153,78 @@ impl Writer {
                 (Ok(_), Err(e)) => Err(StoreError::Commit(e.clone())),
             };
             let _ = reply.send((batch, result));
+        }
+    }
+
+    /// A group of plain new events: each batch's duplicates read first (a
+    /// batch that cannot be read fails alone), then every new event written
+    /// behind the group's intent. Per batch, its outcomes.
+    fn write_plain(&self, batches: &[&[NewEvent]]) -> Vec<Result<Vec<Accepted>, StoreError>> {
+        let mut seen = HashSet::new();
+        let results: Vec<_> = batches
+            .iter()
+            .map(|batch| self.outcomes(batch, &mut seen))
+            .collect();
+        let new: Vec<&NewEvent> = batches
+            .iter()
+            .zip(&results)
+            .filter_map(|(batch, r)| Some(batch.iter().zip(r.as_ref().ok()?)))
+            .flatten()
+            .filter(|(_, outcome)| **outcome == Accepted::New)
+            .map(|(n, _)| n)
+            .collect();
+        match self.intents().write(&new) {
+            Ok(()) => results,
+            Err(e) => {
+                let e = e.to_string();
+                (0..batches.len())
+                    .map(|_| Err(StoreError::Commit(e.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether each event of `batch` is new: not stored, not earlier in the
+    /// group (`seen`, which takes this batch's ids once it is read whole),
+    /// not earlier in the batch. The first of an id counts.
+    fn outcomes(
+        &self,
+        batch: &[NewEvent],
+        seen: &mut HashSet<Vec<u8>>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let mut mine = HashSet::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for new in batch {
+            let e = &new.event;
+            let key = scoped(&e.tenant_id, &e.event.id);
+            if let Some(existing) = self.events.get(&key)? {
+                outcomes.push(Accepted::Duplicate(Box::new(decode(&key, &existing)?)));
+            } else if seen.contains(&key) || !mine.insert(key) {
+                outcomes.push(Accepted::Duplicate(Box::new(e.clone())));
+            } else {
+                outcomes.push(Accepted::New);
+            }
+        }
+        seen.extend(mine);
+        Ok(outcomes)
+    }
+
+    /// A group with replays or window items: one transaction; if it fails,
+    /// each batch alone, so one job's fault does not fail the others.
+    fn write_transactions(
+        &self,
+        batches: &[&[NewEvent]],
+    ) -> Vec<Result<Vec<Accepted>, StoreError>> {
+        match self.transaction(batches) {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) if batches.len() <= 1 => vec![Err(e)],
+            Err(_) => batches
+                .iter()
+                .map(|batch| {
+                    self.transaction(std::slice::from_ref(batch))
+                        .map(|mut r| r.pop().unwrap_or_default())
+                })
+                .collect(),
         }
     }
 

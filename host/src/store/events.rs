@@ -209,6 +209,11 @@ where
         .collect()
 }
 
+/// An event's key in `events_by_time`: its receipt, then its own key.
+pub(super) fn time_key(received_ms: u64, event_key: &[u8]) -> Vec<u8> {
+    [&received_ms.to_be_bytes()[..], event_key].concat()
+}
+
 /// The acceptance in a committer's transaction: each event only if its id is new, with
 /// its deliveries, outbox entries, indexes and held items.
 pub(super) fn accept_tx(
@@ -242,9 +247,7 @@ pub(super) fn accept_tx(
         }
         if !new.replay {
             events.insert(&key, &encode_packed(e))?;
-            let mut time_key = millis(e.received_at).to_be_bytes().to_vec();
-            time_key.extend_from_slice(&key);
-            by_time.insert(&time_key, &[])?;
+            by_time.insert(&time_key(millis(e.received_at), &key), &[])?;
         }
         for d in &new.deliveries {
             put_delivery_tx(deliveries, outbox, d, None)?;

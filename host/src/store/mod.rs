@@ -44,6 +44,7 @@ mod commit;
 mod deliveries;
 mod events;
 mod group;
+mod intent;
 pub mod models;
 mod plugins;
 mod sources;
@@ -64,6 +65,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::millis;
 pub(crate) use change::TxTree;
+pub(crate) use intent::INTENTS_TREE;
 pub use models::*;
 pub use windows::SubscriptionHeld;
 
@@ -469,7 +471,7 @@ impl Store {
         let outbox = tree("outbox")?;
         let held = tree("held")?;
         let windows = tree("windows")?;
-        let commit = commit::start(commit::Writer {
+        let writer = commit::Writer {
             db: db.clone(),
             events: events.clone(),
             events_by_time: events_by_time.clone(),
@@ -478,8 +480,14 @@ impl Store {
             outbox: outbox.clone(),
             held: held.clone(),
             windows: windows.clone(),
-        })
-        .map_err(|e| StoreError::Commit(format!("starting the committer: {e}")))?;
+            intents: tree(intent::INTENTS_TREE)?,
+        };
+        // Before anything reads the outbox: a group a crash interrupted.
+        if writer.intents().recover()? > 0 {
+            db.flush()?;
+        }
+        let commit = commit::start(writer)
+            .map_err(|e| StoreError::Commit(format!("starting the committer: {e}")))?;
         let store = Store(Arc::new(Trees {
             tenants: tree("tenants")?,
             api_keys: tree("api_keys")?,
