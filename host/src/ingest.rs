@@ -3,8 +3,9 @@
 //! For each event: route it to the tenant's enabled subscriptions, run each
 //! subscription's plugin **once** (the requests it returns are stored with the
 //! delivery, so every retry sends the same bytes under the same delivery id),
-//! then store the event with all its deliveries in one transaction (shared
-//! with concurrent requests) and wait until it is on disk before answering.
+//! then store the event with all its deliveries atomically (in one group
+//! with concurrent requests, see the store's committer) and wait until it
+//! is on disk before answering.
 //! A plugin that skips, fails or traps produces a recorded delivery
 //! (filtered / failed), never a lost event and never an error for the
 //! sender.

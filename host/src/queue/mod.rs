@@ -6,9 +6,9 @@
 //!   event with its deliveries and held items ([`Queue::accept`]), a flush's
 //!   deliveries with the removal of the flushed items
 //!   ([`Queue::commit_flush`]), a manual retry ([`Queue::requeue`]).
-//! - **Visible once durable**: each of those writes in one sled transaction
-//!   (an acceptance shares its transaction and flush with the concurrent
-//!   ones, see the store's committer), waits until it is on disk, and only
+//! - **Visible once durable**: each of those writes atomically (one sled
+//!   transaction; an acceptance shares a write group and a flush with the
+//!   concurrent ones, see the store's committer), waits until it is on disk, and only
 //!   then hands the new pending
 //!   deliveries to the scheduler. A worker can never send a delivery that a
 //!   crash could still undo, so a sender that re-sends after a crash gets
@@ -293,7 +293,7 @@ impl Queue {
     }
 
     /// Stores events with their deliveries and held items (concurrent
-    /// calls share one transaction and one flush, see the store's
+    /// calls share one write group and one flush, see the store's
     /// committer), waits until it is on disk, then makes the deliveries
     /// visible to the workers. Gives each event back with its outcome.
     pub async fn accept(

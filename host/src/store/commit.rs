@@ -129,9 +129,10 @@ impl Writer {
             }
         }
         let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
-        let plain = batches.iter().flat_map(|b| b.iter()).all(|n| {
-            !n.replay && n.held.is_empty() && n.released.is_empty()
-        });
+        let plain = batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .all(|n| !n.replay && n.held.is_empty() && n.released.is_empty());
         let results = if plain {
             self.write_plain(&batches)
         } else {
@@ -361,6 +362,61 @@ pub(super) mod tests {
         assert_eq!((new, duplicates), (49, 15));
         assert_eq!(store.outbox_entries().count(), 49);
         assert!(store.get_event("ten_1", "evt_same").unwrap().is_some());
+    }
+
+    /// A plain group where one batch meets a corrupt stored record: that
+    /// batch fails whole (none of its events written), the other is
+    /// stored, and no intent is left behind.
+    #[tokio::test]
+    async fn a_corrupt_record_fails_its_batch_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        store
+            .events
+            .insert(scoped("ten_1", "evt_bad"), b"{not json".as_slice())
+            .unwrap();
+        let writer = Writer {
+            db: store.db.clone(),
+            events: store.events.clone(),
+            events_by_time: store.events_by_time.clone(),
+            deliveries: store.deliveries.clone(),
+            tenant_deliveries: store.tenant_deliveries.clone(),
+            outbox: store.outbox.clone(),
+            held: store.held.clone(),
+            windows: store.windows.clone(),
+            intents: store.db.open_tree(crate::store::INTENTS_TREE).unwrap(),
+        };
+        let failing = [
+            new_event("ten_1", "evt_fine", "dlv_1", at),
+            new_event("ten_1", "evt_bad", "dlv_2", at),
+        ];
+        let passing = [
+            new_event("ten_1", "evt_ok", "dlv_3", at),
+            // Also in the failed batch: that one did not count.
+            new_event("ten_1", "evt_fine", "dlv_4", at),
+        ];
+        let results = writer.write_plain(&[&failing, &passing]);
+        assert!(
+            matches!(results[0], Err(StoreError::Corrupt { .. })),
+            "{:?}",
+            results[0]
+        );
+        assert_eq!(
+            results[1].as_ref().unwrap(),
+            &[Accepted::New, Accepted::New]
+        );
+        assert_eq!(
+            store
+                .get_event("ten_1", "evt_fine")
+                .unwrap()
+                .unwrap()
+                .deliveries,
+            ["dlv_4"]
+        );
+        assert!(store.get_delivery("dlv_1").unwrap().is_none());
+        assert_eq!(store.outbox_entries().count(), 2);
+        assert!(writer.intents.is_empty());
     }
 
     /// An attempt's record moves the outbox entry it was leased from, and a

@@ -137,7 +137,10 @@ impl Intents<'_> {
             self.clear(chunks)
         });
         if let Err(e) = written {
-            if let Err(undo) = self.undo(&entries, false).and_then(|()| self.clear(usize::MAX)) {
+            if let Err(undo) = self
+                .undo(&entries, false)
+                .and_then(|()| self.clear(usize::MAX))
+            {
                 // The intent stays: the next start finishes the undo.
                 tracing::error!(error = %undo, "undoing a failed acceptance failed");
             }
@@ -240,5 +243,135 @@ impl Intents<'_> {
             );
         }
         Ok(undone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::commit::tests::new_event;
+
+    fn intents(store: &Store, tree: &Tree) -> Vec<Entry> {
+        tree.iter()
+            .flat_map(|kv| {
+                let (k, v) = kv.unwrap();
+                decode_chunk(&k, &v).unwrap()
+            })
+            .collect()
+    }
+
+    /// A crash in the middle of a group: one event whole, the next with its
+    /// delivery written but not its event record. The next start undoes
+    /// the second (never answered; its retry makes it anew) and keeps the
+    /// first.
+    #[tokio::test]
+    async fn a_group_a_crash_interrupted_is_undone_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Timestamp::from_second(4_000_000_000).unwrap();
+        let before = new_event("t", "before", "dlv_0", at);
+        let whole = new_event("t", "whole", "dlv_1", at);
+        let mut half = new_event("t", "half", "dlv_2", at);
+        half.deliveries.push(Delivery {
+            id: "dlv_3".into(),
+            ..half.deliveries[0].clone()
+        });
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.accept(vec![before]).await.unwrap();
+            let tree = store.db.open_tree(INTENTS_TREE).unwrap();
+            assert!(intents(&store, &tree).is_empty(), "removed once written");
+            let w = Intents {
+                intents: &tree,
+                events: &store.events,
+                events_by_time: &store.events_by_time,
+                deliveries: &store.deliveries,
+                tenant_deliveries: &store.tenant_deliveries,
+                outbox: &store.outbox,
+            };
+            w.mark(&[Entry::of(&whole), Entry::of(&half)]).unwrap();
+            w.write_event(&whole).unwrap();
+            // The crash: dlv_2 written whole, dlv_3 only its record, and
+            // not the event's time index nor its record.
+            let d = &half.deliveries[0];
+            store.deliveries.insert(&d.id, encode_packed(d)).unwrap();
+            store.tenant_deliveries.insert(index_key(d), &[]).unwrap();
+            let (key, value) = outbox_entry(d).unwrap();
+            store.outbox.insert(key, value).unwrap();
+            let d = &half.deliveries[1];
+            store.deliveries.insert(&d.id, encode_packed(d)).unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(store.outbox_entries().count(), 3);
+        }
+        // The committer thread lets the database go once the store is
+        // dropped; until then it is locked.
+        let mut opened = Store::open(dir.path());
+        for _ in 0..100 {
+            if opened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            opened = Store::open(dir.path());
+        }
+        let store = opened.unwrap();
+
+        for (event, delivery) in [("before", "dlv_0"), ("whole", "dlv_1")] {
+            assert!(store.get_event("t", event).unwrap().is_some());
+            assert!(store.get_delivery(delivery).unwrap().is_some());
+        }
+        assert!(store.get_event("t", "half").unwrap().is_none());
+        for id in ["dlv_2", "dlv_3"] {
+            assert!(store.get_delivery(id).unwrap().is_none(), "{id} undone");
+        }
+        let due: Vec<String> = store
+            .outbox_entries()
+            .map(|e| e.unwrap().delivery_id().to_string())
+            .collect();
+        assert_eq!(due, ["dlv_0", "dlv_1"]);
+        assert_eq!(store.tenant_deliveries.len(), 2);
+        assert_eq!(store.events_by_time.len(), 2);
+        let tree = store.db.open_tree(INTENTS_TREE).unwrap();
+        assert!(intents(&store, &tree).is_empty());
+
+        // The id comes again (the sender's retry): a new event.
+        let (_, outcomes) = store
+            .accept(vec![new_event("t", "half", "dlv_4", at)])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Accepted::New]);
+    }
+
+    /// An intent record reads back as written; a damaged one is an error,
+    /// not a panic.
+    #[test]
+    fn intent_records_round_trip_and_damage_is_an_error() {
+        let entries = vec![
+            Entry {
+                event_key: b"t\0e\xff".to_vec(),
+                received_ms: u64::MAX,
+                deliveries: vec!["dlv_a".into(), "dlv_é".into()],
+            },
+            Entry {
+                event_key: vec![],
+                received_ms: 0,
+                deliveries: vec![],
+            },
+        ];
+        let mut bytes = Vec::new();
+        for e in &entries {
+            e.encode(&mut bytes);
+        }
+        assert_eq!(decode_chunk(b"k", &bytes).unwrap(), entries);
+        for cut in 1..bytes.len() {
+            if let Ok(read) = decode_chunk(b"k", &bytes[..cut]) {
+                // Cut exactly between the two entries.
+                assert_eq!(read, entries[..1]);
+            }
+        }
+        let mut huge = bytes.clone();
+        huge[0] = 0xff;
+        assert!(matches!(
+            decode_chunk(b"k", &huge),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

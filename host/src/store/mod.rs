@@ -1,8 +1,9 @@
 //! The records, on sled: the only module that touches it. One tree per
 //! record type, keyed for the scans the engine and the API need; changes
 //! that span trees run in sled transactions; acceptances go through one
-//! committer thread that writes all concurrent ones in one transaction and
-//! makes them durable with one flush (`commit.rs`). One file per noun
+//! committer thread that writes all concurrent ones as one group (ordered
+//! plain writes behind an intent record, `intent.rs`, so no transaction
+//! stalls the readers) and makes them durable with one flush (`commit.rs`). One file per noun
 //! (`tenants`, `subscriptions`, `plugins`, `events`, `deliveries`,
 //! `windows`); this one holds the database, the calls into the committer and
 //! the key helpers. Writes that create work go through [`crate::queue`],
@@ -33,6 +34,7 @@
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
+//! | `intents` | chunk number (BE u32) | the acceptance group being written: per event its key, receipt ms and delivery ids (empty between groups, see `intent.rs`) |
 //!
 //! Values are JSON; events and deliveries, written at every acceptance and
 //! attempt, are "packed" (LZ4 of the JSON, see [`encode_packed`]).
@@ -554,7 +556,7 @@ impl Store {
     /// Stores events with their deliveries, outbox entries, indexes and held
     /// items: each event only if the tenant has not sent its id before.
     /// Returns once on disk, with the batch given back beside its outcomes.
-    /// The writes of concurrent calls share one transaction and one flush.
+    /// The writes of concurrent calls share one group and one flush.
     pub async fn accept(
         &self,
         batch: Vec<NewEvent>,
