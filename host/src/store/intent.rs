@@ -251,7 +251,7 @@ mod tests {
     use super::*;
     use crate::store::commit::tests::new_event;
 
-    fn intents(store: &Store, tree: &Tree) -> Vec<Entry> {
+    fn intents(tree: &Tree) -> Vec<Entry> {
         tree.iter()
             .flat_map(|kv| {
                 let (k, v) = kv.unwrap();
@@ -279,7 +279,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             store.accept(vec![before]).await.unwrap();
             let tree = store.db.open_tree(INTENTS_TREE).unwrap();
-            assert!(intents(&store, &tree).is_empty(), "removed once written");
+            assert!(intents(&tree).is_empty(), "removed once written");
             let w = Intents {
                 intents: &tree,
                 events: &store.events,
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(store.tenant_deliveries.len(), 2);
         assert_eq!(store.events_by_time.len(), 2);
         let tree = store.db.open_tree(INTENTS_TREE).unwrap();
-        assert!(intents(&store, &tree).is_empty());
+        assert!(intents(&tree).is_empty());
 
         // The id comes again (the sender's retry): a new event.
         let (_, outcomes) = store
