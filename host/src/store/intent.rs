@@ -74,10 +74,21 @@ impl Entry {
 }
 
 /// The entries of one intent record; a damaged record is an error.
-fn decode_chunk(key: &[u8], mut input: &[u8]) -> Result<Vec<Entry>, StoreError> {
+fn decode_chunk(key: &[u8], record: &[u8]) -> Result<Vec<Entry>, StoreError> {
     let corrupt = || StoreError::Corrupt {
         key: format!("{INTENTS_TREE}/{}", String::from_utf8_lossy(key)),
         message: "truncated intent record".into(),
+    };
+    let unpacked;
+    let mut input = match record.first() {
+        Some(&PACKED) => {
+            unpacked = unpack(record).map_err(|message| StoreError::Corrupt {
+                key: format!("{INTENTS_TREE}/{}", String::from_utf8_lossy(key)),
+                message,
+            })?;
+            &unpacked[..]
+        }
+        _ => record,
     };
     fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = input.split_at_checked(n)?;
@@ -156,8 +167,11 @@ impl Intents<'_> {
         for (i, entry) in entries.iter().enumerate() {
             entry.encode(&mut out);
             if out.len() >= CHUNK_BYTES || i + 1 == entries.len() {
+                // Packed: event keys share their tenant, delivery ids
+                // their time. Unpacked, a record starts with a key's
+                // length, whose first byte is 0: never PACKED.
                 self.intents
-                    .insert(chunks.to_be_bytes(), std::mem::take(&mut out))?;
+                    .insert(chunks.to_be_bytes(), pack(std::mem::take(&mut out)))?;
                 chunks += 1;
             }
         }
@@ -361,6 +375,11 @@ mod tests {
             e.encode(&mut bytes);
         }
         assert_eq!(decode_chunk(b"k", &bytes).unwrap(), entries);
+        // As written: packed, when that is smaller.
+        let many: Vec<u8> = (0..50).flat_map(|_| bytes.clone()).collect();
+        let packed = pack(many);
+        assert_eq!(packed[0], PACKED);
+        assert_eq!(decode_chunk(b"k", &packed).unwrap().len(), 100);
         for cut in 1..bytes.len() {
             if let Ok(read) = decode_chunk(b"k", &bytes[..cut]) {
                 // Cut exactly between the two entries.

@@ -122,16 +122,21 @@ const MAX_PACKED_JSON: usize = 256 << 20;
 /// values whole on every split and consolidation, so smaller values are
 /// less copying and less disk; LZ4 costs about a microsecond per record.
 fn encode_packed<T: Serialize>(value: &T) -> Vec<u8> {
-    let json = encode(value);
-    let mut out = vec![0; 5 + lz4_flex::block::get_maximum_output_size(json.len())];
+    pack(encode(value))
+}
+
+/// `raw` packed (see [`PACKED`]) when that is smaller, else as it is: for
+/// bytes that never start with [`PACKED`] themselves.
+fn pack(raw: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![0; 5 + lz4_flex::block::get_maximum_output_size(raw.len())];
     out[0] = PACKED;
-    out[1..5].copy_from_slice(&(json.len() as u32).to_le_bytes());
-    match lz4_flex::block::compress_into(&json, &mut out[5..]) {
-        Ok(n) if 5 + n < json.len() => {
+    out[1..5].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    match lz4_flex::block::compress_into(&raw, &mut out[5..]) {
+        Ok(n) if 5 + n < raw.len() => {
             out.truncate(5 + n);
             out
         }
-        _ => json,
+        _ => raw,
     }
 }
 
