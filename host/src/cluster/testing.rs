@@ -124,6 +124,46 @@ impl NatsCluster {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        // A meta leader can answer before it knows every server's
+        // JetStream: a replicated stream then fails with "no suitable peers
+        // for placement". Ready means one with a replica on each running
+        // server can be made.
+        let running = self.servers.iter().filter(|s| s.child.is_some());
+        let Some(first) = running.clone().next() else {
+            return;
+        };
+        let replicas = running.count();
+        if replicas < 2 {
+            return;
+        }
+        let client = async_nats::connect(format!("nats://127.0.0.1:{}", first.port))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        loop {
+            let made = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "READY_PROBE".into(),
+                    subjects: vec!["ready-probe".into()],
+                    num_replicas: replicas,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await;
+            match made {
+                Ok(_) => {
+                    js.delete_stream("READY_PROBE").await.unwrap();
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "JetStream could not place {replicas} replicas: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 
     /// The client URL of server `i`.
