@@ -537,6 +537,60 @@ both_backends! {
     }
 }
 
+/// Embedded store: an acceptance group is ordered writes behind an intent
+/// record, not a transaction. The process dies after an event's delivery
+/// is on disk and before its event record: the next start undoes the
+/// delivery (never answered), so nothing is sent until the sender re-sends,
+/// and then the event arrives under one delivery id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_group_leaves_no_half_written_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::ok().await;
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[("WASMHOOK_FAILPOINT", "accept-crash-before-record")],
+    );
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let event = json!({"id": "half", "type": "message.created", "data": {"n": 1}});
+    let died = reqwest::Client::new()
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(&key)
+        .json(&event)
+        .send()
+        .await;
+    assert!(died.is_err(), "the server should have died: {died:?}");
+    drop(server);
+
+    let server = Server::start(dir.path());
+    let (s, listed) = server.call("GET", "/v1/deliveries", &key, None).await;
+    assert_eq!(s, 200, "{listed}");
+    assert_eq!(
+        listed["items"],
+        json!([]),
+        "the half-written delivery is undone"
+    );
+    let (s, _) = server.call("GET", "/v1/events/half", &key, None).await;
+    assert_eq!(s, 404);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rx.received().len(), 0, "nothing was sent for it");
+
+    let (s, body) = server.call("POST", "/v1/events", &key, Some(event)).await;
+    assert_eq!(s, 202, "{body}");
+    let ids = rx.wait_for_ids(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 1, "one delivery: {ids:?}");
+    let (_, stored) = server.call("GET", "/v1/events/half", &key, None).await;
+    assert_eq!(
+        stored["deliveries"],
+        json!([ids.keys().next().unwrap()]),
+        "{stored}"
+    );
+}
+
 both_backends! {
     /// Deleting a plugin removes its compiled artifact; a swapped artifact file
     /// is never run (its digest is checked against the store).

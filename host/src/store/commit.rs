@@ -69,7 +69,7 @@ pub(super) struct Writer {
 }
 
 impl Job {
-    /// What the job adds to its group's transaction: its events.
+    /// What the job adds to its group: its events.
     fn size(&self) -> usize {
         match self {
             Job::Accept { batch, .. } => batch.len().max(1),
@@ -176,10 +176,12 @@ impl Writer {
             .collect();
         match self.intents().write(&new) {
             Ok(()) => results,
+            // Nothing of the group stays: every batch read whole fails too.
             Err(e) => {
                 let e = e.to_string();
-                (0..batches.len())
-                    .map(|_| Err(StoreError::Commit(e.clone())))
+                results
+                    .into_iter()
+                    .map(|r| r.and_then(|_| Err(StoreError::Commit(e.clone()))))
                     .collect()
             }
         }

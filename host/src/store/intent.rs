@@ -34,6 +34,10 @@ use super::*;
 /// The tree of intents; a node's own, never replicated.
 pub(crate) const INTENTS_TREE: &str = "intents";
 
+/// Crash tests: aborts the process in a plain group, after the first
+/// event's deliveries are on disk and before its record is written.
+const CRASH_FAILPOINT: &str = "accept-crash-before-record";
+
 /// An intent is cut in records of at most this many bytes, well under
 /// what sled stores inline (a value over an eighth of a segment, 64 KiB,
 /// becomes a file of its own).
@@ -141,9 +145,17 @@ impl Intents<'_> {
             return Ok(());
         }
         let entries: Vec<Entry> = new.iter().map(|n| Entry::of(n)).collect();
+        let crash = crate::util::failpoint_active(CRASH_FAILPOINT);
         let written = self.mark(&entries).and_then(|chunks| {
             for n in new {
-                self.write_event(n)?;
+                self.write_deliveries(n)?;
+                if crash {
+                    // Crash tests: the deliveries on disk, the event
+                    // record not, then the process gone.
+                    self.events.flush()?;
+                    crate::util::failpoint(CRASH_FAILPOINT);
+                }
+                self.write_record(n)?;
             }
             self.clear(chunks)
         });
@@ -190,8 +202,9 @@ impl Intents<'_> {
         Ok(())
     }
 
-    fn write_event(&self, new: &NewEvent) -> Result<(), StoreError> {
-        let e = &new.event;
+    /// An event's deliveries: each one's record first (undoing reads the
+    /// index and outbox keys from it), then its index and outbox entries.
+    fn write_deliveries(&self, new: &NewEvent) -> Result<(), StoreError> {
         for d in &new.deliveries {
             self.deliveries.insert(d.id.as_bytes(), encode_packed(d))?;
             self.tenant_deliveries.insert(index_key(d), &[])?;
@@ -199,6 +212,12 @@ impl Intents<'_> {
                 self.outbox.insert(key, value)?;
             }
         }
+        Ok(())
+    }
+
+    /// The event's time index, then its record: the commit point.
+    fn write_record(&self, new: &NewEvent) -> Result<(), StoreError> {
+        let e = &new.event;
         let key = scoped(&e.tenant_id, &e.event.id);
         self.events_by_time
             .insert(events::time_key(millis(e.received_at), &key), &[])?;
@@ -303,7 +322,8 @@ mod tests {
                 outbox: &store.outbox,
             };
             w.mark(&[Entry::of(&whole), Entry::of(&half)]).unwrap();
-            w.write_event(&whole).unwrap();
+            w.write_deliveries(&whole).unwrap();
+            w.write_record(&whole).unwrap();
             // The crash: dlv_2 written whole, dlv_3 only its record, and
             // not the event's time index nor its record.
             let d = &half.deliveries[0];

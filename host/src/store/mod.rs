@@ -3,10 +3,10 @@
 //! that span trees run in sled transactions; acceptances go through one
 //! committer thread that writes all concurrent ones as one group (ordered
 //! plain writes behind an intent record, `intent.rs`, so no transaction
-//! stalls the readers) and makes them durable with one flush (`commit.rs`). One file per noun
-//! (`tenants`, `subscriptions`, `plugins`, `events`, `deliveries`,
-//! `windows`); this one holds the database, the calls into the committer and
-//! the key helpers. Writes that create work go through [`crate::queue`],
+//! stalls the readers) and makes them durable with one flush
+//! (`commit.rs`). One file per noun (`tenants`, `subscriptions`,
+//! `plugins`, `events`, `deliveries`, `windows`); this one holds the
+//! database, the calls into the committer and the key helpers. Writes that create work go through [`crate::queue`],
 //! which makes them visible to the workers once durable.
 //!
 //! In cluster mode ([`Store::open_cluster`]) the same trees are this node's
