@@ -38,9 +38,9 @@ pub(crate) const INTENTS_TREE: &str = "intents";
 /// event's deliveries are on disk and before its record is written.
 const CRASH_FAILPOINT: &str = "accept-crash-before-record";
 
-/// An intent is cut in records of at most this many bytes, well under
-/// what sled stores inline (a value over an eighth of a segment, 64 KiB,
-/// becomes a file of its own).
+/// An intent record is cut after the entry that reaches this many bytes,
+/// to stay well under what sled stores inline (a message over a quarter of
+/// a segment, 128 KiB, becomes a file of its own).
 const CHUNK_BYTES: usize = 32 * 1024;
 
 /// One new event of a group: enough to find every record it writes (a
@@ -172,7 +172,7 @@ impl Intents<'_> {
         Ok(())
     }
 
-    /// The intent, in records of at most [`CHUNK_BYTES`]; how many.
+    /// The intent, in records of about [`CHUNK_BYTES`]; how many.
     fn mark(&self, entries: &[Entry]) -> Result<usize, StoreError> {
         let mut chunks = 0u32;
         let mut out = Vec::new();
