@@ -162,7 +162,7 @@ impl Intents<'_> {
         if let Err(e) = written {
             if let Err(undo) = self
                 .undo(&entries, false)
-                .and_then(|()| self.clear(usize::MAX))
+                .and_then(|_| Ok(self.intents.clear()?))
             {
                 // The intent stays: the next start finishes the undo.
                 tracing::error!(error = %undo, "undoing a failed acceptance failed");
@@ -190,12 +190,8 @@ impl Intents<'_> {
         Ok(chunks as usize)
     }
 
-    /// Removes the first `chunks` intent records (all of them, with
-    /// `usize::MAX`).
+    /// Removes the `chunks` intent records `mark` wrote.
     fn clear(&self, chunks: usize) -> Result<(), StoreError> {
-        if chunks == usize::MAX {
-            return Ok(self.intents.clear()?);
-        }
         for i in 0..chunks as u32 {
             self.intents.remove(i.to_be_bytes())?;
         }
@@ -226,10 +222,14 @@ impl Intents<'_> {
     }
 
     /// Removes what the entries' events wrote; with `keep_committed`, an
-    /// event whose record is there is whole and stays.
-    fn undo(&self, entries: &[Entry], keep_committed: bool) -> Result<(), StoreError> {
+    /// event whose record is there is whole and stays. Returns how many
+    /// events had no record.
+    fn undo(&self, entries: &[Entry], keep_committed: bool) -> Result<usize, StoreError> {
+        let mut half_written = 0;
         for entry in entries {
-            if keep_committed && self.events.contains_key(&entry.event_key)? {
+            if !self.events.contains_key(&entry.event_key)? {
+                half_written += 1;
+            } else if keep_committed {
                 continue;
             }
             for id in &entry.deliveries {
@@ -247,7 +247,7 @@ impl Intents<'_> {
                 .remove(events::time_key(entry.received_ms, &entry.event_key))?;
             self.events.remove(&entry.event_key)?;
         }
-        Ok(())
+        Ok(half_written)
     }
 
     /// At start, before anything reads the outbox: undoes the events a
@@ -261,14 +261,8 @@ impl Intents<'_> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut undone = 0;
-        for entry in &entries {
-            if !self.events.contains_key(&entry.event_key)? {
-                undone += 1;
-            }
-        }
-        self.undo(&entries, true)?;
-        self.clear(usize::MAX)?;
+        let undone = self.undo(&entries, true)?;
+        self.intents.clear()?;
         if undone > 0 {
             tracing::warn!(
                 events = undone,

@@ -6,8 +6,9 @@
 //! stalls the readers) and makes them durable with one flush
 //! (`commit.rs`). One file per noun (`tenants`, `subscriptions`,
 //! `plugins`, `events`, `deliveries`, `windows`); this one holds the
-//! database, the calls into the committer and the key helpers. Writes that create work go through [`crate::queue`],
-//! which makes them visible to the workers once durable.
+//! database, the calls into the committer and the key helpers. Writes that
+//! create work go through [`crate::queue`], which makes them visible to the
+//! workers once durable.
 //!
 //! In cluster mode ([`Store::open_cluster`]) the same trees are this node's
 //! view of the cluster's log, and every write of the records goes through
