@@ -3,9 +3,13 @@
 //! the CLI, later source adapters) is turned into this shape first, so the
 //! stages after it see only valid events. See `docs/events.md`.
 
+use std::fmt;
+
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::runtime::PluginEvent;
 
@@ -18,7 +22,7 @@ pub struct EventInput {
     pub event_type: String,
     pub occurred_at: Option<String>,
     pub source: Option<String>,
-    pub data: Value,
+    pub data: Box<RawValue>,
 }
 
 /// A validated event with every field filled in.
@@ -30,7 +34,99 @@ pub struct Envelope {
     /// RFC 3339 in UTC.
     pub occurred_at: String,
     pub source: String,
-    pub data: Value,
+    pub data: Data,
+}
+
+/// An event's `data`: a JSON object, kept as the text the sender sent.
+///
+/// Nothing on the way to delivery needs its structure: routing reads the
+/// type, the body sent without a plugin is the envelope around this text,
+/// a plugin gets it as text. Kept parsed (a `Value`), every event cost a
+/// tree of allocations at ingest and a serialization for its record, for
+/// the body and again for each body made from the record (issue 13). As
+/// text it is copied, never rewritten: a retry made from the stored event
+/// sends the first attempt's bytes because they are the same bytes.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Data(Box<RawValue>);
+
+impl Data {
+    /// The JSON text of a value made here (compact).
+    pub fn from_value(value: &Value) -> Data {
+        Data(serde_json::value::to_raw_value(value).expect("a Value is always JSON"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed, for whoever needs its structure (tests, tools).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.as_str()).expect("checked JSON when accepted")
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks JSON text as strictly as parsing it into a `Value` would (every
+/// string's escapes decoded, so a lone surrogate is refused; every number
+/// read, so one out of range is refused) without building anything. A
+/// `RawValue` alone only skims strings and numbers.
+fn check_json(text: &str) -> Result<(), serde_json::Error> {
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Check)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key_seed(Check)?.is_some() {
+                map.next_value_seed(Check)?;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Check.deserialize(&mut de)?;
+    de.end()
 }
 
 /// What is wrong with an event; the message names the field.
@@ -50,6 +146,8 @@ pub enum EventError {
     BadSource,
     #[error("`data` must be a JSON object")]
     DataNotObject,
+    #[error("`data` is not valid JSON: {0}")]
+    BadData(String),
 }
 
 /// Whether `t` is a dotted lowercase type: `segment(.segment)+`, each segment
@@ -121,15 +219,17 @@ impl EventInput {
             Some(_) => return Err(EventError::BadSource),
             None => default_source.to_string(),
         };
-        if !self.data.is_object() {
+        // A RawValue starts at its value's first byte.
+        if !self.data.get().starts_with('{') {
             return Err(EventError::DataNotObject);
         }
+        check_json(self.data.get()).map_err(|e| EventError::BadData(e.to_string()))?;
         Ok(Envelope {
             id,
             event_type: self.event_type,
             occurred_at: occurred_at.to_string(),
             source,
-            data: self.data,
+            data: Data(self.data),
         })
     }
 }
@@ -138,9 +238,8 @@ impl Envelope {
     /// The body sent when a subscription has no plugin: the Standard
     /// Webhooks payload form (`type`, `timestamp`, `data`) plus the event id.
     /// A pure function of the event, and the same after the event's record
-    /// is read back (`preserve_order` keeps `data`'s keys in order,
-    /// `float_roundtrip` its numbers exact), so a retry made from the
-    /// stored event sends the first attempt's bytes.
+    /// is read back (`data` is the text as sent, copied), so a retry made
+    /// from the stored event sends the first attempt's bytes.
     pub fn webhook_body(&self) -> String {
         #[derive(Serialize)]
         struct Body<'a> {
@@ -148,7 +247,7 @@ impl Envelope {
             #[serde(rename = "type")]
             event_type: &'a str,
             timestamp: &'a str,
-            data: &'a Value,
+            data: &'a Data,
         }
         serde_json::to_string(&Body {
             id: &self.id,
@@ -166,7 +265,7 @@ impl Envelope {
             event_type: self.event_type.clone(),
             source: self.source.clone(),
             occurred_at: self.occurred_at.clone(),
-            payload: self.data.to_string(),
+            payload: self.data.as_str().to_string(),
         }
     }
 }
@@ -243,6 +342,57 @@ mod tests {
         assert!(
             serde_json::from_str::<EventInput>(r#"{"type":"a.b","data":{},"extra":1}"#).is_err()
         );
+    }
+
+    #[test]
+    fn data_is_kept_as_sent_and_sent_as_kept() {
+        let data = r#"{ "z": 1, "a": [0.30000000000000004, 1e2, "\u00e9\ud83d\ude00"],
+            "n": null }"#;
+        let e = input(&format!(r#"{{"type":"a.b","id":"e1","data":{data}}}"#))
+            .validate(now(), "api", || "x".into())
+            .unwrap();
+        assert_eq!(e.data.as_str(), data);
+        let body = e.webhook_body();
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"id":"e1","type":"a.b","timestamp":"2026-11-21T10:00:00Z","data":{data}}}"#
+            )
+        );
+        // Through a stored record and back: the same text.
+        let again: Envelope = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(again, e);
+        assert_eq!(again.webhook_body(), body);
+        assert_eq!(e.to_plugin_event().payload, data);
+    }
+
+    #[test]
+    fn data_is_checked_as_strictly_as_a_parse() {
+        let v = |data: &str| {
+            input(&format!(r#"{{"type":"a.b","data":{data}}}"#))
+                .validate(now(), "api", || "x".into())
+        };
+        for bad in [
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"\udc00 alone"}"#,
+            r#"{"n":1e400}"#,
+            r#"{"deep":[[{"s":"\ud83d\u0041"}]]}"#,
+        ] {
+            match v(bad) {
+                Err(EventError::BadData(message)) => {
+                    assert!(!message.is_empty(), "{bad}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        for ok in [
+            r#"{}"#,
+            r#"{"s":"\ud83d\ude00","n":-0.0,"b":[true,false,null]}"#,
+        ] {
+            assert!(v(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(v(r#""text""#).unwrap_err(), EventError::DataNotObject);
+        assert_eq!(v("null").unwrap_err(), EventError::DataNotObject);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, limit_body};
-use crate::event::{Envelope, EventInput};
+use crate::event::{Data, Envelope, EventInput};
 use crate::ingest;
 use crate::util::new_id_at;
 
@@ -52,8 +53,10 @@ pub struct EventBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
+    /// Kept as text until each is validated: its size is its text's, and
+    /// its `data` is kept as text (see `event::Data`).
     #[schema(value_type = Vec<EventBody>)]
-    events: Vec<Value>,
+    events: Vec<Box<RawValue>>,
 }
 
 /// The answer for one accepted event.
@@ -78,22 +81,21 @@ pub struct EventView {
     pub occurred_at: String,
     pub source: String,
     #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: Data,
     pub received_at: Timestamp,
     /// The deliveries the event produced.
     pub deliveries: Vec<String>,
 }
 
-fn validate(state: &ApiState, value: Value, at: &str) -> Result<Envelope, ApiError> {
-    if at != "body" {
-        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
-        if size > state.max_event_bytes {
-            return Err(ApiError::TooLarge {
-                limit: state.max_event_bytes,
-            });
-        }
+fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, ApiError> {
+    // A single event's body is held to the limit by the route's; an event
+    // of a batch, by its text as sent.
+    if at != "body" && text.get().len() > state.max_event_bytes {
+        return Err(ApiError::TooLarge {
+            limit: state.max_event_bytes,
+        });
     }
-    let input: EventInput = serde_json::from_value(value)
+    let input: EventInput = serde_json::from_str(text.get())
         .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))?;
     input
         .validate(state.app.clock.now(), "api", || {
@@ -133,10 +135,10 @@ fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiErro
 async fn ingest_one(
     tenant: Tenant,
     State(state): State<ApiState>,
-    Json(body): Json<Value>,
+    Json(body): Json<Box<RawValue>>,
 ) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
     rate_limit(&state, &tenant, 1)?;
-    let event = validate(&state, body, "body")?;
+    let event = validate(&state, &body, "body")?;
     let result = ingest::accept(&state.app, &tenant.id, vec![event])
         .await?
         .pop()
@@ -174,7 +176,7 @@ async fn ingest_batch(
         .events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| validate(&state, e, &format!("events[{i}]")))
+        .map(|(i, e)| validate(&state, &e, &format!("events[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let results = ingest::accept(&state.app, &tenant.id, events).await?;
     Ok((

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json};
-use crate::event::Envelope;
+use crate::event::{Data, Envelope};
 use crate::ingest::HoldMode;
 use crate::retry::RetryPolicy;
 use crate::runtime::World;
@@ -450,10 +450,10 @@ async fn run_test(state: &ApiState, sub: &Subscription) -> Result<Vec<Delivery>,
         event_type: "webhook.test".into(),
         occurred_at: now.to_string(),
         source: "wasmhook".into(),
-        data: serde_json::json!({
+        data: Data::from_value(&serde_json::json!({
             "message": "A test event from wasmhook.",
             "subscription_id": sub.id,
-        }),
+        })),
     };
     // Through the plugin like any event, but sent right here (not by the
     // workers), and items the plugin holds are not kept in the real window.

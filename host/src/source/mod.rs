@@ -20,6 +20,7 @@ pub mod verify;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
@@ -395,7 +396,7 @@ async fn normalize(
     };
     let mut events = Vec::with_capacity(normalized.events.len());
     for (i, incoming) in normalized.events.into_iter().enumerate() {
-        let data: Value = match serde_json::from_str(&incoming.payload) {
+        let data: Box<RawValue> = match serde_json::from_str(&incoming.payload) {
             Ok(v) => v,
             Err(e) => {
                 return Ok(Err(format!(

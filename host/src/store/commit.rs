@@ -317,7 +317,7 @@ pub(super) mod tests {
                     event_type: "message.created".into(),
                     occurred_at: at.to_string(),
                     source: "test".into(),
-                    data: serde_json::json!({}),
+                    data: crate::event::Data::from_value(&serde_json::json!({})),
                 },
                 received_at: at,
                 deliveries: vec![delivery.into()],

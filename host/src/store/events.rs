@@ -318,7 +318,7 @@ mod tests {
 
         // A duplicate with other data does not replace the cached body.
         let mut dup = sending_its_body("e1", "dlv_2", at);
-        dup.event.event.data = serde_json::json!({"other": true});
+        dup.event.event.data = crate::event::Data::from_value(&serde_json::json!({"other": true}));
         store.accept(vec![dup]).await.unwrap();
         assert_eq!(
             store.event_body("t", "e1").unwrap().unwrap().as_ref(),
