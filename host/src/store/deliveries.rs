@@ -22,7 +22,7 @@ impl Store {
     pub fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
         self.deliveries
             .get(id)?
-            .map(|v| decode(id.as_bytes(), &v))
+            .map(|v| decode_delivery(id.as_bytes(), &v))
             .transpose()
     }
 
@@ -192,7 +192,7 @@ pub(super) fn put_delivery_tx(
     if let Some((key, value)) = outbox_entry(d) {
         outbox.insert(&key, &value)?;
     }
-    deliveries.insert(d.id.as_bytes(), &encode_packed(d))
+    deliveries.insert(d.id.as_bytes(), &codec::encode_delivery(d))
 }
 
 /// The outbox entry of a pending delivery. The value names the

@@ -28,6 +28,7 @@
 //! of them was answered, and the sender's retry makes them anew; an event
 //! with its record has all its writes.
 
+use super::codec::encode_delivery;
 use super::deliveries::{index_key, outbox_entry};
 use super::*;
 
@@ -202,7 +203,8 @@ impl Intents<'_> {
     /// index and outbox keys from it), then its index and outbox entries.
     fn write_deliveries(&self, new: &NewEvent) -> Result<(), StoreError> {
         for d in &new.deliveries {
-            self.deliveries.insert(d.id.as_bytes(), encode_packed(d))?;
+            self.deliveries
+                .insert(d.id.as_bytes(), encode_delivery(d))?;
             self.tenant_deliveries.insert(index_key(d), &[])?;
             if let Some((key, value)) = outbox_entry(d) {
                 self.outbox.insert(key, value)?;
@@ -236,7 +238,7 @@ impl Intents<'_> {
                 let Some(bytes) = self.deliveries.get(id)? else {
                     continue;
                 };
-                let d: Delivery = decode(id.as_bytes(), &bytes)?;
+                let d = decode_delivery(id.as_bytes(), &bytes)?;
                 self.tenant_deliveries.remove(index_key(&d))?;
                 if let Some((key, _)) = outbox_entry(&d) {
                     self.outbox.remove(key)?;
@@ -321,12 +323,12 @@ mod tests {
             // The crash: dlv_2 written whole, dlv_3 only its record, and
             // not the event's time index nor its record.
             let d = &half.deliveries[0];
-            store.deliveries.insert(&d.id, encode_packed(d)).unwrap();
+            store.deliveries.insert(&d.id, encode_delivery(d)).unwrap();
             store.tenant_deliveries.insert(index_key(d), &[]).unwrap();
             let (key, value) = outbox_entry(d).unwrap();
             store.outbox.insert(key, value).unwrap();
             let d = &half.deliveries[1];
-            store.deliveries.insert(&d.id, encode_packed(d)).unwrap();
+            store.deliveries.insert(&d.id, encode_delivery(d)).unwrap();
             store.db.flush().unwrap();
             assert_eq!(store.outbox_entries().count(), 3);
         }

@@ -25,7 +25,7 @@
 //! | `plugin_blobs` | SHA-256 (hex) | component bytes |
 //! | `events` | tenant id `\0` event id | [`StoredEvent`], packed |
 //! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
-//! | `deliveries` | delivery id (time-ordered) | [`Delivery`], packed; without its body when that is the event's |
+//! | `deliveries` | delivery id (time-ordered) | [`Delivery`], binary (`codec.rs`); without its body when that is the event's |
 //! | `tenant_deliveries` | tenant id `\0` subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
@@ -37,12 +37,15 @@
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 //! | `intents` | chunk number (BE u32) | the acceptance group being written: per event its key, receipt ms and delivery ids (empty between groups, see `intent.rs`) |
 //!
-//! Values are JSON; events and deliveries, written at every acceptance and
-//! attempt, are "packed" (LZ4 of the JSON, see [`encode_packed`]).
+//! Values are JSON, but for the two records every acceptance writes:
+//! events are "packed" (LZ4 of the JSON, see [`encode_packed`]), and
+//! deliveries, which every attempt also rewrites, are binary (postcard,
+//! see `codec.rs`). Records written in an earlier form still read.
 
 mod change;
 #[cfg(test)]
 mod cluster_tests;
+mod codec;
 mod commit;
 mod deliveries;
 mod events;
@@ -141,6 +144,14 @@ fn pack(raw: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// A delivery from its record, in whichever form it was written.
+fn decode_delivery(key: &[u8], bytes: &[u8]) -> Result<Delivery, StoreError> {
+    match bytes.first() {
+        Some(&codec::DELIVERY_V1) => codec::decode_delivery_v1(key, bytes),
+        _ => decode(key, bytes),
+    }
+}
+
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -151,6 +162,11 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
         Some(&PACKED) => {
             unpacked = unpack(bytes).map_err(corrupt)?;
             &unpacked[..]
+        }
+        Some(&codec::DELIVERY_V1) => {
+            return Err(corrupt(
+                "a binary delivery record read as another kind of record".into(),
+            ));
         }
         _ => bytes,
     };
@@ -537,7 +553,7 @@ impl Store {
         self.tenant_deliveries.clear()?;
         for kv in self.deliveries.iter() {
             let (k, v) = kv?;
-            let d: Delivery = decode(&k, &v)?;
+            let d = decode_delivery(&k, &v)?;
             self.tenant_deliveries
                 .insert(deliveries::index_key(&d), &[])?;
         }
@@ -631,7 +647,11 @@ impl Store {
         if let Some((key, value)) = &entry {
             w.insert(&self.outbox, key, value)?;
         }
-        w.insert(&self.deliveries, &delivery.id, encode_packed(delivery))?;
+        w.insert(
+            &self.deliveries,
+            &delivery.id,
+            codec::encode_delivery(delivery),
+        )?;
         if let Some(due) = leased {
             let old = outbox_key(due, &delivery.id);
             if entry.is_none_or(|(key, _)| key != old) {
