@@ -258,7 +258,7 @@ impl Envelope {
         .expect("serializable")
     }
 
-    /// The event as a plugin sees it (`data` as compact JSON text).
+    /// The event as a plugin sees it (`data` as its JSON text).
     pub fn to_plugin_event(&self) -> PluginEvent {
         PluginEvent {
             id: self.id.clone(),

@@ -12,7 +12,7 @@ pub struct PluginEvent {
     pub event_type: String,
     pub source: String,
     pub occurred_at: String,
-    /// The event's `data` as compact JSON text.
+    /// The event's `data`: its JSON text as it arrived.
     pub payload: String,
 }
 
