@@ -723,14 +723,28 @@ async fn a_full_disk_is_a_503_and_loses_nothing_accepted() {
     server
         .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
         .await;
-    let pad = "x".repeat(16 * 1024);
+    // Records are compressed: a pad that fills the disk must not compress.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut pad = move || -> String {
+        (0..16 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'A' + (seed % 58) as u8)
+            })
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect()
+    };
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..2_000 {
         let resp = reqwest::Client::new()
             .post(format!("{}/v1/events", server.base))
             .bearer_auth(&key)
-            .json(&json!({"id": format!("e{i}"), "type": "message.created", "data": {"pad": pad}}))
+            .json(
+                &json!({"id": format!("e{i}"), "type": "message.created", "data": {"pad": pad()}}),
+            )
             .send()
             .await
             .unwrap();

@@ -66,6 +66,14 @@ pub(super) struct Writer {
     pub(super) held: Tree,
     pub(super) windows: Tree,
     pub(super) intents: Tree,
+    /// Set once a write failed in sled (a full disk, an I/O error); then
+    /// nothing more is written or flushed, and every job is answered with
+    /// this. sled 0.34 does not recover from such a failure: it poisons
+    /// itself, and a large value's failed write even leaves a log buffer
+    /// that never completes, so a flush after it waits forever (found with
+    /// a full disk: requests hung instead of answering 503). The health
+    /// check fails with it, and a restart clears it.
+    pub(super) failed: std::cell::RefCell<Option<String>>,
 }
 
 impl Job {
@@ -120,6 +128,24 @@ impl Writer {
     /// One group: its acceptances written (plainly or in one transaction),
     /// then one flush.
     fn serve(&self, group: Vec<Job>) {
+        if let Some(why) = self.failed.borrow().clone() {
+            let error = || {
+                StoreError::Commit(format!(
+                    "an earlier write failed ({why}); restart wasmhook once its cause is fixed"
+                ))
+            };
+            for job in group {
+                match job {
+                    Job::Accept { batch, reply } => {
+                        let _ = reply.send((batch, Err(error())));
+                    }
+                    Job::Durable { reply } => {
+                        let _ = reply.send(Err(error()));
+                    }
+                }
+            }
+            return;
+        }
         let mut accepts = Vec::new();
         let mut durables = Vec::new();
         for job in group {
@@ -143,7 +169,15 @@ impl Writer {
             // during which no worker may see the deliveries.
             std::thread::sleep(Duration::from_secs(2));
         }
-        let flushed = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if let Some(Err(e @ StoreError::Sled(_))) = results.iter().find(|r| r.is_err()) {
+            self.failed.replace(Some(e.to_string()));
+        }
+        let flushed = match self.failed.borrow().clone() {
+            // Not flushed: see `failed`. Nothing of this group is answered
+            // as accepted.
+            Some(why) => Err(why),
+            None => self.db.flush().map(|_| ()).map_err(|e| e.to_string()),
+        };
         for reply in durables {
             let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
         }
@@ -178,6 +212,9 @@ impl Writer {
             Ok(()) => results,
             // Nothing of the group stays: every batch read whole fails too.
             Err(e) => {
+                if matches!(e, StoreError::Sled(_)) {
+                    self.failed.replace(Some(e.to_string()));
+                }
                 let e = e.to_string();
                 results
                     .into_iter()
@@ -388,6 +425,7 @@ pub(super) mod tests {
             held: store.held.clone(),
             windows: store.windows.clone(),
             intents: store.db.open_tree(crate::store::INTENTS_TREE).unwrap(),
+            failed: Default::default(),
         };
         let failing = [
             new_event("ten_1", "evt_fine", "dlv_1", at),

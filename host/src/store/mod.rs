@@ -505,6 +505,7 @@ impl Store {
             held: held.clone(),
             windows: windows.clone(),
             intents: tree(intent::INTENTS_TREE)?,
+            failed: Default::default(),
         };
         // Before anything reads the outbox: a group a crash interrupted.
         if writer.intents().recover()? > 0 {
