@@ -398,6 +398,80 @@ both_backends! {
 }
 
 both_backends! {
+    /// An event's `data` is the sender's text: sent as it arrived (spacing,
+    /// key order, number forms, escapes), the same bytes on a retry, and
+    /// read back with its values; JSON a parse would refuse is refused.
+    #[tokio::test]
+    async fn data_is_sent_as_it_arrived(backing) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = backing.start(dir.path()).await;
+        let (_, key) = server.tenant("t").await;
+        let rx = Receiver::ok().await;
+        server
+            .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+            .await;
+        let data = r#"{ "z": 1,
+  "a": [1.0e2, -0.0, 0.30000000000000004], "s": "\u00e9\ud83d\ude00 \"q\"" }"#;
+        let one = format!(
+            r#"{{"id":"e1","type":"message.created","occurred_at":"2026-11-21T10:00:00Z","data":{data}}}"#
+        );
+        let (s, b) = server
+            .raw("POST", "/v1/events", &key, "application/json", one.into_bytes())
+            .await;
+        assert_eq!(s, 202, "{b}");
+        let batch = format!(
+            r#"{{"events":[{{"id":"e2","type":"message.created","occurred_at":"2026-11-21T10:00:00Z","data":{data}}}]}}"#
+        );
+        let (s, b) = server
+            .raw("POST", "/v1/events/batch", &key, "application/json", batch.into_bytes())
+            .await;
+        assert_eq!(s, 202, "{b}");
+        let got = rx.wait_for(2, Duration::from_secs(10)).await;
+        let mut bodies: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+            .collect();
+        bodies.sort();
+        for (body, id) in bodies.iter().zip(["e1", "e2"]) {
+            assert_eq!(
+                body,
+                &format!(
+                    r#"{{"id":"{id}","type":"message.created","timestamp":"2026-11-21T10:00:00Z","data":{data}}}"#
+                )
+            );
+        }
+        // Read back with its values; a retry sends the same bytes.
+        let (_, event) = server.call("GET", "/v1/events/e1", &key, None).await;
+        assert_eq!(event["data"]["s"], "é\u{1F600} \"q\"");
+        assert_eq!(event["data"]["a"][0], 100.0);
+        let delivery = event["deliveries"][0].as_str().unwrap();
+        let (s, _) = server
+            .call("POST", &format!("/v1/deliveries/{delivery}/retry"), &key, None)
+            .await;
+        assert_eq!(s, 202);
+        let got = rx.wait_for(3, Duration::from_secs(10)).await;
+        assert_eq!(String::from_utf8(got[2].body.to_vec()).unwrap(), bodies[0]);
+
+        // What a parse refuses is refused, naming `data`, and nothing is stored.
+        for bad in [r#"{"s":"\ud800"}"#, r#"{"n":1e400}"#] {
+            let body = format!(r#"{{"id":"bad","type":"message.created","data":{bad}}}"#);
+            let (s, b) = server
+                .raw("POST", "/v1/events", &key, "application/json", body.clone().into_bytes())
+                .await;
+            assert_eq!((s, error_code(&b)), (400, "invalid_event"), "{bad}");
+            assert!(error_message(&b).contains("`data`"), "{b}");
+            let batch = format!(r#"{{"events":[{body}]}}"#);
+            let (s, b) = server
+                .raw("POST", "/v1/events/batch", &key, "application/json", batch.into_bytes())
+                .await;
+            assert_eq!((s, error_code(&b)), (400, "invalid_event"), "{bad}");
+        }
+        let (s, _) = server.call("GET", "/v1/events/bad", &key, None).await;
+        assert_eq!(s, 404);
+    }
+}
+
+both_backends! {
     #[tokio::test]
     async fn tenants_never_see_each_other(backing) {
         let dir = tempfile::tempdir().unwrap();
