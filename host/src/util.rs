@@ -22,12 +22,32 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// A new id whose time part is `now` (the engine's clock): ids of records
-/// pruned by age (deliveries) must sort by the clock that ages them.
+/// pruned by age (deliveries) must sort by the clock that ages them. Ids
+/// made in the same millisecond sort in the order they were made (the
+/// random part counts up from the first one's), so a listing by id (dead
+/// letters, deliveries) keeps the order things happened in: two dead
+/// letters of one millisecond used to list in a random order.
 pub fn new_id_at(prefix: &str, now: jiff::Timestamp) -> String {
+    const RANDOM_BITS: u128 = (1 << 80) - 1;
+    // The last id's random part per recent millisecond (a slot per
+    // `ms % 64`): callers holding slightly different `now`s interleave.
+    static RECENT: std::sync::Mutex<[(u64, u128); 64]> = std::sync::Mutex::new([(0, 0); 64]);
     let ms = now.as_millisecond().max(0) as u64;
+    let random = {
+        let mut recent = RECENT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = &mut recent[(ms % 64) as usize];
+        let random = match *slot {
+            (at, previous) if at == ms && previous < RANDOM_BITS => previous + 1,
+            _ => rand::random::<u128>() & RANDOM_BITS,
+        };
+        *slot = (ms, random);
+        random
+    };
     format!(
         "{prefix}_{}",
-        ulid::Ulid::from_parts(ms, rand::random::<u128>())
+        ulid::Ulid::from_parts(ms, random)
             .to_string()
             .to_ascii_lowercase()
     )
@@ -73,5 +93,13 @@ mod tests {
         let ulid = ulid::Ulid::from_string(&id["dlv_".len()..].to_ascii_uppercase()).unwrap();
         assert_eq!(ulid.timestamp_ms() as i64, t.as_millisecond());
         assert!(new_id_at("dlv", t) < new_id_at("dlv", t + jiff::SignedDuration::from_millis(1)));
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_sort_in_the_order_they_were_made() {
+        // A millisecond no other test's clock uses (they keep whole seconds).
+        let t: jiff::Timestamp = "2026-11-21T10:00:00.503Z".parse().unwrap();
+        let ids: Vec<String> = (0..1000).map(|_| new_id_at("dlq", t)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }
