@@ -59,11 +59,6 @@ impl Data {
     pub fn as_str(&self) -> &str {
         self.0.get()
     }
-
-    /// Parsed, for whoever needs its structure (tests, tools).
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.as_str()).expect("checked JSON when accepted")
-    }
 }
 
 impl PartialEq for Data {

@@ -128,24 +128,6 @@ impl Writer {
     /// One group: its acceptances written (plainly or in one transaction),
     /// then one flush.
     fn serve(&self, group: Vec<Job>) {
-        if let Some(why) = self.failed.borrow().clone() {
-            let error = || {
-                StoreError::Commit(format!(
-                    "an earlier write failed ({why}); restart wasmhook once its cause is fixed"
-                ))
-            };
-            for job in group {
-                match job {
-                    Job::Accept { batch, reply } => {
-                        let _ = reply.send((batch, Err(error())));
-                    }
-                    Job::Durable { reply } => {
-                        let _ = reply.send(Err(error()));
-                    }
-                }
-            }
-            return;
-        }
         let mut accepts = Vec::new();
         let mut durables = Vec::new();
         for job in group {
@@ -154,17 +136,18 @@ impl Writer {
                 Job::Durable { reply } => durables.push(reply),
             }
         }
-        let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
-        let plain = batches
-            .iter()
-            .flat_map(|b| b.iter())
-            .all(|n| !n.replay && n.held.is_empty() && n.released.is_empty());
-        let results = if plain {
-            self.write_plain(&batches)
-        } else {
-            self.write_transactions(&batches)
+        // After a failed write, nothing is written or flushed (see `failed`).
+        let earlier = self.failed.borrow().as_ref().map(|why| {
+            format!("an earlier write failed ({why}); restart wasmhook once its cause is fixed")
+        });
+        let results = match &earlier {
+            Some(e) => accepts
+                .iter()
+                .map(|_| Err(StoreError::Commit(e.clone())))
+                .collect(),
+            None => self.write(&accepts),
         };
-        if failpoint_active("accept-slow-commit") && !accepts.is_empty() {
+        if earlier.is_none() && failpoint_active("accept-slow-commit") && !accepts.is_empty() {
             // Crash tests: a long window between the write and its fsync,
             // during which no worker may see the deliveries.
             std::thread::sleep(Duration::from_secs(2));
@@ -172,11 +155,11 @@ impl Writer {
         if let Some(Err(e @ StoreError::Sled(_))) = results.iter().find(|r| r.is_err()) {
             self.failed.replace(Some(e.to_string()));
         }
-        let flushed = match self.failed.borrow().clone() {
-            // Not flushed: see `failed`. Nothing of this group is answered
-            // as accepted.
-            Some(why) => Err(why),
-            None => self.db.flush().map(|_| ()).map_err(|e| e.to_string()),
+        let flushed = match (earlier, self.failed.borrow().clone()) {
+            (Some(e), _) => Err(e),
+            // Not flushed: nothing of this group is answered as accepted.
+            (None, Some(why)) => Err(why),
+            (None, None) => self.db.flush().map(|_| ()).map_err(|e| e.to_string()),
         };
         for reply in durables {
             let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
@@ -188,6 +171,24 @@ impl Writer {
                 (Ok(_), Err(e)) => Err(StoreError::Commit(e.clone())),
             };
             let _ = reply.send((batch, result));
+        }
+    }
+
+    /// The acceptances of a group: plainly when every event is plain,
+    /// else in one transaction. Per acceptance, its outcomes.
+    fn write(
+        &self,
+        accepts: &[(Vec<NewEvent>, AcceptReply)],
+    ) -> Vec<Result<Vec<Accepted>, StoreError>> {
+        let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
+        let plain = batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .all(|n| !n.replay && n.held.is_empty() && n.released.is_empty());
+        if plain {
+            self.write_plain(&batches)
+        } else {
+            self.write_transactions(&batches)
         }
     }
 
