@@ -123,6 +123,9 @@ pub struct RunArgs {
     /// a large component's first call.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().handle_timeout_ms)]
     timeout_ms: u64,
+    /// Time limit of a `--flush` call, in ms (the server's default: 1000).
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().flush_timeout_ms)]
+    flush_timeout_ms: u64,
 }
 
 /// Runs a parsed command line.
@@ -220,6 +223,7 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
     };
     let limits = Limits {
         handle_timeout_ms: args.timeout_ms,
+        flush_timeout_ms: args.flush_timeout_ms,
         ..Limits::default()
     };
     let runtime = Runtime::new(limits, None)?;

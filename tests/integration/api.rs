@@ -87,21 +87,30 @@ both_backends! {
             (202, json!("evt_lead_31305"), json!(true))
         );
 
-        let got = rx.wait_for(1, Duration::from_secs(10)).await;
+        let got = rx.wait_for(1, PATIENCE).await;
         assert_eq!(got[0].json()["SessionID"], 31305);
         assert!(got[0].header("x-webhook-signature").starts_with("t="));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(rx.received().len(), 1, "the duplicate was not routed");
 
-        // The delivery log.
-        let (_, page) = server
-            .call(
-                "GET",
-                &format!("/v1/deliveries?subscription_id={sub_id}&status=succeeded"),
-                &key,
-                None,
-            )
-            .await;
+        // The delivery log, once the attempt's result is recorded (it is
+        // recorded after the receiver answered).
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let page = loop {
+            let (_, page) = server
+                .call(
+                    "GET",
+                    &format!("/v1/deliveries?subscription_id={sub_id}&status=succeeded"),
+                    &key,
+                    None,
+                )
+                .await;
+            if !page["items"][0].is_null() {
+                break page;
+            }
+            assert!(std::time::Instant::now() < deadline, "never succeeded: {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let item = &page["items"][0];
         assert_eq!(item["event_id"], "evt_lead_31305");
         assert_eq!(item["attempts"], 1);
@@ -130,7 +139,7 @@ both_backends! {
             .call("POST", &format!("/v1/deliveries/{id}/retry"), &key, None)
             .await;
         assert_eq!(status, 202);
-        let got = rx.wait_for(2, Duration::from_secs(10)).await;
+        let got = rx.wait_for(2, PATIENCE).await;
         assert_eq!(got[0].body, got[1].body);
 
         // The plugin is in use: deleting it is a 409 naming the subscription.
@@ -163,7 +172,7 @@ both_backends! {
             .await;
         assert_eq!(status, 200, "{replay}");
         assert_eq!(replay["events"], 1);
-        rx.wait_for(3, Duration::from_secs(10)).await;
+        rx.wait_for(3, PATIENCE).await;
     }
 }
 
@@ -426,7 +435,7 @@ both_backends! {
             .raw("POST", "/v1/events/batch", &key, "application/json", batch.into_bytes())
             .await;
         assert_eq!(s, 202, "{b}");
-        let got = rx.wait_for(2, Duration::from_secs(10)).await;
+        let got = rx.wait_for(2, PATIENCE).await;
         let mut bodies: Vec<String> = got
             .iter()
             .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
@@ -449,7 +458,7 @@ both_backends! {
             .call("POST", &format!("/v1/deliveries/{delivery}/retry"), &key, None)
             .await;
         assert_eq!(s, 202);
-        let got = rx.wait_for(3, Duration::from_secs(10)).await;
+        let got = rx.wait_for(3, PATIENCE).await;
         assert_eq!(String::from_utf8(got[2].body.to_vec()).unwrap(), bodies[0]);
 
         // What a parse refuses is refused, naming `data`, and nothing is stored.
@@ -496,7 +505,7 @@ both_backends! {
         server
             .call("POST", "/v1/events", &alice, Some(message_event("alice-1")))
             .await;
-        let got = rx.wait_for(1, Duration::from_secs(10)).await;
+        let got = rx.wait_for(1, PATIENCE).await;
         let delivery = got[0].header("webhook-id");
 
         // Bob cannot use Alice's plugin either.
@@ -628,7 +637,7 @@ both_backends! {
                 Some(message_event("after-restart")),
             )
             .await;
-        let got = rx.wait_for(1, Duration::from_secs(10)).await;
+        let got = rx.wait_for(1, PATIENCE).await;
         assert!(got[0].json()["raw"].is_object());
         let cache = std::fs::read_dir(dir.path().join("plugin-cache"))
             .unwrap()
@@ -701,25 +710,44 @@ both_backends! {
             &[("WASMHOOK_SERVER_INGEST_RATE_LIMIT", "2")],
         ).await;
         let (_, key) = server.tenant("t").await;
-        let mut statuses = Vec::new();
-        for i in 0..6 {
-            let resp = reqwest::Client::new()
-                .post(format!("{}/v1/events", server.base))
-                .bearer_auth(&key)
-                .json(&json!({"id": format!("r{i}"), "type": "a.b", "data": {}}))
-                .send()
-                .await
-                .unwrap();
-            statuses.push(resp.status().as_u16());
-            if resp.status().as_u16() == 429 {
-                assert_eq!(resp.headers()["retry-after"], "1");
-                let body: Value = resp.json().await.unwrap();
-                assert_eq!(error_code(&body), "rate_limited");
+        let send = |i: usize| {
+            let (base, key) = (server.base.clone(), key.clone());
+            async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&key)
+                    .json(&json!({"id": format!("r{i}"), "type": "a.b", "data": {}}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                if status == 429 {
+                    assert_eq!(resp.headers()["retry-after"], "1");
+                    let body: Value = resp.json().await.unwrap();
+                    assert_eq!(error_code(&body), "rate_limited");
+                }
+                status
             }
+        };
+        // A burst of twice the rate gets in (one after another: tokens only
+        // come back, however slowly they are sent)...
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            statuses.push(send(i).await);
         }
-        // A burst of twice the rate, then limited.
-        assert_eq!(&statuses[..4], &[202, 202, 202, 202]);
-        assert!(statuses[4..].contains(&429), "{statuses:?}");
+        assert_eq!(statuses, [202, 202, 202, 202]);
+        // ...then 20 at once: however slow the machine, only a few tokens
+        // come back while they arrive, so some are refused.
+        let at_once: Vec<_> = (4..24).map(|i| tokio::spawn(send(i))).collect();
+        let mut statuses = Vec::new();
+        for s in at_once {
+            statuses.push(s.await.unwrap());
+        }
+        assert!(
+            statuses.iter().all(|s| [202, 429].contains(s)),
+            "{statuses:?}"
+        );
+        assert!(statuses.contains(&429), "{statuses:?}");
     }
 }
 

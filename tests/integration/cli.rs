@@ -14,6 +14,16 @@ fn wasmhook(args: &[&str]) -> Output {
         .expect("run wasmhook")
 }
 
+/// `wasmhook plugin run ARGS` with patient time limits: these tests are
+/// about what a plugin answers, not how fast (see `support::PATIENT_CALL_MS`).
+fn plugin_run(args: &[&str]) -> Output {
+    let patient = PATIENT_CALL_MS.to_string();
+    let mut all = vec!["plugin", "run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--timeout-ms", &patient, "--flush-timeout-ms", &patient]);
+    wasmhook(&all)
+}
+
 fn stdout_json(output: &Output) -> Value {
     assert!(
         output.status.success(),
@@ -33,13 +43,7 @@ fn error_line(output: &Output) -> String {
 
 #[test]
 fn run_a_bundled_plugin_on_an_example_event() {
-    let out = wasmhook(&[
-        "plugin",
-        "run",
-        "helloclient-lead",
-        "--event",
-        "examples/lead.json",
-    ]);
+    let out = plugin_run(&["helloclient-lead", "--event", "examples/lead.json"]);
     let action = stdout_json(&out);
     assert_eq!(action["action"], "deliver");
     let body: Value =
@@ -56,9 +60,7 @@ fn run_a_wasm_file_with_a_config() {
     std::fs::write(&wasm, fixture("hostile")).unwrap();
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"mode": "ok"}"#).unwrap();
-    let out = wasmhook(&[
-        "plugin",
-        "run",
+    let out = plugin_run(&[
         wasm.to_str().unwrap(),
         "--event",
         "examples/lead.json",
@@ -89,9 +91,7 @@ fn flush_through_the_cli() {
         r#"[{"key": "bot-1", "items": [{"session_id": 7, "conversation_created_at": "2026-11-20T08:00:00Z", "chatbot_name": "Bot", "uri": "example.com", "type": "User", "content": "hi", "created_at": "2026-11-20T08:00:01Z"}]}]"#,
     )
     .unwrap();
-    let out = wasmhook(&[
-        "plugin",
-        "run",
+    let out = plugin_run(&[
         "helloclient-chatlog",
         "--flush",
         groups.to_str().unwrap(),
@@ -114,9 +114,7 @@ fn normalize_a_platform_request_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"kind": "onwebchat"}"#).unwrap();
-    let out = wasmhook(&[
-        "plugin",
-        "run",
+    let out = plugin_run(&[
         "platform-sources",
         "--request",
         "tests/fixtures/seeds/onwebchat-chat_closed.json",
@@ -131,9 +129,7 @@ fn normalize_a_platform_request_through_the_cli() {
     assert_eq!(result["events"][0]["id"], "owc_1");
     assert_eq!(result["events"][0]["type"], "conversation.closed");
     std::fs::write(&config, r#"{"kind": "helloclient"}"#).unwrap();
-    let out = wasmhook(&[
-        "plugin",
-        "run",
+    let out = plugin_run(&[
         "platform-sources",
         "--request",
         "tests/fixtures/seeds/onwebchat-chat_closed.json",

@@ -55,7 +55,7 @@ async fn chromedriver() -> Option<Driver> {
         url: format!("http://127.0.0.1:{port}"),
     };
     let status = format!("{}/status", driver.url);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         if let Ok(r) = reqwest::get(&status).await
             && r.status().is_success()
@@ -113,7 +113,7 @@ impl Browser {
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
-            .at_most(Duration::from_secs(10))
+            .at_most(PATIENCE)
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no element {css}: {e}"))
@@ -125,7 +125,7 @@ impl Browser {
 
     /// Waits until `script` returns true (polls; the page updates itself).
     async fn until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             // A script that throws (its element not rendered yet) is "not yet".
             if let Ok(Value::Bool(true)) = self.client.execute(script, vec![]).await {
@@ -142,7 +142,7 @@ impl Browser {
             format!("//button[normalize-space()='{label}'] | //a[normalize-space()='{label}']");
         self.client
             .wait()
-            .at_most(Duration::from_secs(10))
+            .at_most(PATIENCE)
             .for_element(Locator::XPath(&xpath))
             .await
             .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
@@ -300,7 +300,7 @@ async fn a_tenant_lives_in_the_dashboard() {
 
     // Retry: sent again under the same delivery id.
     b.click_button("Retry").await;
-    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    let got = rx.wait_for(2, PATIENCE).await;
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     b.until(
         "the second attempt",
@@ -436,7 +436,7 @@ async fn a_tenant_lives_in_the_dashboard() {
     .await;
     b.shot("windows").await;
     b.click_button("Flush now").await;
-    let sent = hc.wait_for(1, Duration::from_secs(10)).await;
+    let sent = hc.wait_for(1, PATIENCE).await;
     assert!(
         String::from_utf8_lossy(&sent[0].body).contains("hello"),
         "the collection holds the message"

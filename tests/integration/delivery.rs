@@ -351,7 +351,7 @@ both_backends! {
         let key = e.tenant().await;
         let slow = Receiver::start(
             vec![],
-            Answer::status(200).delay(Duration::from_millis(1500)),
+            Answer::status(200).delay(Duration::from_secs(600)),
         )
         .await;
         let fast = Receiver::ok().await;
@@ -371,8 +371,9 @@ both_backends! {
             let _ = stopped.await;
         }));
         // All five reach the fast endpoint while the slow one, capped at one in
-        // flight, is still on its first.
-        fast.wait_for(5, Duration::from_secs(1)).await;
+        // flight, is still on its first (it answers after 10 minutes; the
+        // attempt times out first, at the default 15 s, and is retried later).
+        fast.wait_for(5, PATIENCE).await;
         assert!(slow.received().len() <= 1);
         let _ = stop.send(());
         run.await.unwrap();

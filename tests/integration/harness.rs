@@ -24,6 +24,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+pub use crate::support::PATIENCE;
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -206,6 +208,10 @@ pub fn dead_port_url() -> String {
 
 pub const ADMIN_TOKEN: &str = "test-operator-token";
 
+fn patient_call_ms() -> String {
+    crate::support::PATIENT_CALL_MS.to_string()
+}
+
 /// Which store a test body runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -345,6 +351,9 @@ impl Server {
             .args(args)
             .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
+            // Patient plugin time limits (a test's own `env` may set others).
+            .env("WASMHOOK_PLUGINS_HANDLE_TIMEOUT_MS", patient_call_ms())
+            .env("WASMHOOK_PLUGINS_FLUSH_TIMEOUT_MS", patient_call_ms())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -374,7 +383,7 @@ impl Server {
     /// Cluster mode: waits until this (only) node leases every partition,
     /// so that what a test sends is scheduled at once.
     async fn wait_until_leased(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             let (_, health) = self.call("GET", "/healthz", "", None).await;
             let leased = health["cluster"]["partitions_leased"].as_u64();
@@ -574,6 +583,8 @@ impl Engine {
         )
         .unwrap();
         config.limits.max_concurrent_calls = 8;
+        config.limits.handle_timeout_ms = crate::support::PATIENT_CALL_MS;
+        config.limits.flush_timeout_ms = crate::support::PATIENT_CALL_MS;
         let clock = wasmhook::clock::ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap());
         let (app, lease_keeper) = match &backing.nats {
             None => {

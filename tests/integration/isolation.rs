@@ -68,9 +68,8 @@ both_backends! {
             .await;
         send_batches(&server, &a, "a", 3_334).await; // 10,002 deliveries
         // A's attempts are hanging now, holding A's caps.
-        hanging.wait_for(8, Duration::from_secs(10)).await;
+        hanging.wait_for(8, PATIENCE).await;
 
-        let started = Instant::now();
         for i in 0..20 {
             let (s, body) = server
                 .call(
@@ -82,15 +81,15 @@ both_backends! {
                 .await;
             assert_eq!(s, 202, "{body}");
         }
-        // Generous for a loaded CI machine: before the fair queue B got nothing
-        // until A's whole backlog had timed out.
-        healthy.wait_for(20, Duration::from_secs(15)).await;
-        let took = started.elapsed();
-        assert!(took < Duration::from_secs(15), "{took:?}");
+        // Before the fair queue B got nothing until A's attempts had timed
+        // out (120 s); the wait gives up at half that, however slow the
+        // machine is otherwise.
+        assert!(PATIENCE < Duration::from_secs(120));
+        healthy.wait_for(20, PATIENCE).await;
         // A holds its tenant cap (8), not every worker, and nothing more.
         assert_eq!(hanging.received().len(), 8);
         // Once B's last attempts are recorded, only A's 8 remain in flight.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let (_, health) = server.call("GET", "/healthz", "", None).await;
             if health["in_flight"] == 8 {
@@ -219,7 +218,7 @@ both_backends! {
             "A never hit its share"
         );
 
-        rx.wait_for(40, Duration::from_secs(20)).await;
+        rx.wait_for(40, PATIENCE).await;
         let (_, page) = server
             .call("GET", "/v1/deliveries?limit=100", &b, None)
             .await;
@@ -521,7 +520,7 @@ both_backends! {
         let server = backing.start(dir.path()).await;
         let (s, body) = server.call("POST", "/v1/events", &key, Some(event)).await;
         assert_eq!(s, 202, "{body}");
-        rx.wait_for(1, Duration::from_secs(10)).await;
+        rx.wait_for(1, PATIENCE).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ids: std::collections::HashSet<String> = rx
             .received()
@@ -580,7 +579,7 @@ async fn a_crash_in_the_middle_of_a_group_leaves_no_half_written_event() {
 
     let (s, body) = server.call("POST", "/v1/events", &key, Some(event)).await;
     assert_eq!(s, 202, "{body}");
-    let ids = rx.wait_for_ids(1, Duration::from_secs(10)).await;
+    let ids = rx.wait_for_ids(1, PATIENCE).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.received().len(), 1, "one delivery: {ids:?}");
     let (_, stored) = server.call("GET", "/v1/events/half", &key, None).await;
@@ -785,8 +784,7 @@ async fn a_full_disk_is_a_503_and_loses_nothing_accepted() {
         )
         .await;
     assert_eq!(s, 202, "{body}");
-    rx.wait_for(accepted.len() + 1, Duration::from_secs(30))
-        .await;
+    rx.wait_for(accepted.len() + 1, PATIENCE).await;
     let got: std::collections::HashSet<String> = rx
         .received()
         .iter()

@@ -13,11 +13,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use clap::ValueEnum;
 use serde_json::{Value, json};
-use wasmhook::runtime::{Action, CallError, Limits, LogLevel, Plugin, PluginError, Runtime};
+use wasmhook::runtime::{Action, CallError, LogLevel, Plugin, PluginError, Runtime};
 use wasmhook::scaffold::Lang;
 
 use crate::harness::{Receiver, Server, verify_standard};
@@ -186,7 +185,7 @@ fn scaffold_runs_in_the_cli(lang: Lang) {
         .args(["--config", "config.json"])
         // Tests run in parallel beside builds: a CPython component's first
         // call can take longer than the server's 50 ms on a loaded runner.
-        .args(["--timeout-ms", "2000"])
+        .args(["--timeout-ms", &PATIENT_CALL_MS.to_string()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -306,7 +305,7 @@ async fn javascript_and_python_plugins_upload_dry_run_and_deliver() {
     let (status, accepted) = server.call("POST", "/v1/events", &key, Some(event)).await;
     assert_eq!(status, 202, "{accepted}");
     for (name, rx, secret) in &receivers {
-        let got = rx.wait_for(1, Duration::from_secs(20)).await;
+        let got = rx.wait_for(1, PATIENCE).await;
         assert_eq!(got.len(), 1, "{name}");
         assert_eq!(got[0].json(), expected_notification(), "{name}");
         assert_eq!(verify_standard(secret, &got[0]), 1, "{name}: signed");
@@ -344,11 +343,11 @@ async fn misbehave(lang: Lang, mode: &str) -> Option<CallError> {
     Some(misbehave_then_recover(runtime, plugin, mode).await.0)
 }
 
-/// Like [`misbehave`], in a runtime whose time limit is 5 s instead of
-/// 50 ms: for the modes that must hit another limit (memory, output). An
-/// interpreter filling 32 MiB can take longer than 50 ms on a loaded CI
-/// runner, and the timeout would then answer first.
-async fn misbehave_untimed(lang: Lang, mode: &str) -> Option<CallError> {
+/// The hostile plugin of `lang` looping forever in a runtime whose time
+/// limit is [`LOOP_LIMIT_MS`], then `ok` on the same runtime. The other
+/// modes run in [`hostile`]'s patient runtime, so that each hits its own
+/// limit (memory, output) however slow the machine, never the time limit.
+async fn looping(lang: Lang) -> Option<CallError> {
     static JS: OnceLock<Option<(Runtime, Plugin)>> = OnceLock::new();
     static PY: OnceLock<Option<(Runtime, Plugin)>> = OnceLock::new();
     let (cell, name) = match lang {
@@ -361,28 +360,34 @@ async fn misbehave_untimed(lang: Lang, mode: &str) -> Option<CallError> {
             hostile(lang)?;
             let dirs = HOSTILE_DIRS.lock().unwrap();
             let (_, dir) = dirs.iter().find(|(n, _)| *n == name)?;
-            let runtime = runtime_with(Limits {
-                handle_timeout_ms: 5_000,
-                ..Limits::default()
-            });
+            let runtime = looping_runtime();
             let plugin = runtime
                 .load(&std::fs::read(dir.join("plugin.wasm")).unwrap())
                 .expect("the hostile plugin loads");
             Some((runtime, plugin))
         })
         .as_ref()?;
-    Some(misbehave_then_recover(runtime, plugin, mode).await.0)
+    Some(misbehave_then_recover(runtime, plugin, "loop").await.0)
 }
 
 /// Every misbehaviour fails with the same error as the Rust fixture's.
 async fn contained_like_rust(lang: Lang) {
-    let Some(error) = misbehave(lang, "loop").await else {
+    let Some(error) = looping(lang).await else {
         return;
     };
-    assert_eq!(error, CallError::Timeout { limit_ms: 50 }, "{lang:?}");
-    assert_eq!(error.to_string(), "plugin exceeded its 50 ms time limit");
+    assert_eq!(
+        error,
+        CallError::Timeout {
+            limit_ms: LOOP_LIMIT_MS
+        },
+        "{lang:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("plugin exceeded its {LOOP_LIMIT_MS} ms time limit")
+    );
 
-    let error = misbehave_untimed(lang, "memory").await.unwrap();
+    let error = misbehave(lang, "memory").await.unwrap();
     assert_eq!(
         error,
         CallError::MemoryLimit {
@@ -390,7 +395,7 @@ async fn contained_like_rust(lang: Lang) {
         },
         "{lang:?}"
     );
-    let error = misbehave_untimed(lang, "big-output").await.unwrap();
+    let error = misbehave(lang, "big-output").await.unwrap();
     assert_eq!(
         error,
         CallError::OutputOverLimit { limit: 1048576 },

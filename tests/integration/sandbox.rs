@@ -1,14 +1,15 @@
 //! The sandbox under attack: hostile plugins each fail with their own typed
 //! error within their limit, and the next call on the same runtime succeeds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use wasmhook::runtime::{Action, CallError, Limits, LoadError, LogLevel, PluginError};
 
 use crate::support::*;
 
-/// Runs the Rust hostile plugin in `mode`, then `ok` on the same plugin.
+/// Runs the Rust hostile plugin in `mode`, then `ok` on the same plugin, in
+/// a runtime with patient time limits (only `mode` decides how it fails).
 async fn hostile(mode: &str) -> (CallError, Duration) {
     let runtime = runtime();
     let plugin = load_fixture(&runtime, "hostile");
@@ -17,12 +18,30 @@ async fn hostile(mode: &str) -> (CallError, Duration) {
 
 #[tokio::test]
 async fn endless_loop_is_stopped_at_the_time_limit() {
-    let (error, elapsed) = hostile("loop").await;
-    assert_eq!(error, CallError::Timeout { limit_ms: 50 });
-    assert_eq!(error.to_string(), "plugin exceeded its 50 ms time limit");
-    assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
-    // Generous bound: CI machines are noisy, but not 10x.
-    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+    let runtime = looping_runtime();
+    let plugin = load_fixture(&runtime, "hostile");
+    let (error, elapsed) = misbehave_then_recover(&runtime, &plugin, "loop").await;
+    assert_eq!(
+        error,
+        CallError::Timeout {
+            limit_ms: LOOP_LIMIT_MS
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("plugin exceeded its {LOOP_LIMIT_MS} ms time limit")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(LOOP_LIMIT_MS),
+        "{elapsed:?}"
+    );
+    // Stopped at the limit, not at some later one (the call's own timeout
+    // is the same; nothing else would stop it): a bound far above any
+    // scheduling pause, even on a machine held to half a core.
+    assert!(
+        elapsed < Duration::from_millis(LOOP_LIMIT_MS) + PATIENCE / 6,
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -92,10 +111,7 @@ async fn plugin_errors_pass_through_typed() {
 
 #[tokio::test]
 async fn log_flood_is_capped_and_does_not_fail_the_call() {
-    let runtime = runtime_with(Limits {
-        handle_timeout_ms: 5_000,
-        ..Limits::default()
-    });
+    let runtime = runtime();
     let plugin = load_fixture(&runtime, "hostile");
     let report = runtime
         .handle(&plugin, &event("a.b", json!({})), r#"{"mode":"log-flood"}"#)
@@ -134,9 +150,11 @@ async fn stderr_is_captured_into_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_plugin_does_not_block_other_calls() {
+    // The loop's limit is long enough that the quick calls finish inside it
+    // even on a machine held to half a core.
     let runtime = runtime_with(Limits {
-        handle_timeout_ms: 1_000,
-        ..Limits::default()
+        handle_timeout_ms: 5_000,
+        ..patient_limits()
     });
     let plugin = load_fixture(&runtime, "hostile");
     let looping = {
@@ -147,23 +165,21 @@ async fn a_looping_plugin_does_not_block_other_calls() {
                 .await
         })
     };
-    // Many quick calls while the loop runs: all finish long before it does.
-    let started = Instant::now();
+    // Many quick calls while the loop runs: all finish before it does.
     for _ in 0..20 {
         let report = runtime
             .handle(&plugin, &event("a.b", json!({})), r#"{"mode":"ok"}"#)
             .await;
         assert!(report.result.is_ok());
     }
-    let quick = started.elapsed();
+    assert!(
+        !looping.is_finished(),
+        "the quick calls waited for the loop to be stopped"
+    );
     let looped = looping.await.unwrap();
     assert_eq!(
         looped.result.unwrap_err(),
-        CallError::Timeout { limit_ms: 1000 }
-    );
-    assert!(
-        quick < Duration::from_millis(900),
-        "quick calls took {quick:?}"
+        CallError::Timeout { limit_ms: 5_000 }
     );
 }
 

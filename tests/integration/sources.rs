@@ -171,7 +171,7 @@ async fn every_seed_platform_comes_in_through_its_source() {
     assert_eq!(status, 200);
     expected += 1;
 
-    let got = rx.wait_for(expected, Duration::from_secs(20)).await;
+    let got = rx.wait_for(expected, PATIENCE).await;
     assert_eq!(got.len(), expected);
     let events: Vec<Value> = got.iter().map(|r| r.json()).collect();
     let find = |id: &str| {
@@ -342,7 +342,7 @@ async fn a_bad_request_is_refused_or_kept_and_nothing_is_lost() {
         "the secret only on create, reveal, rotate"
     );
 
-    let got = rx.wait_for(3, Duration::from_secs(20)).await;
+    let got = rx.wait_for(3, PATIENCE).await;
     let ids: Vec<String> = got
         .iter()
         .map(|r| r.json()["id"].as_str().unwrap().to_string())
@@ -504,7 +504,7 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
     let (status, result) = server.call("POST", &replay, &key, None).await;
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["events"][0]["id"], "oh_idem_9f2c");
-    let got = rx.wait_for(1, Duration::from_secs(20)).await;
+    let got = rx.wait_for(1, PATIENCE).await;
     assert_eq!(got[0].json()["type"], "message.created");
     assert_eq!(
         got[0].json()["data"]["raw"]["event"],
@@ -636,7 +636,7 @@ async fn the_formats_send_each_platforms_shape() {
         let (status, body) = server.call("POST", "/v1/events", &key, Some(e)).await;
         assert_eq!(status, 202, "{body}");
     }
-    let got = owc.wait_for(1, Duration::from_secs(20)).await;
+    let got = owc.wait_for(1, PATIENCE).await;
     let r = &got[0];
     assert_eq!(r.header("x-owc-event"), "chat.closed");
     assert_eq!(
@@ -691,7 +691,7 @@ async fn the_formats_send_each_platforms_shape() {
         )
         .await;
     assert_eq!(status, 202);
-    let r = &oh.wait_for(1, Duration::from_secs(20)).await[0];
+    let r = &oh.wait_for(1, PATIENCE).await[0];
     let body = r.json();
     assert_eq!(body["event"], "kb_entry.proposed");
     assert_eq!(
@@ -717,7 +717,7 @@ async fn the_formats_send_each_platforms_shape() {
         .await;
     let verification = &sub["verification"]["deliveries"][0];
     assert_eq!(verification["status"], "succeeded", "{sub}");
-    let r = &cv.wait_for(1, Duration::from_secs(5)).await[0];
+    let r = &cv.wait_for(1, PATIENCE).await[0];
     assert_eq!(r.json()["event"], "webhook.test");
     let (status, body) = server
         .call(
@@ -743,7 +743,7 @@ async fn the_formats_send_each_platforms_shape() {
         .inbound(s["url"].as_str().unwrap(), &[], &seed_body)
         .await;
     assert_eq!(status, 200);
-    let r = &oh1.wait_for(1, Duration::from_secs(20)).await[0];
+    let r = &oh1.wait_for(1, PATIENCE).await[0];
     let original: Value = serde_json::from_slice(&seed_body).unwrap();
     assert_eq!(String::from_utf8_lossy(&r.body), original.to_string());
 }
@@ -782,7 +782,7 @@ async fn a_nats_subject_is_a_source() {
     // The feed creates the stream that captures the subject; publish once
     // it exists, with JetStream's acknowledgement.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while js.stream_by_subject("ohallo.events.>").await.is_err() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -814,7 +814,10 @@ async fn a_nats_subject_is_a_source() {
                 if acked {
                     return;
                 }
-                assert!(attempt < 50, "JetStream never acknowledged the publish");
+                assert!(
+                    attempt < PATIENCE.as_millis() / 100,
+                    "JetStream never acknowledged the publish"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -824,10 +827,10 @@ async fn a_nats_subject_is_a_source() {
     publish("ohallo.events.whatsapp", seed_body.clone()).await; // redelivered by the platform
     publish("ohallo.events.whatsapp", b"{not json".to_vec()).await;
 
-    let got = rx.wait_for(1, Duration::from_secs(20)).await;
+    let got = rx.wait_for(1, PATIENCE).await;
     assert_eq!(got[0].json()["id"], "oh_idem_9f2c");
     assert_eq!(got[0].json()["type"], "message.created");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let (_, letters) = server
             .call("GET", &format!("/v1/sources/{id}/dead-letters"), &key, None)
@@ -851,7 +854,7 @@ async fn a_nats_subject_is_a_source() {
     let later = br#"{"event":"conversation.updated","idempotency_key":"oh_3","data":{"conversation_id":"c9","changes":{"status":"open"}}}"#;
     publish("ohallo.events.web", later.to_vec()).await;
     let server = Server::start(dir.path());
-    let got = rx.wait_for(2, Duration::from_secs(20)).await;
+    let got = rx.wait_for(2, PATIENCE).await;
     assert_eq!(got[1].json()["id"], "oh_3");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received().len(), 2, "each message routed once");

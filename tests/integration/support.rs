@@ -1,8 +1,28 @@
 //! Helpers shared by the integration tests.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use wasmhook::runtime::{Limits, Plugin, PluginEvent, Runtime};
+
+/// How long a test waits for something that must happen (a delivery, a
+/// lease, a page update) before it fails. A wait returns as soon as the
+/// thing happens, so this costs time only when a test fails; it is long
+/// because the suite must pass on a slow machine held to half a core
+/// (`tests/slow-machine.sh`), where one request can take seconds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The plugin time limit, in ms, of every runtime, engine and server in the
+/// tests whose subject is not the time limit itself. Limits are wall-clock:
+/// on a machine held to half a core a call can be paused for a whole CFS
+/// period, so the product's 50 ms default would fail ordinary calls there.
+pub const PATIENT_CALL_MS: u64 = 10_000;
+
+/// The plugin time limit of the tests whose subject is the limit itself.
+/// Their plugin loops forever, so it exceeds any limit by a wide margin.
+/// The limit is still far above a CFS pause, because the same runtime then
+/// runs an ordinary call that must succeed (`misbehave_then_recover`).
+pub const LOOP_LIMIT_MS: u64 = 1_000;
 
 /// A fixture component built by `host/build.rs` (`hostile`, `raw-wit`, `wrong-world`).
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -10,10 +30,29 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// A runtime with the default limits but a small pool, so parallel tests do
-/// not reserve terabytes of address space.
+/// A runtime with the default limits but patient time limits
+/// ([`PATIENT_CALL_MS`]) and a small pool, so parallel tests do not reserve
+/// terabytes of address space.
 pub fn runtime() -> Runtime {
-    runtime_with(Limits::default())
+    runtime_with(patient_limits())
+}
+
+/// The default limits with patient time limits ([`PATIENT_CALL_MS`]).
+pub fn patient_limits() -> Limits {
+    Limits {
+        handle_timeout_ms: PATIENT_CALL_MS,
+        flush_timeout_ms: PATIENT_CALL_MS,
+        ..Limits::default()
+    }
+}
+
+/// A runtime whose calls are stopped after [`LOOP_LIMIT_MS`]: only for a
+/// plugin that loops forever.
+pub fn looping_runtime() -> Runtime {
+    runtime_with(Limits {
+        handle_timeout_ms: LOOP_LIMIT_MS,
+        ..Limits::default()
+    })
 }
 
 pub fn runtime_with(limits: Limits) -> Runtime {

@@ -181,7 +181,7 @@ both_backends! {
         // Day one closed at 02:00 today: the scheduler flushes it; day two not yet.
         assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
         e.worker.run_due().await;
-        let got = rx.wait_for(1, Duration::from_secs(5)).await;
+        let got = rx.wait_for(1, PATIENCE).await;
         assert_eq!(got[0].json(), day_one());
         verify_timestamped_hex(secret, &got[0]);
 
@@ -191,7 +191,7 @@ both_backends! {
         e.clock.set("2026-11-20T02:00:00Z".parse().unwrap());
         assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
         e.worker.run_due().await;
-        let got = rx.wait_for(2, Duration::from_secs(5)).await;
+        let got = rx.wait_for(2, PATIENCE).await;
         assert_eq!(got[1].json(), day_two());
         verify_timestamped_hex(secret, &got[1]);
 
@@ -228,7 +228,7 @@ both_backends! {
         .await;
         assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
         e.worker.run_due().await;
-        let got = rx.wait_for(3, Duration::from_secs(5)).await;
+        let got = rx.wait_for(3, PATIENCE).await;
         let late = got[2].json();
         assert_eq!(late["Collection"][0]["StartTime"], "2026-11-18T00:00:00Z");
         assert_eq!(
@@ -308,7 +308,7 @@ both_backends! {
             .await;
         assert_eq!(view["windows"].as_array().unwrap().len(), 0, "{view}");
         e.worker.run_due().await;
-        rx.wait_for(parts, Duration::from_secs(5)).await;
+        rx.wait_for(parts, PATIENCE).await;
         let mut total = 0;
         for r in rx.received() {
             assert!(r.body.len() <= 1 << 20, "each part fits the output limit");
@@ -355,7 +355,7 @@ both_backends! {
         );
         e.worker.run_due().await;
         assert_eq!(
-            rx2.wait_for(1, Duration::from_secs(5)).await[0].json()["Collection"][0]["Conversations"]
+            rx2.wait_for(1, PATIENCE).await[0].json()["Collection"][0]["Conversations"]
                 [0]["Messages"][0]["Content"],
             "small"
         );
@@ -433,7 +433,8 @@ fn future_messages(n: usize) -> Vec<Value> {
 }
 
 async fn wait_for_messages(rx: &Receiver, n: usize) -> HashMap<String, usize> {
-    for _ in 0..300 {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < deadline {
         let seen = delivered_messages(rx);
         if seen.len() >= n {
             return seen;
@@ -568,6 +569,6 @@ both_backends! {
         .await;
         assert_eq!(wasmhook::window::flush_due(&e.app).await.unwrap(), 1);
         e.worker.run_due().await;
-        assert_eq!(rx.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+        assert_eq!(rx.wait_for(1, PATIENCE).await.len(), 1);
     }
 }

@@ -93,7 +93,8 @@ impl NatsCluster {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a test machine may be slow or held to part of a core.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server n{i} did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -102,7 +103,7 @@ impl NatsCluster {
 
     /// Waits until JetStream answers through every running server.
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         for s in self.servers.iter().filter(|s| s.child.is_some()) {
             let client = async_nats::connect(format!("nats://127.0.0.1:{}", s.port))
                 .await

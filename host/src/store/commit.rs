@@ -149,8 +149,10 @@ impl Writer {
         };
         if earlier.is_none() && failpoint_active("accept-slow-commit") && !accepts.is_empty() {
             // Crash tests: a long window between the write and its fsync,
-            // during which no worker may see the deliveries.
-            std::thread::sleep(Duration::from_secs(2));
+            // during which no worker may see the deliveries. The test kills
+            // the process inside it; a minute keeps it open however slow
+            // the machine is.
+            std::thread::sleep(Duration::from_secs(60));
         }
         if let Some(Err(e @ StoreError::Sled(_))) = results.iter().find(|r| r.is_err()) {
             self.failed.replace(Some(e.to_string()));

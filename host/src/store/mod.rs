@@ -595,8 +595,9 @@ impl Store {
             };
             if crate::util::failpoint_active("accept-slow-commit") {
                 // Crash tests: the log has the events (they are durable and
-                // may be sent), the caller has no answer yet.
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                // may be sent), the caller has no answer yet. The test kills
+                // the process inside this minute.
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             }
             self.remember_bodies(&batch, &accepted);
             return Ok((batch, accepted));
