@@ -38,7 +38,14 @@ pub struct RawConfig {
     pub events: EventsSection,
     pub plugins: PluginsSection,
     pub limits: LimitsSection,
+    pub sources: SourcesSection,
     pub cluster: ClusterSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesSection {
+    pub nats_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +83,9 @@ pub struct ServerSection {
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub ingest_rate_limit: u32,
+    pub max_connections: usize,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +141,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub ingest_rate_limit: u32,
+    /// The HTTP listener's bounds.
+    pub http: crate::http::HttpLimits,
     pub workers: usize,
     pub max_in_flight_per_subscription: u32,
     pub max_in_flight_per_tenant: u32,
@@ -138,6 +150,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub allow_private_destinations: bool,
     pub allow_cidrs: Vec<Cidr>,
+    /// Brokers `nats` sources may read (`sources.nats_allow`).
+    pub nats_allow: Vec<crate::deliver::ssrf::BrokerAllow>,
     pub secret_grace: Duration,
     pub retention: Duration,
     pub limits: Limits,
@@ -342,6 +356,9 @@ impl RawConfig {
         positive("server.max_event_bytes", s.max_event_bytes as u64)?;
         positive("server.store_cache_mb", s.store_cache_mb)?;
         positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
+        positive("server.max_connections", s.max_connections as u64)?;
+        positive("server.header_read_timeout_secs", s.header_read_timeout_secs)?;
+        positive("server.body_read_timeout_secs", s.body_read_timeout_secs)?;
         let d = &self.delivery;
         positive("delivery.workers", d.workers as u64)?;
         positive(
@@ -360,6 +377,12 @@ impl RawConfig {
                 c.parse::<Cidr>()
                     .map_err(|e| invalid("delivery.allow_cidrs", e))
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        let nats_allow = self
+            .sources
+            .nats_allow
+            .iter()
+            .map(|a| a.parse().map_err(|e| invalid("sources.nats_allow", e)))
             .collect::<Result<Vec<_>, _>>()?;
         positive("events.retention_days", self.events.retention_days)?;
         let p = &self.plugins;
@@ -481,6 +504,11 @@ impl RawConfig {
             max_event_bytes: s.max_event_bytes,
             max_plugin_bytes: s.max_plugin_bytes,
             ingest_rate_limit: s.ingest_rate_limit,
+            http: crate::http::HttpLimits {
+                max_connections: s.max_connections,
+                header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+                body_read_timeout: Duration::from_secs(s.body_read_timeout_secs),
+            },
             workers: d.workers,
             max_in_flight_per_subscription: d.max_in_flight_per_subscription,
             max_in_flight_per_tenant: d.max_in_flight_per_tenant,
@@ -488,6 +516,7 @@ impl RawConfig {
             shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
             allow_private_destinations: d.allow_private_destinations,
             allow_cidrs,
+            nats_allow,
             secret_grace: Duration::from_secs(d.secret_grace_secs),
             retention: Duration::from_secs(self.events.retention_days * 24 * 3600),
             limits: Limits {

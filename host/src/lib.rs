@@ -48,6 +48,7 @@ pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod plugins;

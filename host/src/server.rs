@@ -91,7 +91,14 @@ pub fn build_app_with(
         queue,
         store,
         clock,
-        feeds: Arc::default(),
+        feeds: Arc::new(crate::source::nats::Feeds::new(ssrf::BrokerPolicy {
+            allow: config.nats_allow.clone(),
+            internal: config
+                .cluster
+                .as_ref()
+                .map(|c| c.urls.clone())
+                .unwrap_or_default(),
+        })),
         ownership,
         settings: EngineSettings {
             workers: config.workers,
@@ -148,6 +155,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    make_private(&config.data_dir)
+        .with_context(|| format!("restricting the data dir {}", config.data_dir.display()))?;
     check_writable(&config.data_dir)?;
     let (store, leases) = match &config.cluster {
         None => (
@@ -161,6 +170,9 @@ pub async fn serve(
         }
     };
     let token = admin_token(&config)?;
+    // Again, now that the store has created its files.
+    make_private(&config.data_dir)
+        .with_context(|| format!("restricting the data dir {}", config.data_dir.display()))?;
     let app = build_app_with(
         &config,
         store.clone(),
@@ -217,19 +229,14 @@ pub async fn serve(
         info!(listen = %listener.local_addr()?, "metrics served without authentication");
         let metrics = api::metrics_router(state.clone());
         let stop = wait_for(stop_rx.clone());
-        tokio::spawn(async move {
-            let served = axum::serve(listener, metrics).with_graceful_shutdown(stop);
-            if let Err(e) = served.await {
-                warn!(error = %e, "the metrics listener stopped");
-            }
-        });
+        tokio::spawn(crate::http::serve(listener, metrics, config.http, stop));
     }
     let router = api::router(state);
     // A view that can no longer follow the cluster's log stops the node:
     // a restart loads the newest snapshot.
     let fault: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let watched = (store.clone(), fault.clone());
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    crate::http::serve(listener, router, config.http, async move {
         tokio::select! {
             _ = shutdown => {}
             reason = watched.0.failed() => {
@@ -239,8 +246,8 @@ pub async fn serve(
         }
         info!("shutting down: no new requests");
         let _ = stop_tx.send(true);
-    });
-    server.await.context("serving HTTP")?;
+    })
+    .await;
     let _ = worker.await;
     let _ = pruner.await;
     let _ = scheduler.await;
@@ -265,6 +272,30 @@ pub async fn serve(
         anyhow::bail!("{reason}");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// The data directory holds secrets (the operator token, the records'
+/// secrets): it is made readable by its owner only (0700), and so is
+/// everything already in it (files 0600). What is created in it later is
+/// behind the directory's mode.
+#[cfg(unix)]
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(dir)?;
+    if metadata.is_dir() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            make_private(&entry?.path())?;
+        }
+    } else if metadata.is_file() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -45,6 +45,77 @@ pub enum Scheme {
     },
 }
 
+/// Header names wasmhook or HTTP itself owns: the request's framing
+/// (`Content-Length`, `Transfer-Encoding`), hop-by-hop headers, `Host`,
+/// the body's type and credentials. A signature sent under one of these
+/// would replace or corrupt what the receiver relies on.
+const NOT_A_SIGNATURE_HEADER: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "authorization",
+    "cookie",
+    "user-agent",
+];
+
+/// Why `name` cannot carry a signature (or an event type, a delivery id),
+/// if it cannot: it must be an HTTP token of at most 100 characters, and
+/// not one of the headers HTTP or wasmhook owns.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || name.len() > 100 || !name.chars().all(token) {
+        return Err(format!(
+            "{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~, at most 100)"
+        ));
+    }
+    if NOT_A_SIGNATURE_HEADER.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "{name:?} is a header HTTP or wasmhook sets itself; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+impl Scheme {
+    /// Whether the scheme's header names are usable: each a valid name of
+    /// its own (no two the same).
+    pub fn check(&self) -> Result<(), String> {
+        let names: Vec<(&str, &String)> = match self {
+            Scheme::StandardWebhooks => return Ok(()),
+            Scheme::TimestampedHex { header } => vec![("signature.header", header)],
+            Scheme::BodyHex {
+                header,
+                event_header,
+                delivery_header,
+            } => vec![
+                ("signature.header", header),
+                ("signature.event_header", event_header),
+                ("signature.delivery_header", delivery_header),
+            ],
+        };
+        for (field, name) in &names {
+            check_header_name(name).map_err(|e| format!("{field}: {e}"))?;
+        }
+        for (i, (field, name)) in names.iter().enumerate() {
+            if let Some((other, _)) = names[..i].iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
+                return Err(format!("{field} and {other} are the same header {name:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_timestamped_header() -> String {
     "X-Webhook-Signature".into()
 }

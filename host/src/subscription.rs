@@ -211,6 +211,7 @@ impl SubscriptionInput {
             sub.event_types = types;
         }
         if let Some(signature) = self.signature {
+            signature.check()?;
             sub.signature = signature;
         }
         if let Some(retry) = self.retry {

@@ -251,6 +251,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("the request body is larger than the {limit}-byte limit")]
     TooLarge { limit: usize },
+    /// The body did not arrive within `server.body_read_timeout_secs`.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{message}")]
     TooManyRequests {
         code: &'static str,
@@ -285,6 +288,7 @@ impl ApiError {
             ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -300,6 +304,7 @@ impl ApiError {
             ApiError::BadSignature(_) => "bad_signature",
             ApiError::Unprocessable { code, .. } => code,
             ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests { code, .. } => code,
             ApiError::Unavailable { code, .. } => code,
             ApiError::Internal(_) => "internal",
@@ -391,7 +396,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             .extensions()
             .get::<BodyLimit>()
             .map(|l| l.0)
-            .unwrap_or(usize::MAX);
+            .unwrap_or(DEFAULT_BODY_LIMIT);
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| body_error(e, limit))?;
@@ -403,12 +408,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// axum's body limit of the routes that set none of their own (2 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 2 << 20;
+
 pub fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge { limit }
-    } else {
-        ApiError::bad("bad_body", e.body_text())
+        return ApiError::TooLarge { limit };
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(timeout) = c.downcast_ref::<crate::http::BodyTimedOut>() {
+            return ApiError::RequestTimeout(timeout.to_string());
+        }
+        cause = c.source();
+    }
+    ApiError::bad("bad_body", e.body_text())
 }
 
 /// Parses JSON with messages that say where the problem is.

@@ -119,7 +119,7 @@ impl SourceView {
             verify: s.verify,
             tolerance_secs: s.tolerance_secs,
             plugin: s.plugin,
-            nats: s.nats,
+            nats: s.nats.as_ref().map(NatsFeed::redacted),
             description: s.description,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -136,11 +136,7 @@ fn check_verify(verify: &Verify) -> Result<(), ApiError> {
         Verify::TimestampedHex { header } | Verify::BodyHex { header } => header,
         Verify::None | Verify::StandardWebhooks => return Ok(()),
     };
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || name.len() > 100 || !name.chars().all(token) {
-        return Err(bad(format!("verify.header {name:?} is not a header name")));
-    }
-    Ok(())
+    sign::check_header_name(name).map_err(|e| bad(format!("verify.header: {e}")))
 }
 
 fn check_tolerance(secs: u64) -> Result<u64, ApiError> {
@@ -179,7 +175,10 @@ async fn check_adapter(state: &ApiState, source: &Source) -> Result<(), ApiError
 
 /// A feed's settings are usable and its server answers now (a typo in the
 /// URL is a 400, not a task retrying forever).
-async fn check_feed(feed: &NatsFeed) -> Result<(), ApiError> {
+async fn check_feed(
+    policy: &crate::deliver::ssrf::BrokerPolicy,
+    feed: &NatsFeed,
+) -> Result<(), ApiError> {
     source::nats::check(feed).map_err(bad)?;
     // The bundled adapter's kinds: every source kind but these two.
     let formats: Vec<&str> = Kind::ALL
@@ -194,17 +193,19 @@ async fn check_feed(feed: &NatsFeed) -> Result<(), ApiError> {
             formats.join(", ")
         )));
     }
+    let target = policy.check(&feed.url).await.map_err(|e| bad(e.to_string()))?;
+    // One answer for every failure (refused, silent, not NATS): what it
+    // was would tell a tenant whether something listens at the address.
     match tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        async_nats::connect(&feed.url),
+        source::nats::CONNECT_TIMEOUT,
+        source::nats::connect(&target.connect_url),
     )
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(bad(format!("cannot connect to {}: {e}", feed.url))),
-        Err(_) => Err(bad(format!(
-            "cannot connect to {}: no answer in 5 s",
-            feed.url
+        Ok(Err(_)) | Err(_) => Err(bad(format!(
+            "cannot connect to the broker {} as NATS",
+            target.display
         ))),
     }
 }
@@ -256,7 +257,7 @@ async fn create(
                 "a `nats` source needs `nats`: {\"url\": \"nats://…\", \"subject\": …, \"format\": \"ohallo\"}",
             ));
         }
-        (Kind::Nats, Some(feed)) => check_feed(feed).await?,
+        (Kind::Nats, Some(feed)) => check_feed(state.app.feeds.policy(), feed).await?,
         (kind, Some(_)) => {
             return Err(bad(format!(
                 "`nats` is for kind `nats`, not {}",

@@ -105,7 +105,9 @@ pub struct TenantSummary {
     pub pending_deliveries: u64,
 }
 
-/// Delete a tenant with its keys, subscriptions and plugins.
+/// Delete a tenant with all it owns: its keys, subscriptions (and their
+/// held window items), plugins, sources (their feeds stop, their URLs
+/// answer 404, their dead letters go) and ops endpoint.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("operator" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = super::openapi::ErrorBody)))]
@@ -114,10 +116,24 @@ async fn delete_tenant(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.app.store.delete_tenant(&id).await? {
+    let store = &state.app.store;
+    if store.get_tenant(&id)?.is_none() {
         return Err(ApiError::NotFound(format!("no tenant {id:?}")));
     }
-    state.app.store.durable().await?;
+    // Feeds first, so that none accepts an event for a tenant being deleted.
+    for source in store.list_sources(&id)? {
+        state.app.feeds.stop(&source.id);
+    }
+    // Plugins one by one: their bytes go with the last record that uses them.
+    for plugin in store.list_plugins(&id)? {
+        if let Some((record, true)) = store.delete_plugin(&id, &plugin.id).await? {
+            state.app.plugins.forget(&record.sha256);
+        }
+    }
+    if !store.delete_tenant(&id).await? {
+        return Err(ApiError::NotFound(format!("no tenant {id:?}")));
+    }
+    store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

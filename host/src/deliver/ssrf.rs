@@ -1,6 +1,11 @@
-//! The SSRF guard: destinations that resolve to loopback, private, link-local,
-//! CGNAT, multicast, unspecified or cloud-metadata addresses are refused
-//! unless the operator allows them (all, or CIDRs). The check happens inside
+//! The egress guard: every outbound connection a tenant can point somewhere
+//! goes through it. Webhook destinations that resolve to loopback, private,
+//! link-local, CGNAT, multicast, documentation, translation (NAT64, 6to4,
+//! Teredo) or cloud-metadata addresses — every not globally reachable block
+//! of the IANA special-purpose registries — are refused unless the operator
+//! allows them (all, or CIDRs); brokers of `nats` sources are refused unless
+//! the operator allows them by name or network ([`BrokerPolicy`]), and the
+//! cluster's own NATS never is. The check happens inside
 //! the HTTP client's resolver, so the connection goes to exactly the
 //! addresses that were checked: a DNS answer that changes between check and
 //! connect (rebinding) cannot slip past.
@@ -37,6 +42,17 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
             None => max,
         };
+        // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 one,
+        // as the addresses it is compared with are.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Cidr { addr, prefix })
     }
 }
@@ -44,14 +60,8 @@ impl FromStr for Cidr {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => v4_in(ip, net, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => v6_in(ip, net, self.prefix),
             _ => false,
         }
     }
@@ -73,53 +83,98 @@ pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Single addresses of cloud metadata services, checked before the ranges
+/// so that the reason names them.
+const METADATA_V4: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(100, 100, 100, 200),
+];
+const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+/// Every block of the IANA IPv4 Special-Purpose Address Registry that is
+/// not globally reachable, with the private-use and multicast blocks of
+/// RFC 1918 and RFC 5771. A few blocks of the registry are marked
+/// globally reachable (AS112 at 192.31.196.0/24 and 192.175.48.0/24, AMT
+/// at 192.52.193.0/24): those are ordinary destinations. The 192.0.0.0/24
+/// block is refused whole, its two anycast addresses included: nobody
+/// sends webhooks there.
+const V4_SPECIAL: &[(Ipv4Addr, u8, &str)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "unspecified"),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private"),
+    (Ipv4Addr::new(100, 64, 0, 0), 10, "CGNAT (100.64.0.0/10)"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private"),
+    (Ipv4Addr::new(192, 0, 0, 0), 24, "IETF protocol assignment"),
+    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation (TEST-NET-1)"),
+    (Ipv4Addr::new(192, 88, 99, 0), 24, "6to4 relay anycast"),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private"),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking (198.18.0.0/15)"),
+    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation (TEST-NET-2)"),
+    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation (TEST-NET-3)"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "reserved"),
+];
+
+/// Every block of the IANA IPv6 Special-Purpose Address Registry that is
+/// not globally reachable, with unique-local, link-local, the deprecated
+/// site-local and multicast, most specific first. `::ffff:0:0/96`
+/// (IPv4-mapped) never gets here: it is judged as its IPv4 address. Blocks
+/// that embed or reach an IPv4 address (IPv4-compatible, IPv4-translated,
+/// NAT64, 6to4, Teredo) are refused whole, since the IPv4 address inside
+/// may be a private one. Inside 2001::/23 the registry marks a few small
+/// blocks globally reachable (2001:1::1/128, 2001:3::/32, …); they are
+/// refused with the rest, and an operator who needs one allows it.
+const V6_SPECIAL: &[(Ipv6Addr, u8, &str)] = &[
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128, "unspecified"),
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128, "loopback"),
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96, "IPv4-compatible"),
+    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96, "IPv4-translated"),
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96, "NAT64"),
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48, "NAT64"),
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard-only"),
+    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64, "dummy prefix"),
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32, "Teredo"),
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23, "IETF protocol assignment"),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32, "documentation"),
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, "6to4"),
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20, "documentation"),
+    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16, "segment routing (SRv6) SIDs"),
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "private (unique local)"),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local (deprecated)"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
+];
+
+fn v4_in(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+fn v6_in(ip: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net) & mask
+}
+
 fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) {
-        Some("cloud metadata")
-    } else if ip.is_private() {
-        Some("private")
-    } else if ip.is_link_local() {
-        Some("link-local")
-    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-        Some("CGNAT (100.64.0.0/10)")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if ip.is_unspecified() || o[0] == 0 {
-        Some("unspecified")
-    } else if ip.is_broadcast() || o[0] >= 240 {
-        Some("reserved")
-    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
-        Some("IETF protocol assignment")
-    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
-        Some("benchmarking (198.18.0.0/15)")
-    } else {
-        None
+    if METADATA_V4.contains(&ip) {
+        return Some("cloud metadata");
     }
+    V4_SPECIAL
+        .iter()
+        .find(|(net, prefix, _)| v4_in(ip, *net, *prefix))
+        .map(|(_, _, why)| *why)
 }
 
 fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        Some("cloud metadata")
-    } else if (s[0] & 0xfe00) == 0xfc00 {
-        Some("private (unique local)")
-    } else if (s[0] & 0xffc0) == 0xfe80 {
-        Some("link-local")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if s[0] == 0x64 && s[1] == 0xff9b {
-        // NAT64 can reach any IPv4 address, private ones included.
-        Some("NAT64")
-    } else {
-        None
+    if ip == METADATA_V6 {
+        return Some("cloud metadata");
     }
+    V6_SPECIAL
+        .iter()
+        .find(|(net, prefix, _)| v6_in(ip, *net, *prefix))
+        .map(|(_, _, why)| *why)
 }
 
 /// The operator's exceptions.
@@ -192,6 +247,168 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// One entry of `sources.nats_allow`: a broker by `host:port` (a
+/// `nats://` or `tls://` URL, or the bare `host:port`), or a network whose
+/// addresses brokers may have (`10.20.0.0/16`, `203.0.113.7`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerAllow {
+    Network(Cidr),
+    HostPort { host: String, port: u16 },
+}
+
+impl FromStr for BrokerAllow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(cidr) = s.parse::<Cidr>() {
+            return Ok(BrokerAllow::Network(cidr));
+        }
+        let url = if s.contains("://") {
+            s.to_string()
+        } else {
+            format!("nats://{s}")
+        };
+        let (host, port) = broker_host_port(&url).map_err(|_| {
+            format!("{s:?} is neither a broker (nats://host:4222) nor a network (10.0.0.0/8)")
+        })?;
+        Ok(BrokerAllow::HostPort { host, port })
+    }
+}
+
+/// The host (lower case, IPv6 without brackets) and port (4222 when
+/// absent) of a `nats://` or `tls://` URL.
+fn broker_host_port(url: &str) -> Result<(String, u16), BrokerRefused> {
+    let bad = || BrokerRefused::BadUrl;
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "nats" | "tls") {
+        return Err(bad());
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(bad)?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    Ok((host, parsed.port().unwrap_or(4222)))
+}
+
+/// Where `nats` sources may connect: the egress guard for brokers. A
+/// tenant names the broker, so without an operator's allow-list no broker
+/// is reachable, and this cluster's own NATS never is (its log carries
+/// every tenant's records).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerPolicy {
+    /// `sources.nats_allow`.
+    pub allow: Vec<BrokerAllow>,
+    /// The cluster's own NATS URLs (cluster mode).
+    pub internal: Vec<String>,
+}
+
+/// A broker the policy refused. The message never says whether anything
+/// listens at the address: the check happens before any connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerRefused {
+    #[error("nats.url is nats://host:port or tls://host:port")]
+    BadUrl,
+    #[error(
+        "nats sources are off: the operator allows brokers in sources.nats_allow (WASMHOOK_SOURCES_NATS_ALLOW)"
+    )]
+    Off,
+    #[error("the broker {host}:{port} is not one the operator allows (sources.nats_allow)")]
+    NotAllowed { host: String, port: u16 },
+    #[error("the broker {host}:{port} is this cluster's own NATS; a source reads another broker")]
+    Internal { host: String, port: u16 },
+    #[error("the broker host {host} does not resolve")]
+    Unresolved { host: String },
+}
+
+/// What to connect to for a source: the URL with the host replaced by the
+/// checked address (`nats://`; a `tls://` URL keeps its host name, which
+/// the server's certificate must match), and a name for logs and errors
+/// without the URL's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTarget {
+    pub connect_url: String,
+    pub display: String,
+}
+
+impl BrokerPolicy {
+    /// Checks `url` against the policy: every address its host resolves
+    /// to must be allowed and none may be the cluster's own NATS.
+    pub async fn check(&self, url: &str) -> Result<BrokerTarget, BrokerRefused> {
+        let (host, port) = broker_host_port(url)?;
+        if self.allow.is_empty() {
+            return Err(BrokerRefused::Off);
+        }
+        let resolved = resolve(&host, port).await;
+        if resolved.is_empty() {
+            return Err(BrokerRefused::Unresolved { host });
+        }
+        let mut internal = Vec::new();
+        for own in &self.internal {
+            if let Ok((h, p)) = broker_host_port(own) {
+                if h == host && p == port {
+                    return Err(BrokerRefused::Internal { host, port });
+                }
+                internal.extend(resolve(&h, p).await);
+            }
+        }
+        if resolved.iter().any(|a| internal.contains(a)) {
+            return Err(BrokerRefused::Internal { host, port });
+        }
+        let named = self.allow.iter().any(|a| {
+            matches!(a, BrokerAllow::HostPort { host: h, port: p } if *h == host && *p == port)
+        });
+        let allowed = |addr: &SocketAddr| {
+            named
+                || self
+                    .allow
+                    .iter()
+                    .any(|a| matches!(a, BrokerAllow::Network(c) if c.contains(addr.ip())))
+        };
+        if !resolved.iter().all(allowed) {
+            return Err(BrokerRefused::NotAllowed { host, port });
+        }
+        let mut parsed = reqwest::Url::parse(url).map_err(|_| BrokerRefused::BadUrl)?;
+        let display = format!("{}://{}", parsed.scheme(), format_host_port(&host, port));
+        if parsed.scheme() == "nats" {
+            // Connect to the address checked, not to a name that may
+            // resolve elsewhere by the time the client looks it up.
+            let ip = resolved[0].ip().to_string();
+            parsed
+                .set_host(Some(&match resolved[0] {
+                    SocketAddr::V6(_) => format!("[{ip}]"),
+                    SocketAddr::V4(_) => ip,
+                }))
+                .map_err(|_| BrokerRefused::BadUrl)?;
+            parsed.set_port(Some(port)).map_err(|_| BrokerRefused::BadUrl)?;
+        }
+        Ok(BrokerTarget {
+            connect_url: parsed.to_string(),
+            display,
+        })
+    }
+}
+
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The addresses of `host:port` (an IP literal is itself).
+async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.map(|a| SocketAddr::new(canonical(a.ip()), a.port())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +442,21 @@ mod tests {
             ("::ffff:127.0.0.1", "loopback"),
             ("::ffff:10.0.0.1", "private"),
             ("64:ff9b::a00:1", "NAT64"),
+            // The forms that once slipped through.
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("::10.0.0.1", "IPv4-compatible"),
+            ("::ffff:0:10.0.0.1", "IPv4-translated"),
+            ("::ffff:0:127.0.0.1", "IPv4-translated"),
+            ("2002:7f00:1::", "6to4"),
+            ("2002:a00:1::1", "6to4"),
+            ("fec0::1", "site-local (deprecated)"),
+            ("2001::1", "Teredo"),
+            ("2001:db8::1", "documentation"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("192.0.2.1", "documentation (TEST-NET-1)"),
+            ("198.51.100.7", "documentation (TEST-NET-2)"),
+            ("203.0.113.9", "documentation (TEST-NET-3)"),
+            ("192.88.99.1", "6to4 relay anycast"),
         ] {
             assert_eq!(non_public_reason(ip(addr)), Some(why), "{addr}");
         }
@@ -235,9 +467,110 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "192.31.196.1",
+            "192.52.193.1",
+            "192.175.48.1",
+            "2001:200::1",
+            "2003::1",
         ] {
             assert_eq!(non_public_reason(ip(public)), None, "{public}");
         }
+    }
+
+    /// Every block of both tables is refused from its first address to its
+    /// last, and the address just past each end is either public or
+    /// another block's.
+    #[test]
+    fn every_special_purpose_block_is_refused_end_to_end() {
+        for (net, prefix, why) in V4_SPECIAL {
+            let mask = u32::MAX.checked_shl(32 - *prefix as u32).unwrap_or(0);
+            let first = u32::from(*net) & mask;
+            let last = first | !mask;
+            for a in [first, last] {
+                let a = IpAddr::V4(Ipv4Addr::from(a));
+                assert!(non_public_reason(a).is_some(), "{a} ({why})");
+            }
+            for outside in [first.checked_sub(1), last.checked_add(1)].into_iter().flatten() {
+                let a = IpAddr::V4(Ipv4Addr::from(outside));
+                let covered = V4_SPECIAL.iter().any(|(n, p, _)| v4_in(Ipv4Addr::from(outside), *n, *p));
+                assert_eq!(non_public_reason(a).is_some(), covered, "{a} next to {net}/{prefix}");
+            }
+        }
+        for (net, prefix, why) in V6_SPECIAL {
+            let mask = u128::MAX.checked_shl(128 - *prefix as u32).unwrap_or(0);
+            let first = u128::from(*net) & mask;
+            let last = first | !mask;
+            for a in [first, last] {
+                let v6 = Ipv6Addr::from(a);
+                // IPv4-mapped addresses are judged as IPv4 (and public ones pass).
+                if v6.to_ipv4_mapped().is_some() {
+                    continue;
+                }
+                assert!(non_public_reason(IpAddr::V6(v6)).is_some(), "{v6} ({why})");
+            }
+            for outside in [first.checked_sub(1), last.checked_add(1)].into_iter().flatten() {
+                let v6 = Ipv6Addr::from(outside);
+                if v6.to_ipv4_mapped().is_some() {
+                    continue;
+                }
+                let covered = V6_SPECIAL.iter().any(|(n, p, _)| v6_in(v6, *n, *p));
+                assert_eq!(
+                    non_public_reason(IpAddr::V6(v6)).is_some(),
+                    covered,
+                    "{v6} next to {net}/{prefix}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn brokers_are_refused_unless_allowed_and_never_the_clusters_own() {
+        let off = BrokerPolicy::default();
+        assert_eq!(off.check("nats://8.8.8.8:4222").await, Err(BrokerRefused::Off));
+        let policy = BrokerPolicy {
+            allow: vec![
+                "nats://broker.example:4222".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ],
+            internal: vec!["nats://127.0.0.1:4222".into()],
+        };
+        assert_eq!(
+            policy.check("nats://localhost:4222").await,
+            Err(BrokerRefused::Internal {
+                host: "localhost".into(),
+                port: 4222
+            }),
+            "the cluster's own NATS, by another name"
+        );
+        assert!(matches!(
+            policy.check("nats://127.0.0.1").await,
+            Err(BrokerRefused::Internal { .. })
+        ));
+        let ok = policy.check("nats://user:pw@127.0.0.1:5222").await.unwrap();
+        assert_eq!(ok.connect_url, "nats://user:pw@127.0.0.1:5222");
+        assert_eq!(ok.display, "nats://127.0.0.1:5222", "no credentials");
+        assert_eq!(
+            policy.check("nats://10.0.0.1:4222").await,
+            Err(BrokerRefused::NotAllowed {
+                host: "10.0.0.1".into(),
+                port: 4222
+            })
+        );
+        for bad in ["http://127.0.0.1:4222", "nats://", "not a url", "nats://:4222"] {
+            assert_eq!(policy.check(bad).await, Err(BrokerRefused::BadUrl), "{bad}");
+        }
+        assert!(matches!(
+            "10.0.0.0/8".parse::<BrokerAllow>(),
+            Ok(BrokerAllow::Network(_))
+        ));
+        assert_eq!(
+            "Broker.Example".parse::<BrokerAllow>(),
+            Ok(BrokerAllow::HostPort {
+                host: "broker.example".into(),
+                port: 4222
+            })
+        );
+        assert!("nats://".parse::<BrokerAllow>().is_err());
     }
 
     #[test]
@@ -271,6 +604,10 @@ mod tests {
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("1.2.3.4")));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nope/8".parse::<Cidr>().is_err());
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.9.9.9")));
+        assert!(mapped.contains(ip("::ffff:10.9.9.9")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::{ReceiveError, Source};
 use crate::app::App;
+use crate::deliver::ssrf::BrokerPolicy;
 use crate::runtime::Header;
 
 /// Where a `nats` source reads.
@@ -38,25 +39,88 @@ pub struct NatsFeed {
     pub format: String,
 }
 
-/// Why a feed's setting is unusable.
+impl NatsFeed {
+    /// The feed as a response shows it: a password in the URL is masked
+    /// (it is a secret, shown only in the request that set it).
+    pub fn redacted(&self) -> NatsFeed {
+        let mut shown = self.clone();
+        if let Ok(mut url) = reqwest::Url::parse(&self.url)
+            && url.password().is_some()
+            && url.set_password(Some("****")).is_ok()
+        {
+            shown.url = url.to_string();
+        }
+        shown
+    }
+}
+
+/// Why a feed's setting is unusable (the broker itself is the egress
+/// guard's to judge: [`BrokerPolicy::check`]).
 pub fn check(feed: &NatsFeed) -> Result<(), String> {
     if !(feed.url.starts_with("nats://") || feed.url.starts_with("tls://")) || feed.url.len() > 500
     {
         return Err("nats.url is nats://host:port (or tls://)".into());
     }
+    let tokens: Vec<&str> = feed.subject.split('.').collect();
     let valid_subject = !feed.subject.is_empty()
         && feed.subject.len() <= 200
-        && feed
-            .subject
-            .split('.')
-            .all(|t| !t.is_empty() && !t.contains(char::is_whitespace));
+        && tokens.iter().enumerate().all(|(i, t)| {
+            !t.is_empty()
+                && !t.contains(|c: char| c.is_whitespace() || c.is_control())
+                && (!t.contains('>') || (*t == ">" && i == tokens.len() - 1))
+                && (!t.contains('*') || *t == "*")
+        });
     if !valid_subject {
         return Err(format!(
             "nats.subject {:?} is not a NATS subject",
             feed.subject
         ));
     }
+    if let Some(reserved) = reserved_subject(&feed.subject) {
+        return Err(format!(
+            "nats.subject {:?} may match {reserved}: subjects of wasmhook and of the NATS server are not sources",
+            feed.subject
+        ));
+    }
     Ok(())
+}
+
+/// Subjects no source may read, whatever the broker: wasmhook's own (in
+/// cluster mode `wasmhook.log` carries every tenant's records), the
+/// server's and JetStream's APIs, key-value and object stores, and reply
+/// inboxes.
+const RESERVED_SUBJECTS: &[&str] = &[
+    "wasmhook.>",
+    "$JS.>",
+    "$KV.>",
+    "$O.>",
+    "$SYS.>",
+    "$SRV.>",
+    "$NRG.>",
+    "_INBOX.>",
+];
+
+/// Whether some subject matches both patterns (`*` one token, `>` the
+/// rest, at least one token).
+fn overlaps(a: &[&str], b: &[&str]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
+        (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && overlaps(&a[1..], &b[1..]),
+        _ => false,
+    }
+}
+
+/// Why a source may not read `subject`, if it may not.
+fn reserved_subject(subject: &str) -> Option<&'static str> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens[0].starts_with('$') {
+        return Some("$…");
+    }
+    RESERVED_SUBJECTS.iter().copied().find(|reserved| {
+        let r: Vec<&str> = reserved.split('.').collect();
+        overlaps(&tokens, &r)
+    })
 }
 
 /// How long a message that hit a passing fault waits to be redelivered.
@@ -68,9 +132,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Feeds {
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// Which brokers feeds may connect to.
+    policy: BrokerPolicy,
 }
 
 impl Feeds {
+    pub fn new(policy: BrokerPolicy) -> Self {
+        Feeds {
+            running: Mutex::default(),
+            policy,
+        }
+    }
+
+    /// The egress guard's word on brokers.
+    pub fn policy(&self) -> &BrokerPolicy {
+        &self.policy
+    }
+
     /// Starts (or restarts, after a change) the source's feed.
     pub fn start(&self, app: &App, source: &Source) {
         let Some(feed) = source.nats.clone() else {
@@ -113,13 +191,24 @@ impl Feeds {
 }
 
 /// Reads the feed for as long as the task lives, reconnecting with backoff.
+/// The broker is checked again before every connection: a name that
+/// resolves elsewhere now, or an allow-list that changed, stops it.
 async fn run(app: App, source: Source, feed: NatsFeed) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match consume(&app, &source, &feed).await {
-            Ok(()) => backoff = Duration::from_millis(200),
-            Err(e) => {
-                warn!(source_id = %source.id, url = %feed.url, error = %e, "NATS feed interrupted; retrying");
+        if gone(&app, &source) {
+            info!(source_id = %source.id, "NATS feed stopped: its source is deleted");
+            return;
+        }
+        match app.feeds.policy.check(&feed.url).await {
+            Ok(target) => match consume(&app, &source, &feed, &target.connect_url).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    warn!(source_id = %source.id, broker = %target.display, error = %e, "NATS feed interrupted; retrying");
+                }
+            },
+            Err(refused) => {
+                warn!(source_id = %source.id, error = %refused, "NATS feed refused by the egress guard; retrying");
             }
         }
         tokio::time::sleep(backoff).await;
@@ -127,10 +216,36 @@ async fn run(app: App, source: Source, feed: NatsFeed) {
     }
 }
 
+/// Whether the source was deleted since its feed started (by this node or
+/// another: in cluster mode every node runs the feeds it knows of).
+fn gone(app: &App, source: &Source) -> bool {
+    matches!(app.store.get_source(&source.tenant_id, &source.id), Ok(None))
+}
+
+/// Connects to a broker the egress guard passed (`connect_url`): only to
+/// that address, never to the servers it announces (a broker a tenant
+/// names could announce internal ones).
+pub async fn connect(connect_url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .retain_servers_order()
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(connect_url)
+        .await
+}
+
+/// How long a connection to a broker may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One connection's worth of consuming; returns when the stream of
 /// messages ends or fails.
-async fn consume(app: &App, source: &Source, feed: &NatsFeed) -> anyhow::Result<()> {
-    let client = async_nats::connect(&feed.url).await?;
+async fn consume(
+    app: &App,
+    source: &Source,
+    feed: &NatsFeed,
+    connect_url: &str,
+) -> anyhow::Result<()> {
+    let client = connect(connect_url).await?;
     let js = jetstream::new(client);
     let stream = match js.stream_by_subject(feed.subject.clone()).await {
         Ok(name) => js.get_stream(name).await?,
@@ -159,6 +274,11 @@ async fn consume(app: &App, source: &Source, feed: &NatsFeed) -> anyhow::Result<
     let mut messages = consumer.messages().await?;
     while let Some(message) = messages.next().await {
         let message = message?;
+        if gone(app, source) {
+            // Deleted (on any node, or with its tenant): leave the message
+            // to the broker and stop.
+            return Ok(());
+        }
         let headers: Vec<Header> = message
             .message
             .headers

@@ -65,11 +65,15 @@ impl Store {
                 Ok(existed)
             })
             .await?;
-        let mut w = self.plain();
-        for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
-            w.remove(&self.dead_letters, key?)?;
+        // Dead letters are keyed by the source id alone: only the owner's
+        // delete may touch them (another tenant's id is a 404, nothing more).
+        if existed {
+            let mut w = self.plain();
+            for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
+                w.remove(&self.dead_letters, key?)?;
+            }
+            w.commit().await?;
         }
-        w.commit().await?;
         Ok(existed)
     }
 

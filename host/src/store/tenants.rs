@@ -26,18 +26,40 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a tenant with its keys, subscriptions and plugins (events and
-    /// deliveries age out with the retention).
+    /// Deletes a tenant with all it owns: keys, subscriptions with their
+    /// held window items, plugin records, sources with their id index and
+    /// dead letters, and its ops endpoint. Events and deliveries age out
+    /// with the retention (a pending delivery of a deleted subscription
+    /// fails as such). Plugin bytes no other tenant uses are the caller's
+    /// to drop first ([`Store::delete_plugin`]), and running feeds its to
+    /// stop.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
         let mut w = self.plain();
         if !w.remove(&self.tenants, id)? {
             return Ok(false);
         }
         let prefix = tenant_prefix(id);
-        for tree in [&self.subscriptions, &self.plugins] {
-            for kv in tree.scan_prefix(&prefix) {
-                w.remove(tree, kv?.0)?;
+        for kv in self.subscriptions.scan_prefix(&prefix) {
+            let (key, _) = kv?;
+            let subscription_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            for tree in [&self.held, &self.windows] {
+                for held in tree.scan_prefix(scoped(&subscription_id, "")).keys() {
+                    w.remove(tree, held?)?;
+                }
             }
+            w.remove(&self.subscriptions, key)?;
+        }
+        for kv in self.plugins.scan_prefix(&prefix) {
+            w.remove(&self.plugins, kv?.0)?;
+        }
+        for kv in self.sources.scan_prefix(&prefix) {
+            let (key, _) = kv?;
+            let source_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            w.remove(&self.source_index, source_id.as_bytes())?;
+            for letter in self.dead_letters.scan_prefix(scoped(&source_id, "")).keys() {
+                w.remove(&self.dead_letters, letter?)?;
+            }
+            w.remove(&self.sources, key)?;
         }
         w.remove(&self.ops_endpoints, id)?;
         for kv in self.api_keys.iter() {
