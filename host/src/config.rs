@@ -357,7 +357,10 @@ impl RawConfig {
         positive("server.store_cache_mb", s.store_cache_mb)?;
         positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
         positive("server.max_connections", s.max_connections as u64)?;
-        positive("server.header_read_timeout_secs", s.header_read_timeout_secs)?;
+        positive(
+            "server.header_read_timeout_secs",
+            s.header_read_timeout_secs,
+        )?;
         positive("server.body_read_timeout_secs", s.body_read_timeout_secs)?;
         let d = &self.delivery;
         positive("delivery.workers", d.workers as u64)?;

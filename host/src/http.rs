@@ -1,7 +1,8 @@
 //! The HTTP listener: wasmhook's own accept loop, so that a connection can
 //! hold neither a file descriptor nor a task for ever. Each connection
-//! takes a slot of `server.max_connections` (one over the cap is closed at
-//! once, before anything is read); its request head must arrive within
+//! takes a slot of `server.max_connections` (over the cap, a few spare
+//! connections answer one quick request — `/healthz`, or 503 — and the
+//! rest are closed at once, before anything is read); its request head must arrive within
 //! `server.header_read_timeout_secs` (which also ends a keep-alive
 //! connection that sends nothing, and a connection that never speaks); and
 //! its request body within `server.body_read_timeout_secs` of the head (a
@@ -55,6 +56,32 @@ pub struct BodyTimedOut(pub Duration);
 /// How long to pause accepting after an accept error (out of file
 /// descriptors): connections wait in the backlog meanwhile.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Connections over `max_connections` still served, each for one request
+/// that must arrive within [`SPARE_HEADER_TIMEOUT`]: `/healthz` is answered
+/// on them as on any connection, anything else 503. A flood of connections that holds every
+/// slot therefore cannot make the health check unanswerable, and the file
+/// descriptors it takes stay bounded.
+const SPARE_CONNECTIONS: usize = 64;
+const SPARE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The answer to any request but `/healthz` over the cap.
+fn too_many_connections() -> axum::response::Response {
+    let mut response = axum::response::Response::new(Body::from(
+        r#"{"error":{"code":"too_many_connections","message":"the server has server.max_connections connections open; retry later"}}"#,
+    ));
+    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// How long open connections may finish their requests at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -67,12 +94,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let spare = Arc::new(Semaphore::new(SPARE_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    // Over the cap: one request, whose head must come at once.
+    let mut spare_builder = hyper::server::conn::http1::Builder::new();
+    spare_builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(SPARE_HEADER_TIMEOUT)
+        .keep_alive(false);
     let body_timeout = limits.body_read_timeout;
     tokio::pin!(shutdown);
     loop {
@@ -87,27 +121,45 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            let service = router
+                .clone()
+                .map_request(move |request: hyper::Request<Incoming>| {
+                    request.map(|body| Body::new(Deadline::new(body, body_timeout)))
+                });
+            let connection =
+                graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(%peer, error = %e, "connection ended");
+                }
+                drop(slot);
+            });
+        } else if let Ok(slot) = spare.clone().try_acquire_owned() {
+            metrics::counter!("wasmhook_http_connections_over_cap_total").increment(1);
+            let router = router.clone();
+            let service = tower::service_fn(move |request: hyper::Request<Incoming>| {
+                let router = router.clone();
+                async move {
+                    if request.uri().path() == "/healthz" {
+                        router.oneshot(request.map(Body::new)).await
+                    } else {
+                        Ok(too_many_connections())
+                    }
+                }
+            });
+            let connection = graceful
+                .watch(spare_builder.serve_connection(io, TowerToHyperService::new(service)));
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(slot);
+            });
+        } else {
             metrics::counter!("wasmhook_http_connections_refused_total").increment(1);
             debug!(%peer, "connection over server.max_connections closed");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(move |request: hyper::Request<Incoming>| {
-                request.map(|body| Body::new(Deadline::new(body, body_timeout)))
-            });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(%peer, error = %e, "connection ended");
-            }
-            drop(slot);
-        });
+        }
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())

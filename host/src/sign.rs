@@ -108,7 +108,10 @@ impl Scheme {
             check_header_name(name).map_err(|e| format!("{field}: {e}"))?;
         }
         for (i, (field, name)) in names.iter().enumerate() {
-            if let Some((other, _)) = names[..i].iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
+            if let Some((other, _)) = names[..i]
+                .iter()
+                .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            {
                 return Err(format!("{field} and {other} are the same header {name:?}"));
             }
         }

@@ -15,6 +15,7 @@ mod isolation;
 mod languages;
 mod observability;
 mod sandbox;
+mod security;
 mod sources;
 mod support;
 mod windows;

@@ -755,7 +755,12 @@ async fn a_nats_subject_is_a_source() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    // The operator allows the loopback broker (nats sources are off by default).
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[("WASMHOOK_SOURCES_NATS_ALLOW", "127.0.0.0/8")],
+    );
     let (key, rx) = tenant_with_receiver(&server, "broker").await;
 
     let (status, body) = server
@@ -853,7 +858,11 @@ async fn a_nats_subject_is_a_source() {
     assert!(server.stop().success());
     let later = br#"{"event":"conversation.updated","idempotency_key":"oh_3","data":{"conversation_id":"c9","changes":{"status":"open"}}}"#;
     publish("ohallo.events.web", later.to_vec()).await;
-    let server = Server::start(dir.path());
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[("WASMHOOK_SOURCES_NATS_ALLOW", "127.0.0.0/8")],
+    );
     let got = rx.wait_for(2, PATIENCE).await;
     assert_eq!(got[1].json()["id"], "oh_3");
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -193,7 +193,10 @@ async fn check_feed(
             formats.join(", ")
         )));
     }
-    let target = policy.check(&feed.url).await.map_err(|e| bad(e.to_string()))?;
+    let target = policy
+        .check(&feed.url)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
     // One answer for every failure (refused, silent, not NATS): what it
     // was would tell a tenant whether something listens at the address.
     match tokio::time::timeout(

@@ -106,12 +106,28 @@ const V4_SPECIAL: &[(Ipv4Addr, u8, &str)] = &[
     (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
     (Ipv4Addr::new(172, 16, 0, 0), 12, "private"),
     (Ipv4Addr::new(192, 0, 0, 0), 24, "IETF protocol assignment"),
-    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation (TEST-NET-1)"),
+    (
+        Ipv4Addr::new(192, 0, 2, 0),
+        24,
+        "documentation (TEST-NET-1)",
+    ),
     (Ipv4Addr::new(192, 88, 99, 0), 24, "6to4 relay anycast"),
     (Ipv4Addr::new(192, 168, 0, 0), 16, "private"),
-    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking (198.18.0.0/15)"),
-    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation (TEST-NET-2)"),
-    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation (TEST-NET-3)"),
+    (
+        Ipv4Addr::new(198, 18, 0, 0),
+        15,
+        "benchmarking (198.18.0.0/15)",
+    ),
+    (
+        Ipv4Addr::new(198, 51, 100, 0),
+        24,
+        "documentation (TEST-NET-2)",
+    ),
+    (
+        Ipv4Addr::new(203, 0, 113, 0),
+        24,
+        "documentation (TEST-NET-3)",
+    ),
     (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
     (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
     (Ipv4Addr::new(255, 255, 255, 255), 32, "reserved"),
@@ -130,20 +146,56 @@ const V6_SPECIAL: &[(Ipv6Addr, u8, &str)] = &[
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128, "unspecified"),
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128, "loopback"),
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96, "IPv4-compatible"),
-    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96, "IPv4-translated"),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0),
+        96,
+        "IPv4-translated",
+    ),
     (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96, "NAT64"),
     (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48, "NAT64"),
-    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard-only"),
-    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64, "dummy prefix"),
+    (
+        Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
+        64,
+        "discard-only",
+    ),
+    (
+        Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0),
+        64,
+        "dummy prefix",
+    ),
     (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32, "Teredo"),
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23, "IETF protocol assignment"),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32, "documentation"),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        "IETF protocol assignment",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        "documentation",
+    ),
     (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, "6to4"),
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20, "documentation"),
-    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16, "segment routing (SRv6) SIDs"),
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "private (unique local)"),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        "segment routing (SRv6) SIDs",
+    ),
+    (
+        Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+        7,
+        "private (unique local)",
+    ),
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local (deprecated)"),
+    (
+        Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        "site-local (deprecated)",
+    ),
     (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
 ];
 
@@ -356,9 +408,9 @@ impl BrokerPolicy {
         if resolved.iter().any(|a| internal.contains(a)) {
             return Err(BrokerRefused::Internal { host, port });
         }
-        let named = self.allow.iter().any(|a| {
-            matches!(a, BrokerAllow::HostPort { host: h, port: p } if *h == host && *p == port)
-        });
+        let named = self.allow.iter().any(
+            |a| matches!(a, BrokerAllow::HostPort { host: h, port: p } if *h == host && *p == port),
+        );
         let allowed = |addr: &SocketAddr| {
             named
                 || self
@@ -381,7 +433,9 @@ impl BrokerPolicy {
                     SocketAddr::V4(_) => ip,
                 }))
                 .map_err(|_| BrokerRefused::BadUrl)?;
-            parsed.set_port(Some(port)).map_err(|_| BrokerRefused::BadUrl)?;
+            parsed
+                .set_port(Some(port))
+                .map_err(|_| BrokerRefused::BadUrl)?;
         }
         Ok(BrokerTarget {
             connect_url: parsed.to_string(),
@@ -404,7 +458,9 @@ async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
         return vec![SocketAddr::new(ip, port)];
     }
     match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => addrs.map(|a| SocketAddr::new(canonical(a.ip()), a.port())).collect(),
+        Ok(addrs) => addrs
+            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -490,10 +546,19 @@ mod tests {
                 let a = IpAddr::V4(Ipv4Addr::from(a));
                 assert!(non_public_reason(a).is_some(), "{a} ({why})");
             }
-            for outside in [first.checked_sub(1), last.checked_add(1)].into_iter().flatten() {
+            for outside in [first.checked_sub(1), last.checked_add(1)]
+                .into_iter()
+                .flatten()
+            {
                 let a = IpAddr::V4(Ipv4Addr::from(outside));
-                let covered = V4_SPECIAL.iter().any(|(n, p, _)| v4_in(Ipv4Addr::from(outside), *n, *p));
-                assert_eq!(non_public_reason(a).is_some(), covered, "{a} next to {net}/{prefix}");
+                let covered = V4_SPECIAL
+                    .iter()
+                    .any(|(n, p, _)| v4_in(Ipv4Addr::from(outside), *n, *p));
+                assert_eq!(
+                    non_public_reason(a).is_some(),
+                    covered,
+                    "{a} next to {net}/{prefix}"
+                );
             }
         }
         for (net, prefix, why) in V6_SPECIAL {
@@ -508,7 +573,10 @@ mod tests {
                 }
                 assert!(non_public_reason(IpAddr::V6(v6)).is_some(), "{v6} ({why})");
             }
-            for outside in [first.checked_sub(1), last.checked_add(1)].into_iter().flatten() {
+            for outside in [first.checked_sub(1), last.checked_add(1)]
+                .into_iter()
+                .flatten()
+            {
                 let v6 = Ipv6Addr::from(outside);
                 if v6.to_ipv4_mapped().is_some() {
                     continue;
@@ -526,7 +594,10 @@ mod tests {
     #[tokio::test]
     async fn brokers_are_refused_unless_allowed_and_never_the_clusters_own() {
         let off = BrokerPolicy::default();
-        assert_eq!(off.check("nats://8.8.8.8:4222").await, Err(BrokerRefused::Off));
+        assert_eq!(
+            off.check("nats://8.8.8.8:4222").await,
+            Err(BrokerRefused::Off)
+        );
         let policy = BrokerPolicy {
             allow: vec![
                 "nats://broker.example:4222".parse().unwrap(),
@@ -556,7 +627,12 @@ mod tests {
                 port: 4222
             })
         );
-        for bad in ["http://127.0.0.1:4222", "nats://", "not a url", "nats://:4222"] {
+        for bad in [
+            "http://127.0.0.1:4222",
+            "nats://",
+            "not a url",
+            "nats://:4222",
+        ] {
             assert_eq!(policy.check(bad).await, Err(BrokerRefused::BadUrl), "{bad}");
         }
         assert!(matches!(

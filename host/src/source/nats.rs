@@ -219,7 +219,10 @@ async fn run(app: App, source: Source, feed: NatsFeed) {
 /// Whether the source was deleted since its feed started (by this node or
 /// another: in cluster mode every node runs the feeds it knows of).
 fn gone(app: &App, source: &Source) -> bool {
-    matches!(app.store.get_source(&source.tenant_id, &source.id), Ok(None))
+    matches!(
+        app.store.get_source(&source.tenant_id, &source.id),
+        Ok(None)
+    )
 }
 
 /// Connects to a broker the egress guard passed (`connect_url`): only to

@@ -1,0 +1,538 @@
+//! Hostile tenants and hostile networks, through the real binary: no route
+//! reaches another tenant's things, a `nats` source reaches only the
+//! brokers the operator allows (never the cluster's own NATS, never an
+//! internal subject), connections cannot be held open or piled up, and
+//! what is on disk is the owner's only.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// A tenant's state as its own routes show it.
+async fn snapshot(server: &Server, key: &str, source_id: &str) -> Value {
+    let mut state = serde_json::Map::new();
+    for path in [
+        "/v1/subscriptions".to_string(),
+        "/v1/sources".to_string(),
+        "/v1/plugins".to_string(),
+        "/v1/keys".to_string(),
+        "/v1/deliveries".to_string(),
+        "/v1/events/victim-1".to_string(),
+        format!("/v1/sources/{source_id}/dead-letters"),
+    ] {
+        let (status, body) = server.call("GET", &path, key, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        state.insert(path, body);
+    }
+    Value::Object(state)
+}
+
+/// Every mutating route, called by tenant B with tenant A's ids (taken
+/// from the OpenAPI document, so a new route is covered without a change
+/// here): B is told 404 (or 400 for a body it must fix first), and A's
+/// state is the same before and after.
+#[tokio::test]
+async fn no_route_changes_another_tenants_things() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, a) = server.tenant("victim").await;
+    let (_, b) = server.tenant("attacker").await;
+
+    // A's things: a subscription with a delivered event, a source with a
+    // dead letter, a plugin, a second key.
+    let rx = Receiver::ok().await;
+    let sub = server
+        .subscribe(&a, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/v1/events",
+            &a,
+            Some(json!({"id": "victim-1", "type": "message.created", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    rx.wait_for(1, PATIENCE).await;
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &a,
+            Some(json!({"kind": "onehash", "verify": {"scheme": "none"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let source_id = source["id"].as_str().unwrap().to_string();
+    let (status, _) = server
+        .inbound(
+            source["url"].as_str().unwrap(),
+            &[],
+            b"{\"not\": \"a platform event\"}",
+        )
+        .await;
+    assert_eq!(status, 422);
+    let plugin = server
+        .upload_plugin(&a, "name=victim", crate::support::fixture("hostile"))
+        .await;
+    let (status, key) = server.call("POST", "/v1/keys", &a, Some(json!({}))).await;
+    assert_eq!(status, 201, "{key}");
+
+    // Wait until A's delivery is settled, so its state stands still.
+    let deadline = Instant::now() + PATIENCE;
+    let delivery_id = loop {
+        let (_, page) = server.call("GET", "/v1/deliveries", &a, None).await;
+        if page["items"][0]["status"] == "succeeded" {
+            break page["items"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, letters) = server
+        .call(
+            "GET",
+            &format!("/v1/sources/{source_id}/dead-letters"),
+            &a,
+            None,
+        )
+        .await;
+    let letter_id = letters["items"][0]["id"].as_str().unwrap().to_string();
+    let id_of = |path: &str| -> String {
+        if path.starts_with("/v1/subscriptions/") {
+            sub["id"].as_str().unwrap().to_string()
+        } else if path.starts_with("/v1/sources/") {
+            source_id.clone()
+        } else if path.starts_with("/v1/plugins/") {
+            plugin["id"].as_str().unwrap().to_string()
+        } else if path.starts_with("/v1/keys/") {
+            key["id"].as_str().unwrap().to_string()
+        } else if path.starts_with("/v1/deliveries/") {
+            delivery_id.clone()
+        } else {
+            panic!("no id of A's for {path}: add one to this test")
+        }
+    };
+
+    let before = snapshot(&server, &a, &source_id).await;
+    let (_, openapi) = server.call("GET", "/openapi.json", "", None).await;
+    let mut tried = 0;
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        // Only routes that name a thing; the operator's and the platforms'
+        // routes take no tenant key.
+        if !path.contains('{') || path.starts_with("/v1/tenants") || path.starts_with("/in/") {
+            continue;
+        }
+        for method in ["post", "put", "patch", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete = path
+                .replace("{id}", &id_of(path))
+                .replace("{letter}", &letter_id);
+            let (status, body) = server
+                .call(&method.to_uppercase(), &concrete, &b, Some(json!({})))
+                .await;
+            assert!(
+                status == 404 || status == 400,
+                "{method} {path} as another tenant: {status} {body}"
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried >= 14, "only {tried} routes tried");
+    assert_eq!(
+        snapshot(&server, &a, &source_id).await,
+        before,
+        "the victim's state changed"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_removes_its_sources_and_their_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (id, key) = server.tenant("leaving").await;
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onehash", "verify": {"scheme": "none"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let url = source["url"].as_str().unwrap().to_string();
+    let (status, _) = server.inbound(&url, &[], b"{\"junk\": 1}").await;
+    assert_eq!(status, 422, "kept as a dead letter");
+
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/tenants/{id}"), ADMIN_TOKEN, None)
+        .await;
+    assert_eq!(status, 204);
+    let seed = std::fs::read(
+        crate::support::repo_root().join("tests/fixtures/seeds/onehash-message_created.json"),
+    )
+    .unwrap();
+    for body in [seed.as_slice(), b"{\"junk\": 1}"] {
+        let (status, answer) = server.inbound(&url, &[], body).await;
+        assert_eq!(status, 404, "a deleted tenant's source: {answer}");
+    }
+    let (status, _) = server.call("GET", "/v1/sources", &key, None).await;
+    assert_eq!(status, 401, "its keys are gone too");
+}
+
+/// Hostile header names for a subscription's signature.
+#[tokio::test]
+async fn signature_header_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    let rx = Receiver::ok().await;
+    for signature in [
+        json!({"scheme": "timestamped-hex", "header": "Host"}),
+        json!({"scheme": "timestamped-hex", "header": "transfer-encoding"}),
+        json!({"scheme": "timestamped-hex", "header": "Content-Length"}),
+        json!({"scheme": "timestamped-hex", "header": "X-Sig\r\nX-Evil: 1"}),
+        json!({"scheme": "timestamped-hex", "header": ""}),
+        json!({"scheme": "body-hex", "header": "X-Sig", "event_header": "Connection"}),
+        json!({"scheme": "body-hex", "header": "X-Sig", "event_header": "x-sig"}),
+    ] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/subscriptions",
+                &key,
+                Some(json!({"url": rx.url(), "event_types": ["*"], "signature": signature})),
+            )
+            .await;
+        assert_eq!(status, 400, "{signature}: {body}");
+        assert!(error_message(&body).contains("signature."), "{body}");
+    }
+    // A fine name still works.
+    server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["*"],
+                   "signature": {"scheme": "timestamped-hex", "header": "X-Acme-Signature"}}),
+        )
+        .await;
+}
+
+/// A body over a route's limit names the real limit.
+#[tokio::test]
+async fn an_oversized_body_names_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    let big = format!("{{\"url\": \"{}\"}}", "x".repeat(3 << 20));
+    let (status, body) = server
+        .raw(
+            "POST",
+            "/v1/subscriptions",
+            &key,
+            "application/json",
+            big.into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        error_message(&body).contains("2097152-byte limit"),
+        "{body}"
+    );
+}
+
+/// Reads until the server closes the connection (or `PATIENCE` passes);
+/// returns what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn silent_slow_and_piled_up_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_SERVER_HEADER_READ_TIMEOUT_SECS", "2"),
+            ("WASMHOOK_SERVER_BODY_READ_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let (_, key) = server.tenant("t").await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+
+    // A connection that never speaks, and one that stops mid-head.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut partial = TcpStream::connect(&addr).await.unwrap();
+    partial
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    read_to_close(&mut silent).await;
+    read_to_close(&mut partial).await;
+
+    // A body sent a byte at a time: 408 once the body's time is up.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let trickle = async {
+        loop {
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let _ = tokio::time::timeout(PATIENCE, trickle).await;
+    let answer = read_to_close(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // An idle keep-alive connection is closed after its response.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_connection_flood_is_shed_and_health_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_SERVER_MAX_CONNECTIONS", "8"),
+            // The flood's connections in the slots stay for the whole test.
+            ("WASMHOOK_SERVER_HEADER_READ_TIMEOUT_SECS", "600"),
+        ],
+    );
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Over the cap and the spare connections: closed at once, nothing read.
+    let mut closed = 0;
+    for c in flood.iter_mut() {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(10), c.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    // Health answers while every slot is held.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut probe = TcpStream::connect(&addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut probe).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            assert!(answer.contains("\"status\""), "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health never answered: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Other routes over the cap: 503, try again.
+    let mut probe = TcpStream::connect(&addr).await.unwrap();
+    probe
+        .write_all(b"GET /v1/subscriptions HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut probe).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    assert!(closed > 0, "nothing over the cap was closed");
+    drop(flood);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_its_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let (_, key) = server.tenant("t").await;
+    let rx = Receiver::ok().await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    // What the store wrote since the start is behind the directory's mode.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert!(server.stop().success());
+    // At the next start, everything in it is the owner's only.
+    let _server = Server::start(&data);
+    let mut stack = vec![data.clone()];
+    let mut files = 0;
+    while let Some(p) = stack.pop() {
+        let m = mode(&p);
+        if p.is_dir() {
+            assert_eq!(m, 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(m & 0o077, 0, "{} is {m:o}", p.display());
+            files += 1;
+        }
+    }
+    assert!(files > 1);
+}
+
+/// Without an allow-list no broker is reachable; with one, what a tenant
+/// is told does not say whether something listens at the address; and no
+/// subject of wasmhook or of the server is a source.
+#[tokio::test]
+async fn a_nats_source_reaches_only_allowed_brokers_and_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    let nats_source = |url: String, subject: &str| json!({"kind": "nats", "nats": {"url": url, "subject": subject, "format": "ohallo"}});
+    let (status, body) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(nats_source("nats://127.0.0.1:4222".into(), "x.y")),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_message(&body).contains("nats sources are off"),
+        "{body}"
+    );
+    drop(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[("WASMHOOK_SOURCES_NATS_ALLOW", "127.0.0.0/8")],
+    );
+    let (_, key) = server.tenant("t").await;
+    // A closed port and a port that listens but is not NATS: one answer.
+    let closed = dead_port_url()
+        .replace("http://", "nats://")
+        .replace("/hook", "");
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = format!("nats://{}", listening.local_addr().unwrap());
+    let mut answers = Vec::new();
+    for url in [closed.clone(), open.clone()] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/sources",
+                &key,
+                Some(nats_source(url.clone(), "x.y")),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let port = url.rsplit(':').next().unwrap().to_string();
+        answers.push(error_message(&body).replace(&port, "PORT"));
+    }
+    assert_eq!(answers[0], answers[1], "the answer tells the port's state");
+    assert!(answers[0].contains("cannot connect"), "{answers:?}");
+    assert!(
+        !answers[0].to_lowercase().contains("refused"),
+        "{answers:?}"
+    );
+    drop(listening);
+
+    for subject in [
+        ">",
+        "*.log",
+        "wasmhook.log",
+        "wasmhook.>",
+        "$JS.API.>",
+        "_INBOX.x",
+        "*.*",
+        "a.>.b",
+        "a b",
+    ] {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/sources",
+                &key,
+                Some(nats_source(closed.clone(), subject)),
+            )
+            .await;
+        assert_eq!(status, 400, "{subject}: {body}");
+        assert!(
+            error_message(&body).contains("nats.subject"),
+            "{subject}: {body}"
+        );
+    }
+    let (_, listed) = server.call("GET", "/v1/sources", &key, None).await;
+    assert_eq!(listed, json!([]), "nothing was created");
+}
+
+/// Cluster mode on a real 3-server NATS cluster: a tenant cannot make the
+/// cluster's own NATS (its log, with every tenant's records) a source,
+/// whatever name or subject it uses, even where the operator allows the
+/// network it is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_source_never_reads_the_clusters_own_nats() {
+    let Some(cluster) = wasmhook::cluster::testing::NatsCluster::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--nats", &cluster.urls_arg()],
+        &[
+            ("WASMHOOK_CLUSTER_LEASE_SECS", "10"),
+            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+            ("WASMHOOK_SOURCES_NATS_ALLOW", "127.0.0.0/8,localhost:4222"),
+        ],
+    );
+    let (_, key) = server.tenant("t").await;
+    for i in 0..3 {
+        let url = cluster.url(i);
+        let by_name = url.replace("127.0.0.1", "localhost");
+        for (url, subject) in [
+            (url.clone(), "wasmhook.log"),
+            (url.clone(), "ohallo.>"),
+            (by_name, "ohallo.>"),
+        ] {
+            let (status, body) = server
+                .call(
+                    "POST",
+                    "/v1/sources",
+                    &key,
+                    Some(json!({"kind": "nats", "nats": {"url": url, "subject": subject, "format": "ohallo"}})),
+                )
+                .await;
+            assert_eq!(status, 400, "{url} {subject}: {body}");
+            let message = error_message(&body);
+            assert!(
+                message.contains("own NATS") || message.contains("nats.subject"),
+                "{url} {subject}: {body}"
+            );
+        }
+    }
+    let (_, listed) = server.call("GET", "/v1/sources", &key, None).await;
+    assert_eq!(listed, json!([]));
+    let (_, letters_seen) = server.call("GET", "/v1/sources", &key, None).await;
+    assert_eq!(letters_seen, json!([]));
+}
