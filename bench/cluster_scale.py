@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.request
 
-TOKEN = "bench"
+TOKEN = "bench-operator-token-0123456789abcdef"
 TENANTS = int(os.environ.get("TENANTS", 1000))
 SUBS = int(os.environ.get("SUBS_PER_TENANT", 10))
 LEASE = int(os.environ.get("LEASE_SECS", 20))

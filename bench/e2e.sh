@@ -150,7 +150,7 @@ PY
 scenario() { # label fanout script path per_request
   local label=$1 fanout=$2 script=$3 path=$4 per=$5
   local port data token key
-  port=$(free_port); data="$WORK/data-$(wc -l < "$WORK/table.txt")"; token=bench
+  port=$(free_port); data="$WORK/data-$(wc -l < "$WORK/table.txt")"; token=bench-operator-token-0123456789abcdef
   local pids=() nats_args=()
   case "$BACKEND" in
     nats1|nats3)

@@ -29,6 +29,9 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// The shortest operator token accepted: the token opens every tenant.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -353,6 +356,15 @@ impl RawConfig {
                 ));
             }
         };
+        let token_chars = s.admin_token.chars().count();
+        if token_chars > 0 && token_chars < MIN_ADMIN_TOKEN_CHARS {
+            return Err(invalid(
+                "server.admin_token",
+                format!(
+                    "the operator token has {token_chars} characters; it needs at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 24`), or leave it unset to have one generated"
+                ),
+            ));
+        }
         positive("server.max_event_bytes", s.max_event_bytes as u64)?;
         positive("server.store_cache_mb", s.store_cache_mb)?;
         positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
@@ -611,8 +623,16 @@ mod tests {
         assert!(c.allow_private_destinations);
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.allow_cidrs.len(), 2);
-        let c = load(&[("WASMHOOK_ADMIN_TOKEN", "tok")], None).unwrap();
-        assert_eq!(c.admin_token.as_deref(), Some("tok"));
+        let token = "an-operator-token-of-32-characters";
+        let c = load(&[("WASMHOOK_ADMIN_TOKEN", token)], None).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some(token));
+        let short = load(&[("WASMHOOK_ADMIN_TOKEN", "tok")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("server.admin_token") && short.contains("at least 32"),
+            "{short}"
+        );
     }
 
     #[test]

@@ -127,7 +127,12 @@ pub async fn serve(
             let service = router
                 .clone()
                 .map_request(move |request: hyper::Request<Incoming>| {
-                    request.map(|body| Body::new(Deadline::new(body, body_timeout)))
+                    let mut request =
+                        request.map(|body| Body::new(Deadline::new(body, body_timeout)));
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
                 });
             let connection =
                 graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
@@ -144,7 +149,11 @@ pub async fn serve(
                 let router = router.clone();
                 async move {
                     if request.uri().path() == "/healthz" {
-                        router.oneshot(request.map(Body::new)).await
+                        let mut request = request.map(Body::new);
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        router.oneshot(request).await
                     } else {
                         Ok(too_many_connections())
                     }

@@ -109,6 +109,18 @@ fn process_collector() -> &'static metrics_process::Collector {
 
 fn describe() {
     describe_counter!(
+        "wasmhook_auth_throttled_total",
+        "Requests with invalid credentials answered 429: their address failed too often."
+    );
+    describe_counter!(
+        "wasmhook_http_connections_over_cap_total",
+        "Connections over server.max_connections served one quick request (/healthz, else 503)."
+    );
+    describe_counter!(
+        "wasmhook_http_connections_refused_total",
+        "Connections over server.max_connections and the spare ones: closed at once."
+    );
+    describe_counter!(
         "wasmhook_events_accepted_total",
         "Events stored (202), one per event of a batch."
     );
@@ -280,6 +292,11 @@ pub fn plugin_call<T>(result: &Result<T, CallError>, elapsed: Duration) {
 /// A plugin loaded into memory (first use after start, or a new upload).
 pub fn plugin_loaded(elapsed: Duration) {
     histogram!("wasmhook_plugin_load_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A request with invalid credentials from an address that failed too often.
+pub fn auth_throttled() {
+    counter!("wasmhook_auth_throttled_total").increment(1);
 }
 
 /// A plugin call refused by admission (the pool or the tenant's share full).

@@ -179,7 +179,7 @@ fn a_node_refuses_to_start_without_its_cluster_and_names_why() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let unreachable = run(&[("WASMHOOK_ADMIN_TOKEN", "tok")]);
+    let unreachable = run(&[("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)]);
     assert!(
         unreachable.contains("cannot reach NATS at nats://127.0.0.1:1"),
         "{unreachable}"

@@ -206,7 +206,7 @@ pub fn dead_port_url() -> String {
     format!("http://127.0.0.1:{port}/hook")
 }
 
-pub const ADMIN_TOKEN: &str = "test-operator-token";
+pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
 fn patient_call_ms() -> String {
     crate::support::PATIENT_CALL_MS.to_string()

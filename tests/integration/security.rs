@@ -536,3 +536,29 @@ async fn a_nats_source_never_reads_the_clusters_own_nats() {
     let (_, letters_seen) = server.call("GET", "/v1/sources", &key, None).await;
     assert_eq!(letters_seen, json!([]));
 }
+
+/// Guessing keys or the operator token from one address is slowed to a
+/// few guesses a second: 429 with Retry-After, while a valid key still
+/// works.
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let guess = format!("whk_guess_{i:032}");
+        let (status, body) = server.call("GET", "/v1/subscriptions", &guess, None).await;
+        if status == 429 {
+            assert_eq!(error_code(&body), "too_many_failed_authentications");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429));
+    let (status, _) = server.call("GET", "/v1/subscriptions", &key, None).await;
+    assert_eq!(status, 200, "a valid key is never throttled");
+    let (status, _) = server.call("GET", "/v1/tenants", ADMIN_TOKEN, None).await;
+    assert_eq!(status, 200);
+}

@@ -16,7 +16,7 @@ pub fn env(name: &str, default: usize) -> usize {
 }
 
 /// The operator token the benches start the server with.
-pub const TOKEN: &str = "bench-operator";
+pub const TOKEN: &str = "bench-operator-token-0123456789abcdef";
 
 /// The running server.
 pub struct Server {

@@ -34,11 +34,46 @@ impl FromRequestParts<ApiState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(parts).ok_or_else(|| refused(parts))?;
         if same(&token_hash(token), &state.admin_token_hash) {
             Ok(Operator)
         } else {
-            Err(ApiError::Unauthorized)
+            Err(refused(parts))
+        }
+    }
+}
+
+/// Failed authentications per address: 5 a second, bursts of 10. Past
+/// that the answer is 429 instead of 401, so guessing tokens or keys is
+/// slow. IPv6 addresses count per /64 (one host may have them all).
+fn failed_authentications() -> &'static RateLimiter {
+    static LIMITER: std::sync::OnceLock<RateLimiter> = std::sync::OnceLock::new();
+    LIMITER.get_or_init(|| RateLimiter::new(5))
+}
+
+/// The answer to a request without valid credentials: 401, or 429 when its
+/// address failed too often.
+fn refused(parts: &Parts) -> ApiError {
+    let Some(axum::extract::ConnectInfo(peer)) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    else {
+        return ApiError::Unauthorized;
+    };
+    let key = match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets()[..8].to_vec(),
+    };
+    match failed_authentications().take(&key, 1) {
+        Ok(()) => ApiError::Unauthorized,
+        Err(wait) => {
+            crate::telemetry::auth_throttled();
+            ApiError::TooManyRequests {
+                code: "too_many_failed_authentications",
+                message: "too many requests with invalid credentials from this address; wait"
+                    .into(),
+                retry_after_secs: wait.as_secs().max(1),
+            }
         }
     }
 }
@@ -55,16 +90,19 @@ impl FromRequestParts<ApiState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let key = bearer(parts).ok_or_else(|| refused(parts))?;
         match state.app.store.tenant_for_key(key)? {
             Some(id) => Ok(Tenant {
                 id,
                 key_hash: token_hash(key),
             }),
-            None => Err(ApiError::Unauthorized),
+            None => Err(refused(parts)),
         }
     }
 }
+
+/// Buckets kept before the full ones are forgotten.
+const MAX_BUCKETS: usize = 65_536;
 
 /// A token bucket per API key: `rate` events per second, bursts of `2 × rate`.
 /// A request costs one token per event. A batch larger than the burst is
@@ -99,6 +137,14 @@ impl RateLimiter {
     fn take_at(&self, key: &[u8], n: usize, now: Instant) -> Result<(), Duration> {
         let capacity = self.rate * 2.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            // Keys are addresses in one use: forget the buckets that are
+            // full again (they would start full anyway).
+            let rate = self.rate;
+            buckets.retain(|_, (tokens, last)| {
+                *tokens + now.duration_since(*last).as_secs_f64() * rate < capacity
+            });
+        }
         let (tokens, last) = buckets.entry(key.to_vec()).or_insert((capacity, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(capacity);
         *last = now;

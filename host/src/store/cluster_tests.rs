@@ -189,3 +189,28 @@ async fn a_window_flushed_through_two_nodes_at_once_is_flushed_once() {
         assert_eq!(sent, 1, "the held items are in one collection");
     }
 }
+
+/// The object store is shared with whoever can write to the NATS account:
+/// bytes that do not hash to the name a record gives them are refused,
+/// never cached or run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_bytes_from_the_object_store_are_checked_against_their_digest() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let a = node(cluster.url(0), "a").await;
+    let b = node(cluster.url(1), "b").await;
+    let good = b"a component".to_vec();
+    let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&good));
+    let blobs = a.store.blobs.as_ref().unwrap();
+    blobs.put(&name, &good).await.unwrap();
+    b.store.fetch_plugin(&name).await.unwrap();
+    assert_eq!(b.store.plugin_bytes(&name).unwrap(), Some(good));
+
+    // Other bytes under a digest's name: refused on the node fetching them.
+    let forged = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"another"));
+    blobs.put(&forged, b"evil bytes").await.unwrap();
+    let error = b.store.fetch_plugin(&forged).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    assert_eq!(b.store.plugin_bytes(&forged).unwrap(), None, "not cached");
+}

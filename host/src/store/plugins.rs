@@ -59,6 +59,15 @@ impl Store {
             return Ok(());
         }
         if let Some(bytes) = blobs.get(sha256).await? {
+            // The object store is shared: whatever is there must be the
+            // component the record names, byte for byte, before it runs.
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if digest != sha256 {
+                return Err(StoreError::Corrupt {
+                    key: format!("plugin object {sha256}"),
+                    message: format!("its bytes hash to {digest}; refused"),
+                });
+            }
             self.plugin_blobs.insert(sha256.as_bytes(), bytes)?;
         }
         Ok(())
