@@ -29,6 +29,8 @@ pub struct EngineSettings {
     pub default_timeout: Duration,
     /// Bounds on what one tenant or one request may create.
     pub bounds: Bounds,
+    /// The bytes of dead letters one source keeps.
+    pub dead_letter_bytes: u64,
 }
 
 /// Every input is bounded; each bound is a config key (`[limits]`) and
@@ -77,6 +79,7 @@ impl Default for EngineSettings {
             secret_grace: Duration::from_secs(24 * 3600),
             default_timeout: Duration::from_secs(15),
             bounds: Bounds::default(),
+            dead_letter_bytes: 16 << 20,
         }
     }
 }

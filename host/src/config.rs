@@ -49,6 +49,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct SourcesSection {
     pub nats_allow: Vec<String>,
+    pub rate_limit: u32,
+    pub dead_letter_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +157,10 @@ pub struct Config {
     pub allow_cidrs: Vec<Cidr>,
     /// Brokers `nats` sources may read (`sources.nats_allow`).
     pub nats_allow: Vec<crate::deliver::ssrf::BrokerAllow>,
+    /// Requests per second per source on `/in/{id}` (0: no limit).
+    pub source_rate_limit: u32,
+    /// The bytes of dead letters one source keeps (the oldest go first).
+    pub dead_letter_bytes: u64,
     pub secret_grace: Duration,
     pub retention: Duration,
     pub limits: Limits,
@@ -399,6 +405,7 @@ impl RawConfig {
             .iter()
             .map(|a| a.parse().map_err(|e| invalid("sources.nats_allow", e)))
             .collect::<Result<Vec<_>, _>>()?;
+        positive("sources.dead_letter_bytes", self.sources.dead_letter_bytes)?;
         positive("events.retention_days", self.events.retention_days)?;
         let p = &self.plugins;
         positive("plugins.memory_mb", p.memory_mb as u64)?;
@@ -532,6 +539,8 @@ impl RawConfig {
             allow_private_destinations: d.allow_private_destinations,
             allow_cidrs,
             nats_allow,
+            source_rate_limit: self.sources.rate_limit,
+            dead_letter_bytes: self.sources.dead_letter_bytes,
             secret_grace: Duration::from_secs(d.secret_grace_secs),
             retention: Duration::from_secs(self.events.retention_days * 24 * 3600),
             limits: Limits {

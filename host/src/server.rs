@@ -108,6 +108,7 @@ pub fn build_app_with(
             secret_grace: config.secret_grace,
             default_timeout: config.default_timeout,
             bounds: config.bounds,
+            dead_letter_bytes: config.dead_letter_bytes,
         },
     })
 }
@@ -220,6 +221,8 @@ pub async fn serve(
         max_plugin_bytes: config.max_plugin_bytes,
         rate_limiter: (config.ingest_rate_limit > 0)
             .then(|| Arc::new(RateLimiter::new(config.ingest_rate_limit))),
+        source_rate_limiter: (config.source_rate_limit > 0)
+            .then(|| Arc::new(RateLimiter::new(config.source_rate_limit))),
         telemetry: Telemetry::install(),
     };
     if let Some(addr) = config.metrics_listen {

@@ -635,6 +635,7 @@ impl Engine {
             max_event_bytes: config.max_event_bytes,
             max_plugin_bytes: config.max_plugin_bytes,
             rate_limiter: None,
+            source_rate_limiter: None,
             telemetry: wasmhook::telemetry::Telemetry::install(),
         });
         Engine {

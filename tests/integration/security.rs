@@ -562,3 +562,77 @@ async fn failed_authentications_are_throttled_per_address() {
     let (status, _) = server.call("GET", "/v1/tenants", ADMIN_TOKEN, None).await;
     assert_eq!(status, 200);
 }
+
+/// What anyone who knows a source's URL can do is bounded: a few hundred
+/// requests a second (here 2), and a fixed budget of dead letters on disk
+/// (here 64 KiB), the oldest dropped first.
+#[tokio::test]
+async fn a_source_url_takes_bounded_requests_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_SOURCES_RATE_LIMIT", "2"),
+            ("WASMHOOK_SOURCES_DEAD_LETTER_BYTES", "65536"),
+        ],
+    );
+    let (_, key) = server.tenant("t").await;
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onehash", "verify": {"scheme": "none"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let (url, id) = (
+        source["url"].as_str().unwrap().to_string(),
+        source["id"].as_str().unwrap().to_string(),
+    );
+    // 20 KB of junk each, 30 at once: a burst of 4 gets in, the rest 429.
+    let junk = format!("{{\"junk\": \"{}\"}}", "x".repeat(20_000));
+    let sends: Vec<_> = (0..30)
+        .map(|_| {
+            let (base, url, junk) = (server.base.clone(), url.clone(), junk.clone());
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("{base}{url}"))
+                    .header("content-type", "application/json")
+                    .body(junk)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    resp.status().as_u16(),
+                    resp.headers().get("retry-after").is_some(),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.push(s.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|(s, _)| *s == 422 || *s == 429),
+        "{answers:?}"
+    );
+    assert!(answers.contains(&(429, true)), "{answers:?}");
+    // Slowly, so each gets in: the budget holds three 20 KB letters.
+    let mut kept = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (status, _) = server.inbound(&url, &[], junk.as_bytes()).await;
+        if status == 422 {
+            kept += 1;
+        }
+    }
+    assert!(kept >= 4, "{kept}");
+    let (_, letters) = server
+        .call("GET", &format!("/v1/sources/{id}/dead-letters"), &key, None)
+        .await;
+    let n = letters["items"].as_array().unwrap().len();
+    assert!((1..=3).contains(&n), "{n} letters kept: {letters}");
+}

@@ -53,7 +53,12 @@ async fn every_seed_platform_comes_in_through_its_source() {
     let mut expected = 0;
 
     // OneHash: no signature in its docs, so the URL is the credential.
-    let s = source(&server, &key, json!({"kind": "onehash"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "onehash", "verify": {"scheme": "none"}}),
+    )
+    .await;
     assert_eq!(s["verify"]["scheme"], "none");
     let url = s["url"].as_str().unwrap();
     assert!(
@@ -117,7 +122,12 @@ async fn every_seed_platform_comes_in_through_its_source() {
     expected += 1;
 
     // Convosphere: the URL; its verification ping routes nothing.
-    let s = source(&server, &key, json!({"kind": "convosphere"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "convosphere", "verify": {"scheme": "none"}}),
+    )
+    .await;
     let url = s["url"].as_str().unwrap().to_string();
     let (status, reply) = server
         .inbound(&url, &[], br#"{"event":"webhook.test"}"#)
@@ -422,7 +432,7 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
             "POST",
             "/v1/sources",
             &key,
-            Some(json!({"kind": "plugin", "plugin": {"id": "builtin:helloclient-lead"}})),
+            Some(json!({"kind": "plugin", "verify": {"scheme": "none"}, "plugin": {"id": "builtin:helloclient-lead"}})),
         )
         .await;
     assert_eq!(status, 400);
@@ -444,7 +454,7 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
             "/v1/sources",
             &key,
             Some(
-                json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "kafka"}}}),
+                json!({"kind": "plugin", "verify": {"scheme": "none"}, "plugin": {"id": plugin_id, "config": {"kind": "kafka"}}}),
             ),
         )
         .await;
@@ -454,7 +464,7 @@ async fn a_dead_letter_replays_once_the_adapter_is_fixed() {
     let s = source(
         &server,
         &key,
-        json!({"kind": "plugin", "plugin": {"id": plugin_id, "config": {"kind": "helloclient"}}}),
+        json!({"kind": "plugin", "verify": {"scheme": "none"}, "plugin": {"id": plugin_id, "config": {"kind": "helloclient"}}}),
     )
     .await;
     let (id, url) = (s["id"].as_str().unwrap(), s["url"].as_str().unwrap());
@@ -530,7 +540,7 @@ async fn sources_are_the_tenants_own() {
     let s = source(
         &server,
         &a,
-        json!({"kind": "convosphere", "description": "bot"}),
+        json!({"kind": "convosphere", "verify": {"scheme": "none"}, "description": "bot"}),
     )
     .await;
     let id = s["id"].as_str().unwrap();
@@ -560,6 +570,12 @@ async fn sources_are_the_tenants_own() {
             "for kind `plugin`",
         ),
         (json!({"kind": "plugin"}), "needs `plugin`"),
+        // Nothing verified unless said so.
+        (
+            json!({"kind": "onehash"}),
+            "\"verify\": {\"scheme\": \"none\"}",
+        ),
+        (json!({"kind": "convosphere"}), "anyone who learns its URL"),
         (
             json!({"kind": "standard-webhooks", "secret": "plain"}),
             "whsec_",
@@ -737,7 +753,12 @@ async fn the_formats_send_each_platforms_shape() {
             json!({"url": oh1.url(), "event_types": ["message.created"], "plugin": {"id": "builtin:onehash-message"}}),
         )
         .await;
-    let s = source(&server, &key, json!({"kind": "onehash"})).await;
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "onehash", "verify": {"scheme": "none"}}),
+    )
+    .await;
     let seed_body = seed("onehash-message_created.json");
     let (status, _) = server
         .inbound(s["url"].as_str().unwrap(), &[], &seed_body)

@@ -42,6 +42,8 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Requests per second per source on `/in/{id}` (`sources.rate_limit`).
+    pub source_rate_limiter: Option<Arc<RateLimiter>>,
     pub telemetry: Telemetry,
 }
 

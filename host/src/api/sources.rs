@@ -269,10 +269,19 @@ async fn create(
         }
         _ => {}
     }
-    let verify = input
-        .verify
-        .unwrap_or_else(|| input.kind.default_verify())
-        .normalized();
+    let verify = match input.verify {
+        Some(verify) => verify,
+        // No signature to check and no `verify` given: only anyone who
+        // learns the URL stands between the tenant and junk. Say so.
+        None if input.kind.default_verify() == Verify::None && input.kind != Kind::Nats => {
+            return Err(bad(format!(
+                "a {} source checks no signature by default: anyone who learns its URL can post to it. Acknowledge that with \"verify\": {{\"scheme\": \"none\"}}, or choose the scheme the platform signs with",
+                input.kind.name()
+            )));
+        }
+        None => input.kind.default_verify(),
+    }
+    .normalized();
     check_verify(&verify)?;
     let secret = match input.secret {
         Some(s) => {
@@ -624,6 +633,19 @@ async fn receive(
         return Err(ApiError::NotFound(format!(
             "source {id:?} consumes a NATS subject; it takes no HTTP requests"
         )));
+    }
+    if let Some(limiter) = &state.source_rate_limiter {
+        limiter.take(source.id.as_bytes(), 1).map_err(|wait| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: format!(
+                    "this source takes at most sources.rate_limit = {} requests/s; retry in {secs} s",
+                    limiter.rate()
+                ),
+                retry_after_secs: secs,
+            }
+        })?;
     }
     let body = body.map_err(|e| body_error(e, state.max_event_bytes.saturating_mul(64)))?;
     let headers: Vec<Header> = headers

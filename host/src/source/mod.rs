@@ -285,7 +285,9 @@ pub async fn receive(
                 attempts: 1,
                 updated_at: now,
             };
-            app.store.put_dead_letter(&letter, MAX_DEAD_LETTERS).await?;
+            app.store
+                .put_dead_letter(&letter, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
+                .await?;
             app.store.durable().await?;
             crate::telemetry::source_request(source.kind.name(), "dead_letter");
             Err(ReceiveError::Unprocessable {
@@ -326,7 +328,9 @@ pub async fn replay_dead_letter(
             again.error = message.clone();
             again.attempts += 1;
             again.updated_at = now;
-            app.store.put_dead_letter(&again, MAX_DEAD_LETTERS).await?;
+            app.store
+                .put_dead_letter(&again, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
+                .await?;
             app.store.durable().await?;
             Err(ReceiveError::StillUnprocessable(message))
         }

@@ -78,28 +78,38 @@ impl Store {
     }
 
     /// Stores (or updates) a dead letter, dropping the source's oldest
-    /// beyond `keep`.
+    /// beyond `keep` letters or `max_bytes` bytes (stored size). The new
+    /// letter itself is always kept.
     pub async fn put_dead_letter(
         &self,
         letter: &DeadLetter,
         keep: usize,
+        max_bytes: u64,
     ) -> Result<(), StoreError> {
         let mut w = self.plain();
         let prefix = scoped(&letter.source_id, "");
         let key = scoped(&letter.source_id, &letter.id);
-        // The letters kept after this one is written (the scan cannot see
-        // a write that is only recorded yet, in cluster mode).
-        let new = usize::from(!self.dead_letters.contains_key(&key)?);
-        let count = self.dead_letters.scan_prefix(&prefix).keys().count() + new;
-        for old in self
-            .dead_letters
-            .scan_prefix(&prefix)
-            .keys()
-            .take(count.saturating_sub(keep))
-        {
-            w.remove(&self.dead_letters, old?)?;
+        let value = encode(letter);
+        // The others, oldest first, with their sizes (the scan cannot see a
+        // write that is only recorded yet, in cluster mode).
+        let mut others = Vec::new();
+        for kv in self.dead_letters.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            if k != key.as_slice() {
+                others.push((k, v.len() as u64));
+            }
         }
-        w.insert(&self.dead_letters, key, encode(letter))?;
+        let mut count = others.len() + 1;
+        let mut bytes = others.iter().map(|(_, n)| n).sum::<u64>() + value.len() as u64;
+        for (old, size) in others {
+            if count <= keep && bytes <= max_bytes {
+                break;
+            }
+            w.remove(&self.dead_letters, old)?;
+            count -= 1;
+            bytes -= size;
+        }
+        w.insert(&self.dead_letters, key, value)?;
         w.commit().await
     }
 
