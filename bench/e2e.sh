@@ -179,7 +179,7 @@ scenario() { # label fanout script path per_request
     # The backlog quota would turn a deep queue into 429s: this measures
     # throughput, so it is lifted.
     WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT=1000000000 \
-    WASMHOOK_ADMIN_TOKEN=$token RUST_LOG=error "$BIN" serve --listen "127.0.0.1:${ports[$i]}" \
+    WASMHOOK_ADMIN_TOKEN=$token WASMHOOK_SERVER_SECRETS_KEY=$(printf 'be%.0s' {1..32}) RUST_LOG=error "$BIN" serve --listen "127.0.0.1:${ports[$i]}" \
       --data "$data-$i" --allow-private-destinations "${nats_args[@]}" > "$WORK/server-$i.log" 2>&1 &
     pids+=($!); PIDS+=($!)
   done

@@ -16,6 +16,8 @@ DIR=${DIR:-$(mktemp -d -t wasmhook-cluster.XXXXXX)}
 # The operator token: the same on every node (cluster mode refuses to start
 # without it, since a token generated per node would differ).
 export WASMHOOK_ADMIN_TOKEN=${WASMHOOK_ADMIN_TOKEN:-wha_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+# Secrets are sealed at rest under this key: the same on every node.
+export WASMHOOK_SERVER_SECRETS_KEY=${WASMHOOK_SERVER_SECRETS_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 command -v nats-server >/dev/null || { echo "missing: nats-server (apt-get install nats-server)" >&2; exit 2; }
 cargo build --release -q -p wasmhook
 BIN=target/release/wasmhook

@@ -91,6 +91,8 @@ pub struct ServerSection {
     pub max_connections: usize,
     pub header_read_timeout_secs: u64,
     pub body_read_timeout_secs: u64,
+    pub secrets_key: String,
+    pub previous_secrets_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +144,11 @@ pub struct Config {
     /// sled's page cache, bytes.
     pub store_cache_bytes: u64,
     pub admin_token: Option<String>,
+    /// The key secrets are sealed with (None: generated into the data
+    /// directory at first start).
+    pub secrets_key: Option<String>,
+    /// Keys that still open secrets sealed before a rotation.
+    pub previous_secrets_keys: Vec<String>,
     pub json_logs: bool,
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
@@ -362,6 +369,16 @@ impl RawConfig {
                 ));
             }
         };
+        for (key, text) in std::iter::once(("server.secrets_key", &s.secrets_key))
+            .filter(|(_, k)| !k.is_empty())
+            .chain(
+                s.previous_secrets_keys
+                    .iter()
+                    .map(|k| ("server.previous_secrets_keys", k)),
+            )
+        {
+            crate::secrets::Key::parse(text).map_err(|e| invalid(key, e.to_string()))?;
+        }
         let token_chars = s.admin_token.chars().count();
         if token_chars > 0 && token_chars < MIN_ADMIN_TOKEN_CHARS {
             return Err(invalid(
@@ -476,6 +493,12 @@ impl RawConfig {
                     "cluster mode needs the operator token set (server.admin_token or WASMHOOK_ADMIN_TOKEN), the same on every node: a token generated per node would differ".into(),
                 ));
             }
+            if s.secrets_key.is_empty() {
+                return Err(invalid(
+                    "server.secrets_key",
+                    "cluster mode needs the secrets key set (server.secrets_key or WASMHOOK_SERVER_SECRETS_KEY, e.g. `openssl rand -hex 32`), the same on every node: a key generated per node would differ".into(),
+                ));
+            }
             positive("cluster.partitions", u64::from(c.partitions))?;
             if c.lease_secs < 3 {
                 return Err(invalid(
@@ -522,6 +545,8 @@ impl RawConfig {
             data_dir: s.data_dir.clone(),
             store_cache_bytes: s.store_cache_mb << 20,
             admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
+            secrets_key: Some(s.secrets_key.clone()).filter(|k| !k.is_empty()),
+            previous_secrets_keys: s.previous_secrets_keys.clone(),
             json_logs,
             max_event_bytes: s.max_event_bytes,
             max_plugin_bytes: s.max_plugin_bytes,

@@ -57,6 +57,7 @@ pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod scaffold;
+pub mod secrets;
 pub mod server;
 pub mod sign;
 pub mod source;

@@ -113,6 +113,36 @@ pub fn build_app_with(
     })
 }
 
+/// The keys secrets are sealed with: `server.secrets_key` (and the
+/// previous ones), or the key generated into `<data>/secrets-key` (mode
+/// 0600) at first start.
+fn secrets_keys(config: &Config) -> anyhow::Result<crate::secrets::Keys> {
+    use crate::secrets::Key;
+    let text = match &config.secrets_key {
+        Some(key) => key.clone(),
+        None => {
+            let path = config.data_dir.join("secrets-key");
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => text,
+                _ => {
+                    let text = Key::generate();
+                    write_private(&path, &text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    info!(path = %path.display(), "generated the secrets key");
+                    text
+                }
+            }
+        }
+    };
+    let current = Key::parse(&text).context("server.secrets_key")?;
+    let previous = config
+        .previous_secrets_keys
+        .iter()
+        .map(|k| Key::parse(k).context("server.previous_secrets_keys"))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(crate::secrets::Keys { current, previous })
+}
+
 /// The operator token: from the config / `WASMHOOK_ADMIN_TOKEN`, or the one
 /// generated on first start into `<data>/admin-token` (mode 0600).
 fn admin_token(config: &Config) -> anyhow::Result<String> {
@@ -159,6 +189,10 @@ pub async fn serve(
     make_private(&config.data_dir)
         .with_context(|| format!("restricting the data dir {}", config.data_dir.display()))?;
     check_writable(&config.data_dir)?;
+    // Before any record is read: they hold sealed secrets.
+    let keys = secrets_keys(&config)?;
+    let current_key = keys.current.id().to_string();
+    crate::secrets::install(keys).map_err(anyhow::Error::msg)?;
     let (store, leases) = match &config.cluster {
         None => (
             Store::open_with_cache(&config.data_dir, config.store_cache_bytes)
@@ -170,6 +204,20 @@ pub async fn serve(
             (store, Some(leases))
         }
     };
+    if config.cluster.is_none() {
+        let keys = crate::secrets::keys().expect("installed above");
+        let resealed = store
+            .reseal_secrets(keys)
+            .await
+            .context("sealing the stored secrets with server.secrets_key")?;
+        if resealed.records > 0 {
+            store
+                .durable()
+                .await
+                .context("sealing the stored secrets")?;
+            info!(records = resealed.records, key = %current_key, "secrets sealed again with the current key");
+        }
+    }
     let token = admin_token(&config)?;
     // Again, now that the store has created its files.
     make_private(&config.data_dir)

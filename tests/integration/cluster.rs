@@ -179,7 +179,10 @@ fn a_node_refuses_to_start_without_its_cluster_and_names_why() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let unreachable = run(&[("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let unreachable = run(&[
+        ("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY),
+    ]);
     assert!(
         unreachable.contains("cannot reach NATS at nats://127.0.0.1:1"),
         "{unreachable}"
@@ -188,6 +191,14 @@ fn a_node_refuses_to_start_without_its_cluster_and_names_why() {
     assert!(
         no_token.contains("server.admin_token") && no_token.contains("cluster mode"),
         "{no_token}"
+    );
+    let no_key = run(&[
+        ("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WASMHOOK_SERVER_SECRETS_KEY", ""),
+    ]);
+    assert!(
+        no_key.contains("server.secrets_key") && no_key.contains("cluster mode"),
+        "{no_key}"
     );
 }
 

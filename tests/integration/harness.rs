@@ -208,6 +208,10 @@ pub fn dead_port_url() -> String {
 
 pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
+/// The secrets key of the test servers (cluster nodes need one set, the
+/// same on every node; a test may pass another, or "" for a generated one).
+pub const SECRETS_KEY: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2";
+
 fn patient_call_ms() -> String {
     crate::support::PATIENT_CALL_MS.to_string()
 }
@@ -350,6 +354,7 @@ impl Server {
             .arg(data)
             .args(args)
             .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
             .env("RUST_LOG", "warn")
             // Patient plugin time limits (a test's own `env` may set others).
             .env("WASMHOOK_PLUGINS_HANDLE_TIMEOUT_MS", patient_call_ms())

@@ -636,3 +636,114 @@ async fn a_source_url_takes_bounded_requests_and_dead_letters() {
     let n = letters["items"].as_array().unwrap().len();
     assert!((1..=3).contains(&n), "{n} letters kept: {letters}");
 }
+
+/// Every file of the data directory, as bytes.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            all.extend(std::fs::read(&p).unwrap_or_default());
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Secrets are sealed on disk; after a rotation the previous key opens the
+/// old records until the start seals them again with the new one; a key
+/// that opens nothing stops the start with a message.
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_the_key_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let old_key = "0123456789abcdef".repeat(4);
+    let new_key = "fedcba9876543210".repeat(4);
+    let server = Server::start_with(&data, &[], &[("WASMHOOK_SERVER_SECRETS_KEY", &old_key)]);
+    let (_, key) = server.tenant("t").await;
+    let rx = Receiver::ok().await;
+    let sub = server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onwebchat"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let source_secret = source["secret"].as_str().unwrap().to_string();
+    assert!(server.stop().success());
+    let disk = all_bytes(&data);
+    for s in [&secret, &source_secret] {
+        assert!(!contains(&disk, s), "a secret in plain text on disk");
+        assert!(
+            !contains(&disk, &s[s.len() - 16..]),
+            "part of a secret on disk"
+        );
+    }
+
+    // Rotation: the new key, with the old one as previous.
+    let server = Server::start_with(
+        &data,
+        &[],
+        &[
+            ("WASMHOOK_SERVER_SECRETS_KEY", &new_key),
+            ("WASMHOOK_SERVER_PREVIOUS_SECRETS_KEYS", &old_key),
+        ],
+    );
+    let (status, _) = server
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(message_event("after-rotation")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = rx.wait_for(1, PATIENCE).await;
+    assert_eq!(
+        verify_standard(&secret, &got[0]),
+        1,
+        "signed with the same secret"
+    );
+    assert!(server.stop().success());
+
+    // Sealed again with the new key at that start: the old key can go.
+    let server = Server::start_with(&data, &[], &[("WASMHOOK_SERVER_SECRETS_KEY", &new_key)]);
+    let sub_id = sub["id"].as_str().unwrap();
+    let (status, shown) = server
+        .call(
+            "GET",
+            &format!("/v1/subscriptions/{sub_id}/secret"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["secret"], secret.as_str());
+    assert!(server.stop().success());
+
+    // A key that opens nothing: the start refuses, naming the setting.
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WASMHOOK_SERVER_SECRETS_KEY", "ab".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.secrets_key"), "{stderr}");
+    assert!(stderr.contains("previous_secrets_keys"), "{stderr}");
+}

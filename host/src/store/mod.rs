@@ -53,6 +53,8 @@ mod group;
 mod intent;
 pub mod models;
 mod plugins;
+mod secrets;
+pub use secrets::Resealed;
 mod sources;
 mod subscriptions;
 mod tenants;

@@ -47,6 +47,8 @@ fn empty_object() -> Value {
 /// A signing secret; an old one keeps signing until `expires_at` after a rotation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Secret {
+    /// Sealed wherever the record is written (`crate::secrets`).
+    #[serde(with = "crate::secrets::sealed")]
     pub secret: String,
     pub expires_at: Option<Timestamp>,
 }
