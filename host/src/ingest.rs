@@ -322,14 +322,15 @@ pub fn new_delivery(
 /// Runs the subscription's plugin on the event (once, after taking an
 /// admission slot) and turns the action into deliveries: one pending
 /// delivery per request, or one filtered, held or failed delivery that
-/// records why nothing is sent. Only a full plugin pool is an error.
+/// records why nothing is sent. Only a full plugin pool and a storage
+/// fault are errors (a 503: nothing is stored).
 pub async fn transform(
     app: &App,
     sub: &Subscription,
     event: &Envelope,
     now: Timestamp,
     hold: HoldMode,
-) -> Result<Transformed, Busy> {
+) -> Result<Transformed, IngestError> {
     let delivery =
         |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| {
             new_delivery(
@@ -430,7 +431,10 @@ pub async fn transform(
                 held,
                 released: Vec::new(),
             },
-            Err(why) => one(delivery(DeliveryStatus::Failed, None, Some(why))),
+            Err(crate::window::HoldError::Refused(why)) => {
+                one(delivery(DeliveryStatus::Failed, None, Some(why)))
+            }
+            Err(crate::window::HoldError::Store(e)) => return Err(e.into()),
         },
         Err(e) => {
             let log_tail: Vec<String> = report

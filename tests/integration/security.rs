@@ -747,3 +747,68 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates() {
     assert!(stderr.contains("server.secrets_key"), "{stderr}");
     assert!(stderr.contains("previous_secrets_keys"), "{stderr}");
 }
+
+/// Compiling an upload takes one of the tenant's plugin slots like a call:
+/// a tenant whose share is busy is told 503 and may retry; another
+/// tenant's upload is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_uploads_take_the_tenants_plugin_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::sync::Arc::new(Server::start_with(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_PLUGINS_MAX_CONCURRENT_CALLS", "2"),
+            ("WASMHOOK_PLUGINS_TENANT_SHARE_PERCENT", "50"),
+            ("WASMHOOK_PLUGINS_ADMISSION_WAIT_MS", "200"),
+            ("WASMHOOK_PLUGINS_HANDLE_TIMEOUT_MS", "30000"),
+        ],
+    ));
+    let (_, a) = server.tenant("a").await;
+    let (_, b) = server.tenant("b").await;
+    let hostile = server
+        .upload_plugin(&a, "name=hostile", crate::support::fixture("hostile"))
+        .await;
+    // A's one slot: a dry-run that loops for 30 s.
+    let looping = {
+        let (server, a) = (server.clone(), a.clone());
+        let path = format!("/v1/plugins/{}/dry-run", hostile["id"].as_str().unwrap());
+        tokio::spawn(async move {
+            server
+                .call(
+                    "POST",
+                    &path,
+                    &a,
+                    Some(json!({"event": {"type": "a.b", "data": {}}, "config": {"mode": "loop"}})),
+                )
+                .await
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    for n in 0.. {
+        let (status, body) = server
+            .raw(
+                "POST",
+                &format!("/v1/plugins?name=second-{n}"),
+                &a,
+                "application/wasm",
+                crate::support::fixture("raw-wit"),
+            )
+            .await;
+        if status == 503 {
+            assert_eq!(error_code(&body), "plugins_busy", "{body}");
+            break;
+        }
+        // The loop may not hold the slot yet: the upload got in.
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the upload never waited for a slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+        .upload_plugin(&b, "name=other", crate::support::fixture("raw-wit"))
+        .await;
+    looping.abort();
+}

@@ -143,7 +143,12 @@ async fn upload(
     let plugin = {
         let registry = state.app.plugins.clone();
         let wasm = wasm.clone();
-        // Compiling takes ~100 ms: keep it off the async workers.
+        // Compiling takes a core for ~100 ms (seconds for a large
+        // component): it takes one of the tenant's plugin slots like a
+        // call, so concurrent uploads cannot take every core (503 when
+        // none is free within the admission wait).
+        let _slot = state.app.plugins.admit(&tenant.id).await?;
+        // Off the async workers.
         tokio::task::spawn_blocking(move || registry.load_new(&wasm))
             .await
             .map_err(|e| ApiError::Internal(e.into()))?

@@ -32,6 +32,24 @@ const TICK: Duration = Duration::from_secs(1);
 /// After a failed flush, the next try.
 const RETRY_AFTER_FAILURE: SignedDuration = SignedDuration::from_mins(5);
 
+/// Why a hold was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// The hold breaks the subscription's window or its limits: the
+    /// delivery fails with this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The store could not be read: nothing is stored, the request is a 503.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<String> for HoldError {
+    fn from(why: String) -> Self {
+        HoldError::Refused(why)
+    }
+}
+
 /// Checks a hold against the subscription's window and limits, and prepares
 /// the writes that store the items with the event.
 pub fn hold(
@@ -39,12 +57,12 @@ pub fn hold(
     sub: &Subscription,
     event: &Envelope,
     items: Vec<HeldItem>,
-) -> Result<(Vec<HeldWrite>, String), String> {
+) -> Result<(Vec<HeldWrite>, String), HoldError> {
     let Some(spec) = &sub.window else {
-        return Err(format!(
+        return Err(HoldError::Refused(format!(
             "the plugin held {} item(s), but this subscription has no window to collect them",
             items.len()
-        ));
+        )));
     };
     let schedule = spec.schedule()?;
     let occurred: Timestamp = event
@@ -62,8 +80,7 @@ pub fn hold(
         })?;
     let (held_items, held_bytes) = app
         .store
-        .windows_of(&sub.id)
-        .map_err(|e| e.to_string())?
+        .windows_of(&sub.id)?
         .iter()
         .fold((0, 0), |(n, b), w| (n + w.items, b + w.bytes));
     let new_bytes: u64 = items
@@ -71,10 +88,10 @@ pub fn hold(
         .map(|i| (i.group.len() + i.item.len()) as u64)
         .sum();
     if held_items + items.len() as u64 > spec.max_items || held_bytes + new_bytes > spec.max_bytes {
-        return Err(format!(
+        return Err(HoldError::Refused(format!(
             "held-item limit reached: {held_items} items / {held_bytes} bytes held, limits {} items / {} bytes (window.max_items / window.max_bytes); flush the window or raise the limits",
             spec.max_items, spec.max_bytes
-        ));
+        )));
     }
     let mut writes = Vec::with_capacity(items.len());
     for item in items {
@@ -84,7 +101,7 @@ pub fn hold(
             start: bounds.start,
             end: bounds.end,
             close_at,
-            seq: app.store.next_seq().map_err(|e| e.to_string())?,
+            seq: app.store.next_seq()?,
             group: item.group,
             item: item.item,
         });
