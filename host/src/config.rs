@@ -62,6 +62,11 @@ pub struct ClusterSection {
     pub lease_secs: u64,
     pub snapshot_secs: u64,
     pub node_id: String,
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub creds_file: String,
+    pub nkey_seed_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +195,54 @@ pub struct ClusterConfig {
     /// log; None: never.
     pub snapshot_every: Option<Duration>,
     pub node_id: String,
+    /// TLS and credentials for the cluster's NATS.
+    pub auth: crate::cluster::NatsAuth,
+}
+
+/// The `[cluster]` TLS and credential files, each checked readable now
+/// (a typo is a start refused with the key's name, not a node that cannot
+/// reconnect later).
+fn nats_auth(c: &ClusterSection) -> Result<crate::cluster::NatsAuth, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    let file = |key: &str, value: &str| -> Result<Option<PathBuf>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(value);
+        std::fs::File::open(&path)
+            .map_err(|e| invalid(key, format!("cannot read {value:?}: {e}")))?;
+        Ok(Some(path))
+    };
+    let tls_client = match (
+        file("cluster.tls_cert_file", &c.tls_cert_file)?,
+        file("cluster.tls_key_file", &c.tls_key_file)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "cluster.tls_cert_file",
+                "a client certificate needs both cluster.tls_cert_file and cluster.tls_key_file"
+                    .into(),
+            ));
+        }
+    };
+    let auth = crate::cluster::NatsAuth {
+        tls_ca_file: file("cluster.tls_ca_file", &c.tls_ca_file)?,
+        tls_client,
+        creds_file: file("cluster.creds_file", &c.creds_file)?,
+        nkey_seed_file: file("cluster.nkey_seed_file", &c.nkey_seed_file)?,
+    };
+    if auth.creds_file.is_some() && auth.nkey_seed_file.is_some() {
+        return Err(invalid(
+            "cluster.creds_file",
+            "set cluster.creds_file or cluster.nkey_seed_file, not both".into(),
+        ));
+    }
+    Ok(auth)
 }
 
 /// Command-line overrides (the last layer).
@@ -536,6 +589,7 @@ impl RawConfig {
                 },
                 snapshot_every: (c.snapshot_secs > 0).then(|| Duration::from_secs(c.snapshot_secs)),
                 node_id,
+                auth: nats_auth(c)?,
             })
         };
         Ok(Config {

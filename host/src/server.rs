@@ -389,6 +389,7 @@ pub async fn join_cluster(
         urls: cluster.urls.clone(),
         replicas: cluster.replicas,
         request_timeout: Duration::from_secs(5),
+        auth: cluster.auth.clone(),
     };
     let client = crate::cluster::connect(&settings).await?;
     let replicas = crate::cluster::replicas(&settings, &client);

@@ -200,6 +200,33 @@ fn a_node_refuses_to_start_without_its_cluster_and_names_why() {
         no_key.contains("server.secrets_key") && no_key.contains("cluster mode"),
         "{no_key}"
     );
+    // TLS and credential files are checked at start, each naming its key.
+    let base = [
+        ("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY),
+    ];
+    for (var, value, key) in [
+        (
+            "WASMHOOK_CLUSTER_CREDS_FILE",
+            "/nonexistent/node.creds",
+            "cluster.creds_file",
+        ),
+        (
+            "WASMHOOK_CLUSTER_TLS_CA_FILE",
+            "/nonexistent/ca.pem",
+            "cluster.tls_ca_file",
+        ),
+        (
+            "WASMHOOK_CLUSTER_TLS_CERT_FILE",
+            "/dev/null",
+            "cluster.tls_cert_file",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        env.push((var, value));
+        let refused = run(&env);
+        assert!(refused.contains(key), "{var}: {refused}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

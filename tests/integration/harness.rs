@@ -607,6 +607,7 @@ impl Engine {
                     },
                     snapshot_every: None,
                     node_id: "engine".into(),
+                    auth: Default::default(),
                 };
                 config.cluster = Some(cluster.clone());
                 let (store, mut leases) = wasmhook::server::join_cluster(&config, &cluster)

@@ -96,6 +96,8 @@ pub struct ClusterSettings {
     pub replicas: Option<usize>,
     /// How long a JetStream request may take before it fails.
     pub request_timeout: Duration,
+    /// TLS and credentials beyond what the URLs carry.
+    pub auth: NatsAuth,
 }
 
 impl ClusterSettings {
@@ -104,8 +106,24 @@ impl ClusterSettings {
             urls,
             replicas: None,
             request_timeout: Duration::from_secs(5),
+            auth: NatsAuth::default(),
         }
     }
+}
+
+/// How a node proves itself to the cluster's NATS and checks the servers
+/// (`[cluster]` settings; a user and password may also be in the URLs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// CA certificate (PEM) the servers' certificates must chain to; set,
+    /// TLS is required.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A `.creds` file (user JWT and nkey seed) of a decentralized account.
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU…`).
+    pub nkey_seed_file: Option<std::path::PathBuf>,
 }
 
 /// An object store as this version uses it (file storage, `replicas`):
@@ -154,10 +172,31 @@ pub async fn connect(settings: &ClusterSettings) -> Result<async_nats::Client, C
         .iter()
         .map(|u| u.parse().map_err(|e| unreachable(format!("{u}: {e}"))))
         .collect::<Result<_, _>>()?;
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name("wasmhook")
         .connection_timeout(settings.request_timeout)
-        .request_timeout(Some(settings.request_timeout))
+        .request_timeout(Some(settings.request_timeout));
+    let auth = &settings.auth;
+    if let Some(ca) = &auth.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &auth.tls_client {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    if let Some(creds) = &auth.creds_file {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| unreachable(format!("cluster.creds_file {}: {e}", creds.display())))?;
+    }
+    if let Some(path) = &auth.nkey_seed_file {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| unreachable(format!("cluster.nkey_seed_file {}: {e}", path.display())))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    options
         .connect(addrs)
         .await
         .map_err(|e| unreachable(e.to_string()))
