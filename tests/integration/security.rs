@@ -812,3 +812,61 @@ async fn plugin_uploads_take_the_tenants_plugin_slots() {
         .await;
     looping.abort();
 }
+
+/// A test event is attempted within the tenant's in-flight cap, like any
+/// attempt: with the cap held by a hanging delivery, a test is 429 (and
+/// another tenant's is not held up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_events_count_against_the_tenants_in_flight_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[],
+        &[("WASMHOOK_DELIVERY_MAX_IN_FLIGHT_PER_TENANT", "1")],
+    );
+    let (_, a) = server.tenant("a").await;
+    let (_, b) = server.tenant("b").await;
+    let hanging =
+        Receiver::start(vec![], Answer::status(200).delay(Duration::from_secs(600))).await;
+    let sub = server
+        .subscribe(
+            &a,
+            json!({"url": hanging.url(), "event_types": ["*"], "timeout_ms": 120000}),
+        )
+        .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/v1/events",
+            &a,
+            Some(message_event("holds-the-slot")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    hanging.wait_for(1, PATIENCE).await;
+    let path = format!("/v1/subscriptions/{}/test", sub["id"].as_str().unwrap());
+    let (status, body) = server.call("POST", &path, &a, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_code(&body), "tenant_busy");
+    assert_eq!(hanging.received().len(), 1, "the test was not sent");
+    // A verification on create likewise, before anything is stored.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/v1/subscriptions",
+            &a,
+            Some(json!({"url": hanging.url(), "event_types": ["*"], "verify_on_create": true})),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    let (_, listed) = server.call("GET", "/v1/subscriptions", &a, None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing created: {listed}");
+
+    let rx = Receiver::ok().await;
+    let other = server
+        .subscribe(&b, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let path = format!("/v1/subscriptions/{}/test", other["id"].as_str().unwrap());
+    let (status, body) = server.call("POST", &path, &b, None).await;
+    assert_eq!(status, 200, "{body}");
+}

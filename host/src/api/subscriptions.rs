@@ -171,14 +171,16 @@ async fn create(
     if let Some(p) = &plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
+    // The verification's slot first: a tenant at its cap is told so before
+    // anything is stored (the secret is shown only in this answer).
+    let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
     state.app.store.put_subscription(&sub).await?;
     state.app.store.durable().await?;
-    let verification = if verify {
-        Some(TestResult {
-            deliveries: run_test(&state, &sub).await?,
-        })
-    } else {
-        None
+    let verification = match slot {
+        Some(slot) => Some(TestResult {
+            deliveries: run_test(&state, &sub, slot).await?,
+        }),
+        None => None,
     };
     let mut view = SubscriptionView::of(sub, true, &state);
     view.verification = verification;
@@ -436,14 +438,34 @@ async fn send_test(
     Path(id): Path<String>,
 ) -> Result<axum::Json<TestResult>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
+    let slot = test_slot(&state, &tenant.id)?;
     Ok(axum::Json(TestResult {
-        deliveries: run_test(&state, &sub).await?,
+        deliveries: run_test(&state, &sub, slot).await?,
     }))
+}
+
+/// A slot of the tenant's in-flight cap for a test event: sent here, not
+/// by the workers, but within the cap like any attempt, so tests in a loop
+/// cannot go past it.
+fn test_slot(state: &ApiState, tenant_id: &str) -> Result<crate::queue::Reserved, ApiError> {
+    state
+        .app
+        .queue
+        .reserve(tenant_id)
+        .ok_or_else(|| ApiError::TooManyRequests {
+            code: "tenant_busy",
+            message: "the tenant has delivery.max_in_flight_per_tenant attempts in flight; retry the test shortly".into(),
+            retry_after_secs: 1,
+        })
 }
 
 /// A `webhook.test` event through the subscription's plugin and signer,
 /// attempted here; returns its deliveries after their first attempt.
-async fn run_test(state: &ApiState, sub: &Subscription) -> Result<Vec<Delivery>, ApiError> {
+async fn run_test(
+    state: &ApiState,
+    sub: &Subscription,
+    _slot: crate::queue::Reserved,
+) -> Result<Vec<Delivery>, ApiError> {
     let now = state.app.clock.now();
     let event = Envelope {
         id: new_id_at("evt", now),

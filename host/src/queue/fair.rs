@@ -218,6 +218,33 @@ impl Scheduler {
         None
     }
 
+    /// Takes a slot of the global cap and of `tenant_id`'s for an attempt
+    /// made outside the queue (a test event, a verification on create):
+    /// false when either cap is full. Give it back with [`Self::release`].
+    pub fn reserve(&mut self, tenant_id: &str) -> bool {
+        if self.in_flight >= self.caps.global {
+            return false;
+        }
+        let id: Arc<str> = Arc::from(tenant_id);
+        let tenant = tenant_mut(&mut self.tenants, &id);
+        if tenant.in_flight >= self.caps.per_tenant {
+            return false;
+        }
+        tenant.in_flight += 1;
+        self.in_flight += 1;
+        true
+    }
+
+    /// Gives a [`Self::reserve`]d slot back.
+    pub fn release(&mut self, tenant_id: &str) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let id: Arc<str> = Arc::from(tenant_id);
+        let tenant = tenant_mut(&mut self.tenants, &id);
+        tenant.in_flight = tenant.in_flight.saturating_sub(1);
+        // Queued work of the tenant may have waited for this slot.
+        self.requeue_tenant(&id);
+    }
+
     /// Gives a lease back: the attempt is over. `next_due_ms` queues the
     /// delivery again (a retry); None means it is finished.
     pub fn complete(&mut self, lease: &Lease, next_due_ms: Option<u64>, now_ms: u64) {
@@ -391,6 +418,24 @@ mod tests {
 
     fn caps(global: u32, per_tenant: u32) -> Caps {
         Caps { global, per_tenant }
+    }
+
+    #[test]
+    fn attempts_outside_the_queue_count_against_the_caps() {
+        let mut s = Scheduler::new(caps(3, 2));
+        assert!(s.reserve("a"));
+        assert!(s.reserve("a"));
+        assert!(!s.reserve("a"), "a's cap");
+        assert!(s.reserve("b"));
+        assert!(!s.reserve("c"), "the global cap");
+        s.push("a", "sa", 8, "d1", 0, 0);
+        assert_eq!(s.lease(0), None, "a's queued work waits for a slot");
+        s.release("a");
+        s.release("b");
+        assert_eq!(
+            s.lease(0).map(|l| l.delivery_id.to_string()),
+            Some("d1".into())
+        );
     }
 
     #[test]

@@ -393,6 +393,16 @@ impl Queue {
         self.lock().scheduler.lease(now)
     }
 
+    /// A slot of the tenant's in-flight cap for an attempt made outside the
+    /// queue (a test event): None when the tenant (or the router) is at its
+    /// cap. The slot is given back when the guard drops.
+    pub fn reserve(&self, tenant_id: &str) -> Option<Reserved> {
+        self.lock().scheduler.reserve(tenant_id).then(|| Reserved {
+            queue: self.clone(),
+            tenant_id: tenant_id.to_string(),
+        })
+    }
+
     /// The attempt of a lease is recorded: `next_due` queues the retry.
     pub fn complete(&self, lease: &Lease, next_due: Option<Timestamp>) {
         let now = millis(self.inner.clock.now());
@@ -450,5 +460,19 @@ impl Queue {
 fn counted<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) {
     for d in deliveries {
         telemetry::delivery_created(d.status.as_str());
+    }
+}
+
+/// A slot of a tenant's in-flight cap held outside the queue
+/// ([`Queue::reserve`]); given back when dropped.
+pub struct Reserved {
+    queue: Queue,
+    tenant_id: String,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.queue.lock().scheduler.release(&self.tenant_id);
+        self.queue.inner.wake.notify_one();
     }
 }
