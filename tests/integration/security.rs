@@ -860,7 +860,11 @@ async fn test_events_count_against_the_tenants_in_flight_cap() {
         .await;
     assert_eq!(status, 429, "{body}");
     let (_, listed) = server.call("GET", "/v1/subscriptions", &a, None).await;
-    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing created: {listed}");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "nothing created: {listed}"
+    );
 
     let rx = Receiver::ok().await;
     let other = server
