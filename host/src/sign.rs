@@ -45,15 +45,13 @@ pub enum Scheme {
     },
 }
 
-/// Header names wasmhook or HTTP itself owns: the request's framing
-/// (`Content-Length`, `Transfer-Encoding`), hop-by-hop headers, `Host`,
-/// the body's type and credentials. A signature sent under one of these
-/// would replace or corrupt what the receiver relies on.
-const NOT_A_SIGNATURE_HEADER: &[&str] = &[
+/// Header names HTTP itself owns in a request wasmhook sends: `Host`, the
+/// framing (`Content-Length`, `Transfer-Encoding`), the body's type, and
+/// the hop-by-hop headers. Neither a plugin nor a signature may set them.
+pub const HTTP_OWNED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "content-type",
-    "content-encoding",
     "transfer-encoding",
     "connection",
     "keep-alive",
@@ -62,8 +60,15 @@ const NOT_A_SIGNATURE_HEADER: &[&str] = &[
     "trailer",
     "expect",
     "proxy-authorization",
-    "proxy-authenticate",
     "proxy-connection",
+];
+
+/// Besides those, names a signature may not take: the body's encoding,
+/// credentials and the client's name, which a receiver reads as such (a
+/// plugin may set them on purpose, a signature never).
+const NOT_A_SIGNATURE_HEADER: &[&str] = &[
+    "content-encoding",
+    "proxy-authenticate",
     "authorization",
     "cookie",
     "user-agent",
@@ -79,7 +84,10 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
             "{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~, at most 100)"
         ));
     }
-    if NOT_A_SIGNATURE_HEADER.contains(&name.to_ascii_lowercase().as_str()) {
+    let lower = name.to_ascii_lowercase();
+    if HTTP_OWNED_HEADERS.contains(&lower.as_str())
+        || NOT_A_SIGNATURE_HEADER.contains(&lower.as_str())
+    {
         return Err(format!(
             "{name:?} is a header HTTP or wasmhook sets itself; choose another name"
         ));

@@ -173,21 +173,10 @@ impl<T> CallReport<T> {
     }
 }
 
-/// Headers a plugin may not set: the signature and delivery headers that
-/// `sign` owns, framing headers, and hop-by-hop headers.
+/// Headers a plugin may not set besides HTTP's own
+/// ([`crate::sign::HTTP_OWNED_HEADERS`]): the signature and delivery
+/// headers that `sign` owns.
 const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "expect",
-    "proxy-authorization",
-    "proxy-connection",
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -769,7 +758,9 @@ fn panic_message(log: &[LogLine]) -> Option<String> {
 
 fn check_header_name(header: &Header) -> Result<(), CallError> {
     let lower = header.name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) {
+    if RESERVED_HEADERS.contains(&lower.as_str())
+        || crate::sign::HTTP_OWNED_HEADERS.contains(&lower.as_str())
+    {
         return Err(CallError::ReservedHeader {
             name: header.name.clone(),
         });
