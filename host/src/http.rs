@@ -64,6 +64,18 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const SPARE_CONNECTIONS: usize = 64;
 const SPARE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `request` with its peer's address, as the API's extractors read it
+/// (the failed-authentication throttle is per address).
+fn with_peer(
+    mut request: hyper::Request<Body>,
+    peer: std::net::SocketAddr,
+) -> hyper::Request<Body> {
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    request
+}
+
 /// The answer to any request but `/healthz` over the cap.
 fn too_many_connections() -> axum::response::Response {
     let mut response = axum::response::Response::new(Body::from(
@@ -127,12 +139,10 @@ pub async fn serve(
             let service = router
                 .clone()
                 .map_request(move |request: hyper::Request<Incoming>| {
-                    let mut request =
-                        request.map(|body| Body::new(Deadline::new(body, body_timeout)));
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    request
+                    with_peer(
+                        request.map(|body| Body::new(Deadline::new(body, body_timeout))),
+                        peer,
+                    )
                 });
             let connection =
                 graceful.watch(builder.serve_connection(io, TowerToHyperService::new(service)));
@@ -149,11 +159,9 @@ pub async fn serve(
                 let router = router.clone();
                 async move {
                     if request.uri().path() == "/healthz" {
-                        let mut request = request.map(Body::new);
-                        request
-                            .extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        router.oneshot(request).await
+                        router
+                            .oneshot(with_peer(request.map(Body::new), peer))
+                            .await
                     } else {
                         Ok(too_many_connections())
                     }

@@ -127,6 +127,25 @@ impl RateLimiter {
         self.rate as u32
     }
 
+    /// [`Self::take`] as the API answers it: a 429 `rate_limited` with
+    /// `Retry-After` (whole seconds, at least 1) and the message `explain`
+    /// makes of the rate and that wait.
+    pub fn admit(
+        &self,
+        key: &[u8],
+        n: usize,
+        explain: impl FnOnce(u32, u64) -> String,
+    ) -> Result<(), ApiError> {
+        self.take(key, n).map_err(|wait| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: explain(self.rate(), secs),
+                retry_after_secs: secs,
+            }
+        })
+    }
+
     /// Takes `n` tokens for `key`, or says how long to wait.
     pub fn take(&self, key: &[u8], n: usize) -> Result<(), Duration> {
         self.take_at(key, n, Instant::now())

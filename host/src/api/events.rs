@@ -105,22 +105,14 @@ fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, Api
 }
 
 fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
-    if let Some(limiter) = &state.rate_limiter {
-        limiter
-            .take(&tenant.key_hash, n)
-            .map_err(|wait| {
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                ApiError::TooManyRequests {
-                    code: "rate_limited",
-                    message: format!(
-                        "rate limit of server.ingest_rate_limit = {} events/s per key exceeded; retry in {secs} s",
-                        limiter.rate()
-                    ),
-                    retry_after_secs: secs,
-                }
-            })?;
+    match &state.rate_limiter {
+        Some(limiter) => limiter.admit(&tenant.key_hash, n, |rate, secs| {
+            format!(
+                "rate limit of server.ingest_rate_limit = {rate} events/s per key exceeded; retry in {secs} s"
+            )
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Send one event. Answered `202` once the event and its deliveries are on

@@ -635,16 +635,8 @@ async fn receive(
         )));
     }
     if let Some(limiter) = &state.source_rate_limiter {
-        limiter.take(source.id.as_bytes(), 1).map_err(|wait| {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            ApiError::TooManyRequests {
-                code: "rate_limited",
-                message: format!(
-                    "this source takes at most sources.rate_limit = {} requests/s; retry in {secs} s",
-                    limiter.rate()
-                ),
-                retry_after_secs: secs,
-            }
+        limiter.admit(source.id.as_bytes(), 1, |rate, secs| {
+            format!("this source takes at most sources.rate_limit = {rate} requests/s; retry in {secs} s")
         })?;
     }
     let body = body.map_err(|e| body_error(e, state.max_event_bytes.saturating_mul(64)))?;

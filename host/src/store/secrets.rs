@@ -23,31 +23,39 @@ impl Store {
     pub async fn reseal_secrets(&self, keys: &Keys) -> Result<Resealed, StoreError> {
         let mut w = self.plain();
         let mut records = 0;
-        for tree in [&self.subscriptions, &self.ops_endpoints, &self.sources] {
-            for kv in tree.iter() {
-                let (key, bytes) = kv?;
-                let raw: Value = decode(&key, &bytes)?;
-                let stale = raw["secrets"].as_array().is_some_and(|secrets| {
-                    secrets
-                        .iter()
-                        .filter_map(|s| s["secret"].as_str())
-                        .any(|s| !keys.is_current(s))
-                });
-                if !stale {
-                    continue;
-                }
+        for tree in [&self.subscriptions, &self.ops_endpoints] {
+            records += self.reseal_tree::<Subscription>(&mut w, tree, keys)?;
+        }
+        records += self.reseal_tree::<Source>(&mut w, &self.sources, keys)?;
+        w.commit().await?;
+        Ok(Resealed { records })
+    }
+
+    /// Queues in `w` the records of `tree` (each a `T` with `secrets`) that
+    /// hold a secret not sealed with the current key; returns how many.
+    fn reseal_tree<T: Serialize + DeserializeOwned>(
+        &self,
+        w: &mut change::Plain<'_>,
+        tree: &Tree,
+        keys: &Keys,
+    ) -> Result<usize, StoreError> {
+        let mut records = 0;
+        for kv in tree.iter() {
+            let (key, bytes) = kv?;
+            let raw: Value = decode(&key, &bytes)?;
+            let stale = raw["secrets"].as_array().is_some_and(|secrets| {
+                secrets
+                    .iter()
+                    .filter_map(|s| s["secret"].as_str())
+                    .any(|s| !keys.is_current(s))
+            });
+            if stale {
                 // Decoding opens each secret (or names the unknown key);
                 // encoding seals it with the current key.
-                let again = if std::ptr::eq(tree, &self.sources) {
-                    encode(&decode::<Source>(&key, &bytes)?)
-                } else {
-                    encode(&decode::<Subscription>(&key, &bytes)?)
-                };
-                w.insert(tree, key, again)?;
+                w.insert(tree, key.clone(), encode(&decode::<T>(&key, &bytes)?))?;
                 records += 1;
             }
         }
-        w.commit().await?;
-        Ok(Resealed { records })
+        Ok(records)
     }
 }
