@@ -30,6 +30,9 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How long one readiness probe waits for JetStream's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl NatsCluster {
     /// `n` servers in one cluster, JetStream ready (a meta leader elected).
     pub async fn start(n: usize) -> Option<Self> {
@@ -108,7 +111,10 @@ impl NatsCluster {
             let client = async_nats::connect(format!("nats://127.0.0.1:{}", s.port))
                 .await
                 .unwrap();
-            let js = async_nats::jetstream::new(client);
+            let mut js = async_nats::jetstream::new(client);
+            // A lookup sent before a meta leader exists is never answered:
+            // ask often rather than wait out the default 5 s per request.
+            js.set_timeout(PROBE_TIMEOUT);
             // Ready: a stream lookup is answered "not found" (before a meta
             // leader is elected it times out or answers "unavailable").
             loop {
@@ -140,7 +146,8 @@ impl NatsCluster {
         let client = async_nats::connect(format!("nats://127.0.0.1:{}", first.port))
             .await
             .unwrap();
-        let js = async_nats::jetstream::new(client);
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(PROBE_TIMEOUT);
         loop {
             let made = js
                 .create_stream(async_nats::jetstream::stream::Config {
@@ -152,14 +159,30 @@ impl NatsCluster {
                 })
                 .await;
             match made {
-                Ok(_) => {
-                    js.delete_stream("READY_PROBE").await.unwrap();
-                    break;
-                }
+                Ok(_) => break,
                 Err(e) => {
                     assert!(
                         Instant::now() < deadline,
                         "JetStream could not place {replicas} replicas: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // The probe goes again; a short timeout can end the request before
+        // the replicated delete does, so ask until it is gone.
+        loop {
+            match js.delete_stream("READY_PROBE").await {
+                Ok(_) => break,
+                Err(e) if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) => break,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the readiness probe stream was not deleted: {e}"
                     );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
