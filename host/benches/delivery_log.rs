@@ -32,7 +32,7 @@ async fn run() {
     let total = env("LOG_DELIVERIES", 100_000);
     let runs = env("LOG_RUNS", 20);
     let server = common::Server::start();
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let base = server.base.clone();
 
     // A receiver that answers 200 at once.

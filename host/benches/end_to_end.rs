@@ -92,7 +92,7 @@ async fn run(
     let rx_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let tenant: Value = http
         .post(format!("{base}/v1/tenants"))
         .bearer_auth(token)

@@ -39,7 +39,7 @@ impl Server {
         Server {
             base: inner.base.clone(),
             _process: inner,
-            http: reqwest::Client::new(),
+            http: common::http_client(),
         }
     }
 

@@ -57,7 +57,7 @@ async fn many_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     let limits = [("WASMHOOK_LIMITS_SUBSCRIPTIONS_PER_TENANT", "100000")];
     let server = common::Server::start_in(dir.path(), &limits);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let count = Arc::new(AtomicU64::new(0));
     let url = receiver(Arc::new(AtomicBool::new(false)), count.clone()).await;
     let started = Instant::now();
@@ -135,7 +135,7 @@ async fn deep_backlog() {
         quota.as_str(),
     )];
     let server = common::Server::start_in(dir.path(), &limits);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let hang = Arc::new(AtomicBool::new(true));
     let count = Arc::new(AtomicU64::new(0));
     let url = receiver(hang.clone(), count.clone()).await;

@@ -689,7 +689,7 @@ async fn the_operator_token_is_generated_once_with_mode_0600() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let resp = reqwest::Client::new()
+    let resp = crate::support::http_client()
         .get(format!("{base}/v1/tenants"))
         .bearer_auth(&token)
         .send()
@@ -713,7 +713,7 @@ both_backends! {
         let send = |i: usize| {
             let (base, key) = (server.base.clone(), key.clone());
             async move {
-                let resp = reqwest::Client::new()
+                let resp = crate::support::http_client()
                     .post(format!("{base}/v1/events"))
                     .bearer_auth(&key)
                     .json(&json!({"id": format!("r{i}"), "type": "a.b", "data": {}}))

@@ -57,7 +57,7 @@ async fn chromedriver() -> Option<Driver> {
     let status = format!("{}/status", driver.url);
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(&status).await
+        if let Ok(r) = crate::support::http_client().get(&status).send().await
             && r.status().is_success()
         {
             return Some(driver);
@@ -172,7 +172,11 @@ async fn a_tenant_lives_in_the_dashboard() {
     let rx = Receiver::ok().await;
 
     // The page's own headers: its scripts only, nothing inline.
-    let page = reqwest::get(format!("{}/ui/", server.base)).await.unwrap();
+    let page = crate::support::http_client()
+        .get(format!("{}/ui/", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));

@@ -136,7 +136,7 @@ both_backends! {
             .await;
 
         let accepted = Arc::new(std::sync::Mutex::new(HashSet::new()));
-        let client = reqwest::Client::new();
+        let client = crate::support::http_client();
         let mut senders = Vec::new();
         for worker in 0..8 {
             let (client, base, key, accepted) = (

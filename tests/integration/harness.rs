@@ -378,10 +378,13 @@ impl Server {
             // No connection reuse: after an answer sent before the body was
             // read (413, 401), the server closes the connection, and a
             // pooled client could write the next request into it.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+            http: {
+                wasmhook::deliver::install_tls_provider();
+                reqwest::Client::builder()
+            }
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         }
     }
 

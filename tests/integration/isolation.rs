@@ -320,7 +320,7 @@ both_backends! {
                 .await;
             assert_eq!(s, 202, "{body}");
         }
-        let resp = reqwest::Client::new()
+        let resp = crate::support::http_client()
             .post(format!("{}/v1/events", server.base))
             .bearer_auth(&key)
             .json(&json!({"id": "q5", "type": "a.q", "data": {}}))
@@ -498,7 +498,7 @@ both_backends! {
         let send = {
             let (base, key, event) = (server.base.clone(), key.clone(), event.clone());
             tokio::spawn(async move {
-                reqwest::Client::new()
+                crate::support::http_client()
                     .post(format!("{base}/v1/events"))
                     .bearer_auth(key)
                     .json(&event)
@@ -555,7 +555,7 @@ async fn a_crash_in_the_middle_of_a_group_leaves_no_half_written_event() {
         .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
         .await;
     let event = json!({"id": "half", "type": "message.created", "data": {"n": 1}});
-    let died = reqwest::Client::new()
+    let died = crate::support::http_client()
         .post(format!("{}/v1/events", server.base))
         .bearer_auth(&key)
         .json(&event)
@@ -741,7 +741,7 @@ async fn a_full_disk_is_a_503_and_loses_nothing_accepted() {
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..2_000 {
-        let resp = reqwest::Client::new()
+        let resp = crate::support::http_client()
             .post(format!("{}/v1/events", server.base))
             .bearer_auth(&key)
             .json(

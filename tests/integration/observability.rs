@@ -19,7 +19,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let mut req = client.get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);

@@ -552,7 +552,7 @@ async fn failed_authentications_are_throttled_per_address() {
     let guess = |i: usize| {
         let server = server.base.clone();
         async move {
-            let resp = reqwest::Client::new()
+            let resp = crate::support::http_client()
                 .get(format!("{server}/v1/subscriptions"))
                 .bearer_auth(format!("whk_guess_{i:032}"))
                 .send()
@@ -619,7 +619,7 @@ async fn a_source_url_takes_bounded_requests_and_dead_letters() {
         .map(|_| {
             let (base, url, junk) = (server.base.clone(), url.clone(), junk.clone());
             tokio::spawn(async move {
-                let resp = reqwest::Client::new()
+                let resp = crate::support::http_client()
                     .post(format!("{base}{url}"))
                     .header("content-type", "application/json")
                     .body(junk)

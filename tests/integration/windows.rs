@@ -496,7 +496,7 @@ both_backends! {
                 server.call("POST", "/v1/events", &key, Some(m)).await;
             }
             // The flush aborts the process at the failpoint: no answer.
-            let aborted = reqwest::Client::new()
+            let aborted = crate::support::http_client()
                 .post(format!("{}{flush}", server.base))
                 .bearer_auth(&key)
                 .send()

@@ -15,6 +15,13 @@ pub fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// An HTTP client for the bench's requests; reqwest carries no crypto
+/// provider of its own here (see host/Cargo.toml).
+pub fn http_client() -> reqwest::Client {
+    wasmhook::deliver::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// The operator token the benches start the server with.
 pub const TOKEN: &str = "bench-operator-token-0123456789abcdef";
 

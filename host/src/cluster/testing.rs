@@ -174,11 +174,15 @@ impl NatsCluster {
         loop {
             match js.delete_stream("READY_PROBE").await {
                 Ok(_) => break,
-                Err(e) if matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::DeleteStreamErrorKind::JetStream(j)
-                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    break;
+                }
                 Err(e) => {
                     assert!(
                         Instant::now() < deadline,
