@@ -111,24 +111,45 @@ impl Store {
     /// whose pending deliveries still send its body stays until they are
     /// done (a later prune takes it).
     pub async fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
-        let end = millis(cutoff).to_be_bytes();
+        self.convert_time_keys()?;
+        let cutoff_ms = millis(cutoff).to_be_bytes();
         let mut w = self.plain();
         let mut events = 0;
         let mut still_sent = None;
-        for kv in self.events_by_time.range(..end.as_slice()) {
-            let (k, _) = kv?;
-            // Read only when there is something to prune.
-            let still_sent = match &mut still_sent {
-                Some(keys) => keys,
-                None => still_sent.insert(self.events_still_sent()?),
+        // The index is by tenant, then time: each tenant's range up to the
+        // cutoff, then a jump to the next tenant. Old-form keys (below 0x01)
+        // are converted above.
+        let mut next_tenant = vec![1u8];
+        while let Some(first) = self.events_by_time.range(next_tenant.as_slice()..).next() {
+            let (first, _) = first?;
+            let Some(prefix) = tenant_of(&first) else {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&first).into_owned(),
+                    message: "an events_by_time key without a tenant".into(),
+                });
             };
-            if still_sent.contains(&k[8..]) {
-                continue;
+            let end = [prefix, &cutoff_ms[..]].concat();
+            for kv in self.events_by_time.range(prefix..end.as_slice()) {
+                let (k, _) = kv?;
+                let Some(event_key) = event_key_of(&k) else {
+                    continue;
+                };
+                // Read only when there is something to prune.
+                let still_sent = match &mut still_sent {
+                    Some(keys) => keys,
+                    None => still_sent.insert(self.events_still_sent()?),
+                };
+                if still_sent.contains(&event_key) {
+                    continue;
+                }
+                w.remove(&self.events, &event_key)?;
+                self.bodies.forget(&event_key);
+                w.remove(&self.events_by_time, &k)?;
+                events += 1;
             }
-            w.remove(&self.events, &k[8..])?;
-            self.bodies.forget(&k[8..]);
-            w.remove(&self.events_by_time, &k)?;
-            events += 1;
+            // The prefix ends in the tenant's `\0`; `\x01` is past all of it.
+            next_tenant = prefix.to_vec();
+            *next_tenant.last_mut().expect("a prefix ends in \\0") = 1;
         }
         let boundary = format!(
             "dlv_{}",
@@ -175,15 +196,21 @@ impl Store {
         wanted: impl Fn(&StoredEvent) -> bool,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = millis(since).to_be_bytes();
         let prefix = tenant_prefix(tenant_id);
+        let start = [&prefix[..], &millis(since).to_be_bytes()].concat();
+        // Past every key of the tenant: its `\0` raised to `\x01`.
+        let mut end = prefix.clone();
+        *end.last_mut().expect("a prefix ends in \\0") = 1;
         let mut out = Vec::new();
-        for kv in self.events_by_time.range(start.as_slice()..) {
+        // Only this tenant's part of the index: another tenant's volume
+        // costs a replay nothing.
+        for kv in self.events_by_time.range(start..end) {
             let (k, _) = kv?;
-            if k[8..].starts_with(&prefix)
-                && let Some(v) = self.events.get(&k[8..])?
-            {
-                let event: StoredEvent = decode(&k[8..], &v)?;
+            let Some(event_key) = event_key_of(&k) else {
+                continue;
+            };
+            if let Some(v) = self.events.get(&event_key)? {
+                let event: StoredEvent = decode(&event_key, &v)?;
                 if wanted(&event) {
                     out.push(event);
                     if out.len() >= limit {
@@ -209,9 +236,57 @@ where
         .collect()
 }
 
-/// An event's key in `events_by_time`: its receipt, then its own key.
+/// An event's key in `events_by_time`: its tenant with the `\0`, its
+/// receipt (ms, big-endian), then its id. Tenant first, so that a tenant's
+/// replay reads only its own events; prune walks each tenant's range.
+/// `event_key` is the event's own key, `tenant \0 id`.
 pub(super) fn time_key(received_ms: u64, event_key: &[u8]) -> Vec<u8> {
-    [&received_ms.to_be_bytes()[..], event_key].concat()
+    let split = event_key
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(event_key.len(), |i| i + 1);
+    let (tenant, id) = event_key.split_at(split);
+    [tenant, &received_ms.to_be_bytes()[..], id].concat()
+}
+
+/// The tenant prefix (`tenant \0`) of a time key.
+fn tenant_of(time_key: &[u8]) -> Option<&[u8]> {
+    let end = time_key.iter().position(|&b| b == 0)? + 1;
+    Some(&time_key[..end])
+}
+
+/// The event's own key (`tenant \0 id`) inside a time key.
+fn event_key_of(time_key: &[u8]) -> Option<Vec<u8>> {
+    let tenant = tenant_of(time_key)?;
+    let id = time_key.get(tenant.len() + 8..)?;
+    Some([tenant, id].concat())
+}
+
+/// Keys written before the index was by tenant started with the receipt
+/// (8 bytes, big-endian: the first is 0 for any time before the year
+/// 2,280,000); a tenant id never starts with a 0 byte.
+const OLD_FORM_END: &[u8] = &[1];
+
+impl Store {
+    /// Rewrites time keys of the earlier form (receipt, then `tenant \0
+    /// id`) into the tenant-first form: once at the first start of this
+    /// version, and at each prune for a cluster view that applied an older
+    /// node's batch since. Local to this machine's trees and a pure
+    /// function of them, so every cluster view converts the same way.
+    pub(super) fn convert_time_keys(&self) -> Result<usize, StoreError> {
+        let mut converted = 0;
+        for kv in self.events_by_time.range(..OLD_FORM_END) {
+            let (k, v) = kv?;
+            if k.len() > 8 {
+                let received_ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+                self.events_by_time
+                    .insert(time_key(received_ms, &k[8..]), v)?;
+            }
+            self.events_by_time.remove(&k)?;
+            converted += 1;
+        }
+        Ok(converted)
+    }
 }
 
 /// The acceptance in a committer's transaction: each event only if its id is new, with
@@ -354,5 +429,147 @@ mod tests {
         assert!(store.get_event("t", "pending").unwrap().is_none());
         // Forgotten by the cache too: the id may come again with other data.
         assert_eq!(store.event_body("t", "pending").unwrap(), None);
+    }
+
+    /// Events of two tenants at interleaved times, `n` each, one second
+    /// apart; tenant `b`'s ids are `b0…`, `a`'s `a0…`. No deliveries.
+    async fn two_tenants(store: &Store, n: u64) -> Timestamp {
+        let at = Timestamp::from_second(4_000_000_000).unwrap();
+        let mut batch = Vec::new();
+        for i in 0..n {
+            for t in ["a", "b"] {
+                let when = at + jiff::SignedDuration::from_secs(i as i64);
+                let mut new = new_event(t, &format!("{t}{i}"), &format!("dlv_{t}{i}"), when);
+                new.deliveries.clear();
+                batch.push(new);
+            }
+        }
+        store.accept(batch).await.unwrap();
+        at
+    }
+
+    #[tokio::test]
+    async fn a_replay_reads_only_its_tenants_part_of_the_index_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = two_tenants(&store, 5).await;
+        // A prefix of another tenant's id (`a` of `ab`) shares nothing.
+        let mut other = new_event("ab", "x", "dlv_x", at);
+        other.deliveries.clear();
+        store.accept(vec![other]).await.unwrap();
+
+        let seen = std::cell::Cell::new(0);
+        let since = at + jiff::SignedDuration::from_secs(2);
+        let events = store
+            .events_since(
+                "a",
+                since,
+                |e| {
+                    seen.set(seen.get() + 1);
+                    assert_eq!(e.tenant_id, "a");
+                    true
+                },
+                10,
+            )
+            .unwrap();
+        let ids: Vec<_> = events.iter().map(|e| e.event.id.as_str()).collect();
+        assert_eq!(ids, ["a2", "a3", "a4"]);
+        assert_eq!(
+            seen.get(),
+            3,
+            "only the tenant's events at or after `since`"
+        );
+        // The limit holds.
+        let two = store.events_since("b", at, |_| true, 2).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].event.id, "b0");
+        assert!(
+            store
+                .events_since("nobody", at, |_| true, 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_walks_every_tenant_up_to_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = two_tenants(&store, 4).await;
+        let cutoff = at + jiff::SignedDuration::from_secs(2);
+        assert_eq!(store.prune(cutoff).await.unwrap(), (4, 0));
+        for t in ["a", "b"] {
+            assert!(store.get_event(t, &format!("{t}1")).unwrap().is_none());
+            assert!(store.get_event(t, &format!("{t}2")).unwrap().is_some());
+            let left = store.events_since(t, at, |_| true, 10).unwrap();
+            assert_eq!(left.len(), 2, "{t}");
+        }
+        assert_eq!(store.events_by_time.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn time_keys_of_the_earlier_form_are_converted_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = {
+            let store = Store::open(dir.path()).unwrap();
+            let at = two_tenants(&store, 3).await;
+            // Rewrite the index as an earlier version wrote it: receipt first.
+            let keys: Vec<_> = store
+                .events_by_time
+                .iter()
+                .keys()
+                .map(|k| k.unwrap())
+                .collect();
+            for k in keys {
+                let event_key = event_key_of(&k).unwrap();
+                let tenant = tenant_of(&k).unwrap();
+                let ms = &k[tenant.len()..tenant.len() + 8];
+                store.events_by_time.remove(&k).unwrap();
+                store
+                    .events_by_time
+                    .insert([ms, &event_key[..]].concat(), &[])
+                    .unwrap();
+            }
+            assert!(
+                store
+                    .events_by_time
+                    .iter()
+                    .keys()
+                    .all(|k| k.unwrap()[0] == 0)
+            );
+            store.db.flush().unwrap();
+            at
+        };
+        // The committer thread lets the database go once the store is
+        // dropped; until then it is locked.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(store.events_by_time.len(), 6);
+        assert!(
+            store
+                .events_by_time
+                .iter()
+                .keys()
+                .all(|k| k.unwrap()[0] != 0)
+        );
+        let ids: Vec<_> = store
+            .events_since("b", at, |_| true, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.id)
+            .collect();
+        assert_eq!(ids, ["b0", "b1", "b2"]);
+        // A key of the old form that arrives later (a cluster view applying
+        // an older node's batch) is converted at the next prune.
+        let late = [&4_000_000_000_000u64.to_be_bytes()[..], b"a\0a0"].concat();
+        store.events_by_time.insert(late, &[]).unwrap();
+        store.prune(at).await.unwrap();
+        assert_eq!(store.events_by_time.len(), 6);
     }
 }

@@ -24,7 +24,7 @@
 //! | `plugins` | tenant id `\0` plugin id | [`PluginRecord`] |
 //! | `plugin_blobs` | SHA-256 (hex) | component bytes |
 //! | `events` | tenant id `\0` event id | [`StoredEvent`], packed |
-//! | `events_by_time` | received ms (BE) tenant `\0` event id | – |
+//! | `events_by_time` | tenant id `\0` received ms (BE) event id (by tenant, so a replay reads only its tenant's events) | – |
 //! | `deliveries` | delivery id (time-ordered) | [`Delivery`], binary (`codec.rs`); without its body when that is the event's |
 //! | `tenant_deliveries` | tenant id `\0` subscription id `\0` delivery id | – |
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
@@ -542,6 +542,10 @@ impl Store {
             bodies,
         }));
         store.index_subscription_deliveries()?;
+        let converted = store.convert_time_keys()?;
+        if converted > 0 {
+            tracing::info!(converted, "the event time index is now by tenant");
+        }
         Ok(store)
     }
 
