@@ -660,7 +660,7 @@ async fn a_source_url_takes_bounded_requests_and_dead_letters() {
 }
 
 /// Every file of the data directory, as bytes.
-fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+pub(crate) fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {

@@ -795,13 +795,24 @@ async fn a_nats_subject_is_a_source() {
     assert_eq!(status, 400);
     assert!(error_message(&body).contains("cannot connect"), "{body}");
 
+    // Credentials in the URL are a secret: masked in answers, sealed on
+    // disk. (A broker without authorization ignores them.)
+    let password = "feed-password-5f1e2d3c4b5a69788796";
+    let url = nats
+        .url(0)
+        .replace("nats://", &format!("nats://feeder:{password}@"));
     let s = source(
         &server,
         &key,
-        json!({"kind": "nats", "nats": {"url": nats.url(0), "subject": "ohallo.events.>", "format": "ohallo"}}),
+        json!({"kind": "nats", "nats": {"url": url, "subject": "ohallo.events.>", "format": "ohallo"}}),
     )
     .await;
     let id = s["id"].as_str().unwrap().to_string();
+    let shown = s["nats"]["url"].as_str().unwrap();
+    assert!(
+        !shown.contains(password) && shown.contains("feeder:****@"),
+        "{s}"
+    );
     let (status, _) = server.inbound(s["url"].as_str().unwrap(), &[], b"{}").await;
     assert_eq!(status, 404, "a NATS source takes no HTTP requests");
 
@@ -877,6 +888,12 @@ async fn a_nats_subject_is_a_source() {
     // While wasmhook is down the broker keeps the messages; the durable
     // consumer resumes after a restart.
     assert!(server.stop().success());
+    assert!(
+        !crate::security::all_bytes(dir.path())
+            .windows(password.len())
+            .any(|w| w == password.as_bytes()),
+        "the broker's password in plain text on disk"
+    );
     let later = br#"{"event":"conversation.updated","idempotency_key":"oh_3","data":{"conversation_id":"c9","changes":{"status":"open"}}}"#;
     publish("ohallo.events.web", later.to_vec()).await;
     let server = Server::start_with(

@@ -127,8 +127,8 @@ pub struct Source {
     pub tolerance_secs: u64,
     /// The adapter of a `plugin` source.
     pub plugin: Option<PluginRef>,
-    /// Where a `nats` source reads.
-    #[serde(default)]
+    /// Where a `nats` source reads; its URL sealed at rest.
+    #[serde(default, with = "nats::stored")]
     pub nats: Option<nats::NatsFeed>,
     pub description: String,
     pub created_at: Timestamp,

@@ -54,6 +54,42 @@ impl NatsFeed {
     }
 }
 
+/// How a source keeps its feed: the URL sealed like every other secret
+/// (it may carry the broker's user and password), so the data directory
+/// and, in cluster mode, the replicated log hold it encrypted. A URL stored
+/// before sealing reads as it is and is sealed at its next write.
+pub mod stored {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::NatsFeed;
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        #[serde(with = "crate::secrets::sealed")]
+        url: String,
+        subject: String,
+        format: String,
+    }
+
+    pub fn serialize<S: Serializer>(feed: &Option<NatsFeed>, s: S) -> Result<S::Ok, S::Error> {
+        feed.as_ref()
+            .map(|f| Stored {
+                url: f.url.clone(),
+                subject: f.subject.clone(),
+                format: f.format.clone(),
+            })
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NatsFeed>, D::Error> {
+        Ok(Option::<Stored>::deserialize(d)?.map(|f| NatsFeed {
+            url: f.url,
+            subject: f.subject,
+            format: f.format,
+        }))
+    }
+}
+
 /// Why a feed's setting is unusable (the broker itself is the egress
 /// guard's to judge: [`BrokerPolicy::check`]).
 pub fn check(feed: &NatsFeed) -> Result<(), String> {

@@ -48,7 +48,9 @@ impl Store {
                     .iter()
                     .filter_map(|s| s["secret"].as_str())
                     .any(|s| !keys.is_current(s))
-            });
+            }) || raw["nats"]["url"] // a `nats` source's broker URL
+                .as_str()
+                .is_some_and(|u| !keys.is_current(u));
             if stale {
                 // Decoding opens each secret (or names the unknown key);
                 // encoding seals it with the current key.
