@@ -572,3 +572,56 @@ both_backends! {
         assert_eq!(rx.wait_for(1, PATIENCE).await.len(), 1);
     }
 }
+
+both_backends! {
+    /// The held-item tally unreadable (a storage fault) while an event's
+    /// plugin holds items: 503, nothing stored; the same event sent again
+    /// once the fault is gone is held once.
+    #[tokio::test]
+    async fn a_storage_fault_while_holding_is_a_503_and_stores_nothing(backing) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = backing
+            .start_with(dir.path(), &[], &[("WASMHOOK_FAILPOINT", "window-hold-store-fault")])
+            .await;
+        let (_, key) = server.tenant("w").await;
+        let rx = Receiver::ok().await;
+        let sub = server
+            .subscribe(&key, chatlog_subscription(&rx.url()))
+            .await;
+        let sub_id = sub["id"].as_str().unwrap().to_string();
+        let message = future_messages(1).remove(0);
+        let event_id = message["id"].as_str().unwrap().to_string();
+        let (status, body) = server
+            .call("POST", "/v1/events", &key, Some(message.clone()))
+            .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+        let (status, _) = server
+            .call("GET", &format!("/v1/events/{event_id}"), &key, None)
+            .await;
+        assert_eq!(status, 404, "nothing of a refused event is stored");
+        let (_, window) = server
+            .call("GET", &format!("/v1/subscriptions/{sub_id}/window"), &key, None)
+            .await;
+        assert_eq!(window["windows"], json!([]), "nothing held: {window}");
+        drop(server);
+
+        let server = backing.start(dir.path()).await;
+        for _ in 0..2 {
+            let (status, body) = server
+                .call("POST", "/v1/events", &key, Some(message.clone()))
+                .await;
+            assert_eq!(status, 202, "{body}");
+        }
+        let (_, window) = server
+            .call("GET", &format!("/v1/subscriptions/{sub_id}/window"), &key, None)
+            .await;
+        let held: u64 = window["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["items"].as_u64().unwrap())
+            .sum();
+        assert_eq!(held, 1, "held once: {window}");
+    }
+}

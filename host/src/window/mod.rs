@@ -78,6 +78,12 @@ pub fn hold(
                 event.occurred_at
             )
         })?;
+    if crate::util::failpoint_active("window-hold-store-fault") {
+        // Test hook: the held-item tally cannot be read, as on an I/O error.
+        return Err(HoldError::Store(StoreError::Sled(sled::Error::Io(
+            std::io::Error::other("failpoint window-hold-store-fault"),
+        ))));
+    }
     let (held_items, held_bytes) = app
         .store
         .windows_of(&sub.id)?
