@@ -204,7 +204,9 @@ pub async fn serve(
             (store, Some(leases))
         }
     };
-    if config.cluster.is_none() {
+    // Both backends: in cluster mode through guarded changes on the log,
+    // while the other nodes serve (see `Store::reseal_secrets`).
+    {
         let keys = crate::secrets::keys().expect("installed above");
         let resealed = store
             .reseal_secrets(keys)

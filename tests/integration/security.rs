@@ -770,6 +770,77 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates() {
     assert!(stderr.contains("previous_secrets_keys"), "{stderr}");
 }
 
+/// Rotating the secrets key in cluster mode: each node started with the new
+/// key (the old one as previous) seals again, through the log, what is not
+/// sealed with it; after that every node starts without the old key and
+/// signs with the same secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_key_rotates_in_cluster_mode() {
+    let Some(cluster) = wasmhook::cluster::testing::NatsCluster::start(3).await else {
+        return;
+    };
+    let old_key = "0123456789abcdef".repeat(4);
+    let new_key = "fedcba9876543210".repeat(4);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let urls = cluster.urls_arg();
+    let start = |i: usize, keys: &[(&str, &str)]| {
+        let name = format!("r{i}");
+        let mut env = vec![
+            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+            ("WASMHOOK_CLUSTER_NODE_ID", name.as_str()),
+        ];
+        env.extend_from_slice(keys);
+        Server::start_with(dirs[i].path(), &["--nats", &urls], &env)
+    };
+    let old = [("WASMHOOK_SERVER_SECRETS_KEY", old_key.as_str())];
+    let (n0, n1) = (start(0, &old), start(1, &old));
+    let (_, key) = n0.tenant("t").await;
+    let rx = Receiver::ok().await;
+    let sub = n0
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    let (status, source) = n1
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onwebchat"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    assert!(n0.stop().success() && n1.stop().success());
+
+    // The new key, with the old one as previous, on both nodes.
+    let rotating = [
+        ("WASMHOOK_SERVER_SECRETS_KEY", new_key.as_str()),
+        ("WASMHOOK_SERVER_PREVIOUS_SECRETS_KEYS", old_key.as_str()),
+    ];
+    let (n0, n1) = (start(0, &rotating), start(1, &rotating));
+    assert!(n0.stop().success() && n1.stop().success());
+
+    // The old key gone: the nodes start, read every secret, and sign with
+    // the one the subscription was given.
+    let new = [("WASMHOOK_SERVER_SECRETS_KEY", new_key.as_str())];
+    let (n0, n1) = (start(0, &new), start(1, &new));
+    let (status, _) = n1
+        .call("POST", "/v1/events", &key, Some(message_event("rotated")))
+        .await;
+    assert_eq!(status, 202);
+    let got = rx.wait_for(1, PATIENCE).await;
+    assert_eq!(
+        verify_standard(&secret, &got[0]),
+        1,
+        "signed with the same secret"
+    );
+    let source_id = source["id"].as_str().unwrap();
+    let (status, shown) = n0
+        .call("GET", &format!("/v1/sources/{source_id}"), &key, None)
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    drop((n0, n1));
+}
+
 /// Compiling an upload takes one of the tenant's plugin slots like a call:
 /// a tenant whose share is busy is told 503 and may retry; another
 /// tenant's upload is not held up.

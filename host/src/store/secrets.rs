@@ -20,44 +20,83 @@ impl Store {
     /// secrets were sealed). A secret sealed with a key that is neither
     /// current nor previous is an error naming it: the server must not
     /// start and answer without the secrets it signs with.
+    ///
+    /// Embedded, at start (nothing else writes yet): plain writes, one
+    /// pass. Cluster mode, at each node's start while other nodes serve:
+    /// each stale record re-sealed in its own guarded change, so a record
+    /// another node changes meanwhile is read again rather than overwritten
+    /// with what this node read; a record another node re-sealed first is
+    /// left alone.
     pub async fn reseal_secrets(&self, keys: &Keys) -> Result<Resealed, StoreError> {
-        let mut w = self.plain();
         let mut records = 0;
         for tree in [&self.subscriptions, &self.ops_endpoints] {
-            records += self.reseal_tree::<Subscription>(&mut w, tree, keys)?;
+            records += self.reseal_tree::<Subscription>(tree, keys).await?;
         }
-        records += self.reseal_tree::<Source>(&mut w, &self.sources, keys)?;
-        w.commit().await?;
+        records += self.reseal_tree::<Source>(&self.sources, keys).await?;
         Ok(Resealed { records })
     }
 
-    /// Queues in `w` the records of `tree` (each a `T` with `secrets`) that
-    /// hold a secret not sealed with the current key; returns how many.
-    fn reseal_tree<T: Serialize + DeserializeOwned>(
+    /// Re-seals the records of `tree` (each a `T` with `secrets`, or a
+    /// `nats` feed) that hold a secret not sealed with the current key;
+    /// returns how many.
+    async fn reseal_tree<T: Serialize + DeserializeOwned>(
         &self,
-        w: &mut change::Plain<'_>,
         tree: &Tree,
         keys: &Keys,
     ) -> Result<usize, StoreError> {
-        let mut records = 0;
+        let mut stale_keys = Vec::new();
         for kv in tree.iter() {
             let (key, bytes) = kv?;
-            let raw: Value = decode(&key, &bytes)?;
-            let stale = raw["secrets"].as_array().is_some_and(|secrets| {
-                secrets
-                    .iter()
-                    .filter_map(|s| s["secret"].as_str())
-                    .any(|s| !keys.is_current(s))
-            }) || raw["nats"]["url"] // a `nats` source's broker URL
-                .as_str()
-                .is_some_and(|u| !keys.is_current(u));
-            if stale {
-                // Decoding opens each secret (or names the unknown key);
-                // encoding seals it with the current key.
-                w.insert(tree, key.clone(), encode(&decode::<T>(&key, &bytes)?))?;
-                records += 1;
+            if is_stale(&key, &bytes, keys)? {
+                stale_keys.push(key);
             }
+        }
+        if self.log().is_none() {
+            let mut w = self.plain();
+            for key in &stale_keys {
+                if let Some(bytes) = tree.get(key)? {
+                    // Decoding opens each secret (or names the unknown
+                    // key); encoding seals it with the current key.
+                    w.insert(tree, key, encode(&decode::<T>(key, &bytes)?))?;
+                }
+            }
+            w.commit().await?;
+            return Ok(stale_keys.len());
+        }
+        let mut records = 0;
+        for key in &stale_keys {
+            let resealed = self
+                .change([tree], |[t]| {
+                    let Some(bytes) = t.get(key)? else {
+                        return Ok(false); // deleted meanwhile
+                    };
+                    if !is_stale(key, &bytes, keys).map_err(ConflictableTransactionError::Abort)? {
+                        return Ok(false); // re-sealed by another node
+                    }
+                    let record: T =
+                        decode(key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    t.insert(key, &encode(&record))?;
+                    Ok(true)
+                })
+                .await?;
+            records += usize::from(resealed);
         }
         Ok(records)
     }
+}
+
+/// Whether a stored record holds a secret not sealed with the current key:
+/// a signing secret, or a `nats` source's broker URL.
+fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, StoreError> {
+    let raw: Value = decode(key, bytes)?;
+    let secrets = raw["secrets"].as_array().is_some_and(|secrets| {
+        secrets
+            .iter()
+            .filter_map(|s| s["secret"].as_str())
+            .any(|s| !keys.is_current(s))
+    });
+    let broker = raw["nats"]["url"]
+        .as_str()
+        .is_some_and(|u| !keys.is_current(u));
+    Ok(secrets || broker)
 }
