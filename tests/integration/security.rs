@@ -967,3 +967,151 @@ async fn test_events_count_against_the_tenants_in_flight_cap() {
     let (status, body) = server.call("POST", &path, &b, None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A NATS server that takes clients only over TLS with a certificate its CA
+/// signed, and only the one nkey user: `(child, client URL, dir with the
+/// files)`; `None` without nats-server (outside CI).
+fn tls_nats_with_an_nkey_user() -> Option<(std::process::Child, String, tempfile::TempDir, String)>
+{
+    if std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed"
+        );
+        return None;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, file: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (
+            write(&format!("{file}.pem"), &cert.pem()),
+            write(&format!("{file}-key.pem"), &key.serialize_pem()),
+        )
+    };
+    let ca_file = write("ca.pem", &ca_pem);
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "server");
+    leaf(vec!["node.wasmhook.test".into()], "client");
+    let user = nkeys::KeyPair::new_user();
+    write("node.nk", &user.seed().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write(
+        "nats.conf",
+        &format!(
+            r#"listen: "127.0.0.1:{port}"
+jetstream {{ store_dir: "{js}" }}
+tls {{
+  cert_file: "{server_cert}"
+  key_file: "{server_key}"
+  ca_file: "{ca_file}"
+  verify: true
+  timeout: 5
+}}
+authorization {{ users = [ {{ nkey: "{public}" }} ] }}
+"#,
+            js = dir.path().join("js").display(),
+            public = user.public_key(),
+        ),
+    );
+    let child = std::process::Command::new("nats-server")
+        .args(["-c", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, format!("nats://127.0.0.1:{port}"), dir, ca_file))
+}
+
+/// Cluster mode over TLS with a client certificate and an nkey: a node
+/// given the CA, its certificate and its seed works; without the
+/// certificate or without the seed it stops at start, saying why.
+#[tokio::test]
+async fn a_node_reaches_nats_over_tls_with_a_client_certificate_and_an_nkey() {
+    let Some((mut nats, url, files, ca)) = tls_nats_with_an_nkey_user() else {
+        return;
+    };
+    let file = |name: &str| files.path().join(name).display().to_string();
+    let (cert, key_file, seed) = (file("client.pem"), file("client-key.pem"), file("node.nk"));
+    let full = [
+        ("WASMHOOK_CLUSTER_TLS_CA_FILE", ca.as_str()),
+        ("WASMHOOK_CLUSTER_TLS_CERT_FILE", cert.as_str()),
+        ("WASMHOOK_CLUSTER_TLS_KEY_FILE", key_file.as_str()),
+        ("WASMHOOK_CLUSTER_NKEY_SEED_FILE", seed.as_str()),
+    ];
+    // Each part missing in turn: the start fails and names the cause.
+    for (left_out, expected) in [
+        ("WASMHOOK_CLUSTER_NKEY_SEED_FILE", "authorization"),
+        ("WASMHOOK_CLUSTER_TLS_CERT_FILE", "certificate"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env: Vec<_> = full
+            .iter()
+            .filter(|(k, _)| *k != left_out)
+            .copied()
+            .collect();
+        if left_out == "WASMHOOK_CLUSTER_TLS_CERT_FILE" {
+            env.retain(|(k, _)| *k != "WASMHOOK_CLUSTER_TLS_KEY_FILE");
+        }
+        let out = std::process::Command::new(crate::support::binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--nats", &url, "--data"])
+            .arg(dir.path())
+            .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{left_out} left out: {stderr}");
+        assert!(
+            stderr.to_lowercase().contains(expected),
+            "{left_out} left out: {stderr}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_with(dir.path(), &["--nats", &url], &full);
+    let (_, key) = node.tenant("t").await;
+    let rx = Receiver::ok().await;
+    node.subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let (status, _) = node
+        .call("POST", "/v1/events", &key, Some(message_event("over-tls")))
+        .await;
+    assert_eq!(status, 202);
+    rx.wait_for(1, PATIENCE).await;
+    drop(node);
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
