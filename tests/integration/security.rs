@@ -1115,3 +1115,23 @@ async fn a_node_reaches_nats_over_tls_with_a_client_certificate_and_an_nkey() {
     let _ = nats.kill();
     let _ = nats.wait();
 }
+
+/// An operator token shorter than 32 characters stops the start, naming
+/// the setting and what it needs.
+#[test]
+fn a_short_operator_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .env("WASMHOOK_ADMIN_TOKEN", "too-short-0123456789")
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.admin_token") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+}
