@@ -283,3 +283,16 @@ both_backends! {
         }
     }
 }
+
+/// A SIGTERM the moment the server says it listens, before anything else
+/// happens, is a graceful stop (exit 0), not a kill: the handlers are in
+/// place before the listener answers.
+#[test]
+fn a_sigterm_right_after_start_is_a_graceful_stop() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path());
+        let status = server.stop();
+        assert!(status.success(), "{status:?}");
+    }
+}
