@@ -30,6 +30,25 @@ pub enum Command {
     Plugin(PluginCommand),
     /// Print the commented default configuration.
     DefaultConfig,
+    /// Move the embedded store into a cluster: every tenant, key,
+    /// subscription, plugin, source, window, held item, event and pending
+    /// delivery (under its id), into an empty cluster's NATS JetStream.
+    /// Stop the server first; start the cluster's nodes after (docs/cluster.md).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The cluster's TOML config file (its `[cluster]` TLS and credential
+    /// files and `server.secrets_key` apply).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The embedded store's data directory (default ./wasmhook-data).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The cluster's NATS URLs, comma-separated.
+    #[arg(long, value_name = "URLS")]
+    pub to_nats: String,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +153,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.config()?;
             crate::server::serve(config, crate::server::shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            let config = crate::config::Config::load(&crate::config::Overrides {
+                config_file: args.config,
+                data_dir: args.data,
+                listen: None,
+                allow_private_destinations: false,
+                nats_urls: Some(args.to_nats),
+            })?;
+            let report = crate::migrate::run(&config).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);

@@ -50,6 +50,7 @@ pub mod deliver;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod migrate;
 pub mod notify;
 pub mod plugins;
 pub mod queue;

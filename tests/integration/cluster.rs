@@ -561,3 +561,148 @@ async fn a_node_joining_after_compaction_loads_the_snapshot() {
     assert_eq!(status, 202);
     receiver.wait_for_ids(sent + 1, PATIENCE).await;
 }
+
+/// From one machine to a cluster without losing anything: an embedded
+/// store with a delivery pending (its receiver failed the first attempt), a
+/// plugin, a source and a held item moves with `wasmhook migrate` into an
+/// empty cluster; a node then sends the delivery under its id, signed with
+/// the same secret, and a second move into the now full cluster is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    // The embedded server seals with the key it generates into its data dir.
+    let server = Server::start_with(data.path(), &[], &[("WASMHOOK_SERVER_SECRETS_KEY", "")]);
+    assert!(data.path().join("secrets-key").exists());
+    let (_, key) = server.tenant("acme").await;
+    let rx = Receiver::start(vec![Answer::status(503)], Answer::status(200)).await;
+    let sub = server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["message.*"],
+                   "retry": {"schedule_secs": [15], "jitter": 0}}),
+        )
+        .await;
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    let wasm = wasmhook::runtime::bundled::find("helloclient-lead")
+        .unwrap()
+        .wasm
+        .to_vec();
+    let plugin = server.upload_plugin(&key, "name=crm-lead", wasm).await;
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onwebchat"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let (status, _) = server
+        .call("POST", "/v1/events", &key, Some(message_event("moved-1")))
+        .await;
+    assert_eq!(status, 202);
+    let first = rx.wait_for(1, PATIENCE).await;
+    let delivery_id = first[0].header("webhook-id");
+    // The failed attempt is recorded: the delivery waits for its retry.
+    let deadline = Instant::now() + PATIENCE;
+    let pending = loop {
+        let (_, d) = server
+            .call("GET", &format!("/v1/deliveries/{delivery_id}"), &key, None)
+            .await;
+        if d["attempts"] == 1 {
+            assert_eq!(d["status"], "pending", "{d}");
+            break d;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(server.stop().success());
+
+    let migrate = || {
+        Command::new(crate::support::binary())
+            .args(["migrate", "--to-nats", &cluster.urls_arg(), "--data"])
+            .arg(data.path())
+            .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"]["tenants"], 1, "{report}");
+    assert_eq!(report["records"]["deliveries"], 1, "{report}");
+    assert_eq!(report["records"]["outbox"], 1, "{report}");
+    assert!(report["plugin_components"].as_u64() >= Some(1), "{report}");
+    // The subscription's and the source's secrets, under the cluster's key.
+    assert!(report["resealed"].as_u64() >= Some(2), "{report}");
+    let again = migrate();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already holds wasmhook data"), "{stderr}");
+
+    // A node of the cluster, on a fresh data directory and its own
+    // configuration only.
+    let node_dir = tempfile::tempdir().unwrap();
+    let n0 = node(&cluster, node_dir.path(), "m0");
+    // Still due at its time, with its attempt: the node sends it then
+    // (15 s after the first attempt; the move takes less).
+    let path = format!("/v1/deliveries/{delivery_id}");
+    let (status, moved) = n0.call("GET", &path, &key, None).await;
+    assert_eq!(status, 200, "{moved}");
+    if moved["status"] == "pending" {
+        for field in ["attempts", "next_attempt_at", "event_id", "created_at"] {
+            assert_eq!(moved[field], pending[field], "{field}");
+        }
+    }
+    let got = rx.wait_for(2, PATIENCE).await;
+    assert_eq!(
+        got[1].header("webhook-id"),
+        delivery_id,
+        "the same delivery"
+    );
+    assert_eq!(
+        verify_standard(&secret, &got[1]),
+        1,
+        "signed with the same secret"
+    );
+    let (status, _) = n0
+        .call(
+            "GET",
+            &format!("/v1/sources/{}", source["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lead: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::support::repo_root().join("examples/lead.json")).unwrap(),
+    )
+    .unwrap();
+    let (status, dry) = n0
+        .call(
+            "POST",
+            &format!("/v1/plugins/{}/dry-run", plugin["id"].as_str().unwrap()),
+            &key,
+            Some(json!({ "event": lead })),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, d) = n0.call("GET", &path, &key, None).await;
+        if d["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -51,6 +51,7 @@ mod deliveries;
 mod events;
 mod group;
 mod intent;
+pub mod migrate;
 pub mod models;
 mod plugins;
 mod secrets;

@@ -1,0 +1,131 @@
+//! Moving an embedded store into a cluster (`wasmhook migrate`): every
+//! record the cluster replicates, copied as stored — ids, delivery ids,
+//! due times, held items and all — through the cluster's log, and the
+//! plugin bytes into its object store.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// The trees a move carries: all the records the cluster replicates. Not
+/// `meta` (this machine's), the intents (empty once the store is open) or
+/// `plugin_blobs` (in cluster mode a cache of the object store, which the
+/// move fills instead).
+pub const CARRIED: &[&str] = &[
+    "tenants",
+    "api_keys",
+    "subscriptions",
+    "ops_endpoints",
+    "plugins",
+    "sources",
+    "source_index",
+    "dead_letters",
+    "events",
+    "events_by_time",
+    "deliveries",
+    "tenant_deliveries",
+    "outbox",
+    "held",
+    "windows",
+];
+
+/// The bytes of writes sent to the log in one batch: big enough that a
+/// large store moves in few batches, small enough to hold in memory.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What a move carried.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Moved {
+    /// Records per tree.
+    pub records: BTreeMap<&'static str, usize>,
+    /// Plugin components put into the object store.
+    pub plugin_components: usize,
+}
+
+/// Why a move did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("the target is not a cluster store")]
+    NotACluster,
+    #[error(
+        "the cluster already holds wasmhook data ({tenants} tenant(s)); a move goes into an empty cluster"
+    )]
+    NotEmpty { tenants: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Copies every carried record of `from` (an embedded store) into this
+    /// cluster store, which must hold no tenant yet. The plugin bytes go
+    /// first, so no record names a component the nodes cannot fetch.
+    /// Nothing else may write the cluster meanwhile (start its nodes after).
+    pub async fn import_from(&self, from: &Store) -> Result<Moved, MoveError> {
+        let Some(blobs) = &self.blobs else {
+            return Err(MoveError::NotACluster);
+        };
+        if !self.tenants.is_empty() {
+            return Err(MoveError::NotEmpty {
+                tenants: self.tenants.len(),
+            });
+        }
+        Ok(self.copy_from(from, blobs).await?)
+    }
+
+    async fn copy_from(
+        &self,
+        from: &Store,
+        blobs: &crate::cluster::blobs::Blobs,
+    ) -> Result<Moved, StoreError> {
+        let mut moved = Moved::default();
+        for kv in from.plugin_blobs.iter() {
+            let (sha256, bytes) = kv?;
+            blobs.put(&String::from_utf8_lossy(&sha256), &bytes).await?;
+            moved.plugin_components += 1;
+        }
+        for &name in CARRIED {
+            let source = from.db.open_tree(name)?;
+            let target = self.db.open_tree(name)?;
+            let mut w = self.plain();
+            let (mut pending, mut records) = (0, 0);
+            for kv in source.iter() {
+                let (key, value) = kv?;
+                pending += key.len() + value.len();
+                w.insert(&target, &key, &value)?;
+                records += 1;
+                if pending >= BATCH_BYTES {
+                    w.commit().await?;
+                    w = self.plain();
+                    pending = 0;
+                }
+            }
+            w.commit().await?;
+            moved.records.insert(name, records);
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every tree the store opens is either carried or named here as this
+    /// machine's: a new tree must be placed on one side.
+    #[test]
+    fn every_tree_is_carried_or_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(dir.path()).unwrap();
+        let local = [
+            "meta",
+            "plugin_blobs",
+            super::intent::INTENTS_TREE,
+            "__sled__default",
+        ];
+        for name in store.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            assert!(
+                super::CARRIED.contains(&name.as_str()) || local.contains(&name.as_str()),
+                "tree {name} is neither carried by a move nor local"
+            );
+        }
+    }
+}
