@@ -968,11 +968,20 @@ async fn test_events_count_against_the_tenants_in_flight_cap() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A NATS server that takes clients only over TLS with a certificate its CA
-/// signed, and only the one nkey user: `(child, client URL, dir with the
-/// files)`; `None` without nats-server (outside CI).
-fn tls_nats_with_an_nkey_user() -> Option<(std::process::Child, String, tempfile::TempDir, String)>
-{
+/// signed, and only the one nkey user: `(server, client URL, dir with the
+/// files, CA file)`; `None` without nats-server (outside CI).
+fn tls_nats_with_an_nkey_user() -> Option<(Killed, String, tempfile::TempDir, String)> {
     if std::process::Command::new("nats-server")
         .arg("--version")
         .output()
@@ -1039,12 +1048,14 @@ authorization {{ users = [ {{ nkey: "{public}" }} ] }}
             public = user.public_key(),
         ),
     );
-    let child = std::process::Command::new("nats-server")
-        .args(["-c", &config])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Killed(
+        std::process::Command::new("nats-server")
+            .args(["-c", &config])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + PATIENCE;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not start");
@@ -1058,7 +1069,7 @@ authorization {{ users = [ {{ nkey: "{public}" }} ] }}
 /// certificate or without the seed it stops at start, saying why.
 #[tokio::test]
 async fn a_node_reaches_nats_over_tls_with_a_client_certificate_and_an_nkey() {
-    let Some((mut nats, url, files, ca)) = tls_nats_with_an_nkey_user() else {
+    let Some((_nats, url, files, ca)) = tls_nats_with_an_nkey_user() else {
         return;
     };
     let file = |name: &str| files.path().join(name).display().to_string();
@@ -1111,9 +1122,6 @@ async fn a_node_reaches_nats_over_tls_with_a_client_certificate_and_an_nkey() {
         .await;
     assert_eq!(status, 202);
     rx.wait_for(1, PATIENCE).await;
-    drop(node);
-    let _ = nats.kill();
-    let _ = nats.wait();
 }
 
 /// An operator token shorter than 32 characters stops the start, naming

@@ -37,23 +37,15 @@ pub const OBJECT: &str = "view";
 const SEQ_KEY: &str = "seq";
 const MAGIC: &[u8; 8] = b"WHSNAP1\n";
 
-/// Trees of a node's sled directory that are its own, not the log's: the
-/// view's bookkeeping, sled's default tree, the store's `meta` (health
-/// probe, compiled-artifact digests), `plugin_blobs` (a cache of the
-/// plugin object store) and `intents` (the embedded committer's, empty
-/// here). See the store module's doc.
-/// Of `__log`, only the parts of batches not yet whole go in a snapshot:
-/// a node loading it reads their last parts after S.
-const NODE_TREES: &[&str] = &[
-    LOG_TREE,
-    "__sled__default",
-    "meta",
-    "plugin_blobs",
-    crate::store::INTENTS_TREE,
-];
-
+/// The log's own bookkeeping tree is this node's, like the store's
+/// node-local trees ([`crate::store::NODE_LOCAL_TREES`]). Of `__log`, only
+/// the parts of batches not yet whole go in a snapshot: a node loading it
+/// reads their last parts after S.
 fn replicated(name: &[u8]) -> bool {
-    !NODE_TREES.iter().any(|t| t.as_bytes() == name)
+    name != LOG_TREE.as_bytes()
+        && !crate::store::NODE_LOCAL_TREES
+            .iter()
+            .any(|t| t.as_bytes() == name)
 }
 
 fn io(e: std::io::Error) -> ClusterError {

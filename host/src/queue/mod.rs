@@ -102,29 +102,17 @@ impl Queue {
     ) -> Self {
         let queue = Self::new(store, settings, clock, Some(owner));
         let weak = Arc::downgrade(&queue.inner);
-        queue.inner.store.on_applied(Box::new(move |batch| {
+        queue.inner.store.on_changes(Box::new(move |changes| {
             let Some(inner) = weak.upgrade() else {
                 return;
             };
             let queue = Queue { inner };
             // A cap changed through another node.
-            for w in batch.writes.iter().filter(|w| w.tree == "subscriptions") {
-                if let Some(sub) = w
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice::<crate::store::Subscription>(v).ok())
-                {
-                    queue.set_cap(&sub.id, sub.max_in_flight);
-                }
+            for sub in &changes.subscriptions {
+                queue.set_cap(&sub.id, sub.max_in_flight);
             }
-            let added: Vec<DueEntry> = batch
-                .writes
-                .iter()
-                .filter(|w| w.tree == "outbox")
-                .filter_map(|w| DueEntry::from_parts(&w.key, w.value.as_deref()?))
-                .collect();
-            if !added.is_empty() {
-                queue.queue_remote(&added);
+            if !changes.due.is_empty() {
+                queue.queue_remote(&changes.due);
             }
         }));
         queue

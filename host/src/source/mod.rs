@@ -18,7 +18,6 @@ pub mod nats;
 pub mod verify;
 
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -29,8 +28,10 @@ use crate::event::{Envelope, EventInput};
 use crate::ingest::{self, IngestError, IngestResult};
 use crate::runtime::admission::Busy;
 use crate::runtime::{CallError, Header, Inbound, PluginError, World};
-use crate::store::{PluginRef, Secret, StoreError};
+use crate::store::{Secret, StoreError};
 use crate::util::new_id_at;
+
+pub use crate::store::{DeadLetter, Kind, Source};
 pub use verify::Verify;
 
 /// The bundled adapter of every kind but `plugin`.
@@ -44,28 +45,6 @@ pub const MAX_DEAD_LETTERS: usize = 1000;
 
 /// Headers handed to an adapter at most (the rest are dropped).
 const MAX_HEADERS: usize = 64;
-
-/// The platform a source speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// OneHash Chat (Chatwoot family, seed 001).
-    Onehash,
-    /// onWebChat (seed 003).
-    Onwebchat,
-    /// Convosphere AI (seed 004).
-    Convosphere,
-    /// Hello Client (seed 002).
-    Helloclient,
-    /// oHallo (seed 000).
-    Ohallo,
-    /// Any sender of the Standard Webhooks payload form, wasmhook included.
-    StandardWebhooks,
-    /// The tenant's own adapter (`plugin`).
-    Plugin,
-    /// A NATS subject instead of HTTP requests (`nats`).
-    Nats,
-}
 
 impl Kind {
     pub const ALL: [Kind; 8] = [
@@ -110,29 +89,6 @@ impl Kind {
             Kind::Onehash | Kind::Convosphere | Kind::Plugin | Kind::Nats => Verify::None,
         }
     }
-}
-
-/// A tenant's inbound endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Source {
-    /// `src_` + 128 random bits: the path is the credential where the
-    /// platform does not sign.
-    pub id: String,
-    pub tenant_id: String,
-    pub kind: Kind,
-    /// The current secret first, then any still inside its grace period.
-    pub secrets: Vec<Secret>,
-    pub verify: Verify,
-    /// How old a signed timestamp may be (timestamped schemes), seconds.
-    pub tolerance_secs: u64,
-    /// The adapter of a `plugin` source.
-    pub plugin: Option<PluginRef>,
-    /// Where a `nats` source reads; its URL sealed at rest.
-    #[serde(default, with = "nats::stored")]
-    pub nats: Option<nats::NatsFeed>,
-    pub description: String,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
 }
 
 /// Default signature-timestamp tolerance: Standard Webhooks' 5 minutes.
@@ -193,25 +149,6 @@ pub fn check_secret(verify: &Verify, secret: &str) -> Result<(), String> {
         return Err("a secret is 1 to 200 printable characters".into());
     }
     Ok(())
-}
-
-/// A request kept because it verified but could not be normalized.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DeadLetter {
-    pub id: String,
-    pub source_id: String,
-    pub tenant_id: String,
-    pub received_at: Timestamp,
-    /// The request's headers (lowercase), as the adapter saw them.
-    #[schema(value_type = Vec<Object>)]
-    pub headers: Vec<Header>,
-    /// The body as received (invalid UTF-8 replaced).
-    pub body: String,
-    /// Why it could not be normalized, the last time it was tried.
-    pub error: String,
-    /// How many times it was tried (the request, then each replay).
-    pub attempts: u32,
-    pub updated_at: Timestamp,
 }
 
 /// Why a platform's request was not accepted.

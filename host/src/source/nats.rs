@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
@@ -26,18 +25,7 @@ use crate::app::App;
 use crate::deliver::ssrf::BrokerPolicy;
 use crate::runtime::Header;
 
-/// Where a `nats` source reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsFeed {
-    /// `nats://host:4222` (credentials in the URL if the server needs them).
-    pub url: String,
-    /// The subject (wildcards allowed) carrying the platform's events.
-    pub subject: String,
-    /// The platform whose events the messages are: a bundled kind
-    /// (`ohallo`, `onwebchat`, …), normalized by its adapter.
-    pub format: String,
-}
+pub use crate::store::NatsFeed;
 
 impl NatsFeed {
     /// The feed as a response shows it: a password in the URL is masked
@@ -51,42 +39,6 @@ impl NatsFeed {
             shown.url = url.to_string();
         }
         shown
-    }
-}
-
-/// How a source keeps its feed: the URL sealed like every other secret
-/// (it may carry the broker's user and password), so the data directory
-/// and, in cluster mode, the replicated log hold it encrypted. A URL stored
-/// before sealing reads as it is and is sealed at its next write.
-pub mod stored {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::NatsFeed;
-
-    #[derive(Serialize, Deserialize)]
-    struct Stored {
-        #[serde(with = "crate::secrets::sealed")]
-        url: String,
-        subject: String,
-        format: String,
-    }
-
-    pub fn serialize<S: Serializer>(feed: &Option<NatsFeed>, s: S) -> Result<S::Ok, S::Error> {
-        feed.as_ref()
-            .map(|f| Stored {
-                url: f.url.clone(),
-                subject: f.subject.clone(),
-                format: f.format.clone(),
-            })
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NatsFeed>, D::Error> {
-        Ok(Option::<Stored>::deserialize(d)?.map(|f| NatsFeed {
-            url: f.url,
-            subject: f.subject,
-            format: f.format,
-        }))
     }
 }
 

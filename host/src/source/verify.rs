@@ -5,40 +5,11 @@
 //! a captured request cannot be replayed later.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
 use crate::runtime::Header;
 use crate::sign;
 
-/// How a source checks its platform's requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Verify {
-    /// No signature: the URL is the credential.
-    None,
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
-    /// over `id.timestamp.body`, keyed by the `whsec_` secret's bytes.
-    StandardWebhooks,
-    /// `t=<unix>,v1=<hex HMAC-SHA256 of "t.body">` (Hello Client).
-    TimestampedHex {
-        #[serde(default = "default_timestamped_header")]
-        header: String,
-    },
-    /// Hex HMAC-SHA256 of the exact body (onWebChat, oHallo); an optional
-    /// `sha256=` prefix is accepted.
-    BodyHex {
-        #[serde(default = "default_body_header")]
-        header: String,
-    },
-}
-
-fn default_timestamped_header() -> String {
-    "x-webhook-signature".into()
-}
-
-fn default_body_header() -> String {
-    "x-owc-signature".into()
-}
+pub use crate::store::Verify;
 
 impl Verify {
     /// Header names are matched case-insensitively: store them lowercase.

@@ -171,11 +171,35 @@ impl Store {
         self.log().map(Log::node)
     }
 
-    /// Cluster mode: calls `hook` with every batch this node's view
-    /// applies, whichever node wrote it (embedded: never).
-    pub fn on_applied(&self, hook: crate::cluster::log::OnApplied) {
+    /// Cluster mode: calls `hook` with what every batch this node's view
+    /// applies changed, whichever node wrote it (embedded: never), typed:
+    /// the stages above follow records, not the store's trees.
+    pub fn on_changes(&self, hook: Box<dyn Fn(&Changes) + Send + Sync>) {
         if let Some(log) = self.log() {
-            log.view().on_applied(hook);
+            log.view().on_applied(Box::new(move |batch| {
+                let mut changes = Changes::default();
+                for w in &batch.writes {
+                    let Some(value) = w.value.as_deref() else {
+                        continue;
+                    };
+                    match w.tree.as_str() {
+                        "subscriptions" => {
+                            if let Ok(sub) = decode::<Subscription>(&w.key, value) {
+                                changes.subscriptions.push(sub);
+                            }
+                        }
+                        "outbox" => {
+                            if let Some(entry) = DueEntry::from_parts(&w.key, value) {
+                                changes.due.push(entry);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if !changes.subscriptions.is_empty() || !changes.due.is_empty() {
+                    hook(&changes);
+                }
+            }));
         }
     }
 
@@ -186,6 +210,16 @@ impl Store {
             store: self,
         }
     }
+}
+
+/// What a batch applied from the cluster's log changed, for the stages
+/// that follow it (the queue).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Subscriptions written (created or changed), as they are now.
+    pub subscriptions: Vec<Subscription>,
+    /// Outbox entries written: deliveries now due at their time.
+    pub due: Vec<DueEntry>,
 }
 
 /// Writes applied at once (embedded) or gathered for one batch (cluster).

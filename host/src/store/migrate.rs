@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 
-/// The trees a move carries: all the records the cluster replicates. Not
-/// `meta` (this machine's), the intents (empty once the store is open) or
-/// `plugin_blobs` (in cluster mode a cache of the object store, which the
-/// move fills instead).
+/// The trees a move carries: all the records the cluster replicates, that
+/// is every tree but the node-local ones ([`super::NODE_LOCAL_TREES`]; the
+/// move puts the plugin bytes into the object store instead).
 pub const CARRIED: &[&str] = &[
     "tenants",
     "api_keys",

@@ -31,9 +31,9 @@
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
 //! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
 //! | `ops_endpoints` | tenant id | [`Subscription`]: the tenant's operational webhook (see `notify`) |
-//! | `sources` | tenant id `\0` source id | [`crate::source::Source`] |
+//! | `sources` | tenant id `\0` source id | [`Source`] |
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
-//! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`crate::source::DeadLetter`] |
+//! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`DeadLetter`] |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 //! | `intents` | chunk number (BE u32) | the acceptance group being written: per event its key, receipt ms and delivery ids (empty between groups, see `intent.rs`) |
 //!
@@ -43,6 +43,7 @@
 //! see `codec.rs`). Records written in an earlier form still read.
 
 mod change;
+pub use change::Changes;
 #[cfg(test)]
 mod cluster_tests;
 mod codec;
@@ -53,6 +54,8 @@ mod group;
 mod intent;
 pub mod migrate;
 pub mod models;
+mod records;
+pub use records::{DeadLetter, Kind, NatsFeed, Source, Verify, WindowSpec};
 mod plugins;
 mod secrets;
 pub use secrets::Resealed;
@@ -75,6 +78,13 @@ use tokio::sync::oneshot;
 use crate::clock::millis;
 pub(crate) use change::TxTree;
 pub(crate) use intent::INTENTS_TREE;
+
+/// Trees of a store's sled directory that are this machine's own, never
+/// replicated, snapshotted or moved: sled's default tree, `meta` (health
+/// probe, compiled-artifact digests), `plugin_blobs` (in cluster mode a
+/// cache of the plugin object store) and the committer's intents. Every
+/// other tree is a replicated record tree ([`migrate::CARRIED`]).
+pub const NODE_LOCAL_TREES: &[&str] = &["__sled__default", "meta", "plugin_blobs", INTENTS_TREE];
 pub use models::*;
 pub use windows::SubscriptionHeld;
 

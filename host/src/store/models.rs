@@ -10,7 +10,8 @@ use crate::event::Envelope;
 use crate::retry::RetryPolicy;
 use crate::runtime::Header;
 use crate::sign::Scheme;
-use crate::window::WindowSpec;
+
+use super::WindowSpec;
 
 /// A tenant: the unit of isolation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use super::*;
 use crate::secrets::Keys;
-use crate::source::Source;
 
 /// What a pass over the stored secrets found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Sources (a tenant's inbound endpoints) and their dead letters.
 
 use super::*;
-use crate::source::{DeadLetter, Source};
+use super::{DeadLetter, Source};
 
 impl Store {
     /// Creates or replaces a source (and its id → tenant index).

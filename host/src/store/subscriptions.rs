@@ -218,7 +218,7 @@ pub(super) mod tests {
                 timeout_ms: 1000,
                 max_in_flight: 1,
             },
-            &crate::app::Bounds::default(),
+            &Default::default(),
             "2026-11-21T10:00:00Z".parse().unwrap(),
         )
         .unwrap()

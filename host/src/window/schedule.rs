@@ -7,41 +7,8 @@
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan, Zoned};
-use serde::{Deserialize, Serialize};
 
-/// A subscription's window, as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WindowSpec {
-    /// `1d`, or minutes / hours that divide a day: `5m`, `15m`, `1h`, `6h`.
-    pub every: String,
-    /// `HH:MM` after the end of a window when it closes (default `00:00`);
-    /// shorter than the period.
-    #[serde(default = "default_at")]
-    pub at: String,
-    /// An IANA zone name; days start at local midnight (default `UTC`).
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
-    /// Most items held at once for this subscription.
-    #[serde(default = "default_max_items")]
-    pub max_items: u64,
-    /// Most bytes held at once for this subscription.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-}
-
-fn default_at() -> String {
-    "00:00".into()
-}
-fn default_timezone() -> String {
-    "UTC".into()
-}
-fn default_max_items() -> u64 {
-    100_000
-}
-fn default_max_bytes() -> u64 {
-    8 << 20
-}
+pub use crate::store::WindowSpec;
 
 /// One window, `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
