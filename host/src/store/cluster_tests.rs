@@ -204,13 +204,32 @@ async fn plugin_bytes_from_the_object_store_are_checked_against_their_digest() {
     let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&good));
     let blobs = a.store.blobs.as_ref().unwrap();
     blobs.put(&name, &good).await.unwrap();
-    b.store.fetch_plugin(&name).await.unwrap();
+    // The put is acknowledged by a quorum; the server b reads through may
+    // answer "not found" a moment longer (a busy machine): ask until found.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        b.store.fetch_plugin(&name).await.unwrap();
+        if b.store.plugin_bytes(&name).unwrap().is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(b.store.plugin_bytes(&name).unwrap(), Some(good));
 
     // Other bytes under a digest's name: refused on the node fetching them.
     let forged = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"another"));
     blobs.put(&forged, b"evil bytes").await.unwrap();
-    let error = b.store.fetch_plugin(&forged).await.unwrap_err();
+    let error = loop {
+        match b.store.fetch_plugin(&forged).await {
+            Err(e) => break e,
+            // Not visible through b's server yet.
+            Ok(()) => {
+                assert!(std::time::Instant::now() < deadline, "never fetched");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     assert_eq!(b.store.plugin_bytes(&forged).unwrap(), None, "not cached");
 }
