@@ -63,14 +63,44 @@ pub fn looping_runtime() -> Runtime {
 }
 
 pub fn runtime_with(limits: Limits) -> Runtime {
-    Runtime::new(
+    Runtime::with_cache(
         Limits {
             max_concurrent_calls: 8,
             ..limits
         },
-        None,
+        Some(shared_artifacts()),
     )
     .expect("runtime")
+}
+
+/// Compiled components shared by the runtimes of this test process: a
+/// JavaScript or Python component takes seconds of CPU to compile (tens on
+/// a slow machine), and several runtimes load the same one. The digests
+/// live in this process only, so files an earlier run left are compiled
+/// again, never trusted (as in the server's cache).
+fn shared_artifacts() -> (
+    PathBuf,
+    std::sync::Arc<dyn wasmhook::runtime::ArtifactDigests>,
+) {
+    #[derive(Default)]
+    struct Digests(std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>);
+    impl wasmhook::runtime::ArtifactDigests for Digests {
+        fn get(&self, name: &str) -> Option<[u8; 32]> {
+            self.0.lock().unwrap().get(name).copied()
+        }
+        fn put(&self, name: &str, digest: [u8; 32]) {
+            self.0.lock().unwrap().insert(name.into(), digest);
+        }
+        fn remove(&self, name: &str) {
+            self.0.lock().unwrap().remove(name);
+        }
+    }
+    static DIGESTS: std::sync::OnceLock<std::sync::Arc<Digests>> = std::sync::OnceLock::new();
+    let digests = DIGESTS.get_or_init(Default::default).clone();
+    (
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins"),
+        digests,
+    )
 }
 
 pub fn load_fixture(runtime: &Runtime, name: &str) -> Plugin {
