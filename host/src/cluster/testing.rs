@@ -30,8 +30,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// How long one readiness probe waits for JetStream's answer.
+/// How long the first readiness probe waits for JetStream's answer; each
+/// probe not answered in time doubles it, up to the client's usual 5 s (a
+/// busy machine answers a replicated create slowly, never in 500 ms).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+
+/// The next probe's timeout after one that got no answer in time.
+fn longer(js: &mut async_nats::jetstream::Context, timeout: &mut Duration) {
+    *timeout = (*timeout * 2).min(PROBE_TIMEOUT_MAX);
+    js.set_timeout(*timeout);
+}
 
 impl NatsCluster {
     /// `n` servers in one cluster, JetStream ready (a meta leader elected).
@@ -114,7 +123,8 @@ impl NatsCluster {
             let mut js = async_nats::jetstream::new(client);
             // A lookup sent before a meta leader exists is never answered:
             // ask often rather than wait out the default 5 s per request.
-            js.set_timeout(PROBE_TIMEOUT);
+            let mut timeout = PROBE_TIMEOUT;
+            js.set_timeout(timeout);
             // Ready: a stream lookup is answered "not found" (before a meta
             // leader is elected it times out or answers "unavailable").
             loop {
@@ -128,6 +138,7 @@ impl NatsCluster {
                     Instant::now() < deadline,
                     "JetStream did not become ready: {e}"
                 );
+                longer(&mut js, &mut timeout);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -147,7 +158,8 @@ impl NatsCluster {
             .await
             .unwrap();
         let mut js = async_nats::jetstream::new(client);
-        js.set_timeout(PROBE_TIMEOUT);
+        let mut timeout = PROBE_TIMEOUT;
+        js.set_timeout(timeout);
         loop {
             let made = js
                 .create_stream(async_nats::jetstream::stream::Config {
@@ -165,6 +177,7 @@ impl NatsCluster {
                         Instant::now() < deadline,
                         "JetStream could not place {replicas} replicas: {e}"
                     );
+                    longer(&mut js, &mut timeout);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -188,6 +201,7 @@ impl NatsCluster {
                         Instant::now() < deadline,
                         "the readiness probe stream was not deleted: {e}"
                     );
+                    longer(&mut js, &mut timeout);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

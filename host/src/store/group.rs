@@ -20,7 +20,9 @@ use std::sync::{Arc, Weak};
 use futures_util::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Store, StoreError, Trees};
+use jiff::Timestamp;
+
+use super::{Accepted, Delivery, NewEvent, Store, StoreError, Trees};
 
 /// Groups written at once: a publish's round trip is spent waiting, so a
 /// second group fills while the first is acknowledged.
@@ -131,6 +133,49 @@ async fn write_group<I, O>(store: Store, jobs: Vec<Job<I, O>>, write: WriteGroup
                 });
                 let _ = reply.send(done);
             }
+        }
+    }
+}
+
+/// Cluster mode's write groups (below).
+pub(super) struct Groups {
+    /// Batches of events; each gets its acceptances.
+    pub(super) accepts: Grouper<Vec<NewEvent>, Vec<Accepted>>,
+    /// An attempt's record and the due time it was leased from; each gets
+    /// whether it was recorded.
+    pub(super) records: Grouper<(Delivery, Timestamp), bool>,
+}
+
+/// Events in one group of acceptances at most (a batch larger than a NATS
+/// message goes in parts, which costs more round trips).
+const GROUP_EVENTS: usize = 1000;
+/// Attempt records in one group at most.
+const GROUP_RECORDS: usize = 500;
+
+impl Groups {
+    pub(super) fn start(store: &Store) -> Self {
+        let accepts: WriteGroup<Vec<NewEvent>, Vec<Accepted>> =
+            Arc::new(|store: Store, batches: Vec<Vec<NewEvent>>| {
+                Box::pin(async move {
+                    let events: Vec<&NewEvent> = batches.iter().flatten().collect();
+                    let result = store.accept_in_log(&events).await;
+                    drop(events);
+                    let result =
+                        result.map(|accepted| super::events::split_by_batch(accepted, &batches));
+                    (batches, result)
+                })
+            });
+        let records: WriteGroup<(Delivery, Timestamp), bool> =
+            Arc::new(|store: Store, records: Vec<(Delivery, Timestamp)>| {
+                Box::pin(async move {
+                    let result = store.record_leased_in_log(&records).await;
+                    (records, result)
+                })
+            });
+        let trees = Arc::downgrade(&store.0);
+        Groups {
+            accepts: Grouper::start(trees.clone(), GROUP_EVENTS, Vec::len, accepts),
+            records: Grouper::start(trees, GROUP_RECORDS, |_| 1, records),
         }
     }
 }
