@@ -8,11 +8,13 @@
 mod auth;
 mod deliveries;
 mod events;
+mod inbound;
 mod keys;
 pub mod openapi;
 mod ops;
 mod plugins;
 mod sources;
+mod subscription_actions;
 mod subscriptions;
 mod tenants;
 

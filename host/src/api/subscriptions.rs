@@ -1,12 +1,13 @@
 //! `/v1/subscriptions` (tenant key): create, list, read, change, delete,
-//! enable/disable, reveal and rotate the secret, send a test event, replay.
+//! enable/disable, reveal and rotate the secret. Sending a test event,
+//! replaying and the windows are in `subscription_actions.rs`.
 
 use crate::notify;
 use crate::telemetry::DisableReason;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,17 +15,15 @@ use utoipa_axum::routes;
 
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
+use super::subscription_actions::{TestResult, run_test, test_slot};
 use super::{ApiError, ApiState, Json};
-use crate::event::{Data, Envelope};
-use crate::ingest::HoldMode;
 use crate::retry::RetryPolicy;
 use crate::runtime::World;
 use crate::sign::{self, Scheme};
-use crate::store::{Delivery, PluginRef, Subscription};
+use crate::store::{PluginRef, Subscription};
 pub use crate::subscription::{Defaults, SubscriptionInput};
-use crate::util::{new_id, new_id_at};
-use crate::window::{self, FlushResult, WindowSpec};
-use crate::{deliver, ingest};
+use crate::util::new_id;
+use crate::window::WindowSpec;
 
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -34,10 +33,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(disable))
         .routes(routes!(reveal_secret))
         .routes(routes!(rotate_secret))
-        .routes(routes!(send_test))
-        .routes(routes!(replay))
-        .routes(routes!(flush))
-        .routes(routes!(window_view))
+        .merge(super::subscription_actions::router())
 }
 
 /// A subscription as the API shows it (the secret only on creation, reveal
@@ -102,7 +98,7 @@ impl SubscriptionView {
     }
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(super) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad("invalid_subscription", message)
 }
 
@@ -125,7 +121,7 @@ async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Resul
     .await
 }
 
-fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Subscription, ApiError> {
+pub(super) fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Subscription, ApiError> {
     state
         .app
         .store
@@ -418,214 +414,4 @@ async fn rotate_secret(
     })
     .await?;
     Ok(axum::Json(secret_view(&s.secrets, now)))
-}
-
-/// A delivery with its attempts, as the test endpoint reports it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TestResult {
-    #[schema(value_type = Vec<Object>)]
-    pub deliveries: Vec<Delivery>,
-}
-
-/// Send a `webhook.test` event through the plugin and signer now; answers
-/// with the attempt's result. The delivery is kept in the log.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/test", tag = "subscriptions", security(("tenant" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody)))]
-async fn send_test(
-    tenant: Tenant,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<axum::Json<TestResult>, ApiError> {
-    let sub = load(&state, &tenant, &id)?;
-    let slot = test_slot(&state, &tenant.id)?;
-    Ok(axum::Json(TestResult {
-        deliveries: run_test(&state, &sub, slot).await?,
-    }))
-}
-
-/// A slot of the tenant's in-flight cap for a test event: sent here, not
-/// by the workers, but within the cap like any attempt, so tests in a loop
-/// cannot go past it.
-fn test_slot(state: &ApiState, tenant_id: &str) -> Result<crate::queue::Reserved, ApiError> {
-    state
-        .app
-        .queue
-        .reserve(tenant_id)
-        .ok_or_else(|| ApiError::TooManyRequests {
-            code: "tenant_busy",
-            message: "the tenant has delivery.max_in_flight_per_tenant attempts in flight; retry the test shortly".into(),
-            retry_after_secs: 1,
-        })
-}
-
-/// A `webhook.test` event through the subscription's plugin and signer,
-/// attempted here; returns its deliveries after their first attempt.
-async fn run_test(
-    state: &ApiState,
-    sub: &Subscription,
-    _slot: crate::queue::Reserved,
-) -> Result<Vec<Delivery>, ApiError> {
-    let now = state.app.clock.now();
-    let event = Envelope {
-        id: new_id_at("evt", now),
-        event_type: "webhook.test".into(),
-        occurred_at: now.to_string(),
-        source: "wasmhook".into(),
-        data: Data::from_value(&serde_json::json!({
-            "message": "A test event from wasmhook.",
-            "subscription_id": sub.id,
-        })),
-    };
-    // Through the plugin like any event, but sent right here (not by the
-    // workers), and items the plugin holds are not kept in the real window.
-    let out = ingest::transform(&state.app, sub, &event, now, HoldMode::Discard).await?;
-    let mut deliveries = out.deliveries;
-    for d in &mut deliveries {
-        d.next_attempt_at = None;
-        // The test event is not stored: its deliveries keep its body.
-        if let Some(r) = d.request.as_mut().filter(|r| r.body_from_event) {
-            r.body = event.webhook_body();
-            r.body_from_event = false;
-        }
-    }
-    state.app.queue.add_unqueued(&deliveries).await?;
-    let mut results = Vec::new();
-    for d in deliveries {
-        if d.status == crate::store::DeliveryStatus::Pending {
-            let id = d.id.clone();
-            deliver::worker::attempt(&state.app.deliver, d, None).await?;
-            if let Some(done) = state.app.store.get_delivery(&id)? {
-                // A retry the policy scheduled goes to the workers.
-                state.app.queue.rescheduled(&done);
-                results.push(done);
-            }
-        } else {
-            results.push(d);
-        }
-    }
-    Ok(results)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayInput {
-    /// RFC 3339: events received at or after this time.
-    pub since: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReplayResult {
-    /// Events routed again.
-    pub events: usize,
-    /// Deliveries created.
-    pub deliveries: usize,
-}
-
-/// Re-run stored events received since a time through the current plugin,
-/// as new deliveries to this subscription.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", request_body = ReplayInput,
-    security(("tenant" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = ReplayResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn replay(
-    tenant: Tenant,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    Json(input): Json<ReplayInput>,
-) -> Result<axum::Json<ReplayResult>, ApiError> {
-    let sub = load(&state, &tenant, &id)?;
-    let since: Timestamp = input.since.parse().map_err(|_| {
-        ApiError::bad(
-            "invalid_body",
-            format!("since {:?} is not an RFC 3339 time", input.since),
-        )
-    })?;
-    let (events, deliveries) = ingest::replay(&state.app, &sub, since).await?;
-    Ok(axum::Json(ReplayResult { events, deliveries }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FlushResponse {
-    /// One entry per window that held items.
-    pub windows: Vec<FlushResult>,
-}
-
-/// Close the subscription's windows now: every window holding items is
-/// flushed through the plugin into deliveries (for operators and tests).
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/flush", tag = "subscriptions", security(("tenant" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = FlushResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn flush(
-    tenant: Tenant,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<axum::Json<FlushResponse>, ApiError> {
-    let sub = load(&state, &tenant, &id)?;
-    if sub.window.is_none() {
-        return Err(bad("this subscription has no window"));
-    }
-    let windows = window::flush_subscription(&state.app, &sub)
-        .await
-        .map_err(|e| match e {
-            window::FlushError::Store(e) => ApiError::from(e),
-            window::FlushError::Busy(e) => ApiError::from(e),
-        })?;
-    Ok(axum::Json(FlushResponse { windows }))
-}
-
-/// Items held in one window, per group.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeldWindow {
-    pub start: Timestamp,
-    pub end: Timestamp,
-    pub close_at: Timestamp,
-    pub items: u64,
-    pub bytes: u64,
-    /// Items per group key, groups in arrival order.
-    #[schema(value_type = Object)]
-    pub groups: serde_json::Map<String, Value>,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WindowView {
-    #[schema(value_type = Option<WindowSpec>)]
-    pub spec: Option<WindowSpec>,
-    pub windows: Vec<HeldWindow>,
-}
-
-/// What the subscription holds, per window and group.
-#[utoipa::path(get, path = "/v1/subscriptions/{id}/window", tag = "subscriptions", security(("tenant" = [])),
-    params(("id" = String, Path)),
-    responses((status = 200, body = WindowView), (status = 404, body = ErrorBody)))]
-async fn window_view(
-    tenant: Tenant,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<axum::Json<WindowView>, ApiError> {
-    let sub = load(&state, &tenant, &id)?;
-    let mut windows = Vec::new();
-    for w in state.app.store.windows_of(&sub.id)? {
-        let mut groups = serde_json::Map::new();
-        for (_, record) in state.app.store.held_items(&sub.id, w.start)? {
-            let n = groups
-                .get(&record.group)
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            groups.insert(record.group, Value::from(n + 1));
-        }
-        windows.push(HeldWindow {
-            start: w.start,
-            end: w.end,
-            close_at: w.close_at,
-            items: w.items,
-            bytes: w.bytes,
-            groups,
-            last_error: w.last_error,
-        });
-    }
-    Ok(axum::Json(WindowView {
-        spec: sub.window,
-        windows,
-    }))
 }
