@@ -361,6 +361,13 @@ pub async fn transform(
     };
     let plugin = match app.plugins.resolve(&sub.tenant_id, &plugin_ref.id).await {
         Ok(p) => p,
+        // The store cannot answer now (in cluster mode, the component not
+        // yet visible through this node's NATS server): 503 before anything
+        // is stored, and the sender's retry routes it, rather than a
+        // delivery failed for good.
+        Err(crate::plugins::ResolveError::Store(e)) if e.is_unavailable() => {
+            return Err(e.into());
+        }
         Err(e) => {
             warn!(subscription_id = %sub.id, error = %e, "plugin unavailable");
             return Ok(one(delivery(

@@ -208,9 +208,10 @@ async fn plugin_bytes_from_the_object_store_are_checked_against_their_digest() {
     // answer "not found" a moment longer (a busy machine): ask until found.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        b.store.fetch_plugin(&name).await.unwrap();
-        if b.store.plugin_bytes(&name).unwrap().is_some() {
-            break;
+        // Until it is visible: unavailable (503), not unknown.
+        match b.store.fetch_plugin(&name).await {
+            Ok(()) => break,
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
         }
         assert!(std::time::Instant::now() < deadline, "never fetched");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -222,9 +223,11 @@ async fn plugin_bytes_from_the_object_store_are_checked_against_their_digest() {
     blobs.put(&forged, b"evil bytes").await.unwrap();
     let error = loop {
         match b.store.fetch_plugin(&forged).await {
-            Err(e) => break e,
+            Err(e @ StoreError::Corrupt { .. }) => break e,
+            Ok(()) => panic!("forged bytes were taken"),
             // Not visible through b's server yet.
-            Ok(()) => {
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
                 assert!(std::time::Instant::now() < deadline, "never fetched");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

@@ -69,8 +69,17 @@ impl Store {
                 });
             }
             self.plugin_blobs.insert(sha256.as_bytes(), bytes)?;
+            return Ok(());
         }
-        Ok(())
+        // A record names it, so it was put before the record was written;
+        // the server this node reads through may not show it yet (its
+        // replica lags a moment). Unavailable for now (503, the sender or
+        // the attempt retries), not an unknown plugin.
+        Err(StoreError::Cluster(
+            crate::cluster::ClusterError::JetStream(format!(
+                "plugin component {sha256} is not in the object store (yet)"
+            )),
+        ))
     }
 
     /// Removes a plugin's record (and its bytes when no other record uses
