@@ -275,8 +275,11 @@ pub async fn replay_dead_letter(
 }
 
 /// The adapter's events as validated envelopes and its reply, or why there
-/// are none (the message names the field). Only a full plugin pool is an
-/// error here.
+/// are none (the message names the field). Only what may clear by itself
+/// is an error here: a full plugin pool, or the store unable to answer (in
+/// cluster mode, the adapter's component not yet visible through this
+/// node's NATS server) — the platform's retry then comes again, where a
+/// dead letter would wait for a person.
 async fn normalize(
     app: &App,
     source: &Source,
@@ -284,7 +287,7 @@ async fn normalize(
     body: &str,
     received_at: Timestamp,
     utf8: bool,
-) -> Result<Result<(Vec<Envelope>, Option<String>), String>, Busy> {
+) -> Result<Result<(Vec<Envelope>, Option<String>), String>, ReceiveError> {
     if !utf8 {
         return Ok(Err("the body is not UTF-8 text".into()));
     }
@@ -295,6 +298,9 @@ async fn normalize(
             return Ok(Err(format!(
                 "adapter {plugin_id} is not a source adapter (it implements the transform world)"
             )));
+        }
+        Err(crate::plugins::ResolveError::Store(e)) if e.is_unavailable() => {
+            return Err(e.into());
         }
         Err(e) => return Ok(Err(format!("adapter {plugin_id}: {e}"))),
     };
