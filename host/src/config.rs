@@ -199,6 +199,19 @@ pub struct ClusterConfig {
     pub auth: crate::cluster::NatsAuth,
 }
 
+impl ClusterConfig {
+    /// How to reach the cluster's NATS: what a node and `wasmhook migrate`
+    /// both connect with.
+    pub fn settings(&self) -> crate::cluster::ClusterSettings {
+        crate::cluster::ClusterSettings {
+            urls: self.urls.clone(),
+            replicas: self.replicas,
+            request_timeout: Duration::from_secs(5),
+            auth: self.auth.clone(),
+        }
+    }
+}
+
 /// The `[cluster]` TLS and credential files, each checked readable now
 /// (a typo is a start refused with the key's name, not a node that cannot
 /// reconnect later).

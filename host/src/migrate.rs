@@ -11,11 +11,9 @@
 //! their own configuration.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cluster::ClusterSettings;
 use crate::config::Config;
 use crate::secrets::{Key, Keys};
 use crate::store::Store;
@@ -47,12 +45,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
                 config.data_dir.display()
             )
         })?;
-    let settings = ClusterSettings {
-        urls: cluster.urls.clone(),
-        replicas: cluster.replicas,
-        request_timeout: Duration::from_secs(5),
-        auth: cluster.auth.clone(),
-    };
+    let settings = cluster.settings();
     let client = crate::cluster::connect(&settings).await?;
     let replicas = crate::cluster::replicas(&settings, &client);
     // The move's own view of the log: a scratch directory, gone after.

@@ -16,7 +16,6 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState, RateLimiter};
 use crate::app::{App, EngineSettings};
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::ClusterSettings;
 use crate::cluster::leases::{Leases, OnChange, Ownership};
 use crate::config::{ClusterConfig, Config};
 use crate::deliver::worker::Worker;
@@ -387,12 +386,7 @@ pub async fn join_cluster(
     config: &Config,
     cluster: &ClusterConfig,
 ) -> anyhow::Result<(Store, Leases)> {
-    let settings = ClusterSettings {
-        urls: cluster.urls.clone(),
-        replicas: cluster.replicas,
-        request_timeout: Duration::from_secs(5),
-        auth: cluster.auth.clone(),
-    };
+    let settings = cluster.settings();
     let client = crate::cluster::connect(&settings).await?;
     let replicas = crate::cluster::replicas(&settings, &client);
     let store = Store::open_cluster(
