@@ -32,6 +32,10 @@ pub enum ResolveError {
     Store(#[from] StoreError),
 }
 
+/// How long after its record a plugin's missing component counts as not
+/// yet visible (503) rather than gone (unknown plugin).
+const MISSING_COMPONENT_GRACE_SECS: i64 = 120;
+
 /// Resolves and caches plugins.
 #[derive(Clone)]
 pub struct Registry {
@@ -76,7 +80,23 @@ impl Registry {
             .ok_or_else(|| ResolveError::Unknown(id.to_string()))?;
         let unknown = ResolveError::Unknown(id.to_string());
         let sha = record.sha256;
-        self.store.fetch_plugin(&sha).await?;
+        if !self.store.fetch_plugin(&sha).await? {
+            // Cluster mode: a record names the component, so it was put
+            // before the record was written, but the server this node reads
+            // through may not show it yet (a replica lags a moment). Shortly
+            // after the record that may clear: unavailable (503, retried).
+            // Later the bytes are gone: an unknown plugin, as before, not a
+            // 503 for ever.
+            let age = jiff::Timestamp::now().duration_since(record.created_at);
+            if age < jiff::SignedDuration::from_secs(MISSING_COMPONENT_GRACE_SECS) {
+                return Err(ResolveError::Store(StoreError::Cluster(
+                    crate::cluster::ClusterError::JetStream(format!(
+                        "plugin component {sha} is not in the object store yet"
+                    )),
+                )));
+            }
+            return Err(unknown);
+        }
         self.load_once(sha.clone(), move |store| {
             store.plugin_bytes(&sha)?.ok_or(unknown)
         })

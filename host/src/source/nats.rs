@@ -32,11 +32,19 @@ impl NatsFeed {
     /// (it is a secret, shown only in the request that set it).
     pub fn redacted(&self) -> NatsFeed {
         let mut shown = self.clone();
-        if let Ok(mut url) = reqwest::Url::parse(&self.url)
-            && url.password().is_some()
-            && url.set_password(Some("****")).is_ok()
-        {
-            shown.url = url.to_string();
+        if let Ok(mut url) = reqwest::Url::parse(&self.url) {
+            // A password, or a token alone in the user part
+            // (`nats://TOKEN@host`): both are credentials.
+            let masked = if url.password().is_some() {
+                url.set_password(Some("****")).is_ok()
+            } else if !url.username().is_empty() {
+                url.set_username("****").is_ok()
+            } else {
+                false
+            };
+            if masked {
+                shown.url = url.to_string();
+            }
         }
         shown
     }
@@ -299,4 +307,28 @@ async fn consume(
             .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NatsFeed;
+
+    fn shown(url: &str) -> String {
+        NatsFeed {
+            url: url.into(),
+            subject: "a.b".into(),
+            format: "ohallo".into(),
+        }
+        .redacted()
+        .url
+    }
+
+    /// Answers never carry a credential: a password, or a token alone in
+    /// the user part.
+    #[test]
+    fn credentials_in_a_broker_url_are_masked() {
+        assert_eq!(shown("nats://u:secret-pw@h:4222"), "nats://u:****@h:4222");
+        assert_eq!(shown("nats://s3cr3t-token@h:4222"), "nats://****@h:4222");
+        assert_eq!(shown("nats://h:4222"), "nats://h:4222");
+    }
 }

@@ -247,6 +247,10 @@ impl Intents<'_> {
             }
             self.events_by_time
                 .remove(events::time_key(entry.received_ms, &entry.event_key))?;
+            // And the form an earlier version wrote (receipt first), should
+            // the group be one it left half-written.
+            self.events_by_time
+                .remove([&entry.received_ms.to_be_bytes()[..], &entry.event_key[..]].concat())?;
             self.events.remove(&entry.event_key)?;
         }
         Ok(half_written)

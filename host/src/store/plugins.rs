@@ -51,12 +51,12 @@ impl Store {
     /// Cluster mode: makes sure this node has a component's bytes (fetched
     /// from the object store on first use), so [`Store::plugin_bytes`]
     /// finds them. Embedded: they are always here.
-    pub async fn fetch_plugin(&self, sha256: &str) -> Result<(), StoreError> {
+    pub async fn fetch_plugin(&self, sha256: &str) -> Result<bool, StoreError> {
         let Some(blobs) = &self.blobs else {
-            return Ok(());
+            return Ok(self.plugin_blobs.contains_key(sha256)?);
         };
         if self.plugin_blobs.contains_key(sha256)? {
-            return Ok(());
+            return Ok(true);
         }
         if let Some(bytes) = blobs.get(sha256).await? {
             // The object store is shared: whatever is there must be the
@@ -69,17 +69,11 @@ impl Store {
                 });
             }
             self.plugin_blobs.insert(sha256.as_bytes(), bytes)?;
-            return Ok(());
+            return Ok(true);
         }
-        // A record names it, so it was put before the record was written;
-        // the server this node reads through may not show it yet (its
-        // replica lags a moment). Unavailable for now (503, the sender or
-        // the attempt retries), not an unknown plugin.
-        Err(StoreError::Cluster(
-            crate::cluster::ClusterError::JetStream(format!(
-                "plugin component {sha256} is not in the object store (yet)"
-            )),
-        ))
+        // Not (yet) visible through this node's server: the caller decides
+        // whether that may still clear (see `plugins::Registry::resolve`).
+        Ok(false)
     }
 
     /// Removes a plugin's record (and its bytes when no other record uses
