@@ -42,6 +42,9 @@ pub struct Moved {
     pub records: BTreeMap<&'static str, usize>,
     /// Plugin components put into the object store.
     pub plugin_components: usize,
+    /// Records whose secrets were sealed again with the cluster's key on
+    /// the way (sealed with another key, or not at all).
+    pub resealed: usize,
 }
 
 /// Why a move did not start.
@@ -95,6 +98,12 @@ impl Store {
                 // Records with secrets are opened and sealed again with the
                 // cluster's key as they go: a secret no configured key opens
                 // stops the move before its tenant is written.
+                if matches!(name, "subscriptions" | "ops_endpoints" | "sources")
+                    && let Some(keys) = crate::secrets::keys()
+                    && super::secrets::is_stale(&key, &value, keys)?
+                {
+                    moved.resealed += 1;
+                }
                 let value = match name {
                     "subscriptions" | "ops_endpoints" => {
                         encode(&decode::<Subscription>(&key, &value)?)

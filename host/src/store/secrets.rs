@@ -86,7 +86,7 @@ impl Store {
 
 /// Whether a stored record holds a secret not sealed with the current key:
 /// a signing secret, or a `nats` source's broker URL.
-fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, StoreError> {
+pub(super) fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, StoreError> {
     let raw: Value = decode(key, bytes)?;
     let secrets = raw["secrets"].as_array().is_some_and(|secrets| {
         secrets
