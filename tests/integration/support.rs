@@ -82,20 +82,8 @@ fn shared_artifacts() -> (
     PathBuf,
     std::sync::Arc<dyn wasmhook::runtime::ArtifactDigests>,
 ) {
-    #[derive(Default)]
-    struct Digests(std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>);
-    impl wasmhook::runtime::ArtifactDigests for Digests {
-        fn get(&self, name: &str) -> Option<[u8; 32]> {
-            self.0.lock().unwrap().get(name).copied()
-        }
-        fn put(&self, name: &str, digest: [u8; 32]) {
-            self.0.lock().unwrap().insert(name.into(), digest);
-        }
-        fn remove(&self, name: &str) {
-            self.0.lock().unwrap().remove(name);
-        }
-    }
-    static DIGESTS: std::sync::OnceLock<std::sync::Arc<Digests>> = std::sync::OnceLock::new();
+    static DIGESTS: std::sync::OnceLock<std::sync::Arc<wasmhook::runtime::MemoryDigests>> =
+        std::sync::OnceLock::new();
     let digests = DIGESTS.get_or_init(Default::default).clone();
     (
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins"),

@@ -27,7 +27,7 @@ use wasmtime::{
 
 use bindings::source::{Source, SourcePre};
 use bindings::{Transform, TransformPre};
-pub use cache::ArtifactDigests;
+pub use cache::{ArtifactDigests, MemoryDigests};
 pub use state::IdClock;
 use state::{Determinism, LogLimits, State};
 pub use types::*;
