@@ -50,10 +50,13 @@ impl Store {
 
     /// Cluster mode: makes sure this node has a component's bytes (fetched
     /// from the object store on first use), so [`Store::plugin_bytes`]
-    /// finds them. Embedded: they are always here.
+    /// finds them; false when the object store does not show them (yet).
+    /// Embedded: true (they are here, or nowhere).
     pub async fn fetch_plugin(&self, sha256: &str) -> Result<bool, StoreError> {
         let Some(blobs) = &self.blobs else {
-            return Ok(self.plugin_blobs.contains_key(sha256)?);
+            // Embedded: the bytes are here or nowhere; the load that reads
+            // them says which (no lookup on every resolve).
+            return Ok(true);
         };
         if self.plugin_blobs.contains_key(sha256)? {
             return Ok(true);
