@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::EventInput;
-use crate::runtime::{Action, HeldGroup, Limits, Plugin, Runtime, WindowBounds, bundled};
+use crate::runtime::{
+    Action, CacheDirs, HeldGroup, Limits, Plugin, Runtime, WindowBounds, bundled,
+};
 
 /// A self-hosted webhook router for chat platforms, with sandboxed
 /// WebAssembly transforms per subscriber.
@@ -90,6 +92,8 @@ pub enum PluginCommand {
     Check {
         /// A `.wasm` component path, or a bundled plugin name (`helloclient-lead`).
         plugin: String,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Run a plugin's `handle` on an event (or `flush` on held groups) and print the result as JSON.
     Run(RunArgs),
@@ -104,6 +108,32 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
         lang: crate::scaffold::Lang,
     },
+}
+
+/// Where the plugin commands find and keep compiled plugins.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The host's shared directory of compiled plugins (the server's
+    /// `plugins.shared_cache_dir`): a large component is then compiled once
+    /// per host, not once per command. Trusted like the binary: it must be
+    /// this user's own and writable by no one else.
+    #[arg(long, value_name = "DIR", env = "WASMHOOK_PLUGINS_SHARED_CACHE_DIR")]
+    shared_cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn runtime(&self, limits: Limits) -> anyhow::Result<Runtime> {
+        Ok(Runtime::with_cache(
+            limits,
+            CacheDirs {
+                private: None,
+                shared: self
+                    .shared_cache_dir
+                    .clone()
+                    .filter(|d| !d.as_os_str().is_empty()),
+            },
+        )?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +175,8 @@ pub struct RunArgs {
     /// Time limit of a `--flush` call, in ms (the server's default: 1000).
     #[arg(long, value_name = "MS", default_value_t = Limits::default().flush_timeout_ms)]
     flush_timeout_ms: u64,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// Runs a parsed command line.
@@ -170,7 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(())
         }
-        Command::Plugin(PluginCommand::Check { plugin }) => check(&plugin),
+        Command::Plugin(PluginCommand::Check { plugin, cache }) => check(&plugin, &cache),
         Command::Plugin(PluginCommand::Run(args)) => run_plugin(args).await,
         Command::Plugin(PluginCommand::New { dir, lang }) => {
             let files = crate::scaffold::create(&dir, lang)?;
@@ -218,8 +250,8 @@ fn load(runtime: &Runtime, plugin: &str) -> anyhow::Result<Plugin> {
         .with_context(|| format!("{what} was refused"))
 }
 
-fn check(plugin: &str) -> anyhow::Result<()> {
-    let runtime = Runtime::new(Limits::default(), None)?;
+fn check(plugin: &str, cache: &CacheArgs) -> anyhow::Result<()> {
+    let runtime = cache.runtime(Limits::default())?;
     let loaded = load(&runtime, plugin)?;
     let info = runtime.info(&loaded);
     let out = serde_json::json!({
@@ -257,7 +289,7 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
         flush_timeout_ms: args.flush_timeout_ms,
         ..Limits::default()
     };
-    let runtime = Runtime::new(limits, None)?;
+    let runtime = args.cache.runtime(limits)?;
     let plugin = load(&runtime, &args.plugin)?;
     if args.config.is_some() {
         // As the server does when a subscription is saved.

@@ -137,6 +137,7 @@ pub struct PluginsSection {
     pub max_concurrent_calls: u32,
     pub tenant_share_percent: u32,
     pub admission_wait_ms: u64,
+    pub shared_cache_dir: String,
 }
 
 /// Validated settings.
@@ -179,6 +180,9 @@ pub struct Config {
     /// Percent of the plugin slots one tenant may hold.
     pub tenant_share_percent: u32,
     pub admission_wait: Duration,
+    /// Compiled plugins shared by this host's wasmhook processes
+    /// (`plugins.shared_cache_dir`; trusted like the binary).
+    pub shared_cache_dir: Option<PathBuf>,
     pub bounds: crate::app::Bounds,
     /// Cluster mode (NATS JetStream), when set.
     pub cluster: Option<ClusterConfig>,
@@ -648,6 +652,9 @@ impl RawConfig {
             },
             tenant_share_percent: p.tenant_share_percent,
             admission_wait: Duration::from_millis(p.admission_wait_ms),
+            shared_cache_dir: Some(p.shared_cache_dir.trim())
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
             bounds: crate::app::Bounds {
                 subscriptions_per_tenant: l.subscriptions_per_tenant,
                 plugins_per_tenant: l.plugins_per_tenant,

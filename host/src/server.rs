@@ -23,7 +23,7 @@ use crate::deliver::{self, Sender, ssrf};
 use crate::plugins::Registry;
 use crate::queue::{Caps, Queue, QueueSettings};
 use crate::runtime::admission::Admission;
-use crate::runtime::{ArtifactDigests, Runtime};
+use crate::runtime::{ArtifactDigests, CacheDirs, Runtime};
 use crate::store::{Store, token_hash};
 use crate::telemetry::Telemetry;
 
@@ -47,10 +47,13 @@ pub fn build_app_with(
 ) -> anyhow::Result<App> {
     let runtime = Runtime::with_cache(
         config.limits.clone(),
-        Some((
-            config.data_dir.join("plugin-cache"),
-            Arc::new(store.clone()) as Arc<dyn ArtifactDigests>,
-        )),
+        CacheDirs {
+            private: Some((
+                config.data_dir.join("plugin-cache"),
+                Arc::new(store.clone()) as Arc<dyn ArtifactDigests>,
+            )),
+            shared: config.shared_cache_dir.clone(),
+        },
     )
     .context("starting the plugin sandbox")?;
     let ids = clock.clone();

@@ -875,3 +875,45 @@ both_backends! {
         assert_eq!(loads.trim(), "1", "six dry runs, one load");
     }
 }
+
+/// A shared compiled-plugin directory that others can write would let them
+/// run code in the server: it is refused at start, with the reason, and so
+/// it is by the CLI.
+#[test]
+fn a_shared_plugin_cache_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .env("WASMHOOK_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN)
+        .env("WASMHOOK_PLUGINS_SHARED_CACHE_DIR", &shared)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("writable by group or others") && stderr.contains("shared"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["plugin", "check", "event-filter", "--shared-cache-dir"])
+        .arg(&shared)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing written to it"
+    );
+}

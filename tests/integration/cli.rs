@@ -10,6 +10,10 @@ fn wasmhook(args: &[&str]) -> Output {
     Command::new(binary())
         .args(args)
         .current_dir(repo_root())
+        .env(
+            "WASMHOOK_PLUGINS_SHARED_CACHE_DIR",
+            shared_compiled_plugins(),
+        )
         .output()
         .expect("run wasmhook")
 }

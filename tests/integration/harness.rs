@@ -359,6 +359,10 @@ impl Server {
             // Patient plugin time limits (a test's own `env` may set others).
             .env("WASMHOOK_PLUGINS_HANDLE_TIMEOUT_MS", patient_call_ms())
             .env("WASMHOOK_PLUGINS_FLUSH_TIMEOUT_MS", patient_call_ms())
+            .env(
+                "WASMHOOK_PLUGINS_SHARED_CACHE_DIR",
+                crate::support::shared_compiled_plugins(),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -186,6 +186,10 @@ fn scaffold_runs_in_the_cli(lang: Lang) {
         // Tests run in parallel beside builds: a CPython component's first
         // call can take longer than the server's 50 ms on a loaded runner.
         .args(["--timeout-ms", &PATIENT_CALL_MS.to_string()])
+        .env(
+            "WASMHOOK_PLUGINS_SHARED_CACHE_DIR",
+            shared_compiled_plugins(),
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -68,27 +68,21 @@ pub fn runtime_with(limits: Limits) -> Runtime {
             max_concurrent_calls: 8,
             ..limits
         },
-        Some(shared_artifacts()),
+        wasmhook::runtime::CacheDirs {
+            private: None,
+            shared: Some(shared_compiled_plugins()),
+        },
     )
     .expect("runtime")
 }
 
-/// Compiled components shared by the runtimes of this test process: a
-/// JavaScript or Python component takes seconds of CPU to compile (tens on
-/// a slow machine), and several runtimes load the same one. The digests
-/// live in this process only, so files an earlier run left are compiled
-/// again, never trusted (as in the server's cache).
-fn shared_artifacts() -> (
-    PathBuf,
-    std::sync::Arc<dyn wasmhook::runtime::ArtifactDigests>,
-) {
-    static DIGESTS: std::sync::OnceLock<std::sync::Arc<wasmhook::runtime::MemoryDigests>> =
-        std::sync::OnceLock::new();
-    let digests = DIGESTS.get_or_init(Default::default).clone();
-    (
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compiled-plugins"),
-        digests,
-    )
+/// The compiled plugins shared by every runtime of the test run: the
+/// in-process ones, every server the tests start and every CLI run
+/// (`plugins.shared_cache_dir`). A JavaScript or Python component takes
+/// seconds of CPU to compile (tens on a slow machine), and many of them load
+/// the same one.
+pub fn shared_compiled_plugins() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-compiled-plugins")
 }
 
 pub fn load_fixture(runtime: &Runtime, name: &str) -> Plugin {

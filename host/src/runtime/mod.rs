@@ -27,7 +27,7 @@ use wasmtime::{
 
 use bindings::source::{Source, SourcePre};
 use bindings::{Transform, TransformPre};
-pub use cache::{ArtifactDigests, MemoryDigests};
+pub use cache::{ArtifactDigests, CacheDirs, MemoryDigests};
 pub use state::IdClock;
 use state::{Determinism, LogLimits, State};
 pub use types::*;
@@ -274,16 +274,18 @@ impl Runtime {
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
         Self::with_cache(
             limits,
-            cache_dir.map(|dir| (dir, Arc::new(cache::MemoryDigests::default()) as _)),
+            CacheDirs {
+                private: cache_dir.map(|dir| (dir, Arc::new(cache::MemoryDigests::default()) as _)),
+                shared: None,
+            },
         )
     }
 
-    /// Like [`Runtime::new`], with the artifacts' digests kept in `digests`
-    /// (the store), so a restart maps the artifacts it can trust.
-    pub fn with_cache(
-        limits: Limits,
-        cache: Option<(PathBuf, Arc<dyn ArtifactDigests>)>,
-    ) -> Result<Self, LoadError> {
+    /// Like [`Runtime::new`], with the private cache's digests kept where
+    /// the caller says (the store, so a restart maps the artifacts it can
+    /// trust) and, optionally, a directory shared with the host's other
+    /// wasmhook processes.
+    pub fn with_cache(limits: Limits, cache: CacheDirs) -> Result<Self, LoadError> {
         let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
         // Resetting a used instance's memory (BENCHMARKS.md, "Plugin
@@ -329,13 +331,8 @@ impl Runtime {
             .map_err(engine_err)?;
 
         let ticker = Ticker::spawn(&engine);
-        let cache = match cache {
-            Some((dir, digests)) => Some(
-                cache::ArtifactCache::open(dir, &engine, digests)
-                    .map_err(|e| LoadError::Engine(format!("compiled-plugin cache: {e}")))?,
-            ),
-            None => None,
-        };
+        let cache = cache::ArtifactCache::open(cache, &engine)
+            .map_err(|e| LoadError::Engine(format!("compiled-plugin cache: {e}")))?;
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
