@@ -119,6 +119,61 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no element {css}: {e}"))
     }
 
+    /// Finds `css` and runs `act` on it; finds it again when the page
+    /// replaced it in between (a view renders, then renders again when its
+    /// data arrives: a slow machine lands between the two, and the element
+    /// found first is stale).
+    async fn on<T, F, Fut>(&self, locator: Locator<'_>, act: F) -> T
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let element = self
+                .client
+                .wait()
+                .at_most(PATIENCE)
+                .for_element(locator)
+                .await
+                .unwrap_or_else(|e| panic!("no element {locator:?}: {e}"));
+            match act(element).await {
+                Ok(done) => return done,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{locator:?}: {e}"),
+            }
+        }
+    }
+
+    /// Types `text` into the input `css` (see [`Browser::on`]).
+    async fn type_into(&self, css: &str, text: &str) {
+        self.on(
+            Locator::Css(css),
+            |e| async move { e.send_keys(text).await },
+        )
+        .await
+    }
+
+    /// The text of `css` (see [`Browser::on`]).
+    async fn text(&self, css: &str) -> String {
+        self.on(Locator::Css(css), |e| async move { e.text().await })
+            .await
+    }
+
+    /// Clicks `css` (see [`Browser::on`]).
+    async fn click(&self, css: &str) {
+        self.on(
+            Locator::Css(css),
+            |e| async move { e.click().await.map(|_| ()) },
+        )
+        .await
+    }
+
     async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
     }
@@ -140,25 +195,15 @@ impl Browser {
     async fn click_button(&self, label: &str) {
         let xpath =
             format!("//button[normalize-space()='{label}'] | //a[normalize-space()='{label}']");
-        self.client
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::XPath(&xpath))
-            .await
-            .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.on(Locator::XPath(&xpath), |e| async move {
+            e.click().await.map(|_| ())
+        })
+        .await
     }
 
     async fn sign_in(&self, key: &str) {
-        let input = self.find("#signin input[type=password]").await;
-        input.send_keys(key).await.unwrap();
-        self.find("#signin button[type=submit]")
-            .await
-            .click()
-            .await
-            .unwrap();
+        self.type_into("#signin input[type=password]", key).await;
+        self.click("#signin button[type=submit]").await;
     }
 }
 
@@ -204,17 +249,10 @@ async fn a_tenant_lives_in_the_dashboard() {
     // The operator creates a tenant; its key is shown once.
     b.sign_in(ADMIN_TOKEN).await;
     b.find("#tenant-form").await;
-    b.find("input[name=tenant_name]")
-        .await
-        .send_keys("Acme <b>bold</b>")
-        .await
-        .unwrap();
-    b.find("#tenant-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    let key = b.find("#new-key").await.text().await.unwrap();
+    b.type_into("input[name=tenant_name]", "Acme <b>bold</b>")
+        .await;
+    b.click("#tenant-form button[type=submit]").await;
+    let key = b.text("#new-key").await;
     assert!(key.starts_with("whk_"), "{key}");
     b.until(
         "the tenant listed, its name as text",
@@ -242,24 +280,12 @@ async fn a_tenant_lives_in_the_dashboard() {
 
     // Add an endpoint whose description is markup.
     b.click_button("Add endpoint").await;
-    let form = b.find("#endpoint-form").await;
-    b.find("input[name=url]")
-        .await
-        .send_keys(&rx.url())
-        .await
-        .unwrap();
-    b.find("input[name=description]")
-        .await
-        .send_keys("<script>alert(1)</script>")
-        .await
-        .unwrap();
+    b.find("#endpoint-form").await;
+    b.type_into("input[name=url]", &rx.url()).await;
+    b.type_into("input[name=description]", "<script>alert(1)</script>")
+        .await;
     b.shot("add-endpoint").await;
-    form.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#endpoint-form button[type=submit]").await;
     b.until(
         "the endpoint page",
         "return location.hash.startsWith('#/endpoints/sub_')",
@@ -286,19 +312,15 @@ async fn a_tenant_lives_in_the_dashboard() {
     b.shot("endpoint-with-delivery").await;
 
     // Open it: the body as sent and the attempt.
-    b.find("#deliveries tbody tr.clickable a")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#deliveries tbody tr.clickable a").await;
     b.find("#request-body").await;
-    let body = b.find("#request-body").await.text().await.unwrap();
+    let body = b.text("#request-body").await;
     assert!(body.contains("\"content\": \"hello\""), "{body}");
-    let headers = b.find("#request-headers").await.text().await.unwrap();
+    let headers = b.text("#request-headers").await;
     assert!(headers.contains("webhook-signature"), "{headers}");
     assert!(headers.contains("v1,••••••"), "signature masked: {headers}");
     assert!(!headers.contains(&sub_secret_prefix(&server, &key, &sub_id).await));
-    let attempts = b.find("#attempts").await.text().await.unwrap();
+    let attempts = b.text("#attempts").await;
     assert!(attempts.contains("200"), "{attempts}");
     b.shot("delivery").await;
 
@@ -368,32 +390,21 @@ async fn a_tenant_lives_in_the_dashboard() {
     std::fs::write(&bad, crate::support::fixture("wrong-world")).unwrap();
     b.client.goto(&format!("{ui}#/plugins")).await.unwrap();
     for (name, file) in [("wrong-one", &bad), ("from-the-page", &good)] {
-        b.find("#upload-form input[name=name]")
-            .await
-            .send_keys(name)
-            .await
-            .unwrap();
-        b.find("#upload-form input[type=file]")
-            .await
-            .send_keys(file.to_str().unwrap())
-            .await
-            .unwrap();
-        b.find("#upload-form button[type=submit]")
-            .await
-            .click()
-            .await
-            .unwrap();
+        b.type_into("#upload-form input[name=name]", name).await;
+        b.type_into("#upload-form input[type=file]", file.to_str().unwrap())
+            .await;
+        b.click("#upload-form button[type=submit]").await;
         if name == "wrong-one" {
             b.until(
                 "the refusal",
                 "return !!document.querySelector('#upload-form .error')",
             )
             .await;
-            b.find("#upload-form input[name=name]")
-                .await
-                .clear()
-                .await
-                .unwrap();
+            b.on(
+                Locator::Css("#upload-form input[name=name]"),
+                |e| async move { e.clear().await },
+            )
+            .await;
         }
     }
     b.until(
@@ -403,11 +414,7 @@ async fn a_tenant_lives_in_the_dashboard() {
     .await;
     b.shot("plugins").await;
     b.find("#dry-run-form").await;
-    b.find("#dry-run-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("#dry-run-form button[type=submit]").await;
     b.until(
         "the dry run's answer",
         "return document.querySelector('#dry-run-result').textContent.includes('ms')",
@@ -449,16 +456,8 @@ async fn a_tenant_lives_in_the_dashboard() {
     // Alerts: the ops endpoint set from the page, its secret shown.
     let ops_rx = Receiver::ok().await;
     b.client.goto(&format!("{ui}#/ops")).await.unwrap();
-    b.find("input[name=ops_url]")
-        .await
-        .send_keys(&ops_rx.url())
-        .await
-        .unwrap();
-    b.find("#ops-form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.type_into("input[name=ops_url]", &ops_rx.url()).await;
+    b.click("#ops-form button[type=submit]").await;
     b.until(
         "the ops secret",
         "return document.querySelector('main').textContent.includes('whsec_')",

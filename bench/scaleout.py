@@ -1,0 +1,306 @@
+"""Scale-out of cluster mode: does a cluster of N nodes, each held to the
+same CPU quota, deliver N times what one node does? Run by
+bench/scaleout.sh (which builds the release binary); only the standard
+library, nats-server, nginx and wrk.
+
+Per run and per N (1, 2, 3 by default), on fresh servers:
+  - a 3-server NATS cluster (JetStream, R3), outside any quota;
+  - N wasmhook nodes, each in its own cgroup v1 `cpu` group with a quota of
+    QUOTA cores (as if each were its own small machine);
+  - TENANTS tenants, each with one subscription delivering to nginx
+    (`return 204`, outside the quotas), created through node 0;
+  - one wrk per node (outside the quotas) with CONNECTIONS / N connections
+    (the same total load whatever N), each rotating over every tenant's key
+    (a load balancer in front of the nodes: a node sees every tenant),
+    posting ~1 KB message.created events for DURATION s;
+  - then waits until nginx has every accepted event's delivery.
+
+Prints per N: events accepted, deliveries/s (from the first request until
+the last delivery), CPU per delivery of all the nodes together and of the
+NATS servers, and the ratios to N = 1. Medians of RUNS runs.
+
+  python3 bench/scaleout.py BIN
+
+Needs root and the cgroup v1 `cpu` controller at /sys/fs/cgroup/cpu.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TOKEN = "bench-operator-token-0123456789abcdef"
+QUOTA = float(os.environ.get("QUOTA", "0.25"))
+NODES = [int(n) for n in os.environ.get("NODES", "1 2 3").split()]
+RUNS = int(os.environ.get("RUNS", "3"))
+DURATION = int(os.environ.get("DURATION", "20"))
+TENANTS = int(os.environ.get("TENANTS", "12"))
+# The same total load whatever N: CONNECTIONS spread evenly over the nodes.
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "24"))
+CGROUP = "/sys/fs/cgroup/cpu"
+HZ = os.sysconf("SC_CLK_TCK")
+PAD = "x" * 700
+DATA = '{"conversation_id":"c-1","author":"visitor","content":"%s"}' % PAD
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def call(base, method, path, token=TOKEN, body=None, timeout=30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out: {what}")
+
+
+def cpu_ticks(pids):
+    t = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            t += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return t
+
+
+class Run:
+    def __init__(self, binary, work, nodes):
+        self.binary = binary
+        self.work = work
+        self.n = nodes
+        self.procs = []
+        self.groups = []
+
+    def spawn(self, args, env=None, log="x.log", group=None):
+        out = open(os.path.join(self.work, log), "w")
+        if group is not None:
+            # Into the node's group before exec, so every thread is held.
+            args = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"] + args
+        p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+        for g in self.groups:
+            try:
+                os.rmdir(g)
+            except OSError:
+                pass
+
+    def group(self, name):
+        g = os.path.join(CGROUP, f"wasmhook-scaleout-{os.getpid()}-{name}")
+        os.makedirs(g, exist_ok=True)
+        with open(os.path.join(g, "cpu.cfs_period_us"), "w") as f:
+            f.write("100000")
+        with open(os.path.join(g, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(QUOTA * 100000)))
+        self.groups.append(g)
+        return g
+
+    def start_nats(self):
+        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+        routes = ",".join(f"nats-route://127.0.0.1:{c}" for _, c, _ in ports)
+        self.nats = []
+        for i, (port, cport, mport) in enumerate(ports):
+            self.nats.append(self.spawn(
+                ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
+                 "-n", f"n{i}", "-js", "-sd", os.path.join(self.work, f"nats-{i}"),
+                 "--cluster_name", "scaleout", "--cluster", f"nats://127.0.0.1:{cport}",
+                 "--routes", routes],
+                log=f"nats-{i}.log"))
+        self.nats_urls = ",".join(f"nats://127.0.0.1:{p}" for p, _, _ in ports)
+        monitor = f"http://127.0.0.1:{ports[0][2]}"
+        wait_until(lambda: urllib.request.urlopen(monitor + "/healthz?js-enabled-only=true",
+                                                  timeout=2).status == 200, 30, "NATS")
+        time.sleep(2)
+
+    def start_nginx(self):
+        self.nginx_port = free_port()
+        d = os.path.join(self.work, "nginx")
+        os.makedirs(os.path.join(d, "logs"))
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+  log_format ids '$http_webhook_id';
+  access_log {d}/logs/access.log ids buffer=64k flush=100ms;
+  server {{ listen 127.0.0.1:{self.nginx_port}; location / {{ return 204; }} }}
+}}
+""")
+        self.access_log = os.path.join(d, "logs", "access.log")
+        self.spawn(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")], log="nginx.log")
+        time.sleep(0.5)
+
+    def delivered(self):
+        try:
+            with open(self.access_log) as f:
+                return sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            return 0
+
+    def start_nodes(self):
+        self.ports = [free_port() for _ in range(self.n)]
+        self.nodes = []
+        for i in range(self.n):
+            env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG="error",
+                       WASMHOOK_SERVER_SECRETS_KEY="be" * 32,
+                       WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
+                       WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT="1000000000")
+            self.nodes.append(self.spawn(
+                [self.binary, "serve", "--listen", f"127.0.0.1:{self.ports[i]}",
+                 "--data", os.path.join(self.work, f"node-{i}"),
+                 "--allow-private-destinations", "--nats", self.nats_urls],
+                env=env, log=f"node-{i}.log", group=self.group(f"node{i}")))
+        for i in range(self.n):
+            wait_until(lambda i=i: call(self.base(i), "GET", "/healthz", timeout=2)[0] == 200,
+                       120, f"node {i}")
+        wait_until(lambda: sum(self.leased(i) for i in range(self.n)) >= 64, 180, "leases")
+
+    def base(self, i):
+        return f"http://127.0.0.1:{self.ports[i]}"
+
+    def leased(self, i):
+        status, h = call(self.base(i), "GET", "/healthz", timeout=5)
+        return (h.get("cluster") or {}).get("partitions_leased", 0) if status == 200 else 0
+
+    def wrk_script(self, keys, prefix):
+        path = os.path.join(self.work, f"{prefix}.lua")
+        quoted = ", ".join(f'"{k}"' for k in keys)
+        with open(path, "w") as f:
+            f.write(f"""local keys = {{{quoted}}}
+local counter = 0
+wrk.method = "POST"
+function request()
+  counter = counter + 1
+  local key = keys[(counter % #keys) + 1]
+  local body = '{{"id":"{prefix}-' .. counter .. '","type":"message.created","data":{DATA}}}'
+  return wrk.format(nil, nil, {{["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. key}}, body)
+end
+""")
+        return path
+
+    def run(self):
+        self.start_nats()
+        self.start_nginx()
+        self.start_nodes()
+        keys = []
+        for t in range(TENANTS):
+            status, body = call(self.base(0), "POST", "/v1/tenants", body={"name": f"t{t}"})
+            assert status == 201, body
+            key = body["api_key"]
+            status, body = call(self.base(0), "POST", "/v1/subscriptions", token=key,
+                                body={"url": f"http://127.0.0.1:{self.nginx_port}/hook/{t}",
+                                      "event_types": ["*"], "max_in_flight": 16})
+            assert status == 201, body
+            keys.append(key)
+        # Every node has seen every tenant before the load.
+        for i in range(self.n):
+            wait_until(lambda i=i: call(self.base(i), "GET", "/v1/subscriptions",
+                                        token=keys[-1])[0] == 200, 60, f"tenants on node {i}")
+        node_pids = [p.pid for p in self.nodes]
+        nats_pids = [p.pid for p in self.nats]
+        before = self.delivered()
+        n0, s0, t0 = cpu_ticks(node_pids), cpu_ticks(nats_pids), time.monotonic()
+        wrks = [subprocess.Popen(
+            ["wrk", "-t1", f"-c{max(1, CONNECTIONS // self.n)}", f"-d{DURATION}s", "-s",
+             self.wrk_script(keys, f"n{i}"), self.base(i) + "/v1/events"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(self.n)]
+        accepted = refused = 0
+        for w in wrks:
+            out, _ = w.communicate()
+            total = int(re.search(r"(\d+) requests in", out).group(1))
+            non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            non = int(non.group(1)) if non else 0
+            accepted += total - non
+            refused += non
+        want = before + accepted
+        wait_until(lambda: self.delivered() >= want, 600, "deliveries")
+        secs = time.monotonic() - t0
+        got = self.delivered() - before
+        return {
+            "accepted": accepted,
+            "refused": refused,
+            "deliveries_per_s": got / secs,
+            "nodes_cpu_us_per_delivery": (cpu_ticks(node_pids) - n0) / HZ * 1e6 / got,
+            "nats_cpu_us_per_delivery": (cpu_ticks(nats_pids) - s0) / HZ * 1e6 / got,
+        }
+
+
+def main():
+    if os.geteuid() != 0 or not os.access(os.path.join(CGROUP, "cgroup.procs"), os.W_OK):
+        print(f"scaleout: needs root and a writable cgroup v1 cpu controller at {CGROUP}")
+        sys.exit(2)
+    binary = sys.argv[1]
+    results = {n: [] for n in NODES}
+    for run in range(RUNS):
+        for n in NODES:
+            work = tempfile.mkdtemp(prefix="wasmhook-scaleout-")
+            r = Run(binary, work, n)
+            try:
+                out = r.run()
+            finally:
+                r.stop_all()
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"run {run + 1}, {n} node(s): {json.dumps({k: round(v, 1) for k, v in out.items()})}",
+                  flush=True)
+            results[n].append(out)
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
+    base = med[NODES[0]]
+    print()
+    print(f"{TENANTS} tenants, each node held to {QUOTA} of a core, 3 nats-servers (R3), "
+          f"{CONNECTIONS} connections spread over the nodes for {DURATION} s; {os.cpu_count()} cores; "
+          f"medians of {RUNS}")
+    print("| nodes | deliveries/s | × 1 node | nodes' CPU per delivery (µs) | × 1 node "
+          "| NATS CPU per delivery (µs) | refused |")
+    print("|---|---|---|---|---|---|---|")
+    for n, m in med.items():
+        print(f"| {n} | {m['deliveries_per_s']:,.0f} | {m['deliveries_per_s'] / base['deliveries_per_s']:.2f} "
+              f"| {m['nodes_cpu_us_per_delivery']:,.0f} "
+              f"| {m['nodes_cpu_us_per_delivery'] / base['nodes_cpu_us_per_delivery']:.2f} "
+              f"| {m['nats_cpu_us_per_delivery']:,.0f} | {m['refused']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
