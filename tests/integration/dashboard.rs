@@ -457,6 +457,15 @@ async fn a_tenant_lives_in_the_dashboard() {
     let ops_rx = Receiver::ok().await;
     b.client.goto(&format!("{ui}#/ops")).await.unwrap();
     b.type_into("input[name=ops_url]", &ops_rx.url()).await;
+    // The windows page asked for a refresh a second after "Flush now"; it
+    // must not re-render this page and throw away what was typed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        b.js("return document.querySelector('input[name=ops_url]').value")
+            .await,
+        Value::String(ops_rx.url()),
+        "what was typed on the alerts page is still there"
+    );
     b.click("#ops-form button[type=submit]").await;
     b.until(
         "the ops secret",

@@ -127,6 +127,15 @@ function action(label, run, cls) {
   return b;
 }
 
+// An action or a timer started on one page re-renders that page only while
+// the user is still on it: re-rendering the page they moved to meanwhile (a
+// refresh a second after "Flush now", a slow save) would throw away what
+// they are typing there.
+function refreshIfStill(here, delayMs) {
+  const go = () => { if (location.hash === here) route(); };
+  if (delayMs) setTimeout(go, delayMs); else go();
+}
+
 function link(href, text) { return h("a", { href }, text); }
 
 function rowLink(href, cells) {
@@ -358,8 +367,8 @@ async function endpointPage(id, params) {
     h("div", { class: "actions" },
       h("a", { class: "button secondary", href: "#/endpoints/" + id + "/edit" }, "Edit"),
       sub.enabled
-        ? action("Disable", async () => { await api("POST", path + "/disable"); route(); }, "secondary")
-        : action("Enable", async () => { await api("POST", path + "/enable"); route(); }, "secondary"),
+        ? action("Disable", async () => { const here = location.hash; await api("POST", path + "/disable"); refreshIfStill(here); }, "secondary")
+        : action("Enable", async () => { const here = location.hash; await api("POST", path + "/enable"); refreshIfStill(here); }, "secondary"),
       action("Reveal secret", async () => {
         const s = await api("GET", path + "/secret");
         secretBox.replaceChildren("Signing secret: ", h("span", { class: "secret" }, s.secret));
@@ -470,9 +479,10 @@ async function deliveryPage(id) {
     h("dt", {}, "Created"), h("dd", {}, when(d.created_at))),
     h("div", { class: "actions" },
       action("Retry", async () => {
+        const here = location.hash;
         await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/retry");
         notice(main(), "Queued again under the same delivery id.");
-        setTimeout(() => route(), 1500);
+        refreshIfStill(here, 1500);
       }),
       d.subscription_id.startsWith("ops_") ? null : h("a", { class: "button secondary", href: "#/endpoints/" + d.subscription_id }, "Replay from the endpoint"))));
   if (d.request) {
@@ -508,10 +518,11 @@ async function pluginsPage() {
     ev.preventDefault();
     try {
       if (!file.files[0]) throw new Error("Choose a .wasm file.");
+      const here = location.hash;
       const q = new URLSearchParams({ name: name.value.trim() });
       if (version.value.trim()) q.set("version", version.value.trim());
       await api("POST", "/v1/plugins?" + q, undefined, { raw: await file.files[0].arrayBuffer() });
-      route();
+      refreshIfStill(here);
     } catch (e) { showError(upload, e); }
   });
   const which = h("select", { name: "plugin" }, plugins.map((p) => h("option", { value: p.id }, p.builtin ? `${p.name} (bundled)` : `${p.name} ${p.version}`)));
@@ -562,8 +573,9 @@ async function pluginsPage() {
         h("td", {}, p.builtin ? "bundled" : when(p.created_at)),
         h("td", {}, p.builtin ? null : action("Delete", async () => {
           if (!confirm(`Delete plugin ${p.name}?`)) return;
+          const here = location.hash;
           await api("DELETE", "/v1/plugins/" + encodeURIComponent(p.id));
-          route();
+          refreshIfStill(here);
         }, "danger"))))))),
     upload, dry);
 }
@@ -587,9 +599,10 @@ async function windowsPage() {
             h("td", {}, Object.entries(w.groups).map(([g, n]) => h("div", {}, `${g}: ${n}`))),
             h("td", {}, w.last_error || "")))))),
       action("Flush now", async () => {
+        const here = location.hash;
         const r = await api("POST", path + "/flush");
         notice(main(), `Flushed ${r.windows.length} window(s).`);
-        setTimeout(() => route(), 1000);
+        refreshIfStill(here, 1000);
       })));
   }
   render("Windows", subs.length ? cards : h("p", { class: "muted" }, "No endpoint collects a window."));
@@ -610,7 +623,7 @@ async function opsPage() {
         const s = await api("GET", "/v1/ops-endpoint/secret");
         secretBox.replaceChildren("Signing secret: ", h("span", { class: "secret" }, s.secret));
       }, "secondary"),
-      action("Remove", async () => { await api("DELETE", "/v1/ops-endpoint"); route(); }, "danger")) : null);
+      action("Remove", async () => { const here = location.hash; await api("DELETE", "/v1/ops-endpoint"); refreshIfStill(here); }, "danger")) : null);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
