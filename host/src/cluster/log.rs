@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::Transactional;
@@ -213,15 +213,34 @@ impl View {
         batch: &Batch,
         parts: &[Vec<u8>],
     ) -> Result<Outcome, ClusterError> {
-        if seq <= self.applied()? {
-            return Ok(Outcome::Applied { seq });
-        }
-        // The trees the batch touches, each once, then the log tree last.
-        let mut names: Vec<&str> = batch
-            .guards
+        let outcomes = self.apply_group(&[Applying { seq, batch, parts }])?;
+        Ok(outcomes.into_iter().next().expect("one outcome per batch"))
+    }
+
+    /// Applies consecutive batches in one sled transaction, each in turn as
+    /// [`View::apply_and_drop`] would: a batch's guards see the writes of
+    /// the batches before it in the group, a conflicting batch changes
+    /// nothing, and the sequence of the last one is stored with them. One
+    /// outcome per batch, in order.
+    ///
+    /// Why a group: every sled transaction rolls the log buffer before and
+    /// after itself (a `pwrite` and a waiting `sync_file_range` each; see
+    /// `store/commit.rs`), and under load the log holds many batches by the
+    /// time one is applied. The outcomes are the ones batch-by-batch apply
+    /// gives (the same guards against the same state, in the same order),
+    /// so every node's view still agrees, however it grouped.
+    fn apply_group(&self, group: &[Applying<'_>]) -> Result<Vec<Outcome>, ClusterError> {
+        let applied = self.applied()?;
+        // The trees the batches touch, each once, then the log tree last.
+        let mut names: Vec<&str> = group
             .iter()
-            .map(|g| g.tree.as_str())
-            .chain(batch.writes.iter().map(|w| w.tree.as_str()))
+            .flat_map(|a| {
+                a.batch
+                    .guards
+                    .iter()
+                    .map(|g| g.tree.as_str())
+                    .chain(a.batch.writes.iter().map(|w| w.tree.as_str()))
+            })
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -233,42 +252,69 @@ impl View {
         let index = |name: &str| names.binary_search(&name).expect("collected above");
         let result = trees.as_slice().transaction(|tx| {
             let log = tx.last().expect("the log tree");
-            log.insert(APPLIED, &seq.to_be_bytes())?;
-            for key in parts {
-                log.remove(key.as_slice())?;
-            }
-            for g in &batch.guards {
-                let found = tx[index(&g.tree)].get(&g.key)?;
-                if found.as_deref().map(digest) != g.digest {
-                    return Ok(Outcome::Conflict {
-                        seq,
-                        tree: g.tree.clone(),
-                        key: g.key.clone(),
-                    });
+            // Each outcome, and whether the batch was new to the view.
+            let mut outcomes = Vec::with_capacity(group.len());
+            let mut last = applied;
+            'batches: for a in group {
+                // A sequence at or below the applied one: seen before.
+                if a.seq <= last {
+                    outcomes.push((Outcome::Applied { seq: a.seq }, false));
+                    continue;
                 }
-            }
-            for w in &batch.writes {
-                let t = &tx[index(&w.tree)];
-                match &w.value {
-                    Some(v) => t.insert(w.key.as_slice(), v.as_slice())?,
-                    None => t.remove(w.key.as_slice())?,
-                };
-            }
-            Ok::<_, ConflictableTransactionError<()>>(Outcome::Applied { seq })
-        });
-        match result {
-            Ok(outcome) => {
-                if let Outcome::Applied { .. } = outcome {
-                    for hook in self.hooks.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                        hook(batch);
+                last = a.seq;
+                for key in a.parts {
+                    log.remove(key.as_slice())?;
+                }
+                for g in &a.batch.guards {
+                    let found = tx[index(&g.tree)].get(&g.key)?;
+                    if found.as_deref().map(digest) != g.digest {
+                        let conflict = Outcome::Conflict {
+                            seq: a.seq,
+                            tree: g.tree.clone(),
+                            key: g.key.clone(),
+                        };
+                        outcomes.push((conflict, true));
+                        continue 'batches;
                     }
                 }
-                Ok(outcome)
+                for w in &a.batch.writes {
+                    let t = &tx[index(&w.tree)];
+                    match &w.value {
+                        Some(v) => t.insert(w.key.as_slice(), v.as_slice())?,
+                        None => t.remove(w.key.as_slice())?,
+                    };
+                }
+                outcomes.push((Outcome::Applied { seq: a.seq }, true));
+            }
+            if last > applied {
+                log.insert(APPLIED, &last.to_be_bytes())?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(outcomes)
+        });
+        match result {
+            Ok(outcomes) => {
+                let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
+                for (a, (outcome, new)) in group.iter().zip(&outcomes) {
+                    if *new && matches!(outcome, Outcome::Applied { .. }) {
+                        for hook in hooks.iter() {
+                            hook(a.batch);
+                        }
+                    }
+                }
+                Ok(outcomes.into_iter().map(|(o, _)| o).collect())
             }
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the closure never aborts"),
         }
     }
+}
+
+/// One batch of a group [`View::apply_group`] applies.
+struct Applying<'a> {
+    seq: u64,
+    batch: &'a Batch,
+    /// Keys of the parts it was assembled from, removed with it.
+    parts: &'a [Vec<u8>],
 }
 
 impl View {
@@ -840,6 +886,12 @@ async fn restore(
 /// How long the applier waits before making a new reader after a fault.
 const REREAD_AFTER: Duration = Duration::from_millis(500);
 
+/// At most this many batches, or about this many bytes of them, are
+/// applied in one transaction (bounds its write set and the wait of the
+/// group's first writer).
+const MAX_APPLY_GROUP: usize = 64;
+const MAX_APPLY_BYTES: usize = 8 << 20;
+
 /// The applier: every batch in order into the view; answers this node's
 /// writers; publishes the sequence reached. A reader that fails or ends
 /// (its server died, NATS is unreachable) is replaced by a new one from
@@ -916,29 +968,37 @@ impl Applier {
 
 impl Applier {
     /// Applies what one reader gives until it fails, ends or is kicked
-    /// (Ok: make a new reader), or the view fails (Err: stop).
+    /// (Ok: make a new reader), or the view fails (Err: stop). Batches
+    /// that are already waiting are applied together ([`View::apply_group`]).
     async fn apply_from(
         &mut self,
         mut messages: consumer::pull::Ordered,
     ) -> Result<(), ClusterError> {
+        // A message read while gathering a group that could not join it
+        // (part of a larger batch, not the next sequence, an error): it is
+        // handled first in the next round.
+        let mut carried = None;
         loop {
-            let message = tokio::select! {
-                m = messages.next() => m,
-                _ = self.kick.notified() => {
-                    tracing::info!("the cluster log's reader stalled: reading again");
-                    return Ok(());
-                }
-                Some(reply) = self.snapshot_requests.recv() => {
-                    // Between two batches: the view is the log up to the
-                    // sequence it has applied.
-                    let view = self.view.clone();
-                    let export = tokio::task::spawn_blocking(move || view.export())
-                        .await
-                        .map_err(ClusterError::jetstream)
-                        .and_then(|r| r);
-                    let _ = reply.send(export);
-                    continue;
-                }
+            let message = match carried.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    m = messages.next() => m,
+                    _ = self.kick.notified() => {
+                        tracing::info!("the cluster log's reader stalled: reading again");
+                        return Ok(());
+                    }
+                    Some(reply) = self.snapshot_requests.recv() => {
+                        // Between two batches: the view is the log up to the
+                        // sequence it has applied.
+                        let view = self.view.clone();
+                        let export = tokio::task::spawn_blocking(move || view.export())
+                            .await
+                            .map_err(ClusterError::jetstream)
+                            .and_then(|r| r);
+                        let _ = reply.send(export);
+                        continue;
+                    }
+                },
             };
             let message = match message {
                 Some(Ok(m)) => m,
@@ -958,37 +1018,80 @@ impl Applier {
                 // batches in between are gone from the log.
                 return Err(ClusterError::Behind { applied, next: seq });
             }
-            let part = message.headers.as_ref().and_then(Part::from_headers);
+            let Some(part) = message.headers.as_ref().and_then(Part::from_headers) else {
+                // A whole batch in one message, and the ones right behind it.
+                let mut group = vec![(seq, decode(seq, &message.payload)?)];
+                let mut bytes = message.payload.len();
+                while group.len() < MAX_APPLY_GROUP && bytes < MAX_APPLY_BYTES {
+                    let Some(next) = messages.next().now_or_never() else {
+                        break;
+                    };
+                    let joins = match &next {
+                        Some(Ok(m)) => {
+                            m.headers.as_ref().and_then(Part::from_headers).is_none()
+                                && m.info().is_ok_and(|i| {
+                                    i.stream_sequence == group.last().map_or(0, |g| g.0) + 1
+                                })
+                        }
+                        _ => false,
+                    };
+                    match next {
+                        Some(Ok(m)) if joins => {
+                            let seq = m.info().map_err(ClusterError::jetstream)?.stream_sequence;
+                            bytes += m.payload.len();
+                            group.push((seq, decode(seq, &m.payload)?));
+                        }
+                        other => {
+                            carried = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let view = self.view.clone();
+                let (group, outcomes) = tokio::task::spawn_blocking(move || {
+                    let applying: Vec<Applying<'_>> = group
+                        .iter()
+                        .map(|(seq, batch)| Applying {
+                            seq: *seq,
+                            batch,
+                            parts: &[],
+                        })
+                        .collect();
+                    let outcomes = view.apply_group(&applying);
+                    (group, outcomes)
+                })
+                .await
+                .map_err(ClusterError::jetstream)?;
+                let outcomes = outcomes?;
+                let last = group.last().map_or(seq, |g| g.0);
+                self.applied.send_modify(|a| *a = (*a).max(last));
+                for ((_, batch), outcome) in group.into_iter().zip(outcomes) {
+                    self.answer(&batch, outcome);
+                }
+                continue;
+            };
             let view = self.view.clone();
-            let (bytes, parts) = match part {
-                None => (Some(message.payload.to_vec()), Vec::new()),
-                Some(part) if part.index + 1 < part.count => {
-                    let payload = message.payload.clone();
-                    tokio::task::spawn_blocking(move || {
-                        view.stash_part(seq, &part.batch, part.index, &payload)
-                    })
-                    .await
-                    .map_err(ClusterError::jetstream)??;
-                    self.applied.send_modify(|a| *a = (*a).max(seq));
-                    continue;
-                }
-                Some(part) => {
-                    let view = view.clone();
-                    let payload = message.payload.clone();
-                    let (bytes, parts) = tokio::task::spawn_blocking(move || {
-                        view.assemble(seq, &part.batch, part.count, &payload)
-                    })
-                    .await
-                    .map_err(ClusterError::jetstream)??;
-                    (bytes, parts)
-                }
+            let (bytes, parts) = if part.index + 1 < part.count {
+                let payload = message.payload.clone();
+                tokio::task::spawn_blocking(move || {
+                    view.stash_part(seq, &part.batch, part.index, &payload)
+                })
+                .await
+                .map_err(ClusterError::jetstream)??;
+                self.applied.send_modify(|a| *a = (*a).max(seq));
+                continue;
+            } else {
+                let view = view.clone();
+                let payload = message.payload.clone();
+                tokio::task::spawn_blocking(move || {
+                    view.assemble(seq, &part.batch, part.count, &payload)
+                })
+                .await
+                .map_err(ClusterError::jetstream)??
             };
             let complete = bytes.is_some();
             let batch: Batch = match bytes {
-                Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| ClusterError::Corrupt {
-                    seq,
-                    message: e.to_string(),
-                })?,
+                Some(bytes) => decode(seq, &bytes)?,
                 // A part is missing (its writer's publish failed midway and
                 // yet its last part came): nothing of it is applied, and
                 // its writer re-runs its change.
@@ -1013,18 +1116,31 @@ impl Applier {
                 };
             }
             self.applied.send_modify(|a| *a = (*a).max(seq));
-            if batch.node == self.node {
-                let waiter = self
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&batch.id);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(Ok(outcome));
-                }
+            self.answer(&batch, outcome);
+        }
+    }
+
+    /// Gives a batch's outcome to its writer, if it is waiting on this node.
+    fn answer(&self, batch: &Batch, outcome: Outcome) {
+        if batch.node == self.node {
+            let waiter = self
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&batch.id);
+            if let Some(tx) = waiter {
+                let _ = tx.send(Ok(outcome));
             }
         }
     }
+}
+
+/// A batch as published.
+fn decode(seq: u64, bytes: &[u8]) -> Result<Batch, ClusterError> {
+    postcard::from_bytes(bytes).map_err(|e| ClusterError::Corrupt {
+        seq,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

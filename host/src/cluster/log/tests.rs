@@ -1,7 +1,7 @@
 //! The log against a real 3-server NATS cluster: each "node" is a `Log`
 //! with its own sled view, connected through its own server.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::cluster::testing::NatsCluster;
@@ -281,6 +281,70 @@ fn a_conflicting_guard_changes_nothing_but_the_sequence() {
         view.tree("u").unwrap().get(b"other").unwrap().unwrap(),
         &b"x"[..]
     );
+}
+
+/// Batches applied in one group give the outcomes and the state that
+/// applying them one by one gives: a guard sees the writes of the batches
+/// before it in the group, a conflict changes nothing, a sequence seen
+/// before is skipped, and the hooks see only the applied batches.
+#[test]
+fn a_group_applies_as_its_batches_one_by_one() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let one_by_one = View::open(sled::open(dirs[0].path()).unwrap()).unwrap();
+    let grouped = View::open(sled::open(dirs[1].path()).unwrap()).unwrap();
+    let hooked = Arc::new(Mutex::new(Vec::new()));
+    let seen = hooked.clone();
+    grouped.on_applied(Box::new(move |b: &Batch| {
+        seen.lock().unwrap().push(b.id.clone())
+    }));
+
+    // Each batch computed on the empty view: "k absent" guards all three,
+    // so the second and third conflict behind the first; the fourth guards
+    // nothing and writes another tree.
+    let write = |id: &str, tree: &str, value: &[u8], guarded: bool| {
+        let mut r = Recorder::new(&one_by_one);
+        if guarded {
+            assert_eq!(r.get("t", b"k").unwrap(), None);
+        }
+        r.insert(tree, b"k", value.to_vec());
+        let mut batch = r.into_batch("n");
+        batch.id = id.into();
+        batch
+    };
+    let batches = [
+        write("b1", "t", b"1", true),
+        write("b2", "t", b"2", true),
+        write("b3", "t", b"3", true),
+        write("b4", "u", b"4", false),
+    ];
+    let expected: Vec<Outcome> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| one_by_one.apply(i as u64 + 1, b).unwrap())
+        .collect();
+    assert!(matches!(expected[1], Outcome::Conflict { seq: 2, .. }));
+
+    let applying: Vec<Applying<'_>> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, batch)| Applying {
+            seq: i as u64 + 1,
+            batch,
+            parts: &[],
+        })
+        .collect();
+    assert_eq!(grouped.apply_group(&applying).unwrap(), expected);
+    assert_eq!(grouped.applied().unwrap(), 4);
+    for tree in ["t", "u"] {
+        assert_eq!(dump(&grouped, tree), dump(&one_by_one, tree), "{tree}");
+    }
+    assert_eq!(*hooked.lock().unwrap(), ["b1", "b4"]);
+
+    // The same group again (a recreated consumer): skipped, no hook.
+    let again = grouped.apply_group(&applying).unwrap();
+    assert!(again.iter().all(|o| matches!(o, Outcome::Applied { .. })));
+    assert_eq!(grouped.applied().unwrap(), 4);
+    assert_eq!(hooked.lock().unwrap().len(), 2);
 }
 
 /// The keys of a view's log tree that hold parts of batches.
