@@ -195,6 +195,11 @@ http {{
             wait_until(lambda i=i: call(self.base(i), "GET", "/healthz", timeout=2)[0] == 200,
                        120, f"node {i}")
         wait_until(lambda: sum(self.leased(i) for i in range(self.n)) >= 64, 180, "leases")
+        # And spread: a node that joined late takes its share from the
+        # others, and deliveries wait while their partition moves.
+        share = 64 // self.n - 1
+        wait_until(lambda: min(self.leased(i) for i in range(self.n)) >= share, 180,
+                   "leases spread over the nodes")
 
     def base(self, i):
         return f"http://127.0.0.1:{self.ports[i]}"
@@ -280,9 +285,12 @@ def main():
             r = Run(binary, work, n)
             try:
                 out = r.run()
-            finally:
+            except BaseException:
                 r.stop_all()
-                shutil.rmtree(work, ignore_errors=True)
+                print(f"run {run + 1}, {n} node(s) failed; its logs are in {work}", flush=True)
+                raise
+            r.stop_all()
+            shutil.rmtree(work, ignore_errors=True)
             print(f"run {run + 1}, {n} node(s): {json.dumps({k: round(v, 1) for k, v in out.items()})}",
                   flush=True)
             results[n].append(out)
