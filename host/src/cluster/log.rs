@@ -1038,8 +1038,19 @@ impl Applier {
                     match next {
                         Some(Ok(m)) if joins => {
                             let seq = m.info().map_err(ClusterError::jetstream)?.stream_sequence;
-                            bytes += m.payload.len();
-                            group.push((seq, decode(seq, &m.payload)?));
+                            match decode(seq, &m.payload) {
+                                Ok(batch) => {
+                                    bytes += m.payload.len();
+                                    group.push((seq, batch));
+                                }
+                                // Unreadable: the group before it is applied
+                                // first, and the view stops right before it,
+                                // as one batch at a time would.
+                                Err(_) => {
+                                    carried = Some(Some(Ok(m)));
+                                    break;
+                                }
+                            }
                         }
                         other => {
                             carried = Some(other);
