@@ -28,15 +28,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-TOKEN = "bench-operator-token-0123456789abcdef"
+from benchlib import HZ, TOKEN, call, cpu_ticks, free_port, start_nats_cluster, start_nginx, \
+    wait_until
+
 QUOTA = float(os.environ.get("QUOTA", "0.25"))
 NODES = [int(n) for n in os.environ.get("NODES", "1 2 3").split()]
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -45,54 +45,8 @@ TENANTS = int(os.environ.get("TENANTS", "12"))
 # The same total load whatever N: CONNECTIONS spread evenly over the nodes.
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "24"))
 CGROUP = "/sys/fs/cgroup/cpu"
-HZ = os.sysconf("SC_CLK_TCK")
 PAD = "x" * 700
 DATA = '{"conversation_id":"c-1","author":"visitor","content":"%s"}' % PAD
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def call(base, method, path, token=TOKEN, body=None, timeout=30):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def wait_until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out: {what}")
-
-
-def cpu_ticks(pids):
-    t = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            t += int(fields[11]) + int(fields[12])
-        except FileNotFoundError:
-            pass
-    return t
 
 
 class Run:
@@ -135,41 +89,10 @@ class Run:
         return g
 
     def start_nats(self):
-        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-        routes = ",".join(f"nats-route://127.0.0.1:{c}" for _, c, _ in ports)
-        self.nats = []
-        for i, (port, cport, mport) in enumerate(ports):
-            self.nats.append(self.spawn(
-                ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-m", str(mport),
-                 "-n", f"n{i}", "-js", "-sd", os.path.join(self.work, f"nats-{i}"),
-                 "--cluster_name", "scaleout", "--cluster", f"nats://127.0.0.1:{cport}",
-                 "--routes", routes],
-                log=f"nats-{i}.log"))
-        self.nats_urls = ",".join(f"nats://127.0.0.1:{p}" for p, _, _ in ports)
-        monitor = f"http://127.0.0.1:{ports[0][2]}"
-        wait_until(lambda: urllib.request.urlopen(monitor + "/healthz?js-enabled-only=true",
-                                                  timeout=2).status == 200, 30, "NATS")
-        time.sleep(2)
+        self.nats, self.nats_urls, _ = start_nats_cluster(self.spawn, self.work, "scaleout")
 
     def start_nginx(self):
-        self.nginx_port = free_port()
-        d = os.path.join(self.work, "nginx")
-        os.makedirs(os.path.join(d, "logs"))
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log stderr error;
-events {{ worker_connections 4096; }}
-http {{
-  log_format ids '$http_webhook_id';
-  access_log {d}/logs/access.log ids buffer=64k flush=100ms;
-  server {{ listen 127.0.0.1:{self.nginx_port}; location / {{ return 204; }} }}
-}}
-""")
-        self.access_log = os.path.join(d, "logs", "access.log")
-        self.spawn(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")], log="nginx.log")
-        time.sleep(0.5)
+        self.nginx_port, self.access_log = start_nginx(self.spawn, self.work)
 
     def delivered(self):
         try:
