@@ -5,6 +5,7 @@ NATS cluster and nginx receiver they start. Only the standard library."""
 import json
 import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -105,3 +106,25 @@ http {{
     spawn(["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")], log="nginx.log")
     time.sleep(0.5)
     return port, os.path.join(d, "logs", "access.log")
+
+
+class Processes:
+    """The processes a run started, each logging to a file of `work`;
+    killed together at the end."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def spawn(self, args, env=None, log="x.log"):
+        out = open(os.path.join(self.work, log), "w")
+        p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()

@@ -29,13 +29,12 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-from benchlib import HZ, TOKEN, call, cpu_ticks, free_port, start_nats_cluster, start_nginx, \
+from benchlib import HZ, TOKEN, Processes, call, cpu_ticks, free_port, start_nats_cluster, start_nginx, \
     wait_until
 
 TENANTS = int(os.environ.get("TENANTS", 1000))
@@ -55,24 +54,10 @@ def rss_mb(pids):
     return t / 1024
 
 
-class Run:
+class Run(Processes):
     def __init__(self, binary, work):
+        super().__init__(work)
         self.binary = binary
-        self.work = work
-        self.procs = []
-
-    def spawn(self, args, env=None, log="x.log"):
-        out = open(os.path.join(self.work, log), "w")
-        p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            p.wait()
 
     # --- the parts -------------------------------------------------------
 

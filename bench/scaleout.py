@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import HZ, TOKEN, call, cpu_ticks, free_port, start_nats_cluster, start_nginx, \
+from benchlib import HZ, TOKEN, Processes, call, cpu_ticks, free_port, start_nats_cluster, start_nginx, \
     wait_until
 
 QUOTA = float(os.environ.get("QUOTA", "0.25"))
@@ -49,29 +49,21 @@ PAD = "x" * 700
 DATA = '{"conversation_id":"c-1","author":"visitor","content":"%s"}' % PAD
 
 
-class Run:
+class Run(Processes):
     def __init__(self, binary, work, nodes):
+        super().__init__(work)
         self.binary = binary
-        self.work = work
         self.n = nodes
-        self.procs = []
         self.groups = []
 
     def spawn(self, args, env=None, log="x.log", group=None):
-        out = open(os.path.join(self.work, log), "w")
         if group is not None:
             # Into the node's group before exec, so every thread is held.
             args = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"] + args
-        p = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
+        return super().spawn(args, env=env, log=log)
 
     def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            p.wait()
+        super().stop_all()
         for g in self.groups:
             try:
                 os.rmdir(g)
