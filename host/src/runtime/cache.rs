@@ -104,14 +104,15 @@ impl ArtifactCache {
         if let Some((dir, _)) = &dirs.private {
             std::fs::create_dir_all(dir)?;
         }
-        if let Some(dir) = &dirs.shared {
-            open_shared(dir)?;
-        }
+        let shared = match &dirs.shared {
+            Some(dir) => Some(open_shared(dir)?),
+            None => None,
+        };
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Some(ArtifactCache {
             private: dirs.private,
-            shared: dirs.shared,
+            shared,
             engine_tag: format!("{:016x}", hasher.finish()),
         }))
     }
@@ -207,38 +208,69 @@ impl ArtifactCache {
     }
 }
 
-/// Creates the shared directory (0700) or checks the one there: its files
-/// become native code in this process, so it must be this user's own and
-/// writable by no one else, as ssh demands of `~/.ssh`.
-fn open_shared(dir: &std::path::Path) -> std::io::Result<()> {
+/// Creates the shared directory (0700) or checks the one there, and
+/// returns its canonical path (later reads follow no symlink a check did
+/// not see). Its files become native code in this process, so it must be
+/// this user's own and writable by no one else, and so must every directory
+/// above it be, or have the sticky bit (`/tmp`): someone who can write a
+/// parent could swap this directory for one of theirs after the check. As
+/// OpenSSH demands of `~/.ssh` and what leads to it.
+fn open_shared(dir: &std::path::Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
+    let canonical = std::fs::canonicalize(dir)?;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(std::io::Error::new(
+    let refuse = |path: &std::path::Path, why: String| {
+        std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
-                "{} belongs to uid {}, not to this user (uid {me}): its compiled plugins would run in this process",
-                dir.display(),
-                meta.uid()
+                "{}: {why}: the compiled plugins in {} would run in this process",
+                path.display(),
+                dir.display()
             ),
+        )
+    };
+    let meta = std::fs::metadata(&canonical)?;
+    if meta.uid() != me {
+        return Err(refuse(
+            &canonical,
+            format!("belongs to uid {}, not to this user (uid {me})", meta.uid()),
         ));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
+        return Err(refuse(
+            &canonical,
             format!(
-                "{} is writable by group or others (mode {:o}): its compiled plugins would run in this process",
-                dir.display(),
+                "is writable by group or others (mode {:o})",
                 meta.mode() & 0o777
             ),
         ));
     }
-    Ok(())
+    for parent in canonical.ancestors().skip(1) {
+        let meta = std::fs::metadata(parent)?;
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(refuse(
+                parent,
+                format!(
+                    "a directory above it belongs to uid {}, neither this user (uid {me}) nor root",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(refuse(
+                parent,
+                format!(
+                    "a directory above it is writable by group or others without the sticky bit (mode {:o})",
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(canonical)
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -293,6 +325,18 @@ mod tests {
 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
         assert!(ArtifactCache::open(shared_only(&dir), &engine()).is_ok());
+
+        // A parent others can write (no sticky bit) could swap it.
+        let open_parent = root.path().join("open");
+        std::fs::create_dir(&open_parent).unwrap();
+        std::fs::set_permissions(&open_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ArtifactCache::open(shared_only(&open_parent.join("shared")), &engine())
+            .err()
+            .expect("a parent others can write is refused");
+        assert!(err.to_string().contains("without the sticky bit"), "{err}");
+        // With the sticky bit (as /tmp, where these temp dirs live), it may.
+        std::fs::set_permissions(&open_parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(ArtifactCache::open(shared_only(&open_parent.join("shared")), &engine()).is_ok());
 
         // A directory it creates is this user's alone.
         let fresh = root.path().join("a/b/fresh");
