@@ -1026,32 +1026,18 @@ impl Applier {
                     let Some(next) = messages.next().now_or_never() else {
                         break;
                     };
-                    let joins = match &next {
-                        Some(Ok(m)) => {
-                            m.headers.as_ref().and_then(Part::from_headers).is_none()
-                                && m.info().is_ok_and(|i| {
-                                    i.stream_sequence == group.last().map_or(0, |g| g.0) + 1
-                                })
-                        }
-                        _ => false,
-                    };
+                    let expected = group.last().map_or(seq, |g| g.0) + 1;
                     match next {
-                        Some(Ok(m)) if joins => {
-                            let seq = m.info().map_err(ClusterError::jetstream)?.stream_sequence;
-                            match decode(seq, &m.payload) {
-                                Ok(batch) => {
-                                    bytes += m.payload.len();
-                                    group.push((seq, batch));
-                                }
-                                // Unreadable: the group before it is applied
-                                // first, and the view stops right before it,
-                                // as one batch at a time would.
-                                Err(_) => {
-                                    carried = Some(Some(Ok(m)));
-                                    break;
-                                }
+                        Some(Ok(m)) => match joinable(&m, expected) {
+                            Some(next) => {
+                                bytes += m.payload.len();
+                                group.push(next);
                             }
-                        }
+                            None => {
+                                carried = Some(Some(Ok(m)));
+                                break;
+                            }
+                        },
                         other => {
                             carried = Some(other);
                             break;
@@ -1144,6 +1130,22 @@ impl Applier {
             }
         }
     }
+}
+
+/// The sequence and batch of `m` if it can join a group whose next
+/// sequence is `expected`: a whole batch in one message, that sequence,
+/// readable. Anything else (a part, a gap, an unreadable batch) is left to
+/// the one-message path, after the group is applied, as one batch at a time
+/// would meet it.
+fn joinable(m: &jetstream::Message, expected: u64) -> Option<(u64, Batch)> {
+    if m.headers.as_ref().and_then(Part::from_headers).is_some() {
+        return None;
+    }
+    let seq = m.info().ok()?.stream_sequence;
+    if seq != expected {
+        return None;
+    }
+    Some((seq, decode(seq, &m.payload).ok()?))
 }
 
 /// A batch as published.
