@@ -95,8 +95,6 @@ pub struct App {
     pub deliver: deliver::Stage,
     pub clock: Arc<dyn Clock>,
     pub settings: EngineSettings,
-    /// The `nats` sources' consumers.
-    pub feeds: Arc<crate::source::nats::Feeds>,
     /// Cluster mode: the partitions this node leases (None: embedded, this
     /// node does all the work).
     pub ownership: Option<crate::cluster::leases::Ownership>,

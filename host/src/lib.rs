@@ -26,13 +26,16 @@
 //! 8. [`retry`] — what happens after an attempt: the pure retry policy.
 //! 9. [`window`] — items plugins hold, flushed by a scheduler when their
 //!    window closes, in one transaction with the deliveries they become.
-//! 10. [`store`] — the records, on sled: the only module that touches it
-//!     (besides the cluster log's view of the same trees).
+//! 10. [`store`] — the records: the ground floor, importing no stage
+//!     (`layers.rs` checks it). One interface, two backends in their own
+//!     folders: `store/embedded/` (sled on this machine, one committer) and
+//!     `store/cluster/` (each node's sled trees as its view of a replicated
+//!     JetStream log of guarded write batches, snapshots, plugin bytes in
+//!     an object store). The stages follow other nodes' writes through a
+//!     typed change feed ([`store::Changes`]), never by tree names.
 //!
-//! Cluster mode: [`cluster`] — the records' changes as a replicated
-//! JetStream log that every node applies to its own sled view, the work
-//! split into partitions leased to nodes, plugin bytes in an object store
-//! (`docs/cluster.md`).
+//! Cluster mode beside the store: [`cluster`] — the NATS connection, and
+//! the work split into partitions leased to nodes (`docs/cluster.md`).
 //!
 //! Beside the flow: [`app`] (the shared context), [`subscription`] (a
 //! subscription's rules), [`clock`], [`config`],
@@ -50,6 +53,8 @@ pub mod deliver;
 pub mod event;
 pub mod http;
 pub mod ingest;
+#[cfg(test)]
+mod layers;
 pub mod migrate;
 pub mod notify;
 pub mod plugins;

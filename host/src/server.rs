@@ -38,6 +38,19 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
     build_app_with(config, store, clock, None)
 }
 
+/// The consumers of `nats` sources, none running yet: they may connect
+/// to the brokers `[sources] nats_allow` names, never to the cluster's own.
+pub fn build_feeds(config: &Config) -> Arc<crate::source::nats::Feeds> {
+    Arc::new(crate::source::nats::Feeds::new(ssrf::BrokerPolicy {
+        allow: config.nats_allow.clone(),
+        internal: config
+            .cluster
+            .as_ref()
+            .map(|c| c.urls.clone())
+            .unwrap_or_default(),
+    }))
+}
+
 /// [`build_app`]; in cluster mode with the partitions this node leases.
 pub fn build_app_with(
     config: &Config,
@@ -93,14 +106,6 @@ pub fn build_app_with(
         queue,
         store,
         clock,
-        feeds: Arc::new(crate::source::nats::Feeds::new(ssrf::BrokerPolicy {
-            allow: config.nats_allow.clone(),
-            internal: config
-                .cluster
-                .as_ref()
-                .map(|c| c.urls.clone())
-                .unwrap_or_default(),
-        })),
         ownership,
         settings: EngineSettings {
             workers: config.workers,
@@ -261,13 +266,15 @@ pub async fn serve(
         .as_ref()
         .and_then(|c| c.snapshot_every)
         .map(|every| tokio::spawn(compact_loop(app.clone(), every, wait_for(stop_rx.clone()))));
-    let feeds = app.feeds.start_all(&app)?;
-    if feeds > 0 {
-        info!(feeds, "NATS sources consuming");
+    let feeds = build_feeds(&config);
+    let consuming = feeds.start_all(&app)?;
+    if consuming > 0 {
+        info!(feeds = consuming, "NATS sources consuming");
     }
 
     let state = ApiState {
         app: app.clone(),
+        feeds,
         admin_token_hash: Arc::new(token_hash(&token)),
         max_event_bytes: config.max_event_bytes,
         max_plugin_bytes: config.max_plugin_bytes,

@@ -11,9 +11,12 @@ use utoipa::ToSchema;
 use crate::app::Bounds;
 use crate::retry::{PRESETS, RetryPolicy};
 use crate::route;
+use crate::runtime::PluginRequest;
 use crate::sign::{self, Scheme};
-use crate::store::{PluginRef, Secret, Subscription};
-use crate::window::WindowSpec;
+use crate::store::{
+    Delivery, DeliveryStatus, PluginRef, Secret, StoredRequest, Subscription, WindowSpec,
+};
+use crate::util::new_id_at;
 
 /// Retry settings: a preset, then any field overridden.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -301,6 +304,88 @@ impl Subscription {
     }
 }
 
+/// A pending delivery for each request a plugin returned, or why none can
+/// be made: the one constructor for pending deliveries (ingest and window
+/// flush), so the subscription's own signature headers are reserved on
+/// every path.
+/// `ids` are those the plugin took through `host.delivery-id`, by request
+/// index: the delivery of such a request carries the id its body names.
+pub fn pending_deliveries(
+    sub: &Subscription,
+    event_id: &str,
+    event_type: &str,
+    requests: Vec<PluginRequest>,
+    ids: Vec<String>,
+    now: Timestamp,
+) -> Result<Vec<Delivery>, String> {
+    let reserved = crate::sign::reserved_names(&sub.signature);
+    if let Some(h) = requests
+        .iter()
+        .flat_map(|r| &r.headers)
+        .find(|h| reserved.contains(&h.name.to_ascii_lowercase()))
+    {
+        return Err(format!(
+            "plugin set the reserved header {:?}; wasmhook sets it itself",
+            h.name
+        ));
+    }
+    let mut ids = ids.into_iter();
+    let names_events = matches!(sub.signature, crate::sign::Scheme::BodyHex { .. });
+    Ok(requests
+        .into_iter()
+        .map(|r| {
+            let request = StoredRequest {
+                event_name: names_events
+                    .then(|| StoredRequest::event_name_of(&r.body))
+                    .flatten(),
+                body: r.body,
+                content_type: r.content_type,
+                headers: r.headers,
+                body_from_event: false,
+            };
+            let mut delivery = new_delivery(
+                sub,
+                event_id,
+                event_type,
+                now,
+                DeliveryStatus::Pending,
+                Some(request),
+                None,
+            );
+            if let Some(id) = ids.next() {
+                delivery.id = id;
+            }
+            delivery
+        })
+        .collect())
+}
+
+/// A delivery record of one event for one subscription.
+pub fn new_delivery(
+    sub: &Subscription,
+    event_id: &str,
+    event_type: &str,
+    now: Timestamp,
+    status: DeliveryStatus,
+    request: Option<StoredRequest>,
+    note: Option<String>,
+) -> Delivery {
+    Delivery {
+        id: new_id_at("dlv", now),
+        tenant_id: sub.tenant_id.clone(),
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        subscription_id: sub.id.clone(),
+        status,
+        next_attempt_at: (status == DeliveryStatus::Pending).then_some(now),
+        request,
+        attempts: Vec::new(),
+        last_error: note,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +462,64 @@ mod tests {
         assert_eq!(stored.url, "http://y");
         assert!(!stored.enabled);
         assert_eq!(stored.consecutive_failures, 3);
+    }
+
+    fn body_hex_subscription() -> Subscription {
+        serde_json::from_value::<SubscriptionInput>(serde_json::json!({
+            "url": "http://example.com/hook",
+            "event_types": ["*"],
+            "signature": {"scheme": "body-hex", "header": "X-OHallo-Signature",
+                          "event_header": "X-Acme-Event", "delivery_header": "X-Acme-Delivery"},
+        }))
+        .unwrap()
+        .create(
+            "sub_1".into(),
+            "ten_1",
+            Defaults {
+                timeout_ms: 1000,
+                max_in_flight: 1,
+            },
+            &Bounds::default(),
+            "2026-11-21T10:00:00Z".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn request(header: &str) -> PluginRequest {
+        PluginRequest {
+            body: "{}".into(),
+            content_type: "application/json".into(),
+            headers: vec![crate::runtime::Header {
+                name: header.into(),
+                value: "forged".into(),
+            }],
+        }
+    }
+
+    /// The flush path used to let a plugin set a subscription's own
+    /// (configurable) signature headers; ingest and flush now share this
+    /// one constructor.
+    #[test]
+    fn a_subscriptions_own_signature_headers_are_reserved_on_every_path() {
+        let sub = body_hex_subscription();
+        let now = "2026-11-21T10:00:00Z".parse().unwrap();
+        for name in ["x-acme-event", "X-Acme-Delivery", "X-OHALLO-SIGNATURE"] {
+            let e = pending_deliveries(
+                &sub,
+                "window:x",
+                "window.closed",
+                vec![request(name)],
+                Vec::new(),
+                now,
+            )
+            .unwrap_err();
+            assert!(e.contains("reserved header"), "{e}");
+        }
+        let ok = pending_deliveries(&sub, "e1", "a.b", vec![request("X-Trace")], Vec::new(), now)
+            .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].status, DeliveryStatus::Pending);
+        assert_eq!(ok[0].next_attempt_at, Some(now));
+        assert!(ok[0].id.starts_with("dlv_"));
     }
 }

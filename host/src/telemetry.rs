@@ -19,8 +19,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::runtime::CallError;
-
 /// Attempt and request durations: 1 ms to 30 s (a delivery's default
 /// timeout is 10 s; beyond 30 s it has timed out anyway).
 const DURATION_BUCKETS: &[f64] = &[
@@ -268,23 +266,9 @@ pub fn delivered(latency: Duration) {
     histogram!("wasmhook_delivery_latency_seconds").record(latency.as_secs_f64());
 }
 
-/// One plugin call that ran (or failed to start) in the sandbox.
-pub fn plugin_call<T>(result: &Result<T, CallError>, elapsed: Duration) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(CallError::Plugin(_)) => "plugin_error",
-        Err(CallError::Timeout { .. }) => "timeout",
-        Err(CallError::MemoryLimit { .. }) => "memory",
-        Err(CallError::Panic { .. } | CallError::Trap { .. }) => "trap",
-        Err(
-            CallError::OutputTooLarge { .. }
-            | CallError::OutputOverLimit { .. }
-            | CallError::TooManyRequests { .. }
-            | CallError::ReservedHeader { .. }
-            | CallError::InvalidHeader { .. },
-        ) => "output",
-        Err(CallError::Instantiate { .. } | CallError::WrongWorld { .. }) => "instantiate",
-    };
+/// One plugin call that ran (or failed to start) in the sandbox; `outcome`
+/// is `ok` or its error's label (`runtime::CallError::outcome`).
+pub fn plugin_call(outcome: &'static str, elapsed: Duration) {
     counter!("wasmhook_plugin_calls_total", "outcome" => outcome).increment(1);
     histogram!("wasmhook_plugin_call_duration_seconds").record(elapsed.as_secs_f64());
 }

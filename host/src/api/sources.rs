@@ -248,7 +248,7 @@ async fn create(
                 "a `nats` source needs `nats`: {\"url\": \"nats://…\", \"subject\": …, \"format\": \"ohallo\"}",
             ));
         }
-        (Kind::Nats, Some(feed)) => check_feed(state.app.feeds.policy(), feed).await?,
+        (Kind::Nats, Some(feed)) => check_feed(state.feeds.policy(), feed).await?,
         (kind, Some(_)) => {
             return Err(bad(format!(
                 "`nats` is for kind `nats`, not {}",
@@ -298,7 +298,7 @@ async fn create(
     check_adapter(&state, &source).await?;
     state.app.store.put_source(&source).await?;
     state.app.store.durable().await?;
-    state.app.feeds.start(&state.app, &source);
+    state.feeds.start(&state.app, &source);
     Ok((
         StatusCode::CREATED,
         axum::Json(SourceView::of(source, true, &state)?),
@@ -391,7 +391,7 @@ async fn delete(
     if !state.app.store.delete_source(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no source {id:?}")));
     }
-    state.app.feeds.stop(&id);
+    state.feeds.stop(&id);
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,10 +11,7 @@
 //! log by tenant); a log of atomic batches applied to sled gives both, and
 //! keeps one code path for the records on both backends.
 
-pub mod blobs;
 pub mod leases;
-pub mod log;
-pub mod snapshot;
 
 use std::time::Duration;
 
@@ -59,7 +56,7 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    fn jetstream(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn jetstream(e: impl std::fmt::Display) -> Self {
         ClusterError::JetStream(e.to_string())
     }
 }
@@ -67,7 +64,7 @@ impl ClusterError {
 /// One setting of a stream (or of the stream behind a bucket or an object
 /// store) that exists already: [`ClusterError::Incompatible`] naming it
 /// unless it is what this version creates.
-fn check_setting<T: PartialEq + std::fmt::Debug>(
+pub(crate) fn check_setting<T: PartialEq + std::fmt::Debug>(
     what: &'static str,
     name: &str,
     setting: &'static str,
@@ -128,7 +125,7 @@ pub struct NatsAuth {
 
 /// An object store as this version uses it (file storage, `replicas`):
 /// created if missing, else its replication checked.
-async fn object_store(
+pub(crate) async fn object_store(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     replicas: usize,

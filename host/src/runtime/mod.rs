@@ -144,6 +144,24 @@ pub enum CallError {
     Plugin(#[from] PluginError),
 }
 
+impl CallError {
+    /// The outcome label of the plugin-call metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::Plugin(_) => "plugin_error",
+            CallError::Timeout { .. } => "timeout",
+            CallError::MemoryLimit { .. } => "memory",
+            CallError::Panic { .. } | CallError::Trap { .. } => "trap",
+            CallError::OutputTooLarge { .. }
+            | CallError::OutputOverLimit { .. }
+            | CallError::TooManyRequests { .. }
+            | CallError::ReservedHeader { .. }
+            | CallError::InvalidHeader { .. } => "output",
+            CallError::Instantiate { .. } | CallError::WrongWorld { .. } => "instantiate",
+        }
+    }
+}
+
 /// The outcome of one call plus what the plugin logged and how long it took:
 /// the log matters most when the call failed.
 #[derive(Debug, Clone)]
@@ -640,7 +658,10 @@ impl Runtime {
         }
         drop(store);
         let elapsed = started.elapsed();
-        crate::telemetry::plugin_call(&result, elapsed);
+        crate::telemetry::plugin_call(
+            result.as_ref().err().map_or("ok", CallError::outcome),
+            elapsed,
+        );
         CallReport {
             result,
             log,

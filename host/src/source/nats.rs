@@ -12,7 +12,7 @@
 //! backoff for as long as the source exists.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -129,14 +129,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Feeds {
     running: Mutex<HashMap<String, AbortHandle>>,
     /// Which brokers feeds may connect to.
-    policy: BrokerPolicy,
+    policy: Arc<BrokerPolicy>,
 }
 
 impl Feeds {
     pub fn new(policy: BrokerPolicy) -> Self {
         Feeds {
             running: Mutex::default(),
-            policy,
+            policy: Arc::new(policy),
         }
     }
 
@@ -150,7 +150,7 @@ impl Feeds {
         let Some(feed) = source.nats.clone() else {
             return;
         };
-        let task = tokio::spawn(run(app.clone(), source.clone(), feed));
+        let task = tokio::spawn(run(app.clone(), self.policy.clone(), source.clone(), feed));
         if let Some(old) = self
             .running
             .lock()
@@ -189,14 +189,14 @@ impl Feeds {
 /// Reads the feed for as long as the task lives, reconnecting with backoff.
 /// The broker is checked again before every connection: a name that
 /// resolves elsewhere now, or an allow-list that changed, stops it.
-async fn run(app: App, source: Source, feed: NatsFeed) {
+async fn run(app: App, policy: Arc<BrokerPolicy>, source: Source, feed: NatsFeed) {
     let mut backoff = Duration::from_millis(200);
     loop {
         if gone(&app, &source) {
             info!(source_id = %source.id, "NATS feed stopped: its source is deleted");
             return;
         }
-        match app.feeds.policy.check(&feed.url).await {
+        match policy.check(&feed.url).await {
             Ok(target) => match consume(&app, &source, &feed, &target.connect_url).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => {

@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 
 use super::*;
-use crate::cluster::log::{Log, Outcome, Recorder};
+use crate::store::cluster::log::{Log, Outcome, Recorder};
 
 /// How many times a change is re-run after conflicts before it fails
 /// (503): only a key fought over by many nodes at once gets there.
@@ -92,7 +92,7 @@ fn tree_name(tree: &Tree) -> String {
 impl Store {
     /// The cluster log, in cluster mode.
     pub(super) fn log(&self) -> Option<&Log> {
-        self.log.as_deref()
+        self.cluster().map(|c| &*c.log)
     }
 
     /// One atomic read-modify-write over `trees` (see the module doc).

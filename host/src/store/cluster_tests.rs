@@ -1,11 +1,11 @@
 //! The store's own code in cluster mode: two nodes, each a [`Store`] with
 //! its own view, on a real 3-server NATS cluster.
 
-use super::commit::tests::new_event;
-use super::subscriptions::tests::sub;
-use super::*;
 use crate::cluster::testing::NatsCluster;
 use crate::cluster::{ClusterSettings, connect};
+use crate::store::embedded::commit::tests::new_event;
+use crate::store::subscriptions::tests::sub;
+use crate::store::*;
 
 struct Node {
     store: Store,
@@ -202,7 +202,7 @@ async fn plugin_bytes_from_the_object_store_are_checked_against_their_digest() {
     let b = node(cluster.url(1), "b").await;
     let good = b"a component".to_vec();
     let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&good));
-    let blobs = a.store.blobs.as_ref().unwrap();
+    let blobs = a.store.blobs().unwrap();
     blobs.put(&name, &good).await.unwrap();
     // The put is acknowledged by a quorum; the server b reads through may
     // answer "not found" a moment longer (a busy machine): ask until found.

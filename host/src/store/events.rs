@@ -344,7 +344,7 @@ pub(super) fn accept_tx(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::commit::tests::new_event;
+    use crate::store::embedded::commit::tests::new_event;
 
     /// An event whose delivery sends the event's own body (no plugin).
     fn sending_its_body(id: &str, delivery: &str, at: Timestamp) -> NewEvent {

@@ -6,7 +6,7 @@
 //! a transaction on every node's view, whatever its size. So writes wait in
 //! a queue; a few groups are in flight at once ([`IN_FLIGHT`]), and each
 //! takes everything that queued while the others were being written (up to
-//! a size). A group is one [`Store::change`](super::Store::change): if a key
+//! a size). A group is one [`Store::change`](crate::store::Store::change): if a key
 //! it read changed meanwhile, the whole group is computed again on the newer
 //! view, so each write keeps the meaning it has alone. A group that fails
 //! is retried one write at a time, so that one caller's fault is not
@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use jiff::Timestamp;
 
-use super::{Accepted, Delivery, NewEvent, Store, StoreError, Trees};
+use crate::store::{Accepted, Delivery, NewEvent, Store, StoreError, Trees};
 
 /// Groups written at once: a publish's round trip is spent waiting, so a
 /// second group fills while the first is acknowledged.
@@ -160,8 +160,8 @@ impl Groups {
                     let events: Vec<&NewEvent> = batches.iter().flatten().collect();
                     let result = store.accept_in_log(&events).await;
                     drop(events);
-                    let result =
-                        result.map(|accepted| super::events::split_by_batch(accepted, &batches));
+                    let result = result
+                        .map(|accepted| crate::store::events::split_by_batch(accepted, &batches));
                     (batches, result)
                 })
             });

@@ -66,7 +66,7 @@ impl Store {
     /// first, so no record names a component the nodes cannot fetch.
     /// Nothing else may write the cluster meanwhile (start its nodes after).
     pub async fn import_from(&self, from: &Store) -> Result<Moved, MoveError> {
-        let Some(blobs) = &self.blobs else {
+        let Some(blobs) = self.blobs() else {
             return Err(MoveError::NotACluster);
         };
         if !self.tenants.is_empty() {
@@ -80,7 +80,7 @@ impl Store {
     async fn copy_from(
         &self,
         from: &Store,
-        blobs: &crate::cluster::blobs::Blobs,
+        blobs: &crate::store::cluster::blobs::Blobs,
     ) -> Result<Moved, StoreError> {
         let mut moved = Moved::default();
         for kv in from.plugin_blobs.iter() {
@@ -145,7 +145,7 @@ mod tests {
         let local = [
             "meta",
             "plugin_blobs",
-            super::intent::INTENTS_TREE,
+            super::embedded::intent::INTENTS_TREE,
             "__sled__default",
         ];
         for name in store.db.tree_names() {

@@ -16,6 +16,14 @@
 //! reads are the same. `meta` and the log's own `__log` tree stay this
 //! node's, and `plugin_blobs` is a cache of the object store.
 //!
+//! The backends live in their own folders: `embedded/` (the committer and
+//! its intent record) and `cluster/` (the log, its snapshots, the plugin
+//! object store; it knows trees and bytes, not records). `Backend` is the
+//! one place the store tells them apart. The store is the ground floor:
+//! it imports no stage of the flow, and nothing above it names a tree
+//! (`crate::layers` checks both); the stages follow other nodes' writes
+//! through [`Changes`], typed records.
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `tenants` | tenant id | [`Tenant`] |
@@ -44,17 +52,18 @@
 
 mod change;
 pub use change::Changes;
+pub mod cluster;
 #[cfg(test)]
 mod cluster_tests;
 mod codec;
-mod commit;
 mod deliveries;
 mod encoding;
 use encoding::*;
+mod embedded;
+use embedded::commit;
 mod events;
 mod group;
 use group::Groups;
-mod intent;
 mod keys;
 pub use keys::*;
 pub mod migrate;
@@ -82,7 +91,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::millis;
 pub(crate) use change::TxTree;
-pub(crate) use intent::INTENTS_TREE;
+pub(crate) use embedded::intent::INTENTS_TREE;
 
 /// Trees of a store's sled directory that are this machine's own, never
 /// replicated, snapshotted or moved: sled's default tree, `meta` (health
@@ -186,25 +195,56 @@ pub struct Trees {
     source_index: Tree,
     dead_letters: Tree,
     meta: Tree,
-    /// The committer thread (see `commit.rs`).
-    commit: std::sync::mpsc::Sender<commit::Job>,
     /// Each tenant's subscriptions, decoded once and shared by every ingest
     /// request until one of them changes (see `subscriptions.rs`).
     routes: Arc<subscriptions::RouteCache>,
-    /// Cluster mode: the log every write goes through (see `change.rs`);
-    /// the trees above are then this node's view of it.
-    log: Option<Arc<crate::cluster::log::Log>>,
-    /// Cluster mode: plugin components (see `crate::cluster::blobs`).
-    blobs: Option<crate::cluster::blobs::Blobs>,
-    /// Cluster mode: concurrent acceptances, and concurrent attempt
-    /// records, each grouped into one batch of the log (see `group.rs`).
-    groups: std::sync::OnceLock<Groups>,
+    /// Where the writes go: the one thing the backends do differently.
+    backend: Backend,
     /// The bodies of recent events, for their deliveries' attempts (see
     /// `events.rs`).
     bodies: events::Bodies,
 }
 
+/// The backend of a store. Reads are the same on both (the trees above);
+/// writes go to the embedded committer or through the cluster's log.
+enum Backend {
+    /// The committer thread (`embedded/commit.rs`).
+    Embedded(std::sync::mpsc::Sender<commit::Job>),
+    /// The trees are this node's view of the cluster's log.
+    Cluster(ClusterBackend),
+}
+
+/// What the cluster backend keeps beside the view.
+struct ClusterBackend {
+    /// The log every write goes through (see `change.rs`).
+    log: Arc<cluster::log::Log>,
+    /// Plugin components (see `cluster/blobs.rs`).
+    blobs: cluster::blobs::Blobs,
+    /// Concurrent acceptances, and concurrent attempt records, each
+    /// grouped into one batch of the log (`cluster/group.rs`); set once the
+    /// store exists, since the groups write through it.
+    groups: std::sync::OnceLock<Groups>,
+}
+
 impl Store {
+    /// Cluster mode: the cluster backend.
+    fn cluster(&self) -> Option<&ClusterBackend> {
+        match &self.backend {
+            Backend::Cluster(c) => Some(c),
+            Backend::Embedded(_) => None,
+        }
+    }
+
+    /// Cluster mode: the plugin object store.
+    fn blobs(&self) -> Option<&cluster::blobs::Blobs> {
+        self.cluster().map(|c| &c.blobs)
+    }
+
+    /// Cluster mode: the write groups, once started.
+    fn groups(&self) -> Option<&Groups> {
+        self.cluster().and_then(|c| c.groups.get())
+    }
+
     /// Waits until everything written so far is on disk. Concurrent callers
     /// share one flush: the committer serves every call that arrived while
     /// it was busy with the next one.
@@ -227,7 +267,7 @@ impl Store {
         batch: Vec<NewEvent>,
     ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
         if self.log().is_some() {
-            let (batch, accepted) = match self.groups.get() {
+            let (batch, accepted) = match self.groups() {
                 Some(groups) => groups.accepts.write(batch).await?,
                 None => {
                     let events: Vec<&NewEvent> = batch.iter().collect();
@@ -315,7 +355,7 @@ impl Store {
         delivery: &Delivery,
         leased: Timestamp,
     ) -> Result<(), StoreError> {
-        let recorded = match self.groups.get() {
+        let recorded = match self.groups() {
             Some(groups) => groups.records.write((delivery.clone(), leased)).await?.1,
             None => {
                 let item = [(delivery.clone(), leased)];
@@ -353,7 +393,12 @@ impl Store {
     }
 
     fn send(&self, job: commit::Job) -> Result<(), StoreError> {
-        self.commit.send(job).map_err(|_| gone())
+        match &self.backend {
+            Backend::Embedded(commit) => commit.send(job).map_err(|_| gone()),
+            Backend::Cluster(_) => Err(StoreError::Commit(
+                "the embedded committer is not used in cluster mode".into(),
+            )),
+        }
     }
 
     /// A small write made durable now: whether the store can take writes.

@@ -25,7 +25,7 @@ impl Store {
 
     /// Cluster mode: `dir` holds this node's view of the cluster's log
     /// (created or brought up to date from the log), and every write goes
-    /// through the log (see `change.rs` and [`crate::cluster::log`]).
+    /// through the log (see `change.rs` and [`crate::store::cluster::log`]).
     pub async fn open_cluster(
         dir: &Path,
         cache_bytes: u64,
@@ -34,7 +34,9 @@ impl Store {
         node: &str,
     ) -> Result<Self, StoreError> {
         let db = Self::open_db(dir, cache_bytes)?;
-        let view = crate::cluster::log::View::open(db.clone())?.with_scratch(dir);
+        let view = crate::store::cluster::log::View::open(db.clone())?
+            .with_scratch(dir)
+            .with_local_trees(NODE_LOCAL_TREES);
         // Other nodes' writes change subscriptions too: the applier drops
         // the tenant's cached routes, as a local write does.
         let routes: Arc<subscriptions::RouteCache> = Arc::default();
@@ -58,11 +60,19 @@ impl Store {
             }
         }));
         let js = async_nats::jetstream::new(client.clone());
-        let blobs = crate::cluster::blobs::Blobs::open(&js, replicas).await?;
-        let log = crate::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
+        let blobs = crate::store::cluster::blobs::Blobs::open(&js, replicas).await?;
+        let log =
+            crate::store::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
         log.caught_up().await?;
-        let store = Self::with_db(db, Some((Arc::new(log), blobs)), routes, bodies)?;
-        let _ = store.groups.set(Groups::start(&store));
+        let backend = Backend::Cluster(ClusterBackend {
+            log: Arc::new(log),
+            blobs,
+            groups: std::sync::OnceLock::new(),
+        });
+        let store = Self::with_db(db, Some(backend), routes, bodies)?;
+        if let Some(cluster) = store.cluster() {
+            let _ = cluster.groups.set(Groups::start(&store));
+        }
         Ok(store)
     }
 
@@ -80,11 +90,10 @@ impl Store {
 
     fn with_db(
         db: Db,
-        cluster: Option<(Arc<crate::cluster::log::Log>, crate::cluster::blobs::Blobs)>,
+        backend: Option<Backend>,
         routes: Arc<subscriptions::RouteCache>,
         bodies: events::Bodies,
     ) -> Result<Self, StoreError> {
-        let (log, blobs) = cluster.unzip();
         let tree = |name: &str| db.open_tree(name);
         let events = tree("events")?;
         let events_by_time = tree("events_by_time")?;
@@ -93,24 +102,31 @@ impl Store {
         let outbox = tree("outbox")?;
         let held = tree("held")?;
         let windows = tree("windows")?;
-        let writer = commit::Writer {
-            db: db.clone(),
-            events: events.clone(),
-            events_by_time: events_by_time.clone(),
-            deliveries: deliveries.clone(),
-            tenant_deliveries: tenant_deliveries.clone(),
-            outbox: outbox.clone(),
-            held: held.clone(),
-            windows: windows.clone(),
-            intents: tree(intent::INTENTS_TREE)?,
-            failed: Default::default(),
+        let backend = match backend {
+            Some(backend) => backend,
+            None => {
+                let writer = commit::Writer {
+                    db: db.clone(),
+                    events: events.clone(),
+                    events_by_time: events_by_time.clone(),
+                    deliveries: deliveries.clone(),
+                    tenant_deliveries: tenant_deliveries.clone(),
+                    outbox: outbox.clone(),
+                    held: held.clone(),
+                    windows: windows.clone(),
+                    intents: tree(INTENTS_TREE)?,
+                    failed: Default::default(),
+                };
+                // Before anything reads the outbox: a group a crash interrupted.
+                if writer.intents().recover()? > 0 {
+                    db.flush()?;
+                }
+                Backend::Embedded(
+                    commit::start(writer)
+                        .map_err(|e| StoreError::Commit(format!("starting the committer: {e}")))?,
+                )
+            }
         };
-        // Before anything reads the outbox: a group a crash interrupted.
-        if writer.intents().recover()? > 0 {
-            db.flush()?;
-        }
-        let commit = commit::start(writer)
-            .map_err(|e| StoreError::Commit(format!("starting the committer: {e}")))?;
         let store = Store(Arc::new(Trees {
             tenants: tree("tenants")?,
             api_keys: tree("api_keys")?,
@@ -130,11 +146,8 @@ impl Store {
             dead_letters: tree("dead_letters")?,
             meta: tree("meta")?,
             db,
-            commit,
             routes,
-            log,
-            blobs,
-            groups: std::sync::OnceLock::new(),
+            backend,
             bodies,
         }));
         store.index_subscription_deliveries()?;

@@ -5,7 +5,7 @@ use super::*;
 impl Store {
     pub async fn put_plugin(&self, record: &PluginRecord, wasm: &[u8]) -> Result<(), StoreError> {
         let mut w = self.plain();
-        match &self.blobs {
+        match self.blobs() {
             // Cluster mode: the bytes in the object store, and in this
             // node's cache (the log carries the record only).
             Some(blobs) => {
@@ -53,7 +53,7 @@ impl Store {
     /// finds them; false when the object store does not show them (yet).
     /// Embedded: true (they are here, or nowhere).
     pub async fn fetch_plugin(&self, sha256: &str) -> Result<bool, StoreError> {
-        let Some(blobs) = &self.blobs else {
+        let Some(blobs) = self.blobs() else {
             // Embedded: the bytes are here or nowhere; the load that reads
             // them says which (no lookup on every resolve).
             return Ok(true);
@@ -98,11 +98,11 @@ impl Store {
         });
         let mut w = self.plain();
         w.remove(&self.plugins, &key)?;
-        if !still_used && self.blobs.is_none() {
+        if !still_used && self.blobs().is_none() {
             w.remove(&self.plugin_blobs, &record.sha256)?;
         }
         w.commit().await?;
-        if let (false, Some(blobs)) = (still_used, &self.blobs) {
+        if let (false, Some(blobs)) = (still_used, self.blobs()) {
             // Cluster mode, once the record is gone: the bytes. Other
             // nodes' cached copies stay, unread (nothing names the digest).
             self.plugin_blobs.remove(record.sha256.as_bytes())?;

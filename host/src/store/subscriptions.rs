@@ -206,22 +206,33 @@ impl Store {
 pub(super) mod tests {
     use super::*;
 
+    /// A subscription record as the API would have created it (built here,
+    /// not through `crate::subscription`, which sits above the store).
     pub(in crate::store) fn sub(id: &str, types: &[&str]) -> Subscription {
-        serde_json::from_value::<crate::subscription::SubscriptionInput>(serde_json::json!({
-            "url": "http://example.com/hook", "event_types": types,
-        }))
-        .unwrap()
-        .create(
-            id.into(),
-            "ten_1",
-            crate::subscription::Defaults {
-                timeout_ms: 1000,
-                max_in_flight: 1,
-            },
-            &Default::default(),
-            "2026-11-21T10:00:00Z".parse().unwrap(),
-        )
-        .unwrap()
+        let created_at: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        Subscription {
+            id: id.into(),
+            tenant_id: "ten_1".into(),
+            url: "http://example.com/hook".into(),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            plugin: None,
+            signature: Default::default(),
+            retry: Default::default(),
+            expect_body: None,
+            timeout_ms: 1000,
+            max_in_flight: 1,
+            window: None,
+            description: None,
+            enabled: true,
+            disabled_reason: None,
+            secrets: vec![Secret {
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                expires_at: None,
+            }],
+            consecutive_failures: 0,
+            created_at,
+            updated_at: created_at,
+        }
     }
 
     #[tokio::test]

@@ -213,7 +213,14 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
     };
     let event_id = format!("window:{}", state.start);
     let deliveries = requests.and_then(|(requests, ids)| {
-        crate::ingest::pending_deliveries(&sub, &event_id, "window.closed", requests, ids, now)
+        crate::subscription::pending_deliveries(
+            &sub,
+            &event_id,
+            "window.closed",
+            requests,
+            ids,
+            now,
+        )
     });
     let deliveries = match deliveries {
         Ok(d) => d,

@@ -536,7 +536,9 @@ async fn a_compacted_log_is_rebuilt_from_the_snapshot_by_new_and_lagging_nodes()
 #[test]
 fn a_snapshot_carries_the_records_and_unfinished_parts_but_not_the_nodes_own_trees() {
     let from_dir = tempfile::tempdir().unwrap();
-    let from = View::open(sled::open(from_dir.path()).unwrap()).unwrap();
+    let from = View::open(sled::open(from_dir.path()).unwrap())
+        .unwrap()
+        .with_local_trees(&["__sled__default", "meta"]);
     from.tree("events").unwrap().insert(b"e1", b"one").unwrap();
     from.tree("meta")
         .unwrap()
@@ -547,7 +549,9 @@ fn a_snapshot_carries_the_records_and_unfinished_parts_but_not_the_nodes_own_tre
     assert_eq!(seq, 7);
 
     let to_dir = tempfile::tempdir().unwrap();
-    let to = View::open(sled::open(to_dir.path()).unwrap()).unwrap();
+    let to = View::open(sled::open(to_dir.path()).unwrap())
+        .unwrap()
+        .with_local_trees(&["__sled__default", "meta"]);
     to.tree("events")
         .unwrap()
         .insert(b"stale", b"gone")

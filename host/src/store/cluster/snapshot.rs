@@ -26,8 +26,8 @@ use std::path::Path;
 
 use async_nats::jetstream::{self, object_store};
 
-use super::ClusterError;
 use super::log::{LOG_TREE, PARTS};
+use crate::cluster::ClusterError;
 
 /// The object store's bucket.
 pub const BUCKET: &str = "wasmhook_snapshots";
@@ -37,15 +37,12 @@ pub const OBJECT: &str = "view";
 const SEQ_KEY: &str = "seq";
 const MAGIC: &[u8; 8] = b"WHSNAP1\n";
 
-/// The log's own bookkeeping tree is this node's, like the store's
-/// node-local trees ([`crate::store::NODE_LOCAL_TREES`]). Of `__log`, only
-/// the parts of batches not yet whole go in a snapshot: a node loading it
-/// reads their last parts after S.
-fn replicated(name: &[u8]) -> bool {
-    name != LOG_TREE.as_bytes()
-        && !crate::store::NODE_LOCAL_TREES
-            .iter()
-            .any(|t| t.as_bytes() == name)
+/// Whether a tree goes in a snapshot: not the log's own bookkeeping tree
+/// (of `__log`, only the parts of batches not yet whole go, so a node
+/// loading it reads their last parts after S) and not one of the trees
+/// the node keeps for itself (`local`, named by the store that owns them).
+fn replicated(name: &[u8], local: &[&str]) -> bool {
+    name != LOG_TREE.as_bytes() && !local.iter().any(|t| t.as_bytes() == name)
 }
 
 fn io(e: std::io::Error) -> ClusterError {
@@ -54,12 +51,12 @@ fn io(e: std::io::Error) -> ClusterError {
 
 /// Writes every replicated tree of `db`, as it is at sequence `seq`, to
 /// `to`. The caller guarantees nothing writes them meanwhile.
-pub fn export(db: &sled::Db, seq: u64, to: &Path) -> Result<(), ClusterError> {
+pub fn export(db: &sled::Db, local: &[&str], seq: u64, to: &Path) -> Result<(), ClusterError> {
     let mut out = BufWriter::new(std::fs::File::create(to).map_err(io)?);
     out.write_all(MAGIC).map_err(io)?;
     out.write_all(&seq.to_be_bytes()).map_err(io)?;
     for name in db.tree_names() {
-        let entries = if replicated(&name) {
+        let entries = if replicated(&name, local) {
             db.open_tree(&name)?.iter()
         } else if &name[..] == LOG_TREE.as_bytes() {
             db.open_tree(&name)?.scan_prefix(PARTS)
@@ -98,7 +95,7 @@ fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
 
 /// Replaces the replicated trees of `db` with the snapshot in `from`;
 /// returns its sequence. The caller sets the view's applied sequence.
-pub fn import(db: &sled::Db, from: &Path) -> Result<u64, ClusterError> {
+pub fn import(db: &sled::Db, local: &[&str], from: &Path) -> Result<u64, ClusterError> {
     let mut input = BufReader::new(std::fs::File::open(from).map_err(io)?);
     let mut head = [0u8; 16];
     input.read_exact(&mut head).map_err(io)?;
@@ -109,7 +106,7 @@ pub fn import(db: &sled::Db, from: &Path) -> Result<u64, ClusterError> {
     }
     let seq = u64::from_be_bytes(head[8..].try_into().expect("8 bytes"));
     for name in db.tree_names() {
-        if replicated(&name) {
+        if replicated(&name, local) {
             db.open_tree(&name)?.clear()?;
         }
     }
@@ -172,7 +169,7 @@ pub struct Snapshots {
 impl Snapshots {
     /// The bucket as this version uses it: created if missing, else checked.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
-        let store = super::object_store(js, BUCKET, replicas).await?;
+        let store = crate::cluster::object_store(js, BUCKET, replicas).await?;
         Ok(Snapshots { store })
     }
 

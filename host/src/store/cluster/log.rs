@@ -37,7 +37,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use super::{ClusterError, check_setting};
+use crate::cluster::{ClusterError, check_setting};
 
 /// The stream of batches.
 pub const STREAM: &str = "WASMHOOK_LOG";
@@ -126,6 +126,9 @@ pub struct View {
     hooks: std::sync::RwLock<Vec<OnApplied>>,
     /// Where snapshot files are written and downloaded.
     scratch: std::path::PathBuf,
+    /// Trees of the database that are the node's own, not the log's:
+    /// never written by batches, left out of snapshots.
+    local: &'static [&'static str],
 }
 
 impl View {
@@ -136,6 +139,7 @@ impl View {
             trees: Mutex::default(),
             hooks: Default::default(),
             scratch: std::env::temp_dir(),
+            local: &["__sled__default"],
         })
     }
 
@@ -143,6 +147,14 @@ impl View {
     /// the system's temporary directory.
     pub fn with_scratch(mut self, dir: &std::path::Path) -> Self {
         self.scratch = dir.to_path_buf();
+        self
+    }
+
+    /// The trees of the database that are the node's own (its owner's
+    /// bookkeeping beside the view): left out of snapshots and kept when
+    /// one is loaded.
+    pub fn with_local_trees(mut self, local: &'static [&'static str]) -> Self {
+        self.local = local;
         self
     }
 
@@ -155,14 +167,14 @@ impl View {
             .prefix("snapshot-")
             .tempfile_in(&self.scratch)
             .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
-        super::snapshot::export(&self.db, seq, file.path())?;
+        super::snapshot::export(&self.db, self.local, seq, file.path())?;
         Ok((file, seq))
     }
 
     /// Replaces the view with the snapshot in `from`; returns its sequence,
     /// which becomes the applied one.
     fn restore(&self, from: &std::path::Path) -> Result<u64, ClusterError> {
-        let seq = super::snapshot::import(&self.db, from)?;
+        let seq = super::snapshot::import(&self.db, self.local, from)?;
         self.log.insert(APPLIED, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(seq)

@@ -28,9 +28,9 @@
 //! of them was answered, and the sender's retry makes them anew; an event
 //! with its record has all its writes.
 
-use super::codec::encode_delivery;
-use super::deliveries::{index_key, outbox_entry};
-use super::*;
+use crate::store::codec::encode_delivery;
+use crate::store::deliveries::{index_key, outbox_entry};
+use crate::store::*;
 
 /// The tree of intents; a node's own, never replicated.
 pub(crate) const INTENTS_TREE: &str = "intents";
@@ -48,14 +48,14 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// delivery's index and outbox keys are read from its record, written
 /// before them).
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Entry {
-    pub(super) event_key: Vec<u8>,
-    pub(super) received_ms: u64,
-    pub(super) deliveries: Vec<String>,
+pub(in crate::store) struct Entry {
+    pub(in crate::store) event_key: Vec<u8>,
+    pub(in crate::store) received_ms: u64,
+    pub(in crate::store) deliveries: Vec<String>,
 }
 
 impl Entry {
-    pub(super) fn of(new: &NewEvent) -> Self {
+    pub(in crate::store) fn of(new: &NewEvent) -> Self {
         let e = &new.event;
         Entry {
             event_key: scoped(&e.tenant_id, &e.event.id),
@@ -127,13 +127,13 @@ fn decode_chunk(key: &[u8], record: &[u8]) -> Result<Vec<Entry>, StoreError> {
 }
 
 /// The trees a plain acceptance writes, and its intents.
-pub(super) struct Intents<'t> {
-    pub(super) intents: &'t Tree,
-    pub(super) events: &'t Tree,
-    pub(super) events_by_time: &'t Tree,
-    pub(super) deliveries: &'t Tree,
-    pub(super) tenant_deliveries: &'t Tree,
-    pub(super) outbox: &'t Tree,
+pub(in crate::store) struct Intents<'t> {
+    pub(in crate::store) intents: &'t Tree,
+    pub(in crate::store) events: &'t Tree,
+    pub(in crate::store) events_by_time: &'t Tree,
+    pub(in crate::store) deliveries: &'t Tree,
+    pub(in crate::store) tenant_deliveries: &'t Tree,
+    pub(in crate::store) outbox: &'t Tree,
 }
 
 impl Intents<'_> {
@@ -141,7 +141,7 @@ impl Intents<'_> {
     /// intent first and removed last. On a failed write, what was written is
     /// undone (as a failed transaction would leave nothing) and the error
     /// returned.
-    pub(super) fn write(&self, new: &[&NewEvent]) -> Result<(), StoreError> {
+    pub(in crate::store) fn write(&self, new: &[&NewEvent]) -> Result<(), StoreError> {
         if new.is_empty() {
             return Ok(());
         }
@@ -258,7 +258,7 @@ impl Intents<'_> {
 
     /// At start, before anything reads the outbox: undoes the events a
     /// crash left half-written (see the module doc). Returns how many.
-    pub(super) fn recover(&self) -> Result<usize, StoreError> {
+    pub(in crate::store) fn recover(&self) -> Result<usize, StoreError> {
         let mut entries = Vec::new();
         for kv in self.intents.iter() {
             let (key, value) = kv?;

@@ -7,7 +7,7 @@
 use async_nats::jetstream::{self, object_store};
 use tokio::io::AsyncReadExt;
 
-use super::ClusterError;
+use crate::cluster::ClusterError;
 
 /// The object store's bucket.
 pub const BUCKET: &str = "wasmhook_plugins";
@@ -20,7 +20,7 @@ pub struct Blobs {
 impl Blobs {
     /// The bucket as this version uses it: created if missing, else checked.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
-        let store = super::object_store(js, BUCKET, replicas).await?;
+        let store = crate::cluster::object_store(js, BUCKET, replicas).await?;
         Ok(Blobs { store })
     }
 

@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::events::{accept_tx, split_by_batch};
 use super::intent::Intents;
-use super::*;
+use crate::store::events::{accept_tx, split_by_batch};
+use crate::store::*;
 use crate::util::failpoint_active;
 
 /// A group takes jobs until it holds this many events: bounds the group's
@@ -39,9 +39,10 @@ use crate::util::failpoint_active;
 const MAX_GROUP: usize = 2048;
 
 /// Where an acceptance's answer goes: its batch back, with the outcomes.
-pub(super) type AcceptReply = oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
+pub(in crate::store) type AcceptReply =
+    oneshot::Sender<(Vec<NewEvent>, Result<Vec<Accepted>, StoreError>)>;
 
-pub(super) enum Job {
+pub(in crate::store) enum Job {
     /// Store events with their deliveries; answered once on disk, with the
     /// batch given back.
     Accept {
@@ -56,16 +57,16 @@ pub(super) enum Job {
 
 /// The trees the committer writes, and the database it flushes. Holds no
 /// [`Store`], so the thread ends when the last store handle is dropped.
-pub(super) struct Writer {
-    pub(super) db: Db,
-    pub(super) events: Tree,
-    pub(super) events_by_time: Tree,
-    pub(super) deliveries: Tree,
-    pub(super) tenant_deliveries: Tree,
-    pub(super) outbox: Tree,
-    pub(super) held: Tree,
-    pub(super) windows: Tree,
-    pub(super) intents: Tree,
+pub(in crate::store) struct Writer {
+    pub(in crate::store) db: Db,
+    pub(in crate::store) events: Tree,
+    pub(in crate::store) events_by_time: Tree,
+    pub(in crate::store) deliveries: Tree,
+    pub(in crate::store) tenant_deliveries: Tree,
+    pub(in crate::store) outbox: Tree,
+    pub(in crate::store) held: Tree,
+    pub(in crate::store) windows: Tree,
+    pub(in crate::store) intents: Tree,
     /// Set once a write failed in sled (a full disk, an I/O error); then
     /// nothing more is written or flushed, and every job is answered with
     /// this. sled 0.34 does not recover from such a failure: it poisons
@@ -73,7 +74,7 @@ pub(super) struct Writer {
     /// that never completes, so a flush after it waits forever (found with
     /// a full disk: requests hung instead of answering 503). The health
     /// check fails with it, and a restart clears it.
-    pub(super) failed: std::cell::RefCell<Option<String>>,
+    pub(in crate::store) failed: std::cell::RefCell<Option<String>>,
 }
 
 impl Job {
@@ -87,7 +88,7 @@ impl Job {
 }
 
 /// Starts the committer thread.
-pub(super) fn start(writer: Writer) -> std::io::Result<mpsc::Sender<Job>> {
+pub(in crate::store) fn start(writer: Writer) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("wasmhook-commit".into())
@@ -114,7 +115,7 @@ impl Writer {
     }
 
     /// The trees of a plain group, with its intents.
-    pub(super) fn intents(&self) -> Intents<'_> {
+    pub(in crate::store) fn intents(&self) -> Intents<'_> {
         Intents {
             intents: &self.intents,
             events: &self.events,
@@ -318,7 +319,7 @@ impl Writer {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::store) mod tests {
     use super::*;
     use crate::event::Envelope;
 
