@@ -211,7 +211,7 @@ enum Backend {
     /// The committer thread (`embedded/commit.rs`).
     Embedded(std::sync::mpsc::Sender<commit::Job>),
     /// The trees are this node's view of the cluster's log.
-    Cluster(ClusterBackend),
+    Cluster(Box<ClusterBackend>),
 }
 
 /// What the cluster backend keeps beside the view.

@@ -64,11 +64,11 @@ impl Store {
         let log =
             crate::store::cluster::log::Log::open(client, replicas, node, Arc::new(view)).await?;
         log.caught_up().await?;
-        let backend = Backend::Cluster(ClusterBackend {
+        let backend = Backend::Cluster(Box::new(ClusterBackend {
             log: Arc::new(log),
             blobs,
             groups: std::sync::OnceLock::new(),
-        });
+        }));
         let store = Self::with_db(db, Some(backend), routes, bodies)?;
         if let Some(cluster) = store.cluster() {
             let _ = cluster.groups.set(Groups::start(&store));
