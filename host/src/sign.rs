@@ -43,6 +43,11 @@ pub enum Scheme {
         #[serde(default = "default_delivery_header")]
         delivery_header: String,
     },
+    /// As Chatwoot ≥ 4.11.2 signs its webhooks (`lib/webhooks/trigger.rb`):
+    /// `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">`,
+    /// `X-Chatwoot-Timestamp`, and `X-Chatwoot-Delivery` (the delivery id,
+    /// stable across retries).
+    Chatwoot,
 }
 
 /// Header names HTTP itself owns in a request wasmhook sends: `Host`, the
@@ -100,7 +105,7 @@ impl Scheme {
     /// its own (no two the same).
     pub fn check(&self) -> Result<(), String> {
         let names: Vec<(&str, &String)> = match self {
-            Scheme::StandardWebhooks => return Ok(()),
+            Scheme::StandardWebhooks | Scheme::Chatwoot => return Ok(()),
             Scheme::TimestampedHex { header } => vec![("signature.header", header)],
             Scheme::BodyHex {
                 header,
@@ -143,7 +148,9 @@ fn default_delivery_header() -> String {
 /// Why a secret cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error("a standard-webhooks secret looks like whsec_<base64 of 24 to 64 bytes>")]
+    #[error(
+        "a standard-webhooks secret is the base64 of 24 to 64 bytes, with or without a whsec_ prefix"
+    )]
     BadStandardSecret,
 }
 
@@ -165,12 +172,20 @@ pub fn generate_secret() -> String {
     format!("whsec_{}", BASE64.encode(bytes))
 }
 
-/// The HMAC key of a standard-webhooks secret: the base64 after `whsec_`.
+/// Base64 as the Standard Webhooks libraries read a secret: the standard
+/// alphabet, with or without its `=` padding.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The HMAC key of a standard-webhooks secret: its base64, after an
+/// optional `whsec_` prefix, padded or not (what the reference libraries
+/// and Svix's accept, so a secret copied from another sender works).
 pub fn standard_key(secret: &str) -> Result<Vec<u8>, SecretError> {
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or(SecretError::BadStandardSecret)?;
-    let key = BASE64
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = LENIENT_BASE64
         .decode(encoded)
         .map_err(|_| SecretError::BadStandardSecret)?;
     if !(24..=64).contains(&key.len()) {
@@ -226,6 +241,19 @@ pub fn timestamped_hex_signature(secret: &str, msg: &Message<'_>) -> String {
     format!("t={ts},v1={}", hex::encode(sig))
 }
 
+/// Chatwoot's signature headers, as its code names them.
+pub const CHATWOOT_SIGNATURE: &str = "X-Chatwoot-Signature";
+pub const CHATWOOT_TIMESTAMP: &str = "X-Chatwoot-Timestamp";
+pub const CHATWOOT_DELIVERY: &str = "X-Chatwoot-Delivery";
+
+/// `sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">` (Chatwoot): the
+/// whole secret string is the key, as Chatwoot uses its webhook's secret.
+pub fn chatwoot_signature(secret: &str, msg: &Message<'_>) -> String {
+    let ts = msg.timestamp.to_string();
+    let sig = hmac(secret.as_bytes(), &[ts.as_bytes(), b".", msg.body]);
+    format!("sha256={}", hex::encode(sig))
+}
+
 /// Hex HMAC of the body alone (onWebChat, oHallo).
 pub fn body_hex_signature(secret: &str, body: &[u8]) -> String {
     hex::encode(hmac(secret.as_bytes(), &[body]))
@@ -264,6 +292,11 @@ pub fn headers(
             (event_header.clone(), msg.event_type.into()),
             (delivery_header.clone(), msg.delivery_id.into()),
         ],
+        Scheme::Chatwoot => vec![
+            (CHATWOOT_SIGNATURE.into(), chatwoot_signature(current, msg)),
+            (CHATWOOT_TIMESTAMP.into(), msg.timestamp.to_string()),
+            (CHATWOOT_DELIVERY.into(), msg.delivery_id.into()),
+        ],
     })
 }
 
@@ -289,6 +322,11 @@ pub fn masked_headers(scheme: &Scheme, msg: &Message<'_>) -> Vec<(String, String
             (event_header.clone(), msg.event_type.into()),
             (delivery_header.clone(), msg.delivery_id.into()),
         ],
+        Scheme::Chatwoot => vec![
+            (CHATWOOT_SIGNATURE.into(), format!("sha256={MASK}")),
+            (CHATWOOT_TIMESTAMP.into(), msg.timestamp.to_string()),
+            (CHATWOOT_DELIVERY.into(), msg.delivery_id.into()),
+        ],
     }
 }
 
@@ -310,6 +348,10 @@ pub fn reserved_names(scheme: &Scheme) -> Vec<String> {
             event_header.to_ascii_lowercase(),
             delivery_header.to_ascii_lowercase(),
         ],
+        Scheme::Chatwoot => [CHATWOOT_SIGNATURE, CHATWOOT_TIMESTAMP, CHATWOOT_DELIVERY]
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     }
 }
 
@@ -334,6 +376,7 @@ mod tests {
                 event_header: "X-OWC-Event".into(),
                 delivery_header: "X-OWC-Delivery".into(),
             },
+            Scheme::Chatwoot,
         ] {
             let secret = match scheme {
                 Scheme::StandardWebhooks => generate_secret(),
@@ -371,6 +414,26 @@ mod tests {
         assert_eq!(
             standard_signature(&key, &msg),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    /// The reference libraries take the secret with or without `whsec_`,
+    /// and base64 with or without padding: every form is the same key.
+    #[test]
+    fn standard_secrets_in_every_form_the_libraries_accept() {
+        let key = standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            standard_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            key
+        );
+        let padded = format!("whsec_{}", BASE64.encode([7u8; 25]));
+        assert!(padded.ends_with("=="));
+        let unpadded = padded.trim_end_matches('=');
+        assert_eq!(standard_key(unpadded).unwrap(), vec![7u8; 25]);
+        assert_eq!(standard_key(&padded).unwrap(), vec![7u8; 25]);
+        assert_eq!(
+            standard_key(unpadded.strip_prefix("whsec_").unwrap()).unwrap(),
+            vec![7u8; 25]
         );
     }
 
@@ -429,10 +492,43 @@ mod tests {
 
     #[test]
     fn bad_standard_secrets_are_refused() {
-        assert!(standard_key("not-whsec").is_err());
+        assert!(standard_key("not-base64!").is_err());
+        assert!(standard_key("c2hvcnQ=").is_err()); // 5 bytes, bare
         assert!(standard_key("whsec_!!!").is_err());
         assert!(standard_key("whsec_c2hvcnQ=").is_err()); // 5 bytes
         assert!(standard_key(&generate_secret()).is_ok());
+    }
+
+    /// Chatwoot's three headers, the signature checked against one
+    /// computed outside this code (Python's hmac, as Chatwoot's Ruby does).
+    #[test]
+    fn chatwoot_vector() {
+        let msg = Message {
+            delivery_id: "dlv_1",
+            event_type: "message.created",
+            timestamp: 1_799_999_990,
+            body: br#"{"event":"message_created","id":1}"#,
+        };
+        assert_eq!(
+            headers(&Scheme::Chatwoot, &["cw_s3cret", "older"], &msg).unwrap(),
+            [
+                (
+                    "X-Chatwoot-Signature".to_string(),
+                    "sha256=a2315e256317c93a76f7d4cadc0dde942950986e84a2e6e9415129df0f738050"
+                        .to_string()
+                ),
+                ("X-Chatwoot-Timestamp".to_string(), "1799999990".to_string()),
+                ("X-Chatwoot-Delivery".to_string(), "dlv_1".to_string()),
+            ]
+        );
+        assert_eq!(
+            reserved_names(&Scheme::Chatwoot),
+            [
+                "x-chatwoot-signature",
+                "x-chatwoot-timestamp",
+                "x-chatwoot-delivery"
+            ]
+        );
     }
 
     #[test]
@@ -454,6 +550,8 @@ mod tests {
                 header: "X-Webhook-Signature".into()
             }
         );
+        let s: Scheme = serde_json::from_str(r#"{"scheme":"chatwoot"}"#).unwrap();
+        assert_eq!(s, Scheme::Chatwoot);
         assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"md5"}"#).is_err());
         assert!(serde_json::from_str::<Scheme>(r#"{"scheme":"body-hex","hedaer":"x"}"#).is_err());
     }

@@ -72,6 +72,10 @@ fn unix_seconds(header: &str, value: &str) -> Result<i64, VerifyError> {
     })
 }
 
+/// Chatwoot's signature headers (`lib/webhooks/trigger.rb`).
+const CHATWOOT_SIGNATURE: &str = "x-chatwoot-signature";
+const CHATWOOT_TIMESTAMP: &str = "x-chatwoot-timestamp";
+
 /// Checks the request's signature under any of `secrets` (the current one
 /// and those still in their rotation grace period).
 pub fn check(
@@ -123,6 +127,21 @@ pub fn check(
                 })
             });
             matched.then_some(()).ok_or(VerifyError::Mismatch)
+        }
+        Verify::Chatwoot => {
+            let ts = required(headers, CHATWOOT_TIMESTAMP)?;
+            let value = required(headers, CHATWOOT_SIGNATURE)?;
+            fresh(unix_seconds(CHATWOOT_TIMESTAMP, ts)?, now, tolerance_secs)?;
+            let hex_sig = value.strip_prefix("sha256=").unwrap_or(value);
+            let sig = hex::decode(hex_sig).map_err(|_| VerifyError::Malformed {
+                header: CHATWOOT_SIGNATURE.into(),
+                reason: "expected sha256=<hex>".into(),
+            })?;
+            secrets
+                .iter()
+                .any(|s| sign::hmac_matches(s.as_bytes(), &[ts.as_bytes(), b".", body], &sig))
+                .then_some(())
+                .ok_or(VerifyError::Mismatch)
         }
         Verify::StandardWebhooks => {
             let id = required(headers, "webhook-id")?;
@@ -205,6 +224,64 @@ mod tests {
             ),
             Err(VerifyError::Malformed { .. })
         ));
+    }
+
+    /// Chatwoot's scheme, against a signature computed outside this code
+    /// (Python's hmac, as `lib/webhooks/trigger.rb` computes it with
+    /// OpenSSL: hex HMAC-SHA256 of "{timestamp}.{body}", `sha256=` prefix).
+    #[test]
+    fn chatwoot_signatures_as_chatwoot_computes_them() {
+        let body = br#"{"event":"message_created","id":1}"#;
+        let signed = |sig: &str, ts: i64| {
+            vec![
+                h("X-Chatwoot-Signature", sig),
+                h("X-Chatwoot-Timestamp", &ts.to_string()),
+                h(
+                    "X-Chatwoot-Delivery",
+                    "0b5a7f9e-2c1d-4e57-9a8b-3f6d2e1c0a99",
+                ),
+            ]
+        };
+        let good = "sha256=a2315e256317c93a76f7d4cadc0dde942950986e84a2e6e9415129df0f738050";
+        let check_with = |headers: &[Header], body: &[u8]| {
+            check(
+                &Verify::Chatwoot,
+                &["old", "cw_s3cret"],
+                300,
+                headers,
+                body,
+                now(),
+            )
+        };
+        assert_eq!(check_with(&signed(good, NOW - 10), body), Ok(()));
+        // The timestamp is signed: moving it breaks the signature.
+        assert_eq!(
+            check_with(&signed(good, NOW - 11), body),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check_with(
+                &signed(good, NOW - 10),
+                br#"{"event":"message_created","id":2}"#
+            ),
+            Err(VerifyError::Mismatch)
+        );
+        assert!(matches!(
+            check_with(&signed(good, NOW - 400), body),
+            Err(VerifyError::Stale { .. })
+        ));
+        assert!(matches!(
+            check_with(&signed("sha256=zz", NOW - 10), body),
+            Err(VerifyError::Malformed { .. })
+        ));
+        assert_eq!(
+            check_with(&signed(good, NOW - 10)[..1], body),
+            Err(VerifyError::Missing("x-chatwoot-timestamp".into()))
+        );
+        assert_eq!(
+            check_with(&[], body),
+            Err(VerifyError::Missing("x-chatwoot-timestamp".into()))
+        );
     }
 
     #[test]

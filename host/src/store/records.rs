@@ -94,6 +94,9 @@ pub enum Verify {
         #[serde(default = "default_body_header")]
         header: String,
     },
+    /// Chatwoot ≥ 4.11.2: `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256
+    /// of "{timestamp}.{body}">` with `X-Chatwoot-Timestamp: <unix>`.
+    Chatwoot,
 }
 
 fn default_timestamped_header() -> String {

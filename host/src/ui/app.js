@@ -293,7 +293,7 @@ async function endpointForm(id) {
   const plugin = h("select", { name: "plugin" }, h("option", { value: "" }, "None (send the event as is)"),
     plugins.map((p) => h("option", { value: p.id, selected: sub && sub.plugin && sub.plugin.id === p.id }, p.label)));
   const config = h("textarea", { name: "plugin_config", rows: "4" }, sub && sub.plugin ? JSON.stringify(sub.plugin.config, null, 2) : "{}");
-  const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex"].map((s) =>
+  const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex", "chatwoot"].map((s) =>
     h("option", { value: s, selected: sub && sub.signature.scheme === s }, s)));
   const preset = h("select", { name: "retry" }, ["standard", "onwebchat", "convosphere", "helloclient", "ohallo"].map((p) =>
     h("option", { value: p, selected: sub && sub.retry.preset === p }, p)));

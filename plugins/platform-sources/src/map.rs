@@ -125,15 +125,22 @@ pub fn normalize(
     let _ = received_at;
     let value: Value =
         serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let Value::Object(body) = value else {
-        return Err("the body is not a JSON object".into());
-    };
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
+    };
+    if kind == Kind::StandardWebhooks {
+        // Any JSON: a Standard Webhooks sender posts its own payload.
+        return Ok(Normalized {
+            events: vec![standard(value, header("webhook-id"))?],
+            reply: None,
+        });
+    }
+    let Value::Object(body) = value else {
+        return Err("the body is not a JSON object".into());
     };
     let events = match kind {
         Kind::OneHash => vec![onehash(body)?],
@@ -150,7 +157,7 @@ pub fn normalize(
             });
         }
         Kind::OHallo => vec![ohallo(body)?],
-        Kind::StandardWebhooks => vec![standard(body, header("webhook-id"))?],
+        Kind::StandardWebhooks => unreachable!("answered above"),
     };
     Ok(Normalized {
         events,
@@ -650,30 +657,48 @@ fn ohallo(body: Map<String, Value>) -> Result<Event, String> {
 
 // ---- Standard Webhooks (any sender; what wasmhook sends) -------------------
 
-fn standard(body: Map<String, Value>, webhook_id: Option<&str>) -> Result<Event, String> {
-    let name = string_field(&body, "type")?;
-    let data = match required(&body, "data")? {
-        Value::Object(d) => Value::Object(d.clone()),
-        other => return Err(format!("`data` must be an object, not {other}")),
+/// A Standard Webhooks request: any JSON the sender posts. wasmhook's own
+/// form (`type`, `timestamp`, `data` object) gives its `data`; any other
+/// payload (Svix and most senders post their own) is the event's data as a
+/// whole (wrapped as `{"value": …}` when it is not an object). The type is
+/// the body's `type` or `eventType`, else `standard_webhooks.message`.
+fn standard(body: Value, webhook_id: Option<&str>) -> Result<Event, String> {
+    let fields = body.as_object();
+    let field = |name: &str| fields.and_then(|b| b.get(name));
+    let name = match field("type").or_else(|| field("eventType")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(other) => return Err(format!("`type` must be a string, not {other}")),
     };
-    let valid = name.split('.').count() >= 2
-        && name.split('.').all(|s| {
-            s.starts_with(|c: char| c.is_ascii_lowercase())
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        });
-    let event_type = if valid {
-        name
-    } else {
-        Kind::StandardWebhooks.unknown(&name)
+    let valid = |name: &str| {
+        name.split('.').count() >= 2
+            && name.split('.').all(|s| {
+                s.starts_with(|c: char| c.is_ascii_lowercase())
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+    };
+    let event_type = match name {
+        Some(name) if valid(&name) => name,
+        Some(name) => Kind::StandardWebhooks.unknown(&name),
+        None => "standard_webhooks.message".to_string(),
     };
     // wasmhook's own deliveries carry the event id in the body: an event
     // forwarded by another wasmhook keeps its id. Otherwise the delivery id.
-    let id = text_of(body.get("id")).or_else(|| webhook_id.map(str::to_string));
+    let id = text_of(field("id")).or_else(|| webhook_id.map(str::to_string));
+    let occurred_at = match fields {
+        Some(b) => time_field(b, "timestamp")?,
+        None => None,
+    };
+    let data = match (field("type"), field("data"), &body) {
+        (Some(Value::String(_)), Some(Value::Object(d)), _) => Value::Object(d.clone()),
+        (_, _, Value::Object(_)) => body.clone(),
+        _ => json!({ "value": body }),
+    };
     Ok(Event {
         id,
         event_type,
-        occurred_at: time_field(&body, "timestamp")?,
+        occurred_at,
         data,
     })
 }
