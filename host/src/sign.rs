@@ -152,6 +152,12 @@ pub enum SecretError {
         "a standard-webhooks secret is the base64 of 24 to 64 bytes, with or without a whsec_ prefix"
     )]
     BadStandardSecret,
+    #[error(
+        "an asymmetric signing key looks like whsk_<base64 of a 32-byte ed25519 seed, or of the seed and its public key>"
+    )]
+    BadSigningKey,
+    #[error("a public key looks like whpk_<base64 of a 32-byte ed25519 public key>")]
+    BadPublicKey,
 }
 
 /// What is signed: one attempt of one delivery.
@@ -170,6 +176,93 @@ pub struct Message<'a> {
 pub fn generate_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     format!("whsec_{}", BASE64.encode(bytes))
+}
+
+/// A new asymmetric (Standard Webhooks `v1a`, ed25519) signing key:
+/// `whsk_<base64 of the 32-byte seed and the 32-byte public key>`, the
+/// form Svix stores. Its public key ([`public_key`]) is what receivers
+/// verify with.
+pub fn generate_signing_key() -> String {
+    let key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    format!("whsk_{}", BASE64.encode(key.to_keypair_bytes()))
+}
+
+/// Whether a subscription's secret is an asymmetric signing key.
+pub fn is_signing_key(secret: &str) -> bool {
+    secret.starts_with("whsk_")
+}
+
+/// The ed25519 key of a `whsk_` secret: the 64-byte keypair (its public
+/// half must match the seed) or the bare 32-byte seed.
+pub fn signing_key(secret: &str) -> Result<ed25519_dalek::SigningKey, SecretError> {
+    let bytes = secret
+        .strip_prefix("whsk_")
+        .and_then(|b| LENIENT_BASE64.decode(b).ok())
+        .ok_or(SecretError::BadSigningKey)?;
+    match bytes.len() {
+        32 => Ok(ed25519_dalek::SigningKey::from_bytes(
+            bytes[..].try_into().expect("32 bytes"),
+        )),
+        64 => {
+            ed25519_dalek::SigningKey::from_keypair_bytes(bytes[..].try_into().expect("64 bytes"))
+                .map_err(|_| SecretError::BadSigningKey)
+        }
+        _ => Err(SecretError::BadSigningKey),
+    }
+}
+
+/// `whpk_<base64 of the public key>` of a `whsk_` secret (None for any
+/// other secret): safe to show, it verifies and cannot sign.
+pub fn public_key(secret: &str) -> Option<String> {
+    let key = signing_key(secret).ok()?;
+    Some(format!(
+        "whpk_{}",
+        BASE64.encode(key.verifying_key().as_bytes())
+    ))
+}
+
+/// The ed25519 key of a `whpk_` public key (an inbound source verifying
+/// `v1a` signatures).
+pub fn verifying_key(public: &str) -> Result<ed25519_dalek::VerifyingKey, SecretError> {
+    let bytes: [u8; 32] = public
+        .strip_prefix("whpk_")
+        .and_then(|b| LENIENT_BASE64.decode(b).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SecretError::BadPublicKey)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| SecretError::BadPublicKey)
+}
+
+/// The Standard Webhooks signed content: `id.timestamp.body`.
+fn standard_content(msg: &Message<'_>) -> Vec<u8> {
+    let ts = msg.timestamp.to_string();
+    let mut content = Vec::with_capacity(msg.delivery_id.len() + ts.len() + msg.body.len() + 2);
+    content.extend_from_slice(msg.delivery_id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(ts.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(msg.body);
+    content
+}
+
+/// `v1a,<base64 ed25519 signature of "id.timestamp.body">`.
+pub fn asymmetric_signature(key: &ed25519_dalek::SigningKey, msg: &Message<'_>) -> String {
+    use ed25519_dalek::Signer;
+    format!(
+        "v1a,{}",
+        BASE64.encode(key.sign(&standard_content(msg)).to_bytes())
+    )
+}
+
+/// Whether `signature` (64 bytes) is `key`'s over `content`.
+pub fn asymmetric_matches(
+    key: &ed25519_dalek::VerifyingKey,
+    content: &[u8],
+    signature: &[u8],
+) -> bool {
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(content, &signature).is_ok()
 }
 
 /// Base64 as the Standard Webhooks libraries read a secret: the standard
@@ -272,7 +365,11 @@ pub fn headers(
         Scheme::StandardWebhooks => {
             let mut signatures = Vec::with_capacity(secrets.len());
             for secret in secrets {
-                signatures.push(standard_signature(&standard_key(secret)?, msg));
+                signatures.push(if is_signing_key(secret) {
+                    asymmetric_signature(&signing_key(secret)?, msg)
+                } else {
+                    standard_signature(&standard_key(secret)?, msg)
+                });
             }
             vec![
                 ("webhook-id".into(), msg.delivery_id.into()),
@@ -529,6 +626,54 @@ mod tests {
                 "x-chatwoot-delivery"
             ]
         );
+    }
+
+    /// `v1a`: an ed25519 key as Svix serializes it (seed and public key),
+    /// the signature checked against one made outside this code (Python's
+    /// `cryptography`, seed 0..31, the spec's message).
+    #[test]
+    fn asymmetric_vector() {
+        let secret = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
+        let msg = Message {
+            delivery_id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            event_type: "x.y",
+            timestamp: 1614265330,
+            body: br#"{"test": 2432232314}"#,
+        };
+        let expected = "v1a,yoUrgEkc12aGqm0n4Sydmdz55xJfTz4AsAgieHFjmkR7LJtqVCZOQYzvvHjI5kAey+r4iaBGxTFRrl2iBQxtDQ==";
+        assert_eq!(
+            asymmetric_signature(&signing_key(secret).unwrap(), &msg),
+            expected
+        );
+        assert_eq!(
+            public_key(secret).unwrap(),
+            "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+        );
+        // The bare seed is the same key.
+        let seed = format!("whsk_{}", BASE64.encode((0u8..32).collect::<Vec<_>>()));
+        assert_eq!(
+            asymmetric_signature(&signing_key(&seed).unwrap(), &msg),
+            expected
+        );
+        // During a rotation from a symmetric secret both sign.
+        let sent = headers(
+            &Scheme::StandardWebhooks,
+            &[secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+            &msg,
+        )
+        .unwrap();
+        assert_eq!(
+            sent[2].1,
+            format!("{expected} v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        );
+        // A keypair whose public half is not the seed's is refused, as is
+        // a public key used to sign.
+        let mut wrong = signing_key(secret).unwrap().to_keypair_bytes();
+        wrong[40] ^= 1;
+        assert!(signing_key(&format!("whsk_{}", BASE64.encode(wrong))).is_err());
+        assert!(signing_key("whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=").is_err());
+        let generated = generate_signing_key();
+        assert!(signing_key(&generated).is_ok() && public_key(&generated).is_some());
     }
 
     #[test]

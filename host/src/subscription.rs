@@ -110,9 +110,13 @@ pub struct SubscriptionInput {
     pub window: Option<Option<WindowSpec>>,
     pub description: Option<String>,
     /// Use this signing secret instead of a generated one (to keep an
-    /// existing receiver's key): `whsec_…` for standard-webhooks, 16 to 200
-    /// characters for the hex schemes.
+    /// existing receiver's key): `whsec_…` (or an ed25519 `whsk_…` key,
+    /// `v1a`) for standard-webhooks, 16 to 200 characters for the others.
     pub secret: Option<String>,
+    /// Creation only, standard-webhooks: generate an asymmetric ed25519
+    /// key (`whsk_…`, signatures `v1a`) instead of a `whsec_…` secret;
+    /// receivers verify with its public `whpk_…` key (`public_key`).
+    pub asymmetric: Option<bool>,
     /// Creation only: send a `webhook.test` event through the plugin and
     /// signer right away, as Convosphere does when an endpoint is created,
     /// and answer with its first attempt's result (`verification`). The
@@ -137,6 +141,9 @@ pub struct Defaults {
 /// Whether `secret` can sign with `scheme`.
 pub fn check_secret(scheme: &Scheme, secret: &str) -> Result<(), String> {
     match scheme {
+        Scheme::StandardWebhooks if sign::is_signing_key(secret) => sign::signing_key(secret)
+            .map(|_| ())
+            .map_err(|e| format!("secret: {e}")),
         Scheme::StandardWebhooks => sign::standard_key(secret)
             .map(|_| ())
             .map_err(|e| format!("secret: {e}")),
@@ -161,6 +168,12 @@ impl SubscriptionInput {
         if self.url.is_none() {
             return Err("url is required".into());
         }
+        let asymmetric = self.asymmetric.unwrap_or(false);
+        if asymmetric && self.secret.is_some() {
+            return Err(
+                "asymmetric generates the key: give `secret` or `asymmetric`, not both".into(),
+            );
+        }
         if self.event_types.is_none() {
             return Err("event_types is required (`[\"*\"]` for every event)".into());
         }
@@ -180,7 +193,11 @@ impl SubscriptionInput {
             enabled: true,
             disabled_reason: None,
             secrets: vec![Secret {
-                secret: sign::generate_secret(),
+                secret: if asymmetric {
+                    sign::generate_signing_key()
+                } else {
+                    sign::generate_secret()
+                },
                 expires_at: None,
             }],
             consecutive_failures: 0,

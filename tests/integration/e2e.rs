@@ -296,3 +296,124 @@ fn a_sigterm_right_after_start_is_a_graceful_stop() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+/// What wasmhook signs, checked by other people's code: the Standard
+/// Webhooks reference library (PyPI) for `v1` (with and without the
+/// `whsec_` prefix), `cryptography`'s ed25519 for an asymmetric key's `v1a`
+/// with the public key the API shows, Python's hmac for Chatwoot's scheme.
+/// Then a rotation to a new asymmetric key: both keys sign in the grace.
+#[tokio::test]
+async fn signatures_verify_with_the_reference_libraries() {
+    let python = crate::support::python_with(
+        "signatures",
+        &["standardwebhooks==1.3.0", "cryptography>=42"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("refs").await;
+    let receivers = [
+        Receiver::ok().await,
+        Receiver::ok().await,
+        Receiver::ok().await,
+    ];
+    let v1 = server
+        .subscribe(
+            &key,
+            json!({"url": receivers[0].url(), "event_types": ["lead.created"]}),
+        )
+        .await;
+    let v1a = server
+        .subscribe(
+            &key,
+            json!({"url": receivers[1].url(), "event_types": ["lead.created"], "asymmetric": true}),
+        )
+        .await;
+    let chatwoot = server
+        .subscribe(
+            &key,
+            json!({"url": receivers[2].url(), "event_types": ["lead.created"],
+                   "signature": {"scheme": "chatwoot"}, "secret": "cw-webhook-secret-24chr"}),
+        )
+        .await;
+    let public = v1a["public_key"].as_str().unwrap().to_string();
+    assert!(public.starts_with("whpk_"), "{v1a}");
+    assert!(
+        v1a["secret"].as_str().unwrap().starts_with("whsk_"),
+        "{v1a}"
+    );
+    assert!(v1.get("public_key").is_none(), "{v1}");
+
+    let lead = std::fs::read(crate::support::repo_root().join("examples/lead.json")).unwrap();
+    let (status, _) = server
+        .raw("POST", "/v1/events", &key, "application/json", lead.clone())
+        .await;
+    assert_eq!(status, 202);
+    let mut cases = Vec::new();
+    for (rx, kind, key) in [
+        (&receivers[0], "v1", v1["secret"].as_str().unwrap()),
+        (&receivers[1], "v1a", public.as_str()),
+        (&receivers[2], "chatwoot", "cw-webhook-secret-24chr"),
+    ] {
+        let r = &rx.wait_for(1, PATIENCE).await[0];
+        cases.push(captured(kind, key, r));
+    }
+
+    // Rotate the asymmetric subscription to a new key: the response shows
+    // both public keys, and the next delivery carries both signatures.
+    let id = v1a["id"].as_str().unwrap();
+    let (status, rotated) = server
+        .call(
+            "POST",
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            &key,
+            Some(json!({"asymmetric": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_public = rotated["public_key"].as_str().unwrap().to_string();
+    assert_ne!(new_public, public);
+    assert_eq!(rotated["previous"][0]["public_key"], public.as_str());
+    // The same lead again under a new id (the first id would be a duplicate).
+    let mut again: serde_json::Value = serde_json::from_slice(&lead).unwrap();
+    again["id"] = json!("lead-after-rotation");
+    let (status, _) = server.call("POST", "/v1/events", &key, Some(again)).await;
+    assert_eq!(status, 202);
+    let second = &receivers[1].wait_for(2, PATIENCE).await[1];
+    assert_eq!(
+        second.header("webhook-signature").matches("v1a,").count(),
+        2
+    );
+    cases.push(captured("v1a", &public, second));
+    cases.push(captured("v1a", &new_public, second));
+
+    let file = dir.path().join("captured.json");
+    std::fs::write(&file, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(crate::support::repo_root().join("tests/scripts/verify_signatures.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok ").count(), 5, "{stdout}");
+}
+
+/// One received request as the verification script reads it.
+fn captured(kind: &str, key: &str, r: &Received) -> serde_json::Value {
+    use base64::Engine as _;
+    let headers: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), json!(v.to_str().unwrap())))
+        .collect();
+    json!({
+        "kind": kind,
+        "key": key,
+        "headers": headers,
+        "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+    })
+}

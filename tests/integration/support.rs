@@ -145,3 +145,42 @@ pub fn repo_root() -> PathBuf {
         .expect("host/ is in the workspace root")
         .to_path_buf()
 }
+
+/// A Python with `packages` from PyPI installed (a venv under the test
+/// run's temp dir, made once and shared by the tests that need it): for
+/// checking what wasmhook sends with other people's reference code.
+/// `.ci/run` reaches PyPI; without it these tests fail, naming pip's error.
+pub fn python_with(name: &str, packages: &[&str]) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("venv-{name}"));
+    let python = venv.join("bin/python");
+    let stamp = venv.join("installed");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{cmd:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv));
+    run(std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages));
+    std::fs::write(&stamp, wanted).unwrap();
+    python
+}

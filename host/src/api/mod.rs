@@ -15,6 +15,7 @@ mod keys;
 pub mod openapi;
 mod ops;
 mod plugins;
+mod secrets;
 mod sources;
 mod subscription_actions;
 mod subscriptions;

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
-use super::subscriptions::{SecretView, secret_view};
+use super::secrets::{SecretView, secret_view};
 use super::{ApiError, ApiState, Json};
 use crate::runtime::World;
 use crate::sign;

@@ -7,7 +7,7 @@ use crate::telemetry::DisableReason;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
+use super::secrets::{SecretView, secret_view};
 use super::subscription_actions::{TestResult, run_test, test_slot};
 use super::{ApiError, ApiState, Json};
 use crate::retry::RetryPolicy;
@@ -64,6 +65,11 @@ pub struct SubscriptionView {
     pub updated_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The `whpk_…` public key receivers verify `v1a` signatures with,
+    /// when the subscription signs with an asymmetric key (not a secret:
+    /// shown always).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     /// With `verify_on_create`: the test event's deliveries and their first
     /// attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +83,7 @@ impl SubscriptionView {
             secret: with_secret
                 .then(|| s.secrets.first().map(|x| x.secret.clone()))
                 .flatten(),
+            public_key: s.secrets.first().and_then(|x| sign::public_key(&x.secret)),
             id: s.id,
             url: s.url,
             event_types: s.event_types,
@@ -230,6 +237,11 @@ async fn patch(
             "verify_on_create is for creation; send a test event with POST /v1/subscriptions/{id}/test",
         ));
     }
+    if input.asymmetric.is_some() {
+        return Err(bad(
+            "asymmetric is for creation; rotate to a new key with POST /v1/subscriptions/{id}/rotate-secret {\"asymmetric\": true}",
+        ));
+    }
     if let Some(Some(p)) = &input.plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
@@ -349,38 +361,16 @@ async fn set_enabled(
     Ok(s)
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SecretView {
-    /// The secret that signs from now on.
-    pub secret: String,
-    /// Older secrets that still sign too, and until when.
-    pub previous: Vec<PreviousSecret>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PreviousSecret {
-    pub secret: String,
-    pub expires_at: Option<Timestamp>,
-}
-
-/// The current secret and those still in their grace period (a
-/// subscription's or a source's).
-pub(super) fn secret_view(secrets: &[crate::store::Secret], now: Timestamp) -> SecretView {
-    SecretView {
-        secret: secrets
-            .first()
-            .map(|x| x.secret.clone())
-            .unwrap_or_default(),
-        previous: secrets
-            .iter()
-            .skip(1)
-            .filter(|x| x.expires_at.is_none_or(|t| t > now))
-            .map(|x| PreviousSecret {
-                secret: x.secret.clone(),
-                expires_at: x.expires_at,
-            })
-            .collect(),
-    }
+/// What a rotation signs with next: a given secret, a new asymmetric
+/// key, or (no body) a new `whsec_…` secret.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    /// The new secret (as on creation).
+    secret: Option<String>,
+    /// Standard-webhooks: a new ed25519 key (`whsk_…`, `v1a`); the old
+    /// secret or key keeps signing alongside for the grace period.
+    asymmetric: Option<bool>,
 }
 
 /// Show the signing secret(s).
@@ -400,15 +390,38 @@ async fn reveal_secret(
 /// (standard-webhooks: alongside, space-separated) for the grace period.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions", security(("tenant" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
+    request_body = Option<RotateInput>,
+    responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn rotate_secret(
     tenant: Tenant,
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<axum::Json<SecretView>, ApiError> {
+    let input: RotateInput = if body.is_empty() {
+        RotateInput::default()
+    } else {
+        super::parse_json(&body)?
+    };
     let now = state.app.clock.now();
     let grace = jiff::SignedDuration::try_from(state.app.settings.secret_grace).unwrap_or_default();
-    let fresh = sign::generate_secret();
+    let current = load(&state, &tenant, &id)?;
+    let fresh = match (input.secret, input.asymmetric.unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(bad("give `secret` or `asymmetric`, not both"));
+        }
+        (Some(secret), false) => {
+            crate::subscription::check_secret(&current.signature, &secret).map_err(bad)?;
+            secret
+        }
+        (None, true) if current.signature != sign::Scheme::StandardWebhooks => {
+            return Err(bad(
+                "asymmetric keys sign standard-webhooks (v1a) only; this subscription signs with another scheme",
+            ));
+        }
+        (None, true) => sign::generate_signing_key(),
+        (None, false) => sign::generate_secret(),
+    };
     let s = update(&state, &tenant, &id, |s| {
         s.rotate_secret(fresh.clone(), now, grace)
     })

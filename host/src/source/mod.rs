@@ -143,7 +143,12 @@ pub fn new_source_id() -> String {
 /// Standard Webhooks, 1–200 printable characters otherwise.
 pub fn check_secret(verify: &Verify, secret: &str) -> Result<(), String> {
     if matches!(verify, Verify::StandardWebhooks) {
-        crate::sign::standard_key(secret).map_err(|e| e.to_string())?;
+        // A symmetric secret, or the sender's `whpk_` public key (`v1a`).
+        if secret.starts_with("whpk_") {
+            crate::sign::verifying_key(secret).map_err(|e| e.to_string())?;
+        } else {
+            crate::sign::standard_key(secret).map_err(|e| e.to_string())?;
+        }
     }
     if secret.is_empty() || secret.len() > 200 || secret.chars().any(char::is_control) {
         return Err("a secret is 1 to 200 printable characters".into());

@@ -148,22 +148,31 @@ pub fn check(
             let ts = required(headers, "webhook-timestamp")?;
             let value = required(headers, "webhook-signature")?;
             fresh(unix_seconds("webhook-timestamp", ts)?, now, tolerance_secs)?;
-            let keys: Vec<Vec<u8>> = secrets
+            // `whpk_` public keys verify `v1a` (ed25519) signatures; every
+            // other secret is a symmetric key for `v1` (HMAC).
+            let (public, symmetric): (Vec<&str>, Vec<&str>) =
+                secrets.iter().partition(|s| s.starts_with("whpk_"));
+            let keys: Vec<Vec<u8>> = symmetric
                 .iter()
                 .filter_map(|s| sign::standard_key(s).ok())
                 .collect();
+            let public: Vec<_> = public
+                .iter()
+                .filter_map(|s| sign::verifying_key(s).ok())
+                .collect();
+            let content = [id.as_bytes(), b".", ts.as_bytes(), b".", body].concat();
             let matched = value.split(' ').any(|candidate| {
+                if let Some(sig) = candidate.strip_prefix("v1a,").and_then(sign::decode_base64) {
+                    return public
+                        .iter()
+                        .any(|k| sign::asymmetric_matches(k, &content, &sig));
+                }
                 candidate
                     .strip_prefix("v1,")
                     .and_then(sign::decode_base64)
                     .is_some_and(|sig| {
-                        keys.iter().any(|k| {
-                            sign::hmac_matches(
-                                k,
-                                &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
-                                &sig,
-                            )
-                        })
+                        keys.iter()
+                            .any(|k| sign::hmac_matches(k, &[&content], &sig))
                     })
             });
             matched.then_some(()).ok_or(VerifyError::Mismatch)
@@ -281,6 +290,64 @@ mod tests {
         assert_eq!(
             check_with(&[], body),
             Err(VerifyError::Missing("x-chatwoot-timestamp".into()))
+        );
+    }
+
+    /// A `v1a` signature (Svix's asymmetric signing) verified with the
+    /// sender's `whpk_` public key; a `v1` signature does not pass with a
+    /// public key, nor a `v1a` one with a symmetric secret.
+    #[test]
+    fn standard_webhooks_v1a_with_a_public_key() {
+        let signing = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8DoQe/884Qvh1w3RjnS8CZZ+TWMJulDV8d3IZkElUxuA==";
+        let public = sign::public_key(signing).unwrap();
+        let body = br#"{"type":"a.b","data":{}}"#;
+        let msg = Message {
+            delivery_id: "msg_1",
+            event_type: "a.b",
+            timestamp: NOW,
+            body,
+        };
+        let v1a = sign::asymmetric_signature(&sign::signing_key(signing).unwrap(), &msg);
+        let headers = |sig: &str| {
+            vec![
+                h("webhook-id", "msg_1"),
+                h("webhook-timestamp", &NOW.to_string()),
+                h("webhook-signature", sig),
+            ]
+        };
+        let v = Verify::StandardWebhooks;
+        assert_eq!(
+            check(&v, &[&public], 300, &headers(&v1a), body, now()),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &v,
+                &[&public],
+                300,
+                &headers(&format!("v1,abc {v1a}")),
+                body,
+                now()
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(&v, &[&public], 300, &headers(&v1a), b"{}", now()),
+            Err(VerifyError::Mismatch)
+        );
+        let symmetric = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert_eq!(
+            check(&v, &[symmetric], 300, &headers(&v1a), body, now()),
+            Err(VerifyError::Mismatch)
+        );
+        let v1 = sign::standard_signature(&sign::standard_key(symmetric).unwrap(), &msg);
+        assert_eq!(
+            check(&v, &[&public], 300, &headers(&v1), body, now()),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            check(&v, &[symmetric, &public], 300, &headers(&v1), body, now()),
+            Ok(())
         );
     }
 
