@@ -342,6 +342,7 @@ async fn signatures_verify_with_the_reference_libraries() {
         "{v1a}"
     );
     assert!(v1.get("public_key").is_none(), "{v1}");
+    assert_eq!(chatwoot["signature"]["scheme"], "chatwoot", "{chatwoot}");
 
     let lead = std::fs::read(crate::support::repo_root().join("examples/lead.json")).unwrap();
     let (status, _) = server
