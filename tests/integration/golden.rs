@@ -245,6 +245,13 @@ async fn run_source_case(
                     .join(o["seed"].as_str().unwrap()),
             )
             .unwrap(),
+            // A platform's body as its own code sends it (the file's bytes).
+            Value::Object(o) if o.contains_key("fixture") => std::fs::read_to_string(
+                repo_root()
+                    .join("tests/fixtures")
+                    .join(o["fixture"].as_str().unwrap()),
+            )
+            .unwrap(),
             other => other.to_string(),
         };
         let inbound = Inbound {

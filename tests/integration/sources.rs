@@ -910,3 +910,130 @@ async fn a_nats_subject_is_a_source() {
         .await;
     assert_eq!(status, 204);
 }
+
+/// Chatwoot ≥ 4.11.2 signs `"{timestamp}.{body}"` (hex HMAC-SHA256,
+/// `sha256=`) and names each delivery. Through the binary: a real-shaped
+/// `message_created`, signed as Chatwoot signs, comes in (the `chatwoot`
+/// kind); Chatwoot's retry of the same delivery is not routed twice; a
+/// forged, unsigned or altered request is refused with 401. Out again
+/// through `onehash-message` with the `chatwoot` scheme, the receiver gets
+/// the very bytes Chatwoot sent, signed as Chatwoot would sign them.
+#[tokio::test]
+async fn a_signed_chatwoot_webhook_comes_in_and_goes_out_as_chatwoot_sent_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("chatwoot").await;
+    let secret = "cw2vXq8KfL3mN9pR4tY7zB1d"; // a 24-character webhook secret, as Chatwoot makes
+    let s = source(
+        &server,
+        &key,
+        json!({"kind": "chatwoot", "verify": {"scheme": "chatwoot"}, "secret": secret}),
+    )
+    .await;
+    assert_eq!(s["kind"], "onehash", "chatwoot is the onehash kind: {s}");
+    let url = s["url"].as_str().unwrap().to_string();
+    let rx = Receiver::ok().await;
+    let out_secret = "receiver-side-secret-1234";
+    server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["message.created"],
+                   "plugin": {"id": "builtin:onehash-message"},
+                   "signature": {"scheme": "chatwoot"}, "secret": out_secret}),
+        )
+        .await;
+    // Chatwoot posts compact JSON with `<`, `>` and `&` escaped as Rails
+    // escapes them: bytes that a re-serialization would change.
+    let mut message: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("tests/fixtures/chatwoot/message_created_incoming.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    message["content"] = json!("Coupon <SPRING25> & checkout fails");
+    let body = serde_json::to_string(&message)
+        .unwrap()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .into_bytes();
+    let signed = |secret: &str, ts: i64, body: &[u8], delivery: &str| {
+        let ts = ts.to_string();
+        vec![
+            (
+                "X-Chatwoot-Signature",
+                format!("sha256={}", hex_hmac(secret, &[ts.as_bytes(), b".", body])),
+            ),
+            ("X-Chatwoot-Timestamp", ts),
+            ("X-Chatwoot-Delivery", delivery.to_string()),
+        ]
+    };
+    let delivery = "5b0e1c2d-9f3a-4b6c-8d7e-0a1b2c3d4e5f";
+
+    // Forged, unsigned, altered, stale: refused, nothing kept.
+    let forged = signed("not-the-secret-at-all-xx", unix_now(), &body, delivery);
+    let (status, answer) = server.inbound(&url, &forged, &body).await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = server.inbound(&url, &[], &body).await;
+    assert_eq!(status, 401);
+    let mut altered = body.clone();
+    altered.extend_from_slice(b"\n");
+    let (status, _) = server
+        .inbound(&url, &signed(secret, unix_now(), &body, delivery), &altered)
+        .await;
+    assert_eq!(status, 401);
+    let (status, answer) = server
+        .inbound(
+            &url,
+            &signed(secret, unix_now() - 3600, &body, delivery),
+            &body,
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(error_message(&answer).contains("tolerance"), "{answer}");
+
+    // Signed: accepted; Chatwoot's retry of the delivery (a new timestamp
+    // and signature, the same delivery id) is the same event.
+    for _ in 0..2 {
+        let (status, answer) = server
+            .inbound(&url, &signed(secret, unix_now(), &body, delivery), &body)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let got = rx.wait_for(1, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 1, "the retry is not routed again");
+    let r = &got[0];
+    let (sent, got) = (
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&r.body),
+    );
+    assert!(
+        sent == got,
+        "the bytes Chatwoot sent, unchanged:\n{sent}\n{got}"
+    );
+    assert!(got.contains("\\u003cSPRING25\\u003e \\u0026"));
+    let ts = r.header("x-chatwoot-timestamp");
+    assert_eq!(
+        r.header("x-chatwoot-signature"),
+        format!(
+            "sha256={}",
+            hex_hmac(out_secret, &[ts.as_bytes(), b".", &r.body])
+        )
+    );
+    assert!(r.header("x-chatwoot-delivery").starts_with("dlv_"));
+
+    // The event as the API keeps it: under Chatwoot's delivery id, with
+    // the canonical fields read from Chatwoot's own shape.
+    let (status, event) = server
+        .call(
+            "GET",
+            &format!("/v1/events/chatwoot:{delivery}"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["type"], "message.created", "{event}");
+    assert_eq!(event["data"]["conversation_id"], 17, "{event}");
+    assert_eq!(event["data"]["author_name"], "Jane Doe", "{event}");
+}

@@ -14,7 +14,9 @@ use crate::runtime::Header;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// OneHash Chat (Chatwoot family, seed 001).
+    /// OneHash Chat and Chatwoot, its upstream (seed 001; `chatwoot` is
+    /// the same kind).
+    #[serde(alias = "chatwoot")]
     Onehash,
     /// onWebChat (seed 003).
     Onwebchat,

@@ -12,6 +12,7 @@
 // Generated code: clippy has opinions about its argument counts.
 #![allow(clippy::too_many_arguments)]
 
+pub mod chatwoot;
 pub mod map;
 mod time;
 
@@ -48,10 +49,10 @@ impl Guest for Adapter {
                 .events
                 .into_iter()
                 .map(|e| Incoming {
+                    payload: e.payload(),
                     id: e.id,
                     event_type: e.event_type,
                     occurred_at: e.occurred_at,
-                    payload: e.data.to_string(),
                 })
                 .collect(),
             reply: out.reply,

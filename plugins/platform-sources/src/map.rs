@@ -40,7 +40,7 @@ impl Kind {
 
     pub fn from_name(name: &str) -> Option<Kind> {
         Some(match name {
-            "onehash" => Kind::OneHash,
+            "onehash" | "chatwoot" => Kind::OneHash,
             "onwebchat" => Kind::OnWebChat,
             "convosphere" => Kind::Convosphere,
             "helloclient" => Kind::HelloClient,
@@ -64,7 +64,7 @@ impl Kind {
 
     /// `<kind>.<name>` with the name folded into the type grammar
     /// (lowercase segments of `a-z0-9_`, each starting with a letter).
-    fn unknown(self, name: &str) -> String {
+    pub(crate) fn unknown(self, name: &str) -> String {
         let segments: Vec<String> = name
             .split(['.', '/', ':'])
             .map(|segment| {
@@ -105,6 +105,28 @@ pub struct Event {
     pub event_type: String,
     pub occurred_at: Option<String>,
     pub data: Value,
+    /// The request's body, kept byte for byte as `data.raw` (the host
+    /// keeps an event's data as the text it arrived as, so a plugin can
+    /// send the platform's own bytes on): set where one request is one
+    /// event (Chatwoot). Other platforms keep their item in `data.raw`.
+    pub raw: Option<String>,
+}
+
+impl Event {
+    /// The event's data as JSON text: `data`, with `raw` spliced in as
+    /// written.
+    pub fn payload(&self) -> String {
+        let data = self.data.to_string();
+        let Some(raw) = &self.raw else {
+            return data;
+        };
+        let raw = raw.trim();
+        match data.strip_suffix('}') {
+            Some("{") => format!("{{\"raw\":{raw}}}"),
+            Some(open) => format!("{open},\"raw\":{raw}}}"),
+            None => data,
+        }
+    }
 }
 
 /// What one request amounts to.
@@ -119,12 +141,12 @@ pub struct Normalized {
 pub fn normalize(
     kind: Kind,
     headers: &[(String, String)],
-    body: &str,
+    body_text: &str,
     received_at: &str,
 ) -> Result<Normalized, String> {
     let _ = received_at;
     let value: Value =
-        serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        serde_json::from_str(body_text).map_err(|e| format!("the body is not JSON: {e}"))?;
     let header = |name: &str| {
         headers
             .iter()
@@ -143,7 +165,11 @@ pub fn normalize(
         return Err("the body is not a JSON object".into());
     };
     let events = match kind {
-        Kind::OneHash => vec![onehash(body)?],
+        Kind::OneHash => {
+            let mut event = crate::chatwoot::event(body, header("x-chatwoot-delivery"))?;
+            event.raw = Some(body_text.to_string());
+            vec![event]
+        }
         Kind::OnWebChat => vec![onwebchat(
             body,
             header("x-owc-event"),
@@ -165,7 +191,7 @@ pub fn normalize(
     })
 }
 
-fn text_of(v: Option<&Value>) -> Option<String> {
+pub(crate) fn text_of(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -173,165 +199,36 @@ fn text_of(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn required<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a Value, String> {
+pub(crate) fn required<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a Value, String> {
     obj.get(field)
         .filter(|v| !v.is_null())
         .ok_or_else(|| format!("`{field}` is missing"))
 }
 
-fn string_field(obj: &Map<String, Value>, field: &str) -> Result<String, String> {
+pub(crate) fn string_field(obj: &Map<String, Value>, field: &str) -> Result<String, String> {
     match required(obj, field)? {
         Value::String(s) => Ok(s.clone()),
         other => Err(format!("`{field}` must be a string, not {other}")),
     }
 }
 
-fn object<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a Map<String, Value>, String> {
+pub(crate) fn object<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+) -> Result<&'a Map<String, Value>, String> {
     match required(obj, field)? {
         Value::Object(o) => Ok(o),
         other => Err(format!("`{field}` must be an object, not {other}")),
     }
 }
 
-fn time_field(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+pub(crate) fn time_field(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => time::normalize(v)
             .map(Some)
             .ok_or_else(|| format!("`{field}` {v} is not a time (RFC 3339, \"YYYY-MM-DD HH:MM:SS UTC\" or Unix seconds)")),
     }
-}
-
-// ---- OneHash Chat (Chatwoot family, seed 001) ---------------------------
-
-fn onehash(body: Map<String, Value>) -> Result<Event, String> {
-    let name = string_field(&body, "event")?;
-    let created_at = time_field(&body, "created_at")?;
-    let event_type = match name.as_str() {
-        "message_created" => "message.created",
-        "message_updated" => "message.updated",
-        "conversation_created" => "conversation.created",
-        "conversation_updated" => "conversation.updated",
-        "conversation_status_changed" => "conversation.status_changed",
-        "conversation_resolved" => "conversation.resolved",
-        _ => "",
-    };
-    if event_type != "message.created" {
-        // Other events keep their fields as sent, with the raw body.
-        let event_type = if event_type.is_empty() {
-            Kind::OneHash.unknown(&name)
-        } else {
-            event_type.to_string()
-        };
-        let mut data = Map::new();
-        if let Some(c) = body.get("conversation").and_then(Value::as_object)
-            && let Some(id) = c.get("display_id").or_else(|| c.get("id"))
-        {
-            data.insert("conversation_id".into(), id.clone());
-        }
-        data.insert("raw".into(), Value::Object(body));
-        return Ok(Event {
-            id: None,
-            event_type,
-            occurred_at: created_at,
-            data: Value::Object(data),
-        });
-    }
-    let id = text_of(body.get("id")).ok_or("`id` (the message id) is missing")?;
-    let conversation = object(&body, "conversation")?;
-    let conversation_id = required(conversation, "display_id")
-        .map_err(|_| "`conversation.display_id` is missing".to_string())?
-        .clone();
-    let author = match body.get("message_type").and_then(Value::as_str) {
-        Some("incoming") | Some("0") => "visitor",
-        Some("outgoing") | Some("1") => "agent",
-        Some("template") | Some("3") => "trigger",
-        Some("activity") | Some("2") => "trigger",
-        Some(other) => {
-            return Err(format!(
-                "`message_type` {other:?} is not incoming, outgoing or template"
-            ));
-        }
-        None => match body.get("message_type").and_then(Value::as_i64) {
-            Some(0) => "visitor",
-            Some(1) => "agent",
-            Some(_) => "trigger",
-            None => return Err("`message_type` is missing".into()),
-        },
-    };
-    let created_at = created_at.ok_or("`created_at` is missing")?;
-    let account = body.get("account").and_then(Value::as_object);
-    let attributes = conversation
-        .get("additional_attributes")
-        .and_then(Value::as_object);
-    let mut data = Map::new();
-    data.insert("conversation_id".into(), conversation_id);
-    data.insert(
-        "conversation_created_at".into(),
-        json!(time_field(conversation, "created_at")?.unwrap_or_else(|| created_at.clone())),
-    );
-    data.insert(
-        "chatbot_id".into(),
-        json!(
-            account
-                .and_then(|a| text_of(a.get("id")))
-                .unwrap_or_default()
-        ),
-    );
-    data.insert(
-        "chatbot_name".into(),
-        json!(
-            account
-                .and_then(|a| text_of(a.get("name")))
-                .unwrap_or_default()
-        ),
-    );
-    data.insert(
-        "uri".into(),
-        json!(
-            attributes
-                .and_then(|a| text_of(a.get("referer")))
-                .unwrap_or_default()
-        ),
-    );
-    data.insert("author".into(), json!(author));
-    data.insert(
-        "content".into(),
-        json!(
-            body.get("content")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        ),
-    );
-    data.insert("created_at".into(), json!(created_at));
-    data.insert("message_id".into(), json!(id));
-    let author_name = if author == "visitor" {
-        body.get("contact")
-    } else {
-        body.get("sender")
-    }
-    .and_then(|p| p.get("name"))
-    .and_then(Value::as_str);
-    if let Some(name) = author_name {
-        data.insert("author_name".into(), json!(name));
-    }
-    for kept in ["sender", "contact", "account"] {
-        if let Some(v) = body.get(kept) {
-            data.insert(kept.into(), v.clone());
-        }
-    }
-    let account_id = account
-        .and_then(|a| text_of(a.get("id")))
-        .unwrap_or_default();
-    data.insert("raw".into(), Value::Object(body));
-    Ok(Event {
-        // A message is created once: its id (per account) deduplicates
-        // OneHash's retries, which carry no delivery id.
-        id: Some(format!("onehash:{account_id}:message:{id}")),
-        event_type: "message.created".into(),
-        occurred_at: Some(created_at),
-        data: Value::Object(data),
-    })
 }
 
 // ---- onWebChat (seed 003) -------------------------------------------------
@@ -395,6 +292,7 @@ fn onwebchat(
         event_type,
         occurred_at,
         data: Value::Object(data),
+        raw: None,
     })
 }
 
@@ -464,6 +362,7 @@ fn convosphere(body: Map<String, Value>) -> Result<Vec<Event>, String> {
         event_type,
         occurred_at,
         data: Value::Object(data),
+        raw: None,
     }])
 }
 
@@ -546,6 +445,7 @@ fn helloclient(body: Map<String, Value>) -> Result<Vec<Event>, String> {
                             "sequence": m,
                             "raw": message,
                         }),
+                        raw: None,
                     });
                 }
             }
@@ -600,6 +500,7 @@ fn helloclient(body: Map<String, Value>) -> Result<Vec<Event>, String> {
         event_type,
         occurred_at: created,
         data,
+        raw: None,
     }])
 }
 
@@ -652,6 +553,7 @@ fn ohallo(body: Map<String, Value>) -> Result<Event, String> {
         event_type,
         occurred_at,
         data: Value::Object(data),
+        raw: None,
     })
 }
 
@@ -700,6 +602,7 @@ fn standard(body: Value, webhook_id: Option<&str>) -> Result<Event, String> {
         event_type,
         occurred_at,
         data,
+        raw: None,
     })
 }
 
@@ -738,7 +641,10 @@ mod tests {
         assert_eq!(e.data["created_at"], "2020-03-03T13:05:57Z");
         assert_eq!(e.data["uri"], "http://x");
         assert_eq!(e.data["account"]["name"], "OneChat");
-        assert_eq!(e.data["raw"]["event"], "message_created");
+        // The body is kept as sent, as `raw`, in the payload the host keeps.
+        let payload: Value = serde_json::from_str(&e.payload()).unwrap();
+        assert_eq!(payload["raw"]["event"], "message_created");
+        assert_eq!(payload["conversation_id"], "7");
     }
 
     #[test]
@@ -750,7 +656,7 @@ mod tests {
                    "created_at": "2020-03-03 13:05:57 UTC", "conversation": {}}),
         )
         .unwrap_err();
-        assert!(e.contains("conversation.display_id"), "{e}");
+        assert!(e.contains("conversation.id"), "{e}");
         let e = run(
             Kind::HelloClient,
             &[],
@@ -779,8 +685,13 @@ mod tests {
         .unwrap();
         assert_eq!(out.events[0].event_type, "onwebchat.visitor.typing_started");
         assert_eq!(out.events[0].id.as_deref(), Some("d1"));
-        let out = run(Kind::OneHash, &[], json!({"event": "webwidget_triggered"})).unwrap();
-        assert_eq!(out.events[0].event_type, "onehash.webwidget_triggered");
+        let out = run(
+            Kind::OneHash,
+            &[],
+            json!({"event": "conversation_typing_on"}),
+        )
+        .unwrap();
+        assert_eq!(out.events[0].event_type, "onehash.conversation_typing_on");
         let out = run(
             Kind::HelloClient,
             &[],

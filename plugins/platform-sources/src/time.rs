@@ -23,14 +23,36 @@ pub fn from_unix(secs: i64) -> String {
 }
 
 /// A platform's time as RFC 3339, or None when it is not one of the forms
-/// the seeds use: RFC 3339 itself, Chatwoot's `2020-03-03 13:05:57 UTC`,
-/// or Unix seconds (a number or a string of digits).
+/// the platforms use: RFC 3339 itself, Chatwoot's old
+/// `2020-03-03 13:05:57 UTC`, or Unix seconds (a number, a string of
+/// digits, or a fraction such as Chatwoot's `updated_at`
+/// `1764842472.561234`, whose digits are kept as written).
 pub fn normalize(value: &serde_json::Value) -> Option<String> {
     match value {
-        serde_json::Value::Number(n) => n.as_i64().map(from_unix),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(secs) => Some(from_unix(secs)),
+            None => fractional(&n.to_string()),
+        },
         serde_json::Value::String(s) => text(s),
         _ => None,
     }
+}
+
+/// `1764842472.561234` → `2025-12-04T10:01:12.561234Z` (at most 9 digits
+/// of fraction; an exponent or a negative time is not a platform's time).
+fn fractional(text: &str) -> Option<String> {
+    let (whole, fraction) = text.split_once('.')?;
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.is_empty()
+        || fraction.len() > 9
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let secs: i64 = whole.parse().ok()?;
+    let base = from_unix(secs);
+    Some(format!("{}.{fraction}Z", base.strip_suffix('Z')?))
 }
 
 fn text(s: &str) -> Option<String> {
@@ -88,6 +110,12 @@ mod tests {
             normalize(&json!("0")).as_deref(),
             Some("1970-01-01T00:00:00Z")
         );
+        assert_eq!(
+            normalize(&json!(1764842472.561234)).as_deref(),
+            Some("2025-12-04T10:01:12.561234Z")
+        );
+        assert_eq!(normalize(&json!(1.5e300)), None);
+        assert_eq!(normalize(&json!(-1.5)), None);
         assert_eq!(normalize(&json!("Tue Mar 03 2020")), None);
         assert_eq!(normalize(&json!("2020-03-03 13:05:57")), None);
         assert_eq!(normalize(&json!(null)), None);
