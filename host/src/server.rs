@@ -271,10 +271,19 @@ pub async fn serve(
     if consuming > 0 {
         info!(feeds = consuming, "NATS sources consuming");
     }
+    let polls = Arc::new(crate::source::poll::Polls::default());
+    let polling = polls.start_all(&app)?;
+    if polling > 0 {
+        info!(polls = polling, "poll sources polling");
+    }
+    if config.cluster.is_some() {
+        tokio::spawn(polls.clone().supervise(app.clone()));
+    }
 
     let state = ApiState {
         app: app.clone(),
         feeds,
+        polls,
         admin_token_hash: Arc::new(token_hash(&token)),
         max_event_bytes: config.max_event_bytes,
         max_plugin_bytes: config.max_plugin_bytes,

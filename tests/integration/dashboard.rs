@@ -453,6 +453,48 @@ async fn a_tenant_lives_in_the_dashboard() {
         "the collection holds the message"
     );
 
+    // Sources: a poll source of an API that is not there shows its error,
+    // and a webhook source its URL.
+    let gone = format!(
+        "http://127.0.0.1:{}/api/conversations",
+        crate::harness::free_port()
+    );
+    let (status, polled) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "poll", "secret": "api-token-123",
+                        "poll": {"url": gone, "every_secs": 1, "format": "ohallo-conversation"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{polled}");
+    let (status, _) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "onwebchat", "secret": "owc-secret-1234"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    b.client.goto(&format!("{ui}#/sources")).await.unwrap();
+    b.until(
+        "the poll source's error",
+        "const t = document.querySelector('#sources') && document.querySelector('#sources').textContent; return !!t && t.includes('failing') && t.includes('connect') && t.includes('/in/src_')",
+    )
+    .await;
+    b.shot("sources").await;
+    let (status, _) = server
+        .call(
+            "DELETE",
+            &format!("/v1/sources/{}", polled["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
     // Alerts: the ops endpoint set from the page, its secret shown.
     let ops_rx = Receiver::ok().await;
     b.client.goto(&format!("{ui}#/ops")).await.unwrap();

@@ -645,6 +645,7 @@ impl Engine {
         let router = wasmhook::api::router(wasmhook::api::ApiState {
             app: app.clone(),
             feeds: wasmhook::server::build_feeds(&config),
+            polls: Default::default(),
             admin_token_hash: Arc::new(wasmhook::store::token_hash(ADMIN_TOKEN)),
             max_event_bytes: config.max_event_bytes,
             max_plugin_bytes: config.max_plugin_bytes,

@@ -208,6 +208,11 @@ async fn receive(
             "source {id:?} consumes a NATS subject; it takes no HTTP requests"
         )));
     }
+    if source.kind == Kind::Poll {
+        return Err(ApiError::NotFound(format!(
+            "source {id:?} polls its platform's API; it takes no HTTP requests"
+        )));
+    }
     if let Some(limiter) = &state.source_rate_limiter {
         limiter.admit(source.id.as_bytes(), 1, |rate, secs| {
             format!("this source takes at most sources.rate_limit = {rate} requests/s; retry in {secs} s")

@@ -42,6 +42,8 @@ pub struct ApiState {
     /// The `nats` sources' consumers, started and stopped with their
     /// sources.
     pub feeds: Arc<crate::source::nats::Feeds>,
+    /// The `poll` sources' pollers, started and stopped with their sources.
+    pub polls: Arc<crate::source::poll::Polls>,
     /// SHA-256 of the operator token.
     pub admin_token_hash: Arc<Vec<u8>>,
     pub max_event_bytes: usize,

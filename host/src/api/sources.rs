@@ -20,7 +20,7 @@ use crate::runtime::World;
 use crate::sign;
 use crate::source::nats::NatsFeed;
 use crate::source::{self, DEFAULT_TOLERANCE_SECS, Kind, Source, Verify};
-use crate::store::{PluginRef, Secret};
+use crate::store::{PluginRef, PollFeed, PollState, Secret};
 
 pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -35,9 +35,10 @@ pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceInput {
-    /// The platform: `onehash`, `onwebchat`, `convosphere`, `helloclient`,
-    /// `ohallo`, `standard-webhooks`, `plugin` (your own adapter), or `nats`
-    /// (a NATS subject instead of HTTP requests).
+    /// The platform: `onehash` (or `chatwoot`), `onwebchat`, `convosphere`,
+    /// `helloclient`, `ohallo`, `standard-webhooks`, `plugin` (your own
+    /// adapter), `nats` (a NATS subject instead of HTTP requests), or
+    /// `poll` (wasmhook polls the platform's REST API).
     kind: Kind,
     /// The platform's signing secret (many platforms generate it: paste
     /// theirs). Default: a new `whsec_…` secret to give the platform.
@@ -53,6 +54,9 @@ pub struct SourceInput {
     plugin: Option<PluginRef>,
     /// A `nats` source's subject: `{"url", "subject", "format"}`.
     nats: Option<NatsFeed>,
+    /// What a `poll` source fetches: `{"url", "format", "every_secs"?, …}`;
+    /// its `secret` is the API's bearer token.
+    poll: Option<PollFeed>,
     description: Option<String>,
 }
 
@@ -87,6 +91,11 @@ pub struct SourceView {
     pub plugin: Option<PluginRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsFeed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollFeed>,
+    /// A `poll` source's cursor, last run and last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_state: Option<PollState>,
     pub description: String,
     /// Requests kept because they could not be normalized.
     pub dead_letters: usize,
@@ -102,12 +111,14 @@ impl SourceView {
                 .then(|| s.secrets.first().map(|x| x.secret.clone()))
                 .flatten(),
             dead_letters: state.app.store.count_dead_letters(&s.id)?,
+            poll_state: source::poll::state(&state.app, &s),
             id: s.id,
             kind: s.kind,
             verify: s.verify,
             tolerance_secs: s.tolerance_secs,
             plugin: s.plugin,
             nats: s.nats.as_ref().map(NatsFeed::redacted),
+            poll: s.poll,
             description: s.description,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -161,46 +172,6 @@ async fn check_adapter(state: &ApiState, source: &Source) -> Result<(), ApiError
     .await
 }
 
-/// A feed's settings are usable and its server answers now (a typo in the
-/// URL is a 400, not a task retrying forever).
-async fn check_feed(
-    policy: &crate::deliver::ssrf::BrokerPolicy,
-    feed: &NatsFeed,
-) -> Result<(), ApiError> {
-    source::nats::check(feed).map_err(bad)?;
-    // The bundled adapter's kinds: every source kind but these two.
-    let formats: Vec<&str> = Kind::ALL
-        .iter()
-        .filter(|k| !matches!(k, Kind::Plugin | Kind::Nats))
-        .map(|k| k.name())
-        .collect();
-    if !formats.contains(&feed.format.as_str()) {
-        return Err(bad(format!(
-            "nats.format {:?} is not one of {}",
-            feed.format,
-            formats.join(", ")
-        )));
-    }
-    let target = policy
-        .check(&feed.url)
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-    // One answer for every failure (refused, silent, not NATS): what it
-    // was would tell a tenant whether something listens at the address.
-    match tokio::time::timeout(
-        source::nats::CONNECT_TIMEOUT,
-        source::nats::connect(&target.connect_url),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(bad(format!(
-            "cannot connect to the broker {} as NATS",
-            target.display
-        ))),
-    }
-}
-
 pub(super) fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Source, ApiError> {
     state
         .app
@@ -248,10 +219,34 @@ async fn create(
                 "a `nats` source needs `nats`: {\"url\": \"nats://…\", \"subject\": …, \"format\": \"ohallo\"}",
             ));
         }
-        (Kind::Nats, Some(feed)) => check_feed(state.feeds.policy(), feed).await?,
+        (Kind::Nats, Some(feed)) => source::nats::check_reachable(state.feeds.policy(), feed)
+            .await
+            .map_err(bad)?,
         (kind, Some(_)) => {
             return Err(bad(format!(
                 "`nats` is for kind `nats`, not {}",
+                kind.name()
+            )));
+        }
+        _ => {}
+    }
+    match (input.kind, &input.poll) {
+        (Kind::Poll, None) => {
+            return Err(bad(
+                "a `poll` source needs `poll`: {\"url\": \"https://…\", \"format\": \"ohallo-conversation\"}",
+            ));
+        }
+        (Kind::Poll, Some(feed)) => {
+            source::poll::check(feed).map_err(bad)?;
+            if feed.bearer && input.secret.is_none() {
+                return Err(bad(
+                    "a `poll` source sends its `secret` as the API's bearer token: give it, or set poll.bearer to false",
+                ));
+            }
+        }
+        (kind, Some(_)) => {
+            return Err(bad(format!(
+                "`poll` is for kind `poll`, not {}",
                 kind.name()
             )));
         }
@@ -261,7 +256,9 @@ async fn create(
         Some(verify) => verify,
         // No signature to check and no `verify` given: only anyone who
         // learns the URL stands between the tenant and junk. Say so.
-        None if input.kind.default_verify() == Verify::None && input.kind != Kind::Nats => {
+        None if input.kind.default_verify() == Verify::None
+            && !matches!(input.kind, Kind::Nats | Kind::Poll) =>
+        {
             return Err(bad(format!(
                 "a {} source checks no signature by default: anyone who learns its URL can post to it. Acknowledge that with \"verify\": {{\"scheme\": \"none\"}}, or choose the scheme the platform signs with",
                 input.kind.name()
@@ -291,6 +288,7 @@ async fn create(
         tolerance_secs: check_tolerance(input.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS))?,
         plugin: input.plugin,
         nats: input.nats,
+        poll: input.poll,
         description: check_description(input.description.unwrap_or_default())?,
         created_at: now,
         updated_at: now,
@@ -299,6 +297,7 @@ async fn create(
     state.app.store.put_source(&source).await?;
     state.app.store.durable().await?;
     state.feeds.start(&state.app, &source);
+    state.polls.start(&state.app, &source);
     Ok((
         StatusCode::CREATED,
         axum::Json(SourceView::of(source, true, &state)?),
@@ -392,6 +391,7 @@ async fn delete(
         return Err(ApiError::NotFound(format!("no source {id:?}")));
     }
     state.feeds.stop(&id);
+    state.polls.stop(&id);
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }

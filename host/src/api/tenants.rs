@@ -123,6 +123,7 @@ async fn delete_tenant(
     // Feeds first, so that none accepts an event for a tenant being deleted.
     for source in store.list_sources(&id)? {
         state.feeds.stop(&source.id);
+        state.polls.stop(&source.id);
     }
     // Plugins one by one: their bytes go with the last record that uses them.
     for plugin in store.list_plugins(&id)? {

@@ -98,6 +98,58 @@ impl Sender {
         Ok(Sender { client, guard })
     }
 
+    /// A GET through the same guarded client (a `poll` source's fetch):
+    /// the status, the `Retry-After` seconds if any, and the body, read up
+    /// to `max_bytes` (more is an error). A refused address, a timeout or a
+    /// connection failure is an error text.
+    pub async fn get(
+        &self,
+        url: &reqwest::Url,
+        headers: &[(String, String)],
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("unsupported URL scheme {:?}", url.scheme()));
+        }
+        if let Some(host) = url.host_str() {
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = literal.parse::<IpAddr>() {
+                self.guard.check(host, ip).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut builder = self
+            .client
+            .get(url.clone())
+            .timeout(timeout)
+            .header("accept", "application/json");
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let mut response = builder
+            .send()
+            .await
+            .map_err(|e| classify_error(&e, timeout).1)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify_error(&e, timeout).1)?
+        {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(format!("the answer is over {max_bytes} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, retry_after, body))
+    }
+
     /// Sends one attempt. Never fails: every problem becomes an outcome with
     /// an error text for the log.
     pub async fn send(&self, req: &Request<'_>, now: Timestamp) -> AttemptResult {

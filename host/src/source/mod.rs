@@ -15,6 +15,7 @@
 //! 401 and nothing of it is kept.
 
 pub mod nats;
+pub mod poll;
 pub mod verify;
 
 use jiff::{SignedDuration, Timestamp};
@@ -47,7 +48,7 @@ pub const MAX_DEAD_LETTERS: usize = 1000;
 const MAX_HEADERS: usize = 64;
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Onehash,
         Kind::Onwebchat,
         Kind::Convosphere,
@@ -56,6 +57,7 @@ impl Kind {
         Kind::StandardWebhooks,
         Kind::Plugin,
         Kind::Nats,
+        Kind::Poll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +70,7 @@ impl Kind {
             Kind::StandardWebhooks => "standard-webhooks",
             Kind::Plugin => "plugin",
             Kind::Nats => "nats",
+            Kind::Poll => "poll",
         }
     }
 
@@ -86,7 +89,9 @@ impl Kind {
                 header: "x-webhook-signature".into(),
             },
             Kind::StandardWebhooks => Verify::StandardWebhooks,
-            Kind::Onehash | Kind::Convosphere | Kind::Plugin | Kind::Nats => Verify::None,
+            Kind::Onehash | Kind::Convosphere | Kind::Plugin | Kind::Nats | Kind::Poll => {
+                Verify::None
+            }
         }
     }
 }
@@ -103,6 +108,12 @@ impl Source {
     /// The adapter's plugin id and the config it is called with.
     pub fn adapter(&self) -> (String, String) {
         if let Some(feed) = &self.nats {
+            return (
+                BUNDLED_ADAPTER.to_string(),
+                serde_json::json!({ "kind": feed.format }).to_string(),
+            );
+        }
+        if let Some(feed) = &self.poll {
             return (
                 BUNDLED_ADAPTER.to_string(),
                 serde_json::json!({ "kind": feed.format }).to_string(),
@@ -238,6 +249,65 @@ pub async fn receive(
             })
         }
     }
+}
+
+/// The items of one polled page: each through the source's adapter (the
+/// item is the body its format reads), its events under ids made of the
+/// source, the item's id and its updated time (`key`), so an item polled
+/// again unchanged is the same event and a changed one a new event. All
+/// the page's events are accepted together, durably, before this returns;
+/// an item the adapter refuses is kept as a dead letter. Returns how many
+/// events were new.
+pub async fn receive_items(
+    app: &App,
+    source: &Source,
+    items: Vec<(String, String)>,
+) -> Result<usize, ReceiveError> {
+    let now = app.clock.now();
+    let mut events = Vec::new();
+    for (text, key) in items {
+        match normalize(app, source, &[], &text, now, true).await? {
+            Ok((mut made, _)) => {
+                let n = made.len();
+                for (i, event) in made.iter_mut().enumerate() {
+                    let mut id = format!("{}:{key}", source.id);
+                    if n > 1 {
+                        id.push_str(&format!(":{i}"));
+                    }
+                    if id.len() > 200 {
+                        // Still the same id for the same item and time.
+                        id = format!(
+                            "{}:{}",
+                            source.id,
+                            hex::encode(Sha256::digest(id.as_bytes()))
+                        );
+                    }
+                    event.id = id;
+                }
+                events.append(&mut made);
+            }
+            Err(message) => {
+                let letter = DeadLetter {
+                    id: new_id_at("dlq", now),
+                    source_id: source.id.clone(),
+                    tenant_id: source.tenant_id.clone(),
+                    received_at: now,
+                    headers: Vec::new(),
+                    body: text,
+                    error: message,
+                    attempts: 1,
+                    updated_at: now,
+                };
+                app.store
+                    .put_dead_letter(&letter, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
+                    .await?;
+                app.store.durable().await?;
+                crate::telemetry::source_request(source.kind.name(), "dead_letter");
+            }
+        }
+    }
+    let receipt = accept(app, source, events, None).await?;
+    Ok(receipt.events.iter().filter(|e| e.accepted_new).count())
 }
 
 /// Runs a dead letter through the source's adapter again (no signature

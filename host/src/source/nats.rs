@@ -212,6 +212,40 @@ async fn run(app: App, policy: Arc<BrokerPolicy>, source: Source, feed: NatsFeed
     }
 }
 
+/// A feed's settings are usable and its broker answers now, as NATS (a
+/// typo in the URL is refused at once, not retried forever by a task).
+pub async fn check_reachable(policy: &BrokerPolicy, feed: &NatsFeed) -> Result<(), String> {
+    check(feed)?;
+    // The bundled adapter's kinds: every source kind but these three.
+    let formats: Vec<&str> = super::Kind::ALL
+        .iter()
+        .filter(|k| {
+            !matches!(
+                k,
+                super::Kind::Plugin | super::Kind::Nats | super::Kind::Poll
+            )
+        })
+        .map(|k| k.name())
+        .collect();
+    if !formats.contains(&feed.format.as_str()) {
+        return Err(format!(
+            "nats.format {:?} is not one of {}",
+            feed.format,
+            formats.join(", ")
+        ));
+    }
+    let target = policy.check(&feed.url).await.map_err(|e| e.to_string())?;
+    // One answer for every failure (refused, silent, not NATS): what it
+    // was would tell a tenant whether something listens at the address.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect(&target.connect_url)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(format!(
+            "cannot connect to the broker {} as NATS",
+            target.display
+        )),
+    }
+}
+
 /// Whether the source was deleted since its feed started (by this node or
 /// another: in cluster mode every node runs the feeds it knows of).
 fn gone(app: &App, source: &Source) -> bool {

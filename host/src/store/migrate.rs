@@ -21,6 +21,7 @@ pub const CARRIED: &[&str] = &[
     "sources",
     "source_index",
     "dead_letters",
+    "poll_states",
     "events",
     "events_by_time",
     "deliveries",

@@ -42,6 +42,7 @@
 //! | `sources` | tenant id `\0` source id | [`Source`] |
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`DeadLetter`] |
+//! | `poll_states` | source id | [`PollState`]: a `poll` source's cursor and last run |
 //! | `meta` | name | health probe; `artifact/<file>`: SHA-256 of a compiled-plugin cache file |
 //! | `intents` | chunk number (BE u32) | the acceptance group being written: per event its key, receipt ms and delivery ids (empty between groups, see `intent.rs`) |
 //!
@@ -69,7 +70,7 @@ pub use keys::*;
 pub mod migrate;
 pub mod models;
 mod records;
-pub use records::{DeadLetter, Kind, NatsFeed, Source, Verify, WindowSpec};
+pub use records::{DeadLetter, Kind, NatsFeed, PollFeed, PollState, Source, Verify, WindowSpec};
 mod open;
 mod plugins;
 mod secrets;
@@ -194,6 +195,7 @@ pub struct Trees {
     sources: Tree,
     source_index: Tree,
     dead_letters: Tree,
+    poll_states: Tree,
     meta: Tree,
     /// Each tenant's subscriptions, decoded once and shared by every ingest
     /// request until one of them changes (see `subscriptions.rs`).

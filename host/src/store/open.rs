@@ -144,6 +144,7 @@ impl Store {
             sources: tree("sources")?,
             source_index: tree("source_index")?,
             dead_letters: tree("dead_letters")?,
+            poll_states: tree("poll_states")?,
             meta: tree("meta")?,
             db,
             routes,

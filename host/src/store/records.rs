@@ -32,6 +32,9 @@ pub enum Kind {
     Plugin,
     /// A NATS subject instead of HTTP requests (`nats`).
     Nats,
+    /// wasmhook polls the platform's REST API (`poll`): for a platform
+    /// with no webhooks yet (oHallo).
+    Poll,
 }
 
 /// A tenant's inbound endpoint.
@@ -52,6 +55,10 @@ pub struct Source {
     /// Where a `nats` source reads; its URL sealed at rest.
     #[serde(default, with = "stored_feed")]
     pub nats: Option<NatsFeed>,
+    /// What a `poll` source fetches (its bearer token is the source's
+    /// secret, sealed like every secret).
+    #[serde(default)]
+    pub poll: Option<PollFeed>,
     pub description: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -156,6 +163,87 @@ mod stored_feed {
             format: f.format,
         }))
     }
+}
+
+/// What a `poll` source fetches, and how it reads the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollFeed {
+    /// The list to fetch (`https://api.ohallo.eu/api/conversations?workspaceId=…`).
+    pub url: String,
+    /// Seconds between two polls (at least 1; default 30; oHallo suggests
+    /// 15 to 30 for conversations, minutes for KB entries).
+    #[serde(default = "default_poll_every")]
+    pub every_secs: u64,
+    /// The bundled format each item is read as (`ohallo-conversation`,
+    /// `ohallo-kb-entry`, `ohallo-attention-item`, or any bundled kind:
+    /// the item is then the body that kind's adapter reads).
+    pub format: String,
+    /// The query parameter that carries the cursor: the newest updated
+    /// time accepted so far (default `updatedSince`).
+    #[serde(default = "default_cursor_param")]
+    pub cursor_param: String,
+    /// Where the items are in an answer (a JSON pointer; default `/items`,
+    /// `""` for an answer that is the list itself).
+    #[serde(default = "default_items")]
+    pub items: String,
+    /// Each item's id (default `id`) and updated time (default
+    /// `updatedAt`): together the event id, so a changed item is a new
+    /// event and an unchanged one is not.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    #[serde(default = "default_updated_field")]
+    pub updated_field: String,
+    /// Where the next page is (a JSON pointer to a URL or a cursor);
+    /// none: one page per poll.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// The query parameter a cursor-style next page goes in (default
+    /// `cursor`); unused when `next` holds a URL.
+    #[serde(default = "default_next_param")]
+    pub next_param: String,
+    /// Send the source's secret as `Authorization: Bearer …` (default true).
+    #[serde(default = "default_true")]
+    pub bearer: bool,
+}
+
+fn default_poll_every() -> u64 {
+    30
+}
+fn default_cursor_param() -> String {
+    "updatedSince".into()
+}
+fn default_items() -> String {
+    "/items".into()
+}
+fn default_id_field() -> String {
+    "id".into()
+}
+fn default_updated_field() -> String {
+    "updatedAt".into()
+}
+fn default_next_param() -> String {
+    "cursor".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Where a `poll` source stands: kept apart from the source record, which
+/// the API changes, and written after each page's events are durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PollState {
+    /// The newest updated time accepted (the next poll's cursor).
+    pub cursor: Option<String>,
+    pub last_run_at: Option<Timestamp>,
+    /// The last poll that ended without an error.
+    pub last_ok_at: Option<Timestamp>,
+    /// Why the last poll failed (cleared by the next that works).
+    pub last_error: Option<String>,
+    /// Polls failed in a row (the backoff grows with it).
+    pub failures: u32,
+    /// Events accepted by polls, in all.
+    pub accepted: u64,
 }
 
 /// A subscription's window, as configured.

@@ -1,7 +1,7 @@
 //! Sources (a tenant's inbound endpoints) and their dead letters.
 
 use super::*;
-use super::{DeadLetter, Source};
+use super::{DeadLetter, PollState, Source};
 
 impl Store {
     /// Creates or replaces a source (and its id → tenant index).
@@ -69,12 +69,35 @@ impl Store {
         // delete may touch them (another tenant's id is a 404, nothing more).
         if existed {
             let mut w = self.plain();
+            w.remove(&self.poll_states, id)?;
             for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
                 w.remove(&self.dead_letters, key?)?;
             }
             w.commit().await?;
         }
         Ok(existed)
+    }
+
+    /// A `poll` source's cursor and last run (default: never polled).
+    pub fn poll_state(&self, source_id: &str) -> Result<PollState, StoreError> {
+        self.poll_states
+            .get(source_id)?
+            .map(|v| decode(source_id.as_bytes(), &v))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Records where a poll stands; durable when this returns (the cursor
+    /// moves only past events already accepted).
+    pub async fn put_poll_state(
+        &self,
+        source_id: &str,
+        state: &PollState,
+    ) -> Result<(), StoreError> {
+        let mut w = self.plain();
+        w.insert(&self.poll_states, source_id, encode(state))?;
+        w.commit().await?;
+        self.durable().await
     }
 
     /// Stores (or updates) a dead letter, dropping the source's oldest

@@ -195,7 +195,7 @@ function signInPage(why) {
 
 // ---------- navigation ----------
 
-const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
+const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/sources", "Sources"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
 const OPERATOR_NAV = [["#/tenants", "Tenants"]];
 
 function renderNav(role) {
@@ -244,6 +244,7 @@ async function route(why) {
         return await deliveriesPage(params);
       case "plugins": return await pluginsPage();
       case "windows": return await windowsPage();
+      case "sources": return await sourcesPage();
       case "ops": return await opsPage();
       default:
         location.replace("#/endpoints");
@@ -606,6 +607,37 @@ async function windowsPage() {
       })));
   }
   render("Windows", subs.length ? cards : h("p", { class: "muted" }, "No endpoint collects a window."));
+}
+
+// ---------- sources ----------
+
+// What comes in: each source's kind, where the platform posts (or what it
+// polls or consumes), its dead letters, and a poll source's progress.
+async function sourcesPage() {
+  const sources = await api("GET", "/v1/sources");
+  const whereFrom = (s) => s.poll ? "polls " + s.poll.url : s.nats ? `NATS ${s.nats.subject}` : s.url;
+  const progress = (s) => {
+    const p = s.poll_state;
+    if (!s.poll) return "—";
+    if (!p || !p.last_run_at) return "not polled yet";
+    return h("div", {},
+      h("div", {}, "last run " + when(p.last_run_at) + (p.last_ok_at ? ", last success " + when(p.last_ok_at) : "")),
+      h("div", { class: "muted" }, "cursor " + (p.cursor || "none") + ", " + p.accepted + " events"),
+      p.last_error ? h("div", { class: "error" }, `failing (${p.failures}×): ${p.last_error}`) : null);
+  };
+  const rows = sources.map((s) => h("tr", { "data-source": s.id },
+    h("td", {}, s.kind, s.description ? h("div", { class: "muted" }, s.description) : null),
+    h("td", {}, whereFrom(s)),
+    h("td", {}, s.verify.scheme),
+    h("td", {}, String(s.dead_letters)),
+    h("td", { class: "poll-state" }, progress(s))));
+  render("Sources",
+    h("p", { class: "muted" }, "Platforms' webhooks in (POST to the URL), NATS subjects consumed, APIs polled. Create them with the API (docs/platforms.md)."),
+    sources.length === 0 ? h("p", { class: "muted" }, "No sources yet.") :
+      h("div", { class: "table-wrap" }, h("table", { id: "sources" },
+        h("thead", {}, h("tr", {}, ["Kind", "From", "Verified by", "Dead letters", "Polling"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, rows))));
+  if (sources.some((s) => s.poll)) refreshIfStill(location.hash, POLL_MS);
 }
 
 // ---------- ops alerts ----------

@@ -14,6 +14,7 @@
 
 pub mod chatwoot;
 pub mod map;
+mod ohallo_api;
 mod time;
 
 wit_bindgen::generate!({

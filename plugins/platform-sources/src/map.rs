@@ -14,6 +14,10 @@ pub enum Kind {
     HelloClient,
     OHallo,
     StandardWebhooks,
+    /// oHallo's REST API items, as a `poll` source fetches them.
+    OHalloConversation,
+    OHalloKbEntry,
+    OHalloAttentionItem,
 }
 
 impl Kind {
@@ -32,7 +36,7 @@ impl Kind {
         let c: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
         Kind::from_name(&c.kind).ok_or_else(|| {
             format!(
-                "unknown kind {:?}: onehash, onwebchat, convosphere, helloclient, ohallo or standard-webhooks",
+                "unknown kind {:?}: onehash, onwebchat, convosphere, helloclient, ohallo, standard-webhooks, ohallo-conversation, ohallo-kb-entry or ohallo-attention-item",
                 c.kind
             )
         })
@@ -46,6 +50,9 @@ impl Kind {
             "helloclient" => Kind::HelloClient,
             "ohallo" => Kind::OHallo,
             "standard-webhooks" => Kind::StandardWebhooks,
+            "ohallo-conversation" => Kind::OHalloConversation,
+            "ohallo-kb-entry" => Kind::OHalloKbEntry,
+            "ohallo-attention-item" => Kind::OHalloAttentionItem,
             _ => return None,
         })
     }
@@ -57,7 +64,10 @@ impl Kind {
             Kind::OnWebChat => "onwebchat",
             Kind::Convosphere => "convosphere",
             Kind::HelloClient => "helloclient",
-            Kind::OHallo => "ohallo",
+            Kind::OHallo
+            | Kind::OHalloConversation
+            | Kind::OHalloKbEntry
+            | Kind::OHalloAttentionItem => "ohallo",
             Kind::StandardWebhooks => "standard_webhooks",
         }
     }
@@ -183,6 +193,9 @@ pub fn normalize(
             });
         }
         Kind::OHallo => vec![ohallo(body)?],
+        Kind::OHalloConversation | Kind::OHalloKbEntry | Kind::OHalloAttentionItem => {
+            vec![crate::ohallo_api::item(kind, body)?]
+        }
         Kind::StandardWebhooks => unreachable!("answered above"),
     };
     Ok(Normalized {

@@ -1,0 +1,477 @@
+//! Poll sources: for a platform with no webhooks yet (oHallo recommends
+//! polling its REST API with `updatedSince`), wasmhook fetches a list
+//! every `every_secs` and turns each item into events through a bundled
+//! format.
+//!
+//! - **Once per change**: an item's event id is the source, the item's id
+//!   and its updated time. An unchanged item polled again is a duplicate
+//!   (routed once); a changed one is a new event.
+//! - **The cursor follows durability**: every page of a poll is asked from
+//!   the same cursor, and the newest updated time seen becomes the cursor
+//!   only once all the poll's pages are durably accepted. A crash in
+//!   between polls those pages again, and their events are duplicates:
+//!   nothing is lost, nothing routed twice. (An API that pages an
+//!   `updatedSince` list in ascending order, as oHallo's, is read whole.)
+//! - **Through the egress guard**: every fetch goes through the delivery
+//!   client, whose resolver refuses private addresses unless allowed; no
+//!   redirects are followed.
+//! - **Polite**: a 429 or 503 waits for `Retry-After` (at least one
+//!   period); other failures back off, doubling up to [`MAX_BACKOFF`]; the
+//!   last run, the cursor and the last error are in the API.
+//! - **One poller in a cluster**: the node that owns the source's
+//!   partition polls it; the others wait and look again each period.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
+
+use super::{ReceiveError, Source};
+use crate::app::App;
+use crate::store::{PollFeed, PollState};
+
+/// The shortest period a source may poll at.
+pub const MIN_EVERY_SECS: u64 = 1;
+/// The longest period (a day).
+pub const MAX_EVERY_SECS: u64 = 86_400;
+/// The longest wait after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1800);
+/// Pages followed in one poll (the rest comes at the next).
+pub const MAX_PAGES: usize = 20;
+/// The largest answer read.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// How often a node looks for poll sources created elsewhere.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Formats a poll source may read its items as: the oHallo item formats,
+/// and every bundled platform kind (the item is then that kind's body).
+pub const FORMATS: &[&str] = &[
+    "ohallo-conversation",
+    "ohallo-kb-entry",
+    "ohallo-attention-item",
+    "ohallo",
+    "onwebchat",
+    "convosphere",
+    "helloclient",
+    "onehash",
+    "standard-webhooks",
+];
+
+/// Why a feed's setting is unusable (the address itself is the egress
+/// guard's, at every fetch).
+pub fn check(feed: &PollFeed) -> Result<(), String> {
+    match reqwest::Url::parse(&feed.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => return Err(format!("poll.url {:?} is not an http(s) URL", feed.url)),
+    }
+    if feed.url.len() > 2000 {
+        return Err("poll.url is longer than 2000 characters".into());
+    }
+    if !(MIN_EVERY_SECS..=MAX_EVERY_SECS).contains(&feed.every_secs) {
+        return Err(format!(
+            "poll.every_secs is {MIN_EVERY_SECS} to {MAX_EVERY_SECS}"
+        ));
+    }
+    if !FORMATS.contains(&feed.format.as_str()) {
+        return Err(format!(
+            "poll.format {:?} is not one of {}",
+            feed.format,
+            FORMATS.join(", ")
+        ));
+    }
+    for (field, pointer) in [
+        ("poll.items", Some(&feed.items)),
+        ("poll.next", feed.next.as_ref()),
+    ] {
+        if let Some(p) = pointer
+            && !(p.is_empty() || p.starts_with('/'))
+        {
+            return Err(format!("{field} is a JSON pointer (`/items`), not {p:?}"));
+        }
+    }
+    let name = |field: &str, v: &str| {
+        if v.is_empty()
+            || v.len() > 100
+            || v.chars().any(|c| c.is_control() || c == '&' || c == '=')
+        {
+            Err(format!(
+                "{field} must be 1 to 100 characters, no `&`, `=` or control characters"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    name("poll.cursor_param", &feed.cursor_param)?;
+    name("poll.next_param", &feed.next_param)?;
+    name("poll.id_field", &feed.id_field)?;
+    name("poll.updated_field", &feed.updated_field)
+}
+
+/// The running pollers, one task per `poll` source.
+#[derive(Default)]
+pub struct Polls {
+    running: Mutex<HashMap<String, AbortHandle>>,
+}
+
+impl Polls {
+    /// Starts (or restarts, after a change) the source's poller.
+    pub fn start(&self, app: &App, source: &Source) {
+        if source.poll.is_none() {
+            return;
+        }
+        let task = tokio::spawn(run(app.clone(), source.clone()));
+        if let Some(old) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.id.clone(), task.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops a deleted source's poller.
+    pub fn stop(&self, source_id: &str) {
+        if let Some(task) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(source_id)
+        {
+            task.abort();
+        }
+    }
+
+    /// Starts a poller for every stored `poll` source that has none yet
+    /// (server start): how many run now.
+    pub fn start_all(&self, app: &App) -> Result<usize, crate::store::StoreError> {
+        for source in app.store.all_sources()?.iter().filter(|s| s.poll.is_some()) {
+            let running = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&source.id);
+            if !running {
+                self.start(app, source);
+            }
+        }
+        Ok(self.running.lock().unwrap_or_else(|e| e.into_inner()).len())
+    }
+
+    /// Looks for new `poll` sources every [`SUPERVISE_EVERY`]: in cluster
+    /// mode a source created through another node must be polled here if
+    /// this node owns it (each poller polls only while its node does).
+    pub async fn supervise(self: Arc<Self>, app: App) {
+        loop {
+            tokio::time::sleep(SUPERVISE_EVERY).await;
+            if let Err(e) = self.start_all(&app) {
+                warn!(error = %e, "looking for new poll sources failed");
+            }
+        }
+    }
+}
+
+/// Why a poll ended early.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    /// 429 or 503: wait this long before the next.
+    #[error("the API asked to wait (HTTP {status}, Retry-After {wait:?})")]
+    Wait { status: u16, wait: Option<Duration> },
+    #[error("{0}")]
+    Failed(String),
+    /// Storage, a full plugin pool, the backlog quota: the page is polled
+    /// again.
+    #[error("the events could not be accepted now: {0}")]
+    NotAccepted(#[from] ReceiveError),
+}
+
+/// Polls for as long as the source exists.
+async fn run(app: App, first: Source) {
+    let mut failures: u32 = 0;
+    loop {
+        // The source as stored now: changed or deleted on any node.
+        let source = match app.store.get_source(&first.tenant_id, &first.id) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                info!(source_id = %first.id, "poller stopped: its source is deleted");
+                return;
+            }
+            Err(e) => {
+                warn!(source_id = %first.id, error = %e, "poller cannot read its source; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let Some(feed) = source.poll.clone() else {
+            return;
+        };
+        let every = Duration::from_secs(feed.every_secs);
+        if !app.owns(&source.id) {
+            tokio::time::sleep(every).await;
+            continue;
+        }
+        let wait = match poll_once(&app, &source, &feed).await {
+            Ok(()) => {
+                failures = 0;
+                every
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                warn!(source_id = %source.id, error = %e, failures, "poll failed");
+                let mut state = app.store.poll_state(&source.id).unwrap_or_default();
+                state.last_run_at = Some(app.clock.now());
+                state.last_error = Some(e.to_string());
+                state.failures = failures;
+                if let Err(e) = app.store.put_poll_state(&source.id, &state).await {
+                    warn!(source_id = %source.id, error = %e, "recording the poll's failure failed");
+                }
+                match e {
+                    PollError::Wait { wait, .. } => {
+                        wait.unwrap_or(every).max(every).min(MAX_BACKOFF)
+                    }
+                    _ => backoff(every, failures),
+                }
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The wait after `failures` failures in a row: the period doubled per
+/// failure, at most [`MAX_BACKOFF`].
+fn backoff(every: Duration, failures: u32) -> Duration {
+    every
+        .saturating_mul(1u32 << failures.min(16))
+        .min(MAX_BACKOFF.max(every))
+}
+
+/// One poll: the pages from the cursor on, each accepted before the cursor
+/// moves past it.
+async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), PollError> {
+    let mut state = app
+        .store
+        .poll_state(&source.id)
+        .map_err(ReceiveError::from)?;
+    let mut headers = Vec::new();
+    if feed.bearer
+        && let Some(token) = source.live_secrets(app.clock.now()).first()
+    {
+        headers.push(("authorization".to_string(), format!("Bearer {token}")));
+    }
+    let base = reqwest::Url::parse(&feed.url).map_err(|e| PollError::Failed(e.to_string()))?;
+    // Every page of this poll is asked from the same cursor; the cursor
+    // moves once the poll's pages are all accepted.
+    let since = state.cursor.clone();
+    let mut newest = since.clone();
+    let mut url = with_param(&base, &feed.cursor_param, since.as_deref());
+    for _ in 0..MAX_PAGES {
+        let (status, wait, body) = app
+            .deliver
+            .sender
+            .get(&url, &headers, FETCH_TIMEOUT, MAX_ANSWER_BYTES)
+            .await
+            .map_err(PollError::Failed)?;
+        if status == 429 || status == 503 {
+            return Err(PollError::Wait {
+                status,
+                wait: wait.map(Duration::from_secs),
+            });
+        }
+        if !(200..300).contains(&status) {
+            return Err(PollError::Failed(format!("HTTP {status} from the API")));
+        }
+        let answer: Value = serde_json::from_slice(&body)
+            .map_err(|e| PollError::Failed(format!("the answer is not JSON: {e}")))?;
+        let page = read_page(&answer, feed).map_err(PollError::Failed)?;
+        let accepted = super::receive_items(
+            app,
+            source,
+            page.items
+                .iter()
+                .map(|i| (i.text.clone(), i.key.clone()))
+                .collect(),
+        )
+        .await?;
+        if let Some(page_newest) = page.items.iter().filter_map(|i| i.updated.clone()).max()
+            && newest.as_ref().is_none_or(|c| page_newest > *c)
+        {
+            newest = Some(page_newest);
+        }
+        state.accepted += accepted as u64;
+        state.last_run_at = Some(app.clock.now());
+        app.store
+            .put_poll_state(&source.id, &state)
+            .await
+            .map_err(ReceiveError::from)?;
+        url = match page.next {
+            Some(next) if next.starts_with("http://") || next.starts_with("https://") => {
+                reqwest::Url::parse(&next)
+                    .map_err(|e| PollError::Failed(format!("the next page's URL: {e}")))?
+            }
+            Some(cursor) => {
+                let mut url = with_param(&base, &feed.cursor_param, since.as_deref());
+                url.query_pairs_mut().append_pair(&feed.next_param, &cursor);
+                url
+            }
+            None => break,
+        };
+    }
+    // Every page is durable: the next poll asks from the newest time seen.
+    state.cursor = newest;
+    state.last_ok_at = state.last_run_at;
+    state.last_error = None;
+    state.failures = 0;
+    app.store
+        .put_poll_state(&source.id, &state)
+        .await
+        .map_err(ReceiveError::from)?;
+    Ok(())
+}
+
+/// `url` with `name=value` set (replacing one of that name), or as it is
+/// without a value.
+fn with_param(url: &reqwest::Url, name: &str, value: Option<&str>) -> reqwest::Url {
+    let Some(value) = value else {
+        return url.clone();
+    };
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = url.clone();
+    out.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair(name, value);
+    out
+}
+
+/// One item of a page: its JSON text, its event-id key, its updated time.
+#[derive(Debug, PartialEq)]
+struct Item {
+    text: String,
+    key: String,
+    updated: Option<String>,
+}
+
+/// A page read: the items, and where the next is.
+#[derive(Debug, PartialEq)]
+struct Page {
+    items: Vec<Item>,
+    next: Option<String>,
+}
+
+fn text_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn read_page(answer: &Value, feed: &PollFeed) -> Result<Page, String> {
+    let list = answer
+        .pointer(&feed.items)
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("the answer has no list at {:?}", feed.items))?;
+    let mut items = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let id = text_of(item.get(&feed.id_field))
+            .ok_or_else(|| format!("item {i} has no `{}`", feed.id_field))?;
+        let updated = text_of(item.get(&feed.updated_field));
+        let key = format!("{id}:{}", updated.as_deref().unwrap_or("-"));
+        items.push(Item {
+            text: item.to_string(),
+            key,
+            updated,
+        });
+    }
+    let next = feed
+        .next
+        .as_deref()
+        .and_then(|p| text_of(answer.pointer(p)));
+    Ok(Page { items, next })
+}
+
+/// What the API shows of a poll source's progress.
+pub fn state(app: &App, source: &Source) -> Option<PollState> {
+    source.poll.as_ref()?;
+    app.store.poll_state(&source.id).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn feed() -> PollFeed {
+        serde_json::from_value(json!({"url": "https://api.example.com/c?w=1", "format": "ohallo-conversation", "next": "/next"}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_page_is_read_with_its_keys_and_next() {
+        let page = read_page(
+            &json!({"items": [{"id": 7, "updatedAt": "2026-12-01T10:00:00Z"}, {"id": "b"}], "next": "c2"}),
+            &feed(),
+        )
+        .unwrap();
+        assert_eq!(page.items[0].key, "7:2026-12-01T10:00:00Z");
+        assert_eq!(page.items[1].key, "b:-");
+        assert_eq!(page.next.as_deref(), Some("c2"));
+        assert!(
+            read_page(&json!({"items": [{"x": 1}]}), &feed())
+                .unwrap_err()
+                .contains("`id`")
+        );
+        assert!(
+            read_page(&json!({"data": []}), &feed())
+                .unwrap_err()
+                .contains("/items")
+        );
+    }
+
+    #[test]
+    fn the_cursor_replaces_its_parameter() {
+        let url = reqwest::Url::parse("https://a.example/c?w=1&updatedSince=old").unwrap();
+        let with = with_param(&url, "updatedSince", Some("2026-12-01T10:00:00+00:00"));
+        assert_eq!(
+            with.as_str(),
+            "https://a.example/c?w=1&updatedSince=2026-12-01T10%3A00%3A00%2B00%3A00"
+        );
+        assert_eq!(with_param(&url, "updatedSince", None), url);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(check(&feed()).is_ok());
+        let mut f = feed();
+        f.every_secs = 0;
+        assert!(check(&f).unwrap_err().contains("every_secs"));
+        let mut f = feed();
+        f.url = "ftp://x".into();
+        assert!(check(&f).is_err());
+        let mut f = feed();
+        f.format = "unknown".into();
+        assert!(check(&f).is_err());
+        let mut f = feed();
+        f.items = "items".into();
+        assert!(check(&f).is_err());
+        let mut f = feed();
+        f.cursor_param = "a&b".into();
+        assert!(check(&f).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let every = Duration::from_secs(30);
+        assert_eq!(backoff(every, 1), Duration::from_secs(60));
+        assert_eq!(backoff(every, 3), Duration::from_secs(240));
+        assert_eq!(backoff(every, 30), MAX_BACKOFF);
+    }
+}
