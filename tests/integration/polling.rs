@@ -166,7 +166,7 @@ async fn a_polled_api_is_delivered_once_per_change_through_failures_and_a_kill_9
             &key,
             Some(json!({"kind": "poll", "secret": TOKEN,
                         "poll": {"url": url, "every_secs": 1, "format": "ohallo-conversation",
-                                 "next": "/next"}})),
+                                 "next": "/next", "headers": {"X-Workspace": "w1"}}})),
         )
         .await;
     assert_eq!(status, 201, "{source}");
@@ -385,4 +385,54 @@ async fn polls_go_through_the_egress_guard_and_bad_settings_are_refused() {
         .call("DELETE", &format!("/v1/sources/{id}"), &key, None)
         .await;
     assert_eq!(status, 204);
+}
+
+/// A poll source may read its items with the tenant's own adapter (an
+/// uploaded source-world component) instead of a bundled format.
+#[tokio::test]
+async fn a_poll_source_reads_its_items_with_an_uploaded_adapter() {
+    let api = Arc::new(Api::default());
+    api.put(
+        "kb1",
+        "pending",
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T10:00:00Z",
+    );
+    api.put(
+        "kb2",
+        "pending",
+        "2026-12-01T10:01:00Z",
+        "2026-12-01T10:01:00Z",
+    );
+    let url = start_api(api.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("own-adapter").await;
+    let rx = Receiver::ok().await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["kb_entry.*"]}),
+        )
+        .await;
+    let wasm = wasmhook::runtime::bundled::find("platform-sources")
+        .unwrap()
+        .wasm
+        .to_vec();
+    let plugin = server.upload_plugin(&key, "name=kb-adapter", wasm).await;
+    let (status, source) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "poll", "secret": TOKEN,
+                        "plugin": {"id": plugin["id"], "config": {"kind": "ohallo-kb-entry"}},
+                        "poll": {"url": url, "every_secs": 1, "headers": {"X-Workspace": "w1"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{source}");
+    let counts = wait_for_events(&rx, 2).await;
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let first: Value = serde_json::from_slice(&rx.received()[0].body).unwrap();
+    assert_eq!(first["type"], "kb_entry.proposed", "{first}");
 }

@@ -57,6 +57,9 @@ pub struct SourceInput {
     /// What a `poll` source fetches: `{"url", "format", "every_secs"?, …}`;
     /// its `secret` is the API's bearer token.
     poll: Option<PollFeed>,
+    /// A `standard-webhooks` source: the type of an event whose body names
+    /// none.
+    default_type: Option<String>,
     description: Option<String>,
 }
 
@@ -93,6 +96,8 @@ pub struct SourceView {
     pub nats: Option<NatsFeed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll: Option<PollFeed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_type: Option<String>,
     /// A `poll` source's cursor, last run and last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_state: Option<PollState>,
@@ -119,6 +124,7 @@ impl SourceView {
             plugin: s.plugin,
             nats: s.nats.as_ref().map(NatsFeed::redacted),
             poll: s.poll,
+            default_type: s.default_type,
             description: s.description,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -205,7 +211,7 @@ async fn create(
                 "a `plugin` source needs `plugin`: {\"id\": \"plg_…\", \"config\": {…}}",
             ));
         }
-        (kind, Some(_)) if kind != Kind::Plugin => {
+        (kind, Some(_)) if !matches!(kind, Kind::Plugin | Kind::Poll) => {
             return Err(bad(format!(
                 "`plugin` is for kind `plugin`; a {} source uses the bundled adapter",
                 kind.name()
@@ -238,6 +244,11 @@ async fn create(
         }
         (Kind::Poll, Some(feed)) => {
             source::poll::check(feed).map_err(bad)?;
+            if feed.format.is_empty() == input.plugin.is_none() {
+                return Err(bad(
+                    "a `poll` source reads its items with a bundled `poll.format` or an uploaded adapter (`plugin`): one of the two",
+                ));
+            }
             if feed.bearer && input.secret.is_none() {
                 return Err(bad(
                     "a `poll` source sends its `secret` as the API's bearer token: give it, or set poll.bearer to false",
@@ -289,6 +300,20 @@ async fn create(
         plugin: input.plugin,
         nats: input.nats,
         poll: input.poll,
+        default_type: match input.default_type {
+            Some(_) if input.kind != Kind::StandardWebhooks => {
+                return Err(bad(format!(
+                    "`default_type` is for standard-webhooks sources, not {}",
+                    input.kind.name()
+                )));
+            }
+            Some(t) if !crate::event::is_valid_type(&t) => {
+                return Err(bad(format!(
+                    "default_type {t:?} is not an event type (`a.b`)"
+                )));
+            }
+            other => other,
+        },
         description: check_description(input.description.unwrap_or_default())?,
         created_at: now,
         updated_at: now,

@@ -113,18 +113,21 @@ impl Source {
                 serde_json::json!({ "kind": feed.format }).to_string(),
             );
         }
-        if let Some(feed) = &self.poll {
-            return (
+        match (&self.plugin, &self.poll) {
+            // An uploaded adapter: a `plugin` source's, or a `poll` source's
+            // instead of a bundled format.
+            (Some(p), _) => (p.id.clone(), p.config.to_string()),
+            (None, Some(feed)) => (
                 BUNDLED_ADAPTER.to_string(),
                 serde_json::json!({ "kind": feed.format }).to_string(),
-            );
-        }
-        match &self.plugin {
-            Some(p) => (p.id.clone(), p.config.to_string()),
-            None => (
-                BUNDLED_ADAPTER.to_string(),
-                serde_json::json!({ "kind": self.kind.name() }).to_string(),
             ),
+            (None, None) => {
+                let mut config = serde_json::json!({ "kind": self.kind.name() });
+                if let Some(t) = &self.default_type {
+                    config["default_type"] = serde_json::json!(t);
+                }
+                (BUNDLED_ADAPTER.to_string(), config.to_string())
+            }
         }
     }
 

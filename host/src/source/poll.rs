@@ -76,6 +76,28 @@ pub fn check(feed: &PollFeed) -> Result<(), String> {
             "poll.every_secs is {MIN_EVERY_SECS} to {MAX_EVERY_SECS}"
         ));
     }
+    for name in feed.headers.keys() {
+        crate::sign::check_header_name(name).map_err(|e| format!("poll.headers: {e}"))?;
+        if ["authorization", "cookie", "host"].contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "poll.headers: {name} is not set here (the bearer token is the source's secret)"
+            ));
+        }
+    }
+    if feed.headers.len() > 20
+        || feed
+            .headers
+            .values()
+            .any(|v| v.len() > 1000 || v.chars().any(char::is_control))
+    {
+        return Err(
+            "poll.headers: at most 20, each value at most 1000 printable characters".into(),
+        );
+    }
+    if feed.format.is_empty() {
+        // The source's uploaded adapter reads the items (checked by the caller).
+        return Ok(());
+    }
     if !FORMATS.contains(&feed.format.as_str()) {
         return Err(format!(
             "poll.format {:?} is not one of {}",
@@ -256,7 +278,11 @@ async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), Po
         .store
         .poll_state(&source.id)
         .map_err(ReceiveError::from)?;
-    let mut headers = Vec::new();
+    let mut headers: Vec<(String, String)> = feed
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
     if feed.bearer
         && let Some(token) = source.live_secrets(app.clock.now()).first()
     {

@@ -59,6 +59,10 @@ pub struct Source {
     /// secret, sealed like every secret).
     #[serde(default)]
     pub poll: Option<PollFeed>,
+    /// A `standard-webhooks` source: the type of an event whose body names
+    /// none (`type` or `eventType`); default `standard_webhooks.message`.
+    #[serde(default)]
+    pub default_type: Option<String>,
     pub description: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -177,8 +181,15 @@ pub struct PollFeed {
     pub every_secs: u64,
     /// The bundled format each item is read as (`ohallo-conversation`,
     /// `ohallo-kb-entry`, `ohallo-attention-item`, or any bundled kind:
-    /// the item is then the body that kind's adapter reads).
+    /// the item is then the body that kind's adapter reads). Empty when
+    /// the source has an uploaded adapter (`plugin`) instead.
+    #[serde(default)]
     pub format: String,
+    /// Headers sent with every fetch besides the bearer token (not
+    /// secrets: shown in answers; `Authorization`, `Cookie` and `Host`
+    /// are refused).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
     /// The query parameter that carries the cursor: the newest updated
     /// time accepted so far (default `updatedSince`).
     #[serde(default = "default_cursor_param")]

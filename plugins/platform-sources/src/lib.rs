@@ -27,23 +27,23 @@ use wasmhook::plugin::source_types::Incoming;
 /// The component's exports.
 struct Adapter;
 
-fn kind_of(config: &str) -> Result<map::Kind, SourceError> {
-    map::Kind::from_config(config).map_err(SourceError::BadConfig)
+fn settings_of(config: &str) -> Result<map::Settings, SourceError> {
+    map::Settings::from_config(config).map_err(SourceError::BadConfig)
 }
 
 impl Guest for Adapter {
     fn check_config(config: String) -> Result<(), SourceError> {
-        kind_of(&config).map(|_| ())
+        settings_of(&config).map(|_| ())
     }
 
     fn normalize(request: Inbound, config: String) -> Result<Normalized, SourceError> {
-        let kind = kind_of(&config)?;
+        let settings = settings_of(&config)?;
         let headers: Vec<(String, String)> = request
             .headers
             .into_iter()
             .map(|h| (h.name, h.value))
             .collect();
-        let out = map::normalize(kind, &headers, &request.body, &request.received_at)
+        let out = map::normalize_with(&settings, &headers, &request.body, &request.received_at)
             .map_err(SourceError::BadPayload)?;
         Ok(Normalized {
             events: out

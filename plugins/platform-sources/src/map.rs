@@ -23,10 +23,26 @@ pub enum Kind {
 impl Kind {
     /// The config the host passes: `{"kind": "<name>"}`.
     pub fn from_config(config: &str) -> Result<Kind, String> {
+        Ok(Settings::from_config(config)?.kind)
+    }
+}
+
+/// The whole config: the kind, and a standard-webhooks source's type for
+/// events whose body names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub kind: Kind,
+    pub default_type: Option<String>,
+}
+
+impl Settings {
+    pub fn from_config(config: &str) -> Result<Settings, String> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Config {
             kind: String,
+            #[serde(default)]
+            default_type: Option<String>,
         }
         let text = if config.trim().is_empty() {
             "{}"
@@ -34,14 +50,20 @@ impl Kind {
             config
         };
         let c: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        Kind::from_name(&c.kind).ok_or_else(|| {
+        let kind = Kind::from_name(&c.kind).ok_or_else(|| {
             format!(
                 "unknown kind {:?}: onehash, onwebchat, convosphere, helloclient, ohallo, standard-webhooks, ohallo-conversation, ohallo-kb-entry or ohallo-attention-item",
                 c.kind
             )
+        })?;
+        Ok(Settings {
+            kind,
+            default_type: c.default_type,
         })
     }
+}
 
+impl Kind {
     pub fn from_name(name: &str) -> Option<Kind> {
         Some(match name {
             "onehash" | "chatwoot" => Kind::OneHash,
@@ -154,7 +176,26 @@ pub fn normalize(
     body_text: &str,
     received_at: &str,
 ) -> Result<Normalized, String> {
+    normalize_with(
+        &Settings {
+            kind,
+            default_type: None,
+        },
+        headers,
+        body_text,
+        received_at,
+    )
+}
+
+/// [`normalize`] with the source's whole config.
+pub fn normalize_with(
+    settings: &Settings,
+    headers: &[(String, String)],
+    body_text: &str,
+    received_at: &str,
+) -> Result<Normalized, String> {
     let _ = received_at;
+    let kind = settings.kind;
     let value: Value =
         serde_json::from_str(body_text).map_err(|e| format!("the body is not JSON: {e}"))?;
     let header = |name: &str| {
@@ -167,7 +208,11 @@ pub fn normalize(
     if kind == Kind::StandardWebhooks {
         // Any JSON: a Standard Webhooks sender posts its own payload.
         return Ok(Normalized {
-            events: vec![standard(value, header("webhook-id"))?],
+            events: vec![standard(
+                value,
+                header("webhook-id"),
+                settings.default_type.as_deref(),
+            )?],
             reply: None,
         });
     }
@@ -576,8 +621,13 @@ fn ohallo(body: Map<String, Value>) -> Result<Event, String> {
 /// form (`type`, `timestamp`, `data` object) gives its `data`; any other
 /// payload (Svix and most senders post their own) is the event's data as a
 /// whole (wrapped as `{"value": …}` when it is not an object). The type is
-/// the body's `type` or `eventType`, else `standard_webhooks.message`.
-fn standard(body: Value, webhook_id: Option<&str>) -> Result<Event, String> {
+/// the body's `type` or `eventType`, else the source's `default_type`,
+/// else `standard_webhooks.message`.
+fn standard(
+    body: Value,
+    webhook_id: Option<&str>,
+    default_type: Option<&str>,
+) -> Result<Event, String> {
     let fields = body.as_object();
     let field = |name: &str| fields.and_then(|b| b.get(name));
     let name = match field("type").or_else(|| field("eventType")) {
@@ -596,7 +646,9 @@ fn standard(body: Value, webhook_id: Option<&str>) -> Result<Event, String> {
     let event_type = match name {
         Some(name) if valid(&name) => name,
         Some(name) => Kind::StandardWebhooks.unknown(&name),
-        None => "standard_webhooks.message".to_string(),
+        None => default_type
+            .unwrap_or("standard_webhooks.message")
+            .to_string(),
     };
     // wasmhook's own deliveries carry the event id in the body: an event
     // forwarded by another wasmhook keeps its id. Otherwise the delivery id.
