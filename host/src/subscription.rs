@@ -147,6 +147,10 @@ pub fn check_secret(scheme: &Scheme, secret: &str) -> Result<(), String> {
         Scheme::StandardWebhooks => sign::standard_key(secret)
             .map(|_| ())
             .map_err(|e| format!("secret: {e}")),
+        // A private key must not become another scheme's HMAC key.
+        _ if sign::is_signing_key(secret) => Err(
+            "secret: an asymmetric key (whsk_) signs standard-webhooks only; rotate to a secret first".into(),
+        ),
         _ if (16..=200).contains(&secret.len()) && secret.chars().all(|c| c.is_ascii_graphic()) => {
             Ok(())
         }

@@ -31,6 +31,8 @@ struct Api {
     hold_second_page: AtomicBool,
     requests: AtomicU32,
     unauthorized: AtomicU32,
+    /// Name this absolute URL as the next page instead of a cursor.
+    next_url: Mutex<Option<String>>,
 }
 
 impl Api {
@@ -86,7 +88,13 @@ async fn conversations(
         .cloned()
         .collect();
     let page: Vec<Value> = items.iter().skip(offset).take(PAGE).cloned().collect();
-    let next = (offset + PAGE < items.len()).then(|| (offset + PAGE).to_string());
+    let next = (offset + PAGE < items.len()).then(|| {
+        api.next_url
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| (offset + PAGE).to_string())
+    });
     axum::Json(json!({"items": page, "next": next})).into_response()
 }
 
@@ -427,7 +435,8 @@ async fn a_poll_source_reads_its_items_with_an_uploaded_adapter() {
             &key,
             Some(json!({"kind": "poll", "secret": TOKEN,
                         "plugin": {"id": plugin["id"], "config": {"kind": "ohallo-kb-entry"}},
-                        "poll": {"url": url, "every_secs": 1, "headers": {"X-Workspace": "w1"}}})),
+                        "poll": {"url": url, "every_secs": 1, "next": "/next",
+                                 "headers": {"X-Workspace": "w1"}}})),
         )
         .await;
     assert_eq!(status, 201, "{source}");
@@ -435,4 +444,43 @@ async fn a_poll_source_reads_its_items_with_an_uploaded_adapter() {
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
     let first: Value = serde_json::from_slice(&rx.received()[0].body).unwrap();
     assert_eq!(first["type"], "kb_entry.proposed", "{first}");
+
+    // A next page on another origin is not followed: the token goes to
+    // the polled API only.
+    *api.next_url.lock().unwrap() = Some("http://127.0.0.2:9/steal?all=1".into());
+    api.put(
+        "kb3",
+        "pending",
+        "2026-12-01T10:02:00Z",
+        "2026-12-01T10:02:00Z",
+    );
+    api.put(
+        "kb4",
+        "pending",
+        "2026-12-01T10:03:00Z",
+        "2026-12-01T10:03:00Z",
+    );
+    // A third, so that a poll between the puts still ends with a page
+    // that names a next one.
+    api.put(
+        "kb5",
+        "pending",
+        "2026-12-01T10:04:00Z",
+        "2026-12-01T10:04:00Z",
+    );
+    let id = source["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, s) = server
+            .call("GET", &format!("/v1/sources/{id}"), &key, None)
+            .await;
+        if s["poll_state"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another origin"))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -16,6 +16,7 @@ pub mod openapi;
 mod ops;
 mod plugins;
 mod secrets;
+mod source_views;
 mod sources;
 mod subscription_actions;
 mod subscriptions;

@@ -260,12 +260,13 @@ pub async fn receive(
 /// again unchanged is the same event and a changed one a new event. All
 /// the page's events are accepted together, durably, before this returns;
 /// an item the adapter refuses is kept as a dead letter. Returns how many
-/// events were new.
+/// events were new, and the keys of the items refused.
 pub async fn receive_items(
     app: &App,
     source: &Source,
     items: Vec<(String, String)>,
-) -> Result<usize, ReceiveError> {
+) -> Result<(usize, Vec<String>), ReceiveError> {
+    let mut refused = Vec::new();
     let now = app.clock.now();
     let mut events = Vec::new();
     for (text, key) in items {
@@ -290,6 +291,7 @@ pub async fn receive_items(
                 events.append(&mut made);
             }
             Err(message) => {
+                refused.push(key);
                 let letter = DeadLetter {
                     id: new_id_at("dlq", now),
                     source_id: source.id.clone(),
@@ -310,7 +312,8 @@ pub async fn receive_items(
         }
     }
     let receipt = accept(app, source, events, None).await?;
-    Ok(receipt.events.iter().filter(|e| e.accepted_new).count())
+    let new = receipt.events.iter().filter(|e| e.accepted_new).count();
+    Ok((new, refused))
 }
 
 /// Runs a dead letter through the source's adapter again (no signature

@@ -21,7 +21,7 @@
 //! - **One poller in a cluster**: the node that owns the source's
 //!   partition polls it; the others wait and look again each period.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(1800);
 /// Pages followed in one poll (the rest comes at the next).
 pub const MAX_PAGES: usize = 20;
 /// The largest answer read.
-pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// The most items one page may list.
+pub const MAX_ITEMS_PER_PAGE: usize = 1000;
 /// How often a node looks for poll sources created elsewhere.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 /// How long one fetch may take.
@@ -65,6 +67,11 @@ pub const FORMATS: &[&str] = &[
 /// guard's, at every fetch).
 pub fn check(feed: &PollFeed) -> Result<(), String> {
     match reqwest::Url::parse(&feed.url) {
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            return Err(
+                "poll.url carries credentials; give the API's token as the source's secret".into(),
+            );
+        }
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
         _ => return Err(format!("poll.url {:?} is not an http(s) URL", feed.url)),
     }
@@ -94,11 +101,9 @@ pub fn check(feed: &PollFeed) -> Result<(), String> {
             "poll.headers: at most 20, each value at most 1000 printable characters".into(),
         );
     }
-    if feed.format.is_empty() {
-        // The source's uploaded adapter reads the items (checked by the caller).
-        return Ok(());
-    }
-    if !FORMATS.contains(&feed.format.as_str()) {
+    // Empty: the source's uploaded adapter reads the items (the caller
+    // checks there is one).
+    if !feed.format.is_empty() && !FORMATS.contains(&feed.format.as_str()) {
         return Err(format!(
             "poll.format {:?} is not one of {}",
             feed.format,
@@ -214,6 +219,9 @@ enum PollError {
 /// Polls for as long as the source exists.
 async fn run(app: App, first: Source) {
     let mut failures: u32 = 0;
+    // Items the adapter refused (kept once as dead letters): not again
+    // at every poll while the API keeps listing them.
+    let mut refused = HashSet::new();
     loop {
         // The source as stored now: changed or deleted on any node.
         let source = match app.store.get_source(&first.tenant_id, &first.id) {
@@ -233,10 +241,11 @@ async fn run(app: App, first: Source) {
         };
         let every = Duration::from_secs(feed.every_secs);
         if !app.owns(&source.id) {
-            tokio::time::sleep(every).await;
+            // Look again soon: this node may take the source over.
+            tokio::time::sleep(every.min(SUPERVISE_EVERY)).await;
             continue;
         }
-        let wait = match poll_once(&app, &source, &feed).await {
+        let wait = match poll_once(&app, &source, &feed, &mut refused).await {
             Ok(()) => {
                 failures = 0;
                 every
@@ -244,16 +253,19 @@ async fn run(app: App, first: Source) {
             Err(e) => {
                 failures = failures.saturating_add(1);
                 warn!(source_id = %source.id, error = %e, failures, "poll failed");
-                let mut state = app.store.poll_state(&source.id).unwrap_or_default();
-                state.last_run_at = Some(app.clock.now());
-                state.last_error = Some(e.to_string());
-                state.failures = failures;
-                if let Err(e) = app.store.put_poll_state(&source.id, &state).await {
-                    warn!(source_id = %source.id, error = %e, "recording the poll's failure failed");
+                // Recorded only over a state that could be read (a default
+                // one would reset the cursor).
+                if let Ok(mut state) = app.store.poll_state(&source.id) {
+                    state.last_run_at = Some(app.clock.now());
+                    state.last_error = Some(e.to_string());
+                    state.failures = failures;
+                    if let Err(e) = app.store.put_poll_state(&source.id, &state).await {
+                        warn!(source_id = %source.id, error = %e, "recording the poll's failure failed");
+                    }
                 }
                 match e {
                     PollError::Wait { wait, .. } => {
-                        wait.unwrap_or(every).max(every).min(MAX_BACKOFF)
+                        wait.unwrap_or(every).min(MAX_BACKOFF).max(every)
                     }
                     _ => backoff(every, failures),
                 }
@@ -271,13 +283,43 @@ fn backoff(every: Duration, failures: u32) -> Duration {
         .min(MAX_BACKOFF.max(every))
 }
 
-/// One poll: the pages from the cursor on, each accepted before the cursor
-/// moves past it.
-async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), PollError> {
-    let mut state = app
+/// Polls running at once on this node, whatever the number of sources:
+/// each holds an answer and its items in memory.
+static CONCURRENT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Whether `a` is a later time than `b`: as instants when both parse
+/// (RFC 3339 with any offset, or Unix seconds), else as text.
+fn later(a: &str, b: &str) -> bool {
+    fn instant(t: &str) -> Option<jiff::Timestamp> {
+        t.parse::<jiff::Timestamp>().ok().or_else(|| {
+            t.parse::<i64>()
+                .ok()
+                .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        })
+    }
+    match (instant(a), instant(b)) {
+        (Some(a), Some(b)) => a > b,
+        _ => a > b,
+    }
+}
+
+/// One poll: the pages from the cursor on, each accepted before the next
+/// is asked for; the cursor moves once they all are.
+async fn poll_once(
+    app: &App,
+    source: &Source,
+    feed: &PollFeed,
+    refused: &mut HashSet<String>,
+) -> Result<(), PollError> {
+    let _slot = CONCURRENT
+        .acquire()
+        .await
+        .map_err(|_| PollError::Failed("shutting down".into()))?;
+    let before = app
         .store
         .poll_state(&source.id)
         .map_err(ReceiveError::from)?;
+    let mut state = before.clone();
     let mut headers: Vec<(String, String)> = feed
         .headers
         .iter()
@@ -295,6 +337,11 @@ async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), Po
     let mut newest = since.clone();
     let mut url = with_param(&base, &feed.cursor_param, since.as_deref());
     for _ in 0..MAX_PAGES {
+        if !app.owns(&source.id) {
+            // Another node took the source over: it goes on from the
+            // stored cursor.
+            return Ok(());
+        }
         let (status, wait, body) = app
             .deliver
             .sender
@@ -312,31 +359,37 @@ async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), Po
         }
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| PollError::Failed(format!("the answer is not JSON: {e}")))?;
+        drop(body);
         let page = read_page(&answer, feed).map_err(PollError::Failed)?;
-        let accepted = super::receive_items(
-            app,
-            source,
-            page.items
-                .iter()
-                .map(|i| (i.text.clone(), i.key.clone()))
-                .collect(),
-        )
-        .await?;
-        if let Some(page_newest) = page.items.iter().filter_map(|i| i.updated.clone()).max()
-            && newest.as_ref().is_none_or(|c| page_newest > *c)
-        {
-            newest = Some(page_newest);
+        drop(answer);
+        let items: Vec<(String, String)> = page
+            .items
+            .iter()
+            .filter(|i| !refused.contains(&i.key))
+            .map(|i| (i.text.clone(), i.key.clone()))
+            .collect();
+        let (accepted, newly_refused) = super::receive_items(app, source, items).await?;
+        refused.extend(newly_refused);
+        for updated in page.items.iter().filter_map(|i| i.updated.as_deref()) {
+            if newest.as_deref().is_none_or(|c| later(updated, c)) {
+                newest = Some(updated.to_string());
+            }
         }
         state.accepted += accepted as u64;
         state.last_run_at = Some(app.clock.now());
-        app.store
-            .put_poll_state(&source.id, &state)
-            .await
-            .map_err(ReceiveError::from)?;
         url = match page.next {
             Some(next) if next.starts_with("http://") || next.starts_with("https://") => {
-                reqwest::Url::parse(&next)
-                    .map_err(|e| PollError::Failed(format!("the next page's URL: {e}")))?
+                let next = reqwest::Url::parse(&next)
+                    .map_err(|e| PollError::Failed(format!("the next page's URL: {e}")))?;
+                // The token and headers go to the polled API only.
+                if next.origin() != base.origin() {
+                    return Err(PollError::Failed(format!(
+                        "the next page is on another origin ({}); only {} is polled",
+                        next.origin().ascii_serialization(),
+                        base.origin().ascii_serialization()
+                    )));
+                }
+                next
             }
             Some(cursor) => {
                 let mut url = with_param(&base, &feed.cursor_param, since.as_deref());
@@ -351,10 +404,29 @@ async fn poll_once(app: &App, source: &Source, feed: &PollFeed) -> Result<(), Po
     state.last_ok_at = state.last_run_at;
     state.last_error = None;
     state.failures = 0;
-    app.store
-        .put_poll_state(&source.id, &state)
-        .await
-        .map_err(ReceiveError::from)?;
+    // A poll that found nothing new writes nothing (in cluster mode every
+    // write is a batch on the log), but for the run times every minute.
+    let quiet = state.cursor == before.cursor
+        && state.accepted == before.accepted
+        && before.last_error.is_none()
+        && before
+            .last_run_at
+            .zip(state.last_run_at)
+            .is_some_and(|(b, n)| n.duration_since(b) < jiff::SignedDuration::from_mins(1));
+    if !quiet {
+        // Not for a source deleted meanwhile (its state went with it).
+        if app
+            .store
+            .get_source(&source.tenant_id, &source.id)
+            .map_err(ReceiveError::from)?
+            .is_some()
+        {
+            app.store
+                .put_poll_state(&source.id, &state)
+                .await
+                .map_err(ReceiveError::from)?;
+        }
+    }
     Ok(())
 }
 
@@ -405,6 +477,12 @@ fn read_page(answer: &Value, feed: &PollFeed) -> Result<Page, String> {
         .pointer(&feed.items)
         .and_then(Value::as_array)
         .ok_or_else(|| format!("the answer has no list at {:?}", feed.items))?;
+    if list.len() > MAX_ITEMS_PER_PAGE {
+        return Err(format!(
+            "the page lists {} items, over the {MAX_ITEMS_PER_PAGE} a page may (ask the API for smaller pages)",
+            list.len()
+        ));
+    }
     let mut items = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let id = text_of(item.get(&feed.id_field))
@@ -491,6 +569,14 @@ mod tests {
         let mut f = feed();
         f.cursor_param = "a&b".into();
         assert!(check(&f).is_err());
+    }
+
+    #[test]
+    fn later_compares_instants_not_text() {
+        assert!(later("2026-12-01T10:00:00Z", "2026-12-01T11:00:00+02:00"));
+        assert!(!later("2026-12-01T11:00:00+02:00", "2026-12-01T10:00:00Z"));
+        assert!(later("1000000000", "999999999"));
+        assert!(later("b", "a"));
     }
 
     #[test]

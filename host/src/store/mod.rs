@@ -65,6 +65,8 @@ use embedded::commit;
 mod events;
 mod group;
 use group::Groups;
+mod backend;
+use backend::{Backend, ClusterBackend};
 mod keys;
 pub use keys::*;
 pub mod migrate;
@@ -207,46 +209,7 @@ pub struct Trees {
     bodies: events::Bodies,
 }
 
-/// The backend of a store. Reads are the same on both (the trees above);
-/// writes go to the embedded committer or through the cluster's log.
-enum Backend {
-    /// The committer thread (`embedded/commit.rs`).
-    Embedded(std::sync::mpsc::Sender<commit::Job>),
-    /// The trees are this node's view of the cluster's log.
-    Cluster(Box<ClusterBackend>),
-}
-
-/// What the cluster backend keeps beside the view.
-struct ClusterBackend {
-    /// The log every write goes through (see `change.rs`).
-    log: Arc<cluster::log::Log>,
-    /// Plugin components (see `cluster/blobs.rs`).
-    blobs: cluster::blobs::Blobs,
-    /// Concurrent acceptances, and concurrent attempt records, each
-    /// grouped into one batch of the log (`cluster/group.rs`); set once the
-    /// store exists, since the groups write through it.
-    groups: std::sync::OnceLock<Groups>,
-}
-
 impl Store {
-    /// Cluster mode: the cluster backend.
-    fn cluster(&self) -> Option<&ClusterBackend> {
-        match &self.backend {
-            Backend::Cluster(c) => Some(c),
-            Backend::Embedded(_) => None,
-        }
-    }
-
-    /// Cluster mode: the plugin object store.
-    fn blobs(&self) -> Option<&cluster::blobs::Blobs> {
-        self.cluster().map(|c| &c.blobs)
-    }
-
-    /// Cluster mode: the write groups, once started.
-    fn groups(&self) -> Option<&Groups> {
-        self.cluster().and_then(|c| c.groups.get())
-    }
-
     /// Waits until everything written so far is on disk. Concurrent callers
     /// share one flush: the committer serves every call that arrived while
     /// it was busy with the next one.
