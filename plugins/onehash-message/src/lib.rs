@@ -220,8 +220,9 @@ impl Plugin for OneHashMessage {
         let visitor = (m.author == "visitor").then(|| {
             let mut push = sender.clone();
             if let Some(p) = push.as_object_mut() {
-                p.remove("account");
-                p.remove("avatar");
+                // In place: Chatwoot's key order stays.
+                p.shift_remove("account");
+                p.shift_remove("avatar");
                 p.insert("type".into(), json!("contact"));
             }
             push

@@ -356,6 +356,10 @@ fn resolved(body: &Map<String, Value>) -> Result<Event, String> {
         None => body,
     };
     let mut data = conversation_fields(conversation)?;
+    if !conversation.contains_key("account") {
+        // The seed's shape: the account beside the conversation.
+        account(body, &mut data);
+    }
     let resolved_at = time_field(conversation, "updated_at")?.or(time_field(body, "created_at")?);
     data.insert("resolved_at".into(), json!(resolved_at));
     Ok(Event {
