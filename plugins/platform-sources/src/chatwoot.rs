@@ -263,6 +263,17 @@ fn conversation_fields(body: &Map<String, Value>) -> Result<Map<String, Value>, 
     let mut data = Map::new();
     data.insert("conversation_id".into(), id);
     account(body, &mut data);
+    if data["chatbot_id"] == "" {
+        // Before Chatwoot 4.14.2 (OneHash's fork) a conversation carries no
+        // account; its messages name the account id.
+        if let Some(id) = body
+            .get("messages")
+            .and_then(|m| m.get(0))
+            .and_then(|m| text_of(m.get("account_id")))
+        {
+            data.insert("chatbot_id".into(), json!(id));
+        }
+    }
     for (to, from) in [
         ("status", "status"),
         ("channel", "channel"),
