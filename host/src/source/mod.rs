@@ -230,28 +230,83 @@ pub async fn receive(
     match normalize(app, source, &headers, &text, now, utf8).await? {
         Ok((events, reply)) => accept(app, source, events, reply).await,
         Err(message) => {
-            let letter = DeadLetter {
-                id: new_id_at("dlq", now),
-                source_id: source.id.clone(),
-                tenant_id: source.tenant_id.clone(),
-                received_at: now,
-                headers,
-                body: text.into_owned(),
-                error: message.clone(),
-                attempts: 1,
-                updated_at: now,
-            };
-            app.store
-                .put_dead_letter(&letter, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
-                .await?;
-            app.store.durable().await?;
-            crate::telemetry::source_request(source.kind.name(), "dead_letter");
+            let dead_letter =
+                keep_dead_letter(app, source, headers, text.into_owned(), message.clone()).await?;
             Err(ReceiveError::Unprocessable {
                 message,
-                dead_letter: letter.id,
+                dead_letter,
             })
         }
     }
+}
+
+/// The running tasks of sources (a NATS feed's consumer, a poller), one
+/// per source id: a new one replaces (aborts) the old.
+#[derive(Default)]
+pub struct Tasks(std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>);
+
+impl Tasks {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::task::AbortHandle>>
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `task` as the source's, aborting the one it replaces.
+    pub fn replace(&self, source_id: &str, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.lock().insert(source_id.to_string(), task) {
+            old.abort();
+        }
+    }
+
+    /// Aborts the source's task, if any.
+    pub fn stop(&self, source_id: &str) {
+        if let Some(task) = self.lock().remove(source_id) {
+            task.abort();
+        }
+    }
+
+    pub fn contains(&self, source_id: &str) -> bool {
+        self.lock().contains_key(source_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Keeps a request (or a polled item) that verified but could not be
+/// normalized, durably, as a dead letter of its source: its id.
+async fn keep_dead_letter(
+    app: &App,
+    source: &Source,
+    headers: Vec<Header>,
+    body: String,
+    error: String,
+) -> Result<String, ReceiveError> {
+    let now = app.clock.now();
+    let letter = DeadLetter {
+        id: new_id_at("dlq", now),
+        source_id: source.id.clone(),
+        tenant_id: source.tenant_id.clone(),
+        received_at: now,
+        headers,
+        body,
+        error,
+        attempts: 1,
+        updated_at: now,
+    };
+    app.store
+        .put_dead_letter(&letter, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
+        .await?;
+    app.store.durable().await?;
+    crate::telemetry::source_request(source.kind.name(), "dead_letter");
+    Ok(letter.id)
 }
 
 /// The items of one polled page: each through the source's adapter (the
@@ -292,22 +347,7 @@ pub async fn receive_items(
             }
             Err(message) => {
                 refused.push(key);
-                let letter = DeadLetter {
-                    id: new_id_at("dlq", now),
-                    source_id: source.id.clone(),
-                    tenant_id: source.tenant_id.clone(),
-                    received_at: now,
-                    headers: Vec::new(),
-                    body: text,
-                    error: message,
-                    attempts: 1,
-                    updated_at: now,
-                };
-                app.store
-                    .put_dead_letter(&letter, MAX_DEAD_LETTERS, app.settings.dead_letter_bytes)
-                    .await?;
-                app.store.durable().await?;
-                crate::telemetry::source_request(source.kind.name(), "dead_letter");
+                keep_dead_letter(app, source, Vec::new(), text, message).await?;
             }
         }
     }

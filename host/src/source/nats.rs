@@ -11,13 +11,11 @@
 //! (the event ids come from the payload). A lost connection is retried with
 //! backoff for as long as the source exists.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
-use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use super::{ReceiveError, Source};
@@ -127,7 +125,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The running feeds, one task per `nats` source.
 #[derive(Default)]
 pub struct Feeds {
-    running: Mutex<HashMap<String, AbortHandle>>,
+    running: super::Tasks,
     /// Which brokers feeds may connect to.
     policy: Arc<BrokerPolicy>,
 }
@@ -135,7 +133,7 @@ pub struct Feeds {
 impl Feeds {
     pub fn new(policy: BrokerPolicy) -> Self {
         Feeds {
-            running: Mutex::default(),
+            running: super::Tasks::default(),
             policy: Arc::new(policy),
         }
     }
@@ -151,27 +149,13 @@ impl Feeds {
             return;
         };
         let task = tokio::spawn(run(app.clone(), self.policy.clone(), source.clone(), feed));
-        if let Some(old) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(source.id.clone(), task.abort_handle())
-        {
-            old.abort();
-        }
+        self.running.replace(&source.id, task.abort_handle());
     }
 
     /// Stops a deleted source's feed (its durable consumer stays on the
     /// server; delete it there if the subject is gone for good).
     pub fn stop(&self, source_id: &str) {
-        if let Some(task) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(source_id)
-        {
-            task.abort();
-        }
+        self.running.stop(source_id);
     }
 
     /// Starts every stored `nats` source (server start).

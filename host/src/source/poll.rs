@@ -21,12 +21,11 @@
 //! - **One poller in a cluster**: the node that owns the source's
 //!   partition polls it; the others wait and look again each period.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use super::{ReceiveError, Source};
@@ -141,7 +140,7 @@ pub fn check(feed: &PollFeed) -> Result<(), String> {
 /// The running pollers, one task per `poll` source.
 #[derive(Default)]
 pub struct Polls {
-    running: Mutex<HashMap<String, AbortHandle>>,
+    running: super::Tasks,
 }
 
 impl Polls {
@@ -151,42 +150,23 @@ impl Polls {
             return;
         }
         let task = tokio::spawn(run(app.clone(), source.clone()));
-        if let Some(old) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(source.id.clone(), task.abort_handle())
-        {
-            old.abort();
-        }
+        self.running.replace(&source.id, task.abort_handle());
     }
 
     /// Stops a deleted source's poller.
     pub fn stop(&self, source_id: &str) {
-        if let Some(task) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(source_id)
-        {
-            task.abort();
-        }
+        self.running.stop(source_id);
     }
 
     /// Starts a poller for every stored `poll` source that has none yet
     /// (server start): how many run now.
     pub fn start_all(&self, app: &App) -> Result<usize, crate::store::StoreError> {
         for source in app.store.all_sources()?.iter().filter(|s| s.poll.is_some()) {
-            let running = self
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&source.id);
-            if !running {
+            if !self.running.contains(&source.id) {
                 self.start(app, source);
             }
         }
-        Ok(self.running.lock().unwrap_or_else(|e| e.into_inner()).len())
+        Ok(self.running.len())
     }
 
     /// Looks for new `poll` sources every [`SUPERVISE_EVERY`]: in cluster
