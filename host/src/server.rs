@@ -278,6 +278,7 @@ pub async fn serve(
     }
     if config.cluster.is_some() {
         tokio::spawn(polls.clone().supervise(app.clone()));
+        tokio::spawn(feeds.clone().supervise(app.clone()));
     }
 
     let state = ApiState {

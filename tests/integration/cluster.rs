@@ -706,3 +706,107 @@ async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sources that pull (a NATS feed, a poll) created through one node go on
+/// after that node is killed: the other node finds them (it looks every
+/// few seconds), consumes the feed's durable consumer and, owning the poll
+/// source's partition now, polls it from the stored cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pulling_sources_outlive_the_node_they_were_created_on() {
+    use std::sync::Arc;
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let Some(broker) = NatsCluster::start(1).await else {
+        return;
+    };
+    let api = Arc::new(crate::polling::Api::default());
+    api.put("c1", "open", "2026-12-01T10:00:00Z", "2026-12-01T10:00:00Z");
+    let api_url = crate::polling::start_api(api.clone()).await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |dir: &std::path::Path, name: &str| {
+        Server::start_with(
+            dir,
+            &["--nats", &cluster.urls_arg()],
+            &[
+                ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+                ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+                ("WASMHOOK_CLUSTER_NODE_ID", name),
+                (
+                    "WASMHOOK_SOURCES_NATS_ALLOW",
+                    &broker.url(0).replace("nats://", ""),
+                ),
+            ],
+        )
+    };
+    let a = start(dirs[0].path(), "a");
+    let b = start(dirs[1].path(), "b");
+    wait_for_leases(&[&a, &b]).await;
+    let (_, key) = a.tenant("pull").await;
+    let rx = Receiver::ok().await;
+    a.subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let (status, feed) = a
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "nats", "nats": {"url": broker.url(0), "subject": "ohallo.events.>", "format": "ohallo"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{feed}");
+    let (status, poll) = a
+        .call(
+            "POST",
+            "/v1/sources",
+            &key,
+            Some(json!({"kind": "poll", "secret": crate::polling::TOKEN,
+                        "poll": {"url": api_url, "every_secs": 1, "format": "ohallo-conversation",
+                                 "headers": {"X-Workspace": "w1"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{poll}");
+    // The poll source's first item, by whichever node owns it.
+    rx.wait_for(1, PATIENCE).await;
+    // Node b has found the feed (the stream exists once a feed started).
+    let js = async_nats::jetstream::new(async_nats::connect(broker.url(0)).await.unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    while js.stream_by_subject("ohallo.events.>").await.is_err() {
+        assert!(Instant::now() < deadline, "no stream for the subject");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    a.kill9();
+    wait_for_leases(&[&b]).await;
+    let body = br#"{"event":"conversation.updated","idempotency_key":"oh_after_kill","data":{"conversation_id":"c9","changes":{"status":"open"}}}"#;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let acked = match js.publish("ohallo.events.web", body.to_vec().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if acked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "JetStream never acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.put("c2", "open", "2026-12-01T10:05:00Z", "2026-12-01T10:05:00Z");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ids: Vec<String> = rx
+            .received()
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if ids.iter().any(|i| i == "oh_after_kill") && ids.iter().any(|i| i.contains(":c2:")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the kill, node b got {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

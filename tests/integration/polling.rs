@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const TOKEN: &str = "sf_live_v1_test_token";
+pub(crate) const TOKEN: &str = "sf_live_v1_test_token";
 const PAGE: usize = 2;
 
 /// An oHallo-like conversations API: items sorted by `updatedAt`,
 /// `updatedSince` inclusive, pages of two with a `next` cursor.
 #[derive(Default)]
-struct Api {
+pub(crate) struct Api {
     items: Mutex<Vec<Value>>,
     /// Answer 500 to this many requests.
     failing: AtomicU32,
@@ -36,7 +36,7 @@ struct Api {
 }
 
 impl Api {
-    fn put(&self, id: &str, status: &str, created: &str, updated: &str) {
+    pub(crate) fn put(&self, id: &str, status: &str, created: &str, updated: &str) {
         let mut items = self.items.lock().unwrap();
         items.retain(|i| i["id"] != id);
         items.push(json!({"id": id, "status": status, "createdAt": created, "updatedAt": updated}));
@@ -98,7 +98,7 @@ async fn conversations(
     axum::Json(json!({"items": page, "next": next})).into_response()
 }
 
-async fn start_api(api: Arc<Api>) -> String {
+pub(crate) async fn start_api(api: Arc<Api>) -> String {
     let app = axum::Router::new()
         .route("/api/conversations", axum::routing::get(conversations))
         .with_state(api);

@@ -158,15 +158,28 @@ impl Feeds {
         self.running.stop(source_id);
     }
 
-    /// Starts every stored `nats` source (server start).
+    /// Starts a feed for every stored `nats` source that has none running
+    /// here (server start): how many run now.
     pub fn start_all(&self, app: &App) -> Result<usize, crate::store::StoreError> {
-        let sources = app.store.all_sources()?;
-        let mut n = 0;
-        for source in sources.iter().filter(|s| s.nats.is_some()) {
-            self.start(app, source);
-            n += 1;
+        for source in app.store.all_sources()?.iter().filter(|s| s.nats.is_some()) {
+            if !self.running.contains(&source.id) {
+                self.start(app, source);
+            }
         }
-        Ok(n)
+        Ok(self.running.len())
+    }
+
+    /// Cluster mode: looks for `nats` sources created through other nodes
+    /// every few seconds, so that every node consumes every feed (one
+    /// durable consumer per source: JetStream hands each message to one of
+    /// them), and a feed outlives the node it was created on.
+    pub async fn supervise(self: Arc<Self>, app: App) {
+        loop {
+            tokio::time::sleep(SUPERVISE_EVERY).await;
+            if let Err(e) = self.start_all(&app) {
+                warn!(error = %e, "looking for new NATS sources failed");
+            }
+        }
     }
 }
 
@@ -231,7 +244,7 @@ pub async fn check_reachable(policy: &BrokerPolicy, feed: &NatsFeed) -> Result<(
 }
 
 /// Whether the source was deleted since its feed started (by this node or
-/// another: in cluster mode every node runs the feeds it knows of).
+/// another: in cluster mode every node runs every feed).
 fn gone(app: &App, source: &Source) -> bool {
     matches!(
         app.store.get_source(&source.tenant_id, &source.id),
@@ -250,6 +263,9 @@ pub async fn connect(connect_url: &str) -> Result<async_nats::Client, async_nats
         .connect(connect_url)
         .await
 }
+
+/// How often a cluster node looks for feeds created elsewhere.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a connection to a broker may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
