@@ -359,9 +359,34 @@ async fn signatures_verify_with_the_reference_libraries() {
         cases.push(captured(kind, key, r));
     }
 
+    // The rotation's body: hostile or contradictory input is a 400, another
+    // tenant's key a 404, and neither changes the key.
+    let id = v1a["id"].as_str().unwrap();
+    let rotate = format!("/v1/subscriptions/{id}/rotate-secret");
+    for body in [
+        &b"{not json"[..],
+        br#"{"nope": 1}"#,
+        br#"{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "asymmetric": true}"#,
+        br#"{"asymmetric": "yes"}"#,
+    ] {
+        let (status, answer) = server
+            .raw("POST", &rotate, &key, "application/json", body.to_vec())
+            .await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let (_, other) = server.tenant("refs-other").await;
+    let (status, _) = server
+        .call("POST", &rotate, &other, Some(json!({"asymmetric": true})))
+        .await;
+    assert_eq!(status, 404);
+    let (status, shown) = server
+        .call("GET", &format!("/v1/subscriptions/{id}"), &key, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["public_key"], public.as_str(), "the key is unchanged");
+
     // Rotate the asymmetric subscription to a new key: the response shows
     // both public keys, and the next delivery carries both signatures.
-    let id = v1a["id"].as_str().unwrap();
     let (status, rotated) = server
         .call(
             "POST",

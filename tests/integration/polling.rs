@@ -148,6 +148,25 @@ async fn poll_state(server: &Server, key: &str, id: &str) -> Value {
     source["poll_state"].clone()
 }
 
+/// The source's `poll_state` once `done` holds for it (fails after
+/// [`PATIENCE`], showing the last state).
+async fn poll_state_when(
+    server: &Server,
+    key: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let state = poll_state(server, key, id).await;
+        if done(&state) {
+            return state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_polled_api_is_delivered_once_per_change_through_failures_and_a_kill_9() {
     let api = Arc::new(Api::default());
@@ -182,22 +201,13 @@ async fn a_polled_api_is_delivered_once_per_change_through_failures_and_a_kill_9
     let id = source["id"].as_str().unwrap().to_string();
 
     // The API fails twice: the error shows, then the items come through.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let state = poll_state(&server, &key, &id).await;
-        if state["last_error"]
+    let state = poll_state_when(&server, &key, &id, |s| {
+        s["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("HTTP 500"))
-        {
-            assert!(state["failures"].as_u64().unwrap() >= 1, "{state}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no error recorded: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(state["failures"].as_u64().unwrap() >= 1, "{state}");
     let counts = wait_for_events(&rx, 3).await;
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 
@@ -212,14 +222,10 @@ async fn a_polled_api_is_delivered_once_per_change_through_failures_and_a_kill_9
     );
     let counts = wait_for_events(&rx, 4).await;
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
-    let state = poll_state(&server, &key, &id).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut state = state;
-    while state["cursor"] != "2026-12-01T10:05:00Z" || !state["last_error"].is_null() {
-        assert!(tokio::time::Instant::now() < deadline, "{state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        state = poll_state(&server, &key, &id).await;
-    }
+    let state = poll_state_when(&server, &key, &id, |s| {
+        s["cursor"] == "2026-12-01T10:05:00Z" && s["last_error"].is_null()
+    })
+    .await;
     assert_eq!(state["accepted"], 4, "{state}");
 
     // Three new items (two pages): the second page is held, the first is
@@ -469,18 +475,10 @@ async fn a_poll_source_reads_its_items_with_an_uploaded_adapter() {
         "2026-12-01T10:04:00Z",
     );
     let id = source["id"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, s) = server
-            .call("GET", &format!("/v1/sources/{id}"), &key, None)
-            .await;
-        if s["poll_state"]["last_error"]
+    poll_state_when(&server, &key, id, |s| {
+        s["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("another origin"))
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

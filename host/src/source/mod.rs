@@ -22,7 +22,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::app::App;
 use crate::event::{Envelope, EventInput};
@@ -267,16 +267,36 @@ impl Tasks {
         }
     }
 
-    pub fn contains(&self, source_id: &str) -> bool {
-        self.lock().contains_key(source_id)
+    /// Calls `start` for every stored source `wanted` picks that has no
+    /// task here yet: how many run now.
+    pub fn start_missing(
+        &self,
+        app: &App,
+        wanted: impl Fn(&Source) -> bool,
+        start: impl Fn(&Source),
+    ) -> Result<usize, StoreError> {
+        for source in app.store.all_sources()?.iter().filter(|s| wanted(s)) {
+            if !self.lock().contains_key(&source.id) {
+                start(source);
+            }
+        }
+        Ok(self.lock().len())
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
+/// How often a cluster node looks for pulling sources (NATS feeds, polls)
+/// created through other nodes.
+pub const SUPERVISE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+/// Cluster mode: runs `start_missing` every [`SUPERVISE_EVERY`], so that a
+/// source created through another node gets its task here too and outlives
+/// the node it was created on.
+pub async fn supervise(what: &'static str, start_missing: impl Fn() -> Result<usize, StoreError>) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        if let Err(e) = start_missing() {
+            warn!(sources = what, error = %e, "looking for new sources failed");
+        }
     }
 }
 

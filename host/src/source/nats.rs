@@ -161,25 +161,16 @@ impl Feeds {
     /// Starts a feed for every stored `nats` source that has none running
     /// here (server start): how many run now.
     pub fn start_all(&self, app: &App) -> Result<usize, crate::store::StoreError> {
-        for source in app.store.all_sources()?.iter().filter(|s| s.nats.is_some()) {
-            if !self.running.contains(&source.id) {
-                self.start(app, source);
-            }
-        }
-        Ok(self.running.len())
+        self.running
+            .start_missing(app, |s| s.nats.is_some(), |s| self.start(app, s))
     }
 
-    /// Cluster mode: looks for `nats` sources created through other nodes
-    /// every few seconds, so that every node consumes every feed (one
-    /// durable consumer per source: JetStream hands each message to one of
-    /// them), and a feed outlives the node it was created on.
+    /// Cluster mode: feeds for the sources created through other nodes
+    /// ([`super::supervise`]), so that every node consumes every feed (one
+    /// durable consumer per source: JetStream hands each message to one
+    /// of them).
     pub async fn supervise(self: Arc<Self>, app: App) {
-        loop {
-            tokio::time::sleep(SUPERVISE_EVERY).await;
-            if let Err(e) = self.start_all(&app) {
-                warn!(error = %e, "looking for new NATS sources failed");
-            }
-        }
+        super::supervise("nats", || self.start_all(&app)).await
     }
 }
 
@@ -263,9 +254,6 @@ pub async fn connect(connect_url: &str) -> Result<async_nats::Client, async_nats
         .connect(connect_url)
         .await
 }
-
-/// How often a cluster node looks for feeds created elsewhere.
-const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a connection to a broker may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

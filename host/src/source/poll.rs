@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::{ReceiveError, Source};
+use super::{ReceiveError, SUPERVISE_EVERY, Source};
 use crate::app::App;
 use crate::store::{PollFeed, PollState};
 
@@ -44,8 +44,6 @@ pub const MAX_PAGES: usize = 20;
 pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// The most items one page may list.
 pub const MAX_ITEMS_PER_PAGE: usize = 1000;
-/// How often a node looks for poll sources created elsewhere.
-const SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Formats a poll source may read its items as: the oHallo item formats,
@@ -161,24 +159,14 @@ impl Polls {
     /// Starts a poller for every stored `poll` source that has none yet
     /// (server start): how many run now.
     pub fn start_all(&self, app: &App) -> Result<usize, crate::store::StoreError> {
-        for source in app.store.all_sources()?.iter().filter(|s| s.poll.is_some()) {
-            if !self.running.contains(&source.id) {
-                self.start(app, source);
-            }
-        }
-        Ok(self.running.len())
+        self.running
+            .start_missing(app, |s| s.poll.is_some(), |s| self.start(app, s))
     }
 
-    /// Looks for new `poll` sources every [`SUPERVISE_EVERY`]: in cluster
-    /// mode a source created through another node must be polled here if
-    /// this node owns it (each poller polls only while its node does).
+    /// Cluster mode: pollers for the sources created through other nodes
+    /// ([`super::supervise`]); each polls only while its node owns it.
     pub async fn supervise(self: Arc<Self>, app: App) {
-        loop {
-            tokio::time::sleep(SUPERVISE_EVERY).await;
-            if let Err(e) = self.start_all(&app) {
-                warn!(error = %e, "looking for new poll sources failed");
-            }
-        }
+        super::supervise("poll", || self.start_all(&app)).await
     }
 }
 
