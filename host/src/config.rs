@@ -117,6 +117,9 @@ pub struct DeliverySection {
     pub allow_private_destinations: bool,
     pub allow_cidrs: Vec<String>,
     pub secret_grace_secs: u64,
+    pub proxy: String,
+    pub no_proxy: Vec<String>,
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +171,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub allow_private_destinations: bool,
     pub allow_cidrs: Vec<Cidr>,
+    /// Deliveries go out through this proxy, with the SSRF guard still
+    /// deciding on each destination (see `deliver::Egress`).
+    pub egress: crate::deliver::Egress,
     /// Brokers `nats` sources may read (`sources.nats_allow`).
     pub nats_allow: Vec<crate::deliver::ssrf::BrokerAllow>,
     /// Requests per second per source on `/in/{id}` (0: no limit).
@@ -486,6 +492,8 @@ impl RawConfig {
                     .map_err(|e| invalid("delivery.allow_cidrs", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let egress = crate::deliver::Egress::from_config(&d.proxy, &d.no_proxy, &d.ca_file)
+            .map_err(|(key, e)| invalid(key, e))?;
         let nats_allow = self
             .sources
             .nats_allow
@@ -634,6 +642,7 @@ impl RawConfig {
             shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
             allow_private_destinations: d.allow_private_destinations,
             allow_cidrs,
+            egress,
             nats_allow,
             source_rate_limit: self.sources.rate_limit,
             dead_letter_bytes: self.sources.dead_letter_bytes,

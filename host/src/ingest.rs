@@ -249,6 +249,32 @@ pub async fn transform(
     now: Timestamp,
     hold: HoldMode,
 ) -> Result<Transformed, IngestError> {
+    let mut out = run_plugin(app, sub, event, now, hold).await?;
+    // An ordered subscription's pending deliveries join their key's line
+    // (a plugin's several requests in their order). A test event is
+    // attempted at once, outside any line.
+    if hold == HoldMode::Keep
+        && let Some(slot) = crate::subscription::order_slot(sub, event)
+    {
+        for d in out
+            .deliveries
+            .iter_mut()
+            .filter(|d| d.status == DeliveryStatus::Pending)
+        {
+            d.order = Some(slot.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// [`transform`] before the deliveries take their places in line.
+async fn run_plugin(
+    app: &App,
+    sub: &Subscription,
+    event: &Envelope,
+    now: Timestamp,
+    hold: HoldMode,
+) -> Result<Transformed, IngestError> {
     let delivery =
         |status: DeliveryStatus, request: Option<StoredRequest>, note: Option<String>| {
             new_delivery(

@@ -133,6 +133,7 @@ fn notification(
         last_error: None,
         created_at: now,
         updated_at: now,
+        order: None,
     }
 }
 

@@ -196,6 +196,25 @@ pub mod sealed {
     }
 }
 
+/// `#[serde(default, with = "crate::secrets::sealed_opt")]` on an
+/// optional secret's field (a client certificate's key).
+pub mod sealed_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(plain: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match plain {
+            Some(p) => super::sealed::serialize(p, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        #[derive(Deserialize)]
+        struct Sealed(#[serde(with = "super::sealed")] String);
+        Ok(Option::<Sealed>::deserialize(d)?.map(|s| s.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

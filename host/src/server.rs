@@ -89,10 +89,13 @@ pub fn build_app_with(
         }
         Some(owner) => Queue::open_cluster(store.clone(), settings, clock.clone(), owner.clone()),
     };
-    let sender = Sender::new(ssrf::Guard {
-        allow_private: config.allow_private_destinations,
-        allow: config.allow_cidrs.clone(),
-    })
+    let sender = Sender::new(
+        ssrf::Guard {
+            allow_private: config.allow_private_destinations,
+            allow: config.allow_cidrs.clone(),
+        },
+        config.egress.clone(),
+    )
     .context("building the HTTP client")?;
     Ok(App {
         plugins: Registry::new(runtime, store.clone(), admission),

@@ -9,12 +9,14 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::Bounds;
+use crate::event::Envelope;
 use crate::retry::{PRESETS, RetryPolicy};
 use crate::route;
 use crate::runtime::PluginRequest;
 use crate::sign::{self, Scheme};
 use crate::store::{
-    Delivery, DeliveryStatus, PluginRef, Secret, StoredRequest, Subscription, WindowSpec,
+    Delivery, DeliveryStatus, EndpointTls, OnFailure, OrderSlot, Ordering, PluginRef, RateLimit,
+    Secret, StoredRequest, Subscription, WindowSpec,
 };
 use crate::util::new_id_at;
 
@@ -122,6 +124,98 @@ pub struct SubscriptionInput {
     /// and answer with its first attempt's result (`verification`). The
     /// subscription is created whatever the receiver answers.
     pub verify_on_create: Option<bool>,
+    /// `{"key": "/data/conversation_id", "on_failure": "skip" | "block"}`:
+    /// deliveries whose events have the same value at `key` (a JSON
+    /// pointer into the event) are attempted one at a time, in the order
+    /// they were accepted; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Ordering>)]
+    pub ordering: Option<Option<Ordering>>,
+    /// `{"per_second": 20, "burst": 40}`: at most this many attempts a
+    /// second (a token bucket; across the cluster); `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// `{"client_certificate": "<PEM>", "client_key": "<PEM>", "ca": "<PEM>"}`:
+    /// a client certificate for mutual TLS (certificate and key together;
+    /// the key is never returned) and/or a CA trusted for this endpoint;
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub tls: Option<Option<EndpointTls>>,
+}
+
+/// The largest PEM accepted in `tls` (a chain of a few certificates).
+const MAX_PEM_BYTES: usize = 64 * 1024;
+
+/// Checks an ordering setting; the error names the field.
+fn check_ordering(o: &Ordering) -> Result<(), String> {
+    let key = &o.key;
+    if !key.starts_with('/') || key.len() > 200 {
+        return Err(format!(
+            "ordering.key {key:?} must be a JSON pointer into the event of at most 200 bytes, like \"/data/conversation_id\""
+        ));
+    }
+    // RFC 6901: `~` only as `~0` or `~1`.
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(format!(
+                "ordering.key {key:?}: `~` must be followed by 0 or 1 (RFC 6901)"
+            ));
+        }
+        if c.is_control() {
+            return Err("ordering.key must not contain control characters".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a rate limit; the error names the field.
+fn check_rate_limit(r: &RateLimit) -> Result<(), String> {
+    if !r.per_second.is_finite() || !(0.01..=100_000.0).contains(&r.per_second) {
+        return Err("rate_limit.per_second must be 0.01 to 100000".into());
+    }
+    if r.burst.is_some_and(|b| !(1..=100_000).contains(&b)) {
+        return Err("rate_limit.burst must be 1 to 100000".into());
+    }
+    Ok(())
+}
+
+/// Checks TLS settings by building what the sender will build from them;
+/// the error names the field.
+pub fn check_tls(t: &EndpointTls) -> Result<(), String> {
+    for (name, pem) in [
+        ("client_certificate", &t.client_certificate),
+        ("client_key", &t.client_key),
+        ("ca", &t.ca),
+    ] {
+        if pem.as_ref().is_some_and(|p| p.len() > MAX_PEM_BYTES) {
+            return Err(format!("tls.{name} is over {MAX_PEM_BYTES} bytes"));
+        }
+    }
+    match (&t.client_certificate, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            crate::deliver::tls::identity(cert, key)
+                .map_err(|e| format!("tls.client_certificate/client_key: {e}"))?;
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err("tls.client_key is required with tls.client_certificate".into());
+        }
+        (None, Some(_)) => {
+            return Err("tls.client_certificate is required with tls.client_key".into());
+        }
+    }
+    if let Some(ca) = &t.ca {
+        crate::deliver::tls::certificates(ca).map_err(|e| format!("tls.ca: {e}"))?;
+    }
+    if t.client_certificate.is_none() && t.ca.is_none() {
+        return Err(
+            "tls: give client_certificate and client_key, or ca, or both (null removes tls)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// `Some(None)` for an explicit null, `None` for an absent field.
@@ -207,6 +301,9 @@ impl SubscriptionInput {
             consecutive_failures: 0,
             created_at: now,
             updated_at: now,
+            ordering: None,
+            rate_limit: None,
+            tls: None,
         };
         self.apply(&mut sub, bounds)?;
         Ok(sub)
@@ -292,6 +389,24 @@ impl SubscriptionInput {
         }
         if let Some(plugin) = self.plugin {
             sub.plugin = plugin;
+        }
+        if let Some(ordering) = self.ordering {
+            if let Some(o) = &ordering {
+                check_ordering(o)?;
+            }
+            sub.ordering = ordering;
+        }
+        if let Some(rate) = self.rate_limit {
+            if let Some(r) = &rate {
+                check_rate_limit(r)?;
+            }
+            sub.rate_limit = rate;
+        }
+        if let Some(tls) = self.tls {
+            if let Some(t) = &tls {
+                check_tls(t)?;
+            }
+            sub.tls = tls;
         }
         Ok(())
     }
@@ -381,6 +496,57 @@ pub fn pending_deliveries(
         .collect())
 }
 
+/// The place in line an event's deliveries to `sub` take, if `sub` is
+/// ordered and the event has a value at its key (`null` or no value:
+/// unordered). Strings are the key as they are, other values their JSON.
+pub fn order_slot(sub: &Subscription, event: &Envelope) -> Option<OrderSlot> {
+    let ordering = sub.ordering.as_ref()?;
+    let value = pointer_value(event, &ordering.key)?;
+    let mut key = match value {
+        Value::Null => return None,
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if key.len() > OrderSlot::MAX_KEY {
+        let mut cut = OrderSlot::MAX_KEY;
+        while !key.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        key.truncate(cut);
+    }
+    Some(OrderSlot {
+        key,
+        seq: 0,
+        block: ordering.on_failure == OnFailure::Block,
+    })
+}
+
+/// The value at a JSON pointer into the event's envelope. Only `/data/…`
+/// parses the event's data (kept as text), and only for an ordered
+/// subscription.
+fn pointer_value(event: &Envelope, pointer: &str) -> Option<Value> {
+    let rest = pointer.strip_prefix('/')?;
+    let (first, tail) = match rest.split_once('/') {
+        Some((first, tail)) => (first, Some(tail)),
+        None => (rest, None),
+    };
+    let top = |s: &str| (tail.is_none()).then(|| Value::String(s.to_string()));
+    match first {
+        "data" => {
+            let data: Value = serde_json::from_str(event.data.as_str()).ok()?;
+            match tail {
+                None => Some(data),
+                Some(tail) => data.pointer(&format!("/{tail}")).cloned(),
+            }
+        }
+        "id" => top(&event.id),
+        "type" => top(&event.event_type),
+        "source" => top(&event.source),
+        "occurred_at" => top(&event.occurred_at),
+        _ => None,
+    }
+}
+
 /// A delivery record of one event for one subscription.
 pub fn new_delivery(
     sub: &Subscription,
@@ -404,6 +570,7 @@ pub fn new_delivery(
         last_error: note,
         created_at: now,
         updated_at: now,
+        order: None,
     }
 }
 

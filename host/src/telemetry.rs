@@ -107,6 +107,14 @@ fn process_collector() -> &'static metrics_process::Collector {
 
 fn describe() {
     describe_counter!(
+        "wasmhook_subscription_pauses_total",
+        "Subscriptions paused because their receiver answered 429 or 503 with Retry-After."
+    );
+    describe_counter!(
+        "wasmhook_ordered_advances_total",
+        "Ordered lines that moved on: the next delivery of a key made pending."
+    );
+    describe_counter!(
         "wasmhook_auth_throttled_total",
         "Requests with invalid credentials answered 429: their address failed too often."
     );
@@ -238,6 +246,17 @@ pub fn events(accepted: usize, duplicate: usize) {
 /// A delivery was created with `status` (pending, filtered, held, failed).
 pub fn delivery_created(status: &'static str) {
     counter!("wasmhook_deliveries_created_total", "status" => status).increment(1);
+}
+
+/// A subscription paused at its receiver's request (429/503 with
+/// `Retry-After`).
+pub fn paused() {
+    counter!("wasmhook_subscription_pauses_total").increment(1);
+}
+
+/// An ordered line moved on: its next delivery made pending.
+pub fn line_advanced() {
+    counter!("wasmhook_ordered_advances_total").increment(1);
 }
 
 /// What an attempt led to.

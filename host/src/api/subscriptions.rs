@@ -249,7 +249,7 @@ async fn patch(
         .apply(&mut changed, &state.app.settings.bounds)
         .map_err(bad)?;
     let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
-    state.app.queue.set_cap(&updated.id, updated.max_in_flight);
+    state.app.queue.set_limits(&updated);
     Ok(axum::Json(SubscriptionView::of(updated, false, &state)))
 }
 

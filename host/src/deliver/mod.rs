@@ -3,6 +3,7 @@
 //! delivery log records (status, duration, truncated response, error text).
 
 pub mod ssrf;
+pub mod tls;
 pub mod worker;
 
 use std::net::IpAddr;
@@ -15,7 +16,7 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::queue::Queue;
 use crate::retry::{Outcome, parse_retry_after};
-use crate::store::Store;
+use crate::store::{EndpointTls, Store};
 
 /// What the delivery stage is handed, and nothing more: the records it
 /// updates, the queue it leases from, the HTTP sender, the clock.
@@ -45,6 +46,8 @@ pub struct Request<'a> {
     pub timeout: Duration,
     /// A required response body, compared as JSON.
     pub expect_body: Option<&'a Value>,
+    /// The endpoint's own TLS settings (mutual TLS, a private CA).
+    pub tls: Option<&'a EndpointTls>,
 }
 
 /// What the delivery log keeps of one attempt.
@@ -58,14 +61,95 @@ pub struct AttemptResult {
     pub error: Option<String>,
 }
 
+/// Where deliveries go out: the operator's egress proxy and the CAs
+/// trusted besides the system's (`[delivery] proxy`, `no_proxy`,
+/// `ca_file`).
+#[derive(Clone, Default)]
+pub struct Egress {
+    pub proxy: Option<reqwest::Url>,
+    /// Destinations reached directly (reqwest's `NO_PROXY` syntax).
+    pub no_proxy: Vec<String>,
+    pub roots: Vec<reqwest::Certificate>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a proxy's password.
+        let proxy = self.proxy.as_ref().map(|u| {
+            let mut u = u.clone();
+            let _ = u.set_password(None);
+            u.to_string()
+        });
+        f.debug_struct("Egress")
+            .field("proxy", &proxy)
+            .field("no_proxy", &self.no_proxy)
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+impl Egress {
+    /// From the config's text; an error names its key.
+    pub fn from_config(
+        proxy: &str,
+        no_proxy: &[String],
+        ca_file: &str,
+    ) -> Result<Self, (&'static str, String)> {
+        let proxy = match proxy.trim() {
+            "" => None,
+            text => {
+                let url = reqwest::Url::parse(text)
+                    .map_err(|e| ("delivery.proxy", format!("{text:?} is not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err((
+                        "delivery.proxy",
+                        format!("{text:?}: an http:// or https:// proxy URL with a host"),
+                    ));
+                }
+                Some(url)
+            }
+        };
+        if let Some(bad) = no_proxy.iter().find(|h| {
+            h.is_empty() || h.contains([',', ' ', '/']) && h.parse::<ssrf::Cidr>().is_err()
+        }) {
+            return Err((
+                "delivery.no_proxy",
+                format!("{bad:?} is not a host name, an IP or a CIDR"),
+            ));
+        }
+        let roots = match ca_file.trim() {
+            "" => Vec::new(),
+            path => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| ("delivery.ca_file", format!("cannot read {path:?}: {e}")))?;
+                tls::certificates(&pem).map_err(|e| ("delivery.ca_file", format!("{path}: {e}")))?
+            }
+        };
+        Ok(Egress {
+            proxy,
+            no_proxy: no_proxy.to_vec(),
+            roots,
+        })
+    }
+}
+
 /// The HTTP client: connection reuse across deliveries, no redirects (a
 /// redirect could lead past the SSRF guard, and webhooks are not browsers),
-/// no proxies from the environment.
+/// no proxies from the environment (only the configured one). An endpoint
+/// with TLS settings of its own gets a client of its own, built once and
+/// kept while its settings stay the same.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
     guard: Arc<ssrf::Guard>,
+    egress: Arc<Egress>,
+    /// Clients of endpoints with TLS settings, by the SHA-256 of those.
+    endpoints: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], reqwest::Client>>>,
 }
+
+/// Endpoint clients kept at most (each holds its own connection pool);
+/// past it the cache starts again.
+const MAX_ENDPOINT_CLIENTS: usize = 1024;
 
 /// Installs rustls's ring provider as the process's default, which every
 /// reqwest client of this process then uses. reqwest is built without a
@@ -81,21 +165,93 @@ pub fn install_tls_provider() {
 }
 
 impl Sender {
-    pub fn new(guard: ssrf::Guard) -> anyhow::Result<Self> {
+    pub fn new(guard: ssrf::Guard, egress: Egress) -> anyhow::Result<Self> {
         install_tls_provider();
         let guard = Arc::new(guard);
-        let client = reqwest::Client::builder()
+        let client = Self::builder(&guard, &egress)?.build()?;
+        Ok(Sender {
+            client,
+            guard,
+            egress: Arc::new(egress),
+            endpoints: Default::default(),
+        })
+    }
+
+    /// What every client of the sender shares: the guarded resolver, the
+    /// proxy, the extra roots.
+    fn builder(
+        guard: &Arc<ssrf::Guard>,
+        egress: &Egress,
+    ) -> reqwest::Result<reqwest::ClientBuilder> {
+        let mut builder = reqwest::Client::builder()
             .dns_resolver(Arc::new(ssrf::GuardedResolver {
                 guard: guard.clone(),
+                proxy_host: egress
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.host_str().map(str::to_string)),
             }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64)
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("wasmhook/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Sender { client, guard })
+            .user_agent(concat!("wasmhook/", env!("CARGO_PKG_VERSION")));
+        if let Some(url) = &egress.proxy {
+            let no_proxy = reqwest::NoProxy::from_string(&egress.no_proxy.join(","));
+            builder = builder.proxy(reqwest::Proxy::all(url.clone())?.no_proxy(no_proxy));
+        }
+        if !egress.roots.is_empty() {
+            builder = builder.tls_certs_merge(egress.roots.iter().cloned());
+        }
+        Ok(builder)
+    }
+
+    /// The client for an endpoint: the shared one, or one with the
+    /// endpoint's client certificate and CA.
+    fn client_for(&self, tls: Option<&EndpointTls>) -> Result<reqwest::Client, String> {
+        let Some(tls) = tls else {
+            return Ok(self.client.clone());
+        };
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for part in [&tls.client_certificate, &tls.client_key, &tls.ca] {
+                let part = part.as_deref().unwrap_or("");
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            h.finalize().into()
+        };
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = endpoints.get(&digest) {
+            return Ok(client.clone());
+        }
+        let mut builder = Self::builder(&self.guard, &self.egress).map_err(|e| e.to_string())?;
+        if let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.client_key) {
+            builder = builder.identity(tls::identity(cert, key)?);
+        }
+        if let Some(ca) = &tls.ca {
+            builder = builder.tls_certs_merge(tls::certificates(ca)?);
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        if endpoints.len() >= MAX_ENDPOINT_CLIENTS {
+            endpoints.clear();
+        }
+        endpoints.insert(digest, client.clone());
+        Ok(client)
+    }
+
+    /// Through the proxy, the destination's name is resolved by the proxy,
+    /// not by the guarded resolver: the guard resolves and checks it first.
+    async fn check_proxied(&self, url: &reqwest::Url) -> Result<(), String> {
+        if self.egress.proxy.is_none() {
+            return Ok(());
+        }
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Err("the URL has no host".into());
+        };
+        self.guard.check_name(host, port).await
     }
 
     /// A GET through the same guarded client (a `poll` source's fetch):
@@ -118,6 +274,7 @@ impl Sender {
                 self.guard.check(host, ip).map_err(|e| e.to_string())?;
             }
         }
+        self.check_proxied(url).await?;
         let mut builder = self
             .client
             .get(url.clone())
@@ -175,9 +332,14 @@ impl Sender {
                 return refused(e.to_string());
             }
         }
-
-        let mut builder = self
-            .client
+        if let Err(e) = self.check_proxied(&url).await {
+            return refused(e);
+        }
+        let client = match self.client_for(req.tls) {
+            Ok(client) => client,
+            Err(e) => return refused(format!("tls: {e}")),
+        };
+        let mut builder = client
             .post(url)
             .timeout(req.timeout)
             .header(reqwest::header::CONTENT_TYPE, req.content_type)

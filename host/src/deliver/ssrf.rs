@@ -250,6 +250,27 @@ pub struct Refused {
 }
 
 impl Guard {
+    /// Resolves `host` and checks every address it has: for a destination
+    /// reached through the egress proxy, which resolves it again itself,
+    /// so one refused address refuses the destination.
+    pub async fn check_name(&self, host: &str, port: u16) -> Result<(), String> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return self.check(host, ip).map_err(|e| e.to_string());
+        }
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("dns: {host}: {e}"))?
+            .collect();
+        if resolved.is_empty() {
+            return Err(format!("dns: {host} did not resolve to any address"));
+        }
+        for addr in resolved {
+            self.check(host, addr.ip()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Checks one resolved address for `host`.
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), Refused> {
         if self.allow_private || self.allow.iter().any(|c| c.contains(ip)) {
@@ -271,15 +292,26 @@ impl Guard {
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     pub guard: Arc<Guard>,
+    /// The operator's egress proxy: its name resolves unchecked (it is
+    /// the one private address deliveries are meant to reach; the
+    /// destinations behind it are checked before it is asked).
+    pub proxy_host: Option<String>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let guard = self.guard.clone();
+        let exempt = self
+            .proxy_host
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case(name.as_str()));
         Box::pin(async move {
             let host = name.as_str().to_string();
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if exempt {
+                return Ok(Box::new(resolved.into_iter()) as Addrs);
+            }
             let mut allowed = Vec::new();
             let mut refused = None;
             for addr in resolved {
@@ -689,6 +721,7 @@ mod tests {
     #[tokio::test]
     async fn the_resolver_refuses_names_of_private_addresses() {
         let resolver = GuardedResolver {
+            proxy_host: None,
             guard: Arc::new(Guard::default()),
         };
         let err = match resolver.resolve(Name::from_str("localhost").unwrap()).await {

@@ -157,7 +157,7 @@ async fn record_attempt(
     if d.status != DeliveryStatus::Pending {
         // A stale outbox entry (e.g. the delivery was finished by an operator).
         d.next_attempt_at = None;
-        return stage.store.record_delivery(d, leased).await;
+        return record(stage, d, leased).await;
     }
     let now = stage.clock.now();
     let ops = notify::is_ops(&d.subscription_id);
@@ -176,7 +176,7 @@ async fn record_attempt(
                 None => "subscription deleted".into(),
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
-            return stage.store.record_delivery(d, leased).await;
+            return record(stage, d, leased).await;
         }
     };
     // Taken out while it is sent (not copied per attempt), put back before
@@ -188,7 +188,7 @@ async fn record_attempt(
             Some("nothing to send".into()),
             now,
         );
-        return stage.store.record_delivery(d, leased).await;
+        return record(stage, d, leased).await;
     };
     // The event's own body, for a delivery without a plugin: cached since
     // its acceptance, or made again from the stored event.
@@ -200,7 +200,7 @@ async fn record_attempt(
                 d.request = Some(request);
                 let why = "its event is no longer stored, so there is no body to send";
                 finish(d, DeliveryStatus::Failed, Some(why.into()), now);
-                return stage.store.record_delivery(d, leased).await;
+                return record(stage, d, leased).await;
             }
             Err(e) => {
                 d.request = Some(request);
@@ -227,7 +227,7 @@ async fn record_attempt(
                 Some(format!("signing failed: {e}")),
                 now,
             );
-            return stage.store.record_delivery(d, leased).await;
+            return record(stage, d, leased).await;
         }
     };
     headers.extend(
@@ -247,6 +247,7 @@ async fn record_attempt(
                 headers: &headers,
                 timeout: Duration::from_millis(sub.timeout_ms),
                 expect_body: sub.expect_body.as_ref(),
+                tls: sub.tls.as_ref(),
             },
             now,
         )
@@ -260,6 +261,18 @@ async fn record_attempt(
         error: result.error.clone(),
     });
     let decided_at = stage.clock.now();
+    // A receiver that asks for a pause gets it for the whole subscription,
+    // not only this delivery (within the policy's cap on Retry-After).
+    if let retry::Outcome::Status {
+        code: 429 | 503,
+        retry_after: Some(asked),
+    } = &result.outcome
+    {
+        let pause = (*asked).min(Duration::from_secs(sub.retry.retry_after_max_secs));
+        if let Ok(pause) = jiff::SignedDuration::try_from(pause) {
+            stage.queue.pause(&sub.id, decided_at + pause);
+        }
+    }
     let draw = rand::random::<f64>() * 2.0 - 1.0;
     let decision = retry::decide(
         &result.outcome,
@@ -277,7 +290,7 @@ async fn record_attempt(
                 Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
             );
             finish(d, DeliveryStatus::Succeeded, None, decided_at);
-            stage.store.record_delivery(d, leased).await?;
+            record(stage, d, leased).await?;
             if sub.consecutive_failures != 0 && !ops {
                 stage
                     .store
@@ -293,7 +306,7 @@ async fn record_attempt(
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
-            stage.store.record_delivery(d, leased).await?;
+            record(stage, d, leased).await?;
         }
         Decision::GiveUp { reason } => {
             telemetry::attempt(AttemptOutcome::Failed, took);
@@ -302,7 +315,7 @@ async fn record_attempt(
                 None => reason,
             };
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, leased).await?;
+            record(stage, d, leased).await?;
             if !ops {
                 let limit = sub.retry.disable_after_failures;
                 let failed = Failure {
@@ -325,7 +338,7 @@ async fn record_attempt(
         Decision::Disable { reason } => {
             let error = format!("{}; {reason}", result.error.unwrap_or_default());
             finish(d, DeliveryStatus::Failed, Some(error.clone()), decided_at);
-            stage.store.record_delivery(d, leased).await?;
+            record(stage, d, leased).await?;
             if ops {
                 // The ops endpoint is never disabled: it is how owners hear of it.
                 telemetry::attempt(AttemptOutcome::Failed, took);
@@ -384,6 +397,19 @@ async fn after_failure(
             last_error: Some(failed.error),
         };
         notify::subscription_changed(&stage.queue, &s, change, failed.at).await?;
+    }
+    Ok(())
+}
+
+/// Records an attempt's outcome. When it finishes the head of an ordered
+/// line, the next delivery of the line becomes pending in the same write:
+/// it goes to the queue once that write is durable (never before: a crash
+/// must not undo a delivery a worker already sent ahead of its head).
+async fn record(stage: &Stage, d: &Delivery, leased: Option<Timestamp>) -> Result<(), StoreError> {
+    if let Some(next) = stage.store.record_delivery(d, leased).await? {
+        stage.store.durable().await?;
+        telemetry::line_advanced();
+        stage.queue.rescheduled(&next);
     }
     Ok(())
 }

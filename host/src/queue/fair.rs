@@ -15,10 +15,14 @@
 //! a timer heap under its earliest due time. So with due work blocked only
 //! by caps, nothing runs.
 //!
-//! The unit of ordering is a *lane* (today: one per subscription). A later
-//! per-key FIFO (one conversation's messages in order within a subscription)
-//! is a lane per (subscription, key) with a cap of 1, sharing the
-//! subscription's cap — the rings and the heap stay as they are.
+//! The unit of scheduling is a *lane*, one per subscription. Ordering per
+//! key (one conversation's messages in order) needs nothing here: the store
+//! keeps only the head of each key's line in the outbox (`store/lanes.rs`).
+//!
+//! **Pace.** A subscription may also have a rate limit (a token bucket) and
+//! a pause (a receiver's 429 with `Retry-After`): both only move the time
+//! its lane may next start an attempt, so a paced lane waits in the timer
+//! heap like one whose work is not due yet, and holds no worker.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -69,6 +73,44 @@ struct TenantState {
     in_ring: bool,
 }
 
+/// A subscription's pace: its token bucket and its pause.
+#[derive(Debug, Clone, Default)]
+struct Pace {
+    /// (tokens per ms, bucket size), when rate limited.
+    rate: Option<(f64, f64)>,
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at_ms: u64,
+    /// No attempt starts before this (a 429's `Retry-After`).
+    paused_until: u64,
+}
+
+impl Pace {
+    fn refill(&mut self, now_ms: u64) {
+        if let Some((per_ms, burst)) = self.rate {
+            let elapsed = now_ms.saturating_sub(self.at_ms) as f64;
+            self.tokens = (self.tokens + elapsed * per_ms).min(burst);
+        }
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+
+    /// The earliest time an attempt may start.
+    fn not_before(&mut self, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        let token = match self.rate {
+            Some((per_ms, _)) if self.tokens < 1.0 => {
+                now_ms + ((1.0 - self.tokens) / per_ms).ceil() as u64
+            }
+            _ => now_ms,
+        };
+        token.max(self.paused_until)
+    }
+
+    fn is_idle(&self, now_ms: u64) -> bool {
+        self.rate.is_none() && self.paused_until <= now_ms
+    }
+}
+
 /// The fair scheduler.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -86,6 +128,8 @@ pub struct Scheduler {
     /// no-op, so publishing the same delivery twice (a re-sent event) can
     /// never start two attempts at once.
     known: HashSet<Arc<str>>,
+    /// Subscriptions with a rate limit or a pause.
+    paces: HashMap<Arc<str>, Pace>,
 }
 
 impl Scheduler {
@@ -102,7 +146,68 @@ impl Scheduler {
             in_flight: 0,
             queued: 0,
             known: HashSet::new(),
+            paces: HashMap::new(),
         }
+    }
+
+    /// Sets (or with None removes) a subscription's rate limit:
+    /// `per_second` attempts a second, at most `burst` at once after a
+    /// quiet spell. A new limit starts with a full bucket.
+    pub fn set_rate(&mut self, subscription_id: &str, rate: Option<(f64, u32)>, now_ms: u64) {
+        let wanted = rate.map(|(per_second, burst)| (per_second / 1000.0, f64::from(burst.max(1))));
+        let current = self.paces.get(subscription_id).and_then(|p| p.rate);
+        if current == wanted {
+            return;
+        }
+        let pace = self.paces.entry(Arc::from(subscription_id)).or_default();
+        pace.rate = wanted;
+        pace.tokens = wanted.map_or(0.0, |(_, burst)| burst);
+        pace.at_ms = now_ms;
+        if pace.is_idle(now_ms) {
+            self.paces.remove(subscription_id);
+        }
+        self.reschedule(subscription_id, now_ms);
+    }
+
+    /// No attempt of the subscription starts before `until_ms` (a
+    /// receiver asked for a pause); a later pause extends it.
+    pub fn pause(&mut self, subscription_id: &str, until_ms: u64, now_ms: u64) {
+        if until_ms <= now_ms {
+            return;
+        }
+        let pace = self.paces.entry(Arc::from(subscription_id)).or_default();
+        pace.paused_until = pace.paused_until.max(until_ms);
+        self.reschedule(subscription_id, now_ms);
+    }
+
+    /// When the subscription may next start an attempt (ms), if paced.
+    fn gate(&mut self, subscription_id: &str, now_ms: u64) -> u64 {
+        match self.paces.get_mut(subscription_id) {
+            Some(pace) => {
+                let at = pace.not_before(now_ms);
+                if pace.is_idle(now_ms) {
+                    self.paces.remove(subscription_id);
+                }
+                at
+            }
+            None => now_ms,
+        }
+    }
+
+    /// A ready lane whose pace changed goes back through `refresh`.
+    fn reschedule(&mut self, subscription_id: &str, now_ms: u64) {
+        let Some(lane) = self.lanes.get_mut(subscription_id) else {
+            return;
+        };
+        if lane.ready {
+            lane.ready = false;
+            let tenant_id = lane.tenant.clone();
+            if let Some(t) = self.tenants.get_mut(&tenant_id) {
+                t.ready.retain(|s| &**s != subscription_id);
+            }
+        }
+        lane.timer = None;
+        self.refresh(subscription_id, now_ms);
     }
 
     /// Queues a delivery, unless it is queued or leased already. `cap` is
@@ -200,6 +305,17 @@ impl Scheduler {
                 self.requeue_tenant(&tenant_id);
                 continue;
             }
+            if self.gate(&sub, now_ms) > now_ms {
+                self.refresh(&sub, now_ms);
+                self.requeue_tenant(&tenant_id);
+                continue;
+            }
+            if let Some(pace) = self.paces.get_mut(&sub)
+                && pace.rate.is_some()
+            {
+                pace.tokens -= 1.0;
+            }
+            let lane = self.lanes.get_mut(&sub).expect("ready names lanes");
             lane.queue.pop_first();
             lane.in_flight += 1;
             self.queued -= 1;
@@ -352,13 +468,15 @@ impl Scheduler {
             return;
         };
         let sub = sub.clone();
-        let lane = self.lanes.get_mut(&sub).expect("just found");
+        let lane = self.lanes.get(&sub).expect("just found");
         let Some(due) = lane.queue.first().map(|(d, _)| *d) else {
             return;
         };
         if lane.in_flight >= lane.cap || lane.ready {
             return;
         }
+        let due = due.max(self.gate(&sub, now_ms));
+        let lane = self.lanes.get_mut(&sub).expect("just found");
         if due <= now_ms {
             lane.ready = true;
             let tenant_id = lane.tenant.clone();

@@ -107,9 +107,9 @@ impl Queue {
                 return;
             };
             let queue = Queue { inner };
-            // A cap changed through another node.
+            // A cap or a rate limit changed through another node.
             for sub in &changes.subscriptions {
-                queue.set_cap(&sub.id, sub.max_in_flight);
+                queue.set_limits(sub);
             }
             if !changes.due.is_empty() {
                 queue.queue_remote(&changes.due);
@@ -237,11 +237,15 @@ impl Queue {
         if let Some(cap) = s.caps.get(sub_id) {
             return Ok(*cap);
         }
-        let cap = self
-            .inner
-            .store
-            .get_subscription(tenant_id, sub_id)?
+        let sub = self.inner.store.get_subscription(tenant_id, sub_id)?;
+        let cap = sub
+            .as_ref()
             .map_or(self.inner.default_cap, |sub| sub.max_in_flight.max(1));
+        if let Some(rate) = sub.as_ref().and_then(|sub| sub.rate_limit) {
+            let now = millis(self.inner.clock.now());
+            s.scheduler
+                .set_rate(sub_id, Some((rate.per_second, rate.burst())), now);
+        }
         s.caps.insert(sub_id.to_string(), cap);
         Ok(cap)
     }
@@ -299,7 +303,22 @@ impl Queue {
         let accepted = new().filter(|n| !n.replay).count();
         telemetry::events(accepted, outcomes.len() - new().count());
         counted(new().flat_map(|n| &n.deliveries));
-        self.publish(new().flat_map(|n| &n.deliveries));
+        self.publish(
+            new()
+                .flat_map(|n| &n.deliveries)
+                .filter(|d| d.order.is_none()),
+        );
+        // An ordered delivery was stored pending only at the head of its
+        // line: the store says which.
+        let mut heads = Vec::new();
+        for d in new().flat_map(|n| &n.deliveries) {
+            if d.order.is_some()
+                && let Some(stored) = self.inner.store.get_delivery(&d.id)?
+            {
+                heads.push(stored);
+            }
+        }
+        self.publish(&heads);
         // A re-sent event whose first request failed after its write (the
         // commit did not go through, yet the write later reached the disk):
         // its pending deliveries are made visible now, under their ids.
@@ -341,12 +360,25 @@ impl Queue {
         Ok(committed)
     }
 
-    /// Makes a finished delivery pending again (a manual retry).
-    pub async fn requeue(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.inner.store.update_delivery(delivery, None).await?;
+    /// Makes a finished delivery pending again (a manual retry); an
+    /// ordered one takes its place in its line. The delivery as stored.
+    pub async fn requeue(&self, delivery: &Delivery) -> Result<Delivery, StoreError> {
+        let stored = self.inner.store.retry_delivery(delivery).await?;
         self.inner.store.durable().await?;
-        self.publish([delivery]);
-        Ok(())
+        self.publish([&stored]);
+        Ok(stored)
+    }
+
+    /// Lets the line stopped by the failed head `delivery` go on without
+    /// it (`on_failure: block`); false when it stops no line.
+    pub async fn dismiss(&self, delivery: &Delivery) -> Result<bool, StoreError> {
+        let now = self.inner.clock.now();
+        let (dismissed, promoted) = self.inner.store.dismiss_head(delivery, now).await?;
+        self.inner.store.durable().await?;
+        if let Some(next) = &promoted {
+            self.publish([next]);
+        }
+        Ok(dismissed)
     }
 
     /// Stores deliveries that are attempted right away by the caller, not by
@@ -402,14 +434,26 @@ impl Queue {
         self.inner.wake.notify_one();
     }
 
-    /// A subscription's cap changed.
-    pub fn set_cap(&self, subscription_id: &str, cap: u32) {
+    /// A subscription's cap or rate limit may have changed.
+    pub fn set_limits(&self, sub: &crate::store::Subscription) {
         let now = millis(self.inner.clock.now());
         let mut s = self.lock();
-        s.caps.insert(subscription_id.to_string(), cap.max(1));
-        s.scheduler.set_cap(subscription_id, cap, now);
+        s.caps.insert(sub.id.clone(), sub.max_in_flight.max(1));
+        s.scheduler.set_cap(&sub.id, sub.max_in_flight, now);
+        let rate = sub.rate_limit.map(|r| (r.per_second, r.burst()));
+        s.scheduler.set_rate(&sub.id, rate, now);
         drop(s);
         self.inner.wake.notify_one();
+    }
+
+    /// No attempt of the subscription starts before `until` (its receiver
+    /// answered 429 or 503 with `Retry-After`).
+    pub fn pause(&self, subscription_id: &str, until: Timestamp) {
+        let now = millis(self.inner.clock.now());
+        self.lock()
+            .scheduler
+            .pause(subscription_id, millis(until), now);
+        telemetry::paused();
     }
 
     /// When the earliest not-yet-due delivery becomes due.

@@ -20,12 +20,23 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{Delivery, DeliveryStatus, StoreError, StoredRequest};
+use super::{Delivery, DeliveryStatus, OrderSlot, StoreError, StoredRequest};
 use crate::runtime::Header;
 use crate::store::models::Attempt;
 
 /// The first byte of a delivery in this form.
 pub(super) const DELIVERY_V1: u8 = 0x02;
+/// The first byte of an ordered delivery: the V1 layout, then its
+/// [`OrderSlot`]. Unordered deliveries stay V1 (not a byte more).
+pub(super) const DELIVERY_V2: u8 = 0x03;
+
+#[derive(Serialize, Deserialize)]
+struct OrderV1<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    seq: u64,
+    block: bool,
+}
 
 #[derive(Serialize, Deserialize)]
 struct DeliveryV1<'a> {
@@ -77,6 +88,7 @@ fn status_code(s: DeliveryStatus) -> u8 {
         DeliveryStatus::Failed => 2,
         DeliveryStatus::Filtered => 3,
         DeliveryStatus::Held => 4,
+        DeliveryStatus::Blocked => 5,
     }
 }
 
@@ -87,6 +99,7 @@ fn status_of(code: u8) -> Option<DeliveryStatus> {
         2 => DeliveryStatus::Failed,
         3 => DeliveryStatus::Filtered,
         4 => DeliveryStatus::Held,
+        5 => DeliveryStatus::Blocked,
         _ => return None,
     })
 }
@@ -136,8 +149,22 @@ pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
         updated_at: nanos(d.updated_at),
     };
     let mut out = Vec::with_capacity(256);
-    out.push(DELIVERY_V1);
-    postcard::to_extend(&record, out).expect("a delivery serializes")
+    match &d.order {
+        None => {
+            out.push(DELIVERY_V1);
+            postcard::to_extend(&record, out).expect("a delivery serializes")
+        }
+        Some(o) => {
+            out.push(DELIVERY_V2);
+            let out = postcard::to_extend(&record, out).expect("a delivery serializes");
+            let order = OrderV1 {
+                key: Cow::Borrowed(&o.key),
+                seq: o.seq,
+                block: o.block,
+            };
+            postcard::to_extend(&order, out).expect("an order slot serializes")
+        }
+    }
 }
 
 /// A delivery from its record in this form (`bytes` starts with
@@ -147,8 +174,19 @@ pub(super) fn decode_delivery_v1(key: &[u8], bytes: &[u8]) -> Result<Delivery, S
         key: String::from_utf8_lossy(key).into_owned(),
         message,
     };
-    let (record, rest): (DeliveryV1, _) = postcard::take_from_bytes(&bytes[1..])
+    let (record, mut rest): (DeliveryV1, _) = postcard::take_from_bytes(&bytes[1..])
         .map_err(|e| corrupt(format!("binary delivery record: {e}")))?;
+    let mut order = None;
+    if bytes[0] == DELIVERY_V2 {
+        let (o, after): (OrderV1, _) = postcard::take_from_bytes(rest)
+            .map_err(|e| corrupt(format!("binary delivery record's order: {e}")))?;
+        order = Some(OrderSlot {
+            key: o.key.into_owned(),
+            seq: o.seq,
+            block: o.block,
+        });
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(corrupt(format!(
             "binary delivery record: {} bytes after its end",
@@ -198,6 +236,7 @@ pub(super) fn decode_delivery_v1(key: &[u8], bytes: &[u8]) -> Result<Delivery, S
         last_error: owned(record.last_error),
         created_at: time(record.created_at)?,
         updated_at: time(record.updated_at)?,
+        order,
     })
 }
 
@@ -245,7 +284,26 @@ mod tests {
             last_error: Some("HTTP 503".into()),
             created_at: at("2026-11-24T06:12:22Z"),
             updated_at: at("2026-11-24T06:12:23.000000001Z"),
+            order: None,
         }
+    }
+
+    #[test]
+    fn an_ordered_delivery_keeps_its_slot_and_an_unordered_one_stays_v1() {
+        let ordered = Delivery {
+            status: DeliveryStatus::Blocked,
+            order: Some(OrderSlot {
+                key: "conv-7 \u{1F600}".into(),
+                seq: 1 << 40,
+                block: true,
+            }),
+            ..delivery()
+        };
+        let bytes = encode_delivery(&ordered);
+        assert_eq!(bytes[0], DELIVERY_V2);
+        assert_eq!(decode_delivery(b"k", &bytes).unwrap(), ordered);
+        assert!(decode_delivery(b"k", &bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(encode_delivery(&delivery())[0], DELIVERY_V1);
     }
 
     #[test]
@@ -266,6 +324,7 @@ mod tests {
             DeliveryStatus::Failed,
             DeliveryStatus::Filtered,
             DeliveryStatus::Held,
+            DeliveryStatus::Blocked,
         ] {
             let bare = Delivery {
                 status,

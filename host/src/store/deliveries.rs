@@ -26,6 +26,17 @@ impl Store {
             .transpose()
     }
 
+    /// A manual retry: the finished delivery `d`, made pending by the
+    /// caller, stored again; an ordered one takes its place in its line
+    /// (see `lanes.rs`) and may be stored blocked. The delivery as stored.
+    pub async fn retry_delivery(&self, d: &Delivery) -> Result<Delivery, StoreError> {
+        if d.order.is_some() {
+            return self.retry_ordered(d).await;
+        }
+        self.update_delivery(d, None).await?;
+        Ok(d.clone())
+    }
+
     /// Replaces a delivery, moving its outbox entry from `previous_due` to
     /// its new `next_attempt_at` in the same transaction.
     pub async fn update_delivery(

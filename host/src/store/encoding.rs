@@ -47,7 +47,7 @@ pub(super) fn pack(raw: Vec<u8>) -> Vec<u8> {
 /// A delivery from its record, in whichever form it was written.
 pub(super) fn decode_delivery(key: &[u8], bytes: &[u8]) -> Result<Delivery, StoreError> {
     match bytes.first() {
-        Some(&codec::DELIVERY_V1) => codec::decode_delivery_v1(key, bytes),
+        Some(&codec::DELIVERY_V1 | &codec::DELIVERY_V2) => codec::decode_delivery_v1(key, bytes),
         _ => decode(key, bytes),
     }
 }
@@ -63,7 +63,7 @@ pub(super) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
             unpacked = unpack(bytes).map_err(corrupt)?;
             &unpacked[..]
         }
-        Some(&codec::DELIVERY_V1) => {
+        Some(&codec::DELIVERY_V1 | &codec::DELIVERY_V2) => {
             return Err(corrupt(
                 "a binary delivery record read as another kind of record".into(),
             ));

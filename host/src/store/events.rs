@@ -161,7 +161,9 @@ impl Store {
         for kv in self.deliveries.range(..boundary.as_bytes()) {
             let (k, v) = kv?;
             let d = decode_delivery(&k, &v)?;
-            if d.status.is_final() {
+            // A failed head that stops its line stays until it is retried
+            // or dismissed (the line names it).
+            if d.status.is_final() && !self.is_blocking(&d)? {
                 w.remove(&self.deliveries, &k)?;
                 w.remove(&self.tenant_deliveries, super::deliveries::index_key(&d))?;
                 deliveries += 1;
@@ -172,13 +174,17 @@ impl Store {
     }
 
     /// The keys of the events whose pending deliveries send the event's
-    /// own body: the outbox's deliveries, read once per prune.
+    /// own body: the outbox's deliveries and those waiting in an ordered
+    /// line, read once per prune.
     fn events_still_sent(&self) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
         let mut keys = std::collections::HashSet::new();
-        for entry in self.outbox_entries() {
-            let entry = entry?;
-            if let Some(d) = self.get_delivery(entry.delivery_id())?
-                && d.status == DeliveryStatus::Pending
+        let due = self
+            .outbox_entries()
+            .map(|e| e.map(|e| e.delivery_id().to_string()));
+        for id in due.chain(self.waiting_deliveries()) {
+            let id = id?;
+            if let Some(d) = self.get_delivery(&id)?
+                && matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Blocked)
                 && d.request.is_some_and(|r| r.body_from_event)
             {
                 keys.insert(scoped(&d.tenant_id, &d.event_id));
@@ -295,6 +301,7 @@ pub(super) fn accept_tx(
     batch: &[&NewEvent],
     [events, by_time, deliveries, tenant_deliveries, outbox]: [&dyn TxTree; 5],
     windows: Option<(&dyn TxTree, &dyn TxTree)>,
+    lanes: Option<(&dyn TxTree, &dyn TxTree)>,
 ) -> TxResult<Vec<Accepted>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut seen = std::collections::HashSet::new();
@@ -325,7 +332,20 @@ pub(super) fn accept_tx(
             by_time.insert(&time_key(millis(e.received_at), &key), &[])?;
         }
         for d in &new.deliveries {
-            put_delivery_tx(deliveries, outbox, d, None)?;
+            match (lanes, &d.order) {
+                (Some((lanes, items)), Some(_)) => {
+                    // Joins its line: pending at the head, else blocked.
+                    let mut d = d.clone();
+                    super::lanes::LaneTrees {
+                        lanes,
+                        items,
+                        deliveries,
+                        outbox,
+                    }
+                    .join(&mut d)?;
+                }
+                _ => put_delivery_tx(deliveries, outbox, d, None)?,
+            }
             super::deliveries::index_tx(tenant_deliveries, d)?;
         }
         if let Some((held, windows)) = windows {

@@ -29,6 +29,8 @@ pub const CARRIED: &[&str] = &[
     "outbox",
     "held",
     "windows",
+    "lanes",
+    "lane_items",
     "tenants",
 ];
 

@@ -38,6 +38,8 @@
 //! | `outbox` | due ms (BE) delivery id | tenant id `\0` subscription id |
 //! | `held` | subscription id `\0` window start ms (BE) seq (BE) | [`HeldRecord`] |
 //! | `windows` | subscription id `\0` window start ms (BE) | [`WindowState`] |
+//! | `lanes` | tenant id `\0` subscription id `\0` key digest | [`LaneState`]: an ordering key's line (`lanes.rs`) |
+//! | `lane_items` | lane key `\0` sequence (BE u64) | delivery id: a member of the line |
 //! | `ops_endpoints` | tenant id | [`Subscription`]: the tenant's operational webhook (see `notify`) |
 //! | `sources` | tenant id `\0` source id | [`Source`] |
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
@@ -69,6 +71,8 @@ mod backend;
 use backend::{Backend, ClusterBackend};
 mod keys;
 pub use keys::*;
+mod lanes;
+pub use lanes::{LanePosition, LaneState};
 pub mod migrate;
 pub mod models;
 mod records;
@@ -193,6 +197,8 @@ pub struct Trees {
     outbox: Tree,
     held: Tree,
     windows: Tree,
+    lanes: Tree,
+    lane_items: Tree,
     ops_endpoints: Tree,
     sources: Tree,
     source_index: Tree,
@@ -268,8 +274,12 @@ impl Store {
                 &self.outbox,
                 &self.held,
                 &self.windows,
+                &self.lanes,
+                &self.lane_items,
             ],
-            |[e, t, d, td, o, h, w]| events::accept_tx(events, [e, t, d, td, o], Some((h, w))),
+            |[e, t, d, td, o, h, w, l, li]| {
+                events::accept_tx(events, [e, t, d, td, o], Some((h, w)), Some((l, li)))
+            },
         )
         .await
     }
@@ -283,13 +293,21 @@ impl Store {
     /// then the record, then the old entry removed (at worst a stale entry,
     /// which the worker drops when it finds the delivery no longer due).
     /// On disk by the next flush, as before.
+    ///
+    /// An ordered delivery's final record moves its line on in the same
+    /// change (`lanes.rs`): the delivery that becomes pending is returned,
+    /// for the caller to hand to the queue.
     pub async fn record_delivery(
         &self,
         delivery: &Delivery,
         leased: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Delivery>, StoreError> {
+        if delivery.order.is_some() && delivery.status.is_final() {
+            return self.record_ordered_final(delivery, leased).await;
+        }
         if let (Some(_), Some(due)) = (self.log(), leased) {
-            return self.record_leased_attempt(delivery, due).await;
+            self.record_leased_attempt(delivery, due).await?;
+            return Ok(None);
         }
         let mut w = self.plain();
         let entry = deliveries::outbox_entry(delivery);
@@ -307,7 +325,8 @@ impl Store {
                 w.remove(&self.outbox, old)?;
             }
         }
-        w.commit().await
+        w.commit().await?;
+        Ok(None)
     }
 
     /// Cluster mode: an attempt's record, guarded by the outbox entry it

@@ -113,6 +113,15 @@ pub struct Subscription {
     pub consecutive_failures: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Deliveries with the same key go one at a time, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+    /// At most this many attempts a second (across the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Mutual TLS and a private CA for this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTls>,
 }
 
 impl Subscription {
@@ -165,6 +174,9 @@ pub enum DeliveryStatus {
     Filtered,
     /// The plugin held the event's items for a window.
     Held,
+    /// Ordered: waits behind an earlier delivery with the same ordering
+    /// key (see [`OrderSlot`]); made pending when it reaches the head.
+    Blocked,
 }
 
 impl DeliveryStatus {
@@ -175,11 +187,12 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Filtered => "filtered",
             DeliveryStatus::Held => "held",
+            DeliveryStatus::Blocked => "blocked",
         }
     }
 
     pub fn is_final(self) -> bool {
-        !matches!(self, DeliveryStatus::Pending)
+        !matches!(self, DeliveryStatus::Pending | DeliveryStatus::Blocked)
     }
 }
 
@@ -248,6 +261,89 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Ordered deliveries only: its place in its key's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderSlot>,
+}
+
+/// Where an ordered delivery stands: deliveries of one subscription with
+/// the same key are attempted one at a time in `seq` order (the store's
+/// `lanes`, see `store/lanes.rs`). The line is the stored order, so it
+/// survives restarts and moves with the records in cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSlot {
+    /// The ordering key's value, as text (at most [`OrderSlot::MAX_KEY`] bytes).
+    pub key: String,
+    /// Its place in the line, given when it joins it (0 before).
+    pub seq: u64,
+    /// When it fails for good, the line stops until it is retried or
+    /// dismissed (`on_failure: block`), instead of the next one going.
+    pub block: bool,
+}
+
+impl OrderSlot {
+    /// Longer keys are cut (on a character boundary) before they are used.
+    pub const MAX_KEY: usize = 256;
+}
+
+/// A subscription's ordering: deliveries whose event has the same value at
+/// `key` (a JSON pointer into the event) go one at a time, in the order
+/// they were accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ordering {
+    /// A JSON pointer into the event, e.g. `/data/conversation_id`.
+    pub key: String,
+    /// When the head of a key's line fails for good: `skip` (the next one
+    /// goes) or `block` (the line stops until the head is retried or
+    /// dismissed).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Skip,
+    Block,
+}
+
+/// A subscription's pace: a token bucket (`per_second` tokens a second,
+/// at most `burst` saved up). A delivery that may not go yet stays queued
+/// and holds no worker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    /// Attempts that may go at once after a quiet spell (default: one
+    /// second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| self.per_second.ceil() as u32)
+            .max(1)
+    }
+}
+
+/// TLS settings of one subscription's endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTls {
+    /// PEM: a client certificate (chain) presented for mutual TLS.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    /// PEM: its private key; sealed like a secret, never returned.
+    #[serde(default, with = "crate::secrets::sealed_opt")]
+    pub client_key: Option<String>,
+    /// PEM: a CA (or several) trusted for this endpoint besides the
+    /// system's and `[delivery] ca_file`.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// One subscription's window that has held items.

@@ -102,6 +102,8 @@ impl Store {
         let outbox = tree("outbox")?;
         let held = tree("held")?;
         let windows = tree("windows")?;
+        let lanes = tree("lanes")?;
+        let lane_items = tree("lane_items")?;
         let backend = match backend {
             Some(backend) => backend,
             None => {
@@ -114,6 +116,8 @@ impl Store {
                     outbox: outbox.clone(),
                     held: held.clone(),
                     windows: windows.clone(),
+                    lanes: lanes.clone(),
+                    lane_items: lane_items.clone(),
                     intents: tree(INTENTS_TREE)?,
                     failed: Default::default(),
                 };
@@ -140,6 +144,8 @@ impl Store {
             outbox,
             held,
             windows,
+            lanes,
+            lane_items,
             ops_endpoints: tree("ops_endpoints")?,
             sources: tree("sources")?,
             source_index: tree("source_index")?,

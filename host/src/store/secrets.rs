@@ -85,7 +85,8 @@ impl Store {
 }
 
 /// Whether a stored record holds a secret not sealed with the current key:
-/// a signing secret, or a `nats` source's broker URL.
+/// a signing secret, a `nats` source's broker URL, or an endpoint's TLS
+/// client key.
 pub(super) fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, StoreError> {
     let raw: Value = decode(key, bytes)?;
     let secrets = raw["secrets"].as_array().is_some_and(|secrets| {
@@ -97,5 +98,8 @@ pub(super) fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, St
     let broker = raw["nats"]["url"]
         .as_str()
         .is_some_and(|u| !keys.is_current(u));
-    Ok(secrets || broker)
+    let client_key = raw["tls"]["client_key"]
+        .as_str()
+        .is_some_and(|k| !keys.is_current(k));
+    Ok(secrets || broker || client_key)
 }

@@ -232,6 +232,9 @@ pub(super) mod tests {
             consecutive_failures: 0,
             created_at,
             updated_at: created_at,
+            ordering: None,
+            rate_limit: None,
+            tls: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub(in crate::store) struct Writer {
     pub(in crate::store) outbox: Tree,
     pub(in crate::store) held: Tree,
     pub(in crate::store) windows: Tree,
+    pub(in crate::store) lanes: Tree,
+    pub(in crate::store) lane_items: Tree,
     pub(in crate::store) intents: Tree,
     /// Set once a write failed in sled (a full disk, an I/O error); then
     /// nothing more is written or flushed, and every job is answered with
@@ -184,10 +186,12 @@ impl Writer {
         accepts: &[(Vec<NewEvent>, AcceptReply)],
     ) -> Vec<Result<Vec<Accepted>, StoreError>> {
         let batches: Vec<&[NewEvent]> = accepts.iter().map(|(b, _)| b.as_slice()).collect();
-        let plain = batches
-            .iter()
-            .flat_map(|b| b.iter())
-            .all(|n| !n.replay && n.held.is_empty() && n.released.is_empty());
+        let plain = batches.iter().flat_map(|b| b.iter()).all(|n| {
+            !n.replay
+                && n.held.is_empty()
+                && n.released.is_empty()
+                && n.deliveries.iter().all(|d| d.order.is_none())
+        });
         if plain {
             self.write_plain(&batches)
         } else {
@@ -282,39 +286,36 @@ impl Writer {
         let holds = events
             .iter()
             .any(|n| !n.held.is_empty() || !n.released.is_empty());
-        let write =
-            |trees: [&TransactionalTree; 5],
-             windows: Option<(&TransactionalTree, &TransactionalTree)>| {
-                let trees = trees.map(|t| t as &dyn TxTree);
-                let windows = windows.map(|(h, w)| (h as &dyn TxTree, w as &dyn TxTree));
-                let accepted = accept_tx(&events, trees, windows)?;
-                Ok(split_by_batch(accepted, batches))
-            };
+        let ordered = events
+            .iter()
+            .any(|n| n.deliveries.iter().any(|d| d.order.is_some()));
         // A transaction locks every tree it names: the window trees only
-        // when something is held or taken (rare).
+        // when something is held or taken, the lines' only when a delivery
+        // is ordered (both rare next to plain events).
+        let mut trees = vec![
+            &self.events,
+            &self.events_by_time,
+            &self.deliveries,
+            &self.tenant_deliveries,
+            &self.outbox,
+        ];
         if holds {
-            (
-                &self.events,
-                &self.events_by_time,
-                &self.deliveries,
-                &self.tenant_deliveries,
-                &self.outbox,
-                &self.held,
-                &self.windows,
-            )
-                .transaction(|(e, t, d, td, o, h, w)| write([e, t, d, td, o], Some((h, w))))
-                .map_err(tx_error)
-        } else {
-            (
-                &self.events,
-                &self.events_by_time,
-                &self.deliveries,
-                &self.tenant_deliveries,
-                &self.outbox,
-            )
-                .transaction(|(e, t, d, td, o)| write([e, t, d, td, o], None))
-                .map_err(tx_error)
+            trees.extend([&self.held, &self.windows]);
         }
+        if ordered {
+            trees.extend([&self.lanes, &self.lane_items]);
+        }
+        trees
+            .as_slice()
+            .transaction(|tx| {
+                let t = |i: usize| &tx[i] as &dyn TxTree;
+                let windows = holds.then(|| (t(5), t(6)));
+                let first_lane = if holds { 7 } else { 5 };
+                let lanes = ordered.then(|| (t(first_lane), t(first_lane + 1)));
+                let accepted = accept_tx(&events, [t(0), t(1), t(2), t(3), t(4)], windows, lanes)?;
+                Ok(split_by_batch(accepted, batches))
+            })
+            .map_err(tx_error)
     }
 }
 
@@ -428,6 +429,8 @@ pub(in crate::store) mod tests {
             outbox: store.outbox.clone(),
             held: store.held.clone(),
             windows: store.windows.clone(),
+            lanes: store.lanes.clone(),
+            lane_items: store.lane_items.clone(),
             intents: store.db.open_tree(crate::store::INTENTS_TREE).unwrap(),
             failed: Default::default(),
         };
