@@ -1,5 +1,6 @@
 //! `/v1/deliveries` (tenant key): the delivery log — list with filters,
-//! read one with its body and attempts, retry by hand.
+//! read one with its body and attempts, retry by hand, and dismiss the
+//! failed head that stops an ordered line.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -21,6 +22,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(list))
         .routes(routes!(get_one))
         .routes(routes!(retry))
+        .routes(routes!(dismiss))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -30,7 +32,7 @@ pub struct ListParams {
     event_id: Option<String>,
     /// An exact event type.
     event_type: Option<String>,
-    /// `pending`, `succeeded`, `failed`, `filtered`, `held`.
+    /// `pending`, `blocked`, `succeeded`, `failed`, `filtered`, `held`.
     status: Option<String>,
     /// 1 to 500 (default 50).
     limit: Option<usize>,
@@ -54,6 +56,24 @@ pub struct DeliverySummary {
     pub next_attempt_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// An ordered delivery's key (`blocked`: it waits behind an earlier
+    /// delivery with the same key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+}
+
+/// Where an ordered delivery's line stands (one delivery's detail).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineView {
+    pub key: String,
+    /// The delivery at the head of the line: pending, or failed and
+    /// stopping it.
+    pub head: Option<String>,
+    /// Deliveries ahead of this one.
+    pub ahead: u64,
+    /// The head failed for good under `on_failure: block`: nothing behind
+    /// it goes until it is retried or dismissed.
+    pub stopped: bool,
 }
 
 impl From<&Delivery> for DeliverySummary {
@@ -71,6 +91,7 @@ impl From<&Delivery> for DeliverySummary {
             next_attempt_at: d.next_attempt_at,
             created_at: d.created_at,
             updated_at: d.updated_at,
+            ordering_key: d.order.as_ref().map(|o| o.key.clone()),
         }
     }
 }
@@ -94,13 +115,16 @@ pub struct DeliveryDetail {
     pub signing_headers: Vec<Header>,
     #[schema(value_type = Vec<Object>)]
     pub attempt_log: Vec<Attempt>,
+    /// Ordered deliveries whose line is still there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<LineView>,
 }
 
 fn parse_status(s: &str) -> Result<DeliveryStatus, ApiError> {
     serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
         ApiError::bad(
             "invalid_query",
-            format!("status {s:?} is not pending, succeeded, failed, filtered or held"),
+            format!("status {s:?} is not pending, blocked, succeeded, failed, filtered or held"),
         )
     })
 }
@@ -202,7 +226,18 @@ fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError>
         }
         _ => vec![],
     };
+    let line = state
+        .app
+        .store
+        .lane_position(&d)?
+        .map(|p| LineView {
+            key: d.order.as_ref().map(|o| o.key.clone()).unwrap_or_default(),
+            head: p.head,
+            ahead: p.ahead,
+            stopped: p.blocked,
+        });
     Ok(DeliveryDetail {
+        line,
         summary: DeliverySummary::from(&d),
         request: d.request,
         signing_headers,
@@ -238,6 +273,11 @@ async fn retry(
             "delivery {id} is already pending"
         )));
     }
+    if d.status == DeliveryStatus::Blocked {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} waits behind an earlier delivery with its ordering key; it goes when that one is done (or dismissed)"
+        )));
+    }
     if d.request.is_none() {
         return Err(ApiError::Conflict(format!(
             "delivery {id} has nothing to send ({}); replay the event through the subscription instead",
@@ -260,6 +300,29 @@ async fn retry(
     d.status = DeliveryStatus::Pending;
     d.next_attempt_at = Some(now);
     d.updated_at = now;
-    state.app.queue.requeue(&d).await?;
+    // An ordered one: the head that stops its line goes again where it
+    // stands; any other joins the end of its line (and may wait there).
+    let d = state.app.queue.requeue(&d).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
+}
+
+/// Let an ordered line go on without its failed head: the delivery that
+/// stops its line (`on_failure: block`) stays failed, and the next one
+/// with its key is attempted now.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/dismiss", tag = "deliveries", security(("tenant" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeliveryDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn dismiss(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<DeliveryDetail>, ApiError> {
+    let d = load(&state, &tenant, &id)?;
+    if !state.app.queue.dismiss(&d).await? {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} does not stop an ordered line (only a failed head under on_failure \"block\" does)"
+        )));
+    }
+    let d = load(&state, &tenant, &id)?;
+    Ok(axum::Json(detail(&state, d)?))
 }

@@ -74,6 +74,19 @@ pub struct SubscriptionView {
     /// attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<TestResult>,
+    pub ordering: Option<crate::store::Ordering>,
+    pub rate_limit: Option<crate::store::RateLimit>,
+    pub tls: Option<TlsView>,
+}
+
+/// An endpoint's TLS settings as the API shows them: the certificates
+/// (public), never the client key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TlsView {
+    pub client_certificate: Option<String>,
+    /// A client key is stored (it is never shown).
+    pub client_key_set: bool,
+    pub ca: Option<String>,
 }
 
 impl SubscriptionView {
@@ -101,6 +114,13 @@ impl SubscriptionView {
             created_at: s.created_at,
             updated_at: s.updated_at,
             verification: None,
+            ordering: s.ordering,
+            rate_limit: s.rate_limit,
+            tls: s.tls.map(|t| TlsView {
+                client_key_set: t.client_key.is_some(),
+                client_certificate: t.client_certificate,
+                ca: t.ca,
+            }),
         }
     }
 }

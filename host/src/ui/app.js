@@ -302,6 +302,15 @@ async function endpointForm(id) {
   const at = h("input", { type: "text", name: "window_at", value: sub && sub.window ? sub.window.at : "", placeholder: "00:00" });
   const tz = h("input", { type: "text", name: "window_timezone", value: sub && sub.window ? sub.window.timezone : "", placeholder: "UTC" });
   const description = h("input", { type: "text", name: "description", value: sub && sub.description ? sub.description : "" });
+  const orderKey = h("input", { type: "text", name: "ordering_key", value: sub && sub.ordering ? sub.ordering.key : "", placeholder: "/data/conversation_id (empty: unordered)" });
+  const onFailure = h("select", { name: "ordering_on_failure" }, ["skip", "block"].map((p) =>
+    h("option", { value: p, selected: sub && sub.ordering && sub.ordering.on_failure === p }, p)));
+  const perSecond = h("input", { type: "number", name: "rate_per_second", min: "0.01", step: "any", value: sub && sub.rate_limit ? String(sub.rate_limit.per_second) : "", placeholder: "attempts a second (empty: no limit)" });
+  const burst = h("input", { type: "number", name: "rate_burst", min: "1", step: "1", value: sub && sub.rate_limit && sub.rate_limit.burst ? String(sub.rate_limit.burst) : "", placeholder: "default: one second's worth" });
+  const tls = sub && sub.tls;
+  const clientCert = h("textarea", { name: "tls_client_certificate", rows: "3", placeholder: "-----BEGIN CERTIFICATE-----" }, tls && tls.client_certificate ? tls.client_certificate : "");
+  const clientKey = h("textarea", { name: "tls_client_key", rows: "3", placeholder: tls && tls.client_key_set ? "stored (never shown); paste a key to replace it" : "-----BEGIN PRIVATE KEY-----" }, "");
+  const ca = h("textarea", { name: "tls_ca", rows: "3", placeholder: "-----BEGIN CERTIFICATE----- (the receiver's private CA)" }, tls && tls.ca ? tls.ca : "");
   const form = h("form", { class: "card", id: "endpoint-form" },
     field("URL", url),
     h("fieldset", {}, h("legend", {}, "Events"),
@@ -312,6 +321,14 @@ async function endpointForm(id) {
     field("Signature scheme", scheme),
     field("Retry preset", preset),
     h("fieldset", {}, h("legend", {}, "Window (optional)"), field("Every", every), field("Closes at", at), field("Time zone", tz)),
+    h("fieldset", {}, h("legend", {}, "Ordering (optional)"),
+      field("Ordering key", orderKey, "A JSON pointer into the event: deliveries whose events share its value go one at a time, in order."),
+      field("When the head fails for good", onFailure, "skip: the next one goes; block: the key waits until the head is retried or dismissed.")),
+    h("fieldset", {}, h("legend", {}, "Rate limit (optional)"), field("Per second", perSecond), field("Burst", burst)),
+    h("fieldset", {}, h("legend", {}, "TLS (optional)"),
+      field("Client certificate (PEM)", clientCert, "Presented for mutual TLS, with its key."),
+      field("Client key (PEM)", clientKey, "Stored sealed; never shown again."),
+      field("CA (PEM)", ca, "Trusted for this endpoint besides the system's CAs.")),
     field("Description", description),
     h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
       h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel")));
@@ -336,6 +353,19 @@ async function endpointForm(id) {
         if (at.value.trim()) input.window.at = at.value.trim();
         if (tz.value.trim()) input.window.timezone = tz.value.trim();
       } else if (sub) input.window = null;
+      if (orderKey.value.trim()) input.ordering = { key: orderKey.value.trim(), on_failure: onFailure.value };
+      else if (sub && sub.ordering) input.ordering = null;
+      if (perSecond.value.trim()) {
+        input.rate_limit = { per_second: Number(perSecond.value) };
+        if (burst.value.trim()) input.rate_limit.burst = Number(burst.value);
+      } else if (sub && sub.rate_limit) input.rate_limit = null;
+      const certText = clientCert.value.trim(), keyText = clientKey.value.trim(), caText = ca.value.trim();
+      const tlsChanged = !tls || certText !== (tls.client_certificate || "").trim() || keyText || caText !== (tls.ca || "").trim();
+      if ((certText || caText) && tlsChanged) {
+        input.tls = {};
+        if (certText) { input.tls.client_certificate = certText; input.tls.client_key = keyText; }
+        if (caText) input.tls.ca = caText;
+      } else if (!certText && !caText && tls) input.tls = null;
       const saved = sub
         ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
         : await api("POST", "/v1/subscriptions", input);
@@ -361,6 +391,9 @@ async function endpointPage(id, params) {
       h("dt", {}, "Signature"), h("dd", {}, sub.signature.scheme),
       h("dt", {}, "Retries"), h("dd", {}, `${sub.retry.preset || "custom"}: ${sub.retry.schedule_secs.length} retries`),
       h("dt", {}, "Window"), h("dd", {}, sub.window ? `every ${sub.window.every} at ${sub.window.at} ${sub.window.timezone}` : "—"),
+      h("dt", {}, "Ordering"), h("dd", { id: "endpoint-ordering" }, sub.ordering ? `by ${sub.ordering.key}, on failure: ${sub.ordering.on_failure}` : "—"),
+      h("dt", {}, "Rate limit"), h("dd", { id: "endpoint-rate" }, sub.rate_limit ? `${sub.rate_limit.per_second}/s` + (sub.rate_limit.burst ? `, burst ${sub.rate_limit.burst}` : "") : "—"),
+      h("dt", {}, "TLS"), h("dd", {}, sub.tls ? [sub.tls.client_certificate ? "client certificate" : null, sub.tls.ca ? "own CA" : null].filter(Boolean).join(", ") : "—"),
       h("dt", {}, "Failure streak"), h("dd", {}, String(sub.consecutive_failures)),
       h("dt", {}, "Queued"), h("dd", {}, String(sub.queued_deliveries)),
       h("dt", {}, "Created"), h("dd", {}, when(sub.created_at))),
@@ -409,7 +442,7 @@ async function endpointPage(id, params) {
 // A live, filtered, paged table of deliveries; `fixed` are filters that
 // always apply (the endpoint), `params` the ones from the address.
 function deliveriesTable(fixed, params) {
-  const status = h("select", { name: "status" }, ["", "pending", "succeeded", "failed", "filtered", "held"].map((s) =>
+  const status = h("select", { name: "status" }, ["", "pending", "blocked", "succeeded", "failed", "filtered", "held"].map((s) =>
     h("option", { value: s, selected: params.get("status") === s }, s || "any")));
   const type = h("input", { type: "text", name: "event_type", value: params.get("event_type") || "", placeholder: "message.created" });
   const body = h("tbody", {});
@@ -477,8 +510,17 @@ async function deliveryPage(id) {
     h("dt", {}, "Attempts"), h("dd", {}, String(d.attempts)),
     h("dt", {}, "Next attempt"), h("dd", {}, d.next_attempt_at ? when(d.next_attempt_at) : "—"),
     h("dt", {}, "Error"), h("dd", {}, d.last_error || "—"),
+    d.line ? [h("dt", {}, "Ordering"), h("dd", { id: "delivery-line" },
+      `key ${JSON.stringify(d.line.key)}: ` + (d.line.stopped ? "the line is stopped by its failed head " : d.line.ahead > 0 ? `${d.line.ahead} ahead, behind ` : "at the head "),
+      d.line.head && d.line.head !== d.id ? link("#/deliveries/" + d.line.head, d.line.head) : "")] : null,
     h("dt", {}, "Created"), h("dd", {}, when(d.created_at))),
     h("div", { class: "actions" },
+      d.line && d.line.stopped && d.line.head === d.id ? action("Dismiss (let the line go on)", async () => {
+        const here = location.hash;
+        await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/dismiss");
+        notice(main(), "Dismissed: the next delivery with this key goes now.");
+        refreshIfStill(here, 1500);
+      }, "secondary") : null,
       action("Retry", async () => {
         const here = location.hash;
         await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/retry");
