@@ -343,13 +343,16 @@ impl Server {
     }
 
     pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--allow-private-destinations"];
+        all.extend_from_slice(args);
+        Self::start_guarded(data, &all, env)
+    }
+
+    /// [`Server::start_with`] with the SSRF guard on (private destinations
+    /// refused unless `env` allows some).
+    pub fn start_guarded(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(crate::support::binary())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-private-destinations",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data")
             .arg(data)
             .args(args)

@@ -14,6 +14,7 @@ mod harness;
 mod isolation;
 mod languages;
 mod observability;
+mod ordering;
 mod polling;
 mod sandbox;
 mod security;

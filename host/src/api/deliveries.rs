@@ -226,16 +226,12 @@ fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError>
         }
         _ => vec![],
     };
-    let line = state
-        .app
-        .store
-        .lane_position(&d)?
-        .map(|p| LineView {
-            key: d.order.as_ref().map(|o| o.key.clone()).unwrap_or_default(),
-            head: p.head,
-            ahead: p.ahead,
-            stopped: p.blocked,
-        });
+    let line = state.app.store.lane_position(&d)?.map(|p| LineView {
+        key: d.order.as_ref().map(|o| o.key.clone()).unwrap_or_default(),
+        head: p.head,
+        ahead: p.ahead,
+        stopped: p.blocked,
+    });
     Ok(DeliveryDetail {
         line,
         summary: DeliverySummary::from(&d),

@@ -301,12 +301,25 @@ pub struct Ordering {
     pub on_failure: OnFailure,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     #[default]
     Skip,
     Block,
+}
+
+impl<'de> Deserialize<'de> for OnFailure {
+    /// By hand, so that a wrong value's error names the field.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "skip" => Ok(OnFailure::Skip),
+            "block" => Ok(OnFailure::Block),
+            other => Err(serde::de::Error::custom(format!(
+                "ordering.on_failure {other:?} is not \"skip\" or \"block\""
+            ))),
+        }
+    }
 }
 
 /// A subscription's pace: a token bucket (`per_second` tokens a second,
