@@ -4,7 +4,9 @@
 //! measured behaviour through the real binary.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering as Atomic};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -372,4 +374,547 @@ impl Ca {
     pub fn client(&self, name: &str) -> (String, String) {
         self.leaf(Vec::new(), Some(name))
     }
+}
+
+/// An HTTPS receiver on 127.0.0.1 with a certificate from `ca`; with
+/// `require_client`, the handshake needs a client certificate `ca` signed.
+/// Answers 200 and counts the requests.
+struct TlsReceiver {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl TlsReceiver {
+    async fn start(ca: &Ca, require_client: bool) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = ca.server();
+        let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(certs, key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        counted.fetch_add(1, Atomic::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                "ok".to_string(),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsReceiver { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Atomic::SeqCst)
+    }
+}
+
+both_backends! {
+    #[tokio::test]
+    async fn a_private_ca_and_mutual_tls_per_endpoint(backing) {
+        let e = backing.engine().await;
+        let key = e.tenant().await;
+        let ca = Ca::new();
+        let plain = TlsReceiver::start(&ca, false).await;
+        let mutual = TlsReceiver::start(&ca, true).await;
+        let (cert, client_key) = ca.client("wasmhook");
+        let sub = |url: String, tls: Value| {
+            let mut s = json!({"url": url, "event_types": ["*"], "retry": {"preset": "convosphere"}});
+            if !tls.is_null() {
+                s["tls"] = tls;
+            }
+            s
+        };
+        let cases = [
+            // (subscription, should succeed, what the error names)
+            (sub(plain.url(), Value::Null), false, "tls"),
+            (sub(plain.url(), json!({"ca": ca.pem()})), true, ""),
+            (sub(mutual.url(), json!({"ca": ca.pem()})), false, ""),
+            (
+                sub(mutual.url(), json!({"ca": ca.pem(), "client_certificate": cert, "client_key": client_key})),
+                true,
+                "",
+            ),
+        ];
+        for (i, (body, ok, named)) in cases.into_iter().enumerate() {
+            let key = e.tenant().await;
+            e.subscribe(&key, body.clone()).await;
+            let ids = e.send(&key, message_event(&format!("tls{i}"))).await;
+            e.worker.run_due().await;
+            let d = e.delivery(&key, &ids[0]).await;
+            let status = if ok { "succeeded" } else { "pending" };
+            assert_eq!(d["status"], status, "case {i} {body}: {d}");
+            if !ok {
+                let error = d["last_error"].as_str().unwrap();
+                assert!(error.contains(named), "case {i}: {error}");
+            }
+        }
+        assert_eq!(plain.requests(), 1);
+        assert_eq!(mutual.requests(), 1);
+        let _ = key;
+    }
+}
+
+/// `[delivery] ca_file`: a private CA trusted for every delivery of the
+/// binary; without it the same receiver is refused.
+#[tokio::test]
+async fn a_private_ca_for_every_delivery_from_the_config() {
+    let ca = Ca::new();
+    let rx = TlsReceiver::start(&ca, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &[],
+        &[("WASMHOOK_DELIVERY_CA_FILE", ca_file.to_str().unwrap())],
+    );
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let (status, body) = server
+        .call("POST", "/v1/events", &key, Some(message_event("ca1")))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.requests() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the private-CA receiver got nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    // A CA file that is not PEM stops the start with the key named.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("WASMHOOK_DELIVERY_CA_FILE", &ca_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("delivery.ca_file"), "{stderr}");
+}
+
+/// A forward proxy for tests: CONNECT (https) and absolute-form (http).
+/// It sends a request for port `p` on to `map[p]` on 127.0.0.1, so a
+/// receiver reached through a mapped port was reached through the proxy.
+/// Logs `METHOD host:port` per connection.
+async fn start_proxy(map: HashMap<u16, u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let map = map.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&byte[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let mut first = text.lines().next().unwrap_or("").split(' ');
+                let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let authority = if method == "CONNECT" {
+                    target.to_string()
+                } else {
+                    let rest = target.strip_prefix("http://").unwrap_or(target);
+                    rest.split('/').next().unwrap_or("").to_string()
+                };
+                seen.lock().unwrap().push(format!("{method} {authority}"));
+                let (host, asked) = authority.rsplit_once(':').unwrap_or((&authority, "80"));
+                let asked: u16 = asked.parse().unwrap_or(80);
+                let Some(real) = map.get(&asked).filter(|_| host == "127.0.0.1") else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", *real)).await
+                else {
+                    return;
+                };
+                if method == "CONNECT" {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                } else if upstream.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (port, log)
+}
+
+/// `[delivery] proxy`: every delivery goes through it (plain http in
+/// absolute form, https through CONNECT), and the SSRF guard still decides
+/// on each destination before the proxy is asked.
+#[tokio::test]
+async fn deliveries_go_through_the_egress_proxy_and_the_guard_still_decides() {
+    let rx = Receiver::ok().await;
+    let ca = Ca::new();
+    let tls_rx = TlsReceiver::start(&ca, false).await;
+    // Ports nothing listens on: only the proxy knows where they lead.
+    let (http_port, https_port) = (free_port(), free_port());
+    let (proxy_port, log) = start_proxy(HashMap::from([
+        (http_port, rx.addr.port()),
+        (https_port, tls_rx.port),
+    ]))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let server = Server::start_guarded(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_DELIVERY_PROXY", proxy.as_str()),
+            ("WASMHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.1/32"),
+        ],
+    );
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": format!("http://127.0.0.1:{http_port}/hook"), "event_types": ["message.*"]}),
+        )
+        .await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": format!("https://127.0.0.1:{https_port}/hook"), "event_types": ["message.*"],
+                   "tls": {"ca": ca.pem()}}),
+        )
+        .await;
+    // Private and not allowed: refused before the proxy is asked.
+    let private = server
+        .subscribe(
+            &key,
+            json!({"url": format!("http://127.0.0.2:{http_port}/hook"), "event_types": ["message.*"]}),
+        )
+        .await;
+    for i in 0..5 {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(message_event(&format!("px{i}"))),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    rx.wait_for_ids(5, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tls_rx.requests() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "https through CONNECT: {}",
+            tls_rx.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!(
+        "/v1/deliveries?subscription_id={}",
+        private["id"].as_str().unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, page) = server.call("GET", &path, &key, None).await;
+        let items = page["items"].as_array().unwrap();
+        if items.len() == 5 && items.iter().all(|d| d["status"] == "failed") {
+            let error = items[0]["last_error"].as_str().unwrap();
+            assert!(
+                error.contains("SSRF guard") && error.contains("127.0.0.2"),
+                "{error}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l.starts_with("POST 127.0.0.1:")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("CONNECT 127.0.0.1:")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("127.0.0.2")), "{log:?}");
+}
+
+/// What the order-checking receiver saw.
+#[derive(Default)]
+struct OrderBook {
+    /// Per conversation, the highest seq answered 200.
+    acked: HashMap<String, u64>,
+    /// Per conversation, requests being answered now.
+    busy: HashMap<String, u32>,
+    in_flight: u32,
+    max_in_flight: u32,
+    violations: Vec<String>,
+    requests: usize,
+}
+
+/// A receiver that fails about one request in five (500) and checks that
+/// each conversation's messages come in order, one at a time: a message
+/// ahead of the next expected one, or two of one conversation at once, is
+/// a violation. A message already acknowledged may come again (at least
+/// once: an attempt a kill -9 cut short is sent again under its id).
+async fn order_checking_receiver() -> (String, Arc<Mutex<OrderBook>>) {
+    let book = Arc::new(Mutex::new(OrderBook::default()));
+    let state = book.clone();
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let book = state.clone();
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let event: Value = serde_json::from_slice(&body).unwrap();
+                let conv = event["data"]["conversation_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let seq = event["data"]["seq"].as_u64().unwrap();
+                {
+                    let mut b = book.lock().unwrap();
+                    b.requests += 1;
+                    b.in_flight += 1;
+                    b.max_in_flight = b.max_in_flight.max(b.in_flight);
+                    let busy = b.busy.entry(conv.clone()).or_default();
+                    *busy += 1;
+                    if *busy > 1 {
+                        b.violations
+                            .push(format!("{conv}: two at once (seq {seq}, {id})"));
+                    }
+                }
+                // Counted out even when the sender goes away mid-request (a
+                // kill -9 drops the connection, and axum drops this future).
+                struct Done(Arc<Mutex<OrderBook>>, String);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                        b.in_flight -= 1;
+                        *b.busy.get_mut(&self.1).unwrap() -= 1;
+                    }
+                }
+                let done = Done(book.clone(), conv.clone());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(done);
+                let mut b = book.lock().unwrap();
+                let acked = b.acked.get(&conv).copied().unwrap_or(0);
+                if seq <= acked {
+                    return axum::http::StatusCode::OK;
+                }
+                if seq > acked + 1 {
+                    b.violations.push(format!(
+                        "{conv}: seq {seq} before {} was acknowledged",
+                        acked + 1
+                    ));
+                    return axum::http::StatusCode::CONFLICT;
+                }
+                if rand::random::<f64>() < 0.2 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                b.acked.insert(conv, seq);
+                axum::http::StatusCode::OK
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, book)
+}
+
+both_backends! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_messages_over_fifty_conversations_arrive_in_order_through_failures_and_a_kill9(backing) {
+        const CONVERSATIONS: u64 = 50;
+        const PER_CONVERSATION: u64 = 20;
+        let (url, book) = order_checking_receiver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let server = backing.start(dir.path()).await;
+        let (_, key) = server.tenant("t").await;
+        server
+            .subscribe(
+                &key,
+                json!({"url": url, "event_types": ["*"], "max_in_flight": 16,
+                       "ordering": {"key": "/data/conversation_id"},
+                       "retry": {"schedule_secs": vec![1; 20], "jitter": 0, "disable_after_failures": 0}}),
+            )
+            .await;
+        // In acceptance order per conversation: round by round.
+        let events: Vec<Value> = (1..=PER_CONVERSATION)
+            .flat_map(|seq| {
+                (0..CONVERSATIONS).map(move |c| conv_event(&format!("c{c}-{seq}"), &format!("c{c}"), seq))
+            })
+            .collect();
+        let half = events.len() / 2;
+        let send = |server: &Server, batch: &[Value]| {
+            let batch = batch.to_vec();
+            let (base, key) = (server.base.clone(), key.clone());
+            async move {
+                let http = reqwest::Client::new();
+                for chunk in batch.chunks(50) {
+                    let response = http
+                        .post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"events": chunk}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 202);
+                }
+            }
+        };
+        send(&server, &events[..half]).await;
+        // Kill -9 while lines are moving.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while book.lock().unwrap().requests < 150 {
+            assert!(Instant::now() < deadline, "nothing arrives");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.kill9();
+        let server = backing.start(dir.path()).await;
+        send(&server, &events[half..]).await;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            {
+                let b = book.lock().unwrap();
+                assert!(b.violations.is_empty(), "{:?}", b.violations);
+                let done = b.acked.values().filter(|a| **a == PER_CONVERSATION).count();
+                if done == CONVERSATIONS as usize {
+                    assert!(
+                        b.max_in_flight > 1,
+                        "conversations went one at a time overall: {}",
+                        b.max_in_flight
+                    );
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{done} of {CONVERSATIONS} conversations complete");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every delivery succeeded; none is left waiting in a line.
+        let (_, blocked) = server
+            .call("GET", "/v1/deliveries?status=blocked", &key, None)
+            .await;
+        assert_eq!(blocked["items"].as_array().unwrap().len(), 0, "{blocked}");
+    }
+}
+
+/// A rate limit of 50/s, measured by the receiver over 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_as_the_receiver_measures_it() {
+    let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let seen = arrivals.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(Instant::now());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(
+            &key,
+            json!({"url": url, "event_types": ["*"], "max_in_flight": 32,
+                   "rate_limit": {"per_second": 50, "burst": 5}}),
+        )
+        .await;
+    let events: Vec<Value> = (0..700).map(|i| message_event(&format!("rl{i}"))).collect();
+    for chunk in events.chunks(100) {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/events/batch",
+                &key,
+                Some(json!({"events": chunk})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    let start = arrivals[0] + Duration::from_secs(1);
+    let end = start + Duration::from_secs(10);
+    let in_window = arrivals
+        .iter()
+        .filter(|t| **t >= start && **t < end)
+        .count();
+    assert!(
+        (450..=550).contains(&in_window),
+        "{in_window} deliveries in 10 s at 50/s"
+    );
 }
