@@ -18,6 +18,7 @@
 #                                # posts to the first node; CPU counts every
 #                                # node and every nats-server)
 #   ONLY=1 bench/e2e.sh          # the first scenario (fan-out 1) and the ceiling
+#   ORDER_KEYS=1000 ONLY=1 bench/e2e.sh  # ordered by conversation, 1,000 of them
 #   PAYLOAD=random bench/e2e.sh  # an incompressible ~1 KB body
 #
 # Installs nothing: it says what is missing (apt-get install wrk nginx-light).
@@ -90,6 +91,10 @@ else
   PAD=$(python3 -c 'print("x" * 700)')
 fi
 DATA="{\"conversation_id\":\"c-1\",\"author\":\"visitor\",\"content\":\"$PAD\"}"
+# ORDER_KEYS=N: every subscription is ordered by /data/conversation_id and
+# the events spread over N conversations (the cost of ordering per key).
+ORDER_KEYS=${ORDER_KEYS:-0}
+DATA_TAIL="\",\"author\":\"visitor\",\"content\":\"$PAD\"}"
 # What both event scripts share: unique ids per thread, JSON POSTs, and
 # event(prefix) building one event.
 preamble() {
@@ -101,8 +106,13 @@ local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local keys = $ORDER_KEYS
 local function event(prefix)
   counter = counter + 1
+  if keys > 0 then
+    local conv = (tid * 7919 + counter) % keys
+    return '{"id":"' .. prefix .. tid .. '-' .. counter .. '","type":"message.created","data":{"conversation_id":"c-' .. conv .. '$DATA_TAIL}'
+  end
   return '{"id":"' .. prefix .. tid .. '-' .. counter .. '","type":"message.created","data":$DATA}'
 end
 LUA
@@ -188,9 +198,11 @@ scenario() { # label fanout script path per_request
   done
   key=$(curl -s -X POST "127.0.0.1:$port/v1/tenants" -H "Authorization: Bearer $token" \
         -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  local ordering=""
+  [ "$ORDER_KEYS" -gt 0 ] && ordering=",\"ordering\":{\"key\":\"/data/conversation_id\"}"
   for _ in $(seq "$fanout"); do
     curl -sf -X POST "127.0.0.1:$port/v1/subscriptions" -H "Authorization: Bearer $key" \
-      -d "{\"url\":\"http://127.0.0.1:$NGINX_PORT/hook\",\"event_types\":[\"*\"],\"max_in_flight\":64}" >/dev/null
+      -d "{\"url\":\"http://127.0.0.1:$NGINX_PORT/hook\",\"event_types\":[\"*\"],\"max_in_flight\":64$ordering}" >/dev/null
   done
   local before_log before_cpu started
   if [ "$nodes" -gt 1 ]; then

@@ -164,6 +164,9 @@ mod tests {
             consecutive_failures: 2,
             created_at: now,
             updated_at: now,
+            ordering: None,
+            rate_limit: None,
+            tls: None,
         }
     }
 

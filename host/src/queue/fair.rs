@@ -802,4 +802,45 @@ mod tests {
         s.set_cap("s", 3, 0);
         assert_eq!(drain(&mut s, 0).len(), 2);
     }
+
+    #[test]
+    fn a_rate_limit_lets_a_burst_go_then_one_per_interval_and_holds_no_slot() {
+        let mut s = Scheduler::new(caps(10, 10));
+        s.set_rate("s", Some((10.0, 2)), 0);
+        for i in 0..6 {
+            s.push("t", "s", 8, &format!("d{i}"), 0, 0);
+        }
+        s.push("t", "other", 8, "o1", 0, 0);
+        // The burst (2), and the unpaced subscription alongside.
+        let first = drain(&mut s, 0);
+        assert_eq!(first.len(), 3, "{first:?}");
+        // The paced lane waits in the timer heap (no lease, no slot taken).
+        assert_eq!(s.next_due(), Some(100));
+        assert!(drain(&mut s, 99).is_empty());
+        assert_eq!(drain(&mut s, 100).len(), 1);
+        assert_eq!(drain(&mut s, 250).len(), 1, "tokens accrue, one at a time");
+        assert_eq!(drain(&mut s, 1000).len(), 2, "at most the burst after a pause");
+        // Removing the limit releases the rest at once.
+        s.set_rate("s", None, 1000);
+        for i in 6..9 {
+            s.push("t", "s", 100, &format!("d{i}"), 1000, 1000);
+        }
+        assert_eq!(drain(&mut s, 1000).len(), 3);
+    }
+
+    #[test]
+    fn a_pause_holds_the_whole_subscription_until_it_ends() {
+        let mut s = Scheduler::new(caps(10, 10));
+        s.push("t", "s", 8, "d1", 0, 0);
+        s.push("t", "s", 8, "d2", 0, 0);
+        s.push("t", "x", 8, "x1", 0, 0);
+        s.pause("s", 30_000, 0);
+        let leased: Vec<_> = drain(&mut s, 0).into_iter().map(|l| l.delivery_id).collect();
+        assert_eq!(leased, [Arc::from("x1")]);
+        assert_eq!(s.next_due(), Some(30_000));
+        // A shorter pause does not shorten it; time ends it.
+        s.pause("s", 10_000, 5_000);
+        assert!(drain(&mut s, 29_999).is_empty());
+        assert_eq!(drain(&mut s, 30_000).len(), 2);
+    }
 }

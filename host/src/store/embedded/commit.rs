@@ -349,6 +349,7 @@ pub(in crate::store) mod tests {
             last_error: None,
             created_at: at,
             updated_at: at,
+            order: None,
         };
         NewEvent {
             replay: false,
