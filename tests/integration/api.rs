@@ -788,6 +788,7 @@ both_backends! {
             ("get", "/v1/deliveries"),
             ("get", "/v1/deliveries/{id}"),
             ("post", "/v1/deliveries/{id}/retry"),
+            ("post", "/v1/deliveries/{id}/dismiss"),
             ("post", "/v1/keys"),
             ("get", "/v1/keys"),
             ("delete", "/v1/keys/{id}"),

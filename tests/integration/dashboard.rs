@@ -284,6 +284,10 @@ async fn a_tenant_lives_in_the_dashboard() {
     b.type_into("input[name=url]", &rx.url()).await;
     b.type_into("input[name=description]", "<script>alert(1)</script>")
         .await;
+    // Ordered by conversation and paced: the form's own fields.
+    b.type_into("input[name=ordering_key]", "/data/conversation_id")
+        .await;
+    b.type_into("input[name=rate_per_second]", "100").await;
     b.shot("add-endpoint").await;
     b.click("#endpoint-form button[type=submit]").await;
     b.until(
@@ -297,6 +301,17 @@ async fn a_tenant_lives_in_the_dashboard() {
         .as_str()
         .unwrap()
         .to_string();
+    b.until(
+        "the ordering and the rate limit on the endpoint page",
+        "const o = document.querySelector('#endpoint-ordering'), r = document.querySelector('#endpoint-rate'); \
+         return !!o && o.textContent.includes('/data/conversation_id') && r.textContent.includes('100/s')",
+    )
+    .await;
+    let (_, created) = server
+        .call("GET", &format!("/v1/subscriptions/{sub_id}"), &key, None)
+        .await;
+    assert_eq!(created["ordering"]["key"], "/data/conversation_id");
+    assert_eq!(created["rate_limit"]["per_second"], 100.0);
 
     // An event through the API: its delivery shows up live, succeeded, 200.
     let (status, _) = server

@@ -98,13 +98,26 @@ both_backends! {
         let key = e.tenant().await;
         let other = e.tenant().await;
         // 400: convosphere gives up at once (a failure for good).
-        let rx = Receiver::start(vec![Answer::status(400)], Answer::status(200)).await;
+        // s1 fails for good (400), s2 goes and fails once (500).
+        let rx = Receiver::start(vec![Answer::status(400), Answer::status(500)], Answer::status(200)).await;
         e.subscribe(&key, ordered(&rx.url(), "skip")).await;
         let s1 = e.send(&key, conv_event("s1", "S", 1)).await;
         let s2 = e.send(&key, conv_event("s2", "S", 2)).await;
         e.worker.run_due().await;
         assert_eq!(e.delivery(&key, &s1[0]).await["status"], "failed");
+        assert_eq!(e.delivery(&key, &s2[0]).await["status"], "pending");
+        // A manual retry of s1 joins the end of the line, behind s2.
+        let (status, retried) = e
+            .call("POST", &format!("/v1/deliveries/{}/retry", s1[0]), &key, None)
+            .await;
+        assert_eq!(status, 202, "{retried}");
+        assert_eq!(retried["status"], "blocked");
+        assert_eq!(retried["line"]["head"], s2[0].as_str());
+        e.clock.advance(Duration::from_secs(61));
+        e.worker.run_due().await;
+        assert_eq!(e.delivery(&key, &s1[0]).await["status"], "succeeded");
         assert_eq!(e.delivery(&key, &s2[0]).await["status"], "succeeded");
+        assert_eq!(arrivals(&rx)["S"], [1, 2, 2, 1]);
 
         let rx = Receiver::start(
             vec![Answer::status(400), Answer::status(200), Answer::status(200), Answer::status(400)],
@@ -168,7 +181,7 @@ both_backends! {
 
 both_backends! {
     #[tokio::test]
-    async fn a_plugins_split_requests_keep_their_order_and_events_without_the_key_are_unordered(backing) {
+    async fn events_without_the_key_are_not_held_back_by_a_line(backing) {
         let e = backing.engine().await;
         let key = e.tenant().await;
         let rx = Receiver::start(vec![Answer::status(500)], Answer::status(200)).await;
@@ -917,4 +930,78 @@ async fn a_rate_limit_holds_as_the_receiver_measures_it() {
         (450..=550).contains(&in_window),
         "{in_window} deliveries in 10 s at 50/s"
     );
+}
+
+/// A plugin that splits each event into three requests: the parts keep
+/// their order within the conversation, across a failure of the first,
+/// and a replay joins the end of the line.
+#[tokio::test]
+async fn a_plugins_split_requests_keep_their_order_and_a_replay_joins_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("t").await;
+    let plugin = server
+        .upload_plugin(&key, "name=splitter", crate::support::fixture("hostile"))
+        .await;
+    let rx = Receiver::start(vec![Answer::status(500)], Answer::status(200)).await;
+    let sub = server
+        .subscribe(
+            &key,
+            json!({"url": rx.url(), "event_types": ["*"],
+                   "plugin": {"id": plugin["id"], "config": {"mode": "split"}},
+                   "ordering": {"key": "/data/conversation_id"},
+                   "retry": {"schedule_secs": [1, 1, 1], "jitter": 0}}),
+        )
+        .await;
+    for seq in 1..=2 {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/v1/events",
+                &key,
+                Some(conv_event(&format!("s{seq}"), "S", seq)),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let parts = |n: usize| {
+        let rx = rx.clone();
+        async move {
+            rx.wait_for(n, Duration::from_secs(20))
+                .await
+                .iter()
+                .map(|r| {
+                    let body = r.json();
+                    let event: Value = match &body["event"] {
+                        Value::String(text) => serde_json::from_str(text).unwrap(),
+                        other => other.clone(),
+                    };
+                    // The plugin sees the event's data (or its envelope).
+                    let seq = event["data"]["seq"]
+                        .as_u64()
+                        .or(event["seq"].as_u64())
+                        .unwrap();
+                    (seq, body["part"].as_u64().unwrap())
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // The first part failed once and went again before anything behind it.
+    assert_eq!(
+        parts(7).await,
+        [(1, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    );
+    // A replay of both events: their new deliveries go in order, after.
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/subscriptions/{}/replay", sub["id"].as_str().unwrap()),
+            &key,
+            Some(json!({"since": "2000-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deliveries"], 6);
+    let all = parts(13).await;
+    assert_eq!(all[7..], [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]);
 }

@@ -819,7 +819,11 @@ mod tests {
         assert!(drain(&mut s, 99).is_empty());
         assert_eq!(drain(&mut s, 100).len(), 1);
         assert_eq!(drain(&mut s, 250).len(), 1, "tokens accrue, one at a time");
-        assert_eq!(drain(&mut s, 1000).len(), 2, "at most the burst after a pause");
+        assert_eq!(
+            drain(&mut s, 1000).len(),
+            2,
+            "at most the burst after a pause"
+        );
         // Removing the limit releases the rest at once.
         s.set_rate("s", None, 1000);
         for i in 6..9 {
@@ -835,7 +839,10 @@ mod tests {
         s.push("t", "s", 8, "d2", 0, 0);
         s.push("t", "x", 8, "x1", 0, 0);
         s.pause("s", 30_000, 0);
-        let leased: Vec<_> = drain(&mut s, 0).into_iter().map(|l| l.delivery_id).collect();
+        let leased: Vec<_> = drain(&mut s, 0)
+            .into_iter()
+            .map(|l| l.delivery_id)
+            .collect();
         assert_eq!(leased, [Arc::from("x1")]);
         assert_eq!(s.next_due(), Some(30_000));
         // A shorter pause does not shorten it; time ends it.
