@@ -1005,3 +1005,29 @@ async fn a_plugins_split_requests_keep_their_order_and_a_replay_joins_the_line()
     let all = parts(13).await;
     assert_eq!(all[7..], [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]);
 }
+
+both_backends! {
+    #[tokio::test]
+    async fn a_deleted_subscriptions_lines_drain_even_under_block(backing) {
+        let e = backing.engine().await;
+        let key = e.tenant().await;
+        let rx = Receiver::start(vec![Answer::status(500)], Answer::status(200)).await;
+        let sub = e.subscribe(&key, ordered(&rx.url(), "block")).await;
+        let d1 = e.send(&key, conv_event("d1", "D", 1)).await;
+        let d2 = e.send(&key, conv_event("d2", "D", 2)).await;
+        e.worker.run_due().await;
+        assert_eq!(e.delivery(&key, &d2[0]).await["status"], "blocked");
+        let (status, _) = e
+            .call("DELETE", &format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap()), &key, None)
+            .await;
+        assert_eq!(status, 204);
+        e.clock.advance(Duration::from_secs(61));
+        e.worker.run_due().await;
+        for id in [&d1, &d2] {
+            let d = e.delivery(&key, &id[0]).await;
+            assert_eq!(d["status"], "failed", "{d}");
+            assert_eq!(d["last_error"], "subscription deleted");
+            assert!(d.get("line").is_none(), "the line is gone: {d}");
+        }
+    }
+}

@@ -173,7 +173,15 @@ async fn record_attempt(
                     "subscription disabled: {}",
                     s.disabled_reason.as_deref().unwrap_or("by an operator")
                 ),
-                None => "subscription deleted".into(),
+                None => {
+                    // Nothing will retry or dismiss it: its line drains
+                    // (each waiting delivery fails the same way in turn)
+                    // instead of stopping for good.
+                    if let Some(slot) = d.order.as_mut() {
+                        slot.block = false;
+                    }
+                    "subscription deleted".into()
+                }
             };
             finish(d, DeliveryStatus::Failed, Some(why), now);
             return record(stage, d, leased).await;
@@ -402,12 +410,12 @@ async fn after_failure(
 }
 
 /// Records an attempt's outcome. When it finishes the head of an ordered
-/// line, the next delivery of the line becomes pending in the same write:
-/// it goes to the queue once that write is durable (never before: a crash
-/// must not undo a delivery a worker already sent ahead of its head).
+/// line, the next delivery of the line becomes pending in the same write,
+/// which the store makes durable before it returns: the next one goes to
+/// the queue only then (a crash must not undo a delivery a worker already
+/// sent ahead of its head).
 async fn record(stage: &Stage, d: &Delivery, leased: Option<Timestamp>) -> Result<(), StoreError> {
     if let Some(next) = stage.store.record_delivery(d, leased).await? {
-        stage.store.durable().await?;
         telemetry::line_advanced();
         stage.queue.rescheduled(&next);
     }

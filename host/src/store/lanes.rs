@@ -82,7 +82,7 @@ fn write_state(lanes: &dyn TxTree, lane: &[u8], state: &LaneState) -> TxResult<(
 }
 
 /// The four trees a line's step touches.
-pub(super) struct LaneTrees<'t> {
+pub(in crate::store) struct LaneTrees<'t> {
     pub lanes: &'t dyn TxTree,
     pub items: &'t dyn TxTree,
     pub deliveries: &'t dyn TxTree,
@@ -179,6 +179,25 @@ impl LaneTrees<'_> {
         }
         write_state(self.lanes, lane, &state)?;
         Ok(promoted)
+    }
+
+    /// Writes the final record of `d` (taking its leased outbox entry
+    /// away) and moves its line on; with `guarded`, nothing is written
+    /// when that entry is gone (cluster: another node owns it now).
+    pub(in crate::store) fn record_final(
+        &self,
+        d: &Delivery,
+        leased: Option<Timestamp>,
+        guarded: bool,
+    ) -> TxResult<Option<Delivery>> {
+        if let Some(due) = leased {
+            let old = outbox_key(due, &d.id);
+            if !self.outbox.remove(&old)? && guarded {
+                return Ok(None);
+            }
+        }
+        put_delivery_tx(self.deliveries, self.outbox, d, None)?;
+        self.finished(d, d.updated_at)
     }
 
     /// A manual retry of a finished ordered delivery `d` (made pending by
@@ -278,15 +297,24 @@ impl Store {
     }
 
     /// An ordered delivery's final record, with its line's step, in one
-    /// change; in cluster mode (or whenever `leased` is given) only if the
-    /// outbox entry it was leased from is still there (else another node
-    /// owns it now: nothing is written). The delivery made pending, if any.
+    /// atomic write, durable when this returns. Embedded: concurrent ones
+    /// share one transaction and one flush of the committer (a transaction
+    /// each costs waiting disk writes apiece). Cluster: one guarded batch,
+    /// written only if the outbox entry it was leased from is still there
+    /// (else another node owns it now). The delivery made pending, if any.
     pub(super) async fn record_ordered_final(
         &self,
         d: &Delivery,
         leased: Option<Timestamp>,
     ) -> Result<Option<Delivery>, StoreError> {
-        let now = d.updated_at;
+        if self.log().is_none() {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.send(super::commit::Job::Ordered {
+                record: (d.clone(), leased),
+                reply,
+            })?;
+            return rx.await.map_err(|_| super::gone())?;
+        }
         self.change(
             [
                 &self.outbox,
@@ -295,21 +323,13 @@ impl Store {
                 &self.lane_items,
             ],
             |[outbox, deliveries, lanes, items]| {
-                if let Some(due) = leased {
-                    let old = outbox_key(due, &d.id);
-                    if outbox.get(&old)?.is_none() && self.log().is_some() {
-                        return Ok(None);
-                    }
-                    outbox.remove(&old)?;
-                }
-                put_delivery_tx(deliveries, outbox, d, None)?;
-                let trees = LaneTrees {
+                LaneTrees {
                     lanes,
                     items,
                     deliveries,
                     outbox,
-                };
-                trees.finished(d, now)
+                }
+                .record_final(d, leased, true)
             },
         )
         .await

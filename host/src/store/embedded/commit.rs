@@ -53,6 +53,13 @@ pub(in crate::store) enum Job {
     Durable {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// An ordered delivery's final record (and the outbox entry it was
+    /// leased from): concurrent ones share one transaction; answered once
+    /// on disk with the delivery its line made pending, if any.
+    Ordered {
+        record: (Delivery, Option<Timestamp>),
+        reply: oneshot::Sender<Result<Option<Delivery>, StoreError>>,
+    },
 }
 
 /// The trees the committer writes, and the database it flushes. Holds no
@@ -84,7 +91,7 @@ impl Job {
     fn size(&self) -> usize {
         match self {
             Job::Accept { batch, .. } => batch.len().max(1),
-            Job::Durable { .. } => 1,
+            Job::Durable { .. } | Job::Ordered { .. } => 1,
         }
     }
 }
@@ -133,10 +140,12 @@ impl Writer {
     fn serve(&self, group: Vec<Job>) {
         let mut accepts = Vec::new();
         let mut durables = Vec::new();
+        let mut ordered = Vec::new();
         for job in group {
             match job {
                 Job::Accept { batch, reply } => accepts.push((batch, reply)),
                 Job::Durable { reply } => durables.push(reply),
+                Job::Ordered { record, reply } => ordered.push((record, reply)),
             }
         }
         // After a failed write, nothing is written or flushed (see `failed`).
@@ -157,7 +166,18 @@ impl Writer {
             // the machine is.
             std::thread::sleep(Duration::from_secs(60));
         }
+        let records: Vec<&(Delivery, Option<Timestamp>)> = ordered.iter().map(|(r, _)| r).collect();
+        let finals = match &earlier {
+            Some(e) => records
+                .iter()
+                .map(|_| Err(StoreError::Commit(e.clone())))
+                .collect(),
+            None => self.write_ordered(&records),
+        };
         if let Some(Err(e @ StoreError::Sled(_))) = results.iter().find(|r| r.is_err()) {
+            self.failed.replace(Some(e.to_string()));
+        }
+        if let Some(Err(e @ StoreError::Sled(_))) = finals.iter().find(|r| r.is_err()) {
             self.failed.replace(Some(e.to_string()));
         }
         let flushed = match (earlier, self.failed.borrow().clone()) {
@@ -168,6 +188,14 @@ impl Writer {
         };
         for reply in durables {
             let _ = reply.send(flushed.clone().map_err(StoreError::Commit));
+        }
+        for ((_, reply), result) in ordered.into_iter().zip(finals) {
+            let result = match (result, &flushed) {
+                (Ok(promoted), Ok(())) => Ok(promoted),
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(StoreError::Commit(e.clone())),
+            };
+            let _ = reply.send(result);
         }
         for ((batch, reply), result) in accepts.into_iter().zip(results) {
             let result = match (result, &flushed) {
@@ -196,6 +224,49 @@ impl Writer {
             self.write_plain(&batches)
         } else {
             self.write_transactions(&batches)
+        }
+    }
+
+    /// Ordered deliveries' final records in one transaction (each line's
+    /// steps in the order given); if it fails, each alone. Per record, the
+    /// delivery its line made pending.
+    fn write_ordered(
+        &self,
+        records: &[&(Delivery, Option<Timestamp>)],
+    ) -> Vec<Result<Option<Delivery>, StoreError>> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let trees = [
+            &self.outbox,
+            &self.deliveries,
+            &self.lanes,
+            &self.lane_items,
+        ];
+        let run = |records: &[&(Delivery, Option<Timestamp>)]| {
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    let lanes = crate::store::lanes::LaneTrees {
+                        outbox: &tx[0],
+                        deliveries: &tx[1],
+                        lanes: &tx[2],
+                        items: &tx[3],
+                    };
+                    records
+                        .iter()
+                        .map(|(d, leased)| lanes.record_final(d, *leased, false))
+                        .collect::<TxResult<Vec<_>>>()
+                })
+                .map_err(tx_error)
+        };
+        match run(records) {
+            Ok(promoted) => promoted.into_iter().map(Ok).collect(),
+            Err(e) if records.len() == 1 => vec![Err(e)],
+            Err(_) => records
+                .iter()
+                .map(|r| run(std::slice::from_ref(r)).map(|mut p| p.pop().flatten()))
+                .collect(),
         }
     }
 
