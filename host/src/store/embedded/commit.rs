@@ -57,7 +57,7 @@ pub(in crate::store) enum Job {
     /// leased from): concurrent ones share one transaction; answered once
     /// on disk with the delivery its line made pending, if any.
     Ordered {
-        record: (Delivery, Option<Timestamp>),
+        record: Box<(Delivery, Option<Timestamp>)>,
         reply: oneshot::Sender<Result<Option<Delivery>, StoreError>>,
     },
 }
