@@ -310,7 +310,7 @@ impl Store {
         if self.log().is_none() {
             let (reply, rx) = tokio::sync::oneshot::channel();
             self.send(super::commit::Job::Ordered {
-                record: (d.clone(), leased),
+                record: Box::new((d.clone(), leased)),
                 reply,
             })?;
             return rx.await.map_err(|_| super::gone())?;

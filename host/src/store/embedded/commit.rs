@@ -166,7 +166,8 @@ impl Writer {
             // the machine is.
             std::thread::sleep(Duration::from_secs(60));
         }
-        let records: Vec<&(Delivery, Option<Timestamp>)> = ordered.iter().map(|(r, _)| r).collect();
+        let records: Vec<&(Delivery, Option<Timestamp>)> =
+            ordered.iter().map(|(r, _)| &**r).collect();
         let finals = match &earlier {
             Some(e) => records
                 .iter()
