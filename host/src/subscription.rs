@@ -142,7 +142,30 @@ pub struct SubscriptionInput {
     /// `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Object>)]
-    pub tls: Option<Option<EndpointTls>>,
+    pub tls: Option<Option<TlsInput>>,
+}
+
+/// `tls` as the API takes it: plain PEM text (what is stored seals the
+/// key; a value that looks sealed is taken as text, never opened).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInput {
+    pub client_certificate: Option<String>,
+    pub client_key: Option<String>,
+    pub ca: Option<String>,
+}
+
+impl std::fmt::Debug for TlsInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsInput")
+            .field("client_certificate", &self.client_certificate.is_some())
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
 }
 
 /// The largest PEM accepted in `tls` (a chain of a few certificates).
@@ -403,6 +426,11 @@ impl SubscriptionInput {
             sub.rate_limit = rate;
         }
         if let Some(tls) = self.tls {
+            let tls = tls.map(|t| EndpointTls {
+                client_certificate: t.client_certificate,
+                client_key: t.client_key,
+                ca: t.ca,
+            });
             if let Some(t) = &tls {
                 check_tls(t)?;
             }

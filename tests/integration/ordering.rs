@@ -1031,3 +1031,79 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    #[tokio::test]
+    async fn stale_records_a_second_retry_and_deleted_subscriptions_never_break_a_line(backing) {
+        use wasmhook::clock::Clock;
+        let e = backing.engine().await;
+        let key = e.tenant().await;
+        let store = e.app.store.clone();
+        // z1 goes and its line empties; z2 starts the line again at the
+        // same place, fails once; z3 waits behind it.
+        let rx = Receiver::start(vec![Answer::status(200), Answer::status(500)], Answer::status(200)).await;
+        e.subscribe(&key, ordered(&rx.url(), "block")).await;
+        let z1 = e.send(&key, conv_event("z1", "Z", 1)).await;
+        e.worker.run_due().await;
+        let z2 = e.send(&key, conv_event("z2", "Z", 2)).await;
+        let z3 = e.send(&key, conv_event("z3", "Z", 3)).await;
+        e.worker.run_due().await;
+        assert_eq!(e.delivery(&key, &z2[0]).await["status"], "pending");
+        // A stale final record of z1 (an outbox entry a crash left behind)
+        // holds the same place number as z2: the line must not move.
+        let stale = store.get_delivery(&z1[0]).unwrap().unwrap();
+        assert_eq!(store.record_delivery(&stale, None).await.unwrap(), None);
+        assert_eq!(e.delivery(&key, &z3[0]).await["status"], "blocked");
+        e.clock.advance(Duration::from_secs(61));
+        e.worker.run_due().await;
+        assert_eq!(arrivals(&rx)["Z"], [1, 2, 2, 3]);
+
+        // Two retries of one stopped head (a double click): the second
+        // finds it no longer finished and changes nothing.
+        let rx = Receiver::start(vec![Answer::status(400)], Answer::status(200)).await;
+        let key = e.tenant().await;
+        let sub = e.subscribe(&key, ordered(&rx.url(), "block")).await;
+        let h1 = e.send(&key, conv_event("h1", "H", 1)).await;
+        let h2 = e.send(&key, conv_event("h2", "H", 2)).await;
+        e.worker.run_due().await;
+        let mut head = store.get_delivery(&h1[0]).unwrap().unwrap();
+        head.status = wasmhook::store::DeliveryStatus::Pending;
+        head.next_attempt_at = Some(e.clock.now());
+        assert!(e.app.queue.requeue(&head).await.unwrap().is_some());
+        assert!(e.app.queue.requeue(&head).await.unwrap().is_none(), "the second retry");
+        e.worker.run_due().await;
+        assert_eq!(arrivals(&rx)["H"], [1, 1, 2]);
+
+        // A stopped line whose subscription is deleted: the prune fails
+        // what waits in it and drops the line.
+        let rx = Receiver::start(vec![Answer::status(400)], Answer::status(200)).await;
+        let sub2 = e.subscribe(&key, ordered(&rx.url(), "block")).await;
+        let _ = sub;
+        let g1 = e.send(&key, conv_event("g1", "G", 1)).await;
+        let g2: Vec<String> = e
+            .send(&key, conv_event("g2", "G", 2))
+            .await
+            .into_iter()
+            .filter(|id| !h1.contains(id) && !h2.contains(id))
+            .collect();
+        e.worker.run_due().await;
+        let g1 = g1
+            .into_iter()
+            .find(|id| store.get_delivery(id).unwrap().unwrap().subscription_id == sub2["id"])
+            .unwrap();
+        let g2 = g2
+            .into_iter()
+            .find(|id| store.get_delivery(id).unwrap().unwrap().subscription_id == sub2["id"])
+            .unwrap();
+        assert_eq!(e.delivery(&key, &g1).await["line"]["stopped"], true);
+        let (status, _) = e
+            .call("DELETE", &format!("/v1/subscriptions/{}", sub2["id"].as_str().unwrap()), &key, None)
+            .await;
+        assert_eq!(status, 204);
+        store.prune(jiff::Timestamp::UNIX_EPOCH).await.unwrap();
+        let d = e.delivery(&key, &g2).await;
+        assert_eq!(d["status"], "failed", "{d}");
+        assert_eq!(d["last_error"], "subscription deleted");
+        assert!(e.delivery(&key, &g1).await.get("line").is_none());
+    }
+}

@@ -298,7 +298,11 @@ async fn retry(
     d.updated_at = now;
     // An ordered one: the head that stops its line goes again where it
     // stands; any other joins the end of its line (and may wait there).
-    let d = state.app.queue.requeue(&d).await?;
+    let Some(d) = state.app.queue.requeue(&d).await? else {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} was retried meanwhile; it is no longer finished"
+        )));
+    };
     Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
 }
 

@@ -98,12 +98,13 @@ impl Egress {
         let proxy = match proxy.trim() {
             "" => None,
             text => {
+                // Never echoed: it may carry the proxy's password.
                 let url = reqwest::Url::parse(text)
-                    .map_err(|e| ("delivery.proxy", format!("{text:?} is not a URL: {e}")))?;
+                    .map_err(|e| ("delivery.proxy", format!("not a URL: {e}")))?;
                 if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                     return Err((
                         "delivery.proxy",
-                        format!("{text:?}: an http:// or https:// proxy URL with a host"),
+                        "must be an http:// or https:// proxy URL with a host".into(),
                     ));
                 }
                 Some(url)

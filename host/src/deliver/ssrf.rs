@@ -8,7 +8,11 @@
 //! cluster's own NATS never is. The check happens inside
 //! the HTTP client's resolver, so the connection goes to exactly the
 //! addresses that were checked: a DNS answer that changes between check and
-//! connect (rebinding) cannot slip past.
+//! connect (rebinding) cannot slip past. Through the operator's egress
+//! proxy the proxy connects, not this client: [`Guard::check_name`]
+//! checks every address the destination has first, and the proxy's own
+//! lookup is a second one a rebinding name could answer differently (see
+//! SECURITY.md: the proxy must refuse private destinations too).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -229,6 +233,9 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         .map(|(_, _, why)| *why)
 }
 
+/// How long [`Guard::check_name`] waits for the resolver.
+const NAME_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The operator's exceptions.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -258,8 +265,10 @@ impl Guard {
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return self.check(host, ip).map_err(|e| e.to_string());
         }
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let lookup = tokio::net::lookup_host((host, port));
+        let resolved: Vec<SocketAddr> = tokio::time::timeout(NAME_CHECK_TIMEOUT, lookup)
             .await
+            .map_err(|_| format!("dns: {host}: no answer within {NAME_CHECK_TIMEOUT:?}"))?
             .map_err(|e| format!("dns: {host}: {e}"))?
             .collect();
         if resolved.is_empty() {

@@ -361,12 +361,15 @@ impl Queue {
     }
 
     /// Makes a finished delivery pending again (a manual retry); an
-    /// ordered one takes its place in its line. The delivery as stored.
-    pub async fn requeue(&self, delivery: &Delivery) -> Result<Delivery, StoreError> {
-        let stored = self.inner.store.retry_delivery(delivery).await?;
+    /// ordered one takes its place in its line. The delivery as stored;
+    /// None when a concurrent retry of the same ordered delivery won.
+    pub async fn requeue(&self, delivery: &Delivery) -> Result<Option<Delivery>, StoreError> {
+        let Some(stored) = self.inner.store.retry_delivery(delivery).await? else {
+            return Ok(None);
+        };
         self.inner.store.durable().await?;
         self.publish([&stored]);
-        Ok(stored)
+        Ok(Some(stored))
     }
 
     /// Lets the line stopped by the failed head `delivery` go on without

@@ -28,13 +28,14 @@ impl Store {
 
     /// A manual retry: the finished delivery `d`, made pending by the
     /// caller, stored again; an ordered one takes its place in its line
-    /// (see `lanes.rs`) and may be stored blocked. The delivery as stored.
-    pub async fn retry_delivery(&self, d: &Delivery) -> Result<Delivery, StoreError> {
+    /// (see `lanes.rs`) and may be stored blocked. The delivery as stored;
+    /// None when an ordered one was retried by someone else meanwhile.
+    pub async fn retry_delivery(&self, d: &Delivery) -> Result<Option<Delivery>, StoreError> {
         if d.order.is_some() {
             return self.retry_ordered(d).await;
         }
         self.update_delivery(d, None).await?;
-        Ok(d.clone())
+        Ok(Some(d.clone()))
     }
 
     /// Replaces a delivery, moving its outbox entry from `previous_due` to

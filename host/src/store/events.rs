@@ -112,6 +112,8 @@ impl Store {
     /// done (a later prune takes it).
     pub async fn prune(&self, cutoff: Timestamp) -> Result<(usize, usize), StoreError> {
         self.convert_time_keys()?;
+        // First, so that their deliveries, now failed, are pruned below.
+        self.drop_orphan_lines().await?;
         let cutoff_ms = millis(cutoff).to_be_bytes();
         let mut w = self.plain();
         let mut events = 0;
@@ -180,11 +182,14 @@ impl Store {
         let mut keys = std::collections::HashSet::new();
         let due = self
             .outbox_entries()
-            .map(|e| e.map(|e| e.delivery_id().to_string()));
-        for id in due.chain(self.waiting_deliveries()) {
-            let id = id?;
+            .map(|e| e.map(|e| (e.delivery_id().to_string(), false)));
+        let waiting = self.waiting_deliveries().map(|id| id.map(|id| (id, true)));
+        for item in due.chain(waiting) {
+            let (id, in_line) = item?;
+            // A line's members keep their bodies whatever their status:
+            // a failed head that stops its line may be retried.
             if let Some(d) = self.get_delivery(&id)?
-                && matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Blocked)
+                && (in_line || d.status == DeliveryStatus::Pending)
                 && d.request.is_some_and(|r| r.body_from_event)
             {
                 keys.insert(scoped(&d.tenant_id, &d.event_id));

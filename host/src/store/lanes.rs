@@ -125,8 +125,13 @@ impl LaneTrees<'_> {
         let Some(mut state) = read_state(self.lanes, &lane)? else {
             return Ok(None);
         };
+        if !self.holds(&lane, slot.seq, d)? {
+            // Not (or no longer) in its line: a stale record of a
+            // delivery the line has moved past. The line is not touched.
+            return Ok(None);
+        }
         if slot.seq != state.head {
-            // Not at the head (a stale record): only its own place goes.
+            // Finished while waiting (not by an attempt): its place goes.
             self.items.remove(&item_key(&lane, slot.seq))?;
             return Ok(None);
         }
@@ -203,20 +208,42 @@ impl LaneTrees<'_> {
     /// A manual retry of a finished ordered delivery `d` (made pending by
     /// the caller): the head that blocks its line is attempted again where
     /// it stands; any other joins the end of its line.
-    pub(super) fn retry(&self, d: &mut Delivery) -> TxResult<()> {
-        let Some(slot) = &d.order else {
-            return put_delivery_tx(self.deliveries, self.outbox, d, None);
+    /// False (nothing written) when the stored delivery is no longer
+    /// finished: a concurrent retry took it first.
+    pub(super) fn retry(&self, d: &mut Delivery) -> TxResult<bool> {
+        let Some(slot) = d.order.clone() else {
+            put_delivery_tx(self.deliveries, self.outbox, d, None)?;
+            return Ok(true);
         };
-        let lane = lane_key(d, slot);
+        match self.deliveries.get(d.id.as_bytes())? {
+            Some(bytes)
+                if decode_delivery(d.id.as_bytes(), &bytes)
+                    .map_err(abort)?
+                    .status
+                    .is_final() => {}
+            _ => return Ok(false),
+        }
+        let lane = lane_key(d, &slot);
         if let Some(mut state) = read_state(self.lanes, &lane)?
             && state.blocked.as_deref() == Some(d.id.as_str())
             && state.head == slot.seq
         {
             state.blocked = None;
             write_state(self.lanes, &lane, &state)?;
-            return put_delivery_tx(self.deliveries, self.outbox, d, None);
+            put_delivery_tx(self.deliveries, self.outbox, d, None)?;
+            return Ok(true);
         }
-        self.join(d)
+        self.join(d)?;
+        Ok(true)
+    }
+
+    /// Whether `d` holds place `seq` of `lane` (a place is reused once a
+    /// line empties and starts again, so the seq alone does not say).
+    fn holds(&self, lane: &[u8], seq: u64, d: &Delivery) -> TxResult<bool> {
+        Ok(self
+            .items
+            .get(&item_key(lane, seq))?
+            .is_some_and(|id| &id[..] == d.id.as_bytes()))
     }
 
     /// Lets the line of the failed head `d` go on without it. False when
@@ -231,7 +258,10 @@ impl LaneTrees<'_> {
         };
         let lane = lane_key(d, slot);
         match read_state(self.lanes, &lane)? {
-            Some(state) if state.blocked.as_deref() == Some(d.id.as_str()) => {
+            Some(state)
+                if state.blocked.as_deref() == Some(d.id.as_str())
+                    && self.holds(&lane, state.head, d)? =>
+            {
                 Ok((true, self.advance(&lane, state, now)?))
             }
             _ => Ok((false, None)),
@@ -285,6 +315,45 @@ impl Store {
         Ok(state.blocked.as_deref() == Some(d.id.as_str()))
     }
 
+    /// Lines whose subscription is gone (deleted, or its tenant): nothing
+    /// will retry or dismiss their heads, so the deliveries waiting in them
+    /// fail ("subscription deleted") and the lines go. Run by the prune.
+    pub(super) async fn drop_orphan_lines(&self) -> Result<usize, StoreError> {
+        let mut w = self.plain();
+        let mut dropped = 0;
+        for kv in self.lanes.iter() {
+            let (lane, _) = kv?;
+            let mut parts = lane.splitn(3, |b| *b == 0);
+            let (Some(tenant), Some(sub)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (tenant, sub) = (
+                String::from_utf8_lossy(tenant),
+                String::from_utf8_lossy(sub),
+            );
+            if self.get_subscription(&tenant, &sub)?.is_some() {
+                continue;
+            }
+            for item in self.lane_items.scan_prefix([&lane[..], &[0]].concat()) {
+                let (item, id) = item?;
+                let id = String::from_utf8_lossy(&id).into_owned();
+                if let Some(mut d) = self.get_delivery(&id)?
+                    && d.status == DeliveryStatus::Blocked
+                {
+                    d.status = DeliveryStatus::Failed;
+                    d.last_error = Some("subscription deleted".into());
+                    d.next_attempt_at = None;
+                    w.insert(&self.deliveries, &d.id, super::codec::encode_delivery(&d))?;
+                }
+                w.remove(&self.lane_items, item)?;
+            }
+            w.remove(&self.lanes, &lane)?;
+            dropped += 1;
+        }
+        w.commit().await?;
+        Ok(dropped)
+    }
+
     /// Every delivery waiting in a line (blocked): the prune keeps their
     /// events' bodies.
     pub(super) fn waiting_deliveries(
@@ -336,8 +405,9 @@ impl Store {
     }
 
     /// A manual retry of an ordered delivery (see [`LaneTrees::retry`]):
-    /// the delivery as stored (pending, or blocked behind its line).
-    pub(super) async fn retry_ordered(&self, d: &Delivery) -> Result<Delivery, StoreError> {
+    /// the delivery as stored (pending, or blocked behind its line); None
+    /// when a concurrent retry took it first.
+    pub(super) async fn retry_ordered(&self, d: &Delivery) -> Result<Option<Delivery>, StoreError> {
         self.change(
             [
                 &self.outbox,
@@ -353,8 +423,8 @@ impl Store {
                     deliveries,
                     outbox,
                 }
-                .retry(&mut d)?;
-                Ok(d)
+                .retry(&mut d)
+                .map(|retried| retried.then_some(d))
             },
         )
         .await

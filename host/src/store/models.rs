@@ -343,8 +343,9 @@ impl RateLimit {
     }
 }
 
-/// TLS settings of one subscription's endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// TLS settings of one subscription's endpoint (as stored: the key
+/// sealed; as the API takes them, see `subscription::TlsInput`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointTls {
     /// PEM: a client certificate (chain) presented for mutual TLS.
@@ -357,6 +358,20 @@ pub struct EndpointTls {
     /// system's and `[delivery] ca_file`.
     #[serde(default)]
     pub ca: Option<String>,
+}
+
+impl std::fmt::Debug for EndpointTls {
+    /// Never the key: a subscription may be logged with `?`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTls")
+            .field("client_certificate", &self.client_certificate.is_some())
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
 }
 
 /// One subscription's window that has held items.
