@@ -384,6 +384,15 @@ impl Store {
             })?;
             return rx.await.map_err(|_| super::gone())?;
         }
+        self.line_step(|trees| trees.record_final(d, leased, true))
+            .await
+    }
+
+    /// One atomic step over the four trees of the lines.
+    async fn line_step<T>(
+        &self,
+        step: impl Fn(&LaneTrees) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
         self.change(
             [
                 &self.outbox,
@@ -392,13 +401,12 @@ impl Store {
                 &self.lane_items,
             ],
             |[outbox, deliveries, lanes, items]| {
-                LaneTrees {
+                step(&LaneTrees {
                     lanes,
                     items,
                     deliveries,
                     outbox,
-                }
-                .record_final(d, leased, true)
+                })
             },
         )
         .await
@@ -408,25 +416,10 @@ impl Store {
     /// the delivery as stored (pending, or blocked behind its line); None
     /// when a concurrent retry took it first.
     pub(super) async fn retry_ordered(&self, d: &Delivery) -> Result<Option<Delivery>, StoreError> {
-        self.change(
-            [
-                &self.outbox,
-                &self.deliveries,
-                &self.lanes,
-                &self.lane_items,
-            ],
-            |[outbox, deliveries, lanes, items]| {
-                let mut d = d.clone();
-                LaneTrees {
-                    lanes,
-                    items,
-                    deliveries,
-                    outbox,
-                }
-                .retry(&mut d)
-                .map(|retried| retried.then_some(d))
-            },
-        )
+        self.line_step(|trees| {
+            let mut d = d.clone();
+            trees.retry(&mut d).map(|retried| retried.then_some(d))
+        })
         .await
     }
 
@@ -437,23 +430,6 @@ impl Store {
         d: &Delivery,
         now: Timestamp,
     ) -> Result<(bool, Option<Delivery>), StoreError> {
-        self.change(
-            [
-                &self.outbox,
-                &self.deliveries,
-                &self.lanes,
-                &self.lane_items,
-            ],
-            |[outbox, deliveries, lanes, items]| {
-                LaneTrees {
-                    lanes,
-                    items,
-                    deliveries,
-                    outbox,
-                }
-                .dismiss(d, now)
-            },
-        )
-        .await
+        self.line_step(|trees| trees.dismiss(d, now)).await
     }
 }
