@@ -412,6 +412,47 @@ pub async fn join_cluster(
     let settings = cluster.settings();
     let client = crate::cluster::connect(&settings).await?;
     let replicas = crate::cluster::replicas(&settings, &client);
+    // A JetStream request that times out at start is most often a NATS
+    // cluster that is still electing its meta leader (a fresh cluster, or
+    // one restarting with this node): wait for it a while instead of
+    // refusing to start. Any other fault still stops the start at once.
+    let deadline = std::time::Instant::now() + JETSTREAM_START_PATIENCE;
+    loop {
+        match open_cluster_store(config, cluster, &client, replicas).await {
+            Ok(joined) => return Ok(joined),
+            Err(e) if jetstream_not_ready(&e) && std::time::Instant::now() < deadline => {
+                warn!(error = %format!("{e:#}"), "JetStream is not answering yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long a starting node waits for JetStream to answer.
+const JETSTREAM_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the start failed on a JetStream request that may succeed later.
+fn jetstream_not_ready(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::cluster::ClusterError>(),
+            Some(crate::cluster::ClusterError::JetStream(_))
+        ) || matches!(
+            cause.downcast_ref::<crate::store::StoreError>(),
+            Some(crate::store::StoreError::Cluster(
+                crate::cluster::ClusterError::JetStream(_)
+            ))
+        )
+    })
+}
+
+async fn open_cluster_store(
+    config: &Config,
+    cluster: &ClusterConfig,
+    client: &async_nats::Client,
+    replicas: usize,
+) -> anyhow::Result<(Store, Leases)> {
     let store = Store::open_cluster(
         &config.data_dir,
         config.store_cache_bytes,
@@ -426,7 +467,7 @@ pub async fn join_cluster(
             config.data_dir.display()
         )
     })?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let kv = crate::cluster::leases::ensure_bucket(&js, replicas, &cluster.leases).await?;
     info!(node = %cluster.node_id, replicas, partitions = cluster.leases.partitions, "joined the cluster");
     Ok((store, Leases::new(kv, &cluster.node_id, cluster.leases)))

@@ -810,3 +810,45 @@ async fn pulling_sources_outlive_the_node_they_were_created_on() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A node started while JetStream cannot answer (2 of 3 servers down: no
+/// meta leader) waits for it instead of refusing to start, and serves once
+/// the servers are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_jetstream_answers_waits_for_it() {
+    let Some(mut cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    cluster.kill(1);
+    cluster.kill(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, data) = (cluster.urls_arg(), dir.path().to_path_buf());
+    let starting = tokio::task::spawn_blocking(move || {
+        Server::start_with(
+            &data,
+            &["--nats", &urls],
+            &[
+                ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+                ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+                ("WASMHOOK_CLUSTER_NODE_ID", "early"),
+            ],
+        )
+    });
+    // Long enough for its first JetStream requests to fail.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!starting.is_finished(), "the node did not wait");
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.ready().await;
+    let n0 = starting.await.unwrap();
+    wait_for_leases(&[&n0]).await;
+    let receiver = Receiver::ok().await;
+    let (_, key) = n0.tenant("acme").await;
+    n0.subscribe(&key, json!({"url": receiver.url(), "event_types": ["*"]}))
+        .await;
+    let (status, body) = n0
+        .call("POST", "/v1/events", &key, Some(message_event("early-1")))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    receiver.wait_for(1, PATIENCE).await;
+}
