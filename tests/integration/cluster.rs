@@ -852,3 +852,77 @@ async fn a_node_started_before_jetstream_answers_waits_for_it() {
     assert_eq!(status, 202, "{body}");
     receiver.wait_for(1, PATIENCE).await;
 }
+
+/// Ordering and a rate limit hold across the cluster: events of five
+/// conversations sent alternately to two nodes arrive in order per
+/// conversation, at the subscription's rate (its work is on one node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_and_a_rate_limit_hold_across_two_nodes() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let (d0, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let n0 = node(&cluster, d0.path(), "left");
+    let n1 = node(&cluster, d1.path(), "right");
+    wait_for_leases(&[&n0, &n1]).await;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String, u64)>::new()));
+    let seen = arrivals.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap();
+            seen.lock().unwrap().push((
+                Instant::now(),
+                event["data"]["conversation_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                event["data"]["seq"].as_u64().unwrap(),
+            ));
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (_, key) = n0.tenant("acme").await;
+    n0.subscribe(
+        &key,
+        json!({"url": url, "event_types": ["*"], "max_in_flight": 16,
+               "ordering": {"key": "/data/conversation_id"},
+               "rate_limit": {"per_second": 20, "burst": 1}}),
+    )
+    .await;
+    // The subscription reaches the other node's view before it routes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = 100;
+    for i in 0..total {
+        let node = if i % 2 == 0 { &n0 } else { &n1 };
+        let event = json!({"id": format!("x{i}"), "type": "message.created",
+                           "data": {"conversation_id": format!("c{}", i % 5), "seq": i / 5}});
+        let (status, body) = node.call("POST", "/v1/events", &key, Some(event)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().unwrap().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "{} arrived",
+            arrivals.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let arrivals = arrivals.lock().unwrap().clone();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (_, conv, seq) in &arrivals {
+        if let Some(before) = last.insert(conv.clone(), *seq) {
+            assert!(*seq > before, "{conv}: {seq} after {before}");
+        }
+    }
+    // 100 deliveries at 20/s: about 5 s from the first to the last.
+    let span = arrivals.last().unwrap().0 - arrivals[0].0;
+    assert!(
+        span >= Duration::from_millis(4400) && span <= Duration::from_secs(8),
+        "100 deliveries in {span:?} at 20/s"
+    );
+}
