@@ -21,6 +21,9 @@ use crate::runtime::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// `--url` and `--json` of the API commands.
+    #[command(flatten)]
+    pub target: crate::client::Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +40,15 @@ pub enum Command {
     /// delivery (under its id), into an empty cluster's NATS JetStream.
     /// Stop the server first; start the cluster's nodes after (docs/cluster.md).
     Migrate(MigrateArgs),
+    /// Check an API key against a server and keep both for the API
+    /// commands (a 0600 file; `WASMHOOK_URL` / `WASMHOOK_KEY` override it).
+    Login {
+        /// The tenant's API key (default: `WASMHOOK_KEY`).
+        #[arg(long, hide_env_values = true)]
+        key: Option<String>,
+    },
+    #[command(flatten)]
+    Api(crate::client::ApiCommand),
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +210,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Login { key } => Ok(crate::client::login(&cli.target, key).await?),
+        Command::Api(command) => Ok(crate::client::run(cli.target, command).await?),
         Command::DefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(())

@@ -46,6 +46,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;

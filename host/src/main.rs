@@ -33,7 +33,11 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line: the whole context chain, outermost first.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // The API commands say what failed by their exit code.
+            match e.downcast_ref::<wasmhook::client::ClientError>() {
+                Some(c) => std::process::ExitCode::from(c.exit_code()),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

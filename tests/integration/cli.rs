@@ -210,3 +210,158 @@ fn bad_input_exits_non_zero_with_one_line() {
     let line = error_line(&wasmhook(&["plugin", "check", bad_json.to_str().unwrap()]));
     assert!(line.contains("not a WebAssembly component"), "{line}");
 }
+
+/// The API commands (`wasmhook tenants|login|subscriptions|events|
+/// deliveries`) against a real server: JSON output parsed, a table for
+/// people, `deliveries tail` following a new delivery, and an exit code per
+/// kind of failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_commands_drive_a_real_server() {
+    use crate::harness::{ADMIN_TOKEN, Receiver, Server, message_event};
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let config = dir.path().join("cli").join("cli.toml");
+    let base = server.base.clone();
+    let cli = |args: &[&str], env: &[(&str, &str)], stdin: Option<&str>| -> (i32, String, String) {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("WASMHOOK_CLI_CONFIG", &config)
+            .env("WASMHOOK_URL", &base)
+            .env_remove("WASMHOOK_KEY")
+            .env_remove("WASMHOOK_ADMIN_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json = |out: &str| -> Value { serde_json::from_str(out).expect("JSON on stdout") };
+
+    // No server key yet: a usage error (2).
+    let (code, _, err) = cli(&["subscriptions", "list"], &[], None);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = cli(
+        &["tenants", "create", "acme", "--json"],
+        &[("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = json(&out)["api_key"].as_str().unwrap().to_string();
+    // A wrong key is refused at login (4) and nothing is saved.
+    let (code, _, err) = cli(&["login", "--key", "whk_wrong"], &[], None);
+    assert_eq!(code, 4, "{err}");
+    assert!(!config.exists());
+    let (code, _, err) = cli(&["login", "--key", &key], &[], None);
+    assert_eq!(code, 0, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let rx = Receiver::ok().await;
+    let (code, out, err) = cli(
+        &[
+            "subscriptions",
+            "create",
+            "--url",
+            &rx.url(),
+            "--events",
+            "message.*",
+            "--ordering-key",
+            "/data/conversation_id",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let sub = json(&out);
+    assert_eq!(sub["ordering"]["key"], "/data/conversation_id");
+    let (code, out, _) = cli(&["subscriptions", "list"], &[], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("ID") && out.contains(sub["id"].as_str().unwrap()),
+        "{out}"
+    );
+
+    // An event from stdin; its delivery in the log.
+    let (code, out, err) = cli(
+        &["events", "send", "--json"],
+        &[],
+        Some(&message_event("cli-1").to_string()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["deliveries"].as_array().unwrap().len(), 1);
+    rx.wait_for(1, std::time::Duration::from_secs(20)).await;
+    let (code, out, _) = cli(&["deliveries", "list", "--json"], &[], None);
+    assert_eq!(code, 0);
+    let page = json(&out);
+    let delivery = page["items"][0]["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&["deliveries", "show", &delivery], &[], None);
+    assert_eq!(code, 0);
+    assert!(out.contains(&delivery) && out.contains("HTTP 200"), "{out}");
+
+    // `deliveries tail` prints a new delivery as it happens.
+    let mut tail = Command::new(binary())
+        .args(["deliveries", "tail"])
+        .env("WASMHOOK_CLI_CONFIG", &config)
+        .env_remove("WASMHOOK_URL")
+        .env_remove("WASMHOOK_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines_tx.send(line.unwrap_or_default());
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (status, _) = server
+        .call("POST", "/v1/events", &key, Some(message_event("cli-2")))
+        .await;
+    assert_eq!(status, 202);
+    let line = lines_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("tail printed the new delivery");
+    assert!(
+        line.contains("dlv_") && line.contains("message.created"),
+        "{line}"
+    );
+    tail.kill().unwrap();
+    let _ = tail.wait();
+
+    // Exit codes: not found 3, bad key 4, invalid 5, unreachable 6.
+    let (code, _, err) = cli(&["deliveries", "show", "dlv_nope"], &[], None);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = cli(
+        &["subscriptions", "list"],
+        &[("WASMHOOK_KEY", "whk_wrong")],
+        None,
+    );
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(&["subscriptions", "create", "--url", "ftp://x"], &[], None);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("url"), "{err}");
+    let (code, _, err) = cli(
+        &["subscriptions", "list", "--server", "http://127.0.0.1:9"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 6, "{err}");
+}

@@ -1,0 +1,733 @@
+//! The command line for the API (`wasmhook login`, `subscriptions`,
+//! `events`, `deliveries`, `tenants`): HTTP to a running server only, never
+//! the store, so it works the same against a single server and any node of
+//! a cluster. Human tables by default, `--json` for scripts; the exit code
+//! says what failed ([`ClientError::exit_code`]).
+//!
+//! Where the server and key come from, later winning: the file written by
+//! `wasmhook login` (`$WASMHOOK_CLI_CONFIG`, else
+//! `$XDG_CONFIG_HOME/wasmhook/cli.toml`, else `~/.config/wasmhook/cli.toml`;
+//! 0600), then `WASMHOOK_URL` and `WASMHOOK_KEY`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What went wrong, with the exit code that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Bad arguments, or no server or key configured (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// 404 (exit 3).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 401 or 403 (exit 4).
+    #[error("refused: {0}")]
+    Auth(String),
+    /// 400, 409, 413, 422, 429 (exit 5).
+    #[error("{0}")]
+    Invalid(String),
+    /// 5xx, or the server cannot be reached (exit 6).
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) => 2,
+            ClientError::NotFound(_) => 3,
+            ClientError::Auth(_) => 4,
+            ClientError::Invalid(_) => 5,
+            ClientError::Unavailable(_) => 6,
+        }
+    }
+}
+
+/// Flags every API command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// The server (default: `WASMHOOK_URL`, else `wasmhook login`'s).
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The nouns and verbs of the API.
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Tenants (operator token: `--admin-token` or `WASMHOOK_ADMIN_TOKEN`).
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Subscriptions (endpoints) of the logged-in tenant.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionCommand),
+    /// Send events.
+    #[command(subcommand)]
+    Events(EventCommand),
+    /// The delivery log: list, show, retry, follow.
+    #[command(subcommand)]
+    Deliveries(DeliveryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its id and API key (shown once).
+    Create {
+        name: String,
+        #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+    },
+    /// List tenants.
+    List {
+        #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionCommand {
+    List,
+    Get {
+        id: String,
+    },
+    /// Create one: `--url https://… --events 'message.*' [--plugin builtin:…]`.
+    Create {
+        #[arg(long)]
+        url: String,
+        /// Comma-separated patterns (`*`, `message.*`, exact types).
+        #[arg(long, default_value = "*")]
+        events: String,
+        /// `builtin:<name>` or an uploaded plugin's id.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The plugin's config, JSON.
+        #[arg(long, value_name = "JSON")]
+        plugin_config: Option<String>,
+        /// A retry preset: standard, onwebchat, convosphere, helloclient, ohallo.
+        #[arg(long)]
+        retry: Option<String>,
+        /// Order deliveries by this JSON pointer into the event.
+        #[arg(long, value_name = "POINTER")]
+        ordering_key: Option<String>,
+        /// At most this many attempts a second.
+        #[arg(long, value_name = "PER_SECOND")]
+        rate_limit: Option<f64>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send an event (a JSON object) or a batch (`{"events": […]}` or an
+    /// array) from a file, or from stdin with `-` or no file.
+    Send { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveryCommand {
+    List {
+        #[arg(long)]
+        subscription: Option<String>,
+        /// pending, blocked, succeeded, failed, filtered, held.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    Show {
+        id: String,
+    },
+    Retry {
+        id: String,
+    },
+    /// Follow new deliveries, one line each, until interrupted.
+    Tail {
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+}
+
+/// `wasmhook login`'s file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    url: Option<String>,
+    key: Option<String>,
+}
+
+fn config_path() -> Result<PathBuf, ClientError> {
+    if let Some(p) = std::env::var_os("WASMHOOK_CLI_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .ok_or_else(|| ClientError::Usage("no HOME: set WASMHOOK_CLI_CONFIG".into()))?,
+        )
+        .join(".config"),
+    };
+    Ok(base.join("wasmhook").join("cli.toml"))
+}
+
+fn saved() -> Saved {
+    config_path()
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| toml::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Checks the key against the server, then keeps both in the config file
+/// (0600).
+pub async fn login(target: &Target, key: Option<String>) -> Result<(), ClientError> {
+    let url = server_url(target)?;
+    let key = key
+        .or_else(|| std::env::var("WASMHOOK_KEY").ok())
+        .ok_or_else(|| ClientError::Usage("give --key (or WASMHOOK_KEY)".into()))?;
+    let api = Api::new(url.clone(), key.clone())?;
+    api.call("GET", "/v1/subscriptions", None).await?;
+    let path = config_path()?;
+    let text = toml::to_string(&Saved {
+        url: Some(url.clone()),
+        key: Some(key),
+    })
+    .map_err(|e| ClientError::Usage(e.to_string()))?;
+    write_private(&path, &text)
+        .map_err(|e| ClientError::Usage(format!("writing {}: {e}", path.display())))?;
+    println!("logged in to {url}; saved in {}", path.display());
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: make it 0600 too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
+}
+
+fn server_url(target: &Target) -> Result<String, ClientError> {
+    target
+        .server
+        .clone()
+        .or_else(|| std::env::var("WASMHOOK_URL").ok())
+        .or_else(|| saved().url)
+        .map(|u| u.trim_end_matches('/').to_string())
+        .ok_or_else(|| {
+            ClientError::Usage(
+                "no server: run `wasmhook login --server …`, or set WASMHOOK_URL".into(),
+            )
+        })
+}
+
+fn tenant_key() -> Result<String, ClientError> {
+    std::env::var("WASMHOOK_KEY")
+        .ok()
+        .or_else(|| saved().key)
+        .ok_or_else(|| {
+            ClientError::Usage("no API key: run `wasmhook login`, or set WASMHOOK_KEY".into())
+        })
+}
+
+/// One server and one bearer token.
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(base: String, token: String) -> Result<Self, ClientError> {
+        crate::deliver::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        Ok(Api { base, token, http })
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{}: {e}", self.base)))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        let message = format!("{status}: {message}");
+        Err(match status {
+            404 => ClientError::NotFound(message),
+            401 | 403 => ClientError::Auth(message),
+            500.. => ClientError::Unavailable(message),
+            _ => ClientError::Invalid(message),
+        })
+    }
+}
+
+/// Prints a value: as JSON with `--json`, else with the table function.
+type Printer<'a> = &'a dyn Fn(&Value, &dyn Fn(&Value));
+
+/// Runs one API command.
+pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError> {
+    let url = server_url(&target)?;
+    let json_out = target.json;
+    let print = |value: &Value, table: &dyn Fn(&Value)| {
+        if json_out {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            table(value);
+        }
+    };
+    match command {
+        ApiCommand::Tenants(TenantCommand::Create { name, admin_token }) => {
+            let api = Api::new(url, admin_token)?;
+            let t = api
+                .call("POST", "/v1/tenants", Some(json!({ "name": name })))
+                .await?;
+            print(&t, &|t| {
+                println!("tenant {}  {}", s(&t["id"]), s(&t["name"]));
+                println!("api key (shown once): {}", s(&t["api_key"]));
+            });
+        }
+        ApiCommand::Tenants(TenantCommand::List { admin_token }) => {
+            let api = Api::new(url, admin_token)?;
+            let list = api.call("GET", "/v1/tenants", None).await?;
+            print(&list, &|list| {
+                rows(&["ID", "NAME", "CREATED"], items(list), |t| {
+                    vec![s(&t["id"]), s(&t["name"]), s(&t["created_at"])]
+                })
+            });
+        }
+        ApiCommand::Subscriptions(command) => {
+            let api = Api::new(url, tenant_key()?)?;
+            subscriptions(&api, command, &print).await?;
+        }
+        ApiCommand::Events(EventCommand::Send { file }) => {
+            let api = Api::new(url, tenant_key()?)?;
+            let text = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| ClientError::Usage(format!("{}: {e}", p.display())))?,
+            };
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|e| ClientError::Usage(format!("the event is not JSON: {e}")))?;
+            let (path, body) = match body {
+                Value::Array(events) => ("/v1/events/batch", json!({ "events": events })),
+                Value::Object(o) if o.contains_key("events") => {
+                    ("/v1/events/batch", Value::Object(o))
+                }
+                other => ("/v1/events", other),
+            };
+            let sent = api.call("POST", path, Some(body)).await?;
+            // Each event with the deliveries it made (from the stored event).
+            let mut accepted: Vec<Value> = match sent["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![sent.clone()],
+            };
+            for item in &mut accepted {
+                let id = s(&item["id"]);
+                let stored = api
+                    .call("GET", &format!("/v1/events/{}", seg(&id)), None)
+                    .await?;
+                item["deliveries"] = stored["deliveries"].clone();
+            }
+            let out = match accepted.len() {
+                1 if sent.get("items").is_none() => accepted[0].clone(),
+                _ => json!({ "items": accepted }),
+            };
+            print(&out, &|_| {
+                for r in &accepted {
+                    let deliveries = r["deliveries"].as_array().map_or(0, Vec::len);
+                    let duplicate = if r["duplicate"] == true {
+                        " (a duplicate: not routed again)"
+                    } else {
+                        ""
+                    };
+                    println!("{}  {deliveries} deliveries{duplicate}", s(&r["id"]));
+                }
+            });
+        }
+        ApiCommand::Deliveries(command) => {
+            let api = Api::new(url, tenant_key()?)?;
+            deliveries(&api, command, json_out, &print).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn subscriptions(
+    api: &Api,
+    command: SubscriptionCommand,
+    print: Printer<'_>,
+) -> Result<(), ClientError> {
+    let one = |s_: &Value| {
+        println!(
+            "{}  {}  {}  [{}]{}",
+            s(&s_["id"]),
+            if s_["enabled"] == true {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            s(&s_["url"]),
+            s_["event_types"]
+                .as_array()
+                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            s_["secret"]
+                .as_str()
+                .map(|k| format!("\nsigning secret (shown once): {k}"))
+                .unwrap_or_default(),
+        )
+    };
+    match command {
+        SubscriptionCommand::List => {
+            let list = api.call("GET", "/v1/subscriptions", None).await?;
+            print(&list, &|list| {
+                rows(
+                    &["ID", "STATE", "URL", "EVENTS", "QUEUED"],
+                    items(list),
+                    |x| {
+                        vec![
+                            s(&x["id"]),
+                            if x["enabled"] == true {
+                                "enabled".into()
+                            } else {
+                                "disabled".into()
+                            },
+                            s(&x["url"]),
+                            x["event_types"]
+                                .as_array()
+                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                            s(&x["queued_deliveries"]),
+                        ]
+                    },
+                )
+            });
+        }
+        SubscriptionCommand::Get { id } => {
+            let x = api
+                .call("GET", &format!("/v1/subscriptions/{}", seg(&id)), None)
+                .await?;
+            print(&x, &one);
+        }
+        SubscriptionCommand::Create {
+            url,
+            events,
+            plugin,
+            plugin_config,
+            retry,
+            ordering_key,
+            rate_limit,
+            description,
+        } => {
+            let mut body = json!({
+                "url": url,
+                "event_types": events.split(',').map(str::trim).filter(|e| !e.is_empty()).collect::<Vec<_>>(),
+            });
+            if let Some(id) = plugin {
+                let config: Value = match plugin_config {
+                    Some(text) => serde_json::from_str(&text).map_err(|e| {
+                        ClientError::Usage(format!("--plugin-config is not JSON: {e}"))
+                    })?,
+                    None => json!({}),
+                };
+                body["plugin"] = json!({ "id": id, "config": config });
+            }
+            if let Some(preset) = retry {
+                body["retry"] = json!({ "preset": preset });
+            }
+            if let Some(key) = ordering_key {
+                body["ordering"] = json!({ "key": key });
+            }
+            if let Some(rate) = rate_limit {
+                body["rate_limit"] = json!({ "per_second": rate });
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            let x = api.call("POST", "/v1/subscriptions", Some(body)).await?;
+            print(&x, &one);
+        }
+        SubscriptionCommand::Delete { id } => {
+            api.call("DELETE", &format!("/v1/subscriptions/{}", seg(&id)), None)
+                .await?;
+            print(&json!({ "deleted": id }), &|_| println!("deleted {id}"));
+        }
+        SubscriptionCommand::Enable { id } => {
+            let x = api
+                .call(
+                    "POST",
+                    &format!("/v1/subscriptions/{}/enable", seg(&id)),
+                    None,
+                )
+                .await?;
+            print(&x, &one);
+        }
+        SubscriptionCommand::Disable { id } => {
+            let verb = "disable";
+            let x = api
+                .call(
+                    "POST",
+                    &format!("/v1/subscriptions/{}/{verb}", seg(&id)),
+                    None,
+                )
+                .await?;
+            print(&x, &one);
+        }
+    }
+    Ok(())
+}
+
+async fn deliveries(
+    api: &Api,
+    command: DeliveryCommand,
+    json_out: bool,
+    print: Printer<'_>,
+) -> Result<(), ClientError> {
+    match command {
+        DeliveryCommand::List {
+            subscription,
+            status,
+            limit,
+        } => {
+            let page = api
+                .call(
+                    "GET",
+                    &list_path(subscription.as_deref(), status.as_deref(), limit),
+                    None,
+                )
+                .await?;
+            print(&page, &|page| {
+                rows(
+                    &[
+                        "ID",
+                        "STATUS",
+                        "HTTP",
+                        "ATTEMPTS",
+                        "MS",
+                        "EVENT",
+                        "SUBSCRIPTION",
+                        "ERROR",
+                    ],
+                    items(page),
+                    |d| {
+                        vec![
+                            s(&d["id"]),
+                            s(&d["status"]),
+                            s(&d["last_http_status"]),
+                            s(&d["attempts"]),
+                            s(&d["last_duration_ms"]),
+                            s(&d["event_type"]),
+                            s(&d["subscription_id"]),
+                            s(&d["last_error"]),
+                        ]
+                    },
+                )
+            });
+        }
+        DeliveryCommand::Show { id } => {
+            let d = api
+                .call("GET", &format!("/v1/deliveries/{}", seg(&id)), None)
+                .await?;
+            print(&d, &|d| {
+                println!(
+                    "{}  {}  event {} ({})  subscription {}",
+                    s(&d["id"]),
+                    s(&d["status"]),
+                    s(&d["event_id"]),
+                    s(&d["event_type"]),
+                    s(&d["subscription_id"])
+                );
+                for a in d["attempt_log"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}  HTTP {}  {} ms  {}",
+                        s(&a["at"]),
+                        s(&a["status"]),
+                        s(&a["duration_ms"]),
+                        s(&a["error"])
+                    );
+                }
+            });
+        }
+        DeliveryCommand::Retry { id } => {
+            let d = api
+                .call("POST", &format!("/v1/deliveries/{}/retry", seg(&id)), None)
+                .await?;
+            print(&d, &|d| println!("{}  {}", s(&d["id"]), s(&d["status"])));
+        }
+        DeliveryCommand::Tail { subscription } => {
+            // The newest page, every half second: a delivery is printed
+            // when it first appears and again each time its status changes.
+            let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
+            let mut first = true;
+            loop {
+                let page = api
+                    .call("GET", &list_path(subscription.as_deref(), None, 100), None)
+                    .await?;
+                let mut fresh: Vec<&Value> = items(&page).iter().collect();
+                fresh.reverse();
+                for d in fresh {
+                    let id = s(&d["id"]);
+                    let state = (s(&d["status"]), s(&d["attempts"]));
+                    if seen.get(&id) == Some(&state) {
+                        continue;
+                    }
+                    seen.insert(id, state);
+                    if first {
+                        continue;
+                    }
+                    if json_out {
+                        println!("{d}");
+                    } else {
+                        println!(
+                            "{}  {}  {}  HTTP {}  {} ms  {}",
+                            s(&d["updated_at"]),
+                            s(&d["id"]),
+                            s(&d["status"]),
+                            s(&d["last_http_status"]),
+                            s(&d["last_duration_ms"]),
+                            s(&d["event_type"])
+                        );
+                    }
+                }
+                first = false;
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_path(subscription: Option<&str>, status: Option<&str>, limit: usize) -> String {
+    let mut path = format!("/v1/deliveries?limit={limit}");
+    if let Some(sub) = subscription {
+        path.push_str(&format!("&subscription_id={}", seg(sub)));
+    }
+    if let Some(status) = status {
+        path.push_str(&format!("&status={}", seg(status)));
+    }
+    path
+}
+
+fn read_stdin() -> Result<String, ClientError> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .map_err(|e| ClientError::Usage(format!("reading stdin: {e}")))?;
+    Ok(text)
+}
+
+/// A path segment, percent-encoded.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A JSON value as a table cell.
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A page's or a list's items.
+fn items(v: &Value) -> &[Value] {
+    v["items"]
+        .as_array()
+        .or_else(|| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// A table: each column as wide as its widest cell.
+fn rows(header: &[&str], items: &[Value], cells: impl Fn(&Value) -> Vec<String>) {
+    let body: Vec<Vec<String>> = items.iter().map(cells).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &body {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count().min(60));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                let c: String = c.chars().take(60).collect();
+                format!("{c:<w$}")
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    for row in body {
+        println!("{}", line(row));
+    }
+}
