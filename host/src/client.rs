@@ -68,6 +68,15 @@ pub enum ApiCommand {
     /// Subscriptions (endpoints) of the logged-in tenant.
     #[command(subcommand)]
     Subscriptions(SubscriptionCommand),
+    /// The tenant's API keys.
+    #[command(subcommand)]
+    Keys(KeyCommand),
+    /// Uploaded plugins (and the bundled ones).
+    #[command(subcommand)]
+    Plugins(PluginApiCommand),
+    /// Inbound sources (a URL per platform, feeds, polls).
+    #[command(subcommand)]
+    Sources(SourceCommand),
     /// Send events.
     #[command(subcommand)]
     Events(EventCommand),
@@ -129,6 +138,54 @@ pub enum SubscriptionCommand {
         id: String,
     },
     Disable {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    List,
+    /// A new key for the tenant (shown once).
+    Create,
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginApiCommand {
+    List,
+    /// Upload a `.wasm` component.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Run a plugin on a sample event (a JSON file, or stdin), nothing sent.
+    DryRun {
+        /// `builtin:<name>` or an uploaded plugin's id.
+        id: String,
+        event: Option<PathBuf>,
+        /// The plugin's config, JSON.
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    List,
+    /// Create one from its JSON (`{"kind": "helloclient", …}`; see the API).
+    Create {
+        /// The source as JSON (a file, or stdin with `-` or no file).
+        file: Option<PathBuf>,
+    },
+    Delete {
         id: String,
     },
 }
@@ -272,6 +329,17 @@ impl Api {
         Ok(Api { base, token, http })
     }
 
+    /// A component's bytes, as `application/wasm`.
+    async fn upload(&self, path: &str, wasm: Vec<u8>) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/wasm")
+            .body(wasm);
+        self.answer(request).await
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -287,6 +355,11 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.answer(request).await
+    }
+
+    /// Sends `request`; its JSON, or the error its status says.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request
             .send()
             .await
@@ -355,16 +428,86 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             let api = Api::new(url, tenant_key()?)?;
             subscriptions(&api, command, &print).await?;
         }
+        ApiCommand::Keys(command) => {
+            let api = Api::new(url, tenant_key()?)?;
+            let out = match command {
+                KeyCommand::List => api.call("GET", "/v1/keys", None).await?,
+                KeyCommand::Create => api.call("POST", "/v1/keys", Some(json!({}))).await?,
+                KeyCommand::Delete { id } => {
+                    api.call("DELETE", &format!("/v1/keys/{}", seg(&id)), None)
+                        .await?;
+                    json!({ "deleted": id })
+                }
+            };
+            print(&out, &|out| {
+                listing(out, &["id", "prefix", "created_at", "api_key"])
+            });
+        }
+        ApiCommand::Plugins(command) => {
+            let api = Api::new(url, tenant_key()?)?;
+            let out = match command {
+                PluginApiCommand::List => api.call("GET", "/v1/plugins", None).await?,
+                PluginApiCommand::Upload {
+                    file,
+                    name,
+                    version,
+                } => {
+                    let wasm = std::fs::read(&file)
+                        .map_err(|e| ClientError::Usage(format!("{}: {e}", file.display())))?;
+                    let mut path = format!("/v1/plugins?name={}", seg(&name));
+                    if let Some(v) = version {
+                        path.push_str(&format!("&version={}", seg(&v)));
+                    }
+                    api.upload(&path, wasm).await?
+                }
+                PluginApiCommand::DryRun { id, event, config } => {
+                    let event: Value = read_json(event.as_deref(), "the event")?;
+                    let config: Value = match config {
+                        Some(text) => serde_json::from_str(&text).map_err(|e| {
+                            ClientError::Usage(format!("--config is not JSON: {e}"))
+                        })?,
+                        None => json!({}),
+                    };
+                    api.call(
+                        "POST",
+                        &format!("/v1/plugins/{}/dry-run", seg(&id)),
+                        Some(json!({ "event": event, "config": config })),
+                    )
+                    .await?
+                }
+                PluginApiCommand::Delete { id } => {
+                    api.call("DELETE", &format!("/v1/plugins/{}", seg(&id)), None)
+                        .await?;
+                    json!({ "deleted": id })
+                }
+            };
+            print(&out, &|out| {
+                if out.get("action").is_some() || out.get("error").is_some() {
+                    println!("{}", serde_json::to_string_pretty(out).unwrap_or_default());
+                } else {
+                    listing(out, &["id", "name", "version", "world", "size"]);
+                }
+            });
+        }
+        ApiCommand::Sources(command) => {
+            let api = Api::new(url, tenant_key()?)?;
+            let out = match command {
+                SourceCommand::List => api.call("GET", "/v1/sources", None).await?,
+                SourceCommand::Create { file } => {
+                    let body = read_json(file.as_deref(), "the source")?;
+                    api.call("POST", "/v1/sources", Some(body)).await?
+                }
+                SourceCommand::Delete { id } => {
+                    api.call("DELETE", &format!("/v1/sources/{}", seg(&id)), None)
+                        .await?;
+                    json!({ "deleted": id })
+                }
+            };
+            print(&out, &|out| listing(out, &["id", "kind", "url", "secret"]));
+        }
         ApiCommand::Events(EventCommand::Send { file }) => {
             let api = Api::new(url, tenant_key()?)?;
-            let text = match file.as_deref() {
-                None => read_stdin()?,
-                Some(p) if p.as_os_str() == "-" => read_stdin()?,
-                Some(p) => std::fs::read_to_string(p)
-                    .map_err(|e| ClientError::Usage(format!("{}: {e}", p.display())))?,
-            };
-            let body: Value = serde_json::from_str(&text)
-                .map_err(|e| ClientError::Usage(format!("the event is not JSON: {e}")))?;
+            let body = read_json(file.as_deref(), "the event")?;
             let (path, body) = match body {
                 Value::Array(events) => ("/v1/events/batch", json!({ "events": events })),
                 Value::Object(o) if o.contains_key("events") => {
@@ -665,6 +808,36 @@ fn list_path(subscription: Option<&str>, status: Option<&str>, limit: usize) -> 
         path.push_str(&format!("&status={}", seg(status)));
     }
     path
+}
+
+/// JSON from a file, or from stdin with `-` or no file.
+fn read_json(file: Option<&std::path::Path>, what: &str) -> Result<Value, ClientError> {
+    let text = match file {
+        None => read_stdin()?,
+        Some(p) if p.as_os_str() == "-" => read_stdin()?,
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", p.display())))?,
+    };
+    serde_json::from_str(&text).map_err(|e| ClientError::Usage(format!("{what} is not JSON: {e}")))
+}
+
+/// One record, a list or a page as a table of `fields` (those present).
+fn listing(out: &Value, fields: &[&str]) {
+    let list: Vec<Value> = match out {
+        Value::Array(_) => items(out).to_vec(),
+        Value::Object(o) if o.contains_key("items") => items(out).to_vec(),
+        other => vec![other.clone()],
+    };
+    let fields: Vec<&str> = fields
+        .iter()
+        .copied()
+        .filter(|f| list.iter().any(|x| x.get(*f).is_some_and(|v| !v.is_null())))
+        .collect();
+    let header: Vec<String> = fields.iter().map(|f| f.to_uppercase()).collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    rows(&header, &list, |x| {
+        fields.iter().map(|f| s(&x[*f])).collect()
+    });
 }
 
 fn read_stdin() -> Result<String, ClientError> {

@@ -346,6 +346,60 @@ async fn the_api_commands_drive_a_real_server() {
     tail.kill().unwrap();
     let _ = tail.wait();
 
+    // Keys, plugins, sources.
+    let (code, out, err) = cli(&["keys", "create", "--json"], &[], None);
+    assert_eq!(code, 0, "{err}");
+    let second = json(&out)["api_key"].as_str().unwrap().to_string();
+    let (code, _, err) = cli(
+        &["subscriptions", "list"],
+        &[("WASMHOOK_KEY", &second)],
+        None,
+    );
+    assert_eq!(code, 0, "the new key works: {err}");
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::write(&wasm, fixture("hostile")).unwrap();
+    let (code, out, err) = cli(
+        &[
+            "plugins",
+            "upload",
+            wasm.to_str().unwrap(),
+            "--name",
+            "hostile",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let plugin = json(&out)["id"].as_str().unwrap().to_string();
+    let (code, out, err) = cli(
+        &[
+            "plugins",
+            "dry-run",
+            &plugin,
+            "--config",
+            r#"{"mode":"ok"}"#,
+            "--json",
+        ],
+        &[],
+        Some(&message_event("dry").to_string()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out)["action"].is_object(), "{out}");
+    let (code, out, _) = cli(&["plugins", "list"], &[], None);
+    assert_eq!(code, 0);
+    assert!(out.contains(&plugin), "{out}");
+    let (code, out, err) = cli(
+        &["sources", "create", "--json"],
+        &[],
+        Some(r#"{"kind": "helloclient"}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    let source = json(&out)["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&["sources", "list"], &[], None);
+    assert_eq!(code, 0);
+    assert!(out.contains(&source), "{out}");
+
     // Exit codes: not found 3, bad key 4, invalid 5, unreachable 6.
     let (code, _, err) = cli(&["deliveries", "show", "dlv_nope"], &[], None);
     assert_eq!(code, 3, "{err}");
