@@ -811,16 +811,16 @@ async fn pulling_sources_outlive_the_node_they_were_created_on() {
     }
 }
 
-/// A node started while JetStream cannot answer (2 of 3 servers down: no
+/// A node started while JetStream cannot answer (2 of 3 servers frozen: no
 /// meta leader) waits for it instead of refusing to start, and serves once
 /// the servers are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_before_jetstream_answers_waits_for_it() {
-    let Some(mut cluster) = NatsCluster::start(3).await else {
+    let Some(cluster) = NatsCluster::start(3).await else {
         return;
     };
-    cluster.kill(1);
-    cluster.kill(2);
+    cluster.freeze(1);
+    cluster.freeze(2);
     let dir = tempfile::tempdir().unwrap();
     let (urls, data) = (cluster.urls_arg(), dir.path().to_path_buf());
     let starting = tokio::task::spawn_blocking(move || {
@@ -837,8 +837,8 @@ async fn a_node_started_before_jetstream_answers_waits_for_it() {
     // Long enough for its first JetStream requests to fail.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(!starting.is_finished(), "the node did not wait");
-    cluster.restart(1);
-    cluster.restart(2);
+    cluster.thaw(1);
+    cluster.thaw(2);
     cluster.ready().await;
     let n0 = starting.await.unwrap();
     wait_for_leases(&[&n0]).await;

@@ -62,32 +62,56 @@ impl NatsCluster {
             std::process::id(),
             ulid::Ulid::new()
         ));
-        let servers: Vec<Server> = (0..n)
-            .map(|i| Server {
-                port: free_port(),
-                cluster_port: free_port(),
-                dir: dir.join(format!("n{i}")),
-                child: None,
-            })
-            .collect();
-        let routes = servers
-            .iter()
-            .map(|s| format!("nats-route://127.0.0.1:{}", s.cluster_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = NatsCluster {
-            servers,
-            routes,
-            dir,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
+        // A port picked free may be taken by another test's listener before
+        // the server binds it (the server then exits at once): such a
+        // start is tried again on new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Each try in a directory of its own (a failed one is dropped whole).
+            let tried = dir.join(format!("try{attempt}"));
+            let servers: Vec<Server> = (0..n)
+                .map(|i| Server {
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    dir: tried.join(format!("n{i}")),
+                    child: None,
+                })
+                .collect();
+            let routes = servers
+                .iter()
+                .map(|s| format!("nats-route://127.0.0.1:{}", s.cluster_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut cluster = NatsCluster {
+                servers,
+                routes,
+                dir: dir.clone(),
+            };
+            let started: Result<(), String> = (0..n).try_for_each(|i| cluster.try_spawn(i));
+            match started {
+                Ok(()) => {
+                    cluster.wait_ready().await;
+                    return Some(cluster);
+                }
+                Err(why) if attempt < 3 => {
+                    eprintln!("nats test cluster: {why}; trying again on other ports");
+                    drop(cluster);
+                }
+                Err(why) => panic!("{why}"),
+            }
         }
-        cluster.wait_ready().await;
-        Some(cluster)
     }
 
     fn spawn(&mut self, i: usize) {
+        if let Err(why) = self.try_spawn(i) {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts server `i` and waits until it listens; an error when it
+    /// exits first (its port was taken) or does not listen in time.
+    fn try_spawn(&mut self, i: usize) -> Result<(), String> {
         let n = self.servers.len();
         let s = &mut self.servers[i];
         let mut cmd = Command::new("nats-server");
@@ -99,18 +123,28 @@ impl NatsCluster {
                 .args(["--cluster", &format!("nats://127.0.0.1:{}", s.cluster_port)])
                 .args(["--routes", &self.routes]);
         }
-        s.child = Some(
+        let child = s.child.insert(
             cmd.stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap(),
+                .map_err(|e| format!("nats-server n{i}: {e}"))?,
         );
         // Generous: a test machine may be slow or held to part of a core.
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server n{i} did not start");
+            if let Ok(Some(status)) = child.try_wait() {
+                s.child = None;
+                return Err(format!(
+                    "nats-server n{i} exited at start ({status}); port {} or {} taken?",
+                    s.port, s.cluster_port
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("nats-server n{i} did not start"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// Waits until JetStream answers through every running server.
@@ -232,6 +266,26 @@ impl NatsCluster {
     /// Waits until JetStream answers through every running server.
     pub async fn ready(&self) {
         self.wait_ready().await;
+    }
+
+    /// Freezes server `i` (SIGSTOP): it answers nothing but keeps its
+    /// ports, so no other test's listener takes them meanwhile (a killed
+    /// server's ports are free for anyone until it restarts).
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        if let Some(c) = &self.servers[i].child {
+            let _ = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status();
+        }
     }
 
     /// kill -9 of server `i`.
