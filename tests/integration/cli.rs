@@ -419,3 +419,52 @@ async fn the_api_commands_drive_a_real_server() {
     );
     assert_eq!(code, 6, "{err}");
 }
+
+/// `deploy/wasmhook.service` passes `systemd-analyze verify` without a
+/// warning (with `ExecStart` pointed at this build's binary, which verify
+/// requires to exist).
+#[test]
+fn the_systemd_unit_verifies() {
+    let installed = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is not installed (.ci/run installs Debian's systemd)"
+        );
+        eprintln!("skipping: systemd-analyze not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(repo_root().join("deploy/wasmhook.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/wasmhook serve"));
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/wasmhook",
+        &format!("ExecStart={}", binary()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmhook.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    // A unit that does not parse is caught (the check can fail).
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("ProtectSystem=strict", "ProtectSystem=bogus"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+}
