@@ -2,7 +2,7 @@
 # slim Debian, as an unprivileged user, the data directory a volume.
 #
 #   docker build -t wasmhook .
-#   docker run -p 8080:8080 -v wasmhook-data:/data \
+#   docker run -p 8080:8080 -v wasmhook-data:/data --stop-timeout 30 \
 #     -e WASMHOOK_ADMIN_TOKEN=<at least 32 characters> wasmhook
 #
 # Not built in this project's CI: the CI machines have a Docker client but
@@ -27,5 +27,8 @@ VOLUME ["/data"]
 EXPOSE 8080
 ENV WASMHOOK_SERVER_LISTEN=0.0.0.0:8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-  CMD curl -fsS -o /dev/null http://127.0.0.1:8080/healthz || exit 1
-ENTRYPOINT ["/usr/local/bin/wasmhook", "serve", "--data", "/data"]
+  CMD curl --noproxy "*" -fsS -o /dev/null "http://127.0.0.1:${WASMHOOK_SERVER_LISTEN##*:}/healthz" || exit 1
+# `docker run IMAGE` serves; `docker run IMAGE deliveries list …` is the CLI.
+# Give in-flight attempts their grace at stop: docker stop --time 30.
+ENTRYPOINT ["/usr/local/bin/wasmhook"]
+CMD ["serve", "--data", "/data"]

@@ -21,7 +21,7 @@ use crate::runtime::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// `--url` and `--json` of the API commands.
+    /// `--server` and `--json` of the API commands.
     #[command(flatten)]
     pub target: crate::client::Target,
 }
@@ -43,8 +43,9 @@ pub enum Command {
     /// Check an API key against a server and keep both for the API
     /// commands (a 0600 file; `WASMHOOK_URL` / `WASMHOOK_KEY` override it).
     Login {
-        /// The tenant's API key (default: `WASMHOOK_KEY`).
-        #[arg(long, hide_env_values = true)]
+        /// The tenant's API key (better: `WASMHOOK_KEY`, which stays out
+        /// of process listings and shell history).
+        #[arg(long, env = "WASMHOOK_KEY", hide_env_values = true)]
         key: Option<String>,
     },
     #[command(flatten)]

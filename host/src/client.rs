@@ -205,8 +205,9 @@ pub enum DeliveryCommand {
         /// pending, blocked, succeeded, failed, filtered, held.
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        /// 1 to 500.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=500))]
+        limit: u16,
     },
     Show {
         id: String,
@@ -303,13 +304,22 @@ fn server_url(target: &Target) -> Result<String, ClientError> {
         })
 }
 
-fn tenant_key() -> Result<String, ClientError> {
-    std::env::var("WASMHOOK_KEY")
-        .ok()
-        .or_else(|| saved().key)
-        .ok_or_else(|| {
-            ClientError::Usage("no API key: run `wasmhook login`, or set WASMHOOK_KEY".into())
-        })
+/// `WASMHOOK_KEY`, else the key `login` saved — only for the server it was
+/// saved with, so that `--server` elsewhere never sends it there.
+fn tenant_key(url: &str) -> Result<String, ClientError> {
+    if let Ok(key) = std::env::var("WASMHOOK_KEY") {
+        return Ok(key);
+    }
+    let saved = saved();
+    match (saved.url, saved.key) {
+        (Some(saved_url), Some(key)) if saved_url.trim_end_matches('/') == url => Ok(key),
+        (Some(saved_url), Some(_)) => Err(ClientError::Usage(format!(
+            "the saved key is for {saved_url}, not {url}: log in there, or set WASMHOOK_KEY"
+        ))),
+        _ => Err(ClientError::Usage(
+            "no API key: run `wasmhook login`, or set WASMHOOK_KEY".into(),
+        )),
+    }
 }
 
 /// One server and one bearer token.
@@ -425,11 +435,11 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             });
         }
         ApiCommand::Subscriptions(command) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             subscriptions(&api, command, &print).await?;
         }
         ApiCommand::Keys(command) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             let out = match command {
                 KeyCommand::List => api.call("GET", "/v1/keys", None).await?,
                 KeyCommand::Create => api.call("POST", "/v1/keys", Some(json!({}))).await?,
@@ -444,7 +454,7 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             });
         }
         ApiCommand::Plugins(command) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             let out = match command {
                 PluginApiCommand::List => api.call("GET", "/v1/plugins", None).await?,
                 PluginApiCommand::Upload {
@@ -468,12 +478,22 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
                         })?,
                         None => json!({}),
                     };
-                    api.call(
-                        "POST",
-                        &format!("/v1/plugins/{}/dry-run", seg(&id)),
-                        Some(json!({ "event": event, "config": config })),
-                    )
-                    .await?
+                    let result = api
+                        .call(
+                            "POST",
+                            &format!("/v1/plugins/{}/dry-run", seg(&id)),
+                            Some(json!({ "event": event, "config": config })),
+                        )
+                        .await?;
+                    if let Some(error) = result["error"].as_str() {
+                        // The plugin failed on the event: printed, and exit 5.
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&result).unwrap_or_default()
+                        );
+                        return Err(ClientError::Invalid(format!("the plugin failed: {error}")));
+                    }
+                    result
                 }
                 PluginApiCommand::Delete { id } => {
                     api.call("DELETE", &format!("/v1/plugins/{}", seg(&id)), None)
@@ -490,7 +510,7 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             });
         }
         ApiCommand::Sources(command) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             let out = match command {
                 SourceCommand::List => api.call("GET", "/v1/sources", None).await?,
                 SourceCommand::Create { file } => {
@@ -506,7 +526,7 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             print(&out, &|out| listing(out, &["id", "kind", "url", "secret"]));
         }
         ApiCommand::Events(EventCommand::Send { file }) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             let body = read_json(file.as_deref(), "the event")?;
             let (path, body) = match body {
                 Value::Array(events) => ("/v1/events/batch", json!({ "events": events })),
@@ -521,12 +541,15 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
                 Some(items) => items.clone(),
                 None => vec![sent.clone()],
             };
+            // Best effort: the events are accepted whatever these answer (a
+            // failure here must not make a script send them again).
             for item in &mut accepted {
                 let id = s(&item["id"]);
-                let stored = api
-                    .call("GET", &format!("/v1/events/{}", seg(&id)), None)
-                    .await?;
-                item["deliveries"] = stored["deliveries"].clone();
+                let path = format!("/v1/events/{}", seg(&id));
+                item["deliveries"] = match api.call("GET", &path, None).await {
+                    Ok(stored) => stored["deliveries"].clone(),
+                    Err(_) => Value::Null,
+                };
             }
             let out = match accepted.len() {
                 1 if sent.get("items").is_none() => accepted[0].clone(),
@@ -534,18 +557,21 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             };
             print(&out, &|_| {
                 for r in &accepted {
-                    let deliveries = r["deliveries"].as_array().map_or(0, Vec::len);
+                    let deliveries = match r["deliveries"].as_array() {
+                        Some(d) => format!("{} deliveries", d.len()),
+                        None => "accepted".into(),
+                    };
                     let duplicate = if r["duplicate"] == true {
                         " (a duplicate: not routed again)"
                     } else {
                         ""
                     };
-                    println!("{}  {deliveries} deliveries{duplicate}", s(&r["id"]));
+                    println!("{}  {deliveries}{duplicate}", s(&r["id"]));
                 }
             });
         }
         ApiCommand::Deliveries(command) => {
-            let api = Api::new(url, tenant_key()?)?;
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
             deliveries(&api, command, json_out, &print).await?;
         }
     }
@@ -692,7 +718,7 @@ async fn deliveries(
             let page = api
                 .call(
                     "GET",
-                    &list_path(subscription.as_deref(), status.as_deref(), limit),
+                    &list_path(subscription.as_deref(), status.as_deref(), limit.into()),
                     None,
                 )
                 .await?;
@@ -823,6 +849,14 @@ fn read_json(file: Option<&std::path::Path>, what: &str) -> Result<Value, Client
 
 /// One record, a list or a page as a table of `fields` (those present).
 fn listing(out: &Value, fields: &[&str]) {
+    if let Some(id) = out.get("deleted") {
+        println!("deleted {}", s(id));
+        return;
+    }
+    if let Some(key) = out.get("api_key").and_then(Value::as_str) {
+        println!("key {} (shown once): {key}", s(&out["id"]));
+        return;
+    }
     let list: Vec<Value> = match out {
         Value::Array(_) => items(out).to_vec(),
         Value::Object(o) if o.contains_key("items") => items(out).to_vec(),
@@ -883,17 +917,14 @@ fn rows(header: &[&str], items: &[Value], cells: impl Fn(&Value) -> Vec<String>)
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &body {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count().min(60));
+            *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: Vec<String>| {
         cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| {
-                let c: String = c.chars().take(60).collect();
-                format!("{c:<w$}")
-            })
+            .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()

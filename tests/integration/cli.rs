@@ -414,10 +414,28 @@ async fn the_api_commands_drive_a_real_server() {
     assert!(err.contains("url"), "{err}");
     let (code, _, err) = cli(
         &["subscriptions", "list", "--server", "http://127.0.0.1:9"],
-        &[],
+        &[("WASMHOOK_KEY", &key)],
         None,
     );
     assert_eq!(code, 6, "{err}");
+    // The saved key goes only to the server it was saved for.
+    let (code, _, err) = cli(
+        &["subscriptions", "list", "--server", "http://127.0.0.1:9"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("saved key is for"), "{err}");
+    // A key shown in a table is whole (it is shown once).
+    let (code, out, err) = cli(&["keys", "create"], &[], None);
+    assert_eq!(code, 0, "{err}");
+    let shown = out.trim().rsplit(' ').next().unwrap().to_string();
+    let (code, _, err) = cli(
+        &["subscriptions", "list"],
+        &[("WASMHOOK_KEY", &shown)],
+        None,
+    );
+    assert_eq!(code, 0, "the key as shown works: {err}");
 }
 
 /// `deploy/wasmhook.service` passes `systemd-analyze verify` without a
