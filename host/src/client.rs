@@ -785,10 +785,30 @@ async fn deliveries(
             // when it first appears and again each time its status changes.
             let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
             let mut first = true;
+            let mut unavailable = 0u32;
             loop {
-                let page = api
-                    .call("GET", &list_path(subscription.as_deref(), None, 100), None)
-                    .await?;
+                let path = list_path(subscription.as_deref(), None, 100);
+                let page = match api.call("GET", &path, None).await {
+                    Ok(page) => {
+                        unavailable = 0;
+                        page
+                    }
+                    // A restart or a moment of 503: keep following (say
+                    // so once), give up only after a minute of it.
+                    Err(ClientError::Unavailable(why)) if unavailable < 120 => {
+                        if unavailable == 0 {
+                            eprintln!("server unavailable ({why}); still following");
+                        }
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Only what the page still shows is remembered.
+                let shown: std::collections::HashSet<String> =
+                    items(&page).iter().map(|d| s(&d["id"])).collect();
+                seen.retain(|id, _| shown.contains(id));
                 let mut fresh: Vec<&Value> = items(&page).iter().collect();
                 fresh.reverse();
                 for d in fresh {
