@@ -1107,3 +1107,32 @@ both_backends! {
         assert!(e.delivery(&key, &g1).await.get("line").is_none());
     }
 }
+
+/// `[delivery] no_proxy`: a listed destination is reached directly (the
+/// proxy sees nothing), through the same resolver guard.
+#[tokio::test]
+async fn no_proxy_destinations_are_reached_directly() {
+    let rx = Receiver::ok().await;
+    let (proxy_port, log) = start_proxy(HashMap::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let server = Server::start_guarded(
+        dir.path(),
+        &[],
+        &[
+            ("WASMHOOK_DELIVERY_PROXY", proxy.as_str()),
+            ("WASMHOOK_DELIVERY_NO_PROXY", "127.0.0.1"),
+            ("WASMHOOK_DELIVERY_ALLOW_CIDRS", "127.0.0.1/32"),
+        ],
+    );
+    let (_, key) = server.tenant("t").await;
+    server
+        .subscribe(&key, json!({"url": rx.url(), "event_types": ["*"]}))
+        .await;
+    let (status, body) = server
+        .call("POST", "/v1/events", &key, Some(message_event("np1")))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    rx.wait_for_ids(1, Duration::from_secs(20)).await;
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+}
