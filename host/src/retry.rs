@@ -123,6 +123,19 @@ pub enum Decision {
     },
 }
 
+/// The pause a receiver asked for: `Retry-After` on a 429 or 503, capped by
+/// the policy's `retry_after_max_secs`. The retry waits that long, and so
+/// does the whole subscription (the worker pauses it).
+pub fn requested_pause(outcome: &Outcome, policy: &RetryPolicy) -> Option<Duration> {
+    match outcome {
+        Outcome::Status {
+            code: 429 | 503,
+            retry_after: Some(asked),
+        } => Some((*asked).min(Duration::from_secs(policy.retry_after_max_secs))),
+        _ => None,
+    }
+}
+
 /// Decides after attempt number `attempts` (1-based: the attempt that just
 /// ended). `jitter_draw` is uniform in `[-1, 1]` (0 in tests that want exact
 /// times).
@@ -133,7 +146,6 @@ pub fn decide(
     now: Timestamp,
     jitter_draw: f64,
 ) -> Decision {
-    let mut honoured_retry_after = None;
     match outcome {
         Outcome::Delivered => return Decision::Succeeded,
         Outcome::Refused => {
@@ -146,16 +158,13 @@ pub fn decide(
                 reason: "the endpoint answered 410 Gone".into(),
             };
         }
-        Outcome::Status { code, retry_after } => {
+        Outcome::Status { code, .. } => {
             if (400..500).contains(code) && policy.stop_on_4xx && !policy.retry_4xx.contains(code) {
                 return Decision::GiveUp {
                     reason: format!(
                         "the endpoint answered {code}, which this policy does not retry"
                     ),
                 };
-            }
-            if matches!(code, 429 | 503) {
-                honoured_retry_after = *retry_after;
             }
         }
         Outcome::BodyMismatch | Outcome::Transport => {}
@@ -166,8 +175,8 @@ pub fn decide(
             reason: format!("gave up after {attempts} attempts"),
         };
     };
-    let delay = match honoured_retry_after {
-        Some(asked) => asked.min(Duration::from_secs(policy.retry_after_max_secs)),
+    let delay = match requested_pause(outcome, policy) {
+        Some(pause) => pause,
         None => {
             let factor = 1.0 + policy.jitter.clamp(0.0, 1.0) * jitter_draw.clamp(-1.0, 1.0);
             Duration::from_secs_f64(base as f64 * factor)

@@ -271,15 +271,10 @@ async fn record_attempt(
     let decided_at = stage.clock.now();
     // A receiver that asks for a pause gets it for the whole subscription,
     // not only this delivery (within the policy's cap on Retry-After).
-    if let retry::Outcome::Status {
-        code: 429 | 503,
-        retry_after: Some(asked),
-    } = &result.outcome
+    if let Some(pause) = retry::requested_pause(&result.outcome, &sub.retry)
+        && let Ok(pause) = jiff::SignedDuration::try_from(pause)
     {
-        let pause = (*asked).min(Duration::from_secs(sub.retry.retry_after_max_secs));
-        if let Ok(pause) = jiff::SignedDuration::try_from(pause) {
-            stage.queue.pause(&sub.id, decided_at + pause);
-        }
+        stage.queue.pause(&sub.id, decided_at + pause);
     }
     let draw = rand::random::<f64>() * 2.0 - 1.0;
     let decision = retry::decide(
