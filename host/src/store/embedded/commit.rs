@@ -261,14 +261,7 @@ impl Writer {
                 })
                 .map_err(tx_error)
         };
-        match run(records) {
-            Ok(promoted) => promoted.into_iter().map(Ok).collect(),
-            Err(e) if records.len() == 1 => vec![Err(e)],
-            Err(_) => records
-                .iter()
-                .map(|r| run(std::slice::from_ref(r)).map(|mut p| p.pop().flatten()))
-                .collect(),
-        }
+        together_or_alone(records, run)
     }
 
     /// A group of plain new events: each batch's duplicates read first (a
@@ -335,17 +328,7 @@ impl Writer {
         &self,
         batches: &[&[NewEvent]],
     ) -> Vec<Result<Vec<Accepted>, StoreError>> {
-        match self.transaction(batches) {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) if batches.len() <= 1 => vec![Err(e)],
-            Err(_) => batches
-                .iter()
-                .map(|batch| {
-                    self.transaction(std::slice::from_ref(batch))
-                        .map(|mut r| r.pop().unwrap_or_default())
-                })
-                .collect(),
-        }
+        together_or_alone(batches, |batches| self.transaction(batches))
     }
 
     /// The acceptances of `batches` in one transaction: per batch, in
@@ -388,6 +371,23 @@ impl Writer {
                 Ok(split_by_batch(accepted, batches))
             })
             .map_err(tx_error)
+    }
+}
+
+/// `items` written by `write` in one transaction, one outcome each; if
+/// that fails, each item in a transaction of its own, so that one item's
+/// fault (a corrupt record) fails only itself.
+fn together_or_alone<I, O: Default>(
+    items: &[I],
+    write: impl Fn(&[I]) -> Result<Vec<O>, StoreError>,
+) -> Vec<Result<O, StoreError>> {
+    match write(items) {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) if items.len() <= 1 => vec![Err(e)],
+        Err(_) => items
+            .iter()
+            .map(|item| write(std::slice::from_ref(item)).map(|mut o| o.pop().unwrap_or_default()))
+            .collect(),
     }
 }
 
