@@ -982,15 +982,7 @@ impl Drop for Killed {
 /// signed, and only the one nkey user: `(server, client URL, dir with the
 /// files, CA file)`; `None` without nats-server (outside CI).
 fn tls_nats_with_an_nkey_user() -> Option<(Killed, String, tempfile::TempDir, String)> {
-    if std::process::Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is not installed"
-        );
+    if !crate::support::tool_installed("nats-server") {
         return None;
     }
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
