@@ -283,14 +283,9 @@ pub struct LanePosition {
 impl Store {
     /// Where `d`'s line stands, if `d` is ordered and its line still exists.
     pub fn lane_position(&self, d: &Delivery) -> Result<Option<LanePosition>, StoreError> {
-        let Some(slot) = &d.order else {
+        let Some((lane, state, seq)) = self.line_of(d)? else {
             return Ok(None);
         };
-        let lane = lane_key(d, slot);
-        let Some(bytes) = self.lanes.get(&lane)? else {
-            return Ok(None);
-        };
-        let state: LaneState = decode(&lane, &bytes)?;
         let head = self
             .lane_items
             .get(item_key(&lane, state.head))?
@@ -298,21 +293,29 @@ impl Store {
         Ok(Some(LanePosition {
             head,
             blocked: state.blocked.is_some(),
-            ahead: slot.seq.saturating_sub(state.head),
+            ahead: seq.saturating_sub(state.head),
         }))
     }
 
     /// Whether `d` is the failed head that stops its line.
     pub fn is_blocking(&self, d: &Delivery) -> Result<bool, StoreError> {
+        Ok(self
+            .line_of(d)?
+            .is_some_and(|(_, state, _)| state.blocked.as_deref() == Some(d.id.as_str())))
+    }
+
+    /// An ordered delivery's line as stored: its key, its state, and the
+    /// delivery's place in it.
+    fn line_of(&self, d: &Delivery) -> Result<Option<(Vec<u8>, LaneState, u64)>, StoreError> {
         let Some(slot) = &d.order else {
-            return Ok(false);
+            return Ok(None);
         };
         let lane = lane_key(d, slot);
         let Some(bytes) = self.lanes.get(&lane)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let state: LaneState = decode(&lane, &bytes)?;
-        Ok(state.blocked.as_deref() == Some(d.id.as_str()))
+        Ok(Some((lane, state, slot.seq)))
     }
 
     /// Lines whose subscription is gone (deleted, or its tenant): nothing
