@@ -51,6 +51,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod destination;
 pub mod event;
 pub mod http;
 pub mod ingest;

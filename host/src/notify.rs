@@ -167,6 +167,7 @@ mod tests {
             ordering: None,
             rate_limit: None,
             tls: None,
+            destination: None,
         }
     }
 

@@ -89,12 +89,18 @@ pub fn build_app_with(
         }
         Some(owner) => Queue::open_cluster(store.clone(), settings, clock.clone(), owner.clone()),
     };
+    let mut egress = config.egress.clone();
+    egress.internal_nats = config
+        .cluster
+        .as_ref()
+        .map(|c| c.urls.clone())
+        .unwrap_or_default();
     let sender = Sender::new(
         ssrf::Guard {
             allow_private: config.allow_private_destinations,
             allow: config.allow_cidrs.clone(),
         },
-        config.egress.clone(),
+        egress,
     )
     .context("building the HTTP client")?;
     Ok(App {

@@ -9,6 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::Bounds;
+use crate::destination::{DestinationInput, Resolved, check_http};
 use crate::event::Envelope;
 use crate::retry::{PRESETS, RetryPolicy};
 use crate::route;
@@ -85,8 +86,14 @@ impl RetryInput {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
-    /// Where to POST (http or https).
+    /// Where to POST (http or https); the same as `destination`
+    /// `{"type": "http", "url": …}`.
     pub url: Option<String>,
+    /// Where deliveries go instead of an HTTP POST: a NATS JetStream
+    /// subject, an AMQP exchange (RabbitMQ) or a Redis stream (see
+    /// [`DestinationInput`]); `{"type": "http", "url"}` goes back to HTTP.
+    #[schema(value_type = Option<Object>)]
+    pub destination: Option<DestinationInput>,
     /// `*`, `message.*`, or exact types.
     pub event_types: Option<Vec<String>>,
     /// `{"id": "builtin:helloclient-lead" | "plg_…", "config": {…}}`; `null` removes it.
@@ -280,8 +287,8 @@ impl SubscriptionInput {
         bounds: &Bounds,
         now: Timestamp,
     ) -> Result<Subscription, String> {
-        if self.url.is_none() {
-            return Err("url is required".into());
+        if self.url.is_none() && self.destination.is_none() {
+            return Err("url (or destination) is required".into());
         }
         let asymmetric = self.asymmetric.unwrap_or(false);
         if asymmetric && self.secret.is_some() {
@@ -321,6 +328,7 @@ impl SubscriptionInput {
             ordering: None,
             rate_limit: None,
             tls: None,
+            destination: None,
         };
         self.apply(&mut sub, bounds)?;
         Ok(sub)
@@ -330,12 +338,25 @@ impl SubscriptionInput {
     /// error names the field. The plugin (if set) is taken as is: checking
     /// it against its `check-config` is the caller's (it needs the sandbox).
     pub fn apply(self, sub: &mut Subscription, bounds: &Bounds) -> Result<(), String> {
-        if let Some(url) = self.url {
-            match reqwest::Url::parse(&url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => return Err(format!("url {url:?} is not an http(s) URL")),
+        match (self.url, self.destination) {
+            (Some(_), Some(_)) => {
+                return Err("give url or destination, not both".into());
             }
-            sub.url = url;
+            (Some(url), None) => {
+                sub.url = check_http(&url)?;
+                sub.destination = None;
+            }
+            (None, Some(input)) => match input.resolve(sub.destination.as_ref())? {
+                Resolved::Http(url) => {
+                    sub.url = url;
+                    sub.destination = None;
+                }
+                Resolved::Broker(d) => {
+                    sub.url = d.url().to_string();
+                    sub.destination = Some(d);
+                }
+            },
+            (None, None) => {}
         }
         if let Some(types) = self.event_types {
             if types.is_empty() {
@@ -429,6 +450,22 @@ impl SubscriptionInput {
                 check_tls(t)?;
             }
             sub.tls = tls;
+        }
+        if let Some(d) = &sub.destination {
+            // What only an HTTP endpoint has.
+            if sub.tls.is_some() {
+                return Err(format!(
+                    "tls applies to http destinations; a {} destination takes a {}s:// URL",
+                    d.kind(),
+                    if d.kind() == "nats" { "tl" } else { d.kind() }
+                ));
+            }
+            if sub.expect_body.is_some() {
+                return Err(format!(
+                    "expect_body applies to http destinations; a {} destination has no response body",
+                    d.kind()
+                ));
+            }
         }
         Ok(())
     }

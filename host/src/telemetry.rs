@@ -206,7 +206,10 @@ fn zeroes() {
         counter!("wasmhook_deliveries_created_total", "status" => status).increment(0);
     }
     for outcome in ["succeeded", "retry", "failed", "disabled"] {
-        counter!("wasmhook_delivery_attempts_total", "outcome" => outcome).increment(0);
+        for destination in ["http", "nats", "amqp", "redis"] {
+            counter!("wasmhook_delivery_attempts_total", "outcome" => outcome, "destination" => destination)
+                .increment(0);
+        }
     }
     for outcome in [
         "ok",
@@ -268,16 +271,19 @@ pub enum AttemptOutcome {
     Disabled,
 }
 
-/// One attempt: its outcome and how long the request took.
-pub fn attempt(outcome: AttemptOutcome, duration: Duration) {
+/// One attempt: its outcome, its destination's type (`http`, `nats`,
+/// `amqp`, `redis`) and how long the request or publish took.
+pub fn attempt(outcome: AttemptOutcome, destination: &'static str, duration: Duration) {
     let outcome = match outcome {
         AttemptOutcome::Succeeded => "succeeded",
         AttemptOutcome::Retry => "retry",
         AttemptOutcome::Failed => "failed",
         AttemptOutcome::Disabled => "disabled",
     };
-    counter!("wasmhook_delivery_attempts_total", "outcome" => outcome).increment(1);
-    histogram!("wasmhook_delivery_attempt_duration_seconds").record(duration.as_secs_f64());
+    counter!("wasmhook_delivery_attempts_total", "outcome" => outcome, "destination" => destination)
+        .increment(1);
+    histogram!("wasmhook_delivery_attempt_duration_seconds", "destination" => destination)
+        .record(duration.as_secs_f64());
 }
 
 /// A delivery succeeded `latency` after it was created.

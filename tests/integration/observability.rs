@@ -103,7 +103,7 @@ async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
     assert_eq!(
         sample(
             &text,
-            "wasmhook_delivery_attempts_total{outcome=\"succeeded\"}"
+            "wasmhook_delivery_attempts_total{outcome=\"succeeded\",destination=\"http\"}"
         ),
         Some(1.0)
     );

@@ -77,6 +77,11 @@ pub struct SubscriptionView {
     pub ordering: Option<crate::store::Ordering>,
     pub rate_limit: Option<crate::store::RateLimit>,
     pub tls: Option<TlsView>,
+    /// Where deliveries go: `{"type": "http", "url"}`, or a broker with
+    /// its settings (the URL without credentials; `password_set` says
+    /// whether a password or token is stored, which is never shown).
+    #[schema(value_type = Object)]
+    pub destination: serde_json::Value,
 }
 
 /// An endpoint's TLS settings as the API shows them: the certificates
@@ -97,6 +102,7 @@ impl SubscriptionView {
                 .then(|| s.secrets.first().map(|x| x.secret.clone()))
                 .flatten(),
             public_key: s.secrets.first().and_then(|x| sign::public_key(&x.secret)),
+            destination: destination_view(&s.url, s.destination.as_ref()),
             id: s.id,
             url: s.url,
             event_types: s.event_types,
@@ -123,6 +129,53 @@ impl SubscriptionView {
             }),
         }
     }
+}
+
+/// A destination as the API shows it: never the password.
+fn destination_view(url: &str, d: Option<&crate::store::Destination>) -> serde_json::Value {
+    use crate::store::Destination;
+    let Some(d) = d else {
+        return serde_json::json!({"type": "http", "url": url});
+    };
+    let mut view = match d {
+        Destination::Nats { url, subject, .. } => {
+            serde_json::json!({"type": "nats", "url": url, "subject": subject})
+        }
+        Destination::Amqp {
+            url,
+            exchange,
+            routing_key,
+            ..
+        } => serde_json::json!({
+            "type": "amqp", "url": url, "exchange": exchange, "routing_key": routing_key
+        }),
+        Destination::Redis {
+            url,
+            stream,
+            max_len,
+            ..
+        } => serde_json::json!({"type": "redis", "url": url, "stream": stream, "max_len": max_len}),
+    };
+    let c = d.credentials();
+    view["username"] = serde_json::json!(c.username);
+    view["password_set"] = serde_json::json!(c.password.is_some());
+    view
+}
+
+/// A broker destination is never the cluster's own NATS (the guard's
+/// other checks run at each connection, as an HTTP endpoint's do).
+async fn check_destination(state: &ApiState, sub: &Subscription) -> Result<(), ApiError> {
+    if let Some(d) = &sub.destination {
+        state
+            .app
+            .deliver
+            .sender
+            .buses()
+            .check_not_internal(d)
+            .await
+            .map_err(|e| bad(format!("destination: {e}")))?;
+    }
+    Ok(())
 }
 
 pub(super) fn bad(message: impl Into<String>) -> ApiError {
@@ -194,6 +247,7 @@ async fn create(
     if let Some(p) = &plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
+    check_destination(&state, &sub).await?;
     // The verification's slot first: a tenant at its cap is told so before
     // anything is stored (the secret is shown only in this answer).
     let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
@@ -268,6 +322,7 @@ async fn patch(
     input
         .apply(&mut changed, &state.app.settings.bounds)
         .map_err(bad)?;
+    check_destination(&state, &changed).await?;
     let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
     state.app.queue.set_limits(&updated);
     Ok(axum::Json(SubscriptionView::of(updated, false, &state)))

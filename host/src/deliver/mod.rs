@@ -2,6 +2,7 @@
 //! classified into a [`retry::Outcome`](crate::retry::Outcome) plus what the
 //! delivery log records (status, duration, truncated response, error text).
 
+pub mod bus;
 pub mod ssrf;
 pub mod tls;
 pub mod worker;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::queue::Queue;
 use crate::retry::{Outcome, parse_retry_after};
-use crate::store::{EndpointTls, Store};
+use crate::store::{Destination, EndpointTls, Store};
 
 /// What the delivery stage is handed, and nothing more: the records it
 /// updates, the queue it leases from, the HTTP sender, the clock.
@@ -35,10 +36,15 @@ pub const RECORDED_BODY_BYTES: usize = 4 * 1024;
 /// Response bodies are read up to this many bytes (to compare `expect_body`).
 const READ_BODY_BYTES: usize = 64 * 1024;
 
-/// One POST to send.
+/// One attempt to send: a POST to `url`, or a publish to `destination`.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub url: &'a str,
+    /// A broker instead of the POST (`bus.rs`).
+    pub destination: Option<&'a Destination>,
+    /// The delivery's id (a broker's message id).
+    pub delivery_id: &'a str,
+    pub event_type: &'a str,
     pub body: &'a [u8],
     pub content_type: &'a str,
     /// Signature headers and the plugin's extra headers.
@@ -70,6 +76,8 @@ pub struct Egress {
     /// Destinations reached directly (reqwest's `NO_PROXY` syntax).
     pub no_proxy: Vec<String>,
     pub roots: Vec<reqwest::Certificate>,
+    /// The cluster's own NATS URLs (cluster mode): never a destination.
+    pub internal_nats: Vec<String>,
 }
 
 impl std::fmt::Debug for Egress {
@@ -84,6 +92,7 @@ impl std::fmt::Debug for Egress {
             .field("proxy", &proxy)
             .field("no_proxy", &self.no_proxy)
             .field("roots", &self.roots.len())
+            .field("internal_nats", &self.internal_nats)
             .finish()
     }
 }
@@ -130,6 +139,7 @@ impl Egress {
             proxy,
             no_proxy: no_proxy.to_vec(),
             roots,
+            internal_nats: Vec::new(),
         })
     }
 }
@@ -146,6 +156,8 @@ pub struct Sender {
     egress: Arc<Egress>,
     /// Clients of endpoints with TLS settings, by the SHA-256 of those.
     endpoints: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], reqwest::Client>>>,
+    /// Brokers' connections.
+    buses: Arc<bus::Buses>,
 }
 
 /// Endpoint clients kept at most (each holds its own connection pool);
@@ -170,11 +182,13 @@ impl Sender {
         install_tls_provider();
         let guard = Arc::new(guard);
         let client = Self::builder(&guard, &egress)?.build()?;
+        let buses = Arc::new(bus::Buses::new(guard.clone(), egress.internal_nats.clone()));
         Ok(Sender {
             client,
             guard,
             egress: Arc::new(egress),
             endpoints: Default::default(),
+            buses,
         })
     }
 
@@ -241,6 +255,11 @@ impl Sender {
         }
         endpoints.insert(digest, client.clone());
         Ok(client)
+    }
+
+    /// The brokers' connections (a destination's check at creation).
+    pub fn buses(&self) -> &bus::Buses {
+        &self.buses
     }
 
     /// Through the proxy, the destination's name is resolved by the proxy,
@@ -311,6 +330,17 @@ impl Sender {
     /// Sends one attempt. Never fails: every problem becomes an outcome with
     /// an error text for the log.
     pub async fn send(&self, req: &Request<'_>, now: Timestamp) -> AttemptResult {
+        if let Some(destination) = req.destination {
+            let message = bus::Message {
+                delivery_id: req.delivery_id,
+                event_type: req.event_type,
+                body: req.body,
+                content_type: req.content_type,
+                headers: req.headers,
+                timeout: req.timeout,
+            };
+            return self.buses.publish(destination, &message).await;
+        }
         let started = Instant::now();
         let refused = |error: String| AttemptResult {
             outcome: Outcome::Refused,

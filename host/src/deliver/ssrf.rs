@@ -261,23 +261,37 @@ impl Guard {
     /// reached through the egress proxy, which resolves it again itself,
     /// so one refused address refuses the destination.
     pub async fn check_name(&self, host: &str, port: u16) -> Result<(), String> {
+        self.resolve_checked(host, port).await.map(drop)
+    }
+
+    /// The addresses of `host:port`, each checked (one refused address
+    /// refuses the name): what a broker destination connects to.
+    pub async fn resolve_checked(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = literal.parse::<IpAddr>() {
-            return self.check(host, ip).map_err(|e| e.to_string());
+            self.check(host, ip).map_err(|e| e.to_string())?;
+            return Ok(vec![SocketAddr::new(canonical(ip), port)]);
         }
         let lookup = tokio::net::lookup_host((host, port));
         let resolved: Vec<SocketAddr> = tokio::time::timeout(NAME_CHECK_TIMEOUT, lookup)
             .await
             .map_err(|_| format!("dns: {host}: no answer within {NAME_CHECK_TIMEOUT:?}"))?
             .map_err(|e| format!("dns: {host}: {e}"))?
+            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
             .collect();
         if resolved.is_empty() {
             return Err(format!("dns: {host} did not resolve to any address"));
         }
-        for addr in resolved {
+        for addr in &resolved {
             self.check(host, addr.ip()).map_err(|e| e.to_string())?;
         }
-        Ok(())
+        Ok(resolved)
+    }
+
+    /// The addresses of `host:port`, unchecked (the cluster's own NATS,
+    /// to refuse them); none when it does not resolve.
+    pub async fn resolve_any(&self, host: &str, port: u16) -> Vec<SocketAddr> {
+        resolve(host, port).await
     }
 
     /// Checks one resolved address for `host`.
@@ -369,7 +383,7 @@ impl FromStr for BrokerAllow {
 
 /// The host (lower case, IPv6 without brackets) and port (4222 when
 /// absent) of a `nats://` or `tls://` URL.
-fn broker_host_port(url: &str) -> Result<(String, u16), BrokerRefused> {
+pub fn broker_host_port(url: &str) -> Result<(String, u16), BrokerRefused> {
     let bad = || BrokerRefused::BadUrl;
     let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
     if !matches!(parsed.scheme(), "nats" | "tls") {

@@ -250,6 +250,9 @@ async fn record_attempt(
         .send(
             &Request {
                 url: &sub.url,
+                destination: sub.destination.as_ref(),
+                delivery_id: &d.id,
+                event_type: message.event_type,
                 body: body.as_bytes(),
                 content_type: &request.content_type,
                 headers: &headers,
@@ -286,9 +289,10 @@ async fn record_attempt(
     );
     info!(status = ?result.status, duration_ms = result.duration_ms, error = ?result.error, decision = ?decision, "attempt");
     let took = Duration::from_millis(result.duration_ms);
+    let kind = sub.destination.as_ref().map_or("http", |d| d.kind());
     match decision {
         Decision::Succeeded => {
-            telemetry::attempt(AttemptOutcome::Succeeded, took);
+            telemetry::attempt(AttemptOutcome::Succeeded, kind, took);
             telemetry::delivered(
                 Duration::try_from(decided_at.duration_since(d.created_at)).unwrap_or_default(),
             );
@@ -305,14 +309,14 @@ async fn record_attempt(
             }
         }
         Decision::RetryAt(at) => {
-            telemetry::attempt(AttemptOutcome::Retry, took);
+            telemetry::attempt(AttemptOutcome::Retry, kind, took);
             d.next_attempt_at = Some(at);
             d.last_error = result.error;
             d.updated_at = decided_at;
             record(stage, d, leased).await?;
         }
         Decision::GiveUp { reason } => {
-            telemetry::attempt(AttemptOutcome::Failed, took);
+            telemetry::attempt(AttemptOutcome::Failed, kind, took);
             let error = match result.error {
                 Some(e) => format!("{e}; {reason}"),
                 None => reason,
@@ -344,9 +348,9 @@ async fn record_attempt(
             record(stage, d, leased).await?;
             if ops {
                 // The ops endpoint is never disabled: it is how owners hear of it.
-                telemetry::attempt(AttemptOutcome::Failed, took);
+                telemetry::attempt(AttemptOutcome::Failed, kind, took);
             } else {
-                telemetry::attempt(AttemptOutcome::Disabled, took);
+                telemetry::attempt(AttemptOutcome::Disabled, kind, took);
                 let failed = Failure {
                     why: DisableReason::Gone,
                     error,

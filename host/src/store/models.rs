@@ -122,6 +122,11 @@ pub struct Subscription {
     /// Mutual TLS and a private CA for this endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EndpointTls>,
+    /// A message broker the deliveries are published to instead of an
+    /// HTTP POST to `url` (which then shows the broker's URL, without
+    /// credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
 }
 
 impl Subscription {
@@ -370,6 +375,114 @@ impl std::fmt::Debug for EndpointTls {
                 &self.client_key.as_ref().map(|_| "<redacted>"),
             )
             .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+/// A broker a subscription publishes to (the HTTP POST is the default,
+/// when a subscription has none). The URL is stored without its
+/// credentials; the password (or NATS token) is sealed like a secret and
+/// never returned.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Destination {
+    /// A JetStream publish, acknowledged by the stream that captures
+    /// `subject`; the delivery id is the `Nats-Msg-Id`.
+    Nats {
+        url: String,
+        subject: String,
+        #[serde(default)]
+        credentials: Credentials,
+    },
+    /// An AMQP 0-9-1 publish (RabbitMQ) with publisher confirms, persistent,
+    /// mandatory (an unroutable message is a failed attempt); the delivery
+    /// id is the `message_id`.
+    Amqp {
+        url: String,
+        exchange: String,
+        routing_key: String,
+        #[serde(default)]
+        credentials: Credentials,
+    },
+    /// An `XADD` to a Redis stream trimmed to about `max_len` entries,
+    /// once per delivery id.
+    Redis {
+        url: String,
+        stream: String,
+        max_len: u64,
+        #[serde(default)]
+        credentials: Credentials,
+    },
+}
+
+/// A broker's login: a user name (shown) and a password or token (sealed,
+/// never shown).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::secrets::sealed_opt"
+    )]
+    pub password: Option<String>,
+}
+
+impl Destination {
+    /// `nats`, `amqp` or `redis` (the metrics' and the log's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::Nats { .. } => "nats",
+            Destination::Amqp { .. } => "amqp",
+            Destination::Redis { .. } => "redis",
+        }
+    }
+
+    /// The broker's URL, without credentials.
+    pub fn url(&self) -> &str {
+        match self {
+            Destination::Nats { url, .. }
+            | Destination::Amqp { url, .. }
+            | Destination::Redis { url, .. } => url,
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        match self {
+            Destination::Nats { credentials, .. }
+            | Destination::Amqp { credentials, .. }
+            | Destination::Redis { credentials, .. } => credentials,
+        }
+    }
+
+    pub fn credentials_mut(&mut self) -> &mut Credentials {
+        match self {
+            Destination::Nats { credentials, .. }
+            | Destination::Amqp { credentials, .. }
+            | Destination::Redis { credentials, .. } => credentials,
+        }
+    }
+}
+
+impl std::fmt::Debug for Destination {
+    /// Never the password: a subscription may be logged with `?`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.credentials();
+        f.debug_struct("Destination")
+            .field("type", &self.kind())
+            .field("url", &self.url())
+            .field("username", &c.username)
+            .field("password", &c.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }

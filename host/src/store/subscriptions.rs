@@ -235,6 +235,7 @@ pub(super) mod tests {
             ordering: None,
             rate_limit: None,
             tls: None,
+            destination: None,
         }
     }
 

@@ -1,0 +1,544 @@
+//! Publishing one attempt to a broker: NATS JetStream, AMQP 0-9-1
+//! (RabbitMQ), a Redis stream. The same attempt as an HTTP POST — the
+//! plugin's body and headers, the signature headers, the timeout, an
+//! outcome the retry policy reads — with the broker's acknowledgement in
+//! place of a 2xx:
+//!
+//! - **NATS**: a JetStream publish acknowledged by the stream that captures
+//!   the subject; `Nats-Msg-Id` is the delivery id, so a publish retried
+//!   after a lost acknowledgement (or a kill) within the stream's duplicate
+//!   window is stored once.
+//! - **AMQP**: persistent and mandatory on a channel in confirm mode; the
+//!   broker's confirm is the success, an unroutable message is a failure.
+//!   The delivery id is the `message_id`, but AMQP has no deduplication: a
+//!   retried publish whose confirm was lost is stored again (at least once).
+//! - **Redis**: one script that adds the entry (`XADD … MAXLEN ~`) only if
+//!   no entry was added for the delivery id in the last [`REDIS_ONCE`];
+//!   Redis runs a script whole, so a retried publish is stored once.
+//!
+//! Connections are pooled per node (by broker and login), made on first
+//! use and dropped on any failure, so the next attempt connects again.
+//! Every connection goes through the egress guard first: the broker's
+//! addresses are checked as an HTTP endpoint's are (private ones refused
+//! unless allowed) and the cluster's own NATS is never one; a plain
+//! connection goes to the address checked, a TLS one to the name its
+//! certificate must match.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use super::AttemptResult;
+use super::ssrf::{self, Guard};
+use crate::retry::Outcome;
+use crate::store::{Credentials, Destination};
+
+/// How long a Redis stream remembers that a delivery id was added.
+pub const REDIS_ONCE: Duration = Duration::from_secs(72 * 3600);
+/// Connections kept at most; past it the pool starts again.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a connection may take (within the attempt's timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds the entry once per delivery id: `KEYS[1]` the stream, `KEYS[2]`
+/// the delivery id's marker; `ARGV[1]` the marker's lifetime (s),
+/// `ARGV[2]` the stream's length bound, then the entry's fields. The type
+/// check comes first so that nothing after the marker can fail (a script
+/// is not rolled back).
+const REDIS_ADD_ONCE: &str = r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is a ' .. kind .. ', not a stream')
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return false
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+"#;
+
+/// One message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub delivery_id: &'a str,
+    pub event_type: &'a str,
+    pub body: &'a [u8],
+    pub content_type: &'a str,
+    /// Signature headers and the plugin's extra headers.
+    pub headers: &'a [(String, String)],
+    pub timeout: Duration,
+}
+
+/// A pooled connection.
+#[derive(Clone)]
+enum Conn {
+    Nats(async_nats::jetstream::Context),
+    Amqp(Arc<Amqp>),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+/// The connection is kept beside its channel: dropping it closes both.
+struct Amqp {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+type Slot = Arc<OnceCell<Conn>>;
+
+/// The brokers' connections of this node, and the guard they pass.
+pub struct Buses {
+    guard: Arc<Guard>,
+    /// The cluster's own NATS URLs: never a destination.
+    internal: Vec<String>,
+    pool: Mutex<HashMap<[u8; 32], Slot>>,
+}
+
+/// Why a publish did not happen or was not acknowledged.
+struct Failed {
+    outcome: Outcome,
+    error: String,
+}
+
+impl Failed {
+    fn transport(error: impl Into<String>) -> Self {
+        Failed {
+            outcome: Outcome::Transport,
+            error: error.into(),
+        }
+    }
+
+    fn refused(error: impl Into<String>) -> Self {
+        Failed {
+            outcome: Outcome::Refused,
+            error: error.into(),
+        }
+    }
+}
+
+impl Buses {
+    pub fn new(guard: Arc<Guard>, internal: Vec<String>) -> Self {
+        Buses {
+            guard,
+            internal,
+            pool: Mutex::default(),
+        }
+    }
+
+    /// Publishes one attempt. Never fails: every problem becomes an
+    /// outcome with an error text for the delivery log.
+    pub async fn publish(&self, d: &Destination, m: &Message<'_>) -> AttemptResult {
+        let started = Instant::now();
+        let result = tokio::time::timeout(m.timeout, self.publish_within(d, m))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failed::transport(format!(
+                    "timeout: no acknowledgement within {} ms",
+                    m.timeout.as_millis()
+                )))
+            });
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(answer) => AttemptResult {
+                outcome: Outcome::Delivered,
+                status: None,
+                duration_ms,
+                response_body: Some(answer),
+                error: None,
+            },
+            Err(f) => {
+                if f.outcome == Outcome::Transport {
+                    self.forget(d);
+                }
+                AttemptResult {
+                    outcome: f.outcome,
+                    status: None,
+                    duration_ms,
+                    response_body: None,
+                    error: Some(format!("{}: {}", d.kind(), f.error)),
+                }
+            }
+        }
+    }
+
+    async fn publish_within(&self, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+        let slot = self.slot(d);
+        let conn = slot
+            .get_or_try_init(|| async {
+                tokio::time::timeout(CONNECT_TIMEOUT, self.connect(d))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failed::transport(format!(
+                            "connect: no connection within {CONNECT_TIMEOUT:?}"
+                        )))
+                    })
+            })
+            .await?
+            .clone();
+        match (conn, d) {
+            (Conn::Nats(js), Destination::Nats { subject, .. }) => {
+                publish_nats(&js, subject, m).await
+            }
+            (
+                Conn::Amqp(amqp),
+                Destination::Amqp {
+                    exchange,
+                    routing_key,
+                    ..
+                },
+            ) => publish_amqp(&amqp.channel, exchange, routing_key, m).await,
+            (
+                Conn::Redis(mut con),
+                Destination::Redis {
+                    stream, max_len, ..
+                },
+            ) => publish_redis(&mut con, stream, *max_len, m).await,
+            _ => Err(Failed::transport(
+                "the pooled connection is of another kind",
+            )),
+        }
+    }
+
+    /// The pool's slot of this broker and login.
+    fn slot(&self, d: &Destination) -> Slot {
+        let key = pool_key(d);
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() >= MAX_CONNECTIONS && !pool.contains_key(&key) {
+            pool.clear();
+        }
+        pool.entry(key).or_default().clone()
+    }
+
+    /// Drops the connection after a failure: the next attempt connects again.
+    fn forget(&self, d: &Destination) {
+        let key = pool_key(d);
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.remove(&key);
+    }
+
+    /// Connections open now (for tests and metrics).
+    pub fn connections(&self) -> usize {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.values().filter(|s| s.initialized()).count()
+    }
+
+    /// The address to connect to, checked: every address the host
+    /// resolves to passes the guard, and none is the cluster's own NATS.
+    pub async fn check(&self, d: &Destination) -> Result<(String, SocketAddr), String> {
+        let (host, port) = host_port_of(d)?;
+        let addrs = self.guard.resolve_checked(&host, port).await?;
+        self.refuse_internal(&host, port, &addrs).await?;
+        Ok((host, addrs[0]))
+    }
+
+    /// Whether the destination is the cluster's own NATS (by name, or by
+    /// an address its name resolves to): checked when a subscription is
+    /// created or changed, and at each connection.
+    pub async fn check_not_internal(&self, d: &Destination) -> Result<(), String> {
+        let (host, port) = host_port_of(d)?;
+        let addrs = self.guard.resolve_any(&host, port).await;
+        self.refuse_internal(&host, port, &addrs).await
+    }
+
+    async fn refuse_internal(
+        &self,
+        host: &str,
+        port: u16,
+        addrs: &[SocketAddr],
+    ) -> Result<(), String> {
+        for own in &self.internal {
+            if let Ok((h, p)) = ssrf::broker_host_port(own) {
+                let theirs = self.guard.resolve_any(&h, p).await;
+                if (h == host && p == port) || addrs.iter().any(|a| theirs.contains(a)) {
+                    return Err(format!(
+                        "{} is this cluster's own NATS, never a destination",
+                        host_port(host, port)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, d: &Destination) -> Result<Conn, Failed> {
+        let (host, addr) = self.check(d).await.map_err(Failed::refused)?;
+        let url = reqwest::Url::parse(d.url()).map_err(|e| Failed::refused(e.to_string()))?;
+        let tls = matches!(url.scheme(), "tls" | "amqps" | "rediss");
+        let credentials = d.credentials();
+        match d {
+            Destination::Nats { .. } => {
+                let mut options = async_nats::ConnectOptions::new()
+                    .ignore_discovered_servers()
+                    .retain_servers_order()
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .max_reconnects(Some(1));
+                options = match (&credentials.username, &credentials.password) {
+                    (Some(user), Some(pass)) => {
+                        options.user_and_password(user.clone(), pass.clone())
+                    }
+                    (Some(user), None) => options.user_and_password(user.clone(), String::new()),
+                    (None, Some(token)) => options.token(token.clone()),
+                    (None, None) => options,
+                };
+                let target = if tls {
+                    format!("tls://{}", host_port(&host, addr.port()))
+                } else {
+                    format!("nats://{addr}")
+                };
+                let client = options
+                    .connect(target)
+                    .await
+                    .map_err(|e| Failed::transport(format!("connect: {e}")))?;
+                Ok(Conn::Nats(async_nats::jetstream::new(client)))
+            }
+            Destination::Amqp { .. } => {
+                let mut target = url.clone();
+                if !tls {
+                    target
+                        .set_ip_host(addr.ip())
+                        .map_err(|_| Failed::refused("the URL cannot take an address"))?;
+                }
+                let _ = target.set_port(Some(addr.port()));
+                set_login(&mut target, credentials)?;
+                let connection = lapin::Connection::connect(
+                    target.as_str(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                .map_err(|e| Failed::transport(format!("connect: {e}")))?;
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| Failed::transport(format!("channel: {e}")))?;
+                channel
+                    .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| Failed::transport(format!("confirm mode: {e}")))?;
+                Ok(Conn::Amqp(Arc::new(Amqp {
+                    _connection: connection,
+                    channel,
+                })))
+            }
+            Destination::Redis { .. } => {
+                let address = if tls {
+                    redis::ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: addr.port(),
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port())
+                };
+                let db = url
+                    .path()
+                    .trim_start_matches('/')
+                    .parse::<i64>()
+                    .unwrap_or(0);
+                let mut settings = redis::RedisConnectionInfo::default().set_db(db);
+                if let Some(user) = &credentials.username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(pass) = &credentials.password {
+                    settings = settings.set_password(pass);
+                }
+                let info = redis::IntoConnectionInfo::into_connection_info(address)
+                    .map_err(|e| Failed::refused(e.to_string()))?
+                    .set_redis_settings(settings);
+                let client =
+                    redis::Client::open(info).map_err(|e| Failed::refused(e.to_string()))?;
+                let con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| Failed::transport(format!("connect: {e}")))?;
+                Ok(Conn::Redis(con))
+            }
+        }
+    }
+}
+
+/// A destination's host (lowercase, without brackets) and port.
+fn host_port_of(d: &Destination) -> Result<(String, u16), String> {
+    let url = reqwest::Url::parse(d.url()).map_err(|e| format!("invalid URL: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = url
+        .port()
+        .unwrap_or_else(|| crate::destination::default_port(url.scheme()));
+    Ok((host, port))
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The pool's key: the broker's URL and login (a digest, so the pool holds
+/// no password beside the connection that uses it).
+fn pool_key(d: &Destination) -> [u8; 32] {
+    use sha2::Digest;
+    let c = d.credentials();
+    let mut h = sha2::Sha256::new();
+    for part in [
+        d.kind(),
+        d.url(),
+        c.username.as_deref().unwrap_or("\0"),
+        c.password.as_deref().unwrap_or("\0"),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn set_login(url: &mut reqwest::Url, c: &Credentials) -> Result<(), Failed> {
+    let bad = |_| Failed::refused("the URL cannot take credentials");
+    url.set_username(c.username.as_deref().unwrap_or(""))
+        .map_err(bad)?;
+    url.set_password(c.password.as_deref()).map_err(bad)?;
+    Ok(())
+}
+
+async fn publish_nats(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    m: &Message<'_>,
+) -> Result<String, Failed> {
+    use std::str::FromStr;
+    let mut headers = async_nats::HeaderMap::new();
+    let mut put = |name: &str, value: &str| -> Result<(), Failed> {
+        let n = async_nats::HeaderName::from_str(name)
+            .map_err(|_| Failed::refused(format!("header {name:?} is not a NATS header name")))?;
+        let v = async_nats::HeaderValue::from_str(value).map_err(|_| {
+            Failed::refused(format!("header {name:?} has a value NATS cannot carry"))
+        })?;
+        headers.insert(n, v);
+        Ok(())
+    };
+    put("Nats-Msg-Id", m.delivery_id)?;
+    put("Content-Type", m.content_type)?;
+    put("Wasmhook-Event-Type", m.event_type)?;
+    for (name, value) in m.headers {
+        put(name, value)?;
+    }
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, m.body.to_vec().into())
+        .await
+        .map_err(|e| Failed::transport(format!("publish: {e}")))?
+        .await
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("no responders") {
+                Failed::transport(format!(
+                    "no JetStream stream captures the subject {subject:?}"
+                ))
+            } else {
+                Failed::transport(format!("acknowledgement: {text}"))
+            }
+        })?;
+    Ok(serde_json::json!({
+        "stream": ack.stream,
+        "seq": ack.sequence,
+        "duplicate": ack.duplicate,
+    })
+    .to_string())
+}
+
+async fn publish_amqp(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    m: &Message<'_>,
+) -> Result<String, Failed> {
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    let mut table = FieldTable::default();
+    for (name, value) in m.headers {
+        if name.len() > 255 {
+            return Err(Failed::refused(format!(
+                "header {name:?} is over 255 bytes"
+            )));
+        }
+        table.insert(
+            ShortString::from(name.clone()),
+            AMQPValue::LongString(LongString::from(value.clone())),
+        );
+    }
+    let properties = lapin::BasicProperties::default()
+        .with_content_type(ShortString::from(m.content_type.to_string()))
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(m.delivery_id.to_string()))
+        .with_type(ShortString::from(m.event_type.to_string()))
+        .with_app_id(ShortString::from("wasmhook".to_string()))
+        .with_headers(table);
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(exchange.to_string()),
+            ShortString::from(routing_key.to_string()),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            m.body,
+            properties,
+        )
+        .await
+        .map_err(|e| Failed::transport(format!("publish: {e}")))?
+        .await
+        .map_err(|e| Failed::transport(format!("confirm: {e}")))?;
+    match confirm {
+        lapin::Confirmation::Ack(None) => Ok("confirmed".into()),
+        lapin::Confirmation::Ack(Some(_)) => Err(Failed::transport(format!(
+            "unroutable: no queue is bound to exchange {exchange:?} with routing key {routing_key:?}"
+        ))),
+        lapin::Confirmation::Nack(_) => {
+            Err(Failed::transport("the broker refused the message (nack)"))
+        }
+        lapin::Confirmation::NotRequested => {
+            Err(Failed::transport("the channel is not in confirm mode"))
+        }
+    }
+}
+
+async fn publish_redis(
+    con: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    max_len: u64,
+    m: &Message<'_>,
+) -> Result<String, Failed> {
+    let headers: serde_json::Map<String, serde_json::Value> = m
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let script = redis::Script::new(REDIS_ADD_ONCE);
+    let mut call = script.key(stream);
+    call.key(format!("wasmhook:sent:{stream}:{}", m.delivery_id))
+        .arg(REDIS_ONCE.as_secs())
+        .arg(max_len)
+        .arg("delivery_id")
+        .arg(m.delivery_id)
+        .arg("event_type")
+        .arg(m.event_type)
+        .arg("content_type")
+        .arg(m.content_type)
+        .arg("headers")
+        .arg(serde_json::Value::Object(headers).to_string())
+        .arg("body")
+        .arg(m.body);
+    let added: Option<String> = call
+        .invoke_async(con)
+        .await
+        .map_err(|e| Failed::transport(format!("XADD: {e}")))?;
+    Ok(match added {
+        Some(id) => serde_json::json!({ "id": id }).to_string(),
+        None => serde_json::json!({ "duplicate": true }).to_string(),
+    })
+}
