@@ -67,13 +67,18 @@ impl DestinationInput {
             DestinationInput::Amqp { url, .. } => ("amqp", url),
             DestinationInput::Redis { url, .. } => ("redis", url),
         };
-        let (shown, mut credentials) = split_url(kind, url)?;
+        let (mut shown, mut credentials) = split_url(kind, url)?;
         if credentials == Credentials::default()
             && let Some(prev) = previous
             && prev.kind() == kind
             && same_broker(prev.url(), &shown)
         {
             credentials = prev.credentials().clone();
+            if let (Some(user), Ok(mut u)) = (&credentials.username, reqwest::Url::parse(&shown))
+                && u.set_username(user).is_ok()
+            {
+                shown = u.to_string();
+            }
         }
         let destination = match self {
             DestinationInput::Http { .. } => unreachable!("returned above"),
@@ -169,7 +174,9 @@ fn split_url(kind: &str, text: &str) -> Result<(String, Credentials), String> {
                 .join(" or ")
         )
     };
-    if text.len() > 2048 || text.chars().any(char::is_control) {
+    // ASCII only: an internationalised host is given in its punycode form,
+    // and no bidi or invisible character can disguise the broker's name.
+    if text.len() > 2048 || !text.is_ascii() || text.chars().any(|c| c.is_ascii_control()) {
         return Err(bad());
     }
     let mut url = reqwest::Url::parse(text).map_err(|_| bad())?;
@@ -226,7 +233,8 @@ fn split_url(kind: &str, text: &str) -> Result<(String, Credentials), String> {
     Ok((shown, credentials))
 }
 
-/// Whether two shown URLs name the same broker (scheme, host and port).
+/// Whether two shown URLs name the same broker (scheme, host and port;
+/// the user name may be left out of the new one).
 fn same_broker(a: &str, b: &str) -> bool {
     let key = |u: &str| {
         reqwest::Url::parse(u).ok().map(|u| {
@@ -235,7 +243,6 @@ fn same_broker(a: &str, b: &str) -> bool {
                 u.host_str().map(str::to_ascii_lowercase),
                 u.port_or_known_default()
                     .unwrap_or_else(|| default_port(u.scheme())),
-                u.username().to_string(),
             )
         })
     };
@@ -345,12 +352,13 @@ mod tests {
             "type": "nats", "url": "nats://u:p@nats.example:4222", "subject": "a"
         }));
         let same = broker_with(
-            serde_json::json!({"type": "nats", "url": "nats://u@nats.example", "subject": "b"}),
+            serde_json::json!({"type": "nats", "url": "nats://nats.example", "subject": "b"}),
             &old,
         );
         assert_eq!(same.credentials().password.as_deref(), Some("p"));
+        assert_eq!(same.credentials().username.as_deref(), Some("u"));
         let other = broker_with(
-            serde_json::json!({"type": "nats", "url": "nats://u@elsewhere.example", "subject": "b"}),
+            serde_json::json!({"type": "nats", "url": "nats://elsewhere.example", "subject": "b"}),
             &old,
         );
         assert_eq!(

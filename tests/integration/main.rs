@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod delivery;
+mod destinations;
 mod e2e;
 mod golden;
 mod harness;
