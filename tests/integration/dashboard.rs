@@ -534,6 +534,72 @@ async fn a_tenant_lives_in_the_dashboard() {
     assert_eq!(status, 200);
     assert_eq!(ops["url"], ops_rx.url().as_str());
 
+    // A Redis stream as the destination, from the form's own fields: the
+    // password in the URL is stored, never shown again.
+    b.client
+        .goto(&format!("{ui}#/endpoints/new"))
+        .await
+        .unwrap();
+    b.find("#endpoint-form").await;
+    assert_eq!(
+        b.js("return document.querySelector('#destination-redis').hidden")
+            .await,
+        Value::Bool(true),
+        "broker fields only for their type"
+    );
+    b.js("const s = document.querySelector('select[name=destination_type]'); s.value = 'redis'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+    b.type_into(
+        "input[name=url]",
+        "redis://:ui-redis-pw-31337@redis.example:6380/1",
+    )
+    .await;
+    b.type_into("input[name=destination_stream]", "crm:leads")
+        .await;
+    b.shot("add-redis-endpoint").await;
+    b.click("#endpoint-form button[type=submit]").await;
+    b.until(
+        "the Redis endpoint's page",
+        "const d = document.querySelector('#endpoint-destination'); return !!d && d.textContent.includes('Redis stream crm:leads')",
+    )
+    .await;
+    assert!(
+        !b.js("return document.body.innerHTML")
+            .await
+            .to_string()
+            .contains("ui-redis-pw-31337")
+    );
+    let redis_id = b
+        .js("return location.hash.split('/')[2]")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, made) = server
+        .call("GET", &format!("/v1/subscriptions/{redis_id}"), &key, None)
+        .await;
+    assert_eq!(made["destination"]["type"], "redis", "{made}");
+    assert_eq!(made["destination"]["url"], "redis://redis.example:6380/1");
+    assert_eq!(made["destination"]["password_set"], true);
+    // Edited without the password: the stored one stays.
+    b.click_button("Edit").await;
+    b.find("#endpoint-form").await;
+    assert_eq!(
+        b.js("return document.querySelector('select[name=destination_type]').value")
+            .await,
+        Value::String("redis".into())
+    );
+    b.click("#endpoint-form button[type=submit]").await;
+    b.until(
+        "the Redis endpoint's page again",
+        "const d = document.querySelector('#endpoint-destination'); return !!d && d.textContent.includes('crm:leads')",
+    )
+    .await;
+    let (_, kept) = server
+        .call("GET", &format!("/v1/subscriptions/{redis_id}"), &key, None)
+        .await;
+    assert_eq!(kept["destination"]["password_set"], true, "{kept}");
+
     // Phone width: nothing sticks out sideways.
     b.client.set_window_size(390, 844).await.unwrap();
     b.client.goto(&format!("{ui}#/endpoints")).await.unwrap();

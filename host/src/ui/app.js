@@ -284,7 +284,29 @@ async function pluginChoices() {
 async function endpointForm(id) {
   const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
   const plugins = await pluginChoices();
-  const url = h("input", { type: "url", name: "url", required: true, value: sub ? sub.url : "", placeholder: "https://example.com/webhook" });
+  const dest = sub ? sub.destination : { type: "http" };
+  const kind = h("select", { name: "destination_type" }, [["http", "HTTP POST"], ["nats", "NATS JetStream subject"], ["amqp", "RabbitMQ (AMQP) exchange"], ["redis", "Redis stream"]].map(([v, label]) =>
+    h("option", { value: v, selected: dest.type === v }, label)));
+  const url = h("input", { type: "text", name: "url", required: true, value: sub ? sub.url : "", placeholder: "https://example.com/webhook" });
+  const subject = h("input", { type: "text", name: "destination_subject", value: dest.subject || "", placeholder: "crm.leads" });
+  const exchange = h("input", { type: "text", name: "destination_exchange", value: dest.exchange || "", placeholder: "empty: the default exchange" });
+  const routingKey = h("input", { type: "text", name: "destination_routing_key", value: dest.routing_key || "", placeholder: "a queue's name on the default exchange" });
+  const stream = h("input", { type: "text", name: "destination_stream", value: dest.stream || "", placeholder: "crm:leads" });
+  const maxLen = h("input", { type: "number", name: "destination_max_len", min: "1", step: "1", value: dest.max_len ? String(dest.max_len) : "", placeholder: "100000" });
+  const placeholders = { http: "https://example.com/webhook", nats: "nats://user:password@nats.example.com:4222", amqp: "amqp://user:password@rabbit.example.com:5672/vhost", redis: "redis://:password@redis.example.com:6379/0" };
+  const perKind = {
+    nats: h("fieldset", { id: "destination-nats" }, h("legend", {}, "NATS"), field("Subject", subject, "A JetStream stream must capture it; the delivery id is the Nats-Msg-Id.")),
+    amqp: h("fieldset", { id: "destination-amqp" }, h("legend", {}, "RabbitMQ"), field("Exchange", exchange), field("Routing key", routingKey, "Persistent, with publisher confirms; an unroutable message is a failed attempt.")),
+    redis: h("fieldset", { id: "destination-redis" }, h("legend", {}, "Redis"), field("Stream", stream), field("Keep about this many entries", maxLen)),
+  };
+  const credentialsNote = h("p", { class: "muted" }, dest.password_set ? "A password is stored (never shown); leave it out of the URL to keep it." : "Credentials in the URL are stored sealed and never shown again.");
+  const syncKind = () => {
+    url.placeholder = placeholders[kind.value];
+    for (const [k, el] of Object.entries(perKind)) el.hidden = kind.value !== k;
+    credentialsNote.hidden = kind.value === "http";
+  };
+  kind.addEventListener("change", syncKind);
+  syncKind();
   const all = sub ? sub.event_types.includes("*") : true;
   const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
   const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
@@ -312,7 +334,10 @@ async function endpointForm(id) {
   const clientKey = h("textarea", { name: "tls_client_key", rows: "3", placeholder: tls && tls.client_key_set ? "stored (never shown); paste a key to replace it" : "-----BEGIN PRIVATE KEY-----" }, "");
   const ca = h("textarea", { name: "tls_ca", rows: "3", placeholder: "-----BEGIN CERTIFICATE----- (the receiver's private CA)" }, tls && tls.ca ? tls.ca : "");
   const form = h("form", { class: "card", id: "endpoint-form" },
+    field("Destination", kind),
     field("URL", url),
+    credentialsNote,
+    perKind.nats, perKind.amqp, perKind.redis,
     h("fieldset", {}, h("legend", {}, "Events"),
       h("label", { class: "inline" }, allEvents, "All events"),
       field("Event types", types, "Comma-separated: exact types, prefix.* patterns.")),
@@ -337,11 +362,20 @@ async function endpointForm(id) {
     form.querySelectorAll(".error").forEach((e) => e.remove());
     try {
       const input = {
-        url: url.value.trim(),
         event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
         description: description.value,
         retry: { preset: preset.value },
       };
+      if (kind.value === "http") input.url = url.value.trim();
+      else {
+        input.destination = { type: kind.value, url: url.value.trim() };
+        if (kind.value === "nats") input.destination.subject = subject.value.trim();
+        if (kind.value === "amqp") Object.assign(input.destination, { exchange: exchange.value.trim(), routing_key: routingKey.value.trim() });
+        if (kind.value === "redis") {
+          input.destination.stream = stream.value.trim();
+          if (maxLen.value.trim()) input.destination.max_len = Number(maxLen.value);
+        }
+      }
       if (!sub || sub.signature.scheme !== scheme.value) input.signature = { scheme: scheme.value };
       if (plugin.value) {
         let cfg;
@@ -376,6 +410,16 @@ async function endpointForm(id) {
   url.focus();
 }
 
+// One line for where an endpoint's deliveries go.
+function destinationText(d) {
+  switch (d.type) {
+    case "nats": return `NATS subject ${d.subject}`;
+    case "amqp": return `RabbitMQ exchange ${d.exchange ? d.exchange : "(default)"}, routing key ${d.routing_key}`;
+    case "redis": return `Redis stream ${d.stream} (about ${d.max_len} entries)`;
+    default: return "HTTP POST";
+  }
+}
+
 async function endpointPage(id, params) {
   const sub = await api("GET", "/v1/subscriptions/" + encodeURIComponent(id));
   const path = "/v1/subscriptions/" + encodeURIComponent(id);
@@ -384,6 +428,7 @@ async function endpointPage(id, params) {
   const details = h("section", { class: "card" },
     h("dl", { class: "kv" },
       h("dt", {}, "URL"), h("dd", {}, sub.url),
+      h("dt", {}, "Destination"), h("dd", { id: "endpoint-destination" }, destinationText(sub.destination)),
       h("dt", {}, "Description"), h("dd", {}, sub.description || "—"),
       h("dt", {}, "State"), h("dd", {}, statusBadge(sub.enabled ? "enabled" : "disabled"), " ", sub.disabled_reason || ""),
       h("dt", {}, "Events"), h("dd", {}, sub.event_types.join(", ")),
