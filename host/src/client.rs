@@ -106,10 +106,22 @@ pub enum SubscriptionCommand {
     Get {
         id: String,
     },
-    /// Create one: `--url https://… --events 'message.*' [--plugin builtin:…]`.
+    /// Create one: `--url https://… --events 'message.*' [--plugin builtin:…]`,
+    /// or `--destination` for a broker.
     Create {
-        #[arg(long)]
-        url: String,
+        #[arg(
+            long,
+            required_unless_present = "destination",
+            conflicts_with = "destination"
+        )]
+        url: Option<String>,
+        /// A broker instead of an HTTP URL, JSON or `@file` (a file keeps
+        /// the broker's password out of the shell's history):
+        /// `{"type": "nats", "url": "nats://…", "subject": "crm.leads"}`,
+        /// `{"type": "amqp", "url": "amqp://…/vhost", "exchange": "", "routing_key": "crm"}`,
+        /// `{"type": "redis", "url": "redis://…", "stream": "crm:leads"}`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        destination: Option<String>,
         /// Comma-separated patterns (`*`, `message.*`, exact types).
         #[arg(long, default_value = "*")]
         events: String,
@@ -637,6 +649,7 @@ async fn subscriptions(
         }
         SubscriptionCommand::Create {
             url,
+            destination,
             events,
             plugin,
             plugin_config,
@@ -646,9 +659,27 @@ async fn subscriptions(
             description,
         } => {
             let mut body = json!({
-                "url": url,
                 "event_types": events.split(',').map(str::trim).filter(|e| !e.is_empty()).collect::<Vec<_>>(),
             });
+            match (url, destination) {
+                (Some(url), _) => body["url"] = json!(url),
+                (None, Some(text)) => {
+                    let text = match text.strip_prefix('@') {
+                        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                            ClientError::Usage(format!("--destination @{path}: {e}"))
+                        })?,
+                        None => text,
+                    };
+                    body["destination"] = serde_json::from_str(&text).map_err(|e| {
+                        ClientError::Usage(format!("--destination is not JSON: {e}"))
+                    })?;
+                }
+                (None, None) => {
+                    return Err(ClientError::Usage(
+                        "--url or --destination is required".into(),
+                    ));
+                }
+            }
             if let Some(id) = plugin {
                 let config: Value = match plugin_config {
                     Some(text) => serde_json::from_str(&text).map_err(|e| {

@@ -412,6 +412,35 @@ async fn the_api_commands_drive_a_real_server() {
     let (code, _, err) = cli(&["subscriptions", "create", "--url", "ftp://x"], &[], None);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("url"), "{err}");
+    // A broker from a file (its password out of the shell's history).
+    let dest = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        dest.path(),
+        r#"{"type": "redis", "url": "redis://:cli-pw-4242@redis.example", "stream": "s"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = cli(
+        &[
+            "subscriptions",
+            "create",
+            "--json",
+            "--destination",
+            &format!("@{}", dest.path().display()),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["destination"]["type"], "redis", "{out}");
+    assert!(!out.contains("cli-pw-4242"), "{out}");
+    let (code, _, err) = cli(
+        &["subscriptions", "create", "--destination", "{"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&["subscriptions", "create"], &[], None);
+    assert_eq!(code, 2, "{err}");
     let (code, _, err) = cli(
         &["subscriptions", "list", "--server", "http://127.0.0.1:9"],
         &[("WASMHOOK_KEY", &key)],

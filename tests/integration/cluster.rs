@@ -926,3 +926,72 @@ async fn ordering_and_a_rate_limit_hold_across_two_nodes() {
         "100 deliveries in {span:?} at 20/s"
     );
 }
+
+/// Broker destinations in cluster mode: any node's worker publishes, each
+/// delivery id once, over one pooled connection per node; the cluster's
+/// own NATS is never a destination, by its name or by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_destinations_work_from_every_node_and_never_the_clusters_own_nats() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let Some(redis) = crate::destinations::Redis::start() else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n0 = node(&cluster, dirs[0].path(), "d0");
+    let n1 = node(&cluster, dirs[1].path(), "d1");
+    wait_for_leases(&[&n0, &n1]).await;
+    let (_, key) = n0.tenant("bus").await;
+    let sub = n0
+        .subscribe(
+            &key,
+            json!({
+                "destination": {"type": "redis", "url": redis.url(), "stream": "hooks"},
+                "event_types": ["*"],
+            }),
+        )
+        .await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let mut ids = crate::destinations::send(&n0, &key, "n0", 20).await;
+    ids.extend(crate::destinations::send(&n1, &key, "n1", 20).await);
+    crate::destinations::wait_all(&n1, &key, &id, &ids, &["succeeded"]).await;
+    crate::destinations::once_each(
+        &crate::destinations::read("redis", &redis.url(), "hooks"),
+        &ids,
+        false,
+    );
+    // Each node that worked a partition of it holds one connection.
+    let clients = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "client", "list"])
+        .output()
+        .unwrap();
+    let clients = String::from_utf8_lossy(&clients.stdout).lines().count() - 1;
+    assert!(
+        (1..=2).contains(&clients),
+        "{clients} connections from two nodes"
+    );
+
+    // The cluster's own NATS: by the URL it was given, and by another name
+    // for the same address.
+    let own = cluster.url(1);
+    let renamed = own.replace("127.0.0.1", "localhost");
+    for url in [own, renamed] {
+        let (status, body) = n1
+            .call(
+                "POST",
+                "/v1/subscriptions",
+                &key,
+                Some(json!({
+                    "destination": {"type": "nats", "url": url, "subject": "crm.leads"},
+                    "event_types": ["*"],
+                })),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(
+            error_message(&body).contains("this cluster's own NATS"),
+            "{body}"
+        );
+    }
+}

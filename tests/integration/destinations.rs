@@ -23,7 +23,7 @@ fn reader() -> PathBuf {
 }
 
 /// What `bus_read.py` reads from a broker now.
-fn read(kind: &str, url: &str, name: &str) -> Vec<Value> {
+pub(crate) fn read(kind: &str, url: &str, name: &str) -> Vec<Value> {
     let out = Command::new(reader())
         .arg(repo_root().join("tests/fixtures/bus_read.py"))
         .args([kind, url, name])
@@ -48,14 +48,14 @@ fn wait_listening(port: u16, what: &str, patience: Duration) {
 
 /// A real `redis-server` on a loopback port, its data (append-only) in a
 /// temp dir so that a restart keeps the streams.
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         if !tool_installed("redis-server") {
             return None;
         }
@@ -88,7 +88,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
@@ -220,7 +220,7 @@ impl Drop for Rabbit {
 
 /// Sends `n` message events with ids `{prefix}-{i}`; returns the delivery
 /// ids of `sub`'s deliveries.
-async fn send(server: &Server, key: &str, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn send(server: &Server, key: &str, prefix: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let (status, body) = server
@@ -253,7 +253,7 @@ async fn deliveries_of(server: &Server, key: &str, event: &str) -> Vec<String> {
 
 /// The subscription's deliveries by status, once every one of `ids` has
 /// one of `statuses` (within the patience).
-async fn wait_all(
+pub(crate) async fn wait_all(
     server: &Server,
     key: &str,
     sub: &str,
@@ -301,7 +301,7 @@ async fn wait_all(
 
 /// Every delivery id published exactly once (`at_least_once`: at least
 /// once), nothing else published.
-fn once_each(messages: &[Value], ids: &[String], at_least_once: bool) {
+pub(crate) fn once_each(messages: &[Value], ids: &[String], at_least_once: bool) {
     let mut count: HashMap<&str, usize> = HashMap::new();
     for m in messages {
         *count.entry(m["id"].as_str().unwrap()).or_default() += 1;
