@@ -20,6 +20,12 @@
 #   ONLY=1 bench/e2e.sh          # the first scenario (fan-out 1) and the ceiling
 #   ORDER_KEYS=1000 ONLY=1 bench/e2e.sh  # ordered by conversation, 1,000 of them
 #   PAYLOAD=random bench/e2e.sh  # an incompressible ~1 KB body
+#   DEST=redis ONLY=1 bench/e2e.sh  # deliveries to a broker instead of nginx:
+#                                # nats (a JetStream stream on its own
+#                                # nats-server), amqp (a durable queue on a
+#                                # RabbitMQ node), redis (a stream); counted
+#                                # there by the brokers' Python clients
+#                                # (bench/bus.py, a venv made on first use)
 #
 # Installs nothing: it says what is missing (apt-get install wrk nginx-light).
 set -euo pipefail
@@ -81,6 +87,39 @@ CONF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
 deliveries() { cat "$WORK/nginx/logs/access.log" 2>/dev/null | grep -c '"POST /hook' || true; }
+
+# --- DEST: a broker as the destination instead of nginx ----------------------
+DEST=${DEST:-http}
+DESTINATION="\"url\":\"http://127.0.0.1:NGINX_PORT/hook\""
+if [ "$DEST" != http ]; then
+  VENV=${BENCH_VENV:-$HOME/.cache/wasmhook-bench-venv}
+  [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q nats-py==2.16.0 pika==1.4.4 redis==8.2.0; }
+  dport=$(free_port)
+  case "$DEST" in
+    redis)
+      redis-server --bind 127.0.0.1 --port "$dport" --save "" --appendonly no > "$WORK/dest.log" 2>&1 &
+      PIDS+=($!); DURL="redis://127.0.0.1:$dport/0"
+      DESTINATION="\"destination\":{\"type\":\"redis\",\"url\":\"$DURL\",\"stream\":\"bench\",\"max_len\":10000000}" ;;
+    nats)
+      nats-server -a 127.0.0.1 -p "$dport" -js -sd "$WORK/dest-nats" > "$WORK/dest.log" 2>&1 &
+      PIDS+=($!); DURL="nats://127.0.0.1:$dport"
+      DESTINATION="\"destination\":{\"type\":\"nats\",\"url\":\"$DURL\",\"subject\":\"bench.events\"}" ;;
+    amqp)
+      mkdir -p "$WORK/rabbit"; echo "[]." > "$WORK/rabbit/plugins"; eport=$(free_port)
+      epmd -port "$eport" > /dev/null 2>&1 & PIDS+=($!)
+      HOME=$WORK/rabbit RABBITMQ_NODENAME=bench$dport@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT=$dport RABBITMQ_DIST_PORT=$(free_port) ERL_EPMD_PORT=$eport \
+        RABBITMQ_MNESIA_BASE=$WORK/rabbit/mnesia RABBITMQ_LOG_BASE=$WORK/rabbit/log \
+        RABBITMQ_ENABLED_PLUGINS_FILE=$WORK/rabbit/plugins RABBITMQ_CONFIG_FILE=$WORK/rabbit/rabbitmq \
+        setsid /usr/lib/rabbitmq/bin/rabbitmq-server > "$WORK/dest.log" 2>&1 &
+      PIDS+=($!); DURL="amqp://guest:guest@127.0.0.1:$dport/%2f"
+      DESTINATION="\"destination\":{\"type\":\"amqp\",\"url\":\"$DURL\",\"exchange\":\"\",\"routing_key\":\"bench\"}" ;;
+    *) echo "DEST is http, nats, amqp or redis" >&2; exit 2 ;;
+  esac
+  for _ in $(seq 600); do (echo > "/dev/tcp/127.0.0.1/$dport") 2>/dev/null && break; sleep 0.1; done
+  "$VENV/bin/python" bench/bus.py setup "$DEST" "$DURL" > /dev/null
+  deliveries() { "$VENV/bin/python" bench/bus.py count "$DEST" "$DURL"; }
+fi
 
 # --- the event body (~1 KB) and wrk's Lua scripts ----------------------------
 # PAYLOAD=random: the 700 characters are random base64 instead of "x"s, which
@@ -202,7 +241,7 @@ scenario() { # label fanout script path per_request
   [ "$ORDER_KEYS" -gt 0 ] && ordering=",\"ordering\":{\"key\":\"/data/conversation_id\"}"
   for _ in $(seq "$fanout"); do
     curl -sf -X POST "127.0.0.1:$port/v1/subscriptions" -H "Authorization: Bearer $key" \
-      -d "{\"url\":\"http://127.0.0.1:$NGINX_PORT/hook\",\"event_types\":[\"*\"],\"max_in_flight\":64$ordering}" >/dev/null
+      -d "{${DESTINATION/NGINX_PORT/$NGINX_PORT},\"event_types\":[\"*\"],\"max_in_flight\":64$ordering}" >/dev/null
   done
   local before_log before_cpu started
   if [ "$nodes" -gt 1 ]; then
@@ -264,7 +303,7 @@ fi
 read -r creq cnon crps cp50 cp99 < <(run_wrk "http://127.0.0.1:$NGINX_PORT/hook" "$WORK/ceiling.lua")
 
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; backend $BACKEND; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s; backend $BACKEND; destination $DEST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "| run | events/s accepted | deliveries/s | server CPU per delivery | ingest p50 / p99 | delivered / counted by wrk | non-2xx | disk per event | ratio to ceiling |"
 echo "|---|---|---|---|---|---|---|---|---|"
 while IFS=$'\t' read -r label acc dps cpu p50 p99 delivered non disk; do
