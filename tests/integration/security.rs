@@ -705,9 +705,21 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates() {
         .await;
     assert_eq!(status, 201, "{source}");
     let source_secret = source["secret"].as_str().unwrap().to_string();
+    // A broker's password is a secret too.
+    let broker_password = "bus-pw-7f6e5d4c3b2a19";
+    let bus = server
+        .subscribe(
+            &key,
+            json!({
+                "destination": {"type": "redis", "url": format!("redis://:{broker_password}@redis.example"), "stream": "s"},
+                "event_types": ["lead.*"],
+            }),
+        )
+        .await;
+    assert!(!bus.to_string().contains(broker_password), "{bus}");
     assert!(server.stop().success());
     let disk = all_bytes(&data);
-    for s in [&secret, &source_secret] {
+    for s in [&secret, &source_secret, &broker_password.to_string()] {
         assert!(!contains(&disk, s), "a secret in plain text on disk");
         assert!(
             !contains(&disk, &s[s.len() - 16..]),
@@ -754,6 +766,16 @@ async fn secrets_are_sealed_at_rest_and_the_key_rotates() {
         .await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["secret"], secret.as_str());
+    let (status, bus) = server
+        .call(
+            "GET",
+            &format!("/v1/subscriptions/{}", bus["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{bus}");
+    assert_eq!(bus["destination"]["password_set"], true, "{bus}");
     assert!(server.stop().success());
 
     // A key that opens nothing: the start refuses, naming the setting.

@@ -85,8 +85,8 @@ impl Store {
 }
 
 /// Whether a stored record holds a secret not sealed with the current key:
-/// a signing secret, a `nats` source's broker URL, or an endpoint's TLS
-/// client key.
+/// a signing secret, a `nats` source's broker URL, an endpoint's TLS
+/// client key, or a broker destination's password.
 pub(super) fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, StoreError> {
     let raw: Value = decode(key, bytes)?;
     let secrets = raw["secrets"].as_array().is_some_and(|secrets| {
@@ -101,5 +101,8 @@ pub(super) fn is_stale(key: &[u8], bytes: &[u8], keys: &Keys) -> Result<bool, St
     let client_key = raw["tls"]["client_key"]
         .as_str()
         .is_some_and(|k| !keys.is_current(k));
-    Ok(secrets || broker || client_key)
+    let destination = raw["destination"]["credentials"]["password"]
+        .as_str()
+        .is_some_and(|p| !keys.is_current(p));
+    Ok(secrets || broker || client_key || destination)
 }
