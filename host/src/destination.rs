@@ -18,7 +18,7 @@ use crate::store::{Credentials, Destination};
 /// broker URL may carry credentials (`user:password@`, or a NATS token as
 /// `token@`): they are stored sealed and never shown again; a changed
 /// destination whose URL has none keeps those of the same broker.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DestinationInput {
     Http {
@@ -42,6 +42,19 @@ pub enum DestinationInput {
         /// 100000, at most 10000000).
         max_len: Option<u64>,
     },
+}
+
+impl std::fmt::Debug for DestinationInput {
+    /// Never the URL: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            DestinationInput::Http { .. } => "http",
+            DestinationInput::Nats { .. } => "nats",
+            DestinationInput::Amqp { .. } => "amqp",
+            DestinationInput::Redis { .. } => "redis",
+        };
+        write!(f, "DestinationInput({kind}, ..)")
+    }
 }
 
 /// The longest a stream may be kept at.
@@ -68,13 +81,20 @@ impl DestinationInput {
             DestinationInput::Redis { url, .. } => ("redis", url),
         };
         let (mut shown, mut credentials) = split_url(kind, url)?;
-        if credentials == Credentials::default()
+        // The URL as shown (no password, maybe the user) keeps the stored
+        // password of the same broker and user.
+        if credentials.password.is_none()
             && let Some(prev) = previous
             && prev.kind() == kind
             && same_broker(prev.url(), &shown)
+            && credentials
+                .username
+                .as_ref()
+                .is_none_or(|u| prev.credentials().username.as_ref() == Some(u))
         {
             credentials = prev.credentials().clone();
             if let (Some(user), Ok(mut u)) = (&credentials.username, reqwest::Url::parse(&shown))
+                && kind != "nats"
                 && u.set_username(user).is_ok()
             {
                 shown = u.to_string();
@@ -96,6 +116,13 @@ impl DestinationInput {
                 ..
             } => {
                 check_amqp_names(&exchange, &routing_key)?;
+                if credentials.username.is_none() || credentials.password.is_none() {
+                    // Never the client's guest/guest default.
+                    return Err(
+                        "destination.url: an amqp URL needs user:password@ (RabbitMQ has no anonymous login)"
+                            .into(),
+                    );
+                }
                 Destination::Amqp {
                     url: shown,
                     exchange,
@@ -221,7 +248,8 @@ fn split_url(kind: &str, text: &str) -> Result<(String, Credentials), String> {
         (_, username, password) => Credentials { username, password },
     };
     url.set_password(None).map_err(|_| bad())?;
-    if credentials.username.is_none() {
+    // A NATS URL shows no user: `user@` alone would read back as a token.
+    if credentials.username.is_none() || kind == "nats" {
         url.set_username("").map_err(|_| bad())?;
     }
     let mut shown = url.to_string();
@@ -357,6 +385,24 @@ mod tests {
         );
         assert_eq!(same.credentials().password.as_deref(), Some("p"));
         assert_eq!(same.credentials().username.as_deref(), Some("u"));
+        let as_shown = broker_with(
+            serde_json::json!({"type": "nats", "url": same.url(), "subject": "c"}),
+            &old,
+        );
+        assert_eq!(
+            as_shown.credentials().password.as_deref(),
+            Some("p"),
+            "saved back as shown"
+        );
+        let other_user = broker_with(
+            serde_json::json!({"type": "nats", "url": "nats://v@nats.example:4222", "subject": "c"}),
+            &old,
+        );
+        assert_eq!(
+            other_user.credentials().password.as_deref(),
+            Some("v"),
+            "a token, not u's password"
+        );
         let other = broker_with(
             serde_json::json!({"type": "nats", "url": "nats://elsewhere.example", "subject": "b"}),
             &old,

@@ -18,8 +18,11 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => ("info", args.config().map(|c| c.json_logs).unwrap_or(false)),
         _ => ("warn", false),
     };
+    // lapin logs a returned (unroutable) message whole, body and signature
+    // headers included: its errors only, whatever RUST_LOG says.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+        .add_directive("lapin=error".parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

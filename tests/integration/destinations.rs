@@ -174,11 +174,25 @@ impl Rabbit {
         wait_listening(self.port, "rabbitmq-server", Duration::from_secs(90));
     }
 
-    /// Kills the node (its whole process group).
+    /// Stops the node as an operator would (SIGTERM: it closes its
+    /// connections and flushes its queues), then kills what is left of
+    /// its process group.
     fn stop(&mut self) {
+        self.signal("TERM", Duration::from_secs(30));
+    }
+
+    fn signal(&mut self, signal: &str, grace: Duration) {
         if let Some(mut c) = self.child.take() {
+            let group = format!("-{}", c.id());
             let _ = Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{}", c.id())])
+                .args(["-s", signal, "--", &group])
+                .status();
+            let deadline = Instant::now() + grace;
+            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &group])
                 .status();
             let _ = c.wait();
             let deadline = Instant::now() + PATIENCE;
@@ -212,7 +226,7 @@ impl Rabbit {
 
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        self.stop();
+        self.signal("KILL", Duration::ZERO);
         let _ = self.epmd.kill();
         let _ = self.epmd.wait();
     }
@@ -340,9 +354,9 @@ fn quick_retries() -> Value {
     json!({"schedule_secs": vec![1; 20], "jitter": 0})
 }
 
-/// Sends `n` events concurrently, kills wasmhook once some but not all of
-/// their deliveries went out, and restarts it on the same data: returns the
-/// restarted server and the deliveries.
+/// Sends `n` events in one batch, kills wasmhook as soon as some of their
+/// deliveries went out (the rest mid-publish or waiting), and restarts it
+/// on the same data: returns the restarted server and the deliveries.
 async fn kill_mid_publish(
     server: Server,
     data: &Path,
@@ -350,9 +364,20 @@ async fn kill_mid_publish(
     sub: &str,
     n: usize,
 ) -> (Server, Vec<String>) {
-    let ids = send(&server, key, "crash", n).await;
+    let events: Vec<Value> = (0..n)
+        .map(|i| message_event(&format!("crash-{i}")))
+        .collect();
+    let (status, body) = server
+        .call(
+            "POST",
+            "/v1/events/batch",
+            key,
+            Some(json!({ "events": events })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
     let deadline = Instant::now() + PATIENCE;
-    loop {
+    let went = loop {
         let (_, page) = server
             .call(
                 "GET",
@@ -361,13 +386,25 @@ async fn kill_mid_publish(
                 None,
             )
             .await;
-        if page["items"].as_array().unwrap().len() >= 10 || Instant::now() > deadline {
-            break;
+        let went = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["event_id"].as_str().unwrap().starts_with("crash-"))
+            .count();
+        if went >= 5 || Instant::now() > deadline {
+            break went;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     server.kill9();
-    (Server::start(data), ids)
+    assert!(went < n, "all {n} were delivered before the kill");
+    let server = Server::start(data);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.extend(deliveries_of(&server, key, &format!("crash-{i}")).await);
+    }
+    (server, ids)
 }
 
 #[tokio::test]
@@ -458,7 +495,7 @@ async fn a_nats_subject_is_a_destination_published_once_per_delivery_id() {
 
     // kill -9 mid-publish: after the restart, each delivery id is in the
     // stream exactly once (Nats-Msg-Id within the duplicate window).
-    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 150).await;
+    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 300).await;
     wait_all(&server, &key, &id, &crashed, &["succeeded"]).await;
     ids.extend(crashed);
     once_each(&read("nats", &nats.url(0), "crm.messages"), &ids, false);
@@ -593,7 +630,7 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
         "{d}"
     );
 
-    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 150).await;
+    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 300).await;
     wait_all(&server, &key, &id, &crashed, &["succeeded"]).await;
     ids.extend(crashed);
     once_each(&read("redis", &redis.url(), "chat"), &ids, false);
@@ -602,10 +639,18 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
     // is the other client).
     let (_, metrics) = server.call("GET", "/metrics", ADMIN_TOKEN, None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_string();
-    assert!(
-        metrics.contains("destination=\"redis\""),
-        "attempts are counted by destination type"
-    );
+    // Attempts are counted by destination type (the series exist at 0
+    // from the start: the count is what shows).
+    let succeeded = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "wasmhook_delivery_attempts_total{outcome=\"succeeded\",destination=\"redis\"} ",
+            )
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no redis attempts series:\n{metrics}"));
+    assert!(succeeded >= 1.0, "{succeeded}");
     let clients = Command::new("redis-cli")
         .args(["-p", &redis.port.to_string(), "client", "list"])
         .output()
@@ -657,18 +702,40 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         )
         .await;
     let lost = lost["id"].as_str().unwrap().to_string();
+    // The checked address itself is what is connected to: [::1], where
+    // nothing listens (the node is on 127.0.0.1), is not "localhost".
+    let v6 = server
+        .subscribe(
+            &key,
+            json!({
+                "destination": {"type": "amqp", "url": format!("amqp://guest:guest@[::1]:{}/%2f", rabbit.port), "routing_key": "crm"},
+                "event_types": ["message.*"],
+                "retry": {"schedule_secs": [], "jitter": 0},
+            }),
+        )
+        .await;
+    let v6 = v6["id"].as_str().unwrap().to_string();
 
-    let (mut ids, mut unroutable) = (Vec::new(), Vec::new());
+    let (mut ids, mut unroutable, mut nowhere) = (Vec::new(), Vec::new(), Vec::new());
     for d in send(&server, &key, "first", 5).await {
         let (_, detail) = server
             .call("GET", &format!("/v1/deliveries/{d}"), &key, None)
             .await;
-        if detail["subscription_id"] == id.as_str() {
-            ids.push(d);
-        } else {
-            unroutable.push(d);
+        match detail["subscription_id"].as_str().unwrap() {
+            s if s == id => ids.push(d),
+            s if s == lost => unroutable.push(d),
+            _ => nowhere.push(d),
         }
     }
+    let failed = wait_all(&server, &key, &v6, &nowhere, &["failed"]).await;
+    assert!(
+        failed[&nowhere[0]]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{}",
+        failed[&nowhere[0]]
+    );
     wait_all(&server, &key, &id, &ids, &["succeeded"]).await;
     let failed = wait_all(&server, &key, &lost, &unroutable, &["failed"]).await;
     assert!(
@@ -679,9 +746,11 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         "{}",
         failed[&unroutable[0]]
     );
-    server
-        .call("DELETE", &format!("/v1/subscriptions/{lost}"), &key, None)
-        .await;
+    for gone in [&lost, &v6] {
+        server
+            .call("DELETE", &format!("/v1/subscriptions/{gone}"), &key, None)
+            .await;
+    }
 
     // Stopped and restarted: the durable queue keeps what was confirmed,
     // and what was sent meanwhile goes out once the broker is back.
@@ -692,7 +761,7 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
     wait_all(&server, &key, &id, &stalled, &["succeeded"]).await;
     ids.extend(stalled);
 
-    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 100).await;
+    let (server, crashed) = kill_mid_publish(server, dir.path(), &key, &id, 300).await;
     wait_all(&server, &key, &id, &crashed, &["succeeded"]).await;
     ids.extend(crashed);
     let messages = read("amqp", &rabbit.url(), "crm");
@@ -716,7 +785,7 @@ async fn broker_destinations_pass_the_egress_guard_and_refuse_hostile_input() {
     let mut subs = Vec::new();
     for destination in [
         json!({"type": "nats", "url": "nats://127.0.0.1:4222", "subject": "a.b"}),
-        json!({"type": "amqp", "url": "amqp://10.0.0.1", "routing_key": "q"}),
+        json!({"type": "amqp", "url": "amqp://u:p@10.0.0.1", "routing_key": "q"}),
         json!({"type": "redis", "url": "redis://[::1]:6379", "stream": "s"}),
         json!({"type": "redis", "url": "redis://localhost", "stream": "s"}),
     ] {
@@ -774,6 +843,14 @@ async fn broker_destinations_pass_the_egress_guard_and_refuse_hostile_input() {
         (
             json!({"destination": {"type": "sqs", "url": "x"}, "event_types": ["*"]}),
             "unknown variant",
+        ),
+        (
+            json!({"destination": {"type": "nats", "url": "nats://0.0.0.0:4222", "subject": "a"}, "event_types": ["*"]}),
+            "unspecified",
+        ),
+        (
+            json!({"destination": {"type": "amqp", "url": "amqp://rabbit.example", "routing_key": "q"}, "event_types": ["*"]}),
+            "user:password",
         ),
         (
             json!({"url": "https://x.example", "destination": {"type": "redis", "url": "redis://x", "stream": "s"}, "event_types": ["*"]}),

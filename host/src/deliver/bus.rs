@@ -34,7 +34,7 @@ use tokio::sync::OnceCell;
 use super::AttemptResult;
 use super::ssrf::{self, Guard};
 use crate::retry::Outcome;
-use crate::store::{Credentials, Destination};
+use crate::store::Destination;
 
 /// How long a Redis stream remembers that a delivery id was added.
 pub const REDIS_ONCE: Duration = Duration::from_secs(72 * 3600);
@@ -79,11 +79,18 @@ enum Conn {
     Redis(redis::aio::MultiplexedConnection),
 }
 
-/// The connection is kept beside its channel: dropping it closes both.
+/// The connection is kept beside its channels: dropping it closes all.
+/// A channel carries one publish and its confirm at a time: a returned
+/// (unroutable) message is matched to the next confirm of its channel, so
+/// two publishes in flight on one channel could swap their outcomes.
 struct Amqp {
     _connection: lapin::Connection,
-    channel: lapin::Channel,
+    channels: Vec<tokio::sync::Mutex<lapin::Channel>>,
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// Channels per AMQP connection (publishes in flight at once on it).
+const AMQP_CHANNELS: usize = 8;
 
 type Slot = Arc<OnceCell<Conn>>;
 
@@ -99,20 +106,38 @@ pub struct Buses {
 struct Failed {
     outcome: Outcome,
     error: String,
+    /// The connection is broken (or may be): the next attempt makes a new
+    /// one. A failure of this one message (no stream for the subject,
+    /// unroutable, a wrong key type) keeps the connection, which other
+    /// subscriptions share.
+    broken: bool,
 }
 
 impl Failed {
+    /// The connection failed: retried, on a new connection.
+    fn broken(error: impl Into<String>) -> Self {
+        Failed {
+            outcome: Outcome::Transport,
+            error: error.into(),
+            broken: true,
+        }
+    }
+
+    /// This message failed: retried, on the same connection.
     fn transport(error: impl Into<String>) -> Self {
         Failed {
             outcome: Outcome::Transport,
             error: error.into(),
+            broken: false,
         }
     }
 
+    /// Retrying cannot help (the guard refused, the message cannot be sent).
     fn refused(error: impl Into<String>) -> Self {
         Failed {
             outcome: Outcome::Refused,
             error: error.into(),
+            broken: false,
         }
     }
 }
@@ -127,17 +152,22 @@ impl Buses {
     }
 
     /// Publishes one attempt. Never fails: every problem becomes an
-    /// outcome with an error text for the delivery log.
+    /// outcome with an error text for the delivery log. Connecting (on
+    /// first use, or after a failure) has its own timeout; the attempt's
+    /// timeout is the publish and its acknowledgement.
     pub async fn publish(&self, d: &Destination, m: &Message<'_>) -> AttemptResult {
         let started = Instant::now();
-        let result = tokio::time::timeout(m.timeout, self.publish_within(d, m))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failed::transport(format!(
-                    "timeout: no acknowledgement within {} ms",
-                    m.timeout.as_millis()
-                )))
-            });
+        let result = match self.connection(d).await {
+            Ok(conn) => tokio::time::timeout(m.timeout, publish_on(conn, d, m))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failed::broken(format!(
+                        "timeout: no acknowledgement within {} ms",
+                        m.timeout.as_millis()
+                    )))
+                }),
+            Err(f) => Err(f),
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(answer) => AttemptResult {
@@ -148,7 +178,7 @@ impl Buses {
                 error: None,
             },
             Err(f) => {
-                if f.outcome == Outcome::Transport {
+                if f.broken {
                     self.forget(d);
                 }
                 AttemptResult {
@@ -162,42 +192,26 @@ impl Buses {
         }
     }
 
-    async fn publish_within(&self, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+    /// The pooled connection, made if there is none (a failed connect
+    /// leaves no slot behind).
+    async fn connection(&self, d: &Destination) -> Result<Conn, Failed> {
         let slot = self.slot(d);
-        let conn = slot
+        let made = slot
             .get_or_try_init(|| async {
                 tokio::time::timeout(CONNECT_TIMEOUT, self.connect(d))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Failed::transport(format!(
+                        Err(Failed::broken(format!(
                             "connect: no connection within {CONNECT_TIMEOUT:?}"
                         )))
                     })
             })
-            .await?
-            .clone();
-        match (conn, d) {
-            (Conn::Nats(js), Destination::Nats { subject, .. }) => {
-                publish_nats(&js, subject, m).await
-            }
-            (
-                Conn::Amqp(amqp),
-                Destination::Amqp {
-                    exchange,
-                    routing_key,
-                    ..
-                },
-            ) => publish_amqp(&amqp.channel, exchange, routing_key, m).await,
-            (
-                Conn::Redis(mut con),
-                Destination::Redis {
-                    stream, max_len, ..
-                },
-            ) => publish_redis(&mut con, stream, *max_len, m).await,
-            _ => Err(Failed::transport(
-                "the pooled connection is of another kind",
-            )),
+            .await
+            .cloned();
+        if made.is_err() {
+            self.forget(d);
         }
+        made
     }
 
     /// The pool's slot of this broker and login.
@@ -247,6 +261,14 @@ impl Buses {
         port: u16,
         addrs: &[SocketAddr],
     ) -> Result<(), String> {
+        // 0.0.0.0 and :: reach this host's own listeners, whatever they are.
+        if let Some(a) = addrs.iter().find(|a| a.ip().is_unspecified()) {
+            return Err(format!(
+                "{} is the unspecified address {}, never a destination",
+                host_port(host, port),
+                a.ip()
+            ));
+        }
         for own in &self.internal {
             if let Ok((h, p)) = ssrf::broker_host_port(own) {
                 let theirs = self.guard.resolve_any(&h, p).await;
@@ -262,7 +284,15 @@ impl Buses {
     }
 
     async fn connect(&self, d: &Destination) -> Result<Conn, Failed> {
-        let (host, addr) = self.check(d).await.map_err(Failed::refused)?;
+        // A name that does not resolve now may tomorrow: retried. An
+        // address the guard refuses is refused for good.
+        let (host, addr) = self.check(d).await.map_err(|e| {
+            if e.starts_with("dns: ") {
+                Failed::broken(e)
+            } else {
+                Failed::refused(e)
+            }
+        })?;
         let url = reqwest::Url::parse(d.url()).map_err(|e| Failed::refused(e.to_string()))?;
         let tls = matches!(url.scheme(), "tls" | "amqps" | "rediss");
         let credentials = d.credentials();
@@ -289,35 +319,66 @@ impl Buses {
                 let client = options
                     .connect(target)
                     .await
-                    .map_err(|e| Failed::transport(format!("connect: {e}")))?;
+                    .map_err(|e| Failed::broken(format!("connect: {e}")))?;
                 Ok(Conn::Nats(async_nats::jetstream::new(client)))
             }
             Destination::Amqp { .. } => {
-                let mut target = url.clone();
-                if !tls {
-                    target
-                        .set_ip_host(addr.ip())
-                        .map_err(|_| Failed::refused("the URL cannot take an address"))?;
+                // The URI is built field by field, not reparsed from text:
+                // the checked address itself (an IPv6 one included), the
+                // login as given, never lapin's guest default.
+                use lapin::uri::{AMQPAuthority, AMQPScheme, AMQPUri, AMQPUserInfo};
+                let (Some(username), Some(password)) =
+                    (credentials.username.clone(), credentials.password.clone())
+                else {
+                    return Err(Failed::refused(
+                        "an amqp destination needs user:password in its URL",
+                    ));
+                };
+                let vhost = match url.path() {
+                    "" => "/".to_string(),
+                    path => percent_encoding::percent_decode_str(&path[1..])
+                        .decode_utf8()
+                        .map_err(|_| Failed::refused("the vhost is not UTF-8"))?
+                        .into_owned(),
+                };
+                let uri = AMQPUri {
+                    scheme: if tls {
+                        AMQPScheme::AMQPS
+                    } else {
+                        AMQPScheme::AMQP
+                    },
+                    authority: AMQPAuthority {
+                        userinfo: AMQPUserInfo { username, password },
+                        host: if tls {
+                            host.clone()
+                        } else {
+                            addr.ip().to_string()
+                        },
+                        port: addr.port(),
+                    },
+                    vhost,
+                    query: Default::default(),
+                };
+                let connection =
+                    lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default())
+                        .await
+                        .map_err(|e| Failed::broken(format!("connect: {e}")))?;
+                let mut channels = Vec::with_capacity(AMQP_CHANNELS);
+                for _ in 0..AMQP_CHANNELS {
+                    let channel = connection
+                        .create_channel()
+                        .await
+                        .map_err(|e| Failed::broken(format!("channel: {e}")))?;
+                    channel
+                        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                        .await
+                        .map_err(|e| Failed::broken(format!("confirm mode: {e}")))?;
+                    channels.push(tokio::sync::Mutex::new(channel));
                 }
-                let _ = target.set_port(Some(addr.port()));
-                set_login(&mut target, credentials)?;
-                let connection = lapin::Connection::connect(
-                    target.as_str(),
-                    lapin::ConnectionProperties::default(),
-                )
-                .await
-                .map_err(|e| Failed::transport(format!("connect: {e}")))?;
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .map_err(|e| Failed::transport(format!("channel: {e}")))?;
-                channel
-                    .confirm_select(lapin::options::ConfirmSelectOptions::default())
-                    .await
-                    .map_err(|e| Failed::transport(format!("confirm mode: {e}")))?;
                 Ok(Conn::Amqp(Arc::new(Amqp {
                     _connection: connection,
-                    channel,
+                    channels,
+                    next: Default::default(),
                 })))
             }
             Destination::Redis { .. } => {
@@ -348,10 +409,15 @@ impl Buses {
                     .set_redis_settings(settings);
                 let client =
                     redis::Client::open(info).map_err(|e| Failed::refused(e.to_string()))?;
+                // The attempt's own timeout bounds each publish (not the
+                // client's 500 ms default).
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(None);
                 let con = client
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map_err(|e| Failed::transport(format!("connect: {e}")))?;
+                    .map_err(|e| Failed::broken(format!("connect: {e}")))?;
                 Ok(Conn::Redis(con))
             }
         }
@@ -399,12 +465,26 @@ fn pool_key(d: &Destination) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn set_login(url: &mut reqwest::Url, c: &Credentials) -> Result<(), Failed> {
-    let bad = |_| Failed::refused("the URL cannot take credentials");
-    url.set_username(c.username.as_deref().unwrap_or(""))
-        .map_err(bad)?;
-    url.set_password(c.password.as_deref()).map_err(bad)?;
-    Ok(())
+/// Publishes on a pooled connection of the destination's kind.
+async fn publish_on(conn: Conn, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+    match (conn, d) {
+        (Conn::Nats(js), Destination::Nats { subject, .. }) => publish_nats(&js, subject, m).await,
+        (
+            Conn::Amqp(amqp),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+                ..
+            },
+        ) => publish_amqp(&amqp, exchange, routing_key, m).await,
+        (
+            Conn::Redis(mut con),
+            Destination::Redis {
+                stream, max_len, ..
+            },
+        ) => publish_redis(&mut con, stream, *max_len, m).await,
+        _ => Err(Failed::broken("the pooled connection is of another kind")),
+    }
 }
 
 async fn publish_nats(
@@ -412,6 +492,7 @@ async fn publish_nats(
     subject: &str,
     m: &Message<'_>,
 ) -> Result<String, Failed> {
+    use async_nats::jetstream::context::PublishErrorKind;
     use std::str::FromStr;
     let mut headers = async_nats::HeaderMap::new();
     let mut put = |name: &str, value: &str| -> Result<(), Failed> {
@@ -423,26 +504,34 @@ async fn publish_nats(
         headers.insert(n, v);
         Ok(())
     };
-    put("Nats-Msg-Id", m.delivery_id)?;
+    // The plugin's headers first, without JetStream's own (`Nats-Msg-Id`,
+    // `Nats-Rollup`, `Nats-Expected-…`): the dedup id is the delivery's.
+    for (name, value) in m.headers {
+        if !name.to_ascii_lowercase().starts_with("nats-") {
+            put(name, value)?;
+        }
+    }
     put("Content-Type", m.content_type)?;
     put("Wasmhook-Event-Type", m.event_type)?;
-    for (name, value) in m.headers {
-        put(name, value)?;
-    }
+    put("Nats-Msg-Id", m.delivery_id)?;
     let ack = js
         .publish_with_headers(subject.to_string(), headers, m.body.to_vec().into())
         .await
-        .map_err(|e| Failed::transport(format!("publish: {e}")))?
-        .await
-        .map_err(|e| {
-            let text = e.to_string();
-            if text.contains("no responders") {
-                Failed::transport(format!(
-                    "no JetStream stream captures the subject {subject:?}"
-                ))
-            } else {
-                Failed::transport(format!("acknowledgement: {text}"))
+        .map_err(|e| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => {
+                Failed::refused(format!("the message is too large for the server: {e}"))
             }
+            _ => Failed::broken(format!("publish: {e}")),
+        })?
+        .await
+        .map_err(|e| match e.kind() {
+            PublishErrorKind::StreamNotFound => Failed::transport(format!(
+                "no JetStream stream captures the subject {subject:?}"
+            )),
+            PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+            | PublishErrorKind::Other => Failed::transport(format!("acknowledgement: {e}")),
+            _ => Failed::broken(format!("acknowledgement: {e}")),
         })?;
     Ok(serde_json::json!({
         "stream": ack.stream,
@@ -452,36 +541,44 @@ async fn publish_nats(
     .to_string())
 }
 
+/// An AMQP short string (at most 255 bytes), or why the message cannot go.
+fn short(what: &str, text: &str) -> Result<lapin::types::ShortString, Failed> {
+    lapin::types::ShortString::try_from(text.to_string())
+        .map_err(|_| Failed::refused(format!("{what} is over 255 bytes (an AMQP short string)")))
+}
+
 async fn publish_amqp(
-    channel: &lapin::Channel,
+    amqp: &Amqp,
     exchange: &str,
     routing_key: &str,
     m: &Message<'_>,
 ) -> Result<String, Failed> {
-    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
     let mut table = FieldTable::default();
     for (name, value) in m.headers {
-        if name.len() > 255 {
-            return Err(Failed::refused(format!(
-                "header {name:?} is over 255 bytes"
-            )));
-        }
         table.insert(
-            ShortString::from(name.clone()),
+            short(&format!("header {name:?}"), name)?,
             AMQPValue::LongString(LongString::from(value.clone())),
         );
     }
     let properties = lapin::BasicProperties::default()
-        .with_content_type(ShortString::from(m.content_type.to_string()))
+        .with_content_type(short("the content type", m.content_type)?)
         .with_delivery_mode(2)
-        .with_message_id(ShortString::from(m.delivery_id.to_string()))
-        .with_type(ShortString::from(m.event_type.to_string()))
-        .with_app_id(ShortString::from("wasmhook".to_string()))
+        .with_message_id(short("the delivery id", m.delivery_id)?)
+        .with_type(short("the event type", m.event_type)?)
+        .with_app_id(short("", "wasmhook")?)
         .with_headers(table);
+    let (exchange_name, key) = (
+        short("exchange", exchange)?,
+        short("routing_key", routing_key)?,
+    );
+    // One publish and its confirm at a time per channel (see `Amqp`).
+    let i = amqp.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % amqp.channels.len();
+    let channel = amqp.channels[i].lock().await;
     let confirm = channel
         .basic_publish(
-            ShortString::from(exchange.to_string()),
-            ShortString::from(routing_key.to_string()),
+            exchange_name,
+            key,
             lapin::options::BasicPublishOptions {
                 mandatory: true,
                 immediate: false,
@@ -490,9 +587,11 @@ async fn publish_amqp(
             properties,
         )
         .await
-        .map_err(|e| Failed::transport(format!("publish: {e}")))?
+        // The channel (an unknown exchange closes it) or the connection
+        // is gone: a new connection next time.
+        .map_err(|e| Failed::broken(format!("publish: {e}")))?
         .await
-        .map_err(|e| Failed::transport(format!("confirm: {e}")))?;
+        .map_err(|e| Failed::broken(format!("confirm: {e}")))?;
     match confirm {
         lapin::Confirmation::Ack(None) => Ok("confirmed".into()),
         lapin::Confirmation::Ack(Some(_)) => Err(Failed::transport(format!(
@@ -502,7 +601,7 @@ async fn publish_amqp(
             Err(Failed::transport("the broker refused the message (nack)"))
         }
         lapin::Confirmation::NotRequested => {
-            Err(Failed::transport("the channel is not in confirm mode"))
+            Err(Failed::broken("the channel is not in confirm mode"))
         }
     }
 }
@@ -533,10 +632,19 @@ async fn publish_redis(
         .arg(serde_json::Value::Object(headers).to_string())
         .arg("body")
         .arg(m.body);
-    let added: Option<String> = call
-        .invoke_async(con)
-        .await
-        .map_err(|e| Failed::transport(format!("XADD: {e}")))?;
+    let added: Option<String> = call.invoke_async(con).await.map_err(|e| {
+        // An error the server answered (a wrong key type, no permission)
+        // leaves the connection as it was.
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            Failed::broken(format!("XADD: {e}"))
+        } else {
+            Failed::transport(format!("XADD: {e}"))
+        }
+    })?;
     Ok(match added {
         Some(id) => serde_json::json!({ "id": id }).to_string(),
         None => serde_json::json!({ "duplicate": true }).to_string(),

@@ -510,13 +510,13 @@ fn format_host_port(host: &str, port: u16) -> String {
 /// The addresses of `host:port` (an IP literal is itself).
 async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return vec![SocketAddr::new(ip, port)];
+        return vec![SocketAddr::new(canonical(ip), port)];
     }
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => addrs
+    match tokio::time::timeout(NAME_CHECK_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs
             .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
             .collect(),
-        Err(_) => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
