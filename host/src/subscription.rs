@@ -92,7 +92,6 @@ pub struct SubscriptionInput {
     /// Where deliveries go instead of an HTTP POST: a NATS JetStream
     /// subject, an AMQP exchange (RabbitMQ) or a Redis stream (see
     /// [`DestinationInput`]); `{"type": "http", "url"}` goes back to HTTP.
-    #[schema(value_type = Option<Object>)]
     pub destination: Option<DestinationInput>,
     /// `*`, `message.*`, or exact types.
     pub event_types: Option<Vec<String>>,

@@ -90,7 +90,7 @@ struct Amqp {
 }
 
 /// Channels per AMQP connection (publishes in flight at once on it).
-const AMQP_CHANNELS: usize = 8;
+const AMQP_CHANNELS: usize = 32;
 
 type Slot = Arc<OnceCell<Conn>>;
 
