@@ -103,6 +103,7 @@ pub struct Buses {
 }
 
 /// Why a publish did not happen or was not acknowledged.
+#[derive(Debug)]
 struct Failed {
     outcome: Outcome,
     error: String,
@@ -543,7 +544,8 @@ async fn publish_nats(
 
 /// An AMQP short string (at most 255 bytes), or why the message cannot go.
 fn short(what: &str, text: &str) -> Result<lapin::types::ShortString, Failed> {
-    lapin::types::ShortString::try_from(text.to_string())
+    // `try_new`, not `from`/`try_from`: those panic past 255 bytes.
+    lapin::types::ShortString::try_new(text)
         .map_err(|_| Failed::refused(format!("{what} is over 255 bytes (an AMQP short string)")))
 }
 
@@ -649,4 +651,18 @@ async fn publish_redis(
         Some(id) => serde_json::json!({ "id": id }).to_string(),
         None => serde_json::json!({ "duplicate": true }).to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_over_long_amqp_short_string_is_a_refused_attempt_not_a_panic() {
+        let long = "a".repeat(256);
+        let f = short("the content type", &long).unwrap_err();
+        assert_eq!(f.outcome, Outcome::Refused);
+        assert!(f.error.contains("255 bytes"), "{}", f.error);
+        assert_eq!(short("x", &"a".repeat(255)).unwrap().as_str().len(), 255);
+    }
 }
