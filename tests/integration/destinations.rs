@@ -608,8 +608,7 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
     wait_all(&server, &key, &id, &stalled, &["succeeded"]).await;
     ids.extend(stalled);
 
-    // A manual retry of a delivered id is stored once; a replay makes new
-    // deliveries, which are new entries.
+    // A manual retry of a delivered id is stored once.
     let (status, body) = server
         .call(
             "POST",
@@ -634,6 +633,38 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
     wait_all(&server, &key, &id, &crashed, &["succeeded"]).await;
     ids.extend(crashed);
     once_each(&read("redis", &redis.url(), "chat"), &ids, false);
+
+    // A replay routes the stored events again as new deliveries: new
+    // entries, each once.
+    let (status, replayed) = server
+        .call(
+            "POST",
+            &format!("/v1/subscriptions/{id}/replay"),
+            &key,
+            Some(json!({"since": "2000-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(
+        replayed["deliveries"].as_u64(),
+        Some(ids.len() as u64),
+        "{replayed}"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let all = loop {
+        let all = read("redis", &redis.url(), "chat");
+        if all.len() >= ids.len() * 2 || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let distinct: HashSet<&str> = all.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        all.len(),
+        ids.len() * 2,
+        "the replay's deliveries, once each"
+    );
+    assert_eq!(distinct.len(), all.len(), "under new delivery ids");
 
     // One pooled connection to the broker carried all of it (the reader
     // is the other client).

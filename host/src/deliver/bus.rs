@@ -94,12 +94,39 @@ const AMQP_CHANNELS: usize = 32;
 
 type Slot = Arc<OnceCell<Conn>>;
 
+/// A pooled connection and when an attempt last took it.
+struct Entry {
+    slot: Slot,
+    used: Instant,
+}
+
+/// A connection no attempt took for this long is closed (a deleted
+/// subscription's, an old password's): the next attempt connects again.
+const IDLE: Duration = Duration::from_secs(600);
+/// How often the pool looks for idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// The brokers' connections of this node, and the guard they pass.
 pub struct Buses {
     guard: Arc<Guard>,
     /// The cluster's own NATS URLs: never a destination.
     internal: Vec<String>,
-    pool: Mutex<HashMap<[u8; 32], Slot>>,
+    pool: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    entries: HashMap<[u8; 32], Entry>,
+    swept: Option<Instant>,
+}
+
+impl Pool {
+    /// Drops the connections idle since before `now - IDLE`.
+    fn sweep(&mut self, now: Instant) {
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.used) < IDLE);
+        self.swept = Some(now);
+    }
 }
 
 /// Why a publish did not happen or was not acknowledged.
@@ -218,24 +245,30 @@ impl Buses {
     /// The pool's slot of this broker and login.
     fn slot(&self, d: &Destination) -> Slot {
         let key = pool_key(d);
+        let now = Instant::now();
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() >= MAX_CONNECTIONS && !pool.contains_key(&key) {
-            pool.clear();
+        if pool
+            .swept
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+        {
+            pool.sweep(now);
         }
-        pool.entry(key).or_default().clone()
+        if pool.entries.len() >= MAX_CONNECTIONS && !pool.entries.contains_key(&key) {
+            pool.entries.clear();
+        }
+        let entry = pool.entries.entry(key).or_insert_with(|| Entry {
+            slot: Slot::default(),
+            used: now,
+        });
+        entry.used = now;
+        entry.slot.clone()
     }
 
     /// Drops the connection after a failure: the next attempt connects again.
     fn forget(&self, d: &Destination) {
         let key = pool_key(d);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.remove(&key);
-    }
-
-    /// Connections open now (for tests and metrics).
-    pub fn connections(&self) -> usize {
-        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.values().filter(|s| s.initialized()).count()
+        pool.entries.remove(&key);
     }
 
     /// The address to connect to, checked: every address the host
@@ -656,6 +689,34 @@ async fn publish_redis(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_connections_leave_the_pool() {
+        let buses = Buses::new(
+            Arc::new(Guard {
+                allow_private: true,
+                allow: Vec::new(),
+            }),
+            Vec::new(),
+        );
+        let d = Destination::Redis {
+            url: "redis://127.0.0.1:1".into(),
+            stream: "s".into(),
+            max_len: 10,
+            credentials: Default::default(),
+        };
+        let a = buses.slot(&d);
+        assert!(
+            Arc::ptr_eq(&a, &buses.slot(&d)),
+            "one slot per broker and login"
+        );
+        let mut pool = buses.pool.lock().unwrap();
+        let now = Instant::now();
+        pool.sweep(now + IDLE / 2);
+        assert_eq!(pool.entries.len(), 1, "kept while in use");
+        pool.sweep(now + IDLE + Duration::from_secs(1));
+        assert!(pool.entries.is_empty(), "closed once idle");
+    }
 
     #[test]
     fn an_over_long_amqp_short_string_is_a_refused_attempt_not_a_panic() {
