@@ -608,6 +608,16 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
     wait_all(&server, &key, &id, &stalled, &["succeeded"]).await;
     ids.extend(stalled);
 
+    // A restart between two deliveries: the pooled connection is found
+    // closed, and the publish goes at once on a new one (one attempt, no
+    // failure recorded).
+    redis.stop();
+    redis.run();
+    let quiet = send(&server, &key, "after-restart", 1).await;
+    let seen = wait_all(&server, &key, &id, &quiet, &["succeeded"]).await;
+    assert_eq!(seen[&quiet[0]]["attempts"], 1, "{}", seen[&quiet[0]]);
+    ids.extend(quiet);
+
     // A manual retry of a delivered id is stored once.
     let (status, body) = server
         .call(

@@ -139,6 +139,11 @@ struct Failed {
     /// unroutable, a wrong key type) keeps the connection, which other
     /// subscriptions share.
     broken: bool,
+    /// The pooled connection was found closed before any answer (the
+    /// broker restarted, an idle connection was cut): worth one more try
+    /// at once on a new one, within the same attempt. Safe for NATS and
+    /// Redis (deduplicated by delivery id); for AMQP at least once anyway.
+    gone: bool,
 }
 
 impl Failed {
@@ -148,6 +153,15 @@ impl Failed {
             outcome: Outcome::Transport,
             error: error.into(),
             broken: true,
+            gone: false,
+        }
+    }
+
+    /// The connection was closed under the publish.
+    fn gone(error: impl Into<String>) -> Self {
+        Failed {
+            gone: true,
+            ..Failed::broken(error)
         }
     }
 
@@ -157,6 +171,7 @@ impl Failed {
             outcome: Outcome::Transport,
             error: error.into(),
             broken: false,
+            gone: false,
         }
     }
 
@@ -166,6 +181,7 @@ impl Failed {
             outcome: Outcome::Refused,
             error: error.into(),
             broken: false,
+            gone: false,
         }
     }
 }
@@ -185,17 +201,14 @@ impl Buses {
     /// timeout is the publish and its acknowledgement.
     pub async fn publish(&self, d: &Destination, m: &Message<'_>) -> AttemptResult {
         let started = Instant::now();
-        let result = match self.connection(d).await {
-            Ok(conn) => tokio::time::timeout(m.timeout, publish_on(conn, d, m))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failed::broken(format!(
-                        "timeout: no acknowledgement within {} ms",
-                        m.timeout.as_millis()
-                    )))
-                }),
-            Err(f) => Err(f),
-        };
+        let mut result = self.publish_once(d, m).await;
+        if let Err(f) = &result
+            && f.gone
+        {
+            // A pooled connection found closed: once more, on a new one.
+            self.forget(d);
+            result = self.publish_once(d, m).await;
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(answer) => AttemptResult {
@@ -220,10 +233,30 @@ impl Buses {
         }
     }
 
+    /// One try: the pooled connection (or a new one), the publish, its
+    /// acknowledgement within the attempt's timeout. Only a connection
+    /// that was pooled can be found `gone`.
+    async fn publish_once(&self, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+        let (conn, reused) = self.connection(d).await?;
+        tokio::time::timeout(m.timeout, publish_on(conn, d, m))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failed::broken(format!(
+                    "timeout: no acknowledgement within {} ms",
+                    m.timeout.as_millis()
+                )))
+            })
+            .map_err(|mut f| {
+                f.gone &= reused;
+                f
+            })
+    }
+
     /// The pooled connection, made if there is none (a failed connect
     /// leaves no slot behind).
-    async fn connection(&self, d: &Destination) -> Result<Conn, Failed> {
+    async fn connection(&self, d: &Destination) -> Result<(Conn, bool), Failed> {
         let slot = self.slot(d);
+        let reused = slot.initialized();
         let made = slot
             .get_or_try_init(|| async {
                 tokio::time::timeout(CONNECT_TIMEOUT, self.connect(d))
@@ -239,7 +272,7 @@ impl Buses {
         if made.is_err() {
             self.forget(d);
         }
-        made
+        made.map(|conn| (conn, reused))
     }
 
     /// The pool's slot of this broker and login.
@@ -555,7 +588,7 @@ async fn publish_nats(
             PublishErrorKind::MaxPayloadExceeded => {
                 Failed::refused(format!("the message is too large for the server: {e}"))
             }
-            _ => Failed::broken(format!("publish: {e}")),
+            _ => Failed::gone(format!("publish: {e}")),
         })?
         .await
         .map_err(|e| match e.kind() {
@@ -624,7 +657,7 @@ async fn publish_amqp(
         .await
         // The channel (an unknown exchange closes it) or the connection
         // is gone: a new connection next time.
-        .map_err(|e| Failed::broken(format!("publish: {e}")))?
+        .map_err(|e| Failed::gone(format!("publish: {e}")))?
         .await
         .map_err(|e| Failed::broken(format!("confirm: {e}")))?;
     match confirm {
@@ -670,11 +703,9 @@ async fn publish_redis(
     let added: Option<String> = call.invoke_async(con).await.map_err(|e| {
         // An error the server answered (a wrong key type, no permission)
         // leaves the connection as it was.
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_unrecoverable_error()
-        {
+        if (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() {
+            Failed::gone(format!("XADD: {e}"))
+        } else if e.is_timeout() || e.is_unrecoverable_error() {
             Failed::broken(format!("XADD: {e}"))
         } else {
             Failed::transport(format!("XADD: {e}"))
