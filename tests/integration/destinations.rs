@@ -313,6 +313,24 @@ pub(crate) async fn wait_all(
     }
 }
 
+/// Waits for the delivery's first attempt, which must have failed with an
+/// error starting with `prefix` (the broker is down).
+async fn first_attempt_failed(server: &Server, key: &str, delivery: &str, prefix: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, d) = server
+            .call("GET", &format!("/v1/deliveries/{delivery}"), key, None)
+            .await;
+        if let Some(first) = d["attempt_log"].get(0) {
+            let error = first["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with(prefix), "{d}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no failed attempt: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every delivery id published exactly once (`at_least_once`: at least
 /// once), nothing else published.
 pub(crate) fn once_each(messages: &[Value], ids: &[String], at_least_once: bool) {
@@ -471,24 +489,7 @@ async fn a_nats_subject_is_a_destination_published_once_per_delivery_id() {
     // go through once it is back.
     nats.freeze(0);
     let stalled = send(&server, &key, "stalled", 3).await;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, d) = server
-            .call("GET", &format!("/v1/deliveries/{}", stalled[0]), &key, None)
-            .await;
-        if d["attempt_log"].as_array().is_some_and(|a| !a.is_empty()) {
-            assert!(
-                d["attempt_log"][0]["error"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("nats: "),
-                "{d}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no failed attempt: {d}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    first_attempt_failed(&server, &key, &stalled[0], "nats: ").await;
     nats.thaw(0);
     wait_all(&server, &key, &id, &stalled, &["succeeded"]).await;
     ids.extend(stalled);
@@ -586,24 +587,7 @@ async fn a_redis_stream_is_a_destination_with_the_plugins_output_once_per_delive
 
     redis.stop();
     let stalled = send(&server, &key, "stalled", 3).await;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, d) = server
-            .call("GET", &format!("/v1/deliveries/{}", stalled[0]), &key, None)
-            .await;
-        if d["attempt_log"].as_array().is_some_and(|a| !a.is_empty()) {
-            assert!(
-                d["attempt_log"][0]["error"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("redis: "),
-                "{d}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no failed attempt: {d}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    first_attempt_failed(&server, &key, &stalled[0], "redis: ").await;
     redis.run();
     wait_all(&server, &key, &id, &stalled, &["succeeded"]).await;
     ids.extend(stalled);

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::AttemptResult;
 use super::ssrf::{self, Guard};
+use super::{AttemptResult, Request};
 use crate::retry::Outcome;
 use crate::store::Destination;
 
@@ -58,18 +58,6 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
 end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 "#;
-
-/// One message to publish.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    pub delivery_id: &'a str,
-    pub event_type: &'a str,
-    pub body: &'a [u8],
-    pub content_type: &'a str,
-    /// Signature headers and the plugin's extra headers.
-    pub headers: &'a [(String, String)],
-    pub timeout: Duration,
-}
 
 /// A pooled connection.
 #[derive(Clone)]
@@ -199,7 +187,7 @@ impl Buses {
     /// outcome with an error text for the delivery log. Connecting (on
     /// first use, or after a failure) has its own timeout; the attempt's
     /// timeout is the publish and its acknowledgement.
-    pub async fn publish(&self, d: &Destination, m: &Message<'_>) -> AttemptResult {
+    pub async fn publish(&self, d: &Destination, m: &Request<'_>) -> AttemptResult {
         let started = Instant::now();
         let mut result = self.publish_once(d, m).await;
         if let Err(f) = &result
@@ -236,7 +224,7 @@ impl Buses {
     /// One try: the pooled connection (or a new one), the publish, its
     /// acknowledgement within the attempt's timeout. Only a connection
     /// that was pooled can be found `gone`.
-    async fn publish_once(&self, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+    async fn publish_once(&self, d: &Destination, m: &Request<'_>) -> Result<String, Failed> {
         let (conn, reused) = self.connection(d).await?;
         tokio::time::timeout(m.timeout, publish_on(conn, d, m))
             .await
@@ -533,7 +521,7 @@ fn pool_key(d: &Destination) -> [u8; 32] {
 }
 
 /// Publishes on a pooled connection of the destination's kind.
-async fn publish_on(conn: Conn, d: &Destination, m: &Message<'_>) -> Result<String, Failed> {
+async fn publish_on(conn: Conn, d: &Destination, m: &Request<'_>) -> Result<String, Failed> {
     match (conn, d) {
         (Conn::Nats(js), Destination::Nats { subject, .. }) => publish_nats(&js, subject, m).await,
         (
@@ -557,7 +545,7 @@ async fn publish_on(conn: Conn, d: &Destination, m: &Message<'_>) -> Result<Stri
 async fn publish_nats(
     js: &async_nats::jetstream::Context,
     subject: &str,
-    m: &Message<'_>,
+    m: &Request<'_>,
 ) -> Result<String, Failed> {
     use async_nats::jetstream::context::PublishErrorKind;
     use std::str::FromStr;
@@ -619,7 +607,7 @@ async fn publish_amqp(
     amqp: &Amqp,
     exchange: &str,
     routing_key: &str,
-    m: &Message<'_>,
+    m: &Request<'_>,
 ) -> Result<String, Failed> {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     let mut table = FieldTable::default();
@@ -678,7 +666,7 @@ async fn publish_redis(
     con: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     max_len: u64,
-    m: &Message<'_>,
+    m: &Request<'_>,
 ) -> Result<String, Failed> {
     let headers: serde_json::Map<String, serde_json::Value> = m
         .headers

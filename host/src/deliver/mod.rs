@@ -331,15 +331,7 @@ impl Sender {
     /// an error text for the log.
     pub async fn send(&self, req: &Request<'_>, now: Timestamp) -> AttemptResult {
         if let Some(destination) = req.destination {
-            let message = bus::Message {
-                delivery_id: req.delivery_id,
-                event_type: req.event_type,
-                body: req.body,
-                content_type: req.content_type,
-                headers: req.headers,
-                timeout: req.timeout,
-            };
-            return self.buses.publish(destination, &message).await;
+            return self.buses.publish(destination, req).await;
         }
         let started = Instant::now();
         let refused = |error: String| AttemptResult {
