@@ -661,7 +661,7 @@ mod tests {
     fn create_requires_url_and_types_and_names_bad_fields() {
         assert_eq!(
             create(serde_json::json!({"event_types": ["*"]})).unwrap_err(),
-            "url is required"
+            "url (or destination) is required"
         );
         let e = create(serde_json::json!({"url": "ftp://x", "event_types": ["*"]})).unwrap_err();
         assert!(e.contains("url"), "{e}");
