@@ -327,7 +327,7 @@ both_backends! {
             ),
             (ok(json!({"timeout_ms": 0})), "timeout_ms"),
             (ok(json!({"secret": "short"})), "secret"),
-            (json!({"event_types": ["*"]}), "url is required"),
+            (json!({"event_types": ["*"]}), "url (or destination) is required"),
         ] {
             let (s, b) = server
                 .call("POST", "/v1/subscriptions", &key, Some(body.clone()))
