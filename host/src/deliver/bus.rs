@@ -17,7 +17,10 @@
 //!   Redis runs a script whole, so a retried publish is stored once.
 //!
 //! Connections are pooled per node (by broker and login), made on first
-//! use and dropped on any failure, so the next attempt connects again.
+//! use, dropped when the connection fails (not when one message does: no
+//! stream for the subject, unroutable, a wrong key type), closed after
+//! [`IDLE`] unused; one found closed under a publish is replaced at once,
+//! within the same attempt.
 //! Every connection goes through the egress guard first: the broker's
 //! addresses are checked as an HTTP endpoint's are (private ones refused
 //! unless allowed) and the cluster's own NATS is never one; a plain
