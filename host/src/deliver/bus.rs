@@ -19,7 +19,7 @@
 //! Connections are pooled per node (by broker and login), made on first
 //! use, dropped when the connection fails (not when one message does: no
 //! stream for the subject, unroutable, a wrong key type), closed after
-//! [`IDLE`] unused; one found closed under a publish is replaced at once,
+//! `IDLE` (10 minutes) unused; one found closed under a publish is replaced at once,
 //! within the same attempt.
 //! Every connection goes through the egress guard first: the broker's
 //! addresses are checked as an HTTP endpoint's are (private ones refused
