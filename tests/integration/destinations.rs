@@ -740,8 +740,22 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         )
         .await;
     let v6 = v6["id"].as_str().unwrap().to_string();
+    // An exchange that does not exist: the broker closes that channel
+    // (404); the attempt fails naming it, the others' connection stays.
+    let missing = server
+        .subscribe(
+            &key,
+            json!({
+                "destination": {"type": "amqp", "url": rabbit.url(), "exchange": "no-such-exchange", "routing_key": "crm"},
+                "event_types": ["message.*"],
+                "retry": {"schedule_secs": [], "jitter": 0},
+            }),
+        )
+        .await;
+    let missing = missing["id"].as_str().unwrap().to_string();
 
-    let (mut ids, mut unroutable, mut nowhere) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut unroutable, mut nowhere, mut no_exchange) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for d in send(&server, &key, "first", 5).await {
         let (_, detail) = server
             .call("GET", &format!("/v1/deliveries/{d}"), &key, None)
@@ -749,9 +763,19 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         match detail["subscription_id"].as_str().unwrap() {
             s if s == id => ids.push(d),
             s if s == lost => unroutable.push(d),
+            s if s == missing => no_exchange.push(d),
             _ => nowhere.push(d),
         }
     }
+    let failed = wait_all(&server, &key, &missing, &no_exchange, &["failed"]).await;
+    assert!(
+        failed[&no_exchange[0]]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-exchange"),
+        "{}",
+        failed[&no_exchange[0]]
+    );
     let failed = wait_all(&server, &key, &v6, &nowhere, &["failed"]).await;
     assert!(
         failed[&nowhere[0]]["last_error"]
@@ -771,7 +795,7 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         "{}",
         failed[&unroutable[0]]
     );
-    for gone in [&lost, &v6] {
+    for gone in [&lost, &v6, &missing] {
         server
             .call("DELETE", &format!("/v1/subscriptions/{gone}"), &key, None)
             .await;

@@ -48,9 +48,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds the entry once per delivery id: `KEYS[1]` the stream, `KEYS[2]`
 /// the delivery id's marker; `ARGV[1]` the marker's lifetime (s),
-/// `ARGV[2]` the stream's length bound, then the entry's fields. The type
-/// check comes first so that nothing after the marker can fail (a script
-/// is not rolled back).
+/// `ARGV[2]` the stream's length bound, then the entry's fields. A script
+/// is not rolled back: the type is checked before the marker is set, and
+/// an `XADD` that fails anyway (an ACL, exhausted ids) removes it again,
+/// so a retry is not taken for a duplicate.
 const REDIS_ADD_ONCE: &str = r#"
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
@@ -59,7 +60,11 @@ end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
   return false
 end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[2])
+end
+return added
 "#;
 
 /// A pooled connection.
@@ -75,7 +80,7 @@ enum Conn {
 /// (unroutable) message is matched to the next confirm of its channel, so
 /// two publishes in flight on one channel could swap their outcomes.
 struct Amqp {
-    _connection: lapin::Connection,
+    connection: lapin::Connection,
     channels: Vec<tokio::sync::Mutex<lapin::Channel>>,
     next: std::sync::atomic::AtomicUsize,
 }
@@ -192,13 +197,16 @@ impl Buses {
     /// timeout is the publish and its acknowledgement.
     pub async fn publish(&self, d: &Destination, m: &Request<'_>) -> AttemptResult {
         let started = Instant::now();
-        let mut result = self.publish_once(d, m).await;
+        let (mut result, mut used) = self.publish_once(d, m, m.timeout).await;
         if let Err(f) = &result
             && f.gone
         {
-            // A pooled connection found closed: once more, on a new one.
-            self.forget(d);
-            result = self.publish_once(d, m).await;
+            // A pooled connection found closed: once more, on a new one,
+            // within what is left of the attempt's time.
+            self.forget(d, &used);
+            (result, used) = self
+                .publish_once(d, m, m.timeout.saturating_sub(started.elapsed()))
+                .await;
         }
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -211,7 +219,7 @@ impl Buses {
             },
             Err(f) => {
                 if f.broken {
-                    self.forget(d);
+                    self.forget(d, &used);
                 }
                 AttemptResult {
                     outcome: f.outcome,
@@ -227,9 +235,28 @@ impl Buses {
     /// One try: the pooled connection (or a new one), the publish, its
     /// acknowledgement within the attempt's timeout. Only a connection
     /// that was pooled can be found `gone`.
-    async fn publish_once(&self, d: &Destination, m: &Request<'_>) -> Result<String, Failed> {
-        let (conn, reused) = self.connection(d).await?;
-        tokio::time::timeout(m.timeout, publish_on(conn, d, m))
+    /// Answers the slot it used too (only that one is forgotten after a
+    /// failure, not one another task has made since).
+    async fn publish_once(
+        &self,
+        d: &Destination,
+        m: &Request<'_>,
+        within: Duration,
+    ) -> (Result<String, Failed>, Slot) {
+        let slot = self.slot(d);
+        let reused = slot.initialized();
+        // One bound on the whole wait: tokio's OnceCell lets each waiter
+        // try the connect again after a failed one.
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, self.connection(d, &slot)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(f)) => return (Err(f), slot),
+            Err(_) => {
+                let f =
+                    Failed::broken(format!("connect: no connection within {CONNECT_TIMEOUT:?}"));
+                return (Err(f), slot);
+            }
+        };
+        let result = tokio::time::timeout(within, publish_on(conn, d, m))
             .await
             .unwrap_or_else(|_| {
                 Err(Failed::broken(format!(
@@ -240,14 +267,13 @@ impl Buses {
             .map_err(|mut f| {
                 f.gone &= reused;
                 f
-            })
+            });
+        (result, slot)
     }
 
     /// The pooled connection, made if there is none (a failed connect
     /// leaves no slot behind).
-    async fn connection(&self, d: &Destination) -> Result<(Conn, bool), Failed> {
-        let slot = self.slot(d);
-        let reused = slot.initialized();
+    async fn connection(&self, d: &Destination, slot: &Slot) -> Result<Conn, Failed> {
         let made = slot
             .get_or_try_init(|| async {
                 tokio::time::timeout(CONNECT_TIMEOUT, self.connect(d))
@@ -261,9 +287,9 @@ impl Buses {
             .await
             .cloned();
         if made.is_err() {
-            self.forget(d);
+            self.forget(d, slot);
         }
-        made.map(|conn| (conn, reused))
+        made
     }
 
     /// The pool's slot of this broker and login.
@@ -277,8 +303,16 @@ impl Buses {
         {
             pool.sweep(now);
         }
-        if pool.entries.len() >= MAX_CONNECTIONS && !pool.entries.contains_key(&key) {
-            pool.entries.clear();
+        if pool.entries.len() >= MAX_CONNECTIONS
+            && !pool.entries.contains_key(&key)
+            && let Some(oldest) = pool
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| *k)
+        {
+            // Full: the least recently used goes, not everyone's.
+            pool.entries.remove(&oldest);
         }
         let entry = pool.entries.entry(key).or_insert_with(|| Entry {
             slot: Slot::default(),
@@ -288,11 +322,18 @@ impl Buses {
         entry.slot.clone()
     }
 
-    /// Drops the connection after a failure: the next attempt connects again.
-    fn forget(&self, d: &Destination) {
+    /// Drops the connection `used` after a failure (if the pool still
+    /// holds that one): the next attempt connects again.
+    fn forget(&self, d: &Destination, used: &Slot) {
         let key = pool_key(d);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.entries.remove(&key);
+        if pool
+            .entries
+            .get(&key)
+            .is_some_and(|e| Arc::ptr_eq(&e.slot, used))
+        {
+            pool.entries.remove(&key);
+        }
     }
 
     /// The address to connect to, checked: every address the host
@@ -434,7 +475,7 @@ impl Buses {
                     channels.push(tokio::sync::Mutex::new(channel));
                 }
                 Ok(Conn::Amqp(Arc::new(Amqp {
-                    _connection: connection,
+                    connection,
                     channels,
                     next: Default::default(),
                 })))
@@ -632,8 +673,42 @@ async fn publish_amqp(
         short("routing_key", routing_key)?,
     );
     // One publish and its confirm at a time per channel (see `Amqp`).
-    let i = amqp.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % amqp.channels.len();
-    let channel = amqp.channels[i].lock().await;
+    let n = amqp.channels.len();
+    let start = amqp.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A free channel if there is one, else wait for this attempt's turn.
+    let mut channel = match (0..n).find_map(|k| amqp.channels[(start + k) % n].try_lock().ok()) {
+        Some(free) => free,
+        None => amqp.channels[start % n].lock().await,
+    };
+    if !channel.status().connected() {
+        // The broker closed this channel (an unknown exchange, a refused
+        // message): a new one on the same connection, if it stands.
+        if !amqp.connection.status().connected() {
+            return Err(Failed::gone("the connection is closed"));
+        }
+        let fresh = amqp
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| Failed::broken(format!("channel: {e}")))?;
+        fresh
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Failed::broken(format!("confirm mode: {e}")))?;
+        *channel = fresh;
+    }
+    // A channel-level refusal closes this channel only: the connection,
+    // which other subscriptions share, stays.
+    let failed = |what: &str, e: lapin::Error, gone: bool| {
+        let text = format!("{what}: {e}");
+        if amqp.connection.status().connected() {
+            Failed::transport(text)
+        } else if gone {
+            Failed::gone(text)
+        } else {
+            Failed::broken(text)
+        }
+    };
     let confirm = channel
         .basic_publish(
             exchange_name,
@@ -648,9 +723,9 @@ async fn publish_amqp(
         .await
         // The channel (an unknown exchange closes it) or the connection
         // is gone: a new connection next time.
-        .map_err(|e| Failed::gone(format!("publish: {e}")))?
+        .map_err(|e| failed("publish", e, true))?
         .await
-        .map_err(|e| Failed::broken(format!("confirm: {e}")))?;
+        .map_err(|e| failed("confirm", e, false))?;
     match confirm {
         lapin::Confirmation::Ack(None) => Ok("confirmed".into()),
         lapin::Confirmation::Ack(Some(_)) => Err(Failed::transport(format!(
