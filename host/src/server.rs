@@ -43,12 +43,18 @@ pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow
 pub fn build_feeds(config: &Config) -> Arc<crate::source::nats::Feeds> {
     Arc::new(crate::source::nats::Feeds::new(ssrf::BrokerPolicy {
         allow: config.nats_allow.clone(),
-        internal: config
-            .cluster
-            .as_ref()
-            .map(|c| c.urls.clone())
-            .unwrap_or_default(),
+        internal: cluster_urls(config),
     }))
+}
+
+/// The cluster's own NATS URLs (none on the embedded store): never a
+/// source's broker nor a destination.
+fn cluster_urls(config: &Config) -> Vec<String> {
+    config
+        .cluster
+        .as_ref()
+        .map(|c| c.urls.clone())
+        .unwrap_or_default()
 }
 
 /// [`build_app`]; in cluster mode with the partitions this node leases.
@@ -90,11 +96,7 @@ pub fn build_app_with(
         Some(owner) => Queue::open_cluster(store.clone(), settings, clock.clone(), owner.clone()),
     };
     let mut egress = config.egress.clone();
-    egress.internal_nats = config
-        .cluster
-        .as_ref()
-        .map(|c| c.urls.clone())
-        .unwrap_or_default();
+    egress.internal_nats = cluster_urls(config);
     let sender = Sender::new(
         ssrf::Guard {
             allow_private: config.allow_private_destinations,

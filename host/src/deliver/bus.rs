@@ -364,7 +364,7 @@ impl Buses {
         if let Some(a) = addrs.iter().find(|a| a.ip().is_unspecified()) {
             return Err(format!(
                 "{} is the unspecified address {}, never a destination",
-                host_port(host, port),
+                ssrf::format_host_port(host, port),
                 a.ip()
             ));
         }
@@ -374,7 +374,7 @@ impl Buses {
                 if (h == host && p == port) || addrs.iter().any(|a| theirs.contains(a)) {
                     return Err(format!(
                         "{} is this cluster's own NATS, never a destination",
-                        host_port(host, port)
+                        ssrf::format_host_port(host, port)
                     ));
                 }
             }
@@ -411,7 +411,7 @@ impl Buses {
                     (None, None) => options,
                 };
                 let target = if tls {
-                    format!("tls://{}", host_port(&host, addr.port()))
+                    format!("tls://{}", ssrf::format_host_port(&host, addr.port()))
                 } else {
                     format!("nats://{addr}")
                 };
@@ -536,14 +536,6 @@ fn host_port_of(d: &Destination) -> Result<(String, u16), String> {
         .port()
         .unwrap_or_else(|| crate::destination::default_port(url.scheme()));
     Ok((host, port))
-}
-
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// The pool's key: the broker's URL and login (a digest, so the pool holds
