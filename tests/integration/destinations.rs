@@ -714,88 +714,60 @@ async fn an_amqp_queue_is_a_destination_at_least_once_with_confirms() {
         format!("amqp://guest@127.0.0.1:{}/%2f", rabbit.port)
     );
     assert_eq!(sub["destination"]["password_set"], true);
-    // A routing key no queue is bound to: the broker returns the message
-    // (mandatory), and the attempt fails instead of vanishing.
-    let lost = server
-        .subscribe(
-            &key,
-            json!({
-                "destination": {"type": "amqp", "url": rabbit.url(), "routing_key": "nobody"},
-                "event_types": ["message.*"],
-                "retry": {"schedule_secs": [], "jitter": 0},
-            }),
-        )
-        .await;
-    let lost = lost["id"].as_str().unwrap().to_string();
-    // The checked address itself is what is connected to: [::1], where
-    // nothing listens (the node is on 127.0.0.1), is not "localhost".
-    let v6 = server
-        .subscribe(
-            &key,
-            json!({
-                "destination": {"type": "amqp", "url": format!("amqp://guest:guest@[::1]:{}/%2f", rabbit.port), "routing_key": "crm"},
-                "event_types": ["message.*"],
-                "retry": {"schedule_secs": [], "jitter": 0},
-            }),
-        )
-        .await;
-    let v6 = v6["id"].as_str().unwrap().to_string();
-    // An exchange that does not exist: the broker closes that channel
-    // (404); the attempt fails naming it, the others' connection stays.
-    let missing = server
-        .subscribe(
-            &key,
-            json!({
-                "destination": {"type": "amqp", "url": rabbit.url(), "exchange": "no-such-exchange", "routing_key": "crm"},
-                "event_types": ["message.*"],
-                "retry": {"schedule_secs": [], "jitter": 0},
-            }),
-        )
-        .await;
-    let missing = missing["id"].as_str().unwrap().to_string();
+    // Three that must fail, each at once (no retries), naming why:
+    // - a routing key no queue is bound to: the broker returns the message
+    //   (mandatory), and the attempt fails instead of vanishing;
+    // - [::1], where nothing listens (the node is on 127.0.0.1): the checked
+    //   address itself is what is connected to, not "localhost";
+    // - an exchange that does not exist: the broker closes that channel
+    //   (404), the others' connection stays.
+    let mut failing = Vec::new();
+    for (destination, says) in [
+        (
+            json!({"type": "amqp", "url": rabbit.url(), "routing_key": "nobody"}),
+            "unroutable",
+        ),
+        (
+            json!({"type": "amqp", "url": format!("amqp://guest:guest@[::1]:{}/%2f", rabbit.port), "routing_key": "crm"}),
+            "connect",
+        ),
+        (
+            json!({"type": "amqp", "url": rabbit.url(), "exchange": "no-such-exchange", "routing_key": "crm"}),
+            "no-such-exchange",
+        ),
+    ] {
+        let sub = server
+            .subscribe(
+                &key,
+                json!({
+                    "destination": destination,
+                    "event_types": ["message.*"],
+                    "retry": {"schedule_secs": [], "jitter": 0},
+                }),
+            )
+            .await;
+        failing.push((sub["id"].as_str().unwrap().to_string(), says));
+    }
 
-    let (mut ids, mut unroutable, mut nowhere, mut no_exchange) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ids = Vec::new();
+    let mut theirs: HashMap<String, Vec<String>> = HashMap::new();
     for d in send(&server, &key, "first", 5).await {
         let (_, detail) = server
             .call("GET", &format!("/v1/deliveries/{d}"), &key, None)
             .await;
         match detail["subscription_id"].as_str().unwrap() {
             s if s == id => ids.push(d),
-            s if s == lost => unroutable.push(d),
-            s if s == missing => no_exchange.push(d),
-            _ => nowhere.push(d),
+            s => theirs.entry(s.to_string()).or_default().push(d),
         }
     }
-    let failed = wait_all(&server, &key, &missing, &no_exchange, &["failed"]).await;
-    assert!(
-        failed[&no_exchange[0]]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("no-such-exchange"),
-        "{}",
-        failed[&no_exchange[0]]
-    );
-    let failed = wait_all(&server, &key, &v6, &nowhere, &["failed"]).await;
-    assert!(
-        failed[&nowhere[0]]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("connect"),
-        "{}",
-        failed[&nowhere[0]]
-    );
+    for (sub, says) in &failing {
+        let mine = &theirs[sub];
+        let failed = wait_all(&server, &key, sub, mine, &["failed"]).await;
+        let error = failed[&mine[0]]["last_error"].as_str().unwrap();
+        assert!(error.contains(says), "{says}: {}", failed[&mine[0]]);
+    }
     wait_all(&server, &key, &id, &ids, &["succeeded"]).await;
-    let failed = wait_all(&server, &key, &lost, &unroutable, &["failed"]).await;
-    assert!(
-        failed[&unroutable[0]]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("unroutable"),
-        "{}",
-        failed[&unroutable[0]]
-    );
-    for gone in [&lost, &v6, &missing] {
+    for (gone, _) in &failing {
         server
             .call("DELETE", &format!("/v1/subscriptions/{gone}"), &key, None)
             .await;
