@@ -185,20 +185,5 @@ pub fn python_with(name: &str, packages: &[&str]) -> PathBuf {
     python
 }
 
-/// Whether `tool --version` runs. Outside CI a missing tool skips the test
-/// that needs it (said on stderr); under CI it fails the test, since
-/// `.ci/run` installs every tool the tests use.
-pub fn tool_installed(tool: &str) -> bool {
-    let installed = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is not installed (.ci/run installs it)"
-        );
-        eprintln!("skipping: {tool} is not installed");
-    }
-    installed
-}
+/// Whether `tool --version` runs (skips outside CI, fails under it).
+pub use wasmhook::cluster::testing::tool_installed;

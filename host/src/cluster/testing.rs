@@ -42,19 +42,28 @@ fn longer(js: &mut async_nats::jetstream::Context, timeout: &mut Duration) {
     js.set_timeout(*timeout);
 }
 
+/// Whether `tool --version` runs. Outside CI a missing tool skips the test
+/// that needs it (said on stderr); under CI it fails the test, since
+/// `.ci/run` installs every tool the tests use.
+pub fn tool_installed(tool: &str) -> bool {
+    let installed = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipping: {tool} is not installed");
+    }
+    installed
+}
+
 impl NatsCluster {
     /// `n` servers in one cluster, JetStream ready (a meta leader elected).
     pub async fn start(n: usize) -> Option<Self> {
-        let installed = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server is not installed (.ci/run installs Debian's package)"
-            );
-            eprintln!("skipping: nats-server not installed");
+        if !tool_installed("nats-server") {
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
