@@ -42,6 +42,11 @@ pub enum DestinationInput {
         /// 100000, at most 10000000).
         max_len: Option<u64>,
     },
+    /// `wasmhook listen`: the deliveries go to a developer's CLI connected
+    /// to this server, which forwards them to a local URL. The
+    /// subscription is deleted once no CLI has been connected for
+    /// `expire_after_secs` (default 60, 1 to 86400).
+    Listen { expire_after_secs: Option<u64> },
 }
 
 impl std::fmt::Debug for DestinationInput {
@@ -52,6 +57,7 @@ impl std::fmt::Debug for DestinationInput {
             DestinationInput::Nats { .. } => "nats",
             DestinationInput::Amqp { .. } => "amqp",
             DestinationInput::Redis { .. } => "redis",
+            DestinationInput::Listen { .. } => "listen",
         };
         write!(f, "DestinationInput({kind}, ..)")
     }
@@ -60,6 +66,9 @@ impl std::fmt::Debug for DestinationInput {
 /// The longest a stream may be kept at.
 const MAX_STREAM_LEN: u64 = 10_000_000;
 const DEFAULT_STREAM_LEN: u64 = 100_000;
+/// How long a listen subscription outlives its CLI's connection.
+const DEFAULT_LISTEN_EXPIRY: u64 = 60;
+const MAX_LISTEN_EXPIRY: u64 = 86_400;
 
 /// What a destination input becomes: an HTTP URL, or a broker.
 #[derive(Debug)]
@@ -79,6 +88,15 @@ impl DestinationInput {
             DestinationInput::Nats { url, .. } => ("nats", url),
             DestinationInput::Amqp { url, .. } => ("amqp", url),
             DestinationInput::Redis { url, .. } => ("redis", url),
+            DestinationInput::Listen { expire_after_secs } => {
+                let expire_after_secs = expire_after_secs.unwrap_or(DEFAULT_LISTEN_EXPIRY);
+                if !(1..=MAX_LISTEN_EXPIRY).contains(&expire_after_secs) {
+                    return Err(format!(
+                        "destination.expire_after_secs must be 1 to {MAX_LISTEN_EXPIRY}"
+                    ));
+                }
+                return Ok(Resolved::Broker(Destination::Listen { expire_after_secs }));
+            }
         };
         let (mut shown, mut credentials) = split_url(kind, url)?;
         // The URL as shown (no password, maybe the user) keeps the stored
@@ -101,7 +119,9 @@ impl DestinationInput {
             }
         }
         let destination = match self {
-            DestinationInput::Http { .. } => unreachable!("returned above"),
+            DestinationInput::Http { .. } | DestinationInput::Listen { .. } => {
+                unreachable!("returned above")
+            }
             DestinationInput::Nats { subject, .. } => {
                 check_subject(&subject)?;
                 Destination::Nats {

@@ -266,6 +266,11 @@ pub async fn serve(
     // Tests and scripts read the bound address (port 0 picks a free one).
     println!("wasmhook listening on http://{local}");
 
+    let listeners = app.deliver.sender.listeners().clone();
+    if let Some(client) = store.nats_client() {
+        listeners.set_cluster(client);
+    }
+    tokio::spawn(listen_sweep(app.clone(), wait_for(stop_rx.clone())));
     let worker = tokio::spawn(Worker::new(app.deliver.clone()).run(wait_for(stop_rx.clone())));
     let pruner = tokio::spawn(prune_loop(app.clone(), wait_for(stop_rx.clone())));
     let scheduler = tokio::spawn(crate::window::run_scheduler(
@@ -328,6 +333,8 @@ pub async fn serve(
             }
         }
         info!("shutting down: no new requests");
+        // The `wasmhook listen` streams end (they would hold the shutdown).
+        listeners.close();
         let _ = stop_tx.send(true);
     })
     .await;
@@ -530,6 +537,23 @@ async fn prune_loop(app: App, shutdown: impl Future<Output = ()>) {
 
 /// Cluster mode: every `every`, the node holding partition 0 snapshots
 /// its view and compacts the log (one node does it for all).
+/// Deletes the `wasmhook listen` subscriptions whose CLI is gone.
+async fn listen_sweep(app: App, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut round = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::deliver::listen::SWEEP_EVERY) => {}
+            _ = &mut shutdown => return,
+        }
+        let listeners = app.deliver.sender.listeners();
+        if let Err(e) = crate::deliver::listen::sweep(&app.store, listeners, round).await {
+            warn!(error = %e, "expiring listen subscriptions failed; trying again");
+        }
+        round += 1;
+    }
+}
+
 async fn compact_loop(app: App, every: Duration, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {

@@ -206,7 +206,7 @@ fn zeroes() {
         counter!("wasmhook_deliveries_created_total", "status" => status).increment(0);
     }
     for outcome in ["succeeded", "retry", "failed", "disabled"] {
-        for destination in ["http", "nats", "amqp", "redis"] {
+        for destination in ["http", "nats", "amqp", "redis", "listen"] {
             counter!("wasmhook_delivery_attempts_total", "outcome" => outcome, "destination" => destination)
                 .increment(0);
         }

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -465,6 +465,232 @@ async fn the_api_commands_drive_a_real_server() {
         None,
     );
     assert_eq!(code, 0, "the key as shown works: {err}");
+}
+
+/// `wasmhook listen`: a plugin subscription's deliveries reach a local
+/// receiver over the CLI's own connection, though the server refuses
+/// private destinations (it never connects to the receiver); they carry
+/// the subscription's signature and the plugin's exact output; the local
+/// answers are the attempts' outcomes. The subscription is deleted when
+/// the CLI stops, and expires when it is killed. Another tenant cannot
+/// reach the stream or answer for it; hostile answers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
+    use crate::harness::{Answer, Receiver, Server, error_code, verify_standard};
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    // The SSRF guard on: the loopback receiver is no destination.
+    let server = Server::start_guarded(&dir.path().join("data"), &[], &[]);
+    let (_, key) = server.tenant("dev").await;
+    let (_, other_key) = server.tenant("other").await;
+    let rx = Receiver::start(
+        vec![Answer::status(500).body("not yet")],
+        Answer::status(201).body("local-ok"),
+    )
+    .await;
+    let listen = |expire: &str| {
+        let mut child = Command::new(binary())
+            .args([
+                "listen",
+                "--forward",
+                &rx.url(),
+                "--events",
+                "lead.*",
+                "--plugin",
+                "builtin:helloclient-lead",
+                "--expire-after",
+                expire,
+                "--json",
+            ])
+            .env("WASMHOOK_URL", &server.base)
+            .env("WASMHOOK_KEY", &key)
+            .env("WASMHOOK_CLI_CONFIG", dir.path().join("none.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(serde_json::from_str(&line).expect("JSON lines"));
+            }
+        });
+        (child, lines)
+    };
+    let next = |lines: &std::sync::mpsc::Receiver<Value>| {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a line from wasmhook listen")
+    };
+
+    let (mut cli, lines) = listen("2");
+    let started = next(&lines);
+    let sub = started["listening"].as_str().unwrap().to_string();
+    let secret = started["secret"].as_str().unwrap().to_string();
+    assert_eq!(next(&lines)["connected"], sub.as_str());
+    let (status, view) = server
+        .call("GET", &format!("/v1/subscriptions/{sub}"), &key, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(view["destination"]["type"], "listen", "{view}");
+
+    // Two leads: the first answered 500 locally, the second 201.
+    let lead: Value = serde_json::from_slice(
+        &std::fs::read(crate::support::repo_root().join("examples/lead.json")).unwrap(),
+    )
+    .unwrap();
+    let mut ids = vec![];
+    for n in 0..2 {
+        let mut event = lead.clone();
+        event["id"] = json!(format!("evt_listen_{n}"));
+        let (status, answer) = server.call("POST", "/v1/events", &key, Some(event)).await;
+        assert_eq!(status, 202, "{answer}");
+        let (_, stored) = server
+            .call("GET", &format!("/v1/events/evt_listen_{n}"), &key, None)
+            .await;
+        ids.push(stored["deliveries"][0].as_str().unwrap().to_string());
+        let line = next(&lines);
+        assert_eq!(line["delivery_id"], ids[n].as_str(), "{line}");
+        assert_eq!(line["status"], if n == 0 { 500 } else { 201 }, "{line}");
+    }
+    let golden: Value = serde_json::from_slice(
+        &std::fs::read(
+            crate::support::repo_root().join("plugins/helloclient-lead/golden/seed-lead.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let expected_body = golden["expect"][0]["requests"][0]["body"].as_str().unwrap();
+    for r in rx.wait_for(2, PATIENCE).await {
+        assert_eq!(verify_standard(&secret, &r), 1, "signed as the subscription signs");
+        assert_eq!(std::str::from_utf8(&r.body).unwrap(), expected_body);
+        assert!(ids.contains(&r.header("webhook-id")));
+    }
+    // The local answers are the attempts' outcomes.
+    let delivery = |id: String| {
+        let server = &server;
+        let key = key.clone();
+        async move {
+            server
+                .call("GET", &format!("/v1/deliveries/{id}"), &key, None)
+                .await
+                .1
+        }
+    };
+    let failed = delivery(ids[0].clone()).await;
+    assert_eq!(failed["status"], "pending", "{failed}");
+    assert_eq!(failed["attempt_log"][0]["status"], 500, "{failed}");
+    assert_eq!(failed["attempt_log"][0]["response_body"], "not yet");
+    let delivered = delivery(ids[1].clone()).await;
+    assert_eq!(delivered["status"], "succeeded", "{delivered}");
+    assert_eq!(delivered["attempt_log"][0]["status"], 201);
+    assert_eq!(delivered["attempt_log"][0]["response_body"], "local-ok");
+
+    // Another tenant reaches neither the stream nor the answers.
+    let stream_path = format!("/v1/subscriptions/{sub}/listen");
+    let answers_path = format!("/v1/subscriptions/{sub}/listen/answers");
+    let (status, _) = server.call("GET", &stream_path, &other_key, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .call(
+            "POST",
+            &answers_path,
+            &other_key,
+            Some(json!({"id": "lsn_x", "status": 200})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Hostile answers: unknown fields, an attempt nobody waits for.
+    let (status, body) = server
+        .call(
+            "POST",
+            &answers_path,
+            &key,
+            Some(json!({"id": "lsn_x", "status": 200, "extra": 1})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            &answers_path,
+            &key,
+            Some(json!({"id": "lsn_\u{202e}nope", "status": 200})),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (410, "gone"), "{body}");
+    // A subscription of another kind has no stream.
+    let plain = server
+        .subscribe(&key, json!({"url": "https://example.com/hook", "event_types": ["*"]}))
+        .await;
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/v1/subscriptions/{}/listen", plain["id"].as_str().unwrap()),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Killed: the subscription expires (2 s after its stream dropped).
+    cli.kill().unwrap();
+    let _ = cli.wait();
+    let gone = |sub: String| {
+        let server = &server;
+        let key = key.clone();
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let (status, _) = server
+                    .call("GET", &format!("/v1/subscriptions/{sub}"), &key, None)
+                    .await;
+                if status == 404 {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{sub} still there");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    gone(sub.clone()).await;
+
+    // Stopped (SIGTERM): it deletes its subscription itself, at once, and
+    // exits 0, though its expiry is an hour.
+    let (mut cli, lines) = listen("3600");
+    let sub = next(&lines)["listening"].as_str().unwrap().to_string();
+    assert_eq!(next(&lines)["connected"], sub.as_str());
+    let pid = cli.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(cli.wait().unwrap().success());
+    let (status, _) = server
+        .call("GET", &format!("/v1/subscriptions/{sub}"), &key, None)
+        .await;
+    assert_eq!(status, 404);
+
+    // A connected CLI does not hold the server's shutdown: its stream ends
+    // at once (else the server waits out its 10 s shutdown grace for it).
+    let (mut cli, lines) = listen("3600");
+    let sub = next(&lines)["listening"].as_str().unwrap().to_string();
+    assert_eq!(next(&lines)["connected"], sub.as_str());
+    let stopping = std::time::Instant::now();
+    assert!(server.stop().success());
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(8),
+        "the server took {:?} to stop",
+        stopping.elapsed()
+    );
+    let _ = cli.kill();
+    let _ = cli.wait();
 }
 
 /// `deploy/wasmhook.service` passes `systemd-analyze verify` without a

@@ -53,6 +53,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// What the request refers to existed but is over (an attempt no longer
+    /// waiting for its answer).
+    #[error("{0}")]
+    Gone(String),
     /// A source's platform request whose signature does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -112,6 +117,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Gone(_) => "gone",
             ApiError::BadSignature(_) => "bad_signature",
             ApiError::Unprocessable { code, .. } => code,
             ApiError::TooLarge { .. } => "payload_too_large",

@@ -12,6 +12,7 @@ pub use error::*;
 mod events;
 mod inbound;
 mod keys;
+mod listen;
 pub mod openapi;
 mod ops;
 mod plugins;
@@ -150,6 +151,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(events::router(state))
         .merge(plugins::router(state))
         .merge(subscriptions::router())
+        .merge(listen::router())
         .merge(sources::router(state))
         .merge(deliveries::router())
         .merge(keys::router())

@@ -21,7 +21,7 @@ use super::{ApiError, ApiState, Json};
 use crate::retry::RetryPolicy;
 use crate::runtime::World;
 use crate::sign::{self, Scheme};
-use crate::store::{PluginRef, Subscription};
+use crate::store::{Destination, PluginRef, Subscription};
 pub use crate::subscription::{Defaults, SubscriptionInput};
 use crate::util::new_id;
 use crate::window::WindowSpec;
@@ -132,8 +132,7 @@ impl SubscriptionView {
 }
 
 /// A destination as the API shows it: never the password.
-fn destination_view(url: &str, d: Option<&crate::store::Destination>) -> serde_json::Value {
-    use crate::store::Destination;
+fn destination_view(url: &str, d: Option<&Destination>) -> serde_json::Value {
     let Some(d) = d else {
         return serde_json::json!({"type": "http", "url": url});
     };
@@ -155,6 +154,9 @@ fn destination_view(url: &str, d: Option<&crate::store::Destination>) -> serde_j
             max_len,
             ..
         } => serde_json::json!({"type": "redis", "url": url, "stream": stream, "max_len": max_len}),
+        Destination::Listen { expire_after_secs } => {
+            return serde_json::json!({"type": "listen", "expire_after_secs": expire_after_secs});
+        }
     };
     let c = d.credentials();
     view["username"] = serde_json::json!(c.username);
@@ -253,6 +255,15 @@ async fn create(
     let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
     state.app.store.put_subscription(&sub).await?;
     state.app.store.durable().await?;
+    if let Some(Destination::Listen { .. }) = &sub.destination {
+        // It expires if no CLI connects in time.
+        state
+            .app
+            .deliver
+            .sender
+            .listeners()
+            .created(&tenant.id, &sub.id);
+    }
     let verification = match slot {
         Some(slot) => Some(TestResult {
             deliveries: run_test(&state, &sub, slot).await?,

@@ -349,6 +349,10 @@ impl Buses {
     /// an address its name resolves to): checked when a subscription is
     /// created or changed, and at each connection.
     pub async fn check_not_internal(&self, d: &Destination) -> Result<(), String> {
+        if matches!(d, Destination::Listen { .. }) {
+            // Not a connection the server makes.
+            return Ok(());
+        }
         let (host, port) = host_port_of(d)?;
         let addrs = self.guard.resolve_any(&host, port).await;
         self.refuse_internal(&host, port, &addrs).await
@@ -480,6 +484,7 @@ impl Buses {
                     next: Default::default(),
                 })))
             }
+            Destination::Listen { .. } => Err(Failed::refused("a listen destination is no broker")),
             Destination::Redis { .. } => {
                 let address = if tls {
                     redis::ConnectionAddr::TcpTls {

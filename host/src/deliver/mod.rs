@@ -3,6 +3,7 @@
 //! delivery log records (status, duration, truncated response, error text).
 
 pub mod bus;
+pub mod listen;
 pub mod ssrf;
 pub mod tls;
 pub mod worker;
@@ -44,6 +45,8 @@ pub struct Request<'a> {
     pub destination: Option<&'a Destination>,
     /// The delivery's id (a broker's message id).
     pub delivery_id: &'a str,
+    /// Its subscription (a listen destination's session).
+    pub subscription_id: &'a str,
     pub event_type: &'a str,
     pub body: &'a [u8],
     pub content_type: &'a str,
@@ -158,6 +161,8 @@ pub struct Sender {
     endpoints: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], reqwest::Client>>>,
     /// Brokers' connections.
     buses: Arc<bus::Buses>,
+    /// The `wasmhook listen` CLIs connected here.
+    listeners: Arc<listen::Listeners>,
 }
 
 /// Endpoint clients kept at most (each holds its own connection pool);
@@ -189,6 +194,7 @@ impl Sender {
             egress: Arc::new(egress),
             endpoints: Default::default(),
             buses,
+            listeners: Default::default(),
         })
     }
 
@@ -327,9 +333,17 @@ impl Sender {
         Ok((status, retry_after, body))
     }
 
+    /// The `wasmhook listen` CLIs connected to this node.
+    pub fn listeners(&self) -> &Arc<listen::Listeners> {
+        &self.listeners
+    }
+
     /// Sends one attempt. Never fails: every problem becomes an outcome with
     /// an error text for the log.
     pub async fn send(&self, req: &Request<'_>, now: Timestamp) -> AttemptResult {
+        if let Some(Destination::Listen { .. }) = req.destination {
+            return self.listeners.attempt(req.subscription_id, req).await;
+        }
         if let Some(destination) = req.destination {
             return self.buses.publish(destination, req).await;
         }

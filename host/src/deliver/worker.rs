@@ -252,6 +252,7 @@ async fn record_attempt(
                 url: &sub.url,
                 destination: sub.destination.as_ref(),
                 delivery_id: &d.id,
+                subscription_id: &sub.id,
                 event_type: message.event_type,
                 body: body.as_bytes(),
                 content_type: &request.content_type,

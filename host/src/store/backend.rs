@@ -36,6 +36,11 @@ impl Store {
         }
     }
 
+    /// Cluster mode: the cluster's NATS connection.
+    pub fn nats_client(&self) -> Option<async_nats::Client> {
+        self.cluster().map(|c| c.log.client())
+    }
+
     /// Cluster mode: the plugin object store.
     pub(super) fn blobs(&self) -> Option<&cluster::blobs::Blobs> {
         self.cluster().map(|c| &c.blobs)

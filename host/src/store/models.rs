@@ -413,7 +413,21 @@ pub enum Destination {
         #[serde(default)]
         credentials: Credentials,
     },
+    /// `wasmhook listen`: a developer's CLI receives the deliveries over
+    /// its own connection to the server and forwards each to a local URL
+    /// (`deliver::listen`). The subscription is deleted when the CLI
+    /// stops, or once no CLI has been connected for `expire_after_secs`.
+    Listen { expire_after_secs: u64 },
 }
+
+/// A listen destination's URL, as the subscription shows it.
+pub const LISTEN_URL: &str = "listen://cli";
+
+/// A listen destination has no login.
+static NO_CREDENTIALS: Credentials = Credentials {
+    username: None,
+    password: None,
+};
 
 /// A broker's login: a user name (shown) and a password or token (sealed,
 /// never shown).
@@ -430,12 +444,13 @@ pub struct Credentials {
 }
 
 impl Destination {
-    /// `nats`, `amqp` or `redis` (the metrics' and the log's label).
+    /// `nats`, `amqp`, `redis` or `listen` (the metrics' and the log's label).
     pub fn kind(&self) -> &'static str {
         match self {
             Destination::Nats { .. } => "nats",
             Destination::Amqp { .. } => "amqp",
             Destination::Redis { .. } => "redis",
+            Destination::Listen { .. } => "listen",
         }
     }
 
@@ -445,6 +460,7 @@ impl Destination {
             Destination::Nats { url, .. }
             | Destination::Amqp { url, .. }
             | Destination::Redis { url, .. } => url,
+            Destination::Listen { .. } => LISTEN_URL,
         }
     }
 
@@ -453,14 +469,7 @@ impl Destination {
             Destination::Nats { credentials, .. }
             | Destination::Amqp { credentials, .. }
             | Destination::Redis { credentials, .. } => credentials,
-        }
-    }
-
-    pub fn credentials_mut(&mut self) -> &mut Credentials {
-        match self {
-            Destination::Nats { credentials, .. }
-            | Destination::Amqp { credentials, .. }
-            | Destination::Redis { credentials, .. } => credentials,
+            Destination::Listen { .. } => &NO_CREDENTIALS,
         }
     }
 }

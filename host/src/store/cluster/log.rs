@@ -649,6 +649,11 @@ impl Log {
         Ok((seq, Some(previous + 1)))
     }
 
+    /// The NATS connection the log uses (other cluster traffic shares it).
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }

@@ -9,6 +9,8 @@
 //! `$XDG_CONFIG_HOME/wasmhook/cli.toml`, else `~/.config/wasmhook/cli.toml`;
 //! 0600), then `WASMHOOK_URL` and `WASMHOOK_KEY`.
 
+mod listen;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -83,6 +85,13 @@ pub enum ApiCommand {
     /// The delivery log: list, show, retry, follow.
     #[command(subcommand)]
     Deliveries(DeliveryCommand),
+    /// Receive deliveries on this machine without a public URL: a
+    /// temporary subscription whose deliveries come over this command's
+    /// own connection to the server, each forwarded to `--forward` with
+    /// the headers the subscription signs with; the local answer is the
+    /// attempt's outcome. The subscription is deleted when this stops (and
+    /// expires if this is killed).
+    Listen(listen::ListenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -581,6 +590,10 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
                     println!("{}  {deliveries}{duplicate}", s(&r["id"]));
                 }
             });
+        }
+        ApiCommand::Listen(args) => {
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
+            listen::run(&api, args, json_out).await?;
         }
         ApiCommand::Deliveries(command) => {
             let api = Api::new(url.clone(), tenant_key(&url)?)?;
