@@ -46,7 +46,9 @@ pub enum DestinationInput {
     /// to this server, which forwards them to a local URL. The
     /// subscription is deleted once no CLI has been connected for
     /// `expire_after_secs` (default 60, 1 to 86400).
-    Listen { expire_after_secs: Option<u64> },
+    Listen {
+        expire_after_secs: Option<u64>,
+    },
 }
 
 impl std::fmt::Debug for DestinationInput {

@@ -477,8 +477,6 @@ async fn the_api_commands_drive_a_real_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     use crate::harness::{Answer, Receiver, Server, error_code, verify_standard};
-    use std::io::BufRead;
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     // The SSRF guard on: the loopback receiver is no destination.
     let server = Server::start_guarded(&dir.path().join("data"), &[], &[]);
@@ -490,9 +488,10 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     )
     .await;
     let listen = |expire: &str| {
-        let mut child = Command::new(binary())
-            .args([
-                "listen",
+        crate::harness::listen_cli(
+            &server.base,
+            &key,
+            &[
                 "--forward",
                 &rx.url(),
                 "--events",
@@ -501,30 +500,10 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
                 "builtin:helloclient-lead",
                 "--expire-after",
                 expire,
-                "--json",
-            ])
-            .env("WASMHOOK_URL", &server.base)
-            .env("WASMHOOK_KEY", &key)
-            .env("WASMHOOK_CLI_CONFIG", dir.path().join("none.toml"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(serde_json::from_str(&line).expect("JSON lines"));
-            }
-        });
-        (child, lines)
+            ],
+        )
     };
-    let next = |lines: &std::sync::mpsc::Receiver<Value>| {
-        lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("a line from wasmhook listen")
-    };
+    let next = crate::harness::next_line;
 
     let (mut cli, lines) = listen("2");
     let started = next(&lines);
@@ -565,7 +544,11 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     .unwrap();
     let expected_body = golden["expect"][0]["requests"][0]["body"].as_str().unwrap();
     for r in rx.wait_for(2, PATIENCE).await {
-        assert_eq!(verify_standard(&secret, &r), 1, "signed as the subscription signs");
+        assert_eq!(
+            verify_standard(&secret, &r),
+            1,
+            "signed as the subscription signs"
+        );
         assert_eq!(std::str::from_utf8(&r.body).unwrap(), expected_body);
         assert!(ids.contains(&r.header("webhook-id")));
     }
@@ -624,7 +607,10 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     assert_eq!((status, error_code(&body)), (410, "gone"), "{body}");
     // A subscription of another kind has no stream.
     let plain = server
-        .subscribe(&key, json!({"url": "https://example.com/hook", "event_types": ["*"]}))
+        .subscribe(
+            &key,
+            json!({"url": "https://example.com/hook", "event_types": ["*"]}),
+        )
         .await;
     let (status, body) = server
         .call(

@@ -276,6 +276,87 @@ async fn a_plugin_uploaded_through_one_node_runs_on_another() {
     );
 }
 
+/// `wasmhook listen` connected to one node gets the deliveries another
+/// node attempts (the one leasing the subscription's partition): through
+/// the node holding the stream, over the cluster's NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_gets_the_deliveries_another_node_attempts() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = [
+        node(&cluster, dirs[0].path(), "l0"),
+        node(&cluster, dirs[1].path(), "l1"),
+    ];
+    // Each node with its share (4 of the 8 partitions).
+    let deadline = Instant::now() + PATIENCE;
+    while leased(&nodes[0]).await != 4 || leased(&nodes[1]).await != 4 {
+        assert!(Instant::now() < deadline, "the partitions were not shared");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let owned = |n: usize| {
+        let node = &nodes[n];
+        async move {
+            let (_, health) = node.call("GET", "/healthz", "", None).await;
+            health["cluster"]["partitions_owned"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect::<Vec<u32>>()
+        }
+    };
+    let (_, key) = nodes[0].tenant("dev").await;
+    let rx = Receiver::start(vec![], Answer::status(202).body("seen locally")).await;
+    // A CLI on node 0 whose subscription node 1 works (a new subscription
+    // until its partition is node 1's).
+    let (mut cli, lines, sub) = loop {
+        let (mut cli, lines) = listen_cli(&nodes[0].base, &key, &["--forward", &rx.url()]);
+        let sub = next_line(&lines)["listening"].as_str().unwrap().to_string();
+        assert_eq!(next_line(&lines)["connected"], sub.as_str());
+        let partition = wasmhook::cluster::leases::partition_of(&sub, 8);
+        if owned(1).await.contains(&partition) {
+            break (cli, lines, sub);
+        }
+        assert!(owned(0).await.contains(&partition));
+        let _ = Command::new("kill")
+            .args(["-TERM", &cli.id().to_string()])
+            .status();
+        let _ = cli.wait();
+    };
+    let (status, _) = nodes[1]
+        .call(
+            "POST",
+            "/v1/events",
+            &key,
+            Some(message_event("via-node-1")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let line = next_line(&lines);
+    assert_eq!(line["status"], 202, "{line}");
+    let id = line["delivery_id"].as_str().unwrap().to_string();
+    assert_eq!(rx.wait_for(1, PATIENCE).await[0].header("webhook-id"), id);
+    // Recorded by node 1 (the attempt's node) with the local answer.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, d) = nodes[0]
+            .call("GET", &format!("/v1/deliveries/{id}"), &key, None)
+            .await;
+        if d["status"] == "succeeded" {
+            assert_eq!(d["attempt_log"][0]["status"], 202, "{d}");
+            assert_eq!(d["attempt_log"][0]["response_body"], "seen locally");
+            assert_eq!(d["subscription_id"], sub.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_lost_while_running_is_a_503_then_work_resumes() {
     let Some(mut cluster) = NatsCluster::start(3).await else {

@@ -812,6 +812,43 @@ pub fn verify_standard(secret: &str, r: &Received) -> usize {
         .count()
 }
 
+/// `wasmhook listen --json` against `base` with `key` and `args`: the
+/// child, and its output lines as JSON.
+pub fn listen_cli(
+    base: &str,
+    key: &str,
+    args: &[&str],
+) -> (Child, std::sync::mpsc::Receiver<Value>) {
+    use std::io::BufRead;
+    let mut child = Command::new(crate::support::binary())
+        .arg("listen")
+        .args(args)
+        .arg("--json")
+        .env("WASMHOOK_URL", base)
+        .env("WASMHOOK_KEY", key)
+        .env("WASMHOOK_CLI_CONFIG", "/nonexistent/wasmhook-cli.toml")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(serde_json::from_str(&line).expect("JSON lines"));
+        }
+    });
+    (child, lines)
+}
+
+/// The next line of a [`listen_cli`] (a minute at most).
+pub fn next_line(lines: &std::sync::mpsc::Receiver<Value>) -> Value {
+    lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a line from wasmhook listen")
+}
+
 /// A loopback port free right now (for a second listener or a driver).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -55,13 +55,17 @@ async fn stream(
         .sender
         .listeners()
         .connect(&tenant.id, &id);
-    let ready = futures_util::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
+    let ready =
+        futures_util::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let events = frames.map(|frame| {
         Ok(Event::default()
             .event("delivery")
             .data(serde_json::to_string(&frame).unwrap_or_default()))
     });
-    Ok(Sse::new(ready.chain(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(
+        Sse::new(ready.chain(events))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
 }
 
 /// What the local URL answered to one delivery of the stream: the
@@ -86,7 +90,14 @@ async fn answer(
             "body is at most 1 MiB and error at most 4 KiB",
         ));
     }
-    if !state.app.deliver.sender.listeners().answer(&id, answer).await {
+    if !state
+        .app
+        .deliver
+        .sender
+        .listeners()
+        .answer(&id, answer)
+        .await
+    {
         return Err(ApiError::Gone(
             "no attempt of this subscription is waiting for that answer (it timed out)".into(),
         ));

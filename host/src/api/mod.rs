@@ -185,6 +185,7 @@ async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) ->
         json!({
             "node": state.app.store.node_id(),
             "partitions_leased": o.count(),
+            "partitions_owned": o.owned(),
             "partitions": o.partitions(),
         })
     });

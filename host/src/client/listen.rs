@@ -40,7 +40,10 @@ pub async fn run(api: &Api, args: ListenArgs, json_out: bool) -> Result<(), Clie
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .ok_or_else(|| {
-            ClientError::Usage(format!("--forward {:?} is not an http(s) URL", args.forward))
+            ClientError::Usage(format!(
+                "--forward {:?} is not an http(s) URL",
+                args.forward
+            ))
         })?;
     let mut body = json!({
         "destination": {"type": "listen", "expire_after_secs": args.expire_after},
@@ -120,7 +123,10 @@ async fn follow(
                 )));
             }
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-                return Err(ClientError::Auth(format!("{}: the key was refused", r.status())));
+                return Err(ClientError::Auth(format!(
+                    "{}: the key was refused",
+                    r.status()
+                )));
             }
             other => {
                 let why = match other {
@@ -298,7 +304,14 @@ impl SseParser {
                 if !self.data.is_empty() || !self.event.is_empty() {
                     let event = std::mem::take(&mut self.event);
                     let data = std::mem::take(&mut self.data);
-                    out.push((if event.is_empty() { "message".into() } else { event }, data));
+                    out.push((
+                        if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        },
+                        data,
+                    ));
                 }
                 continue;
             }

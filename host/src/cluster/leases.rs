@@ -83,6 +83,19 @@ impl Ownership {
         self.partitions
     }
 
+    /// The partitions this node holds, in order.
+    pub fn owned(&self) -> Vec<u32> {
+        let mut owned: Vec<u32> = self
+            .owned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        owned.sort_unstable();
+        owned
+    }
+
     /// How many partitions this node holds.
     pub fn count(&self) -> usize {
         self.owned.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -293,7 +293,8 @@ impl Listeners {
         frame: &Frame,
         req: &Request<'_>,
     ) -> Result<Answer, String> {
-        let payload = serde_json::to_vec(&Message::Frame(frame.clone())).map_err(|e| e.to_string())?;
+        let payload =
+            serde_json::to_vec(&Message::Frame(frame.clone())).map_err(|e| e.to_string())?;
         let request = async_nats::Request::new()
             .payload(payload.into())
             .timeout(Some(req.timeout + Duration::from_secs(1)));
