@@ -37,6 +37,7 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 pub struct RawConfig {
     pub server: ServerSection,
     pub metrics: MetricsSection,
+    pub telemetry: TelemetrySection,
     pub delivery: DeliverySection,
     pub events: EventsSection,
     pub plugins: PluginsSection,
@@ -108,6 +109,13 @@ pub struct MetricsSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    pub otlp_endpoint: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliverySection {
     pub workers: usize,
     pub max_in_flight_per_subscription: u32,
@@ -159,6 +167,9 @@ pub struct Config {
     /// Keys that still open secrets sealed before a rotation.
     pub previous_secrets_keys: Vec<String>,
     pub json_logs: bool,
+    /// OpenTelemetry traces go to this OTLP/HTTP collector (`traces.rs`).
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub ingest_rate_limit: u32,
@@ -435,6 +446,22 @@ impl RawConfig {
                 )
             })?),
         };
+        let otlp_endpoint = match self.telemetry.otlp_endpoint.trim() {
+            "" => None,
+            text => match reqwest::Url::parse(text) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    Some(text.to_string())
+                }
+                _ => {
+                    return Err(invalid(
+                        "telemetry.otlp_endpoint",
+                        format!(
+                            "{text:?} is not an http(s) URL like http://127.0.0.1:4318 (or empty)"
+                        ),
+                    ));
+                }
+            },
+        };
         let json_logs = match s.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -627,6 +654,8 @@ impl RawConfig {
             secrets_key: Some(s.secrets_key.clone()).filter(|k| !k.is_empty()),
             previous_secrets_keys: s.previous_secrets_keys.clone(),
             json_logs,
+            otlp_endpoint,
+            service_name: self.telemetry.service_name.clone(),
             max_event_bytes: s.max_event_bytes,
             max_plugin_bytes: s.max_plugin_bytes,
             ingest_rate_limit: s.ingest_rate_limit,

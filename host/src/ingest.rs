@@ -12,7 +12,9 @@
 
 use jiff::Timestamp;
 use serde::Serialize;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
+
+use crate::traces;
 
 use crate::app::App;
 use crate::event::Envelope;
@@ -97,15 +99,29 @@ pub async fn accept(
     let pairs: usize = routed.iter().map(|(_, subs)| subs.len()).sum();
     check_bounds(app, tenant_id, pairs, 0)?;
     for (event, subs) in routed {
+        // Its attempts, later and maybe elsewhere, are children of this
+        // span (`traces.rs`).
+        let span = tracing::info_span!(
+            target: traces::TARGET,
+            "event",
+            event.id = %event.id,
+            event.type = %event.event_type,
+            tenant.id = %tenant_id,
+            subscriptions = subs.len() as i64,
+        );
+        let trace = traces::traceparent(&span);
         let mut deliveries = Vec::new();
         let mut held = Vec::new();
         let mut released = Vec::new();
         for sub in subs {
-            let out = transform(app, sub, &event, now, HoldMode::Keep).await?;
+            let out = transform(app, sub, &event, now, HoldMode::Keep)
+                .instrument(span.clone())
+                .await?;
             deliveries.extend(out.deliveries);
             held.extend(out.held);
             released.extend(out.released);
         }
+        drop(span);
         batch.push(NewEvent {
             replay: false,
             held,
@@ -115,14 +131,17 @@ pub async fn accept(
                 event,
                 received_at: now,
                 deliveries: deliveries.iter().map(|d| d.id.clone()).collect(),
+                trace,
             },
             deliveries,
         });
     }
     check_batch(app, tenant_id, &batch)?;
+    let commit = tracing::info_span!(target: traces::TARGET, "commit", events = batch.len() as i64);
     Ok(app
         .queue
         .accept(batch)
+        .instrument(commit)
         .await?
         .into_iter()
         .map(|(new, outcome)| match outcome {
@@ -249,7 +268,31 @@ pub async fn transform(
     now: Timestamp,
     hold: HoldMode,
 ) -> Result<Transformed, IngestError> {
-    let mut out = run_plugin(app, sub, event, now, hold).await?;
+    let span = tracing::info_span!(
+        target: traces::TARGET,
+        "transform",
+        subscription.id = %sub.id,
+        plugin = sub.plugin.as_ref().map_or("none", |p| p.id.as_str()),
+        outcome = tracing::field::Empty,
+        deliveries = tracing::field::Empty,
+    );
+    let out = run_plugin(app, sub, event, now, hold)
+        .instrument(span.clone())
+        .await;
+    if !span.is_disabled() {
+        let outcome = match &out {
+            Err(e) => {
+                traces::set_error(&span, &e.to_string());
+                "error"
+            }
+            Ok(t) => transform_outcome(t),
+        };
+        span.record("outcome", outcome);
+        if let Ok(t) = &out {
+            span.record("deliveries", t.deliveries.len() as i64);
+        }
+    }
+    let mut out = out?;
     // An ordered subscription's pending deliveries join their key's line
     // (a plugin's several requests in their order). A test event is
     // attempted at once, outside any line.
@@ -265,6 +308,21 @@ pub async fn transform(
         }
     }
     Ok(out)
+}
+
+/// What a transform did, as its span says: `deliver` (something to send),
+/// `failed`, `held` or `filtered`.
+fn transform_outcome(t: &Transformed) -> &'static str {
+    let has = |status| t.deliveries.iter().any(|d| d.status == status);
+    if has(DeliveryStatus::Pending) {
+        "deliver"
+    } else if has(DeliveryStatus::Failed) {
+        "failed"
+    } else if has(DeliveryStatus::Held) || !t.held.is_empty() {
+        "held"
+    } else {
+        "filtered"
+    }
 }
 
 /// [`transform`] before the deliveries take their places in line.

@@ -37,7 +37,9 @@
 //! Cluster mode beside the store: [`cluster`] — the NATS connection, and
 //! the work split into partitions leased to nodes (`docs/cluster.md`).
 //!
-//! Beside the flow: [`app`] (the shared context), [`subscription`] (a
+//! Beside the flow: [`telemetry`] (Prometheus metrics) and [`traces`]
+//! (OpenTelemetry spans, when an OTLP endpoint is configured),
+//! [`app`] (the shared context), [`subscription`] (a
 //! subscription's rules), [`clock`], [`config`],
 //! [`server`] (`wasmhook serve`), [`cli`] (the command line), [`scaffold`]
 //! (`wasmhook plugin new`: plugin projects in Rust, JavaScript, Python),
@@ -72,6 +74,7 @@ pub mod source;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
+pub mod traces;
 pub mod ui;
 pub mod util;
 pub mod window;

@@ -166,6 +166,7 @@ mod tests {
             updated_at: now,
             ordering: None,
             rate_limit: None,
+            trace_context: false,
             tls: None,
             destination: None,
         }

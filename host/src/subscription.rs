@@ -142,6 +142,10 @@ pub struct SubscriptionInput {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Each attempt carries a W3C `traceparent` header naming its span
+    /// (when the server exports traces), so the receiver's own trace joins
+    /// the event's.
+    pub trace_context: Option<bool>,
     /// `{"client_certificate": "<PEM>", "client_key": "<PEM>", "ca": "<PEM>"}`:
     /// a client certificate for mutual TLS (certificate and key together;
     /// the key is never returned) and/or a CA trusted for this endpoint;
@@ -326,6 +330,7 @@ impl SubscriptionInput {
             updated_at: now,
             ordering: None,
             rate_limit: None,
+            trace_context: false,
             tls: None,
             destination: None,
         };
@@ -432,6 +437,9 @@ impl SubscriptionInput {
                 check_ordering(o)?;
             }
             sub.ordering = ordering;
+        }
+        if let Some(on) = self.trace_context {
+            sub.trace_context = on;
         }
         if let Some(rate) = self.rate_limit {
             if let Some(r) = &rate {

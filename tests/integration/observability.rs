@@ -468,3 +468,193 @@ async fn a_filter_that_matches_little_pages_through_a_long_history() {
     assert_eq!(second["items"][0]["event_type"], "lead.created");
     assert!(second["next_cursor"].is_null());
 }
+
+/// OpenTelemetry traces, received by a real OTLP/HTTP endpoint (the
+/// official `opentelemetry-proto` package decoding the protobuf): one
+/// event from a platform that sent a `traceparent`, routed to two
+/// subscriptions (one through a plugin), one of them answering 500 once;
+/// the server restarted between the failed attempt and its retry. One
+/// trace: the request under the platform's span, the event under the
+/// request, a transform per subscription under the event, the commit
+/// under the request, and every attempt — the retry from the restarted
+/// process too — under the event. A subscription with `trace_context`
+/// sends its attempt's `traceparent`. No payload in any span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_events_trace_from_its_request_to_every_attempt_across_a_restart() {
+    let python = crate::support::python_with("otlp", &["opentelemetry-proto==1.39.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spans_file = dir.path().join("spans.jsonl");
+    let mut receiver = std::process::Command::new(python)
+        .arg(crate::support::repo_root().join("tests/fixtures/otlp_receiver.py"))
+        .arg(&spans_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(receiver.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().to_string()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [("WASMHOOK_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str())];
+    let data = dir.path().join("data");
+    let server = Server::start_with(&data, &[], &env);
+    let (_, key) = server.tenant("traced").await;
+    let crm = Receiver::ok().await;
+    let flaky = Receiver::start(vec![Answer::status(500)], Answer::status(200)).await;
+    let lead_sub = server
+        .subscribe(
+            &key,
+            json!({"url": crm.url(), "event_types": ["lead.created"],
+                   "plugin": {"id": "builtin:helloclient-lead"}, "trace_context": true}),
+        )
+        .await;
+    assert_eq!(lead_sub["trace_context"], true);
+    let plain_sub = server
+        .subscribe(
+            &key,
+            json!({"url": flaky.url(), "event_types": ["lead.*"],
+                   "retry": {"schedule_secs": [2], "jitter": 0.0}}),
+        )
+        .await;
+    let platform_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let platform_span = "00f067aa0ba902b7";
+    let lead = std::fs::read(crate::support::repo_root().join("examples/lead.json")).unwrap();
+    let response = crate::support::http_client()
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            format!("00-{platform_trace}-{platform_span}-01"),
+        )
+        .body(lead)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // The failed attempt, then a restart before its retry.
+    flaky.wait_for(1, PATIENCE).await;
+    crm.wait_for(1, PATIENCE).await;
+    let (_, event) = server
+        .call("GET", "/v1/events/evt_lead_31305", &key, None)
+        .await;
+    let flaky_delivery = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .find(|d| flaky.received()[0].header("webhook-id") == *d)
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, d) = server
+            .call(
+                "GET",
+                &format!("/v1/deliveries/{flaky_delivery}"),
+                &key,
+                None,
+            )
+            .await;
+        if d["attempts"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.stop().success());
+    let server = Server::start_with(&data, &[], &env);
+    flaky.wait_for(2, PATIENCE).await;
+    assert_eq!(
+        settled(&server, &key, &flaky_delivery).await["status"],
+        "succeeded"
+    );
+    // Stopping flushes what is buffered.
+    assert!(server.stop().success());
+
+    let spans: Vec<Value> = std::fs::read_to_string(&spans_file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let text = serde_json::to_string(&spans).unwrap();
+    assert!(!text.contains("test@qq.com"), "a payload in a span: {text}");
+    for s in &spans {
+        assert_eq!(s["service"], "wasmhook");
+    }
+    // The event's trace (the other requests, creating the tenant and the
+    // subscriptions, have traces of their own).
+    let spans: Vec<Value> = spans
+        .into_iter()
+        .filter(|s| s["trace_id"] == platform_trace)
+        .collect();
+    let named =
+        |name: &str| -> Vec<&Value> { spans.iter().filter(|s| s["name"] == name).collect() };
+    let one = |name: &str| -> &Value {
+        let found = named(name);
+        assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+        found[0]
+    };
+    let request = one("POST /v1/events");
+    assert_eq!(request["parent_span_id"], platform_span);
+    assert_eq!(request["attributes"]["http.response.status_code"], 202);
+    let event_span = one("event");
+    assert_eq!(event_span["parent_span_id"], request["span_id"]);
+    assert_eq!(event_span["attributes"]["event.id"], "evt_lead_31305");
+    let commit = one("commit");
+    assert_eq!(commit["parent_span_id"], request["span_id"]);
+    let transforms = named("transform");
+    assert_eq!(transforms.len(), 2, "{spans:#?}");
+    for t in &transforms {
+        assert_eq!(t["parent_span_id"], event_span["span_id"]);
+        assert_eq!(t["attributes"]["outcome"], "deliver");
+    }
+    let mut plugins: Vec<&str> = transforms
+        .iter()
+        .map(|t| t["attributes"]["plugin"].as_str().unwrap())
+        .collect();
+    plugins.sort();
+    assert_eq!(plugins, ["builtin:helloclient-lead", "none"]);
+    let attempts = named("attempt");
+    assert_eq!(attempts.len(), 3, "{spans:#?}");
+    for a in &attempts {
+        assert_eq!(a["parent_span_id"], event_span["span_id"], "{a}");
+    }
+    let of = |sub: &Value| -> Vec<&Value> {
+        let mut found: Vec<&Value> = attempts
+            .iter()
+            .copied()
+            .filter(|a| a["attributes"]["subscription.id"] == sub["id"])
+            .collect();
+        found.sort_by_key(|a| a["attributes"]["attempt"].as_i64());
+        found
+    };
+    let flaky_attempts = of(&plain_sub);
+    assert_eq!(flaky_attempts.len(), 2);
+    assert_eq!(
+        flaky_attempts[0]["attributes"]["http.response.status_code"],
+        500
+    );
+    assert_eq!(flaky_attempts[0]["attributes"]["outcome"], "retry");
+    assert_eq!(flaky_attempts[0]["status"], 2, "an error status");
+    assert_eq!(flaky_attempts[1]["attributes"]["retry"], 1);
+    assert_eq!(
+        flaky_attempts[1]["attributes"]["http.response.status_code"],
+        200
+    );
+    assert_eq!(flaky_attempts[1]["attributes"]["outcome"], "succeeded");
+    let crm_attempt = of(&lead_sub)[0];
+    assert_eq!(
+        crm.received()[0].header("traceparent"),
+        format!(
+            "00-{platform_trace}-{}-01",
+            crm_attempt["span_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(flaky.received()[0].header("traceparent"), "");
+}

@@ -73,6 +73,7 @@ pub fn router(state: ApiState) -> Router {
         // Counted per route template, so only matched routes (the fallback
         // counts the rest as `other`).
         .route_layer(axum::middleware::from_fn(track_request))
+        .route_layer(axum::middleware::from_fn(trace_request))
         // Cluster mode: a request sees every write acknowledged before it,
         // through whichever node it was made.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -136,6 +137,40 @@ async fn track_request(
     let response = next.run(request).await;
     let route = path.as_ref().map_or("other", |p| p.as_str());
     telemetry::http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// When traces are exported: a span per request (health checks and
+/// metrics scrapes aside), a child of the caller's `traceparent` if any.
+async fn trace_request(
+    path: Option<axum::extract::MatchedPath>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = path.as_ref().map_or("other", |p| p.as_str());
+    if !crate::traces::enabled() || route == "/healthz" || route == "/metrics" {
+        return next.run(request).await;
+    }
+    let span = tracing::info_span!(
+        target: crate::traces::TARGET,
+        "HTTP",
+        otel.name = %format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    crate::traces::set_parent(&span, parent);
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        crate::traces::set_error(&span, &status.to_string());
+    }
     response
 }
 

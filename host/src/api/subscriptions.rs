@@ -76,6 +76,8 @@ pub struct SubscriptionView {
     pub verification: Option<TestResult>,
     pub ordering: Option<crate::store::Ordering>,
     pub rate_limit: Option<crate::store::RateLimit>,
+    /// Attempts carry a `traceparent` header (when traces are exported).
+    pub trace_context: bool,
     pub tls: Option<TlsView>,
     /// Where deliveries go: `{"type": "http", "url"}`, or a broker with
     /// its settings (the URL without credentials; `password_set` says
@@ -122,6 +124,7 @@ impl SubscriptionView {
             verification: None,
             ordering: s.ordering,
             rate_limit: s.rate_limit,
+            trace_context: s.trace_context,
             tls: s.tls.map(|t| TlsView {
                 client_key_set: t.client_key.is_some(),
                 client_certificate: t.client_certificate,

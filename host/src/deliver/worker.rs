@@ -21,6 +21,7 @@ use crate::retry::{self, Decision};
 use crate::sign;
 use crate::store::{Attempt, Delivery, DeliveryStatus, StoreError, Subscription};
 use crate::telemetry::{self, AttemptOutcome, DisableReason};
+use crate::traces;
 
 /// Longest sleep when nothing is due sooner (a manual clock in tests, and a
 /// bound on how late a wake-up can be).
@@ -245,6 +246,34 @@ async fn record_attempt(
             .map(|h| (h.name.clone(), h.value.clone())),
     );
 
+    let kind = sub.destination.as_ref().map_or("http", |d| d.kind());
+    // A child of its event's span, wherever and whenever it runs.
+    let span = info_span!(
+        target: traces::TARGET,
+        "attempt",
+        otel.kind = "client",
+        delivery.id = %d.id,
+        subscription.id = %sub.id,
+        attempt = (d.attempts.len() + 1) as i64,
+        retry = d.attempts.len() as i64,
+        destination = kind,
+        http.response.status_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    if traces::enabled() {
+        let parent = stage
+            .store
+            .get_event(&d.tenant_id, &d.event_id)
+            .ok()
+            .flatten()
+            .and_then(|e| e.trace);
+        traces::set_parent(&span, parent.as_deref());
+        if sub.trace_context
+            && let Some(traceparent) = traces::traceparent(&span)
+        {
+            headers.push(("traceparent".into(), traceparent));
+        }
+    }
     let result = stage
         .sender
         .send(
@@ -263,6 +292,7 @@ async fn record_attempt(
             },
             now,
         )
+        .instrument(span.clone())
         .await;
     d.request = Some(request);
     d.attempts.push(Attempt {
@@ -289,8 +319,25 @@ async fn record_attempt(
         draw,
     );
     info!(status = ?result.status, duration_ms = result.duration_ms, error = ?result.error, decision = ?decision, "attempt");
+    if !span.is_disabled() {
+        if let Some(status) = result.status {
+            span.record("http.response.status_code", i64::from(status));
+        }
+        span.record(
+            "outcome",
+            match decision {
+                Decision::Succeeded => "succeeded",
+                Decision::RetryAt(_) => "retry",
+                Decision::GiveUp { .. } => "failed",
+                Decision::Disable { .. } => "disabled",
+            },
+        );
+        if let Some(error) = &result.error {
+            traces::set_error(&span, error);
+        }
+    }
+    drop(span);
     let took = Duration::from_millis(result.duration_ms);
-    let kind = sub.destination.as_ref().map_or("http", |d| d.kind());
     match decision {
         Decision::Succeeded => {
             telemetry::attempt(AttemptOutcome::Succeeded, kind, took);

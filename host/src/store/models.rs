@@ -127,6 +127,10 @@ pub struct Subscription {
     /// credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
+    /// Each attempt carries a W3C `traceparent` header naming its span,
+    /// when traces are exported (`traces.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_context: bool,
 }
 
 impl Subscription {
@@ -164,6 +168,10 @@ pub struct StoredEvent {
     pub received_at: Timestamp,
     /// The deliveries it produced.
     pub deliveries: Vec<String>,
+    /// The W3C `traceparent` of its span, when traces are exported: its
+    /// deliveries' attempts are children of it (`traces.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Where a delivery stands.

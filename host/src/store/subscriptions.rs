@@ -234,6 +234,7 @@ pub(super) mod tests {
             updated_at: created_at,
             ordering: None,
             rate_limit: None,
+            trace_context: false,
             tls: None,
             destination: None,
         }

@@ -436,6 +436,7 @@ pub(in crate::store) mod tests {
                 },
                 received_at: at,
                 deliveries: vec![delivery.into()],
+                trace: None,
             },
             deliveries: vec![d],
             held: vec![],
