@@ -40,6 +40,17 @@ pub enum Command {
     /// delivery (under its id), into an empty cluster's NATS JetStream.
     /// Stop the server first; start the cluster's nodes after (docs/cluster.md).
     Migrate(MigrateArgs),
+    /// Bring back a backup (`wasmhook backup`) into an empty data
+    /// directory, the server stopped. The secrets in it are sealed: start
+    /// the server with the same `server.secrets_key` (or copy the old data
+    /// directory's `secrets-key` file next to it).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new data directory (empty or absent).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
     /// Check an API key against a server and keep both for the API
     /// commands (a 0600 file; `WASMHOOK_URL` / `WASMHOOK_KEY` override it).
     Login {
@@ -209,6 +220,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let report = crate::migrate::run(&config).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Restore { file, data } => {
+            let info = crate::store::backup::restore(&file, &data)
+                .with_context(|| format!("restoring {} into {}", file.display(), data.display()))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Login { key } => Ok(crate::client::login(&cli.target, key).await?),

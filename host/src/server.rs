@@ -309,6 +309,7 @@ pub async fn serve(
         source_rate_limiter: (config.source_rate_limit > 0)
             .then(|| Arc::new(RateLimiter::new(config.source_rate_limit))),
         telemetry: Telemetry::install(),
+        backup_dir: config.data_dir.clone(),
     };
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)

@@ -655,6 +655,7 @@ impl Engine {
             rate_limiter: None,
             source_rate_limiter: None,
             telemetry: wasmhook::telemetry::Telemetry::install(),
+            backup_dir: config.data_dir.clone(),
         });
         Engine {
             worker: wasmhook::deliver::worker::Worker::new(app.deliver.clone()),

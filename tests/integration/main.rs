@@ -21,4 +21,5 @@ mod sandbox;
 mod security;
 mod sources;
 mod support;
+mod upgrades;
 mod windows;

@@ -6,6 +6,7 @@
 //! is wrong; 5xx say nothing internal and are logged once.
 
 mod auth;
+mod backup;
 mod deliveries;
 mod error;
 pub use error::*;
@@ -54,6 +55,9 @@ pub struct ApiState {
     /// Requests per second per source on `/in/{id}` (`sources.rate_limit`).
     pub source_rate_limiter: Option<Arc<RateLimiter>>,
     pub telemetry: Telemetry,
+    /// Where a backup is written before it is sent (the data directory:
+    /// room for a copy of the store).
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// The whole API, and its OpenAPI document built from the same route
@@ -191,6 +195,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(deliveries::router())
         .merge(keys::router())
         .merge(ops::router())
+        .merge(backup::router())
 }
 
 /// The process and its store: a write made durable right now. 503 when the

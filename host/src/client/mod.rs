@@ -85,6 +85,15 @@ pub enum ApiCommand {
     /// The delivery log: list, show, retry, follow.
     #[command(subcommand)]
     Deliveries(DeliveryCommand),
+    /// Save a consistent backup of the server's embedded store to FILE
+    /// (operator token: `--admin-token` or `WASMHOOK_ADMIN_TOKEN`); taken
+    /// while the server runs. `wasmhook restore` brings it back.
+    Backup {
+        /// Where to write it (a new file, mode 0600).
+        file: PathBuf,
+        #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+    },
     /// Receive deliveries on this machine without a public URL: a
     /// temporary subscription whose deliveries come over this command's
     /// own connection to the server, each forwarded to `--forward` with
@@ -395,26 +404,35 @@ impl Api {
             .send()
             .await
             .map_err(|e| ClientError::Unavailable(format!("{}: {e}", self.base)))?;
-        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(self.answer_error(response).await);
+        }
         let text = response
             .text()
             .await
             .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// The error a failed answer's status and body say.
+    async fn answer_error(&self, response: reqwest::Response) -> ClientError {
+        let status = response.status().as_u16();
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(e) => return ClientError::Unavailable(e.to_string()),
+        };
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
         let message = value["error"]["message"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
         let message = format!("{status}: {message}");
-        Err(match status {
+        match status {
             404 => ClientError::NotFound(message),
             401 | 403 => ClientError::Auth(message),
             500.. => ClientError::Unavailable(message),
             _ => ClientError::Invalid(message),
-        })
+        }
     }
 }
 
@@ -589,6 +607,19 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
                     };
                     println!("{}  {deliveries}{duplicate}", s(&r["id"]));
                 }
+            });
+        }
+        ApiCommand::Backup { file, admin_token } => {
+            let api = Api::new(url.clone(), admin_token)?;
+            let saved = backup(&api, &file).await?;
+            print(&saved, &|v| {
+                println!(
+                    "saved {} ({} bytes, {} entries, format {})",
+                    file.display(),
+                    s(&v["bytes"]),
+                    s(&v["entries"]),
+                    s(&v["format"])
+                )
             });
         }
         ApiCommand::Listen(args) => {
@@ -887,6 +918,78 @@ async fn deliveries(
         }
     }
     Ok(())
+}
+
+/// Downloads `/v1/backup` into `file` (through a temporary file beside it,
+/// renamed once complete, so a cut download never looks like a backup).
+async fn backup(api: &Api, file: &std::path::Path) -> Result<Value, ClientError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if file.exists() {
+        return Err(ClientError::Usage(format!(
+            "{} exists: give a new file",
+            file.display()
+        )));
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let mut response = http
+        .get(format!("{}/v1/backup", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .map_err(|e| ClientError::Unavailable(format!("{}: {e}", api.base)))?;
+    if !response.status().is_success() {
+        return Err(api.answer_error(response).await);
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (format, entries) = (
+        header("wasmhook-backup-format"),
+        header("wasmhook-backup-entries"),
+    );
+    let partial = file.with_extension("partial");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", partial.display())))?;
+    let mut bytes = 0u64;
+    let result: Result<(), ClientError> = async {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("the download broke off: {e}")))?
+        {
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", partial.display())))?;
+            bytes += chunk.len() as u64;
+        }
+        out.sync_all()
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", partial.display())))?;
+        std::fs::rename(&partial, file)
+            .map_err(|e| ClientError::Usage(format!("{}: {e}", file.display())))
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    Ok(json!({
+        "file": file.display().to_string(),
+        "bytes": bytes,
+        "entries": entries.parse::<u64>().ok(),
+        "format": format.parse::<u32>().ok(),
+    }))
 }
 
 fn list_path(subscription: Option<&str>, status: Option<&str>, limit: usize) -> String {

@@ -103,6 +103,7 @@ impl Store {
         f: impl Fn([&dyn TxTree; N]) -> TxResult<T>,
     ) -> Result<T, StoreError> {
         let Some(log) = self.log() else {
+            let _pass = self.pass();
             return trees
                 .as_slice()
                 .transaction(|tx| f(std::array::from_fn(|i| &tx[i] as &dyn TxTree)))
@@ -208,6 +209,7 @@ impl Store {
         Plain {
             recorder: self.log().map(|log| Recorder::new(log.view())),
             store: self,
+            _pass: self.pass(),
         }
     }
 }
@@ -226,6 +228,8 @@ pub struct Changes {
 pub(super) struct Plain<'s> {
     store: &'s Store,
     recorder: Option<Recorder<'s>>,
+    /// Embedded: held until committed (a backup waits for it).
+    _pass: Option<super::gate::Pass>,
 }
 
 impl Plain<'_> {

@@ -53,6 +53,7 @@
 //! deliveries, which every attempt also rewrites, are binary (postcard,
 //! see `codec.rs`). Records written in an earlier form still read.
 
+pub mod backup;
 mod change;
 pub use change::Changes;
 pub mod cluster;
@@ -65,6 +66,7 @@ use encoding::*;
 mod embedded;
 use embedded::commit;
 mod events;
+mod gate;
 mod group;
 use group::Groups;
 mod backend;
@@ -121,6 +123,20 @@ pub enum StoreError {
     /// Cluster mode: the log could not take or apply a change.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The data directory (or a backup) was written by a newer wasmhook,
+    /// in a format this one cannot read.
+    #[error(
+        "the store was written in format {found} (by wasmhook {written_by}); this wasmhook ({}) reads formats up to {supported}: run wasmhook {written_by} or newer, or restore a backup made by this version",
+        env!("CARGO_PKG_VERSION")
+    )]
+    NewerFormat {
+        found: u32,
+        written_by: String,
+        supported: u32,
+    },
+    /// A backup could not be made or read.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl StoreError {
@@ -128,7 +144,10 @@ impl StoreError {
     /// callers answer 503 and retry, since it may clear by itself. A corrupt
     /// record is not such a fault.
     pub fn is_unavailable(&self) -> bool {
-        !matches!(self, StoreError::Corrupt { .. })
+        !matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::NewerFormat { .. } | StoreError::Backup(_)
+        )
     }
 }
 
@@ -213,6 +232,8 @@ pub struct Trees {
     /// The bodies of recent events, for their deliveries' attempts (see
     /// `events.rs`).
     bodies: events::Bodies,
+    /// Embedded: what a backup pauses the writers with (`gate.rs`).
+    gate: Arc<gate::Gate>,
 }
 
 impl Store {

@@ -95,6 +95,9 @@ impl Store {
         bodies: events::Bodies,
     ) -> Result<Self, StoreError> {
         let tree = |name: &str| db.open_tree(name);
+        // Before any record is read: a newer binary's store is refused.
+        let format = backup::check_format(&tree("meta")?)?;
+        let gate: Arc<gate::Gate> = Arc::default();
         let events = tree("events")?;
         let events_by_time = tree("events_by_time")?;
         let deliveries = tree("deliveries")?;
@@ -119,6 +122,7 @@ impl Store {
                     lanes: lanes.clone(),
                     lane_items: lane_items.clone(),
                     intents: tree(INTENTS_TREE)?,
+                    gate: gate.clone(),
                     failed: Default::default(),
                 };
                 // Before anything reads the outbox: a group a crash interrupted.
@@ -156,12 +160,14 @@ impl Store {
             routes,
             backend,
             bodies,
+            gate,
         }));
         store.index_subscription_deliveries()?;
         let converted = store.convert_time_keys()?;
         if converted > 0 {
             tracing::info!(converted, "the event time index is now by tenant");
         }
+        backup::migrate(&store, format)?;
         Ok(store)
     }
 

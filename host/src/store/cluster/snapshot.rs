@@ -75,7 +75,9 @@ pub fn export(db: &sled::Db, local: &[&str], seq: u64, to: &Path) -> Result<(), 
         .map_err(io)
 }
 
-fn frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+/// One frame: its kind, then each part with its length (shared with the
+/// embedded store's backups).
+pub(crate) fn frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
     out.write_all(&[kind])?;
     for p in parts {
         let len = u32::try_from(p.len()).map_err(std::io::Error::other)?;
@@ -85,7 +87,8 @@ fn frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()>
     Ok(())
 }
 
-fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+/// One length-prefixed part of a frame.
+pub(crate) fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;
     let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];

@@ -76,6 +76,8 @@ pub(in crate::store) struct Writer {
     pub(in crate::store) lanes: Tree,
     pub(in crate::store) lane_items: Tree,
     pub(in crate::store) intents: Tree,
+    /// Shared with the store: a backup pauses the committer too.
+    pub(in crate::store) gate: std::sync::Arc<crate::store::gate::Gate>,
     /// Set once a write failed in sled (a full disk, an I/O error); then
     /// nothing more is written or flushed, and every job is answered with
     /// this. sled 0.34 does not recover from such a failure: it poisons
@@ -119,6 +121,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // A backup waits for the group, and the group for a backup.
+            let _pass = self.gate.enter();
             self.serve(group);
         }
     }
@@ -506,6 +510,7 @@ pub(in crate::store) mod tests {
             lanes: store.lanes.clone(),
             lane_items: store.lane_items.clone(),
             intents: store.db.open_tree(crate::store::INTENTS_TREE).unwrap(),
+            gate: Default::default(),
             failed: Default::default(),
         };
         let failing = [

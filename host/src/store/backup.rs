@@ -1,0 +1,366 @@
+//! The embedded store's format version, its backups and their restore.
+//!
+//! **Format.** `meta` records the format of the records
+//! ([`FORMAT`]) and the version of wasmhook that wrote it. At open, a store
+//! of an older format is converted (the one-time conversions in
+//! `open.rs` and [`migrate`]) and marked with this one; a store of a newer
+//! format is refused before any record is read, with a message that names
+//! both — rather than failing on the first record this binary cannot
+//! read. A store from before the marker existed is format 0.
+//!
+//! **Backup.** [`Store::backup`] writes every record tree (and the plugin
+//! components, whose only copy the embedded store holds) to one file while
+//! the server runs: the writers are paused meanwhile (`gate.rs`), so the
+//! file is one moment of the store. Left out: the machine's own trees
+//! (`meta`, the committer's intents, sled's default tree) and the
+//! compiled-plugin cache, which are rebuilt.
+//!
+//! The file: [`MAGIC`], the format (4 bytes, big-endian), the time it was
+//! taken (Unix ms, 8 bytes), the writer's version (a length-prefixed
+//! string), then frames as in a cluster snapshot (a tree name, then its
+//! entries), then a trailer: the entry count and the SHA-256 of everything
+//! before it. A file cut short or altered is refused.
+//!
+//! **Restore** ([`restore`]) fills an empty data directory from a file
+//! (the server stopped); the secrets in it are sealed, so the server that
+//! opens it needs the same `server.secrets_key` (or the old data
+//! directory's `secrets-key` file).
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+/// The format of the records this binary writes (and the newest it reads).
+/// Raise it with a conversion in [`migrate`] whenever a record's encoding
+/// changes in a way an older binary would misread.
+pub const FORMAT: u32 = 1;
+/// `meta` key of the format marker.
+const FORMAT_KEY: &str = "format";
+const MAGIC: &[u8; 10] = b"WHBACKUP1\n";
+/// How long a backup waits for the writers to pause.
+const PAUSE_WITHIN: Duration = Duration::from_secs(10);
+/// Trees left out of a backup: this machine's own (`plugin_blobs` is
+/// carried: in the embedded store it is the only copy).
+const NOT_BACKED_UP: &[&str] = &["__sled__default", "meta", INTENTS_TREE];
+
+/// What a store's format marker says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormatMark {
+    pub format: u32,
+    /// The wasmhook version that wrote it.
+    pub written_by: String,
+}
+
+/// What a backup file holds, as its header says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupInfo {
+    pub format: u32,
+    pub written_by: String,
+    pub taken_at_ms: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Commit(e.to_string())
+}
+
+fn bad_file(message: impl Into<String>) -> StoreError {
+    StoreError::Backup(message.into())
+}
+
+/// The format marker of `db`; None: written before markers (format 0).
+fn read_mark(meta: &Tree) -> Result<Option<FormatMark>, StoreError> {
+    match meta.get(FORMAT_KEY)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: FORMAT_KEY.into(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+fn this_mark() -> FormatMark {
+    FormatMark {
+        format: FORMAT,
+        written_by: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+fn write_mark(meta: &Tree) -> Result<(), StoreError> {
+    meta.insert(
+        FORMAT_KEY,
+        serde_json::to_vec(&this_mark()).expect("serializable"),
+    )?;
+    Ok(())
+}
+
+/// Refuses a store of a newer format, before anything reads a record.
+pub(super) fn check_format(meta: &Tree) -> Result<u32, StoreError> {
+    let found = read_mark(meta)?;
+    match found {
+        Some(mark) if mark.format > FORMAT => Err(StoreError::NewerFormat {
+            found: mark.format,
+            written_by: mark.written_by,
+            supported: FORMAT,
+        }),
+        Some(mark) => Ok(mark.format),
+        None => Ok(0),
+    }
+}
+
+/// Brings a store of format `from` to [`FORMAT`] and marks it. Format 0
+/// (before markers) needs only the conversions every open runs already
+/// (`open.rs`); later formats add their steps here.
+pub(super) fn migrate(store: &Store, from: u32) -> Result<(), StoreError> {
+    if from == FORMAT && read_mark(&store.meta)?.is_some_and(|m| m == this_mark()) {
+        return Ok(());
+    }
+    if from < FORMAT {
+        tracing::info!(
+            from,
+            to = FORMAT,
+            "the store's records are converted to this version's format"
+        );
+    }
+    write_mark(&store.meta)?;
+    store.db.flush()?;
+    Ok(())
+}
+
+impl Store {
+    /// The store's format marker, as recorded.
+    pub fn format(&self) -> Result<Option<FormatMark>, StoreError> {
+        read_mark(&self.meta)
+    }
+
+    /// Writes a consistent copy of the store to `to` (a new file), with
+    /// the writers paused meanwhile. Embedded store only: a cluster's
+    /// records are in its NATS servers (back those up, or rely on its
+    /// snapshots).
+    pub fn backup(&self, to: &Path) -> Result<BackupInfo, StoreError> {
+        if self.log().is_some() {
+            return Err(StoreError::Backup(
+                "cluster mode: the records live in the cluster's JetStream; back up the NATS servers' streams (nats stream backup) instead".into(),
+            ));
+        }
+        let Some(paused) = self.gate.pause(PAUSE_WITHIN) else {
+            return Err(StoreError::Commit(
+                "the store was too busy to pause its writers for a backup; try again".into(),
+            ));
+        };
+        let taken_at_ms = millis(jiff::Timestamp::now());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .map_err(io)?;
+        let mut out = Hashing {
+            inner: BufWriter::new(file),
+            hash: Sha256::new(),
+            bytes: 0,
+        };
+        out.write_all(MAGIC).map_err(io)?;
+        out.write_all(&FORMAT.to_be_bytes()).map_err(io)?;
+        out.write_all(&taken_at_ms.to_be_bytes()).map_err(io)?;
+        let version = env!("CARGO_PKG_VERSION").as_bytes();
+        crate::store::cluster::snapshot::frame(&mut out, 0, &[version]).map_err(io)?;
+        let mut entries = 0u64;
+        for name in self.db.tree_names() {
+            if NOT_BACKED_UP.iter().any(|t| t.as_bytes() == &name[..]) {
+                continue;
+            }
+            crate::store::cluster::snapshot::frame(&mut out, 1, &[&name]).map_err(io)?;
+            for entry in self.db.open_tree(&name)?.iter() {
+                let (k, v) = entry?;
+                crate::store::cluster::snapshot::frame(&mut out, 2, &[&k, &v]).map_err(io)?;
+                entries += 1;
+            }
+        }
+        drop(paused);
+        let digest = out.hash.clone().finalize();
+        let mut inner = out.inner;
+        inner.write_all(&[3]).map_err(io)?;
+        inner.write_all(&entries.to_be_bytes()).map_err(io)?;
+        inner.write_all(&digest).map_err(io)?;
+        let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(BackupInfo {
+            format: FORMAT,
+            written_by: env!("CARGO_PKG_VERSION").to_string(),
+            taken_at_ms,
+            entries,
+            bytes: out.bytes + 1 + 8 + 32,
+        })
+    }
+
+    /// A pass for one write (embedded; cluster writes go through the log).
+    pub(super) fn pass(&self) -> Option<gate::Pass> {
+        self.log().is_none().then(|| self.gate.enter())
+    }
+}
+
+/// A writer that hashes and counts what it writes.
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Fills the data directory `dir` (which must hold no store) from the
+/// backup `from`: checked whole (its trailer's count and digest) before
+/// the directory is touched, then written and marked with its format.
+pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
+    let info = read_backup(from, None)?;
+    if dir.join("db").exists() || dir.join("conf").exists() {
+        return Err(bad_file(format!(
+            "{} already holds a store: restore into an empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let db = sled::Config::new().path(dir).open()?;
+    read_backup(from, Some(&db))?;
+    let meta = db.open_tree("meta")?;
+    meta.insert(
+        FORMAT_KEY,
+        serde_json::to_vec(&FormatMark {
+            format: info.format,
+            written_by: info.written_by.clone(),
+        })
+        .expect("serializable"),
+    )?;
+    db.flush()?;
+    Ok(info)
+}
+
+/// Reads a backup through: its header and trailer checked; with `into`,
+/// its entries written there.
+fn read_backup(from: &Path, into: Option<&sled::Db>) -> Result<BackupInfo, StoreError> {
+    let file = std::fs::File::open(from).map_err(io)?;
+    let bytes = file.metadata().map_err(io)?.len();
+    let mut input = BufReader::new(file);
+    let mut magic = [0u8; 10];
+    input
+        .read_exact(&mut magic)
+        .map_err(|_| bad_file("not a wasmhook backup (too short)"))?;
+    if &magic != MAGIC {
+        return Err(bad_file("not a wasmhook backup"));
+    }
+    let mut head = [0u8; 12];
+    input
+        .read_exact(&mut head)
+        .map_err(|_| bad_file("the backup is cut short"))?;
+    let format = u32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
+    let taken_at_ms = u64::from_be_bytes(head[4..].try_into().expect("8 bytes"));
+    let cut = |_| bad_file("the backup is cut short");
+    let mut kind = [0u8; 1];
+    input.read_exact(&mut kind).map_err(cut)?;
+    if kind[0] != 0 {
+        return Err(bad_file("the backup's header is damaged"));
+    }
+    let written_by = String::from_utf8_lossy(
+        &crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?,
+    )
+    .into_owned();
+    if format > FORMAT {
+        return Err(StoreError::NewerFormat {
+            found: format,
+            written_by,
+            supported: FORMAT,
+        });
+    }
+    let mut entries = 0u64;
+    let mut tree: Option<sled::Tree> = None;
+    let mut batch = sled::Batch::default();
+    loop {
+        input.read_exact(&mut kind).map_err(cut)?;
+        match kind[0] {
+            1 => {
+                let name = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
+                if let (Some(t), Some(_)) = (&tree, into) {
+                    t.apply_batch(std::mem::take(&mut batch))?;
+                }
+                tree = into.map(|db| db.open_tree(&name)).transpose()?;
+            }
+            2 => {
+                let key = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
+                let value = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
+                entries += 1;
+                if tree.is_some() {
+                    batch.insert(key, value);
+                    if entries.is_multiple_of(10_000)
+                        && let Some(t) = &tree
+                    {
+                        t.apply_batch(std::mem::take(&mut batch))?;
+                    }
+                }
+            }
+            3 => break,
+            k => {
+                return Err(bad_file(format!(
+                    "unknown frame {k}: the backup is damaged"
+                )));
+            }
+        }
+    }
+    let mut trailer = [0u8; 40];
+    input.read_exact(&mut trailer).map_err(cut)?;
+    let counted = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
+    // The digest is checked once, before anything is written.
+    if counted != entries || (into.is_none() && !trailer_matches(from, &trailer[8..])?) {
+        return Err(bad_file(
+            "the backup's trailer does not match its contents: the file is damaged",
+        ));
+    }
+    if let (Some(t), Some(_)) = (&tree, into) {
+        t.apply_batch(batch)?;
+    }
+    Ok(BackupInfo {
+        format,
+        written_by,
+        taken_at_ms,
+        entries,
+        bytes,
+    })
+}
+
+/// Whether the SHA-256 of the file up to its trailer (the last 41 bytes:
+/// the `3`, the count and the digest) is `digest`.
+fn trailer_matches(path: &Path, digest: &[u8]) -> Result<bool, StoreError> {
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let Some(body) = len.checked_sub(41) else {
+        return Ok(false);
+    };
+    let mut hash = Sha256::new();
+    let mut input = BufReader::new(file).take(body);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = input.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&chunk[..n]);
+    }
+    Ok(hash.finalize().as_slice() == digest)
+}
