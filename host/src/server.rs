@@ -207,6 +207,8 @@ pub async fn serve(
     make_private(&config.data_dir)
         .with_context(|| format!("restricting the data dir {}", config.data_dir.display()))?;
     check_writable(&config.data_dir)?;
+    // A backup a crash interrupted: a copy of the store, no longer needed.
+    crate::store::backup::remove_leftovers(&config.data_dir);
     // Before any record is read: they hold sealed secrets.
     let keys = secrets_keys(&config)?;
     let current_key = keys.current.id().to_string();

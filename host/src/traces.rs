@@ -31,7 +31,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The target of every exported span.
-pub const TARGET: &str = "wasmhook::trace";
+/// (Not a module path, nor the prefix of one: the log filter turns it
+/// off without silencing any module.)
+pub const TARGET: &str = "wasmhook_otel";
 
 /// Whether traces are exported (set once, at start).
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -76,7 +78,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let url = traces_url(endpoint)?;
-    crate::deliver::install_tls_provider();
+    crate::util::install_tls_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()

@@ -66,6 +66,19 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// Installs rustls's ring provider as the process's default, which every
+/// reqwest client of this process then uses. reqwest is built without a
+/// provider of its own (see host/Cargo.toml), so this must run before the
+/// first client is built; it is idempotent and cheap, so each place that
+/// builds a client calls it.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

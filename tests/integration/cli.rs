@@ -605,6 +605,15 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
         )
         .await;
     assert_eq!((status, error_code(&body)), (410, "gone"), "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            &answers_path,
+            &key,
+            Some(json!({"id": "lsn_x", "status": 999})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     // A subscription of another kind has no stream.
     let plain = server
         .subscribe(
@@ -644,6 +653,25 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     };
     gone(sub.clone()).await;
 
+    // Its subscription deleted through the API: the stream ends, and the
+    // CLI says the subscription is gone (exit 3).
+    let (mut cli, lines) = listen("3600");
+    let sub = next(&lines)["listening"].as_str().unwrap().to_string();
+    assert_eq!(next(&lines)["connected"], sub.as_str());
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/subscriptions/{sub}"), &key, None)
+        .await;
+    assert_eq!(status, 204);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let code = loop {
+        if let Some(status) = cli.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "the CLI kept going");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, Some(3));
+
     // Stopped (SIGTERM): it deletes its subscription itself, at once, and
     // exits 0, though its expiry is an hour.
     let (mut cli, lines) = listen("3600");
@@ -677,6 +705,102 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
     );
     let _ = cli.kill();
     let _ = cli.wait();
+}
+
+/// The Helm chart under `deploy/helm/wasmhook`: every `.Values` path its
+/// templates use is in `values.yaml`, the chart's version fields are
+/// there, and the settings it passes are variables this build reads
+/// (`WASMHOOK_<SECTION>_<KEY>` of the default config). `helm lint` and
+/// `helm template` run too where helm is installed (it is not in this
+/// machine's registries).
+#[test]
+fn the_helm_chart_uses_only_its_values_and_real_settings() {
+    let chart = repo_root().join("deploy/helm/wasmhook");
+    let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
+    // The mapping keys of values.yaml as dotted paths, by indentation.
+    let mut paths = std::collections::HashSet::new();
+    let mut stack: Vec<(usize, String)> = vec![];
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.trim().to_string()));
+        paths.insert(
+            stack
+                .iter()
+                .map(|(_, k)| k.as_str())
+                .collect::<Vec<_>>()
+                .join("."),
+        );
+    }
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    for field in [
+        "apiVersion: v2",
+        "name: wasmhook",
+        "version:",
+        "appVersion:",
+    ] {
+        assert!(chart_yaml.contains(field), "Chart.yaml lacks {field}");
+    }
+    let defaults: toml::Table = wasmhook::config::DEFAULT_CONFIG.parse().unwrap();
+    let mut used = 0;
+    for entry in std::fs::read_dir(chart.join("templates")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices(".Values.") {
+            let rest = &text[i + ".Values.".len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'))
+                .unwrap_or(rest.len());
+            let used_path = rest[..end].trim_end_matches('.');
+            assert!(
+                paths.contains(used_path),
+                "{}: .Values.{used_path} is not in values.yaml",
+                path.display()
+            );
+            used += 1;
+        }
+        for (i, _) in text.match_indices("name: WASMHOOK_") {
+            let name = text[i + "name: ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap();
+            if name == "WASMHOOK_ADMIN_TOKEN" {
+                continue;
+            }
+            let known = defaults.iter().any(|(section, keys)| {
+                keys.as_table().is_some_and(|keys| {
+                    keys.keys()
+                        .any(|key| format!("WASMHOOK_{section}_{key}").to_ascii_uppercase() == name)
+                })
+            });
+            assert!(known, "{}: {name} is no setting", path.display());
+        }
+    }
+    assert!(used > 10, "the templates use the values");
+    let helm = Command::new("helm").arg("version").output();
+    if helm.is_ok_and(|o| o.status.success()) {
+        for args in [vec!["lint"], vec!["template", "test"]] {
+            let out = Command::new("helm")
+                .args(&args)
+                .arg(&chart)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "helm {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 /// `deploy/wasmhook.service` passes `systemd-analyze verify` without a

@@ -248,7 +248,7 @@ async fn a_backup_under_load_restores_whole_and_delivers_its_pending_deliveries(
     );
     let out = restore(&file, &dir.path().join("a"));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a store"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds files"));
 
     let out = restore(&file, &dir.path().join("b"));
     assert!(

@@ -36,27 +36,10 @@ async fn backup(_: Operator, State(state): State<ApiState>) -> Result<Response, 
             "cluster mode: the records live in the cluster's JetStream; back up the NATS servers' streams (nats stream backup) instead".into(),
         ));
     }
-    let path = state
-        .backup_dir
-        .join(format!(".backup-{}", crate::util::new_id("bak")));
-    let store = state.app.store.clone();
-    let at = path.clone();
-    let info = tokio::task::spawn_blocking(move || store.backup(&at))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let info = match info {
-        Ok(info) => info,
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.into());
-        }
-    };
-    // Opened, then unlinked: the file goes when the answer is sent.
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()));
-    let _ = std::fs::remove_file(&path);
-    let file = file?;
+    // Written in the data directory (room for a copy of the store), and
+    // already unlinked: the file goes with the answer, however it ends.
+    let (file, info) = state.app.store.backup(&state.backup_dir).await?;
+    let file = tokio::fs::File::from_std(file);
     let chunks = futures_util::stream::unfold(file, |mut file| async move {
         let mut chunk = vec![0u8; 256 * 1024];
         match file.read(&mut chunk).await {

@@ -49,12 +49,30 @@ async fn stream(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     listen_subscription(&state, &tenant, &id)?;
+    // Checked again while the stream lasts: a revoked key or a subscription
+    // deleted or changed away from `listen` ends it.
+    let still_valid = {
+        let (store, tenant_id, key_hash, id) = (
+            state.app.store.clone(),
+            tenant.id.clone(),
+            tenant.key_hash.clone(),
+            id.clone(),
+        );
+        move || {
+            store
+                .tenant_for_key_hash(&key_hash)
+                .is_ok_and(|t| t.as_deref() == Some(tenant_id.as_str()))
+                && store.get_subscription(&tenant_id, &id).is_ok_and(|s| {
+                    s.is_some_and(|s| matches!(s.destination, Some(Destination::Listen { .. })))
+                })
+        }
+    };
     let frames = state
         .app
         .deliver
         .sender
         .listeners()
-        .connect(&tenant.id, &id);
+        .connect(&tenant.id, &id, still_valid);
     let ready =
         futures_util::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let events = frames.map(|frame| {
@@ -82,6 +100,12 @@ async fn answer(
     Json(answer): Json<Answer>,
 ) -> Result<StatusCode, ApiError> {
     listen_subscription(&state, &tenant, &id)?;
+    if answer.status.is_some_and(|s| !(100..=599).contains(&s)) {
+        return Err(ApiError::bad(
+            "invalid_answer",
+            "status must be an HTTP status, 100 to 599",
+        ));
+    }
     if answer.body.as_ref().is_some_and(|b| b.len() > 1 << 20)
         || answer.error.as_ref().is_some_and(|e| e.len() > 4096)
     {

@@ -339,6 +339,9 @@ async fn patch(
     check_destination(&state, &changed).await?;
     let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
     state.app.queue.set_limits(&updated);
+    if !matches!(updated.destination, Some(Destination::Listen { .. })) {
+        state.app.deliver.sender.listeners().disconnect(&id);
+    }
     Ok(axum::Json(SubscriptionView::of(updated, false, &state)))
 }
 
@@ -386,6 +389,9 @@ async fn delete(
     if !state.app.store.delete_subscription(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no subscription {id:?}")));
     }
+    // A `wasmhook listen` stream of it ends (on this node at once; on
+    // another at its next check).
+    state.app.deliver.sender.listeners().disconnect(&id);
     state.app.store.drop_windows(&id).await?;
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)

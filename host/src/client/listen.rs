@@ -96,8 +96,11 @@ async fn follow(
     json_out: bool,
 ) -> Result<(), ClientError> {
     // No overall timeout: the stream lasts as long as this command.
+    // A keep-alive comes every 15 s: a connection silent for longer
+    // (a laptop that slept, a NAT that forgot it) is made anew.
     let stream_client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(45))
         .build()
         .map_err(|e| ClientError::Usage(e.to_string()))?;
     // The local receiver: no redirects (it answers, it does not send us on).
@@ -210,7 +213,15 @@ async fn forward_one(local: &reqwest::Client, forward: &reqwest::Url, frame: &Va
         Ok(b) => b,
         Err(e) => return json!({"id": id, "status": null, "error": format!("bad body: {e}")}),
     };
-    let timeout = Duration::from_millis(frame["timeout_ms"].as_u64().unwrap_or(15_000).max(1));
+    // The server waits `timeout_ms` for the answer: the local request gets
+    // that less a margin for reporting it back.
+    let timeout = Duration::from_millis(
+        frame["timeout_ms"]
+            .as_u64()
+            .unwrap_or(15_000)
+            .saturating_sub(500)
+            .max(100),
+    );
     let mut request = local
         .post(forward.clone())
         .timeout(timeout)

@@ -70,6 +70,12 @@ pub struct Answer {
     pub error: Option<String>,
 }
 
+/// A listen subscription as [`sweep`] follows it.
+struct Seen {
+    tenant_id: String,
+    absent_since: Option<Instant>,
+}
+
 /// A CLI connected to this node.
 struct Session {
     frames: mpsc::Sender<Frame>,
@@ -86,10 +92,10 @@ pub struct Listeners {
     sessions: Mutex<HashMap<String, Session>>,
     /// By frame id: the subscription, and where its answer goes.
     waiting: Mutex<HashMap<String, (String, oneshot::Sender<Answer>)>>,
-    /// When each listen subscription was last known to have a CLI (or was
-    /// first seen): what [`sweep`] measures expiry from.
-    /// By subscription id: its tenant, and that instant.
-    seen: Mutex<HashMap<String, (String, Instant)>>,
+    /// The listen subscriptions this node knows of, by id: their tenant,
+    /// and since when no CLI has been connected anywhere (None: one is),
+    /// what [`sweep`] measures expiry from.
+    seen: Mutex<HashMap<String, Seen>>,
     generation: std::sync::atomic::AtomicU64,
     /// Cluster mode: the cluster's NATS connection.
     nats: OnceLock<async_nats::Client>,
@@ -112,33 +118,72 @@ impl Listeners {
     }
 
     /// Ends every stream (shutdown): the CLIs reconnect to another node or
-    /// once this one is back.
+    /// once this one is back. The attempts waiting here end at once.
     pub fn close(&self) {
         self.closing().send_replace(true);
-        lock(&self.sessions).clear();
+        for (_, session) in lock(&self.sessions).drain() {
+            if let Some(r) = session.responder {
+                r.abort();
+            }
+        }
+        lock(&self.waiting).clear();
+    }
+
+    /// Ends the stream of a subscription deleted or changed away from
+    /// `listen`.
+    pub fn disconnect(&self, subscription_id: &str) {
+        if let Some(r) = lock(&self.sessions)
+            .remove(subscription_id)
+            .and_then(|s| s.responder)
+        {
+            r.abort();
+        }
     }
 
     /// A listen subscription was created here: it expires if no CLI
     /// connects in time.
     pub fn created(&self, tenant_id: &str, subscription_id: &str) {
-        self.seen_now(tenant_id, subscription_id);
+        self.mark(tenant_id, subscription_id, false);
     }
 
-    fn seen_now(&self, tenant_id: &str, subscription_id: &str) {
-        lock(&self.seen).insert(
-            subscription_id.to_string(),
-            (tenant_id.to_string(), Instant::now()),
-        );
+    /// Records whether a CLI is connected for the subscription (`here`),
+    /// or since when none is.
+    fn mark(&self, tenant_id: &str, subscription_id: &str, present: bool) {
+        let mut seen = lock(&self.seen);
+        let entry = seen
+            .entry(subscription_id.to_string())
+            .or_insert_with(|| Seen {
+                tenant_id: tenant_id.to_string(),
+                absent_since: None,
+            });
+        if present {
+            entry.absent_since = None;
+        } else {
+            entry.absent_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether an attempt still waits for this frame (one that timed out
+    /// is not sent to the CLI).
+    fn waits_for(&self, frame_id: &str) -> bool {
+        lock(&self.waiting).contains_key(frame_id)
     }
 
     /// A CLI connects for `subscription_id` (replacing an earlier
     /// connection, which ends): the stream of its frames, which ends at
-    /// shutdown or when replaced. Dropping the stream disconnects.
-    pub fn connect(
+    /// shutdown, when replaced or disconnected, or when `still_valid`
+    /// (asked every [`RECHECK_EVERY`]: the key not revoked, the
+    /// subscription still a listen one) says no. Dropping the stream
+    /// disconnects.
+    pub fn connect<F>(
         self: &Arc<Self>,
         tenant_id: &str,
         subscription_id: &str,
-    ) -> impl futures_util::Stream<Item = Frame> + Send + use<> {
+        still_valid: F,
+    ) -> impl futures_util::Stream<Item = Frame> + Send + use<F>
+    where
+        F: Fn() -> bool + Send + Sync + 'static,
+    {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let generation = self
             .generation
@@ -157,7 +202,7 @@ impl Listeners {
         if let Some(old) = old.and_then(|s| s.responder) {
             old.abort();
         }
-        self.seen_now(tenant_id, subscription_id);
+        self.mark(tenant_id, subscription_id, true);
         let guard = Connected {
             hub: self.clone(),
             tenant_id: tenant_id.to_string(),
@@ -165,14 +210,27 @@ impl Listeners {
             generation,
         };
         let closing = self.closing().subscribe();
+        let recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         futures_util::stream::unfold(
-            (rx, guard, closing),
-            |(mut rx, guard, mut closing)| async move {
-                let frame = tokio::select! {
-                    frame = rx.recv() => frame,
-                    _ = closing.wait_for(|c| *c) => None,
-                };
-                frame.map(|f| (f, (rx, guard, closing)))
+            (rx, guard, closing, recheck, still_valid),
+            |(mut rx, guard, mut closing, mut recheck, still_valid)| async move {
+                loop {
+                    let frame = tokio::select! {
+                        frame = rx.recv() => frame?,
+                        _ = closing.wait_for(|c| *c) => return None,
+                        _ = recheck.tick() => {
+                            if still_valid() {
+                                continue;
+                            }
+                            return None;
+                        }
+                    };
+                    // An attempt that timed out meanwhile is not sent.
+                    if guard.hub.waits_for(&frame.id) {
+                        return Some((frame, (rx, guard, closing, recheck, still_valid)));
+                    }
+                }
             },
         )
     }
@@ -316,23 +374,27 @@ impl Listeners {
     }
 
     /// Whether a CLI is connected for the subscription on any node.
-    async fn connected_anywhere(&self, subscription_id: &str) -> bool {
+    async fn presence(&self, subscription_id: &str) -> Presence {
         if self.connected_here(subscription_id) {
-            return true;
+            return Presence::Present;
         }
         let Some(client) = self.nats.get() else {
-            return false;
+            return Presence::Absent;
         };
         let Ok(payload) = serde_json::to_vec(&Message::Ping) else {
-            return false;
+            return Presence::Unknown;
         };
         let request = async_nats::Request::new()
             .payload(payload.into())
             .timeout(Some(Duration::from_secs(2)));
-        client
+        match client
             .send_request(format!("{SUBJECT_PREFIX}{subscription_id}"), request)
             .await
-            .is_ok()
+        {
+            Ok(_) => Presence::Present,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Presence::Absent,
+            Err(_) => Presence::Unknown,
+        }
     }
 }
 
@@ -347,6 +409,18 @@ enum Message {
     /// The CLI's answer posted to another node: the reply is `true` if an
     /// attempt took it.
     Answer(Answer),
+}
+
+/// How often a stream checks that its key and subscription still hold.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(15);
+
+/// Whether a CLI is connected for a subscription on some node.
+enum Presence {
+    Present,
+    /// No node answers for it.
+    Absent,
+    /// NATS could not say (a timeout, a reconnect): decide nothing.
+    Unknown,
 }
 
 /// What an attempt records when no CLI listens.
@@ -409,21 +483,21 @@ impl Drop for Connected {
             r.abort();
         }
         drop(sessions);
-        self.hub.seen_now(&self.tenant_id, &self.subscription_id);
+        self.hub.mark(&self.tenant_id, &self.subscription_id, false);
     }
 }
 
 /// Cluster mode: answers other nodes' attempts (and presence pings) for a
 /// CLI connected here, until aborted.
 async fn respond(client: async_nats::Client, hub: Arc<Listeners>, subscription_id: String) {
-    let mut requests = match client
-        .subscribe(format!("{SUBJECT_PREFIX}{subscription_id}"))
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "listen: cannot answer other nodes for a CLI");
-            return;
+    let subject = format!("{SUBJECT_PREFIX}{subscription_id}");
+    let mut requests = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "listen: cannot answer other nodes for a CLI yet; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     };
     while let Some(message) = requests.next().await {
@@ -434,24 +508,21 @@ async fn respond(client: async_nats::Client, hub: Arc<Listeners>, subscription_i
         let client = client.clone();
         let subscription_id = subscription_id.clone();
         tokio::spawn(async move {
+            // Only the node with the CLI answers: another node's stale
+            // responder stays silent rather than answer "not here".
             let payload = match serde_json::from_slice::<Message>(&message.payload) {
-                Ok(Message::Ping) => b"pong".to_vec(),
-                Ok(Message::Answer(answer)) => {
-                    let taken = hub.answer_here(&subscription_id, &answer);
-                    taken.to_string().into_bytes()
+                Ok(Message::Ping) if hub.connected_here(&subscription_id) => b"pong".to_vec(),
+                Ok(Message::Answer(answer)) if hub.answer_here(&subscription_id, &answer) => {
+                    b"true".to_vec()
                 }
                 Ok(Message::Frame(frame)) => {
                     let timeout = Duration::from_millis(frame.timeout_ms);
-                    let answer = hub
-                        .here(&subscription_id, frame, timeout)
-                        .await
-                        .unwrap_or_else(|| Err(NOT_CONNECTED.to_string()));
-                    serde_json::to_vec(&answer).unwrap_or_default()
+                    match hub.here(&subscription_id, frame, timeout).await {
+                        Some(answer) => serde_json::to_vec(&answer).unwrap_or_default(),
+                        None => return,
+                    }
                 }
-                Err(e) => {
-                    let answer: Result<Answer, String> = Err(format!("unreadable request: {e}"));
-                    serde_json::to_vec(&answer).unwrap_or_default()
-                }
+                _ => return,
             };
             let _ = client.publish(reply, payload.into()).await;
         });
@@ -470,30 +541,35 @@ const FULL_SWEEP_EVERY: u64 = 30;
 /// reads them all.
 pub async fn sweep(store: &Store, hub: &Listeners, round: u64) -> Result<usize, StoreError> {
     if round.is_multiple_of(FULL_SWEEP_EVERY) {
-        let now = Instant::now();
+        // The routes are each tenant's subscriptions decoded once and
+        // cached: this reads no record that did not change.
         let mut found = Vec::new();
         for tenant in store.list_tenants()? {
-            for sub in store.list_subscriptions(&tenant.id)? {
-                if matches!(sub.destination, Some(Destination::Listen { .. })) {
-                    found.push((sub.id, tenant.id.clone()));
+            match store.routes(&tenant.id) {
+                Ok(subs) => found.extend(
+                    subs.iter()
+                        .filter(|s| matches!(s.destination, Some(Destination::Listen { .. })))
+                        .map(|s| (s.id.clone(), tenant.id.clone())),
+                ),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant.id, error = %e, "listen sweep: skipped a tenant")
                 }
             }
         }
         let mut seen = lock(&hub.seen);
-        for (id, tenant) in found {
-            seen.entry(id).or_insert((tenant, now));
+        for (id, tenant_id) in found {
+            seen.entry(id).or_insert(Seen {
+                tenant_id,
+                absent_since: None,
+            });
         }
     }
-    let known: Vec<(String, String, Instant)> = lock(&hub.seen)
+    let known: Vec<(String, String)> = lock(&hub.seen)
         .iter()
-        .map(|(id, (tenant, at))| (id.clone(), tenant.clone(), *at))
+        .map(|(id, s)| (id.clone(), s.tenant_id.clone()))
         .collect();
     let mut deleted = 0;
-    for (id, tenant, seen) in known {
-        if hub.connected_here(&id) {
-            hub.seen_now(&tenant, &id);
-            continue;
-        }
+    for (id, tenant) in known {
         let expiry = match store.get_subscription(&tenant, &id)? {
             Some(Subscription {
                 destination: Some(Destination::Listen { expire_after_secs }),
@@ -501,14 +577,20 @@ pub async fn sweep(store: &Store, hub: &Listeners, round: u64) -> Result<usize, 
             }) => Duration::from_secs(expire_after_secs),
             _ => {
                 lock(&hub.seen).remove(&id);
+                hub.disconnect(&id);
                 continue;
             }
         };
-        if seen.elapsed() < expiry {
-            continue;
+        match hub.presence(&id).await {
+            Presence::Present => hub.mark(&tenant, &id, true),
+            Presence::Absent => hub.mark(&tenant, &id, false),
+            Presence::Unknown => continue,
         }
-        if hub.connected_anywhere(&id).await {
-            hub.seen_now(&tenant, &id);
+        let absent_for = lock(&hub.seen)
+            .get(&id)
+            .and_then(|s| s.absent_since)
+            .map(|since| since.elapsed());
+        if absent_for.is_none_or(|gone| gone < expiry) {
             continue;
         }
         if store.delete_subscription(&tenant, &id).await? {

@@ -169,18 +169,7 @@ pub struct Sender {
 /// past it the cache starts again.
 const MAX_ENDPOINT_CLIENTS: usize = 1024;
 
-/// Installs rustls's ring provider as the process's default, which every
-/// reqwest client of this process then uses. reqwest is built without a
-/// provider of its own (see host/Cargo.toml), so this must run before the
-/// first client is built; it is idempotent and cheap, so each place that
-/// builds a client calls it.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err only when a provider is installed already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use crate::util::install_tls_provider;
 
 impl Sender {
     pub fn new(guard: ssrf::Guard, egress: Egress) -> anyhow::Result<Self> {

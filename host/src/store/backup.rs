@@ -41,6 +41,8 @@ pub const FORMAT: u32 = 1;
 /// `meta` key of the format marker.
 const FORMAT_KEY: &str = "format";
 const MAGIC: &[u8; 10] = b"WHBACKUP1\n";
+/// Name prefix of a backup being written in the data directory.
+const BACKUP_PREFIX: &str = ".backup-";
 /// How long a backup waits for the writers to pause.
 const PAUSE_WITHIN: Duration = Duration::from_secs(10);
 /// Trees left out of a backup: this machine's own (`plugin_blobs` is
@@ -140,21 +142,40 @@ impl Store {
         read_mark(&self.meta)
     }
 
-    /// Writes a consistent copy of the store to `to` (a new file), with
-    /// the writers paused meanwhile. Embedded store only: a cluster's
-    /// records are in its NATS servers (back those up, or rely on its
-    /// snapshots).
-    pub fn backup(&self, to: &Path) -> Result<BackupInfo, StoreError> {
+    /// Writes a consistent copy of the store to a new file in `dir`, with
+    /// the writers paused meanwhile, and returns it open (and already
+    /// unlinked: it is gone once dropped, however the caller ends).
+    /// Embedded store only: a cluster's records are in its NATS servers
+    /// (back those up, or rely on its snapshots).
+    pub async fn backup(&self, dir: &Path) -> Result<(std::fs::File, BackupInfo), StoreError> {
         if self.log().is_some() {
             return Err(StoreError::Backup(
                 "cluster mode: the records live in the cluster's JetStream; back up the NATS servers' streams (nats stream backup) instead".into(),
             ));
         }
-        let Some(paused) = self.gate.pause(PAUSE_WITHIN) else {
+        let Some(paused) = self.gate.pause(PAUSE_WITHIN).await else {
             return Err(StoreError::Commit(
                 "the store was too busy to pause its writers for a backup; try again".into(),
             ));
         };
+        let store = self.clone();
+        let path = dir.join(format!("{BACKUP_PREFIX}{}", crate::util::new_id("bak")));
+        tokio::task::spawn_blocking(move || {
+            let written = store.write_backup(&path);
+            drop(paused);
+            let opened = written.and_then(|info| {
+                let file = std::fs::File::open(&path).map_err(io)?;
+                Ok((file, info))
+            });
+            let _ = std::fs::remove_file(&path);
+            opened
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("the backup task failed: {e}")))?
+    }
+
+    /// The file itself; the writers are paused by the caller.
+    fn write_backup(&self, to: &Path) -> Result<BackupInfo, StoreError> {
         let taken_at_ms = millis(jiff::Timestamp::now());
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -183,7 +204,6 @@ impl Store {
                 entries += 1;
             }
         }
-        drop(paused);
         let digest = out.hash.clone().finalize();
         let mut inner = out.inner;
         inner.write_all(&[3]).map_err(io)?;
@@ -201,8 +221,27 @@ impl Store {
     }
 
     /// A pass for one write (embedded; cluster writes go through the log).
-    pub(super) fn pass(&self) -> Option<gate::Pass> {
-        self.log().is_none().then(|| self.gate.enter())
+    pub(super) async fn pass(&self) -> Option<gate::Pass> {
+        match self.log() {
+            None => Some(self.gate.enter().await),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Removes what a backup interrupted by a crash left in `dir`.
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -226,34 +265,86 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Fills the data directory `dir` (which must hold no store) from the
-/// backup `from`: checked whole (its trailer's count and digest) before
-/// the directory is touched, then written and marked with its format.
+/// Fills the data directory `dir` (absent or empty) from the backup
+/// `from`: the file's digest and count are checked before anything is
+/// written; the store is written into a directory beside `dir` and moved
+/// into place only once complete, so a failed restore leaves nothing a
+/// server would open.
 pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
+    let len = std::fs::metadata(from).map_err(io)?.len();
+    let Some(body) = len.checked_sub(41) else {
+        return Err(bad_file("the backup is cut short"));
+    };
+    let mut trailer = [0u8; 41];
+    {
+        let mut file = std::fs::File::open(from).map_err(io)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(body)).map_err(io)?;
+        file.read_exact(&mut trailer).map_err(io)?;
+    }
+    if trailer[0] != 3 || !trailer_matches(from, &trailer[9..])? {
+        return Err(bad_file(
+            "the backup's trailer does not match its contents: the file is cut short or damaged",
+        ));
+    }
     let info = read_backup(from, None)?;
-    if dir.join("db").exists() || dir.join("conf").exists() {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(bad_file(format!(
-            "{} already holds a store: restore into an empty directory",
+            "{} already holds files (a store?): restore into an empty directory",
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let db = sled::Config::new().path(dir).open()?;
-    read_backup(from, Some(&db))?;
-    let meta = db.open_tree("meta")?;
-    meta.insert(
-        FORMAT_KEY,
-        serde_json::to_vec(&FormatMark {
-            format: info.format,
-            written_by: info.written_by.clone(),
-        })
-        .expect("serializable"),
-    )?;
-    db.flush()?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| bad_file(format!("{} is no directory name", dir.display())))?;
+    let staging = dir.with_file_name(format!(
+        ".{}.restoring-{}",
+        name.to_string_lossy(),
+        crate::util::new_id("rst")
+    ));
+    let written = (|| {
+        let db = sled::Config::new().path(&staging).open()?;
+        read_backup(from, Some(&db))?;
+        let meta = db.open_tree("meta")?;
+        meta.insert(
+            FORMAT_KEY,
+            serde_json::to_vec(&FormatMark {
+                format: info.format,
+                written_by: info.written_by.clone(),
+            })
+            .expect("serializable"),
+        )?;
+        db.flush()?;
+        Ok::<_, StoreError>(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(io)?;
+    }
+    std::fs::rename(&staging, dir).map_err(io)?;
     Ok(info)
 }
 
-/// Reads a backup through: its header and trailer checked; with `into`,
+/// One part of a frame, at most `left` bytes (a damaged length never
+/// allocates more than the file holds).
+fn read_part(input: &mut impl Read, left: u64) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u64::from(u32::from_be_bytes(len));
+    if len > left {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "a part longer than the file",
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a backup through: its header and frames checked; with `into`,
 /// its entries written there.
 fn read_backup(from: &Path, into: Option<&sled::Db>) -> Result<BackupInfo, StoreError> {
     let file = std::fs::File::open(from).map_err(io)?;
@@ -278,10 +369,8 @@ fn read_backup(from: &Path, into: Option<&sled::Db>) -> Result<BackupInfo, Store
     if kind[0] != 0 {
         return Err(bad_file("the backup's header is damaged"));
     }
-    let written_by = String::from_utf8_lossy(
-        &crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?,
-    )
-    .into_owned();
+    let written_by =
+        String::from_utf8_lossy(&read_part(&mut input, bytes).map_err(cut)?).into_owned();
     if format > FORMAT {
         return Err(StoreError::NewerFormat {
             found: format,
@@ -296,21 +385,25 @@ fn read_backup(from: &Path, into: Option<&sled::Db>) -> Result<BackupInfo, Store
         input.read_exact(&mut kind).map_err(cut)?;
         match kind[0] {
             1 => {
-                let name = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
-                if let (Some(t), Some(_)) = (&tree, into) {
+                let name = read_part(&mut input, bytes).map_err(cut)?;
+                if NOT_BACKED_UP.iter().any(|t| t.as_bytes() == &name[..]) {
+                    return Err(bad_file(format!(
+                        "the backup holds the tree {:?}, which backups never carry",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                if let Some(t) = &tree {
                     t.apply_batch(std::mem::take(&mut batch))?;
                 }
                 tree = into.map(|db| db.open_tree(&name)).transpose()?;
             }
             2 => {
-                let key = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
-                let value = crate::store::cluster::snapshot::read_part(&mut input).map_err(cut)?;
+                let key = read_part(&mut input, bytes).map_err(cut)?;
+                let value = read_part(&mut input, bytes).map_err(cut)?;
                 entries += 1;
-                if tree.is_some() {
+                if let Some(t) = &tree {
                     batch.insert(key, value);
-                    if entries.is_multiple_of(10_000)
-                        && let Some(t) = &tree
-                    {
+                    if entries.is_multiple_of(10_000) {
                         t.apply_batch(std::mem::take(&mut batch))?;
                     }
                 }
@@ -326,13 +419,12 @@ fn read_backup(from: &Path, into: Option<&sled::Db>) -> Result<BackupInfo, Store
     let mut trailer = [0u8; 40];
     input.read_exact(&mut trailer).map_err(cut)?;
     let counted = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
-    // The digest is checked once, before anything is written.
-    if counted != entries || (into.is_none() && !trailer_matches(from, &trailer[8..])?) {
+    if counted != entries {
         return Err(bad_file(
             "the backup's trailer does not match its contents: the file is damaged",
         ));
     }
-    if let (Some(t), Some(_)) = (&tree, into) {
+    if let Some(t) = &tree {
         t.apply_batch(batch)?;
     }
     Ok(BackupInfo {
@@ -363,4 +455,67 @@ fn trailer_matches(path: &Path, digest: &[u8]) -> Result<bool, StoreError> {
         hash.update(&chunk[..n]);
     }
     Ok(hash.finalize().as_slice() == digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup file written by hand: `format`, one tree with one entry,
+    /// a true trailer.
+    fn file_of_format(path: &Path, format: u32) {
+        let mut out = Hashing {
+            inner: Vec::new(),
+            hash: Sha256::new(),
+            bytes: 0,
+        };
+        out.write_all(MAGIC).unwrap();
+        out.write_all(&format.to_be_bytes()).unwrap();
+        out.write_all(&0u64.to_be_bytes()).unwrap();
+        crate::store::cluster::snapshot::frame(&mut out, 0, &[b"9.9.9"]).unwrap();
+        crate::store::cluster::snapshot::frame(&mut out, 1, &[b"tenants"]).unwrap();
+        crate::store::cluster::snapshot::frame(&mut out, 2, &[b"t", b"{}"]).unwrap();
+        let digest = out.hash.clone().finalize();
+        let mut bytes = out.inner;
+        bytes.push(3);
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend_from_slice(&digest);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_backup_of_a_newer_format_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("newer.backup");
+        file_of_format(&file, FORMAT + 1);
+        let err = restore(&file, &dir.path().join("data")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("format {}", FORMAT + 1))
+                && text.contains("9.9.9")
+                && text.contains(&format!("up to {FORMAT}")),
+            "{text}"
+        );
+        assert!(!dir.path().join("data").exists());
+        // The same file in this format restores.
+        file_of_format(&file, FORMAT);
+        let info = restore(&file, &dir.path().join("data")).unwrap();
+        assert_eq!((info.format, info.entries), (FORMAT, 1));
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        assert_eq!(store.format().unwrap().unwrap().format, FORMAT);
+    }
+
+    #[test]
+    fn a_damaged_length_is_refused_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("damaged.backup");
+        file_of_format(&file, FORMAT);
+        let mut bytes = std::fs::read(&file).unwrap();
+        // The tree name's length: 4 GiB.
+        let at = MAGIC.len() + 12 + 1 + 4 + 5 + 1;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(restore(&file, &dir.path().join("data")).is_err());
+        assert!(read_backup(&file, None).is_err());
+    }
 }

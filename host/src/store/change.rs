@@ -103,7 +103,7 @@ impl Store {
         f: impl Fn([&dyn TxTree; N]) -> TxResult<T>,
     ) -> Result<T, StoreError> {
         let Some(log) = self.log() else {
-            let _pass = self.pass();
+            let _pass = self.pass().await;
             return trees
                 .as_slice()
                 .transaction(|tx| f(std::array::from_fn(|i| &tx[i] as &dyn TxTree)))
@@ -204,12 +204,13 @@ impl Store {
         }
     }
 
-    /// Writes that need no atomicity (see the module doc).
-    pub(super) fn plain(&self) -> Plain<'_> {
+    /// Writes that need no atomicity (see the module doc). Embedded: waits
+    /// while a backup holds the writers.
+    pub(super) async fn plain(&self) -> Plain<'_> {
         Plain {
             recorder: self.log().map(|log| Recorder::new(log.view())),
             store: self,
-            _pass: self.pass(),
+            _pass: self.pass().await,
         }
     }
 }

@@ -115,7 +115,7 @@ impl Store {
         // First, so that their deliveries, now failed, are pruned below.
         self.drop_orphan_lines().await?;
         let cutoff_ms = millis(cutoff).to_be_bytes();
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let mut events = 0;
         let mut still_sent = None;
         // The index is by tenant, then time: each tenant's range up to the

@@ -2,113 +2,45 @@
 //! copy is one moment of the store (an acceptance whole or absent, a
 //! delivery with its outbox entry), while reads go on.
 //!
-//! Every write of the records takes a [`Pass`] for its duration: a
+//! Every write of the records holds a [`Pass`] for its duration: a
 //! transaction, a run of plain writes until committed, one group of the
-//! committer. [`Gate::pause`] stops new passes, waits for the ones out to
-//! come back, and holds the writers until the pause is dropped. A pause
-//! that cannot get every pass back in time (a writer that waits on another
-//! write while holding one) gives up rather than stall the server: the
-//! backup fails with a 503 and the writers go on.
+//! committer. A backup takes the gate exclusively ([`Gate::pause`]): it
+//! waits for the passes out, and new writers wait (asynchronously: no
+//! runtime thread is held) until it is done. Writers never barge in, so a
+//! finished backup is always one moment. A pause that cannot start in time
+//! (a long prune holds its pass) gives up, and the backup answers 503.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Default)]
-pub struct Gate {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 #[derive(Default)]
-struct State {
-    writers: usize,
-    paused: bool,
-}
+pub struct Gate(Arc<RwLock<()>>);
 
 /// A writer's permission; given back when dropped.
-pub struct Pass(Arc<Gate>);
+pub type Pass = OwnedRwLockReadGuard<()>;
 
 /// The writers held; released when dropped.
-pub struct Paused(Arc<Gate>);
-
-/// How long a paused writer waits at most: past it, it writes anyway (a
-/// pause never stalls a writer for longer than the backup would take).
-const WRITER_WAIT: Duration = Duration::from_secs(30);
+pub type Paused = OwnedRwLockWriteGuard<()>;
 
 impl Gate {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Waits while a backup holds the writers, then lets this writer in.
+    pub async fn enter(&self) -> Pass {
+        self.0.clone().read_owned().await
     }
 
-    /// Waits while a backup holds the writers (blocking: a write is sync
-    /// work already), then lets this writer in.
-    pub fn enter(self: &Arc<Self>) -> Pass {
-        let mut state = self.lock();
-        let deadline = Instant::now() + WRITER_WAIT;
-        while state.paused {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        state.writers += 1;
-        Pass(self.clone())
+    /// [`Gate::enter`] from a thread outside the runtime (the committer).
+    pub fn enter_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.0.blocking_read()
     }
 
     /// Holds new writers and waits until none is writing, for at most
-    /// `within`; None if some still were (the pause is lifted again).
-    pub fn pause(self: &Arc<Self>, within: Duration) -> Option<Paused> {
-        let deadline = Instant::now() + within;
-        let mut state = self.lock();
-        while state.paused {
-            // Another backup: one at a time.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        state.paused = true;
-        while state.writers > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.paused = false;
-                self.changed.notify_all();
-                return None;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Some(Paused(self.clone()))
-    }
-}
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.writers -= 1;
-        if state.writers == 0 {
-            self.0.changed.notify_all();
-        }
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        self.0.lock().paused = false;
-        self.0.changed.notify_all();
+    /// `within`; None if that did not happen in time.
+    pub async fn pause(&self, within: Duration) -> Option<Paused> {
+        tokio::time::timeout(within, self.0.clone().write_owned())
+            .await
+            .ok()
     }
 }
 
@@ -116,27 +48,27 @@ impl Drop for Paused {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_pause_waits_for_writers_and_holds_new_ones() {
+    #[tokio::test]
+    async fn a_pause_waits_for_writers_and_holds_new_ones() {
         let gate = Arc::new(Gate::default());
-        let pass = gate.enter();
+        let pass = gate.enter().await;
         // A writer is out: the pause gives up in time.
-        assert!(gate.pause(Duration::from_millis(50)).is_none());
+        assert!(gate.pause(Duration::from_millis(50)).await.is_none());
         let g = gate.clone();
-        let writer_done = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            drop(pass);
-            // The pause below holds this one until it is dropped.
-            let started = Instant::now();
-            let _second = g.enter();
-            started.elapsed()
+        let pausing = tokio::spawn(async move { g.pause(Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A pause is waiting: new writers wait behind it.
+        let g = gate.clone();
+        let second = tokio::spawn(async move {
+            let _pass = g.enter().await;
         });
-        let paused = gate
-            .pause(Duration::from_secs(10))
-            .expect("the writer came back");
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        drop(pass);
+        let paused = pausing.await.unwrap().expect("the writer came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "held while paused");
         drop(paused);
-        let held = writer_done.join().unwrap();
-        assert!(held >= Duration::from_millis(50), "{held:?}");
+        second.await.unwrap();
     }
 }

@@ -322,7 +322,7 @@ impl Store {
     /// will retry or dismiss their heads, so the deliveries waiting in them
     /// fail ("subscription deleted") and the lines go. Run by the prune.
     pub(super) async fn drop_orphan_lines(&self) -> Result<usize, StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let mut dropped = 0;
         for kv in self.lanes.iter() {
             let (lane, _) = kv?;

@@ -94,7 +94,7 @@ impl Store {
         for &name in CARRIED {
             let source = from.db.open_tree(name)?;
             let target = self.db.open_tree(name)?;
-            let mut w = self.plain();
+            let mut w = self.plain().await;
             let (mut pending, mut records) = (0, 0);
             for kv in source.iter() {
                 let (key, value) = kv?;
@@ -119,7 +119,7 @@ impl Store {
                 records += 1;
                 if pending >= BATCH_BYTES {
                     w.commit().await?;
-                    w = self.plain();
+                    w = self.plain().await;
                     pending = 0;
                 }
             }

@@ -330,7 +330,7 @@ impl Store {
             self.record_leased_attempt(delivery, due).await?;
             return Ok(None);
         }
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let entry = deliveries::outbox_entry(delivery);
         if let Some((key, value)) = &entry {
             w.insert(&self.outbox, key, value)?;

@@ -4,7 +4,7 @@ use super::*;
 
 impl Store {
     pub async fn put_plugin(&self, record: &PluginRecord, wasm: &[u8]) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         match self.blobs() {
             // Cluster mode: the bytes in the object store, and in this
             // node's cache (the log carries the record only).
@@ -96,7 +96,7 @@ impl Store {
                 .and_then(|(_, v)| serde_json::from_slice::<PluginRecord>(&v).ok())
                 .is_some_and(|r| r.sha256 == record.sha256)
         });
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.remove(&self.plugins, &key)?;
         if !still_used && self.blobs().is_none() {
             w.remove(&self.plugin_blobs, &record.sha256)?;

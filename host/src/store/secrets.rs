@@ -51,7 +51,7 @@ impl Store {
             }
         }
         if self.log().is_none() {
-            let mut w = self.plain();
+            let mut w = self.plain().await;
             for key in &stale_keys {
                 if let Some(bytes) = tree.get(key)? {
                     // Decoding opens each secret (or names the unknown

@@ -68,7 +68,7 @@ impl Store {
         // Dead letters are keyed by the source id alone: only the owner's
         // delete may touch them (another tenant's id is a 404, nothing more).
         if existed {
-            let mut w = self.plain();
+            let mut w = self.plain().await;
             w.remove(&self.poll_states, id)?;
             for key in self.dead_letters.scan_prefix(scoped(id, "")).keys() {
                 w.remove(&self.dead_letters, key?)?;
@@ -94,7 +94,7 @@ impl Store {
         source_id: &str,
         state: &PollState,
     ) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.insert(&self.poll_states, source_id, encode(state))?;
         w.commit().await?;
         self.durable().await
@@ -109,7 +109,7 @@ impl Store {
         keep: usize,
         max_bytes: u64,
     ) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let prefix = scoped(&letter.source_id, "");
         let key = scoped(&letter.source_id, &letter.id);
         let value = encode(letter);
@@ -181,7 +181,7 @@ impl Store {
 
     /// Whether it existed.
     pub async fn delete_dead_letter(&self, source_id: &str, id: &str) -> Result<bool, StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let existed = w.remove(&self.dead_letters, scoped(source_id, id))?;
         w.commit().await?;
         Ok(existed)

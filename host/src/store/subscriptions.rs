@@ -89,7 +89,7 @@ impl Store {
     }
 
     pub async fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.insert(
             &self.subscriptions,
             scoped(&sub.tenant_id, &sub.id),
@@ -128,7 +128,7 @@ impl Store {
     }
 
     pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let removed = w.remove(&self.subscriptions, scoped(tenant_id, id))?;
         w.commit().await?;
         self.routes.invalidate(tenant_id);
@@ -189,13 +189,13 @@ impl Store {
     }
 
     pub async fn put_ops_endpoint(&self, endpoint: &Subscription) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.insert(&self.ops_endpoints, &endpoint.tenant_id, encode(endpoint))?;
         w.commit().await
     }
 
     pub async fn delete_ops_endpoint(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let existed = w.remove(&self.ops_endpoints, tenant_id)?;
         w.commit().await?;
         Ok(existed)

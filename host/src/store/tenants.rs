@@ -4,7 +4,7 @@ use super::*;
 
 impl Store {
     pub async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.insert(&self.tenants, &tenant.id, encode(tenant))?;
         w.commit().await
     }
@@ -34,7 +34,7 @@ impl Store {
     /// to drop first ([`Store::delete_plugin`]), and running feeds its to
     /// stop.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         if !w.remove(&self.tenants, id)? {
             return Ok(false);
         }
@@ -75,7 +75,7 @@ impl Store {
     }
 
     pub async fn put_api_key(&self, key: &str, record: &ApiKeyRecord) -> Result<(), StoreError> {
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         w.insert(&self.api_keys, token_hash(key), encode(record))?;
         w.commit().await
     }
@@ -111,7 +111,7 @@ impl Store {
         let Some(hash) = found else {
             return Ok(false);
         };
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         let existed = w.remove(&self.api_keys, hash)?;
         w.commit().await?;
         Ok(existed)
@@ -119,9 +119,14 @@ impl Store {
 
     /// The tenant an API key belongs to.
     pub fn tenant_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let hash = token_hash(key);
-        match self.api_keys.get(&hash)? {
-            Some(v) => Ok(Some(decode::<ApiKeyRecord>(&hash, &v)?.tenant_id)),
+        self.tenant_for_key_hash(&token_hash(key))
+    }
+
+    /// [`Store::tenant_for_key`] by the key's SHA-256 (a key checked
+    /// earlier, checked again: still there, not revoked).
+    pub fn tenant_for_key_hash(&self, hash: &[u8]) -> Result<Option<String>, StoreError> {
+        match self.api_keys.get(hash)? {
+            Some(v) => Ok(Some(decode::<ApiKeyRecord>(hash, &v)?.tenant_id)),
             None => Ok(None),
         }
     }

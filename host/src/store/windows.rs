@@ -138,7 +138,7 @@ impl Store {
     /// Drops every held item of a deleted subscription.
     pub async fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
         let prefix = scoped(subscription_id, "");
-        let mut w = self.plain();
+        let mut w = self.plain().await;
         for tree in [&self.held, &self.windows] {
             for kv in tree.scan_prefix(&prefix) {
                 w.remove(tree, kv?.0)?;

@@ -87,8 +87,7 @@ pub(crate) fn frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io:
     Ok(())
 }
 
-/// One length-prefixed part of a frame.
-pub(crate) fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;
     let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];

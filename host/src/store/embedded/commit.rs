@@ -121,8 +121,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // A backup waits for the group, and the group for a backup.
-            let _pass = self.gate.enter();
+            // A backup waits for the group, and the group for a backup (a
+            // group that only flushes need not: health checks go on).
+            let writes = group.iter().any(|job| !matches!(job, Job::Durable { .. }));
+            let _pass = writes.then(|| self.gate.enter_blocking());
             self.serve(group);
         }
     }
