@@ -1,6 +1,6 @@
 //! wasmhook's integration tests: one test binary (one link of wasmtime), a
 //! module per topic. Plugins are the real wasm components built from
-//! `plugins/` and `tests/fixtures/` by `bundle/build.rs`; receivers are real
+//! `plugins/` and `tests/fixtures/` by `host/build.rs`; receivers are real
 //! HTTP servers on loopback; the server tests start the real binary.
 
 mod api;

@@ -24,6 +24,7 @@ pub const PATIENT_CALL_MS: u64 = 10_000;
 /// runs an ordinary call that must succeed (`misbehave_then_recover`).
 pub const LOOP_LIMIT_MS: u64 = 1_000;
 
+/// A fixture component built by `host/build.rs` (`hostile`, `raw-wit`, `wrong-world`).
 /// An HTTP client for a test's own requests. The crate's reqwest carries no
 /// crypto provider of its own; this installs the one the server uses.
 pub fn http_client() -> reqwest::Client {
@@ -31,9 +32,8 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// A fixture component built by `bundle/build.rs` (`hostile`, `raw-wit`, `wrong-world`).
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(wasmhook_bundle::FIXTURES_DIR).join(format!("fixture-{name}.wasm"));
+    let path = PathBuf::from(env!("WASMHOOK_FIXTURES_DIR")).join(format!("fixture-{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 

@@ -1,5 +1,4 @@
-//! The plugins compiled into the binary (built by the `wasmhook-bundle`
-//! crate's build script), available to every
+//! The plugins compiled into the binary by `build.rs`, available to every
 //! tenant as `builtin:<name>` and to the CLI by bare name.
 
 use super::World;
@@ -30,49 +29,49 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         name: "helloclient-lead",
         description: "lead.created / appointment.created -> Hello Client's CRM lead record",
-        wasm: wasmhook_bundle::HELLOCLIENT_LEAD,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/helloclient-lead.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "helloclient-chatlog",
         description: "message.created held per chatbot -> Hello Client's daily chat-log Collection",
-        wasm: wasmhook_bundle::HELLOCLIENT_CHATLOG,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/helloclient-chatlog.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "event-filter",
         description: "conditions on JSON pointers (equals, one_of, exists, prefix; all/any/not) -> the event unchanged",
-        wasm: wasmhook_bundle::EVENT_FILTER,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/event-filter.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "onehash-message",
         description: "message.created -> OneHash Chat's (Chatwoot's) message_created body, as seed 001 shows it",
-        wasm: wasmhook_bundle::ONEHASH_MESSAGE,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/onehash-message.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "onwebchat",
         description: "onWebChat's events; a conversation's messages held and sent in its chat.closed transcript",
-        wasm: wasmhook_bundle::ONWEBCHAT,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/onwebchat.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "convosphere",
         description: "Convosphere AI's events (message.created/completed, conversation.started/ended, user.feedback, error.occurred)",
-        wasm: wasmhook_bundle::CONVOSPHERE,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/convosphere.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "ohallo",
         description: "oHallo's events, with the delivery id as the payload's idempotency_key",
-        wasm: wasmhook_bundle::OHALLO,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/ohallo.wasm")),
         world: World::Transform,
     },
     Bundled {
         name: "platform-sources",
         description: "source adapter: the seed platforms' webhooks (config {\"kind\": …}) -> canonical events",
-        wasm: wasmhook_bundle::PLATFORM_SOURCES,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/platform-sources.wasm")),
         world: World::Source,
     },
 ];
