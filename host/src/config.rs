@@ -112,6 +112,7 @@ pub struct MetricsSection {
 pub struct TelemetrySection {
     pub otlp_endpoint: String,
     pub service_name: String,
+    pub sample_percent: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +171,8 @@ pub struct Config {
     /// OpenTelemetry traces go to this OTLP/HTTP collector (`traces.rs`).
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// Traces kept, in percent (the root spans'; children follow).
+    pub sample_percent: u32,
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
     pub ingest_rate_limit: u32,
@@ -462,6 +465,12 @@ impl RawConfig {
                 }
             },
         };
+        if self.telemetry.sample_percent > 100 {
+            return Err(invalid(
+                "telemetry.sample_percent",
+                format!("{} is over 100", self.telemetry.sample_percent),
+            ));
+        }
         let json_logs = match s.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -656,6 +665,7 @@ impl RawConfig {
             json_logs,
             otlp_endpoint,
             service_name: self.telemetry.service_name.clone(),
+            sample_percent: self.telemetry.sample_percent,
             max_event_bytes: s.max_event_bytes,
             max_plugin_bytes: s.max_plugin_bytes,
             ingest_rate_limit: s.ingest_rate_limit,
@@ -815,5 +825,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers"), "{e}");
+        let e = load(
+            &[("WASMHOOK_TELEMETRY_OTLP_ENDPOINT", "collector:4318")],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+        let e = load(&[("WASMHOOK_TELEMETRY_SAMPLE_PERCENT", "101")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("telemetry.sample_percent"), "{e}");
+        let c = load(
+            &[
+                ("WASMHOOK_TELEMETRY_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("WASMHOOK_TELEMETRY_SAMPLE_PERCENT", "10"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(c.sample_percent, 10);
     }
 }

@@ -44,7 +44,7 @@ async fn main() -> std::process::ExitCode {
     let (traces, exporter) = match config.as_ref().and_then(|c| {
         c.otlp_endpoint
             .as_deref()
-            .map(|e| wasmhook::traces::layer(e, &c.service_name))
+            .map(|e| wasmhook::traces::layer(e, &c.service_name, c.sample_percent))
     }) {
         Some(Ok((layer, exporter))) => {
             let only_traces = tracing_subscriber::filter::Targets::new()

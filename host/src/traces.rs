@@ -73,6 +73,7 @@ pub enum TraceError {
 pub fn layer<S>(
     endpoint: &str,
     service_name: &str,
+    sample_percent: u32,
 ) -> Result<(impl tracing_subscriber::Layer<S> + use<S>, Exporter), TraceError>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -97,7 +98,14 @@ where
         .with_http_client(client)
         .build()
         .map_err(|e| TraceError::Build(e.to_string()))?;
+    // A trace starts sampled or not at its root; its children (the
+    // event, its transforms and attempts) follow, and a caller's sampled
+    // traceparent is followed too.
+    let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+        opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(f64::from(sample_percent) / 100.0),
+    ));
     let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_batch_exporter(exporter)
         .with_resource(
             opentelemetry_sdk::Resource::builder()
