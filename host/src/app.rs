@@ -38,6 +38,10 @@ pub struct EngineSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub subscriptions_per_tenant: usize,
+    /// Applications one tenant may have.
+    pub apps_per_tenant: usize,
+    /// Entries of one tenant's event-type catalog.
+    pub event_types_per_tenant: usize,
     pub plugins_per_tenant: usize,
     /// Deliveries one request (a batch × its fan-out × plugin splits) may create.
     pub deliveries_per_request: usize,
@@ -58,6 +62,8 @@ impl Default for Bounds {
     fn default() -> Self {
         Bounds {
             subscriptions_per_tenant: 1_000,
+            apps_per_tenant: 10_000,
+            event_types_per_tenant: 1_000,
             plugins_per_tenant: 100,
             deliveries_per_request: 10_000,
             pending_deliveries_per_tenant: 100_000,

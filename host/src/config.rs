@@ -74,6 +74,8 @@ pub struct ClusterSection {
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     pub subscriptions_per_tenant: usize,
+    pub apps_per_tenant: usize,
+    pub event_types_per_tenant: usize,
     pub plugins_per_tenant: usize,
     pub keys_per_tenant: usize,
     pub sources_per_tenant: usize,
@@ -562,6 +564,11 @@ impl RawConfig {
                 l.subscriptions_per_tenant as u64,
             ),
             ("limits.plugins_per_tenant", l.plugins_per_tenant as u64),
+            ("limits.apps_per_tenant", l.apps_per_tenant as u64),
+            (
+                "limits.event_types_per_tenant",
+                l.event_types_per_tenant as u64,
+            ),
             ("limits.keys_per_tenant", l.keys_per_tenant as u64),
             ("limits.sources_per_tenant", l.sources_per_tenant as u64),
             (
@@ -705,6 +712,8 @@ impl RawConfig {
                 .map(PathBuf::from),
             bounds: crate::app::Bounds {
                 subscriptions_per_tenant: l.subscriptions_per_tenant,
+                apps_per_tenant: l.apps_per_tenant,
+                event_types_per_tenant: l.event_types_per_tenant,
                 plugins_per_tenant: l.plugins_per_tenant,
                 deliveries_per_request: l.deliveries_per_request,
                 pending_deliveries_per_tenant: l.pending_deliveries_per_tenant,

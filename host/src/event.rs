@@ -23,6 +23,10 @@ pub struct EventInput {
     pub occurred_at: Option<String>,
     pub source: Option<String>,
     pub data: Box<RawValue>,
+    /// The application (id or uid) the event is for: only its endpoints
+    /// get it. None: the tenant-wide endpoints.
+    #[serde(default)]
+    pub app: Option<String>,
 }
 
 /// A validated event with every field filled in.
@@ -35,6 +39,10 @@ pub struct Envelope {
     pub occurred_at: String,
     pub source: String,
     pub data: Data,
+    /// The application it was sent to (its id): it routes only to that
+    /// application's subscriptions; None, only to tenant-wide ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// An event's `data`: a JSON object, kept as the text the sender sent.
@@ -143,6 +151,8 @@ pub enum EventError {
     DataNotObject,
     #[error("`data` is not valid JSON: {0}")]
     BadData(String),
+    #[error("`app` must be 1 to 200 printable characters (an application's id or uid)")]
+    BadApp,
 }
 
 /// Whether `t` is a dotted lowercase type: `segment(.segment)+`, each segment
@@ -219,12 +229,16 @@ impl EventInput {
             return Err(EventError::DataNotObject);
         }
         check_json(self.data.get()).map_err(|e| EventError::BadData(e.to_string()))?;
+        if self.app.as_ref().is_some_and(|a| !printable(a, 200)) {
+            return Err(EventError::BadApp);
+        }
         Ok(Envelope {
             id,
             event_type: self.event_type,
             occurred_at: occurred_at.to_string(),
             source,
             data: Data(self.data),
+            app: self.app,
         })
     }
 }

@@ -89,7 +89,11 @@ pub async fn accept(
         .map(|event| {
             let subs = subscriptions
                 .iter()
-                .filter(|s| s.enabled && route::matches_any(&s.event_types, &event.event_type))
+                .filter(|s| {
+                    s.enabled
+                        && s.app_id == event.app
+                        && route::matches_any(&s.event_types, &event.event_type)
+                })
                 .collect();
             (event, subs)
         })
@@ -216,7 +220,7 @@ pub async fn replay(
     let events = app.store.events_since(
         &sub.tenant_id,
         since,
-        |e| route::matches_any(&sub.event_types, &e.event.event_type),
+        |e| e.event.app == sub.app_id && route::matches_any(&sub.event_types, &e.event.event_type),
         limit + 1,
     )?;
     check_bounds(app, &sub.tenant_id, events.len(), 0)?;

@@ -167,6 +167,7 @@ mod tests {
             ordering: None,
             rate_limit: None,
             trace_context: false,
+            app_id: None,
             tls: None,
             destination: None,
         }

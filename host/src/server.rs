@@ -312,6 +312,7 @@ pub async fn serve(
             .then(|| Arc::new(RateLimiter::new(config.source_rate_limit))),
         telemetry: Telemetry::install(),
         backup_dir: config.data_dir.clone(),
+        schemas: Default::default(),
     };
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)

@@ -130,6 +130,9 @@ pub struct SubscriptionInput {
     /// and answer with its first attempt's result (`verification`). The
     /// subscription is created whatever the receiver answers.
     pub verify_on_create: Option<bool>,
+    /// Creation only: the application (id or uid) this endpoint belongs
+    /// to; it then gets only the events sent to that application.
+    pub app: Option<String>,
     /// `{"key": "/data/conversation_id", "on_failure": "skip" | "block"}`:
     /// deliveries whose events have the same value at `key` (a JSON
     /// pointer into the event) are attempted one at a time, in the order
@@ -246,7 +249,7 @@ pub fn check_tls(t: &EndpointTls) -> Result<(), String> {
 }
 
 /// `Some(None)` for an explicit null, `None` for an absent field.
-fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+pub fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -331,6 +334,7 @@ impl SubscriptionInput {
             ordering: None,
             rate_limit: None,
             trace_context: false,
+            app_id: None,
             tls: None,
             destination: None,
         };

@@ -656,6 +656,7 @@ impl Engine {
             source_rate_limiter: None,
             telemetry: wasmhook::telemetry::Telemetry::install(),
             backup_dir: config.data_dir.clone(),
+            schemas: Default::default(),
         });
         Engine {
             worker: wasmhook::deliver::worker::Worker::new(app.deliver.clone()),

@@ -4,6 +4,7 @@
 //! HTTP servers on loopback; the server tests start the real binary.
 
 mod api;
+mod apps;
 mod cli;
 mod cluster;
 mod dashboard;

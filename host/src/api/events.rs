@@ -15,6 +15,7 @@ use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, limit_body};
 use crate::event::{Data, Envelope, EventInput};
 use crate::ingest;
+use crate::store::Application;
 use crate::util::new_id_at;
 
 /// Most events in one batch.
@@ -48,6 +49,9 @@ pub struct EventBody {
     source: Option<String>,
     #[schema(value_type = Object)]
     data: Value,
+    /// The application (id or uid) it is for: only its endpoints get it.
+    /// Absent: the tenant-wide endpoints.
+    app: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -85,6 +89,9 @@ pub struct EventView {
     pub received_at: Timestamp,
     /// The deliveries the event produced.
     pub deliveries: Vec<String>,
+    /// The application it was sent to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, ApiError> {
@@ -129,8 +136,20 @@ async fn ingest_one(
     State(state): State<ApiState>,
     Json(body): Json<Box<RawValue>>,
 ) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
-    rate_limit(&state, &tenant, 1)?;
-    let event = validate(&state, &body, "body")?;
+    ingest_single(&state, &tenant, &body, None).await
+}
+
+/// One event, as `POST /v1/events` or sent to `app`
+/// (`POST /v1/apps/{app}/events`).
+pub(super) async fn ingest_single(
+    state: &ApiState,
+    tenant: &Tenant,
+    body: &RawValue,
+    app: Option<Application>,
+) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
+    rate_limit(state, tenant, 1)?;
+    let mut event = validate(state, body, "body")?;
+    settle(state, tenant, &mut event, app.as_ref(), "body")?;
     let result = ingest::accept(&state.app, &tenant.id, vec![event])
         .await?
         .pop()
@@ -142,6 +161,31 @@ async fn ingest_one(
             duplicate: !result.accepted_new,
         }),
     ))
+}
+
+/// What routing needs settled before an event is accepted: its `app`
+/// (named by id or uid) as the application's id — or `app`, the route's,
+/// which an `app` in the body must agree with — and its `data` checked
+/// against its type's schema when the catalog asks for it.
+fn settle(
+    state: &ApiState,
+    tenant: &Tenant,
+    event: &mut Envelope,
+    app: Option<&Application>,
+    at: &str,
+) -> Result<(), ApiError> {
+    event.app = match (app, event.app.take()) {
+        (Some(app), Some(named)) if named != app.id && Some(&named) != app.uid.as_ref() => {
+            return Err(ApiError::bad(
+                "invalid_event",
+                format!("{at}: `app` {named:?} is not the application of the route"),
+            ));
+        }
+        (Some(app), _) => Some(app.id.clone()),
+        (None, Some(named)) => Some(super::apps::load(state, tenant, &named)?.id),
+        (None, None) => None,
+    };
+    state.schemas.check(&state.app.store, &tenant.id, event, at)
 }
 
 /// Send up to 1000 events at once: all valid or none accepted.
@@ -168,8 +212,13 @@ async fn ingest_batch(
         .events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| validate(&state, &e, &format!("events[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, e)| {
+            let at = format!("events[{i}]");
+            let mut event = validate(&state, &e, &at)?;
+            settle(&state, &tenant, &mut event, None, &at)?;
+            Ok(event)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let results = ingest::accept(&state.app, &tenant.id, events).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -208,5 +257,6 @@ async fn get_event(
         data: e.data,
         received_at: stored.received_at,
         deliveries: stored.deliveries,
+        app_id: e.app,
     }))
 }

@@ -5,11 +5,13 @@
 //! Errors are always `{"error": {"code", "message"}}`: 4xx say exactly what
 //! is wrong; 5xx say nothing internal and are logged once.
 
+mod apps;
 mod auth;
 mod backup;
 mod deliveries;
 mod error;
 pub use error::*;
+mod event_types;
 mod events;
 mod inbound;
 mod keys;
@@ -58,6 +60,8 @@ pub struct ApiState {
     /// Where a backup is written before it is sent (the data directory:
     /// room for a copy of the store).
     pub backup_dir: std::path::PathBuf,
+    /// The event-type catalog's compiled schemas.
+    pub schemas: Arc<event_types::Schemas>,
 }
 
 /// The whole API, and its OpenAPI document built from the same route
@@ -190,6 +194,8 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(events::router(state))
         .merge(plugins::router(state))
         .merge(subscriptions::router())
+        .merge(apps::router(state))
+        .merge(event_types::router())
         .merge(listen::router())
         .merge(sources::router(state))
         .merge(deliveries::router())

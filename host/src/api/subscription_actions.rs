@@ -89,6 +89,7 @@ pub(super) async fn run_test(
             "message": "A test event from wasmhook.",
             "subscription_id": sub.id,
         })),
+        app: sub.app_id.clone(),
     };
     // Through the plugin like any event, but sent right here (not by the
     // workers), and items the plugin holds are not kept in the real window.

@@ -78,6 +78,8 @@ pub struct SubscriptionView {
     pub rate_limit: Option<crate::store::RateLimit>,
     /// Attempts carry a `traceparent` header (when traces are exported).
     pub trace_context: bool,
+    /// The application it belongs to (None: tenant-wide).
+    pub app_id: Option<String>,
     pub tls: Option<TlsView>,
     /// Where deliveries go: `{"type": "http", "url"}`, or a broker with
     /// its settings (the URL without credentials; `password_set` says
@@ -125,6 +127,7 @@ impl SubscriptionView {
             ordering: s.ordering,
             rate_limit: s.rate_limit,
             trace_context: s.trace_context,
+            app_id: s.app_id,
             tls: s.tls.map(|t| TlsView {
                 client_key_set: t.client_key.is_some(),
                 client_certificate: t.client_certificate,
@@ -240,7 +243,14 @@ async fn create(
     };
     let plugin = input.plugin.clone().flatten();
     let verify = input.verify_on_create.unwrap_or(false);
-    let sub = input
+    let app_id = match &input.app {
+        Some(app) => Some(super::apps::load(&state, &tenant, app)?.id),
+        None => None,
+    };
+    if let Some(types) = &input.event_types {
+        super::event_types::check_patterns(&state, &tenant.id, types)?;
+    }
+    let mut sub = input
         .create(
             new_id("sub"),
             &tenant.id,
@@ -249,6 +259,7 @@ async fn create(
             state.app.clock.now(),
         )
         .map_err(bad)?;
+    sub.app_id = app_id;
     if let Some(p) = &plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
@@ -320,6 +331,14 @@ async fn patch(
     Json(input): Json<SubscriptionInput>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let mut changed = load(&state, &tenant, &id)?;
+    if input.app.is_some() {
+        return Err(bad(
+            "app is set at creation: an endpoint does not move between applications",
+        ));
+    }
+    if let Some(types) = &input.event_types {
+        super::event_types::check_patterns(&state, &tenant.id, types)?;
+    }
     if input.verify_on_create.is_some() {
         return Err(bad(
             "verify_on_create is for creation; send a test event with POST /v1/subscriptions/{id}/test",

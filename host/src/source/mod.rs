@@ -503,6 +503,7 @@ async fn normalize(
             occurred_at: incoming.occurred_at,
             source: Some(origin.clone()),
             data,
+            app: None,
         };
         // The id is always set above, so validation never generates one.
         match input.validate(received_at, &origin, String::new) {

@@ -41,6 +41,9 @@
 //! | `lanes` | tenant id `\0` subscription id `\0` key digest | [`LaneState`]: an ordering key's line (`lanes.rs`) |
 //! | `lane_items` | lane key `\0` sequence (BE u64) | delivery id: a member of the line |
 //! | `ops_endpoints` | tenant id | [`Subscription`]: the tenant's operational webhook (see `notify`) |
+//! | `apps` | tenant id `\0` application id | [`Application`] |
+//! | `app_uids` | tenant id `\0` uid | application id |
+//! | `event_types` | tenant id `\0` type | [`EventType`]: the catalog |
 //! | `sources` | tenant id `\0` source id | [`Source`] |
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`DeadLetter`] |
@@ -65,6 +68,7 @@ mod encoding;
 use encoding::*;
 mod embedded;
 use embedded::commit;
+mod apps;
 mod events;
 mod gate;
 mod group;
@@ -221,6 +225,9 @@ pub struct Trees {
     ops_endpoints: Tree,
     sources: Tree,
     source_index: Tree,
+    apps: Tree,
+    app_uids: Tree,
+    event_types: Tree,
     dead_letters: Tree,
     poll_states: Tree,
     meta: Tree,

@@ -131,6 +131,11 @@ pub struct Subscription {
     /// when traces are exported (`traces.rs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trace_context: bool,
+    /// The application it belongs to: it gets only that application's
+    /// events (None: a tenant-wide endpoint, which gets the events sent to
+    /// no application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 impl Subscription {
@@ -158,6 +163,48 @@ pub struct PluginRecord {
     /// existed are all `transform`).
     #[serde(default)]
     pub world: crate::runtime::World,
+}
+
+/// One of a tenant's own customers: its endpoints (subscriptions with its
+/// `app_id`) get only the events sent to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// The tenant's own id for it, unique within the tenant; usable wherever
+    /// the id is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// An entry of the tenant's event-type catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventType {
+    pub tenant_id: String,
+    /// The dotted type (`message.created`).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema for the events' `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// An example of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<serde_json::Value>,
+    /// Events of this type are refused (400) when `data` does not match
+    /// `schema`.
+    #[serde(default)]
+    pub validate: bool,
+    /// No longer offered to new subscriptions; events still route.
+    #[serde(default)]
+    pub archived: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// An accepted event.

@@ -235,6 +235,7 @@ pub(super) mod tests {
             ordering: None,
             rate_limit: None,
             trace_context: false,
+            app_id: None,
             tls: None,
             destination: None,
         }

@@ -439,6 +439,7 @@ pub(in crate::store) mod tests {
                     occurred_at: at.to_string(),
                     source: "test".into(),
                     data: crate::event::Data::from_value(&serde_json::json!({})),
+                    app: None,
                 },
                 received_at: at,
                 deliveries: vec![delivery.into()],

@@ -1,0 +1,310 @@
+//! `/v1/apps` (tenant key): the tenant's own customers. An application's
+//! endpoints are subscriptions with its `app_id`; an event sent to it (its
+//! `app`, or `POST /v1/apps/{app}/events`) goes only to them, and an
+//! event sent to no application only to the tenant-wide subscriptions.
+//! An application is named by its id or its `uid` in every route.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Tenant;
+use super::openapi::ErrorBody;
+use super::{ApiError, ApiState, Json, limit_body};
+use crate::store::Application;
+use crate::util::new_id;
+
+pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, patch, delete))
+        .merge(limit_body(
+            OpenApiRouter::new().routes(routes!(send_event)),
+            state.max_event_bytes,
+        ))
+}
+
+/// Most metadata entries an application keeps, and their total size.
+const MAX_METADATA_ENTRIES: usize = 50;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    /// A name for people (1–100 characters).
+    pub name: String,
+    /// The tenant's own id for it (1–100 of `A-Z a-z 0-9 - _ .`), unique
+    /// within the tenant; usable wherever the id is.
+    pub uid: Option<String>,
+    /// String values by key (at most 50, 16 KiB in all).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppChange {
+    pub name: Option<String>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "crate::subscription::double_option")]
+    #[schema(value_type = Option<String>)]
+    pub uid: Option<Option<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An application as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppView {
+    pub id: String,
+    pub name: String,
+    pub uid: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its endpoints (subscriptions).
+    pub subscriptions: usize,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppList {
+    pub items: Vec<AppView>,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad("invalid_app", message)
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let n = name.chars().count();
+    if n == 0 || n > 100 || name.chars().any(char::is_control) {
+        return Err(bad(
+            "name must be 1 to 100 characters, none a control character",
+        ));
+    }
+    Ok(())
+}
+
+fn check_uid(uid: &str) -> Result<(), ApiError> {
+    if uid.is_empty()
+        || uid.len() > 100
+        || !uid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(bad("uid must be 1 to 100 of A-Z a-z 0-9 - _ ."));
+    }
+    if uid.starts_with("app_") {
+        return Err(bad("uid must not start with `app_` (an id's prefix)"));
+    }
+    Ok(())
+}
+
+fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    if m.len() > MAX_METADATA_ENTRIES {
+        return Err(bad(format!(
+            "metadata holds at most {MAX_METADATA_ENTRIES} entries"
+        )));
+    }
+    if m.values().any(|v| !v.is_string()) {
+        return Err(bad("metadata values are strings"));
+    }
+    if serde_json::to_vec(m).map_or(usize::MAX, |b| b.len()) > MAX_METADATA_BYTES {
+        return Err(bad("metadata is at most 16 KiB"));
+    }
+    Ok(())
+}
+
+fn view(state: &ApiState, app: Application) -> Result<AppView, ApiError> {
+    let subscriptions = state
+        .app
+        .store
+        .routes(&app.tenant_id)?
+        .iter()
+        .filter(|s| s.app_id.as_deref() == Some(app.id.as_str()))
+        .count();
+    Ok(AppView {
+        id: app.id,
+        name: app.name,
+        uid: app.uid,
+        metadata: app.metadata,
+        subscriptions,
+        created_at: app.created_at,
+        updated_at: app.updated_at,
+    })
+}
+
+/// The tenant's application named by `app` (its id or uid), or a 404
+/// (another tenant's too).
+pub(super) fn load(state: &ApiState, tenant: &Tenant, app: &str) -> Result<Application, ApiError> {
+    state
+        .app
+        .store
+        .get_app(&tenant.id, app)?
+        .ok_or_else(|| ApiError::NotFound(format!("no application {app:?}")))
+}
+
+fn uid_taken(uid: &str) -> ApiError {
+    ApiError::Conflict(format!("another application has the uid {uid:?}"))
+}
+
+/// Create an application.
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp, security(("tenant" = [])),
+    responses((status = 201, body = AppView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Json(input): Json<NewApp>,
+) -> Result<(StatusCode, axum::Json<AppView>), ApiError> {
+    check_name(&input.name)?;
+    if let Some(uid) = &input.uid {
+        check_uid(uid)?;
+    }
+    let metadata = input.metadata.unwrap_or_default();
+    check_metadata(&metadata)?;
+    let limit = state.app.settings.bounds.apps_per_tenant;
+    if state.app.store.count_apps(&tenant.id)? >= limit {
+        return Err(ApiError::bad(
+            "limit_exceeded",
+            format!("the tenant has {limit} applications, the limit (limits.apps_per_tenant)"),
+        ));
+    }
+    let now = state.app.clock.now();
+    let app = Application {
+        id: new_id("app"),
+        tenant_id: tenant.id.clone(),
+        name: input.name,
+        uid: input.uid,
+        metadata,
+        created_at: now,
+        updated_at: now,
+    };
+    if !state.app.store.put_app(&app, None).await? {
+        return Err(uid_taken(app.uid.as_deref().unwrap_or_default()));
+    }
+    state.app.store.durable().await?;
+    Ok((StatusCode::CREATED, axum::Json(view(&state, app)?)))
+}
+
+/// List the tenant's applications, oldest first.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("tenant" = [])),
+    responses((status = 200, body = AppList)))]
+async fn list(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+) -> Result<axum::Json<AppList>, ApiError> {
+    let mut apps = state.app.store.list_apps(&tenant.id)?;
+    apps.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let items = apps
+        .into_iter()
+        .map(|a| view(&state, a))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(AppList { items }))
+}
+
+/// Read one application (by id or uid).
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", security(("tenant" = [])),
+    params(("app" = String, Path, description = "id or uid")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)))]
+async fn get_one(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+) -> Result<axum::Json<AppView>, ApiError> {
+    Ok(axum::Json(view(&state, load(&state, &tenant, &app)?)?))
+}
+
+/// Change an application's name, uid or metadata.
+#[utoipa::path(patch, path = "/v1/apps/{app}", tag = "apps", request_body = AppChange, security(("tenant" = [])),
+    params(("app" = String, Path, description = "id or uid")),
+    responses((status = 200, body = AppView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn patch(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Json(change): Json<AppChange>,
+) -> Result<axum::Json<AppView>, ApiError> {
+    let mut current = load(&state, &tenant, &app)?;
+    let old_uid = current.uid.clone();
+    if let Some(name) = change.name {
+        check_name(&name)?;
+        current.name = name;
+    }
+    if let Some(uid) = change.uid {
+        if let Some(uid) = &uid {
+            check_uid(uid)?;
+        }
+        current.uid = uid;
+    }
+    if let Some(metadata) = change.metadata {
+        check_metadata(&metadata)?;
+        current.metadata = metadata;
+    }
+    current.updated_at = state.app.clock.now();
+    if !state
+        .app
+        .store
+        .put_app(&current, old_uid.as_deref())
+        .await?
+    {
+        return Err(uid_taken(current.uid.as_deref().unwrap_or_default()));
+    }
+    state.app.store.durable().await?;
+    Ok(axum::Json(view(&state, current)?))
+}
+
+/// Delete an application and its endpoints (their pending deliveries fail
+/// as "subscription deleted").
+#[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", security(("tenant" = [])),
+    params(("app" = String, Path, description = "id or uid")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let app = load(&state, &tenant, &app)?;
+    let endpoints: Vec<String> = state
+        .app
+        .store
+        .routes(&tenant.id)?
+        .iter()
+        .filter(|s| s.app_id.as_deref() == Some(app.id.as_str()))
+        .map(|s| s.id.clone())
+        .collect();
+    // The endpoints first: an application is never gone while one of its
+    // endpoints is left to receive.
+    for id in endpoints {
+        if state.app.store.delete_subscription(&tenant.id, &id).await? {
+            state.app.store.drop_windows(&id).await?;
+            state.app.deliver.sender.listeners().disconnect(&id);
+        }
+    }
+    state.app.store.delete_app(&app).await?;
+    state.app.store.durable().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send one event to an application: only its endpoints get it. The body
+/// is an event as for `POST /v1/events` (its `app`, if any, must name this
+/// application).
+#[utoipa::path(post, path = "/v1/apps/{app}/events", tag = "apps", request_body = super::events::EventBody,
+    security(("tenant" = [])), params(("app" = String, Path, description = "id or uid")),
+    responses((status = 202, body = super::events::Accepted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn send_event(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Json(body): Json<Box<RawValue>>,
+) -> Result<(StatusCode, axum::Json<super::events::Accepted>), ApiError> {
+    let app = load(&state, &tenant, &app)?;
+    super::events::ingest_single(&state, &tenant, &body, Some(app)).await
+}
