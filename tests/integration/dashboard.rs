@@ -613,6 +613,98 @@ async fn a_tenant_lives_in_the_dashboard() {
     b.client.close().await.unwrap();
 }
 
+/// The event-type catalog and the applications, managed in the dashboard:
+/// a type added with its schema (and a malformed schema refused before it
+/// is sent), archived and shown again; an application added (its name
+/// rendered as text) and deleted.
+#[tokio::test]
+async fn the_catalog_and_applications_are_managed_in_the_dashboard() {
+    let Some(driver) = chromedriver().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (_, key) = server.tenant("catalog").await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = Browser::open(&driver, profile.path()).await;
+    let ui = format!("{}/ui/", server.base);
+    b.client.goto(&ui).await.unwrap();
+    b.sign_in(&key).await;
+    b.find("#endpoints, main p").await;
+
+    b.client.goto(&format!("{ui}#/catalog")).await.unwrap();
+    b.find("#type-form").await;
+    b.type_into("input[name=type_name]", "message.created")
+        .await;
+    b.type_into("textarea[name=type_schema]", "{not json").await;
+    b.click("#type-form button[type=submit]").await;
+    b.until(
+        "the schema refused in the page",
+        "return document.body.innerText.includes('The schema is not JSON')",
+    )
+    .await;
+    b.js("document.querySelector('textarea[name=type_schema]').value = ''")
+        .await;
+    b.type_into(
+        "textarea[name=type_schema]",
+        r#"{"type": "object", "required": ["conversation_id"]}"#,
+    )
+    .await;
+    b.type_into("textarea[name=type_example]", r#"{"conversation_id": 7}"#)
+        .await;
+    b.click("input[name=type_validate]").await;
+    b.click("#type-form button[type=submit]").await;
+    b.until(
+        "the type listed as checked",
+        "const r = document.querySelector('tr[data-type=\"message.created\"]'); return !!r && r.textContent.includes('yes')",
+    )
+    .await;
+    b.shot("event-types").await;
+    let (status, t) = server
+        .call("GET", "/v1/event-types/message.created", &key, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(t["validate"], true);
+    assert_eq!(t["schema"]["required"][0], "conversation_id");
+    b.click_button("Archive").await;
+    b.until(
+        "the archived type hidden",
+        "return !document.querySelector('tr[data-type=\"message.created\"]')",
+    )
+    .await;
+    b.click_button("Show archived").await;
+    b.until(
+        "the archived type shown on request",
+        "const r = document.querySelector('tr[data-type=\"message.created\"]'); return !!r && r.textContent.includes('archived')",
+    )
+    .await;
+
+    b.client.goto(&format!("{ui}#/apps")).await.unwrap();
+    b.find("#app-form").await;
+    b.type_into("input[name=app_name]", "Zoë <b>dentist</b>")
+        .await;
+    b.type_into("input[name=app_uid]", "zoe-1").await;
+    b.click("#app-form button[type=submit]").await;
+    b.until(
+        "the application listed, its name as text",
+        "return [...document.querySelectorAll('#apps td')].some(td => td.textContent === 'Zoë <b>dentist</b>')",
+    )
+    .await;
+    b.shot("applications").await;
+    let (status, app) = server.call("GET", "/v1/apps/zoe-1", &key, None).await;
+    assert_eq!(status, 200, "{app}");
+    b.js("window.confirm = () => true").await;
+    b.click_button("Delete").await;
+    b.until(
+        "the application gone",
+        "return document.body.innerText.includes('No applications yet')",
+    )
+    .await;
+    let (status, _) = server.call("GET", "/v1/apps/zoe-1", &key, None).await;
+    assert_eq!(status, 404);
+    b.client.close().await.unwrap();
+}
+
 /// The first characters of the endpoint's signing secret (never on the page).
 async fn sub_secret_prefix(server: &Server, key: &str, sub_id: &str) -> String {
     let (_, s) = server

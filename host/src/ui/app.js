@@ -195,7 +195,7 @@ function signInPage(why) {
 
 // ---------- navigation ----------
 
-const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/sources", "Sources"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
+const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/apps", "Applications"], ["#/catalog", "Event types"], ["#/sources", "Sources"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
 const OPERATOR_NAV = [["#/tenants", "Tenants"]];
 
 function renderNav(role) {
@@ -242,6 +242,8 @@ async function route(why) {
       case "deliveries":
         if (parts[1]) return await deliveryPage(parts[1]);
         return await deliveriesPage(params);
+      case "apps": return await appsPage();
+      case "catalog": return await catalogPage(params);
       case "plugins": return await pluginsPage();
       case "windows": return await windowsPage();
       case "sources": return await sourcesPage();
@@ -725,6 +727,101 @@ async function sourcesPage() {
         h("thead", {}, h("tr", {}, ["Kind", "From", "Verified by", "Dead letters", "Polling"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows))));
   if (sources.some((s) => s.poll)) refreshIfStill(location.hash, POLL_MS);
+}
+
+// ---------- applications ----------
+
+// The tenant's own customers: each with its endpoints, which get only the
+// events sent to it.
+async function appsPage() {
+  const list = await api("GET", "/v1/apps");
+  const name = h("input", { name: "app_name", required: true, maxlength: 100, placeholder: "Clinique Dupont" });
+  const uid = h("input", { name: "app_uid", maxlength: 100, placeholder: "your id for it (optional)" });
+  const form = h("form", { class: "card", id: "app-form" },
+    field("Name", name), field("Uid", uid, "Letters, digits, - _ . — usable wherever the id is."),
+    h("button", { type: "submit" }, "Add application"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const body = { name: name.value.trim() };
+      if (uid.value.trim()) body.uid = uid.value.trim();
+      await api("POST", "/v1/apps", body);
+      await appsPage();
+    } catch (e) { showError(form, e); }
+  });
+  render("Applications",
+    h("p", { class: "muted" }, "Your customers. An endpoint created for an application gets only the events sent to it (POST /v1/apps/{app}/events, or \"app\" in the event)."),
+    list.items.length === 0 ? h("p", { class: "muted" }, "No applications yet.") :
+      h("div", { class: "table-wrap" }, h("table", { id: "apps" },
+        h("thead", {}, h("tr", {}, ["Name", "Uid", "Id", "Endpoints", "Added", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.items.map((a) => h("tr", { "data-app": a.id },
+          h("td", {}, a.name), h("td", {}, a.uid || ""), h("td", {}, a.id), h("td", {}, String(a.subscriptions)),
+          h("td", {}, when(a.created_at)),
+          h("td", {}, action("Delete", async () => {
+            if (!confirm(`Delete application ${a.name} and its ${a.subscriptions} endpoint(s)?`)) return;
+            const here = location.hash;
+            await api("DELETE", "/v1/apps/" + encodeURIComponent(a.id));
+            refreshIfStill(here);
+          }, "danger"))))))),
+    form);
+}
+
+// ---------- event-type catalog ----------
+
+async function catalogPage(params) {
+  const archived = params.get("archived") === "1";
+  const list = await api("GET", "/v1/event-types" + (archived ? "?include_archived=true" : ""));
+  const name = h("input", { name: "type_name", required: true, placeholder: "message.created" });
+  const description = h("input", { name: "type_description", maxlength: 1000 });
+  const schema = h("textarea", { name: "type_schema", rows: 6, placeholder: '{"type": "object", "required": ["conversation_id"]}' });
+  const example = h("textarea", { name: "type_example", rows: 4, placeholder: '{"conversation_id": 7}' });
+  const validate = h("input", { type: "checkbox", name: "type_validate" });
+  const form = h("form", { class: "card", id: "type-form" },
+    field("Type", name), field("Description", description),
+    field("JSON Schema of data", schema, "Optional. No $ref outside the schema is followed."),
+    field("Example data", example, "Optional; checked against the schema."),
+    h("label", {}, validate, " Refuse events whose data does not match the schema"),
+    h("button", { type: "submit" }, "Add event type"));
+  const json = (box, what) => {
+    if (!box.value.trim()) return undefined;
+    try { return JSON.parse(box.value); } catch (x) { throw new Error(what + " is not JSON: " + x.message); }
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const body = { name: name.value.trim(), description: description.value, validate: validate.checked };
+      const s = json(schema, "The schema"), e = json(example, "The example");
+      if (s !== undefined) body.schema = s;
+      if (e !== undefined) body.example = e;
+      await api("POST", "/v1/event-types", body);
+      await catalogPage(params);
+    } catch (x) { showError(form, x); }
+  });
+  const details = (what, v) => v === undefined || v === null ? "" :
+    h("details", {}, h("summary", {}, what), h("pre", {}, JSON.stringify(v, null, 2)));
+  render("Event types",
+    h("p", { class: "muted" }, "The types you send. Once the catalog has one, endpoints subscribe to types of it.",
+      " ", link(archived ? "#/catalog" : "#/catalog?archived=1", archived ? "Hide archived" : "Show archived")),
+    list.items.length === 0 ? h("p", { class: "muted" }, "No event types yet.") :
+      h("div", { class: "table-wrap" }, h("table", { id: "event-types" },
+        h("thead", {}, h("tr", {}, ["Type", "Description", "Schema", "Example", "Checked", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.items.map((t) => h("tr", { "data-type": t.name },
+          h("td", {}, t.name, t.archived ? h("div", { class: "muted" }, "archived") : null), h("td", {}, t.description),
+          h("td", {}, details("schema", t.schema)), h("td", {}, details("example", t.example)),
+          h("td", {}, t.validate ? "yes" : "no"),
+          h("td", {},
+            action(t.archived ? "Restore" : "Archive", async () => {
+              const here = location.hash;
+              await api("PATCH", "/v1/event-types/" + encodeURIComponent(t.name), { archived: !t.archived });
+              refreshIfStill(here);
+            }, "secondary"),
+            action("Delete", async () => {
+              if (!confirm(`Delete ${t.name} from the catalog?`)) return;
+              const here = location.hash;
+              await api("DELETE", "/v1/event-types/" + encodeURIComponent(t.name));
+              refreshIfStill(here);
+            }, "danger"))))))),
+    form);
 }
 
 // ---------- ops alerts ----------
