@@ -465,6 +465,82 @@ async fn the_api_commands_drive_a_real_server() {
         None,
     );
     assert_eq!(code, 0, "the key as shown works: {err}");
+
+    // Applications: an endpoint of one, an event to it.
+    let (code, out, err) = cli(
+        &["apps", "create", "Clinique", "--uid", "clinic-1", "--json"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["uid"], "clinic-1");
+    let app_rx = Receiver::ok().await;
+    let (code, out, err) = cli(
+        &[
+            "subscriptions",
+            "create",
+            "--url",
+            &app_rx.url(),
+            "--events",
+            "message.*",
+            "--app",
+            "clinic-1",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["app_id"],
+        json(&cli(&["apps", "list", "--json"], &[], None).1)["items"][0]["id"]
+    );
+    let (code, _, err) = cli(
+        &["events", "send", "--app", "clinic-1"],
+        &[],
+        Some(&message_event("cli-app").to_string()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        app_rx.wait_for(1, PATIENCE).await[0].json()["id"],
+        "cli-app"
+    );
+    let (code, out, _) = cli(&["apps", "list"], &[], None);
+    assert!(code == 0 && out.contains("clinic-1"), "{out}");
+    let (code, _, err) = cli(&["apps", "delete", "no-such-app"], &[], None);
+    assert_eq!(code, 3, "{err}");
+
+    // The catalog, a schema from a file; an event that does not match it.
+    let schema = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        schema.path(),
+        r#"{"type": "object", "required": ["conversation_id"]}"#,
+    )
+    .unwrap();
+    let (code, out, err) = cli(
+        &[
+            "event-types",
+            "create",
+            "message.created",
+            "--schema",
+            &format!("@{}", schema.path().display()),
+            "--validate",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["validate"], true);
+    let (code, out, _) = cli(&["event-types", "list"], &[], None);
+    assert!(code == 0 && out.contains("message.created"), "{out}");
+    let (code, _, err) = cli(
+        &["events", "send"],
+        &[],
+        Some(r#"{"type": "message.created", "data": {}}"#),
+    );
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("conversation_id"), "{err}");
 }
 
 /// `wasmhook listen`: a plugin subscription's deliveries reach a local

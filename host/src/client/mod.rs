@@ -79,6 +79,12 @@ pub enum ApiCommand {
     /// Inbound sources (a URL per platform, feeds, polls).
     #[command(subcommand)]
     Sources(SourceCommand),
+    /// Applications: the tenant's own customers, each with its endpoints.
+    #[command(subcommand)]
+    Apps(AppCommand),
+    /// The event-type catalog.
+    #[command(subcommand, name = "event-types")]
+    EventTypes(EventTypeCommand),
     /// Send events.
     #[command(subcommand)]
     Events(EventCommand),
@@ -160,6 +166,9 @@ pub enum SubscriptionCommand {
         rate_limit: Option<f64>,
         #[arg(long)]
         description: Option<String>,
+        /// The application (id or uid) it belongs to.
+        #[arg(long)]
+        app: Option<String>,
     },
     Delete {
         id: String,
@@ -224,7 +233,59 @@ pub enum SourceCommand {
 pub enum EventCommand {
     /// Send an event (a JSON object) or a batch (`{"events": […]}` or an
     /// array) from a file, or from stdin with `-` or no file.
-    Send { file: Option<PathBuf> },
+    Send {
+        file: Option<PathBuf>,
+        /// To one application (id or uid): only its endpoints get them.
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    List,
+    /// Create one: `wasmhook apps create "Clinique Dupont" --uid clinic-42`.
+    Create {
+        name: String,
+        /// Your own id for it (usable wherever the id is).
+        #[arg(long)]
+        uid: Option<String>,
+    },
+    /// Delete one (by id or uid) and its endpoints.
+    Delete {
+        app: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventTypeCommand {
+    /// The catalog (`--archived` for archived types too).
+    List {
+        #[arg(long)]
+        archived: bool,
+    },
+    /// Add a type: `wasmhook event-types create message.created --schema @schema.json --validate`.
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// A JSON Schema of `data`, JSON or `@file`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        schema: Option<String>,
+        /// An example of `data`, JSON or `@file`.
+        #[arg(long, value_name = "JSON|@FILE")]
+        example: Option<String>,
+        /// Refuse events whose `data` does not match the schema.
+        #[arg(long)]
+        validate: bool,
+    },
+    /// Archive a type (no longer offered to new endpoints).
+    Archive {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -564,9 +625,88 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
             };
             print(&out, &|out| listing(out, &["id", "kind", "url", "secret"]));
         }
-        ApiCommand::Events(EventCommand::Send { file }) => {
+        ApiCommand::Apps(command) => {
             let api = Api::new(url.clone(), tenant_key(&url)?)?;
-            let body = read_json(file.as_deref(), "the event")?;
+            let out = match command {
+                AppCommand::List => api.call("GET", "/v1/apps", None).await?,
+                AppCommand::Create { name, uid } => {
+                    let mut body = json!({ "name": name });
+                    if let Some(uid) = uid {
+                        body["uid"] = json!(uid);
+                    }
+                    api.call("POST", "/v1/apps", Some(body)).await?
+                }
+                AppCommand::Delete { app } => {
+                    api.call("DELETE", &format!("/v1/apps/{}", seg(&app)), None)
+                        .await?;
+                    json!({ "deleted": app })
+                }
+            };
+            print(&out, &|out| {
+                listing(out, &["id", "uid", "name", "subscriptions"])
+            });
+        }
+        ApiCommand::EventTypes(command) => {
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
+            let out = match command {
+                EventTypeCommand::List { archived } => {
+                    let path = if archived {
+                        "/v1/event-types?include_archived=true"
+                    } else {
+                        "/v1/event-types"
+                    };
+                    api.call("GET", path, None).await?
+                }
+                EventTypeCommand::Create {
+                    name,
+                    description,
+                    schema,
+                    example,
+                    validate,
+                } => {
+                    let mut body = json!({ "name": name, "validate": validate });
+                    if let Some(d) = description {
+                        body["description"] = json!(d);
+                    }
+                    for (key, text) in [("schema", schema), ("example", example)] {
+                        if let Some(text) = text {
+                            body[key] = json_arg(&text, key)?;
+                        }
+                    }
+                    api.call("POST", "/v1/event-types", Some(body)).await?
+                }
+                EventTypeCommand::Archive { name } => {
+                    let path = format!("/v1/event-types/{}", seg(&name));
+                    api.call("PATCH", &path, Some(json!({ "archived": true })))
+                        .await?
+                }
+                EventTypeCommand::Delete { name } => {
+                    let path = format!("/v1/event-types/{}", seg(&name));
+                    api.call("DELETE", &path, None).await?;
+                    json!({ "deleted": name })
+                }
+            };
+            print(&out, &|out| {
+                listing(out, &["name", "description", "validate", "archived"])
+            });
+        }
+        ApiCommand::Events(EventCommand::Send { file, app }) => {
+            let api = Api::new(url.clone(), tenant_key(&url)?)?;
+            let mut body = read_json(file.as_deref(), "the event")?;
+            if let Some(app) = &app {
+                // Every event of it, to that application.
+                let events = match &mut body {
+                    Value::Array(events) => events.iter_mut().collect::<Vec<_>>(),
+                    Value::Object(o) if o.contains_key("events") => o["events"]
+                        .as_array_mut()
+                        .map(|e| e.iter_mut().collect())
+                        .unwrap_or_default(),
+                    other => vec![other],
+                };
+                for event in events {
+                    event["app"] = json!(app);
+                }
+            }
             let (path, body) = match body {
                 Value::Array(events) => ("/v1/events/batch", json!({ "events": events })),
                 Value::Object(o) if o.contains_key("events") => {
@@ -701,6 +841,7 @@ async fn subscriptions(
             ordering_key,
             rate_limit,
             description,
+            app,
         } => {
             let mut body = json!({
                 "event_types": events.split(',').map(str::trim).filter(|e| !e.is_empty()).collect::<Vec<_>>(),
@@ -744,6 +885,9 @@ async fn subscriptions(
             }
             if let Some(d) = description {
                 body["description"] = json!(d);
+            }
+            if let Some(app) = app {
+                body["app"] = json!(app);
             }
             let x = api.call("POST", "/v1/subscriptions", Some(body)).await?;
             print(&x, &one);
@@ -1039,6 +1183,17 @@ fn listing(out: &Value, fields: &[&str]) {
     rows(&header, &list, |x| {
         fields.iter().map(|f| s(&x[*f])).collect()
     });
+}
+
+/// A JSON argument, inline or `@file`.
+fn json_arg(text: &str, what: &str) -> Result<Value, ClientError> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Usage(format!("--{what} @{path}: {e}")))?,
+        None => text.to_string(),
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| ClientError::Usage(format!("--{what} is not JSON: {e}")))
 }
 
 fn read_stdin() -> Result<String, ClientError> {
