@@ -12,10 +12,10 @@ async fn created(server: &Server, key: &str, path: &str, body: Value) -> Value {
     answer
 }
 
+both_backends! {
 /// Events sent to an application reach only its endpoints; events sent to
 /// no application only the tenant-wide ones. Another tenant's application
 /// is a 404 on every route; deleting an application deletes its endpoints.
-both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_scope_their_endpoints_and_events(backing) {
     let dir = tempfile::tempdir().unwrap();
@@ -188,11 +188,11 @@ async fn applications_scope_their_endpoints_and_events(backing) {
 }
 }
 
+both_backends! {
 /// The catalog: schemas checked at creation (a remote `$ref` is never
 /// fetched), examples against their schema, a subscription's types against
 /// the catalog, and an event's `data` against its type's schema when the
 /// type says so — a 400 that names where it fails. Scoped to the tenant.
-both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_type_catalog_checks_subscriptions_and_data(backing) {
     let dir = tempfile::tempdir().unwrap();
