@@ -22,6 +22,8 @@ async fn snapshot(server: &Server, key: &str, source_id: &str) -> Value {
         "/v1/keys".to_string(),
         "/v1/deliveries".to_string(),
         "/v1/events/victim-1".to_string(),
+        "/v1/apps".to_string(),
+        "/v1/event-types?include_archived=true".to_string(),
         format!("/v1/sources/{source_id}/dead-letters"),
     ] {
         let (status, body) = server.call("GET", &path, key, None).await;
@@ -81,6 +83,25 @@ async fn no_route_changes_another_tenants_things() {
         .await;
     let (status, key) = server.call("POST", "/v1/keys", &a, Some(json!({}))).await;
     assert_eq!(status, 201, "{key}");
+    let (status, app) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            &a,
+            Some(json!({"name": "A's customer", "uid": "victim-app"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_string();
+    let (status, t) = server
+        .call(
+            "POST",
+            "/v1/event-types",
+            &a,
+            Some(json!({"name": "message.created", "description": "A's type"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
 
     // Wait until A's delivery is settled, so its state stands still.
     let deadline = Instant::now() + PATIENCE;
@@ -130,9 +151,17 @@ async fn no_route_changes_another_tenants_things() {
             if item.get(method).is_none() {
                 continue;
             }
-            let concrete = path
-                .replace("{id}", &id_of(path))
-                .replace("{letter}", &letter_id);
+            let mut concrete = path
+                .replace("{letter}", &letter_id)
+                .replace("{app}", &app_id)
+                .replace("{name}", "message.created");
+            if concrete.contains("{id}") {
+                concrete = concrete.replace("{id}", &id_of(path));
+            }
+            assert!(
+                !concrete.contains('{'),
+                "no id of A's for {path}: add one to this test"
+            );
             let (status, body) = server
                 .call(&method.to_uppercase(), &concrete, &b, Some(json!({})))
                 .await;
