@@ -48,6 +48,13 @@ pub enum IngestError {
         adding: usize,
         limit: u64,
     },
+    /// The tenant sent this event id before, to another application (or
+    /// to none): it is not routed again, and this is no duplicate of it.
+    #[error(
+        "event {id:?} was sent before to {}; an event id names one event (send this one under a new id)",
+        .was.as_deref().map_or("no application".to_string(), |a| format!("application {a}"))
+    )]
+    OtherApp { id: String, was: Option<String> },
 }
 
 /// The answer for one event: its id, and whether it was new.
@@ -74,6 +81,12 @@ pub async fn accept(
     for event in events {
         // A retried request must not run plugins again for nothing.
         match app.store.get_event(tenant_id, &event.id)? {
+            Some(existing) if existing.event.app != event.app => {
+                return Err(IngestError::OtherApp {
+                    id: event.id,
+                    was: existing.event.app,
+                });
+            }
             Some(existing) => batch.push(NewEvent {
                 replay: false,
                 event: existing,

@@ -41,6 +41,8 @@ async fn applications_scope_their_endpoints_and_events(backing) {
         (json!({"name": "x", "uid": "has space"}), 400),
         (json!({"name": ""}), 400),
         (json!({"name": "bell\u{7}"}), 400),
+        (json!({"name": "\u{202e}lanigiro"}), 400),
+        (json!({"name": "x", "uid": ".."}), 400),
         (json!({"name": "x", "metadata": {"n": 1}}), 400),
         (json!({"name": "x", "owner": "me"}), 400),
     ] {
@@ -132,6 +134,11 @@ async fn applications_scope_their_endpoints_and_events(backing) {
     mismatch["app"] = json!(dentist_id);
     let (status, answer) = send("/v1/apps/clinic-42/events", mismatch).await;
     assert_eq!(status, 400, "{answer}");
+    // The same id again to the same place: a duplicate; elsewhere: a 409.
+    let (status, answer) = send("/v1/apps/clinic-42/events", message_event("to-clinic")).await;
+    assert_eq!((status, answer["duplicate"].clone()), (202, json!(true)), "{answer}");
+    let (status, answer) = send("/v1/events", message_event("to-clinic")).await;
+    assert_eq!(status, 409, "{answer}");
     for (rx, id) in [
         (&clinic_rx, "to-clinic"),
         (&dentist_rx, "to-dentist"),

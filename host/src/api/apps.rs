@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use super::auth::Tenant;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState, Json, limit_body};
-use crate::store::Application;
+use crate::store::{Application, PutApp};
 use crate::util::new_id;
 
 pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
@@ -81,11 +81,17 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad("invalid_app", message)
 }
 
+/// Characters that change how text around them reads without showing:
+/// bidirectional overrides and isolates, zero-width ones.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn check_name(name: &str) -> Result<(), ApiError> {
     let n = name.chars().count();
-    if n == 0 || n > 100 || name.chars().any(char::is_control) {
+    if n == 0 || n > 100 || name.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(bad(
-            "name must be 1 to 100 characters, none a control character",
+            "name must be 1 to 100 characters, none a control, bidirectional or zero-width one",
         ));
     }
     Ok(())
@@ -94,11 +100,14 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 fn check_uid(uid: &str) -> Result<(), ApiError> {
     if uid.is_empty()
         || uid.len() > 100
+        || !uid.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !uid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(bad("uid must be 1 to 100 of A-Z a-z 0-9 - _ ."));
+        return Err(bad(
+            "uid must be 1 to 100 of A-Z a-z 0-9 - _ ., starting with a letter or digit",
+        ));
     }
     if uid.starts_with("app_") {
         return Err(bad("uid must not start with `app_` (an id's prefix)"));
@@ -185,7 +194,7 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    if !state.app.store.put_app(&app, None).await? {
+    if state.app.store.put_app(&app, true).await? == PutApp::UidTaken {
         return Err(uid_taken(app.uid.as_deref().unwrap_or_default()));
     }
     state.app.store.durable().await?;
@@ -232,7 +241,6 @@ async fn patch(
     Json(change): Json<AppChange>,
 ) -> Result<axum::Json<AppView>, ApiError> {
     let mut current = load(&state, &tenant, &app)?;
-    let old_uid = current.uid.clone();
     if let Some(name) = change.name {
         check_name(&name)?;
         current.name = name;
@@ -248,13 +256,10 @@ async fn patch(
         current.metadata = metadata;
     }
     current.updated_at = state.app.clock.now();
-    if !state
-        .app
-        .store
-        .put_app(&current, old_uid.as_deref())
-        .await?
-    {
-        return Err(uid_taken(current.uid.as_deref().unwrap_or_default()));
+    match state.app.store.put_app(&current, false).await? {
+        PutApp::Done => {}
+        PutApp::UidTaken => return Err(uid_taken(current.uid.as_deref().unwrap_or_default())),
+        PutApp::Gone => return Err(ApiError::NotFound(format!("no application {app:?}"))),
     }
     state.app.store.durable().await?;
     Ok(axum::Json(view(&state, current)?))
@@ -271,6 +276,10 @@ async fn delete(
     Path(app): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let app = load(&state, &tenant, &app)?;
+    // The application first: from then on no endpoint can be created for
+    // it (an endpoint's creation checks again after storing itself), and
+    // its endpoints listed after it are all there are.
+    state.app.store.delete_app(&tenant.id, &app.id).await?;
     let endpoints: Vec<String> = state
         .app
         .store
@@ -279,15 +288,12 @@ async fn delete(
         .filter(|s| s.app_id.as_deref() == Some(app.id.as_str()))
         .map(|s| s.id.clone())
         .collect();
-    // The endpoints first: an application is never gone while one of its
-    // endpoints is left to receive.
     for id in endpoints {
         if state.app.store.delete_subscription(&tenant.id, &id).await? {
             state.app.store.drop_windows(&id).await?;
             state.app.deliver.sender.listeners().disconnect(&id);
         }
     }
-    state.app.store.delete_app(&app).await?;
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -168,6 +168,7 @@ impl From<crate::ingest::IngestError> for ApiError {
                 message: e.to_string(),
                 retry_after_secs: BACKLOG_RETRY_AFTER_SECS,
             },
+            e @ IngestError::OtherApp { .. } => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -268,6 +268,18 @@ async fn create(
     // anything is stored (the secret is shown only in this answer).
     let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
     state.app.store.put_subscription(&sub).await?;
+    if let Some(app) = &sub.app_id
+        && state.app.store.get_app(&tenant.id, app)?.is_none()
+    {
+        // Its application was deleted meanwhile (which deletes the
+        // application first, then the endpoints it finds).
+        state
+            .app
+            .store
+            .delete_subscription(&tenant.id, &sub.id)
+            .await?;
+        return Err(ApiError::NotFound(format!("no application {app:?}")));
+    }
     state.app.store.durable().await?;
     if let Some(Destination::Listen { .. }) = &sub.destination {
         // It expires if no CLI connects in time.
@@ -337,7 +349,14 @@ async fn patch(
         ));
     }
     if let Some(types) = &input.event_types {
-        super::event_types::check_patterns(&state, &tenant.id, types)?;
+        // Only the patterns it did not have: an endpoint subscribed before
+        // the catalog (or to a type since archived) stays editable.
+        let new: Vec<String> = types
+            .iter()
+            .filter(|t| !changed.event_types.contains(t))
+            .cloned()
+            .collect();
+        super::event_types::check_patterns(&state, &tenant.id, &new)?;
     }
     if input.verify_on_create.is_some() {
         return Err(bad(

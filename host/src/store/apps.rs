@@ -3,32 +3,56 @@
 
 use super::*;
 
+/// What writing an application did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutApp {
+    Done,
+    /// Another application of the tenant has its uid: nothing written.
+    UidTaken,
+    /// An update of an application deleted meanwhile: nothing written.
+    Gone,
+}
+
 impl Store {
-    /// Creates or replaces an application, keeping its `uid` unique within
-    /// the tenant. False (nothing written) when another application of the
-    /// tenant has that uid.
-    pub async fn put_app(
-        &self,
-        app: &Application,
-        old_uid: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    /// Creates (`create`) or replaces an application, keeping its `uid`
+    /// unique within the tenant. What the stored record says is read in
+    /// the same change: an update of an application deleted meanwhile
+    /// writes nothing, and only a uid that still names this application
+    /// is freed.
+    pub async fn put_app(&self, app: &Application, create: bool) -> Result<PutApp, StoreError> {
         self.change([&self.apps, &self.app_uids], |[apps, uids]| {
+            let key = scoped(&app.tenant_id, &app.id);
+            let stored: Option<Application> = apps
+                .get(&key)?
+                .map(|v| decode(&key, &v))
+                .transpose()
+                .map_err(ConflictableTransactionError::Abort)?;
+            if !create && stored.is_none() {
+                return Ok(PutApp::Gone);
+            }
             if let Some(uid) = &app.uid {
-                let key = scoped(&app.tenant_id, uid);
-                if let Some(owner) = uids.get(&key)?
-                    && owner.as_ref() != app.id.as_bytes()
+                let ukey = scoped(&app.tenant_id, uid);
+                if uids
+                    .get(&ukey)?
+                    .is_some_and(|owner| owner.as_ref() != app.id.as_bytes())
                 {
-                    return Ok(false);
+                    return Ok(PutApp::UidTaken);
                 }
-                uids.insert(&key, app.id.as_bytes())?;
+                uids.insert(&ukey, app.id.as_bytes())?;
             }
-            if let Some(old) = old_uid
-                && app.uid.as_deref() != Some(old)
+            if let Some(old) = stored.and_then(|s| s.uid)
+                && app.uid.as_ref() != Some(&old)
             {
-                uids.remove(&scoped(&app.tenant_id, old))?;
+                let okey = scoped(&app.tenant_id, &old);
+                if uids
+                    .get(&okey)?
+                    .is_some_and(|o| o.as_ref() == app.id.as_bytes())
+                {
+                    uids.remove(&okey)?;
+                }
             }
-            apps.insert(&scoped(&app.tenant_id, &app.id), &encode(app))?;
-            Ok(true)
+            apps.insert(&key, &encode(app))?;
+            Ok(PutApp::Done)
         })
         .await
     }
@@ -66,14 +90,26 @@ impl Store {
         count_prefix(&self.apps, &tenant_prefix(tenant_id))
     }
 
-    /// Removes an application (and its uid); whether it existed. Its
-    /// subscriptions are the caller's to delete.
-    pub async fn delete_app(&self, app: &Application) -> Result<bool, StoreError> {
+    /// Removes an application (and its uid, if it still names it);
+    /// whether it existed. Its subscriptions are the caller's to delete.
+    pub async fn delete_app(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         self.change([&self.apps, &self.app_uids], |[apps, uids]| {
-            if let Some(uid) = &app.uid {
-                uids.remove(&scoped(&app.tenant_id, uid))?;
+            let key = scoped(tenant_id, id);
+            let Some(v) = apps.get(&key)? else {
+                return Ok(false);
+            };
+            let stored: Application =
+                decode(&key, &v).map_err(ConflictableTransactionError::Abort)?;
+            if let Some(uid) = &stored.uid {
+                let ukey = scoped(tenant_id, uid);
+                if uids
+                    .get(&ukey)?
+                    .is_some_and(|o| o.as_ref() == id.as_bytes())
+                {
+                    uids.remove(&ukey)?;
+                }
             }
-            apps.remove(&scoped(&app.tenant_id, &app.id))
+            apps.remove(&key)
         })
         .await
     }

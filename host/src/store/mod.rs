@@ -69,6 +69,7 @@ use encoding::*;
 mod embedded;
 use embedded::commit;
 mod apps;
+pub use apps::PutApp;
 mod events;
 mod gate;
 mod group;

@@ -27,7 +27,8 @@ impl Store {
     }
 
     /// Deletes a tenant with all it owns: keys, subscriptions with their
-    /// held window items, plugin records, sources with their id index and
+    /// held window items, plugin records, applications and their uids,
+    /// the event-type catalog, sources with their id index and
     /// dead letters, and its ops endpoint. Events and deliveries age out
     /// with the retention (a pending delivery of a deleted subscription
     /// fails as such). Plugin bytes no other tenant uses are the caller's
@@ -49,8 +50,10 @@ impl Store {
             }
             w.remove(&self.subscriptions, key)?;
         }
-        for kv in self.plugins.scan_prefix(&prefix) {
-            w.remove(&self.plugins, kv?.0)?;
+        for tree in [&self.plugins, &self.apps, &self.app_uids, &self.event_types] {
+            for kv in tree.scan_prefix(&prefix) {
+                w.remove(tree, kv?.0)?;
+            }
         }
         for kv in self.sources.scan_prefix(&prefix) {
             let (key, _) = kv?;
