@@ -266,10 +266,10 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Fills the data directory `dir` (absent or empty) from the backup
-/// `from`: the file's digest and count are checked before anything is
-/// written; the store is written into a directory beside `dir` and moved
-/// into place only once complete, so a failed restore leaves nothing a
-/// server would open.
+/// `from`: the file's digest is checked before anything is written, its
+/// frames and count while they are written. The store is written into a
+/// directory beside `dir` and moved into place only once complete, so a
+/// failed restore leaves nothing a server would open.
 pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
     let len = std::fs::metadata(from).map_err(io)?.len();
     let Some(body) = len.checked_sub(41) else {
@@ -286,7 +286,6 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
             "the backup's trailer does not match its contents: the file is cut short or damaged",
         ));
     }
-    let info = read_backup(from, None)?;
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(bad_file(format!(
             "{} already holds files (a store?): restore into an empty directory",
@@ -303,7 +302,7 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
     ));
     let written = (|| {
         let db = sled::Config::new().path(&staging).open()?;
-        read_backup(from, Some(&db))?;
+        let info = read_backup(from, Some(&db))?;
         let meta = db.open_tree("meta")?;
         meta.insert(
             FORMAT_KEY,
@@ -314,12 +313,15 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupInfo, StoreError> {
             .expect("serializable"),
         )?;
         db.flush()?;
-        Ok::<_, StoreError>(())
+        Ok::<_, StoreError>(info)
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
+    let info = match written {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     if dir.exists() {
         std::fs::remove_dir(dir).map_err(io)?;
     }
