@@ -101,6 +101,7 @@ pub struct ServerSection {
     pub body_read_timeout_secs: u64,
     pub secrets_key: String,
     pub previous_secrets_keys: Vec<String>,
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +178,9 @@ pub struct Config {
     pub sample_percent: u32,
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
+    /// The address the dashboard is reached at from outside (portal
+    /// links point there); None: the request's own `Host`.
+    pub public_url: Option<String>,
     pub ingest_rate_limit: u32,
     /// The HTTP listener's bounds.
     pub http: crate::http::HttpLimits,
@@ -505,6 +509,24 @@ impl RawConfig {
         positive("server.max_event_bytes", s.max_event_bytes as u64)?;
         positive("server.store_cache_mb", s.store_cache_mb)?;
         positive("server.max_plugin_bytes", s.max_plugin_bytes as u64)?;
+        let public_url = match s.public_url.trim_end_matches('/') {
+            "" => None,
+            u => {
+                let parsed = reqwest::Url::parse(u)
+                    .map_err(|e| invalid("server.public_url", format!("{u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https")
+                    || parsed.host_str().is_none()
+                    || parsed.query().is_some()
+                    || parsed.fragment().is_some()
+                {
+                    return Err(invalid(
+                        "server.public_url",
+                        format!("{u:?} is not an http(s) address without query or fragment"),
+                    ));
+                }
+                Some(u.to_string())
+            }
+        };
         positive("server.max_connections", s.max_connections as u64)?;
         positive(
             "server.header_read_timeout_secs",
@@ -675,6 +697,7 @@ impl RawConfig {
             sample_percent: self.telemetry.sample_percent,
             max_event_bytes: s.max_event_bytes,
             max_plugin_bytes: s.max_plugin_bytes,
+            public_url,
             ingest_rate_limit: s.ingest_rate_limit,
             http: crate::http::HttpLimits {
                 max_connections: s.max_connections,

@@ -368,6 +368,17 @@ async fn run_plugin(
         released: Vec::new(),
     };
     let Some(plugin_ref) = &sub.plugin else {
+        if sub.signature == crate::sign::Scheme::Svix {
+            // Svix's body: the payload alone, as it was sent.
+            let request = StoredRequest {
+                body: event.data.as_str().to_string(),
+                content_type: "application/json".into(),
+                headers: Vec::new(),
+                event_name: None,
+                body_from_event: false,
+            };
+            return Ok(one(delivery(DeliveryStatus::Pending, Some(request), None)));
+        }
         // The body is the event's envelope: stored once, with the event.
         let request = StoredRequest {
             body: String::new(),

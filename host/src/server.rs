@@ -306,6 +306,7 @@ pub async fn serve(
         admin_token_hash: Arc::new(token_hash(&token)),
         max_event_bytes: config.max_event_bytes,
         max_plugin_bytes: config.max_plugin_bytes,
+        public_url: config.public_url.clone(),
         rate_limiter: (config.ingest_rate_limit > 0)
             .then(|| Arc::new(RateLimiter::new(config.ingest_rate_limit))),
         source_rate_limiter: (config.source_rate_limit > 0)

@@ -48,6 +48,13 @@ pub enum Scheme {
     /// `X-Chatwoot-Timestamp`, and `X-Chatwoot-Delivery` (the delivery id,
     /// stable across retries).
     Chatwoot,
+    /// Svix's own form of Standard Webhooks (what Svix's libraries and
+    /// existing Svix receivers verify): the same signatures under
+    /// `svix-id`, `svix-timestamp` and `svix-signature`, and the body is
+    /// the event's `data` alone (a Svix message's payload, as sent), not
+    /// the envelope. Endpoints made through the Svix-compatible API sign
+    /// this way.
+    Svix,
 }
 
 /// Header names HTTP itself owns in a request wasmhook sends: `Host`, the
@@ -105,7 +112,7 @@ impl Scheme {
     /// its own (no two the same).
     pub fn check(&self) -> Result<(), String> {
         let names: Vec<(&str, &String)> = match self {
-            Scheme::StandardWebhooks | Scheme::Chatwoot => return Ok(()),
+            Scheme::StandardWebhooks | Scheme::Svix | Scheme::Chatwoot => return Ok(()),
             Scheme::TimestampedHex { header } => vec![("signature.header", header)],
             Scheme::BodyHex {
                 header,
@@ -362,7 +369,7 @@ pub fn headers(
 ) -> Result<Vec<(String, String)>, SecretError> {
     let current = secrets.first().copied().unwrap_or_default();
     Ok(match scheme {
-        Scheme::StandardWebhooks => {
+        Scheme::StandardWebhooks | Scheme::Svix => {
             let mut signatures = Vec::with_capacity(secrets.len());
             for secret in secrets {
                 signatures.push(if is_signing_key(secret) {
@@ -371,10 +378,11 @@ pub fn headers(
                     standard_signature(&standard_key(secret)?, msg)
                 });
             }
+            let [id, timestamp, signature] = standard_names(scheme);
             vec![
-                ("webhook-id".into(), msg.delivery_id.into()),
-                ("webhook-timestamp".into(), msg.timestamp.to_string()),
-                ("webhook-signature".into(), signatures.join(" ")),
+                (id.into(), msg.delivery_id.into()),
+                (timestamp.into(), msg.timestamp.to_string()),
+                (signature.into(), signatures.join(" ")),
             ]
         }
         Scheme::TimestampedHex { header } => {
@@ -397,16 +405,28 @@ pub fn headers(
     })
 }
 
+/// The id, timestamp and signature headers of the Standard Webhooks
+/// schemes.
+fn standard_names(scheme: &Scheme) -> [&'static str; 3] {
+    match scheme {
+        Scheme::Svix => ["svix-id", "svix-timestamp", "svix-signature"],
+        _ => ["webhook-id", "webhook-timestamp", "webhook-signature"],
+    }
+}
+
 /// The headers [`headers`] sets for `msg`, with every signature masked:
 /// what the delivery log shows of a request (no secret needed).
 pub fn masked_headers(scheme: &Scheme, msg: &Message<'_>) -> Vec<(String, String)> {
     const MASK: &str = "••••••";
     match scheme {
-        Scheme::StandardWebhooks => vec![
-            ("webhook-id".into(), msg.delivery_id.into()),
-            ("webhook-timestamp".into(), msg.timestamp.to_string()),
-            ("webhook-signature".into(), format!("v1,{MASK}")),
-        ],
+        Scheme::StandardWebhooks | Scheme::Svix => {
+            let [id, timestamp, signature] = standard_names(scheme);
+            vec![
+                (id.into(), msg.delivery_id.into()),
+                (timestamp.into(), msg.timestamp.to_string()),
+                (signature.into(), format!("v1,{MASK}")),
+            ]
+        }
         Scheme::TimestampedHex { header } => {
             vec![(header.clone(), format!("t={},v1={MASK}", msg.timestamp))]
         }
@@ -430,11 +450,10 @@ pub fn masked_headers(scheme: &Scheme, msg: &Message<'_>) -> Vec<(String, String
 /// Header names a scheme sets (a plugin may not set them).
 pub fn reserved_names(scheme: &Scheme) -> Vec<String> {
     match scheme {
-        Scheme::StandardWebhooks => vec![
-            "webhook-id".into(),
-            "webhook-timestamp".into(),
-            "webhook-signature".into(),
-        ],
+        Scheme::StandardWebhooks | Scheme::Svix => standard_names(scheme)
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
         Scheme::TimestampedHex { header } => vec![header.to_ascii_lowercase()],
         Scheme::BodyHex {
             header,
@@ -474,9 +493,10 @@ mod tests {
                 delivery_header: "X-OWC-Delivery".into(),
             },
             Scheme::Chatwoot,
+            Scheme::Svix,
         ] {
             let secret = match scheme {
-                Scheme::StandardWebhooks => generate_secret(),
+                Scheme::StandardWebhooks | Scheme::Svix => generate_secret(),
                 _ => "a-hex-scheme-secret".to_string(),
             };
             let sent = headers(&scheme, &[secret.as_str()], &msg).unwrap();

@@ -265,10 +265,10 @@ pub struct Defaults {
 /// Whether `secret` can sign with `scheme`.
 pub fn check_secret(scheme: &Scheme, secret: &str) -> Result<(), String> {
     match scheme {
-        Scheme::StandardWebhooks if sign::is_signing_key(secret) => sign::signing_key(secret)
+        Scheme::StandardWebhooks | Scheme::Svix if sign::is_signing_key(secret) => sign::signing_key(secret)
             .map(|_| ())
             .map_err(|e| format!("secret: {e}")),
-        Scheme::StandardWebhooks => sign::standard_key(secret)
+        Scheme::StandardWebhooks | Scheme::Svix => sign::standard_key(secret)
             .map(|_| ())
             .map_err(|e| format!("secret: {e}")),
         // A private key must not become another scheme's HMAC key.

@@ -652,6 +652,7 @@ impl Engine {
             admin_token_hash: Arc::new(wasmhook::store::token_hash(ADMIN_TOKEN)),
             max_event_bytes: config.max_event_bytes,
             max_plugin_bytes: config.max_plugin_bytes,
+            public_url: None,
             rate_limiter: None,
             source_rate_limiter: None,
             telemetry: wasmhook::telemetry::Telemetry::install(),

@@ -18,6 +18,7 @@ mod languages;
 mod observability;
 mod ordering;
 mod polling;
+mod portal;
 mod sandbox;
 mod security;
 mod sources;

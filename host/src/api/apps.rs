@@ -151,11 +151,11 @@ fn view(state: &ApiState, app: Application) -> Result<AppView, ApiError> {
 
 /// The tenant's application named by `app` (its id or uid), or a 404
 /// (another tenant's too).
-pub(super) fn load(state: &ApiState, tenant: &Tenant, app: &str) -> Result<Application, ApiError> {
+pub(super) fn load(state: &ApiState, tenant_id: &str, app: &str) -> Result<Application, ApiError> {
     state
         .app
         .store
-        .get_app(&tenant.id, app)?
+        .get_app(tenant_id, app)?
         .ok_or_else(|| ApiError::NotFound(format!("no application {app:?}")))
 }
 
@@ -226,7 +226,7 @@ async fn get_one(
     State(state): State<ApiState>,
     Path(app): Path<String>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    Ok(axum::Json(view(&state, load(&state, &tenant, &app)?)?))
+    Ok(axum::Json(view(&state, load(&state, &tenant.id, &app)?)?))
 }
 
 /// Change an application's name, uid or metadata.
@@ -240,7 +240,7 @@ async fn patch(
     Path(app): Path<String>,
     Json(change): Json<AppChange>,
 ) -> Result<axum::Json<AppView>, ApiError> {
-    let mut current = load(&state, &tenant, &app)?;
+    let mut current = load(&state, &tenant.id, &app)?;
     if let Some(name) = change.name {
         check_name(&name)?;
         current.name = name;
@@ -265,8 +265,8 @@ async fn patch(
     Ok(axum::Json(view(&state, current)?))
 }
 
-/// Delete an application and its endpoints (their pending deliveries fail
-/// as "subscription deleted").
+/// Delete an application, its portal links and its endpoints (their
+/// pending deliveries fail as "subscription deleted").
 #[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", security(("tenant" = [])),
     params(("app" = String, Path, description = "id or uid")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -275,11 +275,17 @@ async fn delete(
     State(state): State<ApiState>,
     Path(app): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let app = load(&state, &tenant, &app)?;
+    let app = load(&state, &tenant.id, &app)?;
     // The application first: from then on no endpoint can be created for
     // it (an endpoint's creation checks again after storing itself), and
     // its endpoints listed after it are all there are.
     state.app.store.delete_app(&tenant.id, &app.id).await?;
+    // Its portal links stop working.
+    let links = state
+        .app
+        .store
+        .list_portal_links(&tenant.id, Some(&app.id))?;
+    state.app.store.delete_portal_links(&links).await?;
     let endpoints: Vec<String> = state
         .app
         .store
@@ -311,6 +317,6 @@ async fn send_event(
     Path(app): Path<String>,
     Json(body): Json<Box<RawValue>>,
 ) -> Result<(StatusCode, axum::Json<super::events::Accepted>), ApiError> {
-    let app = load(&state, &tenant, &app)?;
+    let app = load(&state, &tenant.id, &app)?;
     super::events::ingest_single(&state, &tenant, &body, Some(app)).await
 }

@@ -1,6 +1,12 @@
 //! Who is calling: the operator (token from the config or generated at first
-//! start) or a tenant (an API key, stored hashed). Both come as
-//! `Authorization: Bearer <token>`; anything else is a 401.
+//! start), a tenant (an API key, stored hashed), or a tenant's customer
+//! through a portal link (a `whp_` token, stored hashed, scoped to one
+//! application). All come as `Authorization: Bearer <token>`; anything
+//! else is a 401.
+//!
+//! A handler says whom it serves by the extractor it takes: [`Tenant`]
+//! refuses portal tokens (403), so a route is open to a portal link only
+//! where a handler takes a [`Caller`] and applies its scope.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -90,11 +96,104 @@ impl FromRequestParts<ApiState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.portal.is_some() {
+            return Err(ApiError::Forbidden {
+                code: "portal_scope",
+                message:
+                    "a portal link opens only its application's endpoints and their deliveries"
+                        .into(),
+            });
+        }
+        Ok(Tenant {
+            id: caller.id,
+            key_hash: caller.key_hash,
+        })
+    }
+}
+
+/// The prefix of portal tokens (`whp_` and 64 hex digits).
+pub const PORTAL_TOKEN_PREFIX: &str = "whp_";
+
+/// What a portal link opens: one application's endpoints.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    pub app_id: String,
+    /// Reads only: nothing changed, no secret shown.
+    pub read_only: bool,
+    pub expires_at: jiff::Timestamp,
+}
+
+/// A tenant's key, or a portal link of one of its applications: the
+/// callers of the endpoint and delivery routes. Handlers taking it apply
+/// [`Caller::sees`] to every record they touch and [`Caller::may_change`]
+/// before every change.
+pub struct Caller {
+    /// The tenant.
+    pub id: String,
+    /// The key's or token's hash (rate limiting is per key).
+    pub key_hash: Vec<u8>,
+    /// Set when the caller came with a portal link.
+    pub portal: Option<Portal>,
+}
+
+impl Caller {
+    /// Whether a record of this application (None: tenant-wide) is the
+    /// caller's to see.
+    pub fn sees(&self, app_id: Option<&str>) -> bool {
+        match &self.portal {
+            None => true,
+            Some(p) => app_id == Some(p.app_id.as_str()),
+        }
+    }
+
+    /// A 403 for a read-only portal link.
+    pub fn may_change(&self) -> Result<(), ApiError> {
+        match &self.portal {
+            Some(p) if p.read_only => Err(ApiError::Forbidden {
+                code: "portal_read_only",
+                message: "this portal link is read-only".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<&Tenant> for Caller {
+    fn from(t: &Tenant) -> Self {
+        Caller {
+            id: t.id.clone(),
+            key_hash: t.key_hash.clone(),
+            portal: None,
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or_else(|| refused(parts))?;
+        if key.starts_with(PORTAL_TOKEN_PREFIX) {
+            // Expired links are refused like revoked ones.
+            return match state.app.store.portal_link_for_token(key)? {
+                Some(link) if link.expires_at > state.app.clock.now() => Ok(Caller {
+                    id: link.tenant_id,
+                    key_hash: token_hash(key),
+                    portal: Some(Portal {
+                        app_id: link.app_id,
+                        read_only: link.read_only,
+                        expires_at: link.expires_at,
+                    }),
+                }),
+                _ => Err(refused(parts)),
+            };
+        }
         match state.app.store.tenant_for_key(key)? {
-            Some(id) => Ok(Tenant {
+            Some(id) => Ok(Caller {
                 id,
                 key_hash: token_hash(key),
+                portal: None,
             }),
             None => Err(refused(parts)),
         }

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::Tenant;
+use super::auth::Caller;
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
 use crate::runtime::Header;
@@ -138,10 +138,10 @@ const SCAN_BUDGET: usize = 2000;
 /// `next_cursor`: each request reads at most 2,000 deliveries, and the
 /// cursor goes on from where it stopped.
 #[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries", params(ListParams),
-    security(("tenant" = [])),
+    security(("tenant" = []), ("portal" = [])),
     responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody)))]
 async fn list(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Query(q): Query<ListParams>,
 ) -> Result<axum::Json<DeliveryPage>, ApiError> {
@@ -153,6 +153,24 @@ async fn list(
     let mut items = Vec::new();
     let mut more = false;
     let store = &state.app.store;
+    // A portal link: one of its endpoints', or those of all of them.
+    let endpoints: Option<std::collections::HashSet<String>> = match &tenant.portal {
+        Some(_) => match &q.subscription_id {
+            Some(sub) => {
+                super::subscriptions::load(&state, &tenant, sub)?;
+                None
+            }
+            None => Some(
+                store
+                    .routes(&tenant.id)?
+                    .iter()
+                    .filter(|s| tenant.sees(s.app_id.as_deref()))
+                    .map(|s| s.id.clone())
+                    .collect(),
+            ),
+        },
+        None => None,
+    };
     let ids: Box<dyn Iterator<Item = _>> = match &q.subscription_id {
         Some(sub) => {
             Box::new(store.subscription_delivery_ids(&tenant.id, sub, q.cursor.as_deref()))
@@ -174,6 +192,9 @@ async fn list(
         last_examined = Some(id);
         // The index is the tenant's own; the check is a second guard.
         if d.tenant_id != tenant.id
+            || endpoints
+                .as_ref()
+                .is_some_and(|e| !e.contains(&d.subscription_id))
             || q.event_id.as_ref().is_some_and(|e| *e != d.event_id)
             || q.event_type.as_ref().is_some_and(|t| *t != d.event_type)
             || status.is_some_and(|s| s != d.status)
@@ -197,13 +218,30 @@ async fn list(
     Ok(axum::Json(DeliveryPage { items, next_cursor }))
 }
 
-fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Delivery, ApiError> {
-    state
+fn load(state: &ApiState, tenant: &Caller, id: &str) -> Result<Delivery, ApiError> {
+    let d = state
         .app
         .store
         .get_delivery(id)?
-        .filter(|d| d.tenant_id == tenant.id)
-        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id:?}")))
+        .filter(|d| d.tenant_id == tenant.id);
+    match d {
+        Some(d) if portal_sees(state, tenant, &d)? => Ok(d),
+        _ => Err(ApiError::NotFound(format!("no delivery {id:?}"))),
+    }
+}
+
+/// Whether a delivery is to one of the portal link's endpoints (always,
+/// for a tenant's key). Ops-endpoint deliveries and those of deleted
+/// endpoints are the tenant's only.
+fn portal_sees(state: &ApiState, caller: &Caller, d: &Delivery) -> Result<bool, ApiError> {
+    if caller.portal.is_none() {
+        return Ok(true);
+    }
+    Ok(state
+        .app
+        .store
+        .get_subscription(&caller.id, &d.subscription_id)?
+        .is_some_and(|s| caller.sees(s.app_id.as_deref())))
 }
 
 fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError> {
@@ -243,11 +281,11 @@ fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError>
 
 /// One delivery: the body sent and every attempt (time, HTTP status,
 /// duration, truncated response, error).
-#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries", security(("tenant" = [])),
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeliveryDetail), (status = 404, body = ErrorBody)))]
 async fn get_one(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryDetail>, ApiError> {
@@ -255,15 +293,16 @@ async fn get_one(
 }
 
 /// Send a finished delivery again now (same id, same body).
-#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 202, body = DeliveryDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn retry(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<DeliveryDetail>), ApiError> {
     let mut d = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     if d.status == DeliveryStatus::Pending {
         return Err(ApiError::Conflict(format!(
             "delivery {id} is already pending"
@@ -309,15 +348,16 @@ async fn retry(
 /// Let an ordered line go on without its failed head: the delivery that
 /// stops its line (`on_failure: block`) stays failed, and the next one
 /// with its key is attempted now.
-#[utoipa::path(post, path = "/v1/deliveries/{id}/dismiss", tag = "deliveries", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/deliveries/{id}/dismiss", tag = "deliveries", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = DeliveryDetail), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn dismiss(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryDetail>, ApiError> {
     let d = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     if !state.app.queue.dismiss(&d).await? {
         return Err(ApiError::Conflict(format!(
             "delivery {id} does not stop an ordered line (only a failed head under on_failure \"block\" does)"

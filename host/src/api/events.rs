@@ -182,7 +182,7 @@ fn settle(
             ));
         }
         (Some(app), _) => Some(app.id.clone()),
-        (None, Some(named)) => Some(super::apps::load(state, tenant, &named)?.id),
+        (None, Some(named)) => Some(super::apps::load(state, &tenant.id, &named)?.id),
         (None, None) => None,
     };
     state.schemas.check(&state.app.store, &tenant.id, event, at)

@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
 
 /// The tenant's listen subscription, or a 404 (another tenant's too).
 fn listen_subscription(state: &ApiState, tenant: &Tenant, id: &str) -> Result<(), ApiError> {
-    let sub = super::subscriptions::load(state, tenant, id)?;
+    let sub = super::subscriptions::load(state, &tenant.into(), id)?;
     match sub.destination {
         Some(Destination::Listen { .. }) => Ok(()),
         _ => Err(ApiError::Conflict(format!(

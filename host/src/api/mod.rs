@@ -19,6 +19,7 @@ mod listen;
 pub mod openapi;
 mod ops;
 mod plugins;
+mod portal;
 mod secrets;
 mod source_views;
 mod sources;
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub admin_token_hash: Arc<Vec<u8>>,
     pub max_event_bytes: usize,
     pub max_plugin_bytes: usize,
+    /// Where portal links point (`server.public_url`).
+    pub public_url: Option<String>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Requests per second per source on `/in/{id}` (`sources.rate_limit`).
     pub source_rate_limiter: Option<Arc<RateLimiter>>,
@@ -195,6 +198,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(plugins::router(state))
         .merge(subscriptions::router())
         .merge(apps::router(state))
+        .merge(portal::router())
         .merge(event_types::router())
         .merge(listen::router())
         .merge(sources::router(state))

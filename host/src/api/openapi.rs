@@ -24,7 +24,7 @@ pub struct ErrorDetail {
 #[openapi(
     info(
         title = "wasmhook",
-        description = "Admin and ingest API of wasmhook, a self-hosted webhook router for chat platforms with per-subscriber WebAssembly transforms. Operator routes take the operator token, all others a tenant API key, both as `Authorization: Bearer <token>`."
+        description = "Admin and ingest API of wasmhook, a self-hosted webhook router for chat platforms with per-subscriber WebAssembly transforms. Operator routes take the operator token, others a tenant API key, and the endpoint and delivery routes also a portal link's token (`whp_…`, scoped to one application), all as `Authorization: Bearer <token>`."
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security)
@@ -36,7 +36,7 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["operator", "tenant"] {
+        for name in ["operator", "tenant", "portal"] {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::Tenant;
+use super::auth::Caller;
 use super::openapi::ErrorBody;
 use super::subscriptions::{bad, load};
 use super::{ApiError, ApiState, Json};
@@ -39,15 +39,16 @@ pub struct TestResult {
 
 /// Send a `webhook.test` event through the plugin and signer now; answers
 /// with the attempt's result. The delivery is kept in the log.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/test", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/test", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = TestResult), (status = 404, body = ErrorBody)))]
 async fn send_test(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<TestResult>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     let slot = test_slot(&state, &tenant.id)?;
     Ok(axum::Json(TestResult {
         deliveries: run_test(&state, &sub, slot).await?,
@@ -139,15 +140,16 @@ pub struct ReplayResult {
 /// Re-run stored events received since a time through the current plugin,
 /// as new deliveries to this subscription.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", request_body = ReplayInput,
-    security(("tenant" = [])), params(("id" = String, Path)),
+    security(("tenant" = []), ("portal" = [])), params(("id" = String, Path)),
     responses((status = 200, body = ReplayResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn replay(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Json(input): Json<ReplayInput>,
 ) -> Result<axum::Json<ReplayResult>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     let since: Timestamp = input.since.parse().map_err(|_| {
         ApiError::bad(
             "invalid_body",
@@ -166,15 +168,16 @@ pub struct FlushResponse {
 
 /// Close the subscription's windows now: every window holding items is
 /// flushed through the plugin into deliveries (for operators and tests).
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/flush", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/flush", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = FlushResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn flush(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<FlushResponse>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     if sub.window.is_none() {
         return Err(bad("this subscription has no window"));
     }
@@ -209,11 +212,11 @@ pub struct WindowView {
 }
 
 /// What the subscription holds, per window and group.
-#[utoipa::path(get, path = "/v1/subscriptions/{id}/window", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/window", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = WindowView), (status = 404, body = ErrorBody)))]
 async fn window_view(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<WindowView>, ApiError> {

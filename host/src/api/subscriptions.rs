@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::Tenant;
+use super::auth::Caller;
 use super::openapi::ErrorBody;
 use super::secrets::{SecretView, secret_view};
 use super::subscription_actions::{TestResult, run_test, test_slot};
@@ -99,6 +99,18 @@ pub struct TlsView {
 }
 
 impl SubscriptionView {
+    /// [`Self::of`] as `caller` sees it: a portal link is not shown the
+    /// tenant's plugin settings (they may hold the tenant's own
+    /// credentials), only which plugin runs.
+    fn of_for(caller: &Caller, mut s: Subscription, with_secret: bool, state: &ApiState) -> Self {
+        if caller.portal.is_some()
+            && let Some(p) = &mut s.plugin
+        {
+            p.config = Value::Object(Default::default());
+        }
+        Self::of(s, with_secret, state)
+    }
+
     fn of(s: Subscription, with_secret: bool, state: &ApiState) -> Self {
         SubscriptionView {
             queued_deliveries: state.app.queue.subscription_depth(&s.id),
@@ -209,24 +221,27 @@ async fn check_plugin(state: &ApiState, tenant_id: &str, p: &PluginRef) -> Resul
     .await
 }
 
-pub(super) fn load(state: &ApiState, tenant: &Tenant, id: &str) -> Result<Subscription, ApiError> {
+pub(super) fn load(state: &ApiState, tenant: &Caller, id: &str) -> Result<Subscription, ApiError> {
     state
         .app
         .store
         .get_subscription(&tenant.id, id)?
+        .filter(|s| tenant.sees(s.app_id.as_deref()))
         .ok_or_else(|| ApiError::NotFound(format!("no subscription {id:?}")))
 }
 
 /// Create a subscription. Answers with its signing `secret` (shown here, on
 /// reveal and on rotation only).
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionInput,
-    security(("tenant" = [])),
+    security(("tenant" = []), ("portal" = [])),
     responses((status = 201, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn create(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<(StatusCode, axum::Json<SubscriptionView>), ApiError> {
+    tenant.may_change()?;
+    super::portal::check_input(&tenant, &input)?;
     let limit = state.app.settings.bounds.subscriptions_per_tenant;
     if state.app.store.count_subscriptions(&tenant.id)? >= limit {
         return Err(ApiError::bad(
@@ -243,9 +258,11 @@ async fn create(
     };
     let plugin = input.plugin.clone().flatten();
     let verify = input.verify_on_create.unwrap_or(false);
-    let app_id = match &input.app {
-        Some(app) => Some(super::apps::load(&state, &tenant, app)?.id),
-        None => None,
+    let app_id = match (&tenant.portal, &input.app) {
+        // A portal link's endpoints are its application's.
+        (Some(portal), _) => Some(portal.app_id.clone()),
+        (None, Some(app)) => Some(super::apps::load(&state, &tenant.id, app)?.id),
+        (None, None) => None,
     };
     if let Some(types) = &input.event_types {
         super::event_types::check_patterns(&state, &tenant.id, types)?;
@@ -296,36 +313,38 @@ async fn create(
         }),
         None => None,
     };
-    let mut view = SubscriptionView::of(sub, true, &state);
+    let mut view = SubscriptionView::of_for(&tenant, sub, true, &state);
     view.verification = verification;
     Ok((StatusCode::CREATED, axum::Json(view)))
 }
 
 /// List the tenant's subscriptions.
-#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     responses((status = 200, body = Vec<SubscriptionView>)))]
 async fn list(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
 ) -> Result<axum::Json<Vec<SubscriptionView>>, ApiError> {
     let subs = state.app.store.list_subscriptions(&tenant.id)?;
     Ok(axum::Json(
         subs.into_iter()
-            .map(|s| SubscriptionView::of(s, false, &state))
+            .filter(|s| tenant.sees(s.app_id.as_deref()))
+            .map(|s| SubscriptionView::of_for(&tenant, s, false, &state))
             .collect(),
     ))
 }
 
 /// Read one subscription.
-#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
 async fn get_one(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    Ok(axum::Json(SubscriptionView::of(
+    Ok(axum::Json(SubscriptionView::of_for(
+        &tenant,
         load(&state, &tenant, &id)?,
         false,
         &state,
@@ -334,15 +353,17 @@ async fn get_one(
 
 /// Change any fields of a subscription.
 #[utoipa::path(patch, path = "/v1/subscriptions/{id}", tag = "subscriptions", request_body = SubscriptionInput,
-    security(("tenant" = [])), params(("id" = String, Path)),
+    security(("tenant" = []), ("portal" = [])), params(("id" = String, Path)),
     responses((status = 200, body = SubscriptionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn patch(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let mut changed = load(&state, &tenant, &id)?;
+    tenant.may_change()?;
+    super::portal::check_input(&tenant, &input)?;
     if input.app.is_some() {
         return Err(bad(
             "app is set at creation: an endpoint does not move between applications",
@@ -380,13 +401,15 @@ async fn patch(
     if !matches!(updated.destination, Some(Destination::Listen { .. })) {
         state.app.deliver.sender.listeners().disconnect(&id);
     }
-    Ok(axum::Json(SubscriptionView::of(updated, false, &state)))
+    Ok(axum::Json(SubscriptionView::of_for(
+        &tenant, updated, false, &state,
+    )))
 }
 
 /// Transactional update, made durable.
 async fn update(
     state: &ApiState,
-    tenant: &Tenant,
+    tenant: &Caller,
     id: &str,
     f: impl Fn(&mut Subscription),
 ) -> Result<Subscription, ApiError> {
@@ -396,10 +419,13 @@ async fn update(
 /// [`update`], answering the subscription before and after the change.
 async fn change(
     state: &ApiState,
-    tenant: &Tenant,
+    tenant: &Caller,
     id: &str,
     f: impl Fn(&mut Subscription),
 ) -> Result<(Subscription, Subscription), ApiError> {
+    // Scope first: a portal link changes only its application's endpoints.
+    load(state, tenant, id)?;
+    tenant.may_change()?;
     let now = state.app.clock.now();
     let changed = state
         .app
@@ -416,14 +442,16 @@ async fn change(
 }
 
 /// Delete a subscription (its pending deliveries fail as "subscription deleted").
-#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    load(&state, &tenant, &id)?;
+    tenant.may_change()?;
     if !state.app.store.delete_subscription(&tenant.id, &id).await? {
         return Err(ApiError::NotFound(format!("no subscription {id:?}")));
     }
@@ -436,36 +464,40 @@ async fn delete(
 }
 
 /// Enable (also after an automatic disable; resets the failure count).
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/enable", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/enable", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
 async fn enable(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let s = set_enabled(&state, &tenant, &id, true).await?;
-    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
+    Ok(axum::Json(SubscriptionView::of_for(
+        &tenant, s, false, &state,
+    )))
 }
 
 /// Disable: no new deliveries; pending ones fail as "subscription disabled".
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/disable", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/disable", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
 async fn disable(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let s = set_enabled(&state, &tenant, &id, false).await?;
-    Ok(axum::Json(SubscriptionView::of(s, false, &state)))
+    Ok(axum::Json(SubscriptionView::of_for(
+        &tenant, s, false, &state,
+    )))
 }
 
 /// Enables or disables; a change of state is told to the tenant's ops
 /// endpoint (enabling also resets the failure streak).
 async fn set_enabled(
     state: &ApiState,
-    tenant: &Tenant,
+    tenant: &Caller,
     id: &str,
     enabled: bool,
 ) -> Result<Subscription, ApiError> {
@@ -507,26 +539,28 @@ pub struct RotateInput {
 }
 
 /// Show the signing secret(s).
-#[utoipa::path(get, path = "/v1/subscriptions/{id}/secret", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/secret", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = SecretView), (status = 404, body = ErrorBody)))]
 async fn reveal_secret(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SecretView>, ApiError> {
     let s = load(&state, &tenant, &id)?;
+    // A read-only portal link shows no secret.
+    tenant.may_change()?;
     Ok(axum::Json(secret_view(&s.secrets, state.app.clock.now())))
 }
 
 /// Rotate the secret: a new one signs from now on; the old one keeps signing
 /// (standard-webhooks: alongside, space-separated) for the grace period.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions", security(("tenant" = [])),
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions", security(("tenant" = []), ("portal" = [])),
     params(("id" = String, Path)),
     request_body = Option<RotateInput>,
     responses((status = 200, body = SecretView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn rotate_secret(
-    tenant: Tenant,
+    tenant: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,

@@ -23,6 +23,8 @@ pub const CARRIED: &[&str] = &[
     "apps",
     "app_uids",
     "event_types",
+    "portal_links",
+    "portal_tokens",
     "dead_letters",
     "poll_states",
     "events",

@@ -44,6 +44,8 @@
 //! | `apps` | tenant id `\0` application id | [`Application`] |
 //! | `app_uids` | tenant id `\0` uid | application id |
 //! | `event_types` | tenant id `\0` type | [`EventType`]: the catalog |
+//! | `portal_links` | tenant id `\0` link id | [`PortalLink`]: an application's portal link |
+//! | `portal_tokens` | SHA-256 of a portal token | tenant id `\0` link id |
 //! | `sources` | tenant id `\0` source id | [`Source`] |
 //! | `source_index` | source id | tenant id (an inbound request names only the source) |
 //! | `dead_letters` | source id `\0` dead-letter id (time-ordered) | [`DeadLetter`] |
@@ -69,6 +71,7 @@ use encoding::*;
 mod embedded;
 use embedded::commit;
 mod apps;
+mod portal;
 pub use apps::PutApp;
 mod events;
 mod gate;
@@ -229,6 +232,8 @@ pub struct Trees {
     apps: Tree,
     app_uids: Tree,
     event_types: Tree,
+    portal_links: Tree,
+    portal_tokens: Tree,
     dead_letters: Tree,
     poll_states: Tree,
     meta: Tree,

@@ -182,6 +182,22 @@ pub struct Application {
     pub updated_at: Timestamp,
 }
 
+/// A link that opens the dashboard for one application only (the
+/// consumer portal). Its token is stored only as a hash: the link is shown
+/// once, when created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortalLink {
+    pub id: String,
+    pub tenant_id: String,
+    pub app_id: String,
+    /// SHA-256 of the token, hex (the key of `portal_tokens`).
+    pub token_hash: String,
+    /// Only reads: no change, no secret shown.
+    pub read_only: bool,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
 /// An entry of the tenant's event-type catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventType {

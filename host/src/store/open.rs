@@ -156,6 +156,8 @@ impl Store {
             apps: tree("apps")?,
             app_uids: tree("app_uids")?,
             event_types: tree("event_types")?,
+            portal_links: tree("portal_links")?,
+            portal_tokens: tree("portal_tokens")?,
             dead_letters: tree("dead_letters")?,
             poll_states: tree("poll_states")?,
             meta: tree("meta")?,

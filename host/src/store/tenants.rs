@@ -27,8 +27,8 @@ impl Store {
     }
 
     /// Deletes a tenant with all it owns: keys, subscriptions with their
-    /// held window items, plugin records, applications and their uids,
-    /// the event-type catalog, sources with their id index and
+    /// held window items, plugin records, applications and their uids
+    /// and portal links, the event-type catalog, sources with their id index and
     /// dead letters, and its ops endpoint. Events and deliveries age out
     /// with the retention (a pending delivery of a deleted subscription
     /// fails as such). Plugin bytes no other tenant uses are the caller's
@@ -49,6 +49,14 @@ impl Store {
                 }
             }
             w.remove(&self.subscriptions, key)?;
+        }
+        for kv in self.portal_links.scan_prefix(&prefix) {
+            let (key, v) = kv?;
+            let link: PortalLink = decode(&key, &v)?;
+            if let Ok(hash) = hex::decode(&link.token_hash) {
+                w.remove(&self.portal_tokens, hash)?;
+            }
+            w.remove(&self.portal_links, key)?;
         }
         for tree in [&self.plugins, &self.apps, &self.app_uids, &self.event_types] {
             for kv in tree.scan_prefix(&prefix) {

@@ -6,6 +6,13 @@
 // Every string that came from a tenant is put in the page as text
 // (textContent), never as HTML, so a description like <script> shows as
 // written. The page is served with a CSP that forbids inline scripts.
+//
+// Portal mode: a portal link (`/ui/#portal=whp_…`) opens the page for one
+// application's customer. The token comes in the fragment, which the
+// browser never sends, is moved to sessionStorage like a key, and the
+// address bar is cleared. The page then shows that application's
+// endpoints and deliveries only — and the API refuses the token anywhere
+// else, so hiding the rest here is for clarity, not for safety.
 "use strict";
 
 const KEY = "wasmhook.key";
@@ -13,6 +20,21 @@ const ROLE = "wasmhook.role";
 const POLL_MS = 3000;
 
 let pollTimer = null;
+// The portal link's application, read-only flag and event types (GET /v1/portal).
+let portal = null;
+
+function role() { return sessionStorage.getItem(KEY) ? sessionStorage.getItem(ROLE) : null; }
+function readOnly() { return role() === "portal" && portal && portal.read_only; }
+
+// A portal link just opened: its token becomes this tab's credential.
+function takePortalLink() {
+  const m = /^#portal=(whp_[0-9a-f]+)$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(KEY, m[1]);
+  sessionStorage.setItem(ROLE, "portal");
+  portal = null;
+  history.replaceState(null, "", location.pathname + "#/endpoints");
+}
 
 // ---------- the API ----------
 
@@ -45,7 +67,9 @@ async function api(method, path, body, opts) {
   if (!res.ok) {
     const err = data && data.error ? data.error : { code: "http_" + res.status, message: text || res.statusText };
     if (res.status === 401 && !(opts && opts.probe) && sessionStorage.getItem(KEY)) {
-      signOut("Your key was refused (revoked or wrong). Sign in again.");
+      signOut(role() === "portal"
+        ? "This portal link has expired or was revoked. Ask for a new one."
+        : "Your key was refused (revoked or wrong). Sign in again.");
     }
     throw new ApiError(res.status, err.code, err.message);
   }
@@ -169,6 +193,7 @@ async function signIn(key) {
 function signOut(why) {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(ROLE);
+  portal = null;
   location.hash = "#/";
   route(why);
 }
@@ -197,13 +222,15 @@ function signInPage(why) {
 
 const TENANT_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"], ["#/apps", "Applications"], ["#/catalog", "Event types"], ["#/sources", "Sources"], ["#/plugins", "Plugins"], ["#/windows", "Windows"], ["#/ops", "Alerts"]];
 const OPERATOR_NAV = [["#/tenants", "Tenants"]];
+const PORTAL_NAV = [["#/endpoints", "Endpoints"], ["#/deliveries", "Deliveries"]];
 
-function renderNav(role) {
+function renderNav(who) {
   const nav = document.getElementById("nav");
-  if (!role) { nav.replaceChildren(); return; }
-  const items = role === "operator" ? OPERATOR_NAV : TENANT_NAV;
+  if (!who) { nav.replaceChildren(); return; }
+  const items = who === "operator" ? OPERATOR_NAV : who === "portal" ? PORTAL_NAV : TENANT_NAV;
   const here = location.hash.split("?")[0];
   nav.replaceChildren(
+    who === "portal" && portal ? h("span", { id: "portal-app", class: "muted" }, portal.app.name + (portal.read_only ? " (read-only)" : "")) : null,
     ...items.map(([href, text]) => h("a", { href, "aria-current": here.startsWith(href) ? "page" : null }, text)),
     h("button", { type: "button", onclick: () => signOut("Signed out.") }, "Sign out"));
 }
@@ -211,7 +238,7 @@ function renderNav(role) {
 // Disabled endpoints, on every tenant page: the owner sees it at once.
 async function refreshBanner() {
   const banner = document.getElementById("banner");
-  if (sessionStorage.getItem(ROLE) !== "tenant") { banner.replaceChildren(); return; }
+  if (role() !== "tenant" && role() !== "portal") { banner.replaceChildren(); return; }
   try {
     const subs = await api("GET", "/v1/subscriptions");
     banner.replaceChildren(...subs.filter((s) => !s.enabled).map((s) =>
@@ -226,13 +253,21 @@ function parseHash() {
 
 async function route(why) {
   if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
-  const role = sessionStorage.getItem(KEY) ? sessionStorage.getItem(ROLE) : null;
-  renderNav(role);
-  if (!role) { document.getElementById("banner").replaceChildren(); return signInPage(why); }
+  takePortalLink();
+  const who = role();
+  if (who === "portal" && !portal) {
+    try { portal = await api("GET", "/v1/portal"); } catch (e) { if (role()) { render("Something went wrong"); showError(main(), e); } return; }
+  }
+  renderNav(who);
+  if (!who) { document.getElementById("banner").replaceChildren(); return signInPage(why); }
   const { parts, params } = parseHash();
   refreshBanner();
   try {
-    if (role === "operator") return await tenantsPage();
+    if (who === "operator") return await tenantsPage();
+    if (who === "portal" && !["endpoints", "deliveries"].includes(parts[0])) {
+      location.replace("#/endpoints");
+      return await endpointsPage();
+    }
     switch (parts[0]) {
       case "endpoints":
         if (parts[1] === "new") return await endpointForm(null);
@@ -270,8 +305,8 @@ async function endpointsPage() {
     h("td", {}, String(s.consecutive_failures)),
     h("td", { class: "hide-narrow" }, String(s.queued_deliveries)),
   ]));
-  render("Endpoints",
-    h("div", { class: "actions" }, h("a", { class: "button", href: "#/endpoints/new" }, "Add endpoint")),
+  render(portal ? "Endpoints of " + portal.app.name : "Endpoints",
+    readOnly() ? null : h("div", { class: "actions" }, h("a", { class: "button", href: "#/endpoints/new" }, "Add endpoint")),
     subs.length === 0 ? h("p", { class: "muted" }, "No endpoints yet.") :
       h("div", { class: "table-wrap" }, h("table", { id: "endpoints" },
         h("thead", {}, h("tr", {}, ["URL", "Events", "Plugin", "State", "Failure streak", "Queued"].map((t, i) => h("th", { scope: "col", class: i === 2 || i === 5 ? "hide-narrow" : null }, t)))),
@@ -284,6 +319,7 @@ async function pluginChoices() {
 }
 
 async function endpointForm(id) {
+  if (role() === "portal") return portalEndpointForm(id);
   const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
   const plugins = await pluginChoices();
   const dest = sub ? sub.destination : { type: "http" };
@@ -318,7 +354,7 @@ async function endpointForm(id) {
   const plugin = h("select", { name: "plugin" }, h("option", { value: "" }, "None (send the event as is)"),
     plugins.map((p) => h("option", { value: p.id, selected: sub && sub.plugin && sub.plugin.id === p.id }, p.label)));
   const config = h("textarea", { name: "plugin_config", rows: "4" }, sub && sub.plugin ? JSON.stringify(sub.plugin.config, null, 2) : "{}");
-  const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex", "chatwoot"].map((s) =>
+  const scheme = h("select", { name: "signature" }, ["standard-webhooks", "timestamped-hex", "body-hex", "chatwoot", "svix"].map((s) =>
     h("option", { value: s, selected: sub && sub.signature.scheme === s }, s)));
   const preset = h("select", { name: "retry" }, ["standard", "onwebchat", "convosphere", "helloclient", "ohallo"].map((p) =>
     h("option", { value: p, selected: sub && sub.retry.preset === p }, p)));
@@ -412,6 +448,51 @@ async function endpointForm(id) {
   url.focus();
 }
 
+// Portal mode: what a customer sets of its endpoint (the API refuses the
+// tenant's own settings through a portal link).
+async function portalEndpointForm(id) {
+  const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
+  const url = h("input", { type: "url", name: "url", required: true, value: sub ? sub.url : "", placeholder: "https://example.com/webhook" });
+  const all = sub ? sub.event_types.includes("*") : true;
+  const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
+  const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
+  const syncTypes = () => { types.disabled = allEvents.checked; };
+  allEvents.addEventListener("change", syncTypes);
+  syncTypes();
+  const offered = portal.event_types.length === 0 ? null : h("ul", { id: "portal-event-types", class: "hint" },
+    portal.event_types.map((t) => h("li", {}, h("code", {}, t.name), t.description ? " — " + t.description : "")));
+  const description = h("input", { type: "text", name: "description", value: sub && sub.description ? sub.description : "" });
+  const perSecond = h("input", { type: "number", name: "rate_per_second", min: "0.01", step: "any", value: sub && sub.rate_limit ? String(sub.rate_limit.per_second) : "", placeholder: "attempts a second (empty: no limit)" });
+  const form = h("form", { class: "card", id: "endpoint-form" },
+    field("URL", url),
+    h("fieldset", {}, h("legend", {}, "Events"),
+      h("label", { class: "inline" }, allEvents, "All events"),
+      field("Event types", types, "Comma-separated: exact types, prefix.* patterns."), offered),
+    field("Description", description),
+    field("Rate limit (per second)", perSecond),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
+      h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    form.querySelectorAll(".error").forEach((e) => e.remove());
+    try {
+      const input = {
+        url: url.value.trim(),
+        event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
+        description: description.value,
+      };
+      if (perSecond.value.trim()) input.rate_limit = { per_second: Number(perSecond.value) };
+      else if (sub && sub.rate_limit) input.rate_limit = null;
+      const saved = sub
+        ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
+        : await api("POST", "/v1/subscriptions", input);
+      location.hash = "#/endpoints/" + saved.id;
+    } catch (e) { showError(form, e); }
+  });
+  render(sub ? "Edit endpoint" : "Add endpoint", form);
+  url.focus();
+}
+
 // One line for where an endpoint's deliveries go.
 function destinationText(d) {
   switch (d.type) {
@@ -445,7 +526,7 @@ async function endpointPage(id, params) {
       h("dt", {}, "Queued"), h("dd", {}, String(sub.queued_deliveries)),
       h("dt", {}, "Created"), h("dd", {}, when(sub.created_at))),
     secretBox,
-    h("div", { class: "actions" },
+    readOnly() ? null : h("div", { class: "actions" },
       h("a", { class: "button secondary", href: "#/endpoints/" + id + "/edit" }, "Edit"),
       sub.enabled
         ? action("Disable", async () => { const here = location.hash; await api("POST", path + "/disable"); refreshIfStill(here); }, "secondary")
@@ -471,7 +552,7 @@ async function endpointPage(id, params) {
         await api("DELETE", path);
         location.hash = "#/endpoints";
       }, "danger")),
-    h("form", { class: "filters", id: "replay-form" }, field("Replay events since", since),
+    readOnly() ? null : h("form", { class: "filters", id: "replay-form" }, field("Replay events since", since),
       action("Replay", async () => {
         if (!since.value) throw new Error("Pick a time to replay from.");
         const r = await api("POST", path + "/replay", { since: new Date(since.value).toISOString() });
@@ -561,7 +642,7 @@ async function deliveryPage(id) {
       `key ${JSON.stringify(d.line.key)}: ` + (d.line.stopped ? "the line is stopped by its failed head " : d.line.ahead > 0 ? `${d.line.ahead} ahead, behind ` : "at the head "),
       d.line.head && d.line.head !== d.id ? link("#/deliveries/" + d.line.head, d.line.head) : "")] : null,
     h("dt", {}, "Created"), h("dd", {}, when(d.created_at))),
-    h("div", { class: "actions" },
+    readOnly() ? null : h("div", { class: "actions" },
       d.line && d.line.stopped && d.line.head === d.id ? action("Dismiss (let the line go on)", async () => {
         const here = location.hash;
         await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/dismiss");
@@ -757,7 +838,14 @@ async function appsPage() {
         h("tbody", {}, list.items.map((a) => h("tr", { "data-app": a.id },
           h("td", {}, a.name), h("td", {}, a.uid || ""), h("td", {}, a.id), h("td", {}, String(a.subscriptions)),
           h("td", {}, when(a.created_at)),
-          h("td", {}, action("Delete", async () => {
+          h("td", {}, action("Portal link", async () => {
+            // A day-long link for this customer; shown once (only its hash is stored).
+            const l = await api("POST", "/v1/apps/" + encodeURIComponent(a.id) + "/portal-links", { expires_in: 86400 });
+            const out = h("input", { type: "text", readonly: true, class: "portal-url", value: l.url, "aria-label": "Portal link" });
+            notice(main(), "");
+            main().querySelector(".notice").replaceChildren(`Portal link for ${a.name}, valid until ${when(l.expires_at)}; shown this once: `, out);
+            out.select();
+          }, "secondary"), " ", action("Delete", async () => {
             if (!confirm(`Delete application ${a.name} and its ${a.subscriptions} endpoint(s)?`)) return;
             const here = location.hash;
             await api("DELETE", "/v1/apps/" + encodeURIComponent(a.id));
