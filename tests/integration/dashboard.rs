@@ -717,3 +717,204 @@ async fn sub_secret_prefix(server: &Server, key: &str, sub_id: &str) -> String {
         .await;
     s["secret"].as_str().unwrap()[..12].to_string()
 }
+
+/// Portal mode: a tenant hands a customer a link; in Chromium it opens the
+/// dashboard on that application's endpoints only (the token leaves the
+/// address bar for sessionStorage), the customer adds an endpoint and
+/// sends it a test event, the tenant's pages are not offered and the API
+/// refuses the token there; a read-only link shows no actions; revoked
+/// and expired links are refused with a clear message.
+#[tokio::test]
+async fn a_portal_link_opens_one_application_in_the_dashboard() {
+    let Some(driver) = chromedriver().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let receiver = Receiver::ok().await;
+    let (_, key) = server.tenant("saas").await;
+    for (name, uid) in [("Clinique Zoë", "clinic"), ("Other customer", "other")] {
+        let (status, app) = server
+            .call(
+                "POST",
+                "/v1/apps",
+                &key,
+                Some(json!({"name": name, "uid": uid})),
+            )
+            .await;
+        assert_eq!(status, 201, "{app}");
+    }
+    let mine = server
+        .subscribe(&key, json!({"url": format!("{}/clinic-existing", receiver.url()), "event_types": ["*"], "app": "clinic"}))
+        .await;
+    let theirs = server
+        .subscribe(&key, json!({"url": format!("{}/other-secret-endpoint", receiver.url()), "event_types": ["*"], "app": "other"}))
+        .await;
+    let (status, link) = server
+        .call(
+            "POST",
+            "/v1/apps/clinic/portal-links",
+            &key,
+            Some(json!({"expires_in": 600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let url = link["url"].as_str().unwrap();
+    let token = link["token"].as_str().unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = Browser::open(&driver, profile.path()).await;
+    b.client.goto(url).await.unwrap();
+    b.until(
+        "the application's endpoints",
+        "return !!document.querySelector('#endpoints') && document.querySelector('h1').textContent.includes('Clinique Zoë')",
+    )
+    .await;
+    b.shot("portal-endpoints").await;
+    let page = b.js("return document.body.innerText").await;
+    let page = page.as_str().unwrap();
+    assert!(page.contains("/clinic-existing"), "{page}");
+    assert!(!page.contains("/other-secret-endpoint"), "{page}");
+    assert!(
+        !page.contains("Applications") && !page.contains("Plugins"),
+        "only the portal's pages are offered: {page}"
+    );
+    let href = b.js("return location.href").await;
+    assert!(
+        !href.as_str().unwrap().contains("whp_"),
+        "the token left the address bar: {href}"
+    );
+    let stored = b.js("return sessionStorage.getItem('wasmhook.key')").await;
+    assert_eq!(stored, token, "the token is this tab's credential");
+    // The API refuses the token outside its application, from the page too.
+    let answer = b
+        .js(&format!(
+            "return fetch('/v1/subscriptions/{}', {{headers: {{Authorization: 'Bearer ' + sessionStorage.getItem('wasmhook.key')}}}}).then(r => r.status)",
+            theirs["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(answer, 404);
+    let answer = b
+        .js("return fetch('/v1/apps', {headers: {Authorization: 'Bearer ' + sessionStorage.getItem('wasmhook.key')}}).then(r => r.status)")
+        .await;
+    assert_eq!(answer, 403);
+    // A tenant page by address lands back on the endpoints.
+    b.client
+        .goto(&format!("{}/ui/#/plugins", server.base))
+        .await
+        .unwrap();
+    b.until(
+        "back on the endpoints",
+        "return location.hash === '#/endpoints' && !!document.querySelector('#endpoints')",
+    )
+    .await;
+
+    // The customer adds an endpoint and sends it a test event.
+    b.click_button("Add endpoint").await;
+    b.find("#endpoint-form").await;
+    assert!(
+        b.js("return !document.querySelector('select[name=plugin]') && !document.querySelector('select[name=retry]')").await == Value::Bool(true),
+        "the tenant's settings are not in the portal's form"
+    );
+    b.type_into("input[name=url]", &format!("{}/clinic-new", receiver.url()))
+        .await;
+    b.type_into("input[name=description]", "our CRM").await;
+    b.click("#endpoint-form button[type=submit]").await;
+    b.until("the new endpoint's page", "return document.querySelector('h1').textContent === 'Endpoint' && document.body.innerText.includes('/clinic-new')").await;
+    let (_, subs) = server.call("GET", "/v1/subscriptions", &key, None).await;
+    let added = subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"].as_str().unwrap().ends_with("/clinic-new"))
+        .expect("the endpoint the portal added");
+    assert_eq!(added["app_id"], mine["app_id"], "{added}");
+    b.click_button("Send test event").await;
+    b.until(
+        "the test's result",
+        "return document.body.innerText.includes('Test delivery')",
+    )
+    .await;
+    b.shot("portal-endpoint").await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.json()["data"]["subscription_id"] == added["id"]),
+        "the test reached the customer's endpoint"
+    );
+
+    // Read-only: the same pages, no actions.
+    let (_, viewer) = server
+        .call(
+            "POST",
+            "/v1/apps/clinic/portal-links",
+            &key,
+            Some(json!({"read_only": true})),
+        )
+        .await;
+    b.client
+        .goto(viewer["url"].as_str().unwrap())
+        .await
+        .unwrap();
+    b.until("the read-only portal", "return document.getElementById('portal-app').textContent.includes('read-only') && !!document.querySelector('#endpoints')").await;
+    assert_eq!(
+        b.js("return !!document.querySelector('a[href=\"#/endpoints/new\"]')")
+            .await,
+        Value::Bool(false)
+    );
+    b.client
+        .goto(&format!(
+            "{}/ui/#/endpoints/{}",
+            server.base,
+            mine["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    b.until("the endpoint, read-only", "return document.querySelector('h1').textContent === 'Endpoint' && !!document.querySelector('#deliveries')").await;
+    assert_eq!(
+        b.js("return [...document.querySelectorAll('button')].map(x => x.textContent).filter(t => ['Rotate secret', 'Reveal secret', 'Delete', 'Send test event'].includes(t)).length").await,
+        json!(0)
+    );
+
+    // Revoked, then expired: refused with a message that says so.
+    let (status, _) = server
+        .call(
+            "DELETE",
+            &format!(
+                "/v1/apps/clinic/portal-links/{}",
+                viewer["id"].as_str().unwrap()
+            ),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    b.client.refresh().await.unwrap();
+    b.until(
+        "the revoked link refused",
+        "return document.body.innerText.includes('expired or was revoked')",
+    )
+    .await;
+    b.shot("portal-revoked").await;
+    let (_, brief) = server
+        .call(
+            "POST",
+            "/v1/apps/clinic/portal-links",
+            &key,
+            Some(json!({"expires_in": 1})),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    b.client.goto(brief["url"].as_str().unwrap()).await.unwrap();
+    b.until(
+        "the expired link refused",
+        "return document.body.innerText.includes('expired or was revoked')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return sessionStorage.getItem('wasmhook.key')").await,
+        Value::Null
+    );
+    b.client.close().await.unwrap();
+}

@@ -194,7 +194,8 @@ function signOut(why) {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(ROLE);
   portal = null;
-  location.hash = "#/";
+  // Without a hashchange: its route() would render the page again without `why`.
+  history.replaceState(null, "", location.pathname + "#/");
   route(why);
 }
 
