@@ -43,6 +43,10 @@ pub struct Envelope {
     /// application's subscriptions; None, only to tenant-wide ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Svix's channels (a Svix message's): an endpoint with channels gets
+    /// only events with one of its channels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// An event's `data`: a JSON object, kept as the text the sender sent.
@@ -239,6 +243,7 @@ impl EventInput {
             source,
             data: Data(self.data),
             app: self.app,
+            channels: Vec::new(),
         })
     }
 }

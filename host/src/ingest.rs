@@ -106,6 +106,7 @@ pub async fn accept(
                     s.enabled
                         && s.app_id == event.app
                         && route::matches_any(&s.event_types, &event.event_type)
+                        && s.takes_channels(&event.channels)
                 })
                 .collect();
             (event, subs)
@@ -233,7 +234,11 @@ pub async fn replay(
     let events = app.store.events_since(
         &sub.tenant_id,
         since,
-        |e| e.event.app == sub.app_id && route::matches_any(&sub.event_types, &e.event.event_type),
+        |e| {
+            e.event.app == sub.app_id
+                && route::matches_any(&sub.event_types, &e.event.event_type)
+                && sub.takes_channels(&e.event.channels)
+        },
         limit + 1,
     )?;
     check_bounds(app, &sub.tenant_id, events.len(), 0)?;

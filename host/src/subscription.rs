@@ -335,6 +335,9 @@ impl SubscriptionInput {
             rate_limit: None,
             trace_context: false,
             app_id: None,
+            channels: Vec::new(),
+            uid: None,
+            metadata: Default::default(),
             tls: None,
             destination: None,
         };

@@ -87,7 +87,7 @@ fn invisible(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let n = name.chars().count();
     if n == 0 || n > 100 || name.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(bad(
@@ -97,7 +97,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_uid(uid: &str) -> Result<(), ApiError> {
+pub(super) fn check_uid(uid: &str) -> Result<(), ApiError> {
     if uid.is_empty()
         || uid.len() > 100
         || !uid.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -115,7 +115,7 @@ fn check_uid(uid: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+pub(super) fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
     if m.len() > MAX_METADATA_ENTRIES {
         return Err(bad(format!(
             "metadata holds at most {MAX_METADATA_ENTRIES} entries"
@@ -276,32 +276,39 @@ async fn delete(
     Path(app): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let app = load(&state, &tenant.id, &app)?;
+    remove(&state, &app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an application, then its portal links and its endpoints.
+pub(super) async fn remove(state: &ApiState, app: &Application) -> Result<(), ApiError> {
+    let tenant_id = &app.tenant_id;
     // The application first: from then on no endpoint can be created for
     // it (an endpoint's creation checks again after storing itself), and
     // its endpoints listed after it are all there are.
-    state.app.store.delete_app(&tenant.id, &app.id).await?;
+    state.app.store.delete_app(tenant_id, &app.id).await?;
     // Its portal links stop working.
     let links = state
         .app
         .store
-        .list_portal_links(&tenant.id, Some(&app.id))?;
+        .list_portal_links(tenant_id, Some(&app.id))?;
     state.app.store.delete_portal_links(&links).await?;
     let endpoints: Vec<String> = state
         .app
         .store
-        .routes(&tenant.id)?
+        .routes(tenant_id)?
         .iter()
         .filter(|s| s.app_id.as_deref() == Some(app.id.as_str()))
         .map(|s| s.id.clone())
         .collect();
     for id in endpoints {
-        if state.app.store.delete_subscription(&tenant.id, &id).await? {
+        if state.app.store.delete_subscription(tenant_id, &id).await? {
             state.app.store.drop_windows(&id).await?;
             state.app.deliver.sender.listeners().disconnect(&id);
         }
     }
     state.app.store.durable().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Send one event to an application: only its endpoints get it. The body

@@ -301,8 +301,16 @@ async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<DeliveryDetail>), ApiError> {
-    let mut d = load(&state, &tenant, &id)?;
+    let d = load(&state, &tenant, &id)?;
     tenant.may_change()?;
+    let d = requeue(&state, d).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
+}
+
+/// Queues a finished delivery again now, under its id (a 409 says why one
+/// cannot be).
+pub(super) async fn requeue(state: &ApiState, mut d: Delivery) -> Result<Delivery, ApiError> {
+    let id = d.id.clone();
     if d.status == DeliveryStatus::Pending {
         return Err(ApiError::Conflict(format!(
             "delivery {id} is already pending"
@@ -342,7 +350,7 @@ async fn retry(
             "delivery {id} was retried meanwhile; it is no longer finished"
         )));
     };
-    Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
+    Ok(d)
 }
 
 /// Let an ordered line go on without its failed head: the delivery that

@@ -245,30 +245,6 @@ async fn create(
     State(state): State<ApiState>,
     Json(input): Json<NewEventType>,
 ) -> Result<(StatusCode, axum::Json<EventTypeView>), ApiError> {
-    if !crate::event::is_valid_type(&input.name) || input.name.len() > 200 {
-        return Err(bad(format!(
-            "name {:?} is not a dotted lowercase event type such as \"message.created\"",
-            input.name
-        )));
-    }
-    if state
-        .app
-        .store
-        .get_event_type(&tenant.id, &input.name)?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "the catalog has {:?} already",
-            input.name
-        )));
-    }
-    let limit = state.app.settings.bounds.event_types_per_tenant;
-    if state.app.store.count_event_types(&tenant.id)? >= limit {
-        return Err(ApiError::bad(
-            "limit_exceeded",
-            format!("the catalog has {limit} types, the limit (limits.event_types_per_tenant)"),
-        ));
-    }
     let now = state.app.clock.now();
     let t = EventType {
         tenant_id: tenant.id.clone(),
@@ -281,10 +257,41 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    check(&t)?;
-    state.app.store.put_event_type(&t).await?;
-    state.app.store.durable().await?;
+    add(&state, &t).await?;
     Ok((StatusCode::CREATED, axum::Json(t.into())))
+}
+
+/// Adds a new type to the catalog: its name, schema and example checked,
+/// within the tenant's limit; a 409 if the catalog has it.
+pub(super) async fn add(state: &ApiState, t: &EventType) -> Result<(), ApiError> {
+    if !crate::event::is_valid_type(&t.name) || t.name.len() > 200 {
+        return Err(bad(format!(
+            "name {:?} is not a dotted lowercase event type such as \"message.created\"",
+            t.name
+        )));
+    }
+    if state
+        .app
+        .store
+        .get_event_type(&t.tenant_id, &t.name)?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "the catalog has {:?} already",
+            t.name
+        )));
+    }
+    let limit = state.app.settings.bounds.event_types_per_tenant;
+    if state.app.store.count_event_types(&t.tenant_id)? >= limit {
+        return Err(ApiError::bad(
+            "limit_exceeded",
+            format!("the catalog has {limit} types, the limit (limits.event_types_per_tenant)"),
+        ));
+    }
+    check(t)?;
+    state.app.store.put_event_type(t).await?;
+    state.app.store.durable().await?;
+    Ok(())
 }
 
 /// The catalog, by name (archived types only with `include_archived`).

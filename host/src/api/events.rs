@@ -94,7 +94,7 @@ pub struct EventView {
     pub app_id: Option<String>,
 }
 
-fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, ApiError> {
+pub(super) fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, ApiError> {
     // A single event's body is held to the limit by the route's; an event
     // of a batch, by its text as sent.
     if at != "body" && text.get().len() > state.max_event_bytes {
@@ -111,7 +111,7 @@ fn validate(state: &ApiState, text: &RawValue, at: &str) -> Result<Envelope, Api
         .map_err(|e| ApiError::bad("invalid_event", format!("{at}: {e}")))
 }
 
-fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
+pub(super) fn rate_limit(state: &ApiState, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
     match &state.rate_limiter {
         Some(limiter) => limiter.admit(&tenant.key_hash, n, |rate, secs| {
             format!(
@@ -167,7 +167,7 @@ pub(super) async fn ingest_single(
 /// (named by id or uid) as the application's id — or `app`, the route's,
 /// which an `app` in the body must agree with — and its `data` checked
 /// against its type's schema when the catalog asks for it.
-fn settle(
+pub(super) fn settle(
     state: &ApiState,
     tenant: &Tenant,
     event: &mut Envelope,

@@ -78,7 +78,7 @@ pub(super) fn test_slot(
 pub(super) async fn run_test(
     state: &ApiState,
     sub: &Subscription,
-    _slot: crate::queue::Reserved,
+    slot: crate::queue::Reserved,
 ) -> Result<Vec<Delivery>, ApiError> {
     let now = state.app.clock.now();
     let event = Envelope {
@@ -91,7 +91,21 @@ pub(super) async fn run_test(
             "subscription_id": sub.id,
         })),
         app: sub.app_id.clone(),
+        channels: Vec::new(),
     };
+    run_event(state, sub, &event, slot).await
+}
+
+/// An event (not stored) through the subscription's plugin and signer to
+/// it alone, attempted here: a test, or a Svix example.
+pub(super) async fn run_event(
+    state: &ApiState,
+    sub: &Subscription,
+    event: &Envelope,
+    _slot: crate::queue::Reserved,
+) -> Result<Vec<Delivery>, ApiError> {
+    let now = state.app.clock.now();
+    let event = event.clone();
     // Through the plugin like any event, but sent right here (not by the
     // workers), and items the plugin holds are not kept in the real window.
     let out = ingest::transform(&state.app, sub, &event, now, HoldMode::Discard).await?;

@@ -136,9 +136,24 @@ pub struct Subscription {
     /// no application).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// Svix's channels: with any, only events with one of them reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Svix's endpoint uid: unique among its application's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Svix's endpoint metadata (string values).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, Value>,
 }
 
 impl Subscription {
+    /// Whether an event with `channels` reaches it: always without
+    /// channels of its own, else with one in common (Svix's rule).
+    pub fn takes_channels(&self, channels: &[String]) -> bool {
+        self.channels.is_empty() || channels.iter().any(|c| self.channels.contains(c))
+    }
+
     /// The secrets that sign at `now`: the current one and unexpired old ones.
     pub fn signing_secrets(&self, now: Timestamp) -> Vec<&str> {
         self.secrets

@@ -236,6 +236,9 @@ pub(super) mod tests {
             rate_limit: None,
             trace_context: false,
             app_id: None,
+            channels: Vec::new(),
+            uid: None,
+            metadata: Default::default(),
             tls: None,
             destination: None,
         }

@@ -440,6 +440,7 @@ pub(in crate::store) mod tests {
                     source: "test".into(),
                     data: crate::event::Data::from_value(&serde_json::json!({})),
                     app: None,
+                    channels: Vec::new(),
                 },
                 received_at: at,
                 deliveries: vec![delivery.into()],
