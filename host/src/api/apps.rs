@@ -115,7 +115,9 @@ pub(super) fn check_uid(uid: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(super) fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+pub(super) fn check_metadata(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ApiError> {
     if m.len() > MAX_METADATA_ENTRIES {
         return Err(bad(format!(
             "metadata holds at most {MAX_METADATA_ENTRIES} entries"

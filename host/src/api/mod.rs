@@ -5,14 +5,14 @@
 //! Errors are always `{"error": {"code", "message"}}`: 4xx say exactly what
 //! is wrong; 5xx say nothing internal and are logged once.
 
-mod apps;
-mod auth;
+pub(crate) mod apps;
+pub(crate) mod auth;
 mod backup;
-mod deliveries;
+pub(crate) mod deliveries;
 mod error;
 pub use error::*;
-mod event_types;
-mod events;
+pub(crate) mod event_types;
+pub(crate) mod events;
 mod inbound;
 mod keys;
 mod listen;
@@ -23,8 +23,9 @@ mod portal;
 mod secrets;
 mod source_views;
 mod sources;
-mod subscription_actions;
-mod subscriptions;
+pub(crate) mod subscription_actions;
+pub(crate) mod subscriptions;
+mod svix;
 mod tenants;
 
 use std::sync::Arc;
@@ -206,6 +207,7 @@ fn routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .merge(keys::router())
         .merge(ops::router())
         .merge(backup::router())
+        .merge(svix::router(state))
 }
 
 /// The process and its store: a write made durable right now. 503 when the

@@ -242,8 +242,41 @@ async fn create(
 ) -> Result<(StatusCode, axum::Json<SubscriptionView>), ApiError> {
     tenant.may_change()?;
     super::portal::check_input(&tenant, &input)?;
+    let app_id = match (&tenant.portal, &input.app) {
+        // A portal link's endpoints are its application's.
+        (Some(portal), _) => Some(portal.app_id.clone()),
+        (None, Some(app)) => Some(super::apps::load(&state, &tenant.id, app)?.id),
+        (None, None) => None,
+    };
+    let verify = input.verify_on_create.unwrap_or(false);
+    // The verification's slot first: a tenant at its cap is told so before
+    // anything is stored (the secret is shown only in this answer).
+    let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
+    let sub = store_new(&state, &tenant.id, input, app_id, |_| {}).await?;
+    let verification = match slot {
+        Some(slot) => Some(TestResult {
+            deliveries: run_test(&state, &sub, slot).await?,
+        }),
+        None => None,
+    };
+    let mut view = SubscriptionView::of_for(&tenant, sub, true, &state);
+    view.verification = verification;
+    Ok((StatusCode::CREATED, axum::Json(view)))
+}
+
+/// Creates a subscription from `input` (of `app_id`; `tweak` sets what
+/// the input does not hold) after every check the API makes: the tenant's
+/// limit, the catalog, the plugin, the destination; stored durably, and
+/// removed again if its application was deleted meanwhile.
+pub(super) async fn store_new(
+    state: &ApiState,
+    tenant_id: &str,
+    input: SubscriptionInput,
+    app_id: Option<String>,
+    tweak: impl FnOnce(&mut Subscription),
+) -> Result<Subscription, ApiError> {
     let limit = state.app.settings.bounds.subscriptions_per_tenant;
-    if state.app.store.count_subscriptions(&tenant.id)? >= limit {
+    if state.app.store.count_subscriptions(tenant_id)? >= limit {
         return Err(ApiError::bad(
             "limit_exceeded",
             format!(
@@ -257,43 +290,34 @@ async fn create(
         max_in_flight: settings.max_in_flight_per_subscription,
     };
     let plugin = input.plugin.clone().flatten();
-    let verify = input.verify_on_create.unwrap_or(false);
-    let app_id = match (&tenant.portal, &input.app) {
-        // A portal link's endpoints are its application's.
-        (Some(portal), _) => Some(portal.app_id.clone()),
-        (None, Some(app)) => Some(super::apps::load(&state, &tenant.id, app)?.id),
-        (None, None) => None,
-    };
     if let Some(types) = &input.event_types {
-        super::event_types::check_patterns(&state, &tenant.id, types)?;
+        super::event_types::check_patterns(state, tenant_id, types)?;
     }
     let mut sub = input
         .create(
             new_id("sub"),
-            &tenant.id,
+            tenant_id,
             defaults,
             &settings.bounds,
             state.app.clock.now(),
         )
         .map_err(bad)?;
     sub.app_id = app_id;
+    tweak(&mut sub);
     if let Some(p) = &plugin {
-        check_plugin(&state, &tenant.id, p).await?;
+        check_plugin(state, tenant_id, p).await?;
     }
-    check_destination(&state, &sub).await?;
-    // The verification's slot first: a tenant at its cap is told so before
-    // anything is stored (the secret is shown only in this answer).
-    let slot = verify.then(|| test_slot(&state, &tenant.id)).transpose()?;
+    check_destination(state, &sub).await?;
     state.app.store.put_subscription(&sub).await?;
     if let Some(app) = &sub.app_id
-        && state.app.store.get_app(&tenant.id, app)?.is_none()
+        && state.app.store.get_app(tenant_id, app)?.is_none()
     {
         // Its application was deleted meanwhile (which deletes the
         // application first, then the endpoints it finds).
         state
             .app
             .store
-            .delete_subscription(&tenant.id, &sub.id)
+            .delete_subscription(tenant_id, &sub.id)
             .await?;
         return Err(ApiError::NotFound(format!("no application {app:?}")));
     }
@@ -305,17 +329,9 @@ async fn create(
             .deliver
             .sender
             .listeners()
-            .created(&tenant.id, &sub.id);
+            .created(tenant_id, &sub.id);
     }
-    let verification = match slot {
-        Some(slot) => Some(TestResult {
-            deliveries: run_test(&state, &sub, slot).await?,
-        }),
-        None => None,
-    };
-    let mut view = SubscriptionView::of_for(&tenant, sub, true, &state);
-    view.verification = verification;
-    Ok((StatusCode::CREATED, axum::Json(view)))
+    Ok(sub)
 }
 
 /// List the tenant's subscriptions.
@@ -361,7 +377,7 @@ async fn patch(
     Path(id): Path<String>,
     Json(input): Json<SubscriptionInput>,
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
-    let mut changed = load(&state, &tenant, &id)?;
+    let changed = load(&state, &tenant, &id)?;
     tenant.may_change()?;
     super::portal::check_input(&tenant, &input)?;
     if input.app.is_some() {
@@ -392,22 +408,38 @@ async fn patch(
     if let Some(Some(p)) = &input.plugin {
         check_plugin(&state, &tenant.id, p).await?;
     }
-    input
-        .apply(&mut changed, &state.app.settings.bounds)
-        .map_err(bad)?;
-    check_destination(&state, &changed).await?;
-    let updated = update(&state, &tenant, &id, move |s| s.take_changes(&changed)).await?;
-    state.app.queue.set_limits(&updated);
-    if !matches!(updated.destination, Some(Destination::Listen { .. })) {
-        state.app.deliver.sender.listeners().disconnect(&id);
-    }
+    let updated = store_change(&state, &tenant, changed, input, |_| {}).await?;
     Ok(axum::Json(SubscriptionView::of_for(
         &tenant, updated, false, &state,
     )))
 }
 
+/// Applies `input` (and `tweak`, for what it does not hold) to `changed`
+/// as the API changes a subscription: checked, made durable, and its
+/// limits and any `wasmhook listen` stream told.
+pub(super) async fn store_change(
+    state: &ApiState,
+    caller: &Caller,
+    mut changed: Subscription,
+    input: SubscriptionInput,
+    tweak: impl FnOnce(&mut Subscription),
+) -> Result<Subscription, ApiError> {
+    let id = changed.id.clone();
+    input
+        .apply(&mut changed, &state.app.settings.bounds)
+        .map_err(bad)?;
+    tweak(&mut changed);
+    check_destination(state, &changed).await?;
+    let updated = update(state, caller, &id, move |s| s.take_changes(&changed)).await?;
+    state.app.queue.set_limits(&updated);
+    if !matches!(updated.destination, Some(Destination::Listen { .. })) {
+        state.app.deliver.sender.listeners().disconnect(&id);
+    }
+    Ok(updated)
+}
+
 /// Transactional update, made durable.
-async fn update(
+pub(super) async fn update(
     state: &ApiState,
     tenant: &Caller,
     id: &str,

@@ -234,6 +234,76 @@ impl Store {
     }
 }
 
+/// A page of a tenant's events, newest first (see [`Store::events_newest`]).
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Where the next page starts (`received ms`.`event id`), when the
+    /// history may hold more.
+    pub next: Option<String>,
+}
+
+impl Store {
+    /// A tenant's stored events that `wanted` keeps, newest first, from
+    /// `before` (a [`EventPage::next`], exclusive): at most `limit` of
+    /// them, reading at most `budget` index entries (then `next` says where
+    /// to go on, even on a short page).
+    pub fn events_newest(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        wanted: impl Fn(&StoredEvent) -> bool,
+        limit: usize,
+        budget: usize,
+    ) -> Result<EventPage, StoreError> {
+        let prefix = tenant_prefix(tenant_id);
+        let end = match before.and_then(|c| c.split_once('.')) {
+            Some((ms, id)) => {
+                let ms: u64 = ms.parse().unwrap_or(u64::MAX);
+                [&prefix[..], &ms.to_be_bytes(), id.as_bytes()].concat()
+            }
+            None => {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("a prefix ends in \\0") = 1;
+                end
+            }
+        };
+        let mut events = Vec::new();
+        let mut last = None;
+        for (read, kv) in self
+            .events_by_time
+            .range(prefix.clone()..end)
+            .rev()
+            .enumerate()
+        {
+            let (k, _) = kv?;
+            if read == budget || events.len() == limit {
+                return Ok(EventPage { events, next: last });
+            }
+            let rest = &k[prefix.len()..];
+            if rest.len() < 8 {
+                continue;
+            }
+            let mut ms = [0u8; 8];
+            ms.copy_from_slice(&rest[..8]);
+            last = Some(format!(
+                "{}.{}",
+                u64::from_be_bytes(ms),
+                String::from_utf8_lossy(&rest[8..])
+            ));
+            let Some(event_key) = event_key_of(&k) else {
+                continue;
+            };
+            if let Some(v) = self.events.get(&event_key)? {
+                let event: StoredEvent = decode(&event_key, &v)?;
+                if wanted(&event) {
+                    events.push(event);
+                }
+            }
+        }
+        Ok(EventPage { events, next: None })
+    }
+}
+
 /// The outcomes of a group's events (in their order) split back into each
 /// batch's share, for the batches whose events were accepted together.
 pub(super) fn split_by_batch<B>(accepted: Vec<Accepted>, batches: &[B]) -> Vec<Vec<Accepted>>

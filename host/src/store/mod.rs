@@ -74,6 +74,7 @@ mod apps;
 mod portal;
 pub use apps::PutApp;
 mod events;
+pub use events::EventPage;
 mod gate;
 mod group;
 use group::Groups;
