@@ -160,16 +160,20 @@ pub enum EventError {
 }
 
 /// Whether `t` is a dotted lowercase type: `segment(.segment)+`, each segment
-/// starting with a letter and made of `a-z`, `0-9`, `_`.
+/// made of `a-z`, `0-9`, `_`, `-`, the first starting with a letter and the
+/// others with a letter or a digit.
 pub fn is_valid_type(t: &str) -> bool {
     let mut segments = 0;
     for segment in t.split('.') {
         let mut chars = segment.chars();
+        // The first segment starts with a letter; later ones may start
+        // with a digit too (Svix's `event.<hex>`).
         match chars.next() {
             Some(c) if c.is_ascii_lowercase() => {}
+            Some(c) if segments > 0 && c.is_ascii_digit() => {}
             _ => return false,
         }
-        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
             return false;
         }
         segments += 1;
@@ -304,6 +308,8 @@ mod tests {
             "a.b.c",
             "kb_entry.proposed",
             "x1.y2",
+            "event.580cf5cc4a944386",
+            "user.sign-up",
         ] {
             assert!(is_valid_type(ok), "{ok}");
         }
@@ -313,8 +319,9 @@ mod tests {
             "message..created",
             ".a",
             "a.",
-            "a.1b",
-            "a-b.c",
+            "1a.b",
+            "-a.b",
+            "a.-b",
             "",
         ] {
             assert!(!is_valid_type(bad), "{bad}");

@@ -23,5 +23,6 @@ mod sandbox;
 mod security;
 mod sources;
 mod support;
+mod svix;
 mod upgrades;
 mod windows;
