@@ -507,6 +507,37 @@ async fn the_api_commands_drive_a_real_server() {
     );
     let (code, out, _) = cli(&["apps", "list"], &[], None);
     assert!(code == 0 && out.contains("clinic-1"), "{out}");
+    // A portal link for the application's customer, listed, revoked.
+    let (code, out, err) = cli(
+        &[
+            "apps",
+            "portal-link",
+            "clinic-1",
+            "--expires-in",
+            "600",
+            "--read-only",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/ui/#portal=whp_"), "{out}");
+    let (code, out, err) = cli(&["apps", "portal-links", "clinic-1", "--json"], &[], None);
+    assert_eq!(code, 0, "{err}");
+    let link = json(&out)["items"][0].clone();
+    assert_eq!(link["read_only"], true, "{out}");
+    assert!(!out.contains("whp_"), "never the token again: {out}");
+    let (code, _, err) = cli(
+        &[
+            "apps",
+            "revoke-link",
+            "clinic-1",
+            link["id"].as_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = cli(&["apps", "delete", "no-such-app"], &[], None);
     assert_eq!(code, 3, "{err}");
 

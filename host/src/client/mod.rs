@@ -257,6 +257,27 @@ pub enum AppCommand {
     Delete {
         app: String,
     },
+    /// A link for the application's customer to manage its own endpoints
+    /// in the dashboard (shown once): `wasmhook apps portal-link clinic-42
+    /// --expires-in 86400`.
+    PortalLink {
+        app: String,
+        /// Seconds it works for (default 3600, at most 30 days).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// The customer sees, changes nothing, sees no secret.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// The application's live portal links.
+    PortalLinks {
+        app: String,
+    },
+    /// Revoke a portal link.
+    RevokeLink {
+        app: String,
+        link: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -642,6 +663,38 @@ pub async fn run(target: Target, command: ApiCommand) -> Result<(), ClientError>
                     api.call("DELETE", &format!("/v1/apps/{}", seg(&app)), None)
                         .await?;
                     json!({ "deleted": app })
+                }
+                AppCommand::PortalLink {
+                    app,
+                    expires_in,
+                    read_only,
+                } => {
+                    let mut body = json!({ "read_only": read_only });
+                    if let Some(secs) = expires_in {
+                        body["expires_in"] = json!(secs);
+                    }
+                    let path = format!("/v1/apps/{}/portal-links", seg(&app));
+                    let link = api.call("POST", &path, Some(body)).await?;
+                    print(&link, &|l| {
+                        println!(
+                            "portal link {} until {} (shown once): {}",
+                            s(&l["id"]),
+                            s(&l["expires_at"]),
+                            s(&l["url"])
+                        )
+                    });
+                    return Ok(());
+                }
+                AppCommand::PortalLinks { app } => {
+                    let path = format!("/v1/apps/{}/portal-links", seg(&app));
+                    let links = api.call("GET", &path, None).await?;
+                    print(&links, &|l| listing(l, &["id", "read_only", "expires_at"]));
+                    return Ok(());
+                }
+                AppCommand::RevokeLink { app, link } => {
+                    let path = format!("/v1/apps/{}/portal-links/{}", seg(&app), seg(&link));
+                    api.call("DELETE", &path, None).await?;
+                    json!({ "deleted": link })
                 }
             };
             print(&out, &|out| {

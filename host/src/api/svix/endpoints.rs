@@ -567,8 +567,9 @@ pub struct RecoverOut {
     pub updated_at: Timestamp,
 }
 
-/// Deliveries one recovery sends again at most.
+/// Deliveries one recovery sends again at most, and reads at most.
 const MAX_RECOVERED: usize = 10_000;
+const MAX_READ: usize = 200_000;
 
 /// Svix: send again, under their delivery ids, the endpoint's deliveries
 /// created in `[since, until)` that failed for good. Done before the
@@ -594,9 +595,21 @@ async fn recover(
     if since >= until {
         return Err(invalid("since", "since must be before until"));
     }
+    if until.duration_since(since) > SignedDuration::from_hours(14 * 24 + 1) {
+        return Err(invalid(
+            "since",
+            "Cannot recover more than 14 days of messages",
+        ));
+    }
     let store = &state.app.store;
     let mut failed = Vec::new();
-    for id in store.subscription_delivery_ids(&app.tenant_id, &sub.id, None) {
+    for (read, id) in store
+        .subscription_delivery_ids(&app.tenant_id, &sub.id, None)
+        .enumerate()
+    {
+        if read == MAX_READ {
+            break;
+        }
         let Some(d) = store.get_delivery(&id?)? else {
             continue;
         };
