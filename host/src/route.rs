@@ -8,15 +8,10 @@ pub fn is_valid_pattern(pattern: &str) -> bool {
         return true;
     }
     match pattern.strip_suffix(".*") {
-        Some(prefix) => !prefix.is_empty() && prefix.split('.').all(valid_segment),
+        // A prefix is what a type is made of: `message.*` as `message.x`.
+        Some(prefix) => !prefix.is_empty() && crate::event::is_valid_type(&format!("{prefix}.x")),
         None => crate::event::is_valid_type(pattern),
     }
-}
-
-fn valid_segment(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Whether `event_type` matches `pattern`.

@@ -826,6 +826,7 @@ both_backends! {
             ("get", "/v1/apps/{app}/portal-links"),
             ("delete", "/v1/apps/{app}/portal-links/{id}"),
             ("get", "/v1/portal"),
+            ("get", "/v1/portal-links"),
             // The Svix-compatible API.
             ("post", "/api/v1/app"),
             ("get", "/api/v1/app"),

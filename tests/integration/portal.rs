@@ -87,6 +87,10 @@ async fn a_portal_link_opens_one_application_only(backing) {
     let (_, list) = server.call("GET", "/v1/apps/clinic/portal-links", &key, None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
     assert!(!list.to_string().contains("whp_"), "{list}");
+    let (_, all) = server.call("GET", "/v1/portal-links", &key, None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+    let (_, none) = server.call("GET", "/v1/portal-links", &other, None).await;
+    assert_eq!(none["items"].as_array().unwrap().len(), 0, "{none}");
     for (method, path) in [
         ("GET", "/v1/apps/clinic/portal-links".to_string()),
         ("POST", "/v1/apps/clinic/portal-links".to_string()),
@@ -138,6 +142,7 @@ async fn a_portal_link_opens_one_application_only(backing) {
         ("POST", "/v1/apps/clinic/events", Some(message_event("p1"))),
         ("POST", "/v1/apps/clinic/portal-links", Some(json!({}))),
         ("GET", "/v1/apps/clinic/portal-links", None),
+        ("GET", "/v1/portal-links", None),
         ("POST", "/v1/events", Some(message_event("p2"))),
         ("POST", "/v1/events/batch", Some(json!([message_event("p3")]))),
         ("GET", "/v1/events/p2", None),
@@ -180,6 +185,11 @@ async fn a_portal_link_opens_one_application_only(backing) {
             .await;
         assert_eq!(status, 403, "PATCH {field}: {answer}");
     }
+    // The endpoint runs the tenant's plugin: its address is the tenant's.
+    let (status, answer) = server
+        .call("PATCH", &format!("/v1/subscriptions/{mine_id}"), &token, Some(json!({"url": "https://elsewhere.example/h"})))
+        .await;
+    assert_eq!(status, 403, "{answer}");
     let own = created(&server, &token, "/v1/subscriptions",
         json!({"url": receiver.url(), "event_types": ["message.*"], "description": "from the portal",
             "rate_limit": {"per_second": 50}})).await;

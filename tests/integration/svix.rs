@@ -77,6 +77,42 @@ async fn the_svix_api_is_scoped_to_its_tenant_and_refuses_bad_input(backing) {
     assert_eq!(received.body.as_ref(), payload.as_bytes(), "the payload alone, as sent");
     assert!(!received.header("svix-signature").is_empty(), "Svix's headers");
 
+    // A Svix client's retry (the same idempotency key, `svix-retry-count`)
+    // of a message answers the message it made; routed once.
+    let http = crate::support::http_client();
+    let send = |key_header: &'static str, retry: bool, body: serde_json::Value| {
+        let mut req = http
+            .post(format!("{}/api/v1/app/{app_id}/msg", server.base))
+            .bearer_auth(&key)
+            .header("idempotency-key", key_header)
+            .json(&body);
+        if retry {
+            req = req.header("svix-retry-count", "1");
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let body = json!({"eventType": "invoice.paid", "payload": {"n": 2}});
+    let (status, first) = send("auto_1", false, body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = send("auto_1", true, body.clone()).await;
+    assert_eq!((status, &again["id"]), (202, &first["id"]), "{again}");
+    let (status, second) = send("auto_2", false, body.clone()).await;
+    assert_eq!(status, 202);
+    assert_ne!(second["id"], first["id"], "another request is another message");
+    let with_id = json!({"eventType": "invoice.paid", "payload": {"n": 3}, "eventId": "inv-3"});
+    let (status, _) = send("auto_3", false, with_id.clone()).await;
+    assert_eq!(status, 202);
+    let (status, again) = send("auto_3", true, with_id.clone()).await;
+    assert_eq!(status, 202, "a retry of the request that sent inv-3: {again}");
+    let (status, _) = send("auto_4", false, with_id.clone()).await;
+    assert_eq!(status, 409, "inv-3 sent again by another request");
+    receiver.wait_for(4, std::time::Duration::from_secs(30)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 4, "each message routed once");
+
     // Another tenant: 404 everywhere, in Svix's shape.
     for (method, path, body) in [
         ("GET", format!("/api/v1/app/{app_id}"), None),
@@ -162,7 +198,7 @@ async fn the_svix_api_is_scoped_to_its_tenant_and_refuses_bad_input(backing) {
         assert_eq!(status, 422, "{query}: {answer}");
     }
     let (_, list) = server.call("GET", &msg_path, &key, None).await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "nothing more stored: {list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 4, "nothing more stored: {list}");
     let (status, answer) = server.call("GET", "/api/v1/app/nope", &key, None).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("not_found")));
 

@@ -153,8 +153,8 @@ async fn list(
     let mut items = Vec::new();
     let mut more = false;
     let store = &state.app.store;
-    // A portal link: one of its endpoints', or those of all of them.
-    let endpoints: Option<std::collections::HashSet<String>> = match &tenant.portal {
+    // A portal link reads only its endpoints' indexes: one, or all of them.
+    let endpoints: Option<Vec<String>> = match &tenant.portal {
         Some(_) => match &q.subscription_id {
             Some(sub) => {
                 super::subscriptions::load(&state, &tenant, sub)?;
@@ -171,11 +171,14 @@ async fn list(
         },
         None => None,
     };
-    let ids: Box<dyn Iterator<Item = _>> = match &q.subscription_id {
-        Some(sub) => {
+    let ids: Box<dyn Iterator<Item = _>> = match (&q.subscription_id, &endpoints) {
+        (Some(sub), _) => {
             Box::new(store.subscription_delivery_ids(&tenant.id, sub, q.cursor.as_deref()))
         }
-        None => store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref()),
+        (None, Some(subs)) => {
+            store.subscriptions_delivery_ids(&tenant.id, subs, q.cursor.as_deref())
+        }
+        (None, None) => store.tenant_delivery_ids(&tenant.id, q.cursor.as_deref()),
     };
     let mut last_examined = None;
     for (examined, id) in ids.enumerate() {
@@ -192,9 +195,6 @@ async fn list(
         last_examined = Some(id);
         // The index is the tenant's own; the check is a second guard.
         if d.tenant_id != tenant.id
-            || endpoints
-                .as_ref()
-                .is_some_and(|e| !e.contains(&d.subscription_id))
             || q.event_id.as_ref().is_some_and(|e| *e != d.event_id)
             || q.event_type.as_ref().is_some_and(|t| *t != d.event_type)
             || status.is_some_and(|s| s != d.status)
@@ -244,7 +244,8 @@ fn portal_sees(state: &ApiState, caller: &Caller, d: &Delivery) -> Result<bool, 
         .is_some_and(|s| caller.sees(s.app_id.as_deref())))
 }
 
-fn detail(state: &ApiState, mut d: Delivery) -> Result<DeliveryDetail, ApiError> {
+fn detail(state: &ApiState, caller: &Caller, mut d: Delivery) -> Result<DeliveryDetail, ApiError> {
+    super::portal::mask_request(caller, &mut d);
     // Shown whole, even when stored without its event's body.
     state.app.store.fill_body(&mut d)?;
     let endpoint = crate::notify::endpoint_of(&state.app.store, &d)?;
@@ -289,7 +290,11 @@ async fn get_one(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<DeliveryDetail>, ApiError> {
-    Ok(axum::Json(detail(&state, load(&state, &tenant, &id)?)?))
+    Ok(axum::Json(detail(
+        &state,
+        &tenant,
+        load(&state, &tenant, &id)?,
+    )?))
 }
 
 /// Send a finished delivery again now (same id, same body).
@@ -304,7 +309,10 @@ async fn retry(
     let d = load(&state, &tenant, &id)?;
     tenant.may_change()?;
     let d = requeue(&state, d).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(detail(&state, d)?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(detail(&state, &tenant, d)?),
+    ))
 }
 
 /// Queues a finished delivery again now, under its id (a 409 says why one
@@ -372,5 +380,5 @@ async fn dismiss(
         )));
     }
     let d = load(&state, &tenant, &id)?;
-    Ok(axum::Json(detail(&state, d)?))
+    Ok(axum::Json(detail(&state, &tenant, d)?))
 }

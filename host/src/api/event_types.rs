@@ -112,7 +112,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// Checks a type's schema (it compiles, is small) and its example against
 /// it, and the validate flag's need of a schema.
-fn check(t: &EventType) -> Result<(), ApiError> {
+pub(super) fn check(t: &EventType) -> Result<(), ApiError> {
     if t.description.chars().count() > 1000 {
         return Err(bad("description is at most 1000 characters"));
     }

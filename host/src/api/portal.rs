@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(revoke))
+        .routes(routes!(list_all))
         .routes(routes!(session))
 }
 
@@ -208,6 +209,29 @@ async fn list(
     }))
 }
 
+/// Every live portal link of the tenant, of all its applications (never
+/// their tokens): what to review after a key was exposed — a link
+/// outlives the key that made it, until it expires or is revoked.
+#[utoipa::path(get, path = "/v1/portal-links", tag = "apps", security(("tenant" = [])),
+    responses((status = 200, body = PortalLinkList)))]
+async fn list_all(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+) -> Result<axum::Json<PortalLinkList>, ApiError> {
+    let now = state.app.clock.now();
+    let mut links: Vec<PortalLink> = state
+        .app
+        .store
+        .list_portal_links(&tenant.id, None)?
+        .into_iter()
+        .filter(|l| l.expires_at > now)
+        .collect();
+    links.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(axum::Json(PortalLinkList {
+        items: links.into_iter().map(PortalLinkView::from).collect(),
+    }))
+}
+
 /// Revoke a portal link: its token is refused from now on.
 #[utoipa::path(delete, path = "/v1/apps/{app}/portal-links/{id}", tag = "apps", security(("tenant" = [])),
     params(("app" = String, Path, description = "id or uid"), ("id" = String, Path)),
@@ -294,13 +318,97 @@ async fn session(
     }))
 }
 
+/// The values of the headers a plugin added to a request, for a portal
+/// link: the tenant's plugin may put its own credentials there.
+pub(super) fn mask_request(caller: &Caller, d: &mut crate::store::Delivery) {
+    if caller.portal.is_none() {
+        return;
+    }
+    if let Some(r) = &mut d.request {
+        for h in &mut r.headers {
+            h.value = "••••••".into();
+        }
+    }
+}
+
+/// Endpoints a portal link may give its application (the tenant's own
+/// limit holds too).
+pub(super) const MAX_PORTAL_ENDPOINTS: usize = 20;
+
+/// Refuses a portal link's new endpoint past [`MAX_PORTAL_ENDPOINTS`] for
+/// its application.
+pub(super) fn check_endpoint_room(state: &ApiState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(portal) = &caller.portal else {
+        return Ok(());
+    };
+    let n = state
+        .app
+        .store
+        .routes(&caller.id)?
+        .iter()
+        .filter(|s| s.app_id.as_deref() == Some(portal.app_id.as_str()))
+        .count();
+    if n >= MAX_PORTAL_ENDPOINTS {
+        return Err(ApiError::bad(
+            "limit_exceeded",
+            format!(
+                "the application has {n} endpoints, the most a portal link adds; delete one first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A portal link's replay waits while its application's endpoints have
+/// this share of the tenant's backlog queued: one customer cannot fill the
+/// backlog every other customer's events need.
+pub(super) fn check_replay_room(state: &ApiState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(portal) = &caller.portal else {
+        return Ok(());
+    };
+    let cap = (state.app.settings.bounds.pending_deliveries_per_tenant / 10).max(100) as usize;
+    let queued: usize = state
+        .app
+        .store
+        .routes(&caller.id)?
+        .iter()
+        .filter(|s| s.app_id.as_deref() == Some(portal.app_id.as_str()))
+        .map(|s| state.app.queue.subscription_depth(&s.id))
+        .sum();
+    if queued >= cap {
+        return Err(ApiError::TooManyRequests {
+            code: "application_busy",
+            message: format!(
+                "the application's endpoints have {queued} deliveries waiting; replay once they are delivered"
+            ),
+            retry_after_secs: 60,
+        });
+    }
+    Ok(())
+}
+
 /// A portal link sets only what is its customer's to choose: where its
 /// endpoints are and what they receive. The tenant's own settings
 /// (plugins, signing, retries, windows, ordering, other destinations)
-/// stay the tenant's.
-pub(super) fn check_input(caller: &Caller, input: &SubscriptionInput) -> Result<(), ApiError> {
+/// stay the tenant's — and where the tenant set a plugin or another
+/// destination, so is the address (a plugin's requests may carry the
+/// tenant's own credentials).
+pub(super) fn check_input(
+    caller: &Caller,
+    input: &SubscriptionInput,
+    current: Option<&crate::store::Subscription>,
+) -> Result<(), ApiError> {
     if caller.portal.is_none() {
         return Ok(());
+    }
+    if let Some(s) = current
+        && (s.plugin.is_some() || s.destination.is_some())
+        && (input.url.is_some() || input.tls.is_some())
+    {
+        return Err(ApiError::Forbidden {
+            code: "portal_field",
+            message: "this endpoint's address is the tenant's to change (it runs a plugin or has another destination)".into(),
+        });
     }
     let SubscriptionInput {
         url: _,

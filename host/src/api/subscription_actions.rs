@@ -50,9 +50,11 @@ async fn send_test(
     let sub = load(&state, &tenant, &id)?;
     tenant.may_change()?;
     let slot = test_slot(&state, &tenant.id)?;
-    Ok(axum::Json(TestResult {
-        deliveries: run_test(&state, &sub, slot).await?,
-    }))
+    let mut deliveries = run_test(&state, &sub, slot).await?;
+    for d in &mut deliveries {
+        super::portal::mask_request(&tenant, d);
+    }
+    Ok(axum::Json(TestResult { deliveries }))
 }
 
 /// A slot of the tenant's in-flight cap for a test event: sent here, not
@@ -164,6 +166,7 @@ async fn replay(
 ) -> Result<axum::Json<ReplayResult>, ApiError> {
     let sub = load(&state, &tenant, &id)?;
     tenant.may_change()?;
+    super::portal::check_replay_room(&state, &tenant)?;
     let since: Timestamp = input.since.parse().map_err(|_| {
         ApiError::bad(
             "invalid_body",

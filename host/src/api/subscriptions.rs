@@ -103,12 +103,21 @@ impl SubscriptionView {
     /// tenant's plugin settings (they may hold the tenant's own
     /// credentials), only which plugin runs.
     fn of_for(caller: &Caller, mut s: Subscription, with_secret: bool, state: &ApiState) -> Self {
-        if caller.portal.is_some()
-            && let Some(p) = &mut s.plugin
-        {
+        let portal = caller.portal.is_some();
+        if portal && let Some(p) = &mut s.plugin {
             p.config = Value::Object(Default::default());
         }
-        Self::of(s, with_secret, state)
+        let mut view = Self::of(s, with_secret, state);
+        if portal && view.destination["type"] != "http" {
+            // Another destination's address and settings are the tenant's.
+            view.destination = serde_json::json!({"type": view.destination["type"]});
+        }
+        if let Some(t) = &mut view.verification {
+            for d in &mut t.deliveries {
+                super::portal::mask_request(caller, d);
+            }
+        }
+        view
     }
 
     fn of(s: Subscription, with_secret: bool, state: &ApiState) -> Self {
@@ -241,7 +250,8 @@ async fn create(
     Json(input): Json<SubscriptionInput>,
 ) -> Result<(StatusCode, axum::Json<SubscriptionView>), ApiError> {
     tenant.may_change()?;
-    super::portal::check_input(&tenant, &input)?;
+    super::portal::check_input(&tenant, &input, None)?;
+    super::portal::check_endpoint_room(&state, &tenant)?;
     let app_id = match (&tenant.portal, &input.app) {
         // A portal link's endpoints are its application's.
         (Some(portal), _) => Some(portal.app_id.clone()),
@@ -379,7 +389,7 @@ async fn patch(
 ) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let changed = load(&state, &tenant, &id)?;
     tenant.may_change()?;
-    super::portal::check_input(&tenant, &input)?;
+    super::portal::check_input(&tenant, &input, Some(&changed))?;
     if input.app.is_some() {
         return Err(bad(
             "app is set at creation: an endpoint does not move between applications",
@@ -527,7 +537,7 @@ async fn disable(
 
 /// Enables or disables; a change of state is told to the tenant's ops
 /// endpoint (enabling also resets the failure streak).
-async fn set_enabled(
+pub(super) async fn set_enabled(
     state: &ApiState,
     tenant: &Caller,
     id: &str,

@@ -51,6 +51,22 @@ impl Store {
         .await
     }
 
+    /// Some of a tenant's subscriptions' deliveries, newest first, from
+    /// `before` (exclusive): the merge of their indexes (see
+    /// [`Store::tenant_delivery_ids`]).
+    pub fn subscriptions_delivery_ids(
+        &self,
+        tenant_id: &str,
+        subscriptions: &[String],
+        before: Option<&str>,
+    ) -> Box<dyn Iterator<Item = Result<String, StoreError>> + '_> {
+        let lanes = subscriptions
+            .iter()
+            .map(|sub| self.subscription_delivery_ids(tenant_id, sub, before))
+            .collect();
+        Box::new(NewestFirst::new(lanes))
+    }
+
     /// A tenant's deliveries, newest first, from `before` (exclusive): the
     /// newest-first merge of its subscriptions' indexes (delivery ids are
     /// time-ordered, so the merge is by id). Costs one seek per

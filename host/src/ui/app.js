@@ -478,10 +478,11 @@ async function portalEndpointForm(id) {
     form.querySelectorAll(".error").forEach((e) => e.remove());
     try {
       const input = {
-        url: url.value.trim(),
         event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
         description: description.value,
       };
+      // Only a change: an endpoint with the tenant's plugin keeps its address.
+      if (!sub || url.value.trim() !== sub.url) input.url = url.value.trim();
       if (perSecond.value.trim()) input.rate_limit = { per_second: Number(perSecond.value) };
       else if (sub && sub.rate_limit) input.rate_limit = null;
       const saved = sub

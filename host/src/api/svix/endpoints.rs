@@ -177,6 +177,9 @@ fn check_uid(
     except: Option<&str>,
 ) -> Result<(), SvixError> {
     crate::api::apps::check_uid(uid)?;
+    if uid.starts_with("sub_") {
+        return Err(invalid("uid", "must not start with sub_ (an id's prefix)"));
+    }
     let taken = state.app.store.routes(&app.tenant_id)?.iter().any(|s| {
         s.app_id.as_deref() == Some(app.id.as_str())
             && s.uid.as_deref() == Some(uid)
@@ -337,7 +340,7 @@ async fn apply(
     let caller = crate::api::auth::Caller::from(&tenant.0);
     let input = input_of(Value::Object(change.fields))?;
     let id = current.id.clone();
-    let mut updated = store_change(state, &caller, current, input, |s| {
+    let updated = store_change(state, &caller, current, input, |s| {
         if let Some(uid) = change.uid {
             s.uid = uid;
         }
@@ -349,18 +352,14 @@ async fn apply(
         }
     })
     .await?;
-    // Enabling resets the failure streak, as the API's enable does.
-    if let Some(disabled) = change.disabled
-        && disabled == updated.enabled
-    {
-        updated = update(state, &caller, &id, |s| {
-            s.enabled = !disabled;
-            s.disabled_reason = disabled.then(|| "disabled through the API".into());
-            s.consecutive_failures = 0;
-        })
-        .await?;
+    // As the API's enable and disable: the ops endpoint is told, and
+    // enabling resets the failure streak.
+    match change.disabled {
+        Some(disabled) if disabled == updated.enabled => {
+            Ok(crate::api::subscriptions::set_enabled(state, &caller, &id, !disabled).await?)
+        }
+        _ => Ok(updated),
     }
-    Ok(updated)
 }
 
 /// Svix: replace an endpoint's settings, or create it (201, with the path

@@ -172,41 +172,49 @@ async fn create(
             "must not start with msg_ (an id's prefix)",
         ));
     }
+    let key = headers
+        .get("idempotency-key")
+        .map(|k| k.as_bytes().to_vec());
+    // Checked before the application is made (a refused message leaves
+    // nothing behind): the event under a provisional id.
+    let check = envelope(&state, "msg_check", &input.event_type, &input.payload)?;
+    crate::api::events::rate_limit(&state, &tenant.0, 1)?;
     let app = app_for(&state, &tenant, &app, input.application).await?;
     // A retry of this request (Svix's clients resend on a 5xx or a lost
     // answer, with the same key) is the same event: routed once.
     let keyed = input.event_id.is_none();
-    let id = match (&input.event_id, headers.get("idempotency-key")) {
+    let id = match (&input.event_id, &key) {
         (Some(id), _) => id.clone(),
         (None, Some(key)) => {
-            let digest = Sha256::digest([tenant.0.id.as_bytes(), b"\0", key.as_bytes()].concat());
+            let digest = Sha256::digest(
+                [tenant.0.id.as_bytes(), b"\0", app.id.as_bytes(), b"\0", key].concat(),
+            );
             format!("{KEYED_PREFIX}{}", hex::encode(&digest[..16]))
         }
         (None, None) => crate::util::new_id_at("msg", state.app.clock.now()),
     };
-    let text = format!(
-        r#"{{"id":{},"type":{},"data":{}}}"#,
-        serde_json::to_string(&id).expect("a string"),
-        serde_json::to_string(&input.event_type).expect("a string"),
-        input.payload.get()
-    );
-    let raw = RawValue::from_string(text).map_err(|e| invalid("payload", e.to_string()))?;
-    crate::api::events::rate_limit(&state, &tenant.0, 1)?;
-    let mut event = crate::api::events::validate(&state, &raw, "body")?;
+    let mut event = check;
+    event.id = id.clone();
     event.source = "svix".into();
     event.channels = input.channels.unwrap_or_default();
     crate::api::events::settle(&state, &tenant.0, &mut event, Some(&app), "body")?;
+    let sent = event.data.clone();
     let result = crate::ingest::accept(&state.app, &tenant.0.id, vec![event])
         .await
         .map_err(ApiError::from)?
         .pop()
         .expect("one result per event");
-    if !result.accepted_new && !keyed {
+    let stored = load_message(&state, &app, &result.id)?;
+    // The same `eventId` is a 409 — unless this is the request that sent
+    // it, retried by a Svix client (which says so in `svix-retry-count`,
+    // with the same idempotency key), with the same payload.
+    let retried = key.is_some() && headers.contains_key("svix-retry-count");
+    let same_request = result.accepted_new || keyed || (retried && stored.event.data == sent);
+    if !same_request {
         return Err(SvixError(ApiError::Conflict(format!(
             "a message with the eventId {id:?} was sent before"
         ))));
     }
-    let stored = load_message(&state, &app, &result.id)?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(MessageOut::of(
@@ -215,6 +223,23 @@ async fn create(
             q.with_content.unwrap_or(true),
         )),
     ))
+}
+
+/// The event a message makes, checked (type, payload) under `id`.
+fn envelope(
+    state: &ApiState,
+    id: &str,
+    event_type: &str,
+    payload: &RawValue,
+) -> Result<Envelope, SvixError> {
+    let text = format!(
+        r#"{{"id":{},"type":{},"data":{}}}"#,
+        serde_json::to_string(id).expect("a string"),
+        serde_json::to_string(event_type).expect("a string"),
+        payload.get()
+    );
+    let raw = RawValue::from_string(text).map_err(|e| invalid("payload", e.to_string()))?;
+    Ok(crate::api::events::validate(state, &raw, "body")?)
 }
 
 /// Svix: get a message (by id or `eventId`).
@@ -589,7 +614,10 @@ async fn create_event_type(
         t.archived = input.archived.unwrap_or(false);
         t.description = input.description;
         t.schema = schema;
+        t.example = None;
+        t.validate = false;
         t.updated_at = now;
+        crate::api::event_types::check(&t)?;
         store.put_event_type(&t).await?;
         store.durable().await?;
         return Ok((StatusCode::CREATED, axum::Json(EventTypeOut::of(t, true))));

@@ -215,11 +215,11 @@ impl Page {
         let done = rest.len() <= limit;
         let page: Vec<(String, T)> = rest.into_iter().take(limit).collect();
         let iterator = page.last().map(|(k, _)| k.clone());
-        let prev_iterator = page.first().map(|(k, _)| format!("-{k}"));
         Ok(ListResponse {
             data: page.into_iter().map(|(_, v)| v).collect(),
             iterator,
-            prev_iterator,
+            // Paging backwards is not offered.
+            prev_iterator: None,
             done,
         })
     }
