@@ -949,3 +949,52 @@ fn the_systemd_unit_verifies() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
 }
+
+/// `wasmhook listen --app`: the CLI gets the events sent to that
+/// application, as its endpoints do, and not those sent to no application
+/// or to another; an unknown application is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_to_one_application() {
+    use crate::harness::{Receiver, Server, message_event};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_guarded(&dir.path().join("data"), &[], &[]);
+    let (_, key) = server.tenant("dev").await;
+    for uid in ["clinic", "dentist"] {
+        let (status, app) = server
+            .call("POST", "/v1/apps", &key, Some(json!({"name": uid, "uid": uid})))
+            .await;
+        assert_eq!(status, 201, "{app}");
+    }
+    let rx = Receiver::ok().await;
+    let (mut cli, lines) = crate::harness::listen_cli(
+        &server.base,
+        &key,
+        &["--forward", &rx.url(), "--app", "clinic"],
+    );
+    let started = crate::harness::next_line(&lines);
+    let sub = started["listening"].as_str().unwrap().to_string();
+    assert_eq!(crate::harness::next_line(&lines)["connected"], sub.as_str());
+    for (path, id) in [
+        ("/v1/events", "to-nobody"),
+        ("/v1/apps/dentist/events", "to-dentist"),
+        ("/v1/apps/clinic/events", "to-clinic"),
+    ] {
+        let (status, answer) = server.call("POST", path, &key, Some(message_event(id))).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let got = rx.wait_for(1, PATIENCE).await;
+    assert_eq!(got[0].json()["id"], "to-clinic");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 1, "only the application's event");
+    let _ = cli.kill();
+    let _ = cli.wait();
+
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["listen", "--forward", &rx.url(), "--app", "nope"])
+        .env("WASMHOOK_URL", &server.base)
+        .env("WASMHOOK_KEY", &key)
+        .env("WASMHOOK_CLI_CONFIG", "/nonexistent/wasmhook-cli.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}

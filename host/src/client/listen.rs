@@ -27,6 +27,10 @@ pub struct ListenArgs {
     /// The plugin's config, JSON.
     #[arg(long, value_name = "JSON")]
     pub plugin_config: Option<String>,
+    /// An application (id or uid): listen to the events sent to it, as its
+    /// endpoints get them (without it, the events sent to no application).
+    #[arg(long)]
+    pub app: Option<String>,
     /// Seconds the subscription outlives a lost connection (a killed CLI).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub expire_after: u64,
@@ -57,6 +61,9 @@ pub async fn run(api: &Api, args: ListenArgs, json_out: bool) -> Result<(), Clie
             None => json!({}),
         };
         body["plugin"] = json!({ "id": id, "config": config });
+    }
+    if let Some(app) = args.app {
+        body["app"] = json!(app);
     }
     let sub = api.call("POST", "/v1/subscriptions", Some(body)).await?;
     let id = s(&sub["id"]);
