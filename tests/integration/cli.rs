@@ -961,7 +961,12 @@ async fn listen_to_one_application() {
     let (_, key) = server.tenant("dev").await;
     for uid in ["clinic", "dentist"] {
         let (status, app) = server
-            .call("POST", "/v1/apps", &key, Some(json!({"name": uid, "uid": uid})))
+            .call(
+                "POST",
+                "/v1/apps",
+                &key,
+                Some(json!({"name": uid, "uid": uid})),
+            )
             .await;
         assert_eq!(status, 201, "{app}");
     }
@@ -979,7 +984,9 @@ async fn listen_to_one_application() {
         ("/v1/apps/dentist/events", "to-dentist"),
         ("/v1/apps/clinic/events", "to-clinic"),
     ] {
-        let (status, answer) = server.call("POST", path, &key, Some(message_event(id))).await;
+        let (status, answer) = server
+            .call("POST", path, &key, Some(message_event(id)))
+            .await;
         assert_eq!(status, 202, "{answer}");
     }
     let got = rx.wait_for(1, PATIENCE).await;
@@ -996,5 +1003,10 @@ async fn listen_to_one_application() {
         .env("WASMHOOK_CLI_CONFIG", "/nonexistent/wasmhook-cli.toml")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -693,6 +693,40 @@ async fn the_catalog_and_applications_are_managed_in_the_dashboard() {
     b.shot("applications").await;
     let (status, app) = server.call("GET", "/v1/apps/zoe-1", &key, None).await;
     assert_eq!(status, 200, "{app}");
+    // A portal link for it: shown once, listed, revoked.
+    b.click_button("Portal link").await;
+    b.until(
+        "the link shown once",
+        "const i = document.querySelector('input.portal-url'); return !!i && i.value.includes('/ui/#portal=whp_')",
+    )
+    .await;
+    let url = b
+        .js("return document.querySelector('input.portal-url').value")
+        .await;
+    let token = url
+        .as_str()
+        .unwrap()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _) = server.call("GET", "/v1/portal", &token, None).await;
+    assert_eq!(status, 200, "the link works");
+    b.until(
+        "the link listed",
+        "return !!document.querySelector('.portal-links li')",
+    )
+    .await;
+    b.js("document.querySelector('.portal-links').open = true")
+        .await;
+    b.click(".portal-links li button").await;
+    b.until(
+        "the link gone from the list",
+        "return !document.querySelector('.portal-links')",
+    )
+    .await;
+    let (status, _) = server.call("GET", "/v1/portal", &token, None).await;
+    assert_eq!(status, 401, "the link revoked");
     b.js("window.confirm = () => true").await;
     b.click_button("Delete").await;
     b.until(

@@ -818,6 +818,20 @@ async function sourcesPage() {
 // events sent to it.
 async function appsPage() {
   const list = await api("GET", "/v1/apps");
+  const links = (await api("GET", "/v1/portal-links")).items;
+  // An application's live portal links, each revocable.
+  const linksOf = (a) => {
+    const mine = links.filter((l) => l.app_id === a.id);
+    if (mine.length === 0) return "";
+    return h("details", { class: "portal-links" }, h("summary", {}, `${mine.length} portal link(s)`),
+      h("ul", {}, mine.map((l) => h("li", { "data-link": l.id },
+        `until ${when(l.expires_at)}${l.read_only ? ", read-only" : ""} `,
+        action("Revoke", async () => {
+          const here = location.hash;
+          await api("DELETE", "/v1/apps/" + encodeURIComponent(a.id) + "/portal-links/" + encodeURIComponent(l.id));
+          refreshIfStill(here);
+        }, "danger")))));
+  };
   const name = h("input", { name: "app_name", required: true, maxlength: 100, placeholder: "Clinique Dupont" });
   const uid = h("input", { name: "app_uid", maxlength: 100, placeholder: "your id for it (optional)" });
   const form = h("form", { class: "card", id: "app-form" },
@@ -836,14 +850,17 @@ async function appsPage() {
     h("p", { class: "muted" }, "Your customers. An endpoint created for an application gets only the events sent to it (POST /v1/apps/{app}/events, or \"app\" in the event)."),
     list.items.length === 0 ? h("p", { class: "muted" }, "No applications yet.") :
       h("div", { class: "table-wrap" }, h("table", { id: "apps" },
-        h("thead", {}, h("tr", {}, ["Name", "Uid", "Id", "Endpoints", "Added", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Name", "Uid", "Id", "Endpoints", "Added", "Portal", ""].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, list.items.map((a) => h("tr", { "data-app": a.id },
           h("td", {}, a.name), h("td", {}, a.uid || ""), h("td", {}, a.id), h("td", {}, String(a.subscriptions)),
-          h("td", {}, when(a.created_at)),
+          h("td", {}, when(a.created_at)), h("td", {}, linksOf(a)),
           h("td", {}, action("Portal link", async () => {
             // A day-long link for this customer; shown once (only its hash is stored).
             const l = await api("POST", "/v1/apps/" + encodeURIComponent(a.id) + "/portal-links", { expires_in: 86400 });
             const out = h("input", { type: "text", readonly: true, class: "portal-url", value: l.url, "aria-label": "Portal link" });
+            const here = location.hash;
+            await appsPage();
+            if (location.hash !== here) return;
             notice(main(), "");
             main().querySelector(".notice").replaceChildren(`Portal link for ${a.name}, valid until ${when(l.expires_at)}; shown this once: `, out);
             out.select();
