@@ -165,22 +165,23 @@ fn uid_taken(uid: &str) -> ApiError {
     ApiError::Conflict(format!("another application has the uid {uid:?}"))
 }
 
-/// Create an application.
-#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp, security(("tenant" = [])),
-    responses((status = 201, body = AppView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create(
-    tenant: Tenant,
-    State(state): State<ApiState>,
-    Json(input): Json<NewApp>,
-) -> Result<(StatusCode, axum::Json<AppView>), ApiError> {
-    check_name(&input.name)?;
-    if let Some(uid) = &input.uid {
+/// Creates an application after the API's checks (name, uid, metadata,
+/// the tenant's limit); a uid taken meanwhile is a 409 (checked in the
+/// store's change).
+pub(super) async fn store_new(
+    state: &ApiState,
+    tenant_id: &str,
+    name: String,
+    uid: Option<String>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Application, ApiError> {
+    check_name(&name)?;
+    if let Some(uid) = &uid {
         check_uid(uid)?;
     }
-    let metadata = input.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     let limit = state.app.settings.bounds.apps_per_tenant;
-    if state.app.store.count_apps(&tenant.id)? >= limit {
+    if state.app.store.count_apps(tenant_id)? >= limit {
         return Err(ApiError::bad(
             "limit_exceeded",
             format!("the tenant has {limit} applications, the limit (limits.apps_per_tenant)"),
@@ -189,9 +190,9 @@ async fn create(
     let now = state.app.clock.now();
     let app = Application {
         id: new_id("app"),
-        tenant_id: tenant.id.clone(),
-        name: input.name,
-        uid: input.uid,
+        tenant_id: tenant_id.to_string(),
+        name,
+        uid,
         metadata,
         created_at: now,
         updated_at: now,
@@ -200,6 +201,25 @@ async fn create(
         return Err(uid_taken(app.uid.as_deref().unwrap_or_default()));
     }
     state.app.store.durable().await?;
+    Ok(app)
+}
+
+/// Create an application.
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = NewApp, security(("tenant" = [])),
+    responses((status = 201, body = AppView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create(
+    tenant: Tenant,
+    State(state): State<ApiState>,
+    Json(input): Json<NewApp>,
+) -> Result<(StatusCode, axum::Json<AppView>), ApiError> {
+    let app = store_new(
+        &state,
+        &tenant.id,
+        input.name,
+        input.uid,
+        input.metadata.unwrap_or_default(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(view(&state, app)?)))
 }
 

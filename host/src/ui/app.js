@@ -319,6 +319,27 @@ async function pluginChoices() {
   return plugins.map((p) => ({ id: p.id, label: p.builtin ? `${p.name} (bundled)` : `${p.name} ${p.version}` }));
 }
 
+// The events an endpoint takes: all, or the listed types and patterns.
+function eventsFieldset(sub, extra) {
+  const all = sub ? sub.event_types.includes("*") : true;
+  const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
+  const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
+  const sync = () => { types.disabled = allEvents.checked; };
+  allEvents.addEventListener("change", sync);
+  sync();
+  const element = h("fieldset", {}, h("legend", {}, "Events"),
+    h("label", { class: "inline" }, allEvents, "All events"),
+    field("Event types", types, "Comma-separated: exact types, prefix.* patterns."), extra || null);
+  const read = () => allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean);
+  return { element, read };
+}
+
+// Save and Cancel of an endpoint's form.
+function endpointFormActions(sub) {
+  return h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
+    h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel"));
+}
+
 async function endpointForm(id) {
   if (role() === "portal") return portalEndpointForm(id);
   const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
@@ -346,12 +367,7 @@ async function endpointForm(id) {
   };
   kind.addEventListener("change", syncKind);
   syncKind();
-  const all = sub ? sub.event_types.includes("*") : true;
-  const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
-  const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
-  const syncTypes = () => { types.disabled = allEvents.checked; };
-  allEvents.addEventListener("change", syncTypes);
-  syncTypes();
+  const events = eventsFieldset(sub);
   const plugin = h("select", { name: "plugin" }, h("option", { value: "" }, "None (send the event as is)"),
     plugins.map((p) => h("option", { value: p.id, selected: sub && sub.plugin && sub.plugin.id === p.id }, p.label)));
   const config = h("textarea", { name: "plugin_config", rows: "4" }, sub && sub.plugin ? JSON.stringify(sub.plugin.config, null, 2) : "{}");
@@ -377,9 +393,7 @@ async function endpointForm(id) {
     field("URL", url),
     credentialsNote,
     perKind.nats, perKind.amqp, perKind.redis,
-    h("fieldset", {}, h("legend", {}, "Events"),
-      h("label", { class: "inline" }, allEvents, "All events"),
-      field("Event types", types, "Comma-separated: exact types, prefix.* patterns.")),
+    events.element,
     field("Plugin", plugin),
     field("Plugin config (JSON)", config),
     field("Signature scheme", scheme),
@@ -394,14 +408,13 @@ async function endpointForm(id) {
       field("Client key (PEM)", clientKey, "Stored sealed; never shown again."),
       field("CA (PEM)", ca, "Trusted for this endpoint besides the system's CAs.")),
     field("Description", description),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
-      h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel")));
+    endpointFormActions(sub));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     form.querySelectorAll(".error").forEach((e) => e.remove());
     try {
       const input = {
-        event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
+        event_types: events.read(),
         description: description.value,
         retry: { preset: preset.value },
       };
@@ -454,33 +467,22 @@ async function endpointForm(id) {
 async function portalEndpointForm(id) {
   const sub = id ? await api("GET", "/v1/subscriptions/" + encodeURIComponent(id)) : null;
   const url = h("input", { type: "url", name: "url", required: true, value: sub ? sub.url : "", placeholder: "https://example.com/webhook" });
-  const all = sub ? sub.event_types.includes("*") : true;
-  const allEvents = h("input", { type: "checkbox", name: "all_events", checked: all });
-  const types = h("input", { type: "text", name: "event_types", value: sub && !all ? sub.event_types.join(", ") : "", placeholder: "message.created, conversation.*" });
-  const syncTypes = () => { types.disabled = allEvents.checked; };
-  allEvents.addEventListener("change", syncTypes);
-  syncTypes();
   const offered = portal.event_types.length === 0 ? null : h("ul", { id: "portal-event-types", class: "hint" },
     portal.event_types.map((t) => h("li", {}, h("code", {}, t.name), t.description ? " — " + t.description : "")));
+  const events = eventsFieldset(sub, offered);
   const description = h("input", { type: "text", name: "description", value: sub && sub.description ? sub.description : "" });
   const perSecond = h("input", { type: "number", name: "rate_per_second", min: "0.01", step: "any", value: sub && sub.rate_limit ? String(sub.rate_limit.per_second) : "", placeholder: "attempts a second (empty: no limit)" });
   const form = h("form", { class: "card", id: "endpoint-form" },
     field("URL", url),
-    h("fieldset", {}, h("legend", {}, "Events"),
-      h("label", { class: "inline" }, allEvents, "All events"),
-      field("Event types", types, "Comma-separated: exact types, prefix.* patterns."), offered),
+    events.element,
     field("Description", description),
     field("Rate limit (per second)", perSecond),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
-      h("a", { class: "button secondary", href: sub ? "#/endpoints/" + sub.id : "#/endpoints" }, "Cancel")));
+    endpointFormActions(sub));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     form.querySelectorAll(".error").forEach((e) => e.remove());
     try {
-      const input = {
-        event_types: allEvents.checked ? ["*"] : types.value.split(",").map((t) => t.trim()).filter(Boolean),
-        description: description.value,
-      };
+      const input = { event_types: events.read(), description: description.value };
       // Only a change: an endpoint with the tenant's plugin keeps its address.
       if (!sub || url.value.trim() !== sub.url) input.url = url.value.trim();
       if (perSecond.value.trim()) input.rate_limit = { per_second: Number(perSecond.value) };

@@ -9,9 +9,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ListResponse, Metadata, Page, SvixError, SvixJson, SvixTenant, invalid};
-use crate::api::ApiState;
+use crate::api::{ApiError, ApiState};
 use crate::store::{Application, PutApp};
-use crate::util::new_id;
 
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -107,12 +106,12 @@ fn check(name: &str, uid: Option<&str>, throttle: Option<u32>) -> Result<(), Svi
 }
 
 fn uid_taken(uid: &str) -> SvixError {
-    SvixError(crate::api::ApiError::Conflict(format!(
+    SvixError(ApiError::Conflict(format!(
         "An application with the uid {uid:?} already exists"
     )))
 }
 
-/// Creates an application (the uid checked for conflicts in the store's change).
+/// Creates an application (`/v1`'s checks; a taken uid in Svix's words).
 pub(super) async fn store_new(
     state: &ApiState,
     tenant_id: &str,
@@ -120,28 +119,13 @@ pub(super) async fn store_new(
 ) -> Result<Application, SvixError> {
     check(&input.name, input.uid.as_deref(), input.throttle_rate)?;
     let metadata = super::metadata_map(input.metadata)?;
-    let limit = state.app.settings.bounds.apps_per_tenant;
-    if state.app.store.count_apps(tenant_id)? >= limit {
-        return Err(invalid(
-            "name",
-            format!("the tenant has {limit} applications, the limit (limits.apps_per_tenant)"),
-        ));
-    }
-    let now = state.app.clock.now();
-    let app = Application {
-        id: new_id("app"),
-        tenant_id: tenant_id.to_string(),
-        name: input.name,
-        uid: input.uid,
-        metadata,
-        created_at: now,
-        updated_at: now,
-    };
-    if state.app.store.put_app(&app, true).await? == PutApp::UidTaken {
-        return Err(uid_taken(app.uid.as_deref().unwrap_or_default()));
-    }
-    state.app.store.durable().await?;
-    Ok(app)
+    let uid = input.uid.clone();
+    crate::api::apps::store_new(state, tenant_id, input.name, input.uid, metadata)
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(_) => uid_taken(uid.as_deref().unwrap_or_default()),
+            e => e.into(),
+        })
 }
 
 /// Svix: create an application (`get_if_exists`: the one with this uid, if any).
@@ -199,7 +183,7 @@ async fn put(state: &ApiState, app: &Application) -> Result<(), SvixError> {
         PutApp::Done => {}
         PutApp::UidTaken => return Err(uid_taken(app.uid.as_deref().unwrap_or_default())),
         PutApp::Gone => {
-            return Err(SvixError(crate::api::ApiError::NotFound(format!(
+            return Err(SvixError(ApiError::NotFound(format!(
                 "no application {:?}",
                 app.id
             ))));
