@@ -334,6 +334,14 @@ function eventsFieldset(sub, extra) {
   return { element, read };
 }
 
+// Creates (no `sub`) or changes an endpoint, then opens its page.
+async function saveEndpoint(sub, input) {
+  const saved = sub
+    ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
+    : await api("POST", "/v1/subscriptions", input);
+  location.hash = "#/endpoints/" + saved.id;
+}
+
 // Save and Cancel of an endpoint's form.
 function endpointFormActions(sub) {
   return h("div", { class: "actions" }, h("button", { type: "submit" }, sub ? "Save" : "Add endpoint"),
@@ -452,10 +460,7 @@ async function endpointForm(id) {
         if (certText) { input.tls.client_certificate = certText; input.tls.client_key = keyText; }
         if (caText) input.tls.ca = caText;
       } else if (!certText && !caText && tls) input.tls = null;
-      const saved = sub
-        ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
-        : await api("POST", "/v1/subscriptions", input);
-      location.hash = "#/endpoints/" + saved.id;
+      await saveEndpoint(sub, input);
     } catch (e) { showError(form, e); }
   });
   render(sub ? "Edit endpoint" : "Add endpoint", form);
@@ -487,10 +492,7 @@ async function portalEndpointForm(id) {
       if (!sub || url.value.trim() !== sub.url) input.url = url.value.trim();
       if (perSecond.value.trim()) input.rate_limit = { per_second: Number(perSecond.value) };
       else if (sub && sub.rate_limit) input.rate_limit = null;
-      const saved = sub
-        ? await api("PATCH", "/v1/subscriptions/" + encodeURIComponent(sub.id), input)
-        : await api("POST", "/v1/subscriptions", input);
-      location.hash = "#/endpoints/" + saved.id;
+      await saveEndpoint(sub, input);
     } catch (e) { showError(form, e); }
   });
   render(sub ? "Edit endpoint" : "Add endpoint", form);
