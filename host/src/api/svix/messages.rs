@@ -1,5 +1,4 @@
-//! Svix messages (events sent to an application), their attempts (the
-//! attempts of the event's deliveries), and event types (the catalog).
+//! Svix messages: events sent to an application.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,21 +11,15 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::endpoints::find;
 use super::{ListResponse, Page, SvixError, SvixJson, SvixTenant, invalid};
 use crate::api::{ApiError, ApiState};
 use crate::event::Envelope;
-use crate::store::{Application, Delivery, EventType, StoredEvent, Subscription};
+use crate::store::{Application, StoredEvent};
 
 pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(get_one))
-        .routes(routes!(attempts_by_message))
-        .routes(routes!(attempts_by_endpoint))
-        .routes(routes!(resend))
-        .routes(routes!(create_event_type, list_event_types))
-        .routes(routes!(get_event_type, delete_event_type))
 }
 
 /// Svix's `MessageIn`.
@@ -96,7 +89,11 @@ pub struct ContentQuery {
 }
 
 /// The application's message (by id or `eventId`), or a 404.
-fn load_message(state: &ApiState, app: &Application, msg: &str) -> Result<StoredEvent, SvixError> {
+pub(super) fn load_message(
+    state: &ApiState,
+    app: &Application,
+    msg: &str,
+) -> Result<StoredEvent, SvixError> {
     state
         .app
         .store
@@ -277,7 +274,7 @@ pub struct MessageQuery {
 
 /// Index entries one list request reads at most (a page may come back
 /// short, with an `iterator` to go on from).
-const SCAN_BUDGET: usize = 2000;
+pub(super) const SCAN_BUDGET: usize = 2000;
 
 /// Svix: an application's messages, newest first.
 #[utoipa::path(get, path = "/api/v1/app/{app_id}/msg", tag = "svix", security(("tenant" = [])),
@@ -336,405 +333,4 @@ async fn list(
         iterator: page.next,
         prev_iterator: None,
     }))
-}
-
-/// Svix's `MessageAttemptOut`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MessageAttemptOut {
-    /// `<delivery id>.<attempt number>`.
-    pub id: String,
-    pub msg_id: String,
-    pub endpoint_id: String,
-    pub url: String,
-    pub response: String,
-    pub response_status_code: u16,
-    pub response_duration_ms: u64,
-    /// 0 success, 2 failed (Svix's numbers).
-    pub status: u8,
-    pub status_text: &'static str,
-    /// Always 0 (scheduled): wasmhook does not tell a manual retry's
-    /// attempts apart.
-    pub trigger_type: u8,
-    pub timestamp: Timestamp,
-}
-
-fn attempts_of(d: &Delivery, url: &str) -> Vec<MessageAttemptOut> {
-    d.attempts
-        .iter()
-        .enumerate()
-        .map(|(n, a)| {
-            let ok = a.status.is_some_and(|s| (200..300).contains(&s)) && a.error.is_none();
-            MessageAttemptOut {
-                id: format!("{}.{}", d.id, n + 1),
-                msg_id: d.event_id.clone(),
-                endpoint_id: d.subscription_id.clone(),
-                url: url.to_string(),
-                response: a
-                    .response_body
-                    .clone()
-                    .or_else(|| a.error.clone())
-                    .unwrap_or_default(),
-                response_status_code: a.status.unwrap_or(0),
-                response_duration_ms: a.duration_ms,
-                status: if ok { 0 } else { 2 },
-                status_text: if ok { "success" } else { "fail" },
-                trigger_type: 0,
-                timestamp: a.at,
-            }
-        })
-        .rev()
-        .collect()
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct AttemptQuery {
-    pub limit: Option<usize>,
-    pub iterator: Option<String>,
-    /// 0 success, 2 failed.
-    pub status: Option<u8>,
-    pub endpoint_id: Option<String>,
-}
-
-impl AttemptQuery {
-    fn keeps(&self, a: &MessageAttemptOut) -> bool {
-        self.status.is_none_or(|s| s == a.status)
-    }
-}
-
-/// The URL an attempt went to: its endpoint's (now).
-fn url_of(subs: &[Subscription], id: &str) -> String {
-    subs.iter()
-        .find(|s| s.id == id)
-        .map(|s| s.url.clone())
-        .unwrap_or_default()
-}
-
-/// Svix: the attempts of a message's deliveries, newest first.
-#[utoipa::path(get, path = "/api/v1/app/{app_id}/attempt/msg/{msg_id}", tag = "svix", security(("tenant" = [])),
-    params(("app_id" = String, Path), ("msg_id" = String, Path), AttemptQuery),
-    responses((status = 200, body = inline(ListResponse<MessageAttemptOut>)), (status = 404, description = "not found")))]
-async fn attempts_by_message(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Path((app, msg)): Path<(String, String)>,
-    Query(q): Query<AttemptQuery>,
-) -> Result<axum::Json<ListResponse<MessageAttemptOut>>, SvixError> {
-    let app = super::apps::load(&state, &tenant, &app)?;
-    let stored = load_message(&state, &app, &msg)?;
-    let subs = state.app.store.routes(&app.tenant_id)?;
-    let endpoint = q
-        .endpoint_id
-        .as_deref()
-        .map(|e| find(&state, &app, e))
-        .transpose()?;
-    let mut items = Vec::new();
-    for id in &stored.deliveries {
-        let Some(d) = state.app.store.get_delivery(id)? else {
-            continue;
-        };
-        if endpoint.as_ref().is_some_and(|e| e.id != d.subscription_id) {
-            continue;
-        }
-        let url = url_of(&subs, &d.subscription_id);
-        items.extend(
-            attempts_of(&d, &url)
-                .into_iter()
-                .filter(|a| q.keeps(a))
-                .map(|a| (format!("{}.{:020}", a.timestamp.as_millisecond(), a.id), a)),
-        );
-    }
-    let page = Page {
-        limit: q.limit,
-        iterator: q.iterator.clone(),
-        order: None,
-    };
-    Ok(axum::Json(page.slice(items, true)?))
-}
-
-/// Svix: the attempts to an endpoint, newest first.
-#[utoipa::path(get, path = "/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", tag = "svix", security(("tenant" = [])),
-    params(("app_id" = String, Path), ("endpoint_id" = String, Path), AttemptQuery),
-    responses((status = 200, body = inline(ListResponse<MessageAttemptOut>)), (status = 404, description = "not found")))]
-async fn attempts_by_endpoint(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Path((app, endpoint)): Path<(String, String)>,
-    Query(q): Query<AttemptQuery>,
-) -> Result<axum::Json<ListResponse<MessageAttemptOut>>, SvixError> {
-    let app = super::apps::load(&state, &tenant, &app)?;
-    let sub = find(&state, &app, &endpoint)?;
-    let limit = Page {
-        limit: q.limit,
-        ..Page::default()
-    }
-    .limit()?;
-    // The iterator names the delivery the last page ended with: a page
-    // holds whole deliveries.
-    let before = q
-        .iterator
-        .as_deref()
-        .map(|i| i.rsplit_once('.').map_or(i, |(d, _)| d));
-    let store = &state.app.store;
-    let mut data = Vec::new();
-    let mut last = None;
-    let mut more = false;
-    for (read, id) in store
-        .subscription_delivery_ids(&app.tenant_id, &sub.id, before)
-        .enumerate()
-    {
-        if data.len() >= limit || read == SCAN_BUDGET {
-            more = true;
-            break;
-        }
-        let Some(d) = store.get_delivery(&id?)? else {
-            continue;
-        };
-        last = Some(format!("{}.0", d.id));
-        data.extend(attempts_of(&d, &sub.url).into_iter().filter(|a| q.keeps(a)));
-    }
-    Ok(axum::Json(ListResponse {
-        data,
-        iterator: last.clone(),
-        prev_iterator: None,
-        done: !more,
-    }))
-}
-
-/// Svix: send a message to one endpoint again now (its delivery, under the
-/// same delivery id).
-#[utoipa::path(post, path = "/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend", tag = "svix",
-    security(("tenant" = [])), params(("app_id" = String, Path), ("msg_id" = String, Path), ("endpoint_id" = String, Path)),
-    responses((status = 202, description = "queued again: `{}`"), (status = 404, description = "not found"),
-        (status = 409, description = "not finished, or nothing to send")))]
-async fn resend(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Path((app, msg, endpoint)): Path<(String, String, String)>,
-) -> Result<(StatusCode, axum::Json<Value>), SvixError> {
-    let app = super::apps::load(&state, &tenant, &app)?;
-    let stored = load_message(&state, &app, &msg)?;
-    let sub = find(&state, &app, &endpoint)?;
-    let mut found = None;
-    for id in &stored.deliveries {
-        if let Some(d) = state.app.store.get_delivery(id)?
-            && d.subscription_id == sub.id
-        {
-            found = Some(d);
-        }
-    }
-    let d = found.ok_or_else(|| {
-        SvixError(ApiError::NotFound(format!(
-            "message {msg:?} was not routed to endpoint {endpoint:?}"
-        )))
-    })?;
-    crate::api::deliveries::requeue(&state, d).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))))
-}
-
-/// Svix's `EventTypeIn`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventTypeIn {
-    pub name: String,
-    pub description: String,
-    pub archived: Option<bool>,
-    pub deprecated: Option<bool>,
-    /// `{"1": <JSON Schema>}`: the highest version is the catalog's schema.
-    #[schema(value_type = Option<Object>)]
-    pub schemas: Option<serde_json::Map<String, Value>>,
-    pub group_name: Option<String>,
-    pub feature_flag: Option<String>,
-}
-
-/// Svix's `EventTypeOut`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventTypeOut {
-    pub name: String,
-    pub description: String,
-    pub archived: bool,
-    pub deprecated: bool,
-    #[schema(value_type = Option<Object>)]
-    pub schemas: Option<Value>,
-    pub feature_flag: Option<String>,
-    pub group_name: Option<String>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
-impl EventTypeOut {
-    fn of(t: EventType, with_content: bool) -> Self {
-        EventTypeOut {
-            schemas: t
-                .schema
-                .filter(|_| with_content)
-                .map(|s| serde_json::json!({"1": s})),
-            name: t.name,
-            description: t.description,
-            archived: t.archived,
-            deprecated: false,
-            feature_flag: None,
-            group_name: None,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
-        }
-    }
-}
-
-/// Svix: add an event type to the catalog (409 if it has it; an archived
-/// one comes back).
-#[utoipa::path(post, path = "/api/v1/event-type", tag = "svix", request_body = EventTypeIn,
-    security(("tenant" = [])),
-    responses((status = 201, body = EventTypeOut), (status = 409, description = "exists"), (status = 422, description = "invalid")))]
-async fn create_event_type(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    SvixJson(input): SvixJson<EventTypeIn>,
-) -> Result<(StatusCode, axum::Json<EventTypeOut>), SvixError> {
-    if input.feature_flag.is_some() || input.group_name.is_some() || input.deprecated == Some(true)
-    {
-        return Err(invalid(
-            "featureFlag",
-            "feature flags, groups and deprecation are not offered",
-        ));
-    }
-    let schema = match input.schemas {
-        None => None,
-        Some(versions) => versions
-            .into_iter()
-            .max_by_key(|(v, _)| v.parse::<u32>().unwrap_or(0))
-            .map(|(_, s)| s),
-    };
-    let store = &state.app.store;
-    let now = state.app.clock.now();
-    if let Some(mut t) = store.get_event_type(&tenant.0.id, &input.name)?
-        && t.archived
-    {
-        t.archived = input.archived.unwrap_or(false);
-        t.description = input.description;
-        t.schema = schema;
-        t.example = None;
-        t.validate = false;
-        t.updated_at = now;
-        crate::api::event_types::check(&t)?;
-        store.put_event_type(&t).await?;
-        store.durable().await?;
-        return Ok((StatusCode::CREATED, axum::Json(EventTypeOut::of(t, true))));
-    }
-    let example = schema
-        .as_ref()
-        .and_then(|s| s.get("examples"))
-        .and_then(|e| e.get(0))
-        .cloned();
-    let t = EventType {
-        tenant_id: tenant.0.id.clone(),
-        name: input.name,
-        description: input.description,
-        schema,
-        example,
-        validate: false,
-        archived: input.archived.unwrap_or(false),
-        created_at: now,
-        updated_at: now,
-    };
-    match crate::api::event_types::add(&state, &t).await {
-        Ok(()) => Ok((StatusCode::CREATED, axum::Json(EventTypeOut::of(t, true)))),
-        Err(ApiError::Conflict(_)) => Err(SvixError(ApiError::Conflict(
-            "An event_type with this name already exists".into(),
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct EventTypeQuery {
-    pub limit: Option<usize>,
-    pub iterator: Option<String>,
-    pub order: Option<String>,
-    #[serde(default)]
-    pub include_archived: bool,
-    pub with_content: Option<bool>,
-}
-
-/// Svix: the catalog, by name.
-#[utoipa::path(get, path = "/api/v1/event-type", tag = "svix", security(("tenant" = [])), params(EventTypeQuery),
-    responses((status = 200, body = inline(ListResponse<EventTypeOut>))))]
-async fn list_event_types(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Query(q): Query<EventTypeQuery>,
-) -> Result<axum::Json<ListResponse<EventTypeOut>>, SvixError> {
-    let with_content = q.with_content.unwrap_or(true);
-    let items = state
-        .app
-        .store
-        .list_event_types(&tenant.0.id)?
-        .into_iter()
-        .filter(|t| q.include_archived || !t.archived)
-        .map(|t| (t.name.clone(), EventTypeOut::of(t, with_content)))
-        .collect();
-    let page = Page {
-        limit: q.limit,
-        iterator: q.iterator,
-        order: q.order,
-    };
-    Ok(axum::Json(page.slice(items, false)?))
-}
-
-fn load_event_type(
-    state: &ApiState,
-    tenant: &SvixTenant,
-    name: &str,
-) -> Result<EventType, SvixError> {
-    state
-        .app
-        .store
-        .get_event_type(&tenant.0.id, name)?
-        .ok_or_else(|| SvixError(ApiError::NotFound(format!("no event type {name:?}"))))
-}
-
-/// Svix: get an event type.
-#[utoipa::path(get, path = "/api/v1/event-type/{event_type_name}", tag = "svix", security(("tenant" = [])),
-    params(("event_type_name" = String, Path)),
-    responses((status = 200, body = EventTypeOut), (status = 404, description = "not found")))]
-async fn get_event_type(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<axum::Json<EventTypeOut>, SvixError> {
-    Ok(axum::Json(EventTypeOut::of(
-        load_event_type(&state, &tenant, &name)?,
-        true,
-    )))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct DeleteQuery {
-    /// Remove it from the catalog instead of archiving it.
-    #[serde(default)]
-    pub expunge: bool,
-}
-
-/// Svix: archive an event type (`expunge=true`: remove it).
-#[utoipa::path(delete, path = "/api/v1/event-type/{event_type_name}", tag = "svix", security(("tenant" = [])),
-    params(("event_type_name" = String, Path), DeleteQuery),
-    responses((status = 204), (status = 404, description = "not found")))]
-async fn delete_event_type(
-    tenant: SvixTenant,
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<DeleteQuery>,
-) -> Result<StatusCode, SvixError> {
-    let mut t = load_event_type(&state, &tenant, &name)?;
-    let store = &state.app.store;
-    if q.expunge {
-        store.delete_event_type(&tenant.0.id, &name).await?;
-    } else {
-        t.archived = true;
-        t.updated_at = state.app.clock.now();
-        store.put_event_type(&t).await?;
-    }
-    store.durable().await?;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,10 @@
 //! `docs/svix.md` says what maps to what and what is not offered.
 
 mod apps;
+mod attempts;
+mod endpoint_actions;
 mod endpoints;
+mod event_types;
 mod messages;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -34,7 +37,10 @@ pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
         OpenApiRouter::new()
             .merge(apps::router())
             .merge(endpoints::router())
+            .merge(endpoint_actions::router())
             .merge(messages::router())
+            .merge(attempts::router())
+            .merge(event_types::router())
             .routes(utoipa_axum::routes!(health))
             .route("/api/v1/health/", axum::routing::get(health)),
         state.max_event_bytes,
