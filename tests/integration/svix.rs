@@ -201,6 +201,9 @@ async fn the_svix_api_is_scoped_to_its_tenant_and_refuses_bad_input(backing) {
     assert_eq!(list["data"].as_array().unwrap().len(), 4, "nothing more stored: {list}");
     let (status, answer) = server.call("GET", "/api/v1/app/nope", &key, None).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("not_found")));
+    // A Svix call not offered: a 404 in Svix's shape.
+    let (status, answer) = server.call("GET", "/api/v1/background-task", &key, None).await;
+    assert_eq!((status, answer["code"].as_str()), (404, Some("not_found")), "{answer}");
 
     // Paging: iterator and done.
     for n in 0..3 {

@@ -42,7 +42,10 @@ pub fn router(state: &ApiState) -> OpenApiRouter<ApiState> {
             .merge(attempts::router())
             .merge(event_types::router())
             .routes(utoipa_axum::routes!(health))
-            .route("/api/v1/health/", axum::routing::get(health)),
+            .route("/api/v1/health/", axum::routing::get(health))
+            // What Svix serves and wasmhook does not: a 404 Svix's clients
+            // read (`docs/svix.md`, "Not offered").
+            .route("/api/v1/{*rest}", axum::routing::any(not_offered)),
         state.max_event_bytes,
     )
 }
@@ -260,6 +263,13 @@ pub(crate) fn metadata_out(
     m.iter()
         .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
         .collect()
+}
+
+/// A Svix route wasmhook does not serve, in Svix's error shape.
+async fn not_offered() -> SvixError {
+    SvixError(ApiError::NotFound(
+        "this Svix call is not offered by wasmhook (see docs/svix.md)".into(),
+    ))
 }
 
 /// Svix: health (also with the trailing slash Svix's test suites use):
