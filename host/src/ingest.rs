@@ -102,12 +102,7 @@ pub async fn accept(
         .map(|event| {
             let subs = subscriptions
                 .iter()
-                .filter(|s| {
-                    s.enabled
-                        && s.app_id == event.app
-                        && route::matches_any(&s.event_types, &event.event_type)
-                        && s.takes_channels(&event.channels)
-                })
+                .filter(|s| s.enabled && route::wants(s, &event))
                 .collect();
             (event, subs)
         })
@@ -234,11 +229,7 @@ pub async fn replay(
     let events = app.store.events_since(
         &sub.tenant_id,
         since,
-        |e| {
-            e.event.app == sub.app_id
-                && route::matches_any(&sub.event_types, &e.event.event_type)
-                && sub.takes_channels(&e.event.channels)
-        },
+        |e| route::wants(sub, &e.event),
         limit + 1,
     )?;
     check_bounds(app, &sub.tenant_id, events.len(), 0)?;

@@ -26,6 +26,15 @@ pub fn matches(pattern: &str, event_type: &str) -> bool {
     }
 }
 
+/// Whether `sub` wants `event` (enabled or not): the event is sent to its
+/// application (or both to none), its type matches one of its patterns,
+/// and its channels suit it.
+pub fn wants(sub: &crate::store::Subscription, event: &crate::event::Envelope) -> bool {
+    sub.app_id == event.app
+        && matches_any(&sub.event_types, &event.event_type)
+        && sub.takes_channels(&event.channels)
+}
+
 /// Whether any of `patterns` matches.
 pub fn matches_any(patterns: &[String], event_type: &str) -> bool {
     patterns.iter().any(|p| matches(p, event_type))

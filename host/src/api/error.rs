@@ -259,6 +259,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// [`parse_json`], with an empty body as the type's default (a POST whose
+/// settings are all optional may come without one).
+pub fn parse_json_or_default<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(bytes)
+    }
+}
+
 /// Adds a body limit to routes: axum's limit plus the number for messages.
 pub fn limit_body<S: Clone + Send + Sync + 'static>(
     router: OpenApiRouter<S>,

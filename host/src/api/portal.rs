@@ -105,20 +105,23 @@ fn base_url(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(format!("http://{host}"))
 }
 
-/// Removes the application's expired links.
-async fn purge_expired(state: &ApiState, tenant_id: &str, app_id: &str) -> Result<(), ApiError> {
+/// Removes the application's expired links; answers the live ones.
+async fn purge_expired(
+    state: &ApiState,
+    tenant_id: &str,
+    app_id: &str,
+) -> Result<Vec<PortalLink>, ApiError> {
     let now = state.app.clock.now();
-    let expired: Vec<PortalLink> = state
+    let (live, expired): (Vec<PortalLink>, Vec<PortalLink>) = state
         .app
         .store
         .list_portal_links(tenant_id, Some(app_id))?
         .into_iter()
-        .filter(|l| l.expires_at <= now)
-        .collect();
+        .partition(|l| l.expires_at > now);
     if !expired.is_empty() {
         state.app.store.delete_portal_links(&expired).await?;
     }
-    Ok(())
+    Ok(live)
 }
 
 /// Create a portal link for one application. The answer's `url` opens the
@@ -134,11 +137,7 @@ async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, axum::Json<PortalLinkView>), ApiError> {
-    let input: NewPortalLink = if body.is_empty() {
-        NewPortalLink::default()
-    } else {
-        super::parse_json(&body)?
-    };
+    let input: NewPortalLink = super::parse_json_or_default(&body)?;
     let app = super::apps::load(&state, &tenant.id, &app)?;
     let expires_in = input.expires_in.unwrap_or(DEFAULT_EXPIRES_IN_SECS);
     if !(1..=MAX_EXPIRES_IN_SECS).contains(&expires_in) {
@@ -148,14 +147,7 @@ async fn create(
         ));
     }
     let base = base_url(&state, &headers)?;
-    purge_expired(&state, &tenant.id, &app.id).await?;
-    if state
-        .app
-        .store
-        .list_portal_links(&tenant.id, Some(&app.id))?
-        .len()
-        >= MAX_LINKS_PER_APP
-    {
+    if purge_expired(&state, &tenant.id, &app.id).await?.len() >= MAX_LINKS_PER_APP {
         return Err(ApiError::bad(
             "limit_exceeded",
             format!("the application has {MAX_LINKS_PER_APP} live portal links; revoke some first"),
@@ -198,11 +190,7 @@ async fn list(
     Path(app): Path<String>,
 ) -> Result<axum::Json<PortalLinkList>, ApiError> {
     let app = super::apps::load(&state, &tenant.id, &app)?;
-    purge_expired(&state, &tenant.id, &app.id).await?;
-    let mut links = state
-        .app
-        .store
-        .list_portal_links(&tenant.id, Some(&app.id))?;
+    let mut links = purge_expired(&state, &tenant.id, &app.id).await?;
     links.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     Ok(axum::Json(PortalLinkList {
         items: links.into_iter().map(PortalLinkView::from).collect(),

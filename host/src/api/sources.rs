@@ -351,11 +351,7 @@ async fn rotate_secret(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<SecretView>, ApiError> {
-    let input: RotateInput = if body.is_empty() {
-        RotateInput::default()
-    } else {
-        super::parse_json(&body)?
-    };
+    let input: RotateInput = super::parse_json_or_default(&body)?;
     let mut source = load(&state, &tenant, &id)?;
     let fresh = match input.secret {
         Some(s) => {

@@ -107,10 +107,9 @@ pub(super) async fn run_event(
     _slot: crate::queue::Reserved,
 ) -> Result<Vec<Delivery>, ApiError> {
     let now = state.app.clock.now();
-    let event = event.clone();
     // Through the plugin like any event, but sent right here (not by the
     // workers), and items the plugin holds are not kept in the real window.
-    let out = ingest::transform(&state.app, sub, &event, now, HoldMode::Discard).await?;
+    let out = ingest::transform(&state.app, sub, event, now, HoldMode::Discard).await?;
     let mut deliveries = out.deliveries;
     for d in &mut deliveries {
         d.next_attempt_at = None;

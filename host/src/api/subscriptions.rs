@@ -395,16 +395,6 @@ async fn patch(
             "app is set at creation: an endpoint does not move between applications",
         ));
     }
-    if let Some(types) = &input.event_types {
-        // Only the patterns it did not have: an endpoint subscribed before
-        // the catalog (or to a type since archived) stays editable.
-        let new: Vec<String> = types
-            .iter()
-            .filter(|t| !changed.event_types.contains(t))
-            .cloned()
-            .collect();
-        super::event_types::check_patterns(&state, &tenant.id, &new)?;
-    }
     if input.verify_on_create.is_some() {
         return Err(bad(
             "verify_on_create is for creation; send a test event with POST /v1/subscriptions/{id}/test",
@@ -425,8 +415,9 @@ async fn patch(
 }
 
 /// Applies `input` (and `tweak`, for what it does not hold) to `changed`
-/// as the API changes a subscription: checked, made durable, and its
-/// limits and any `wasmhook listen` stream told.
+/// as the API changes a subscription: checked (its new patterns against
+/// the catalog, the destination), made durable, and its limits and any
+/// `wasmhook listen` stream told.
 pub(super) async fn store_change(
     state: &ApiState,
     caller: &Caller,
@@ -435,6 +426,16 @@ pub(super) async fn store_change(
     tweak: impl FnOnce(&mut Subscription),
 ) -> Result<Subscription, ApiError> {
     let id = changed.id.clone();
+    if let Some(types) = &input.event_types {
+        // Only the patterns it did not have: an endpoint subscribed before
+        // the catalog (or to a type since archived) stays editable.
+        let new: Vec<String> = types
+            .iter()
+            .filter(|t| !changed.event_types.contains(t))
+            .cloned()
+            .collect();
+        super::event_types::check_patterns(state, &changed.tenant_id, &new)?;
+    }
     input
         .apply(&mut changed, &state.app.settings.bounds)
         .map_err(bad)?;
@@ -607,11 +608,7 @@ async fn rotate_secret(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<SecretView>, ApiError> {
-    let input: RotateInput = if body.is_empty() {
-        RotateInput::default()
-    } else {
-        super::parse_json(&body)?
-    };
+    let input: RotateInput = super::parse_json_or_default(&body)?;
     let now = state.app.clock.now();
     let grace = jiff::SignedDuration::try_from(state.app.settings.secret_grace).unwrap_or_default();
     let current = load(&state, &tenant, &id)?;

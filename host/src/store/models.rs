@@ -150,7 +150,7 @@ pub struct Subscription {
 impl Subscription {
     /// Whether an event with `channels` reaches it: always without
     /// channels of its own, else with one in common (Svix's rule).
-    pub fn takes_channels(&self, channels: &[String]) -> bool {
+    pub(crate) fn takes_channels(&self, channels: &[String]) -> bool {
         self.channels.is_empty() || channels.iter().any(|c| self.channels.contains(c))
     }
 

@@ -96,6 +96,10 @@ fn check(name: &str, uid: Option<&str>, throttle: Option<u32>) -> Result<(), Svi
     if let Some(uid) = uid {
         crate::api::apps::check_uid(uid)?;
     }
+    check_throttle(throttle)
+}
+
+fn check_throttle(throttle: Option<u32>) -> Result<(), SvixError> {
     if throttle.is_some() {
         return Err(invalid(
             "throttleRate",
@@ -117,7 +121,8 @@ pub(super) async fn store_new(
     tenant_id: &str,
     input: ApplicationIn,
 ) -> Result<Application, SvixError> {
-    check(&input.name, input.uid.as_deref(), input.throttle_rate)?;
+    // Name and uid are checked by `/v1`'s creation.
+    check_throttle(input.throttle_rate)?;
     let metadata = super::metadata_map(input.metadata)?;
     let uid = input.uid.clone();
     crate::api::apps::store_new(state, tenant_id, input.name, input.uid, metadata)

@@ -149,11 +149,7 @@ async fn attempts_by_endpoint(
 ) -> Result<axum::Json<ListResponse<MessageAttemptOut>>, SvixError> {
     let app = super::apps::load(&state, &tenant, &app)?;
     let sub = find(&state, &app, &endpoint)?;
-    let limit = Page {
-        limit: q.limit,
-        ..Page::default()
-    }
-    .limit()?;
+    let limit = super::page_limit(q.limit)?;
     // The iterator names the delivery the last page ended with: a page
     // holds whole deliveries.
     let before = q

@@ -322,14 +322,6 @@ async fn apply(
     if let Some(c) = change.channels.as_ref().filter(|c| !c.is_empty()) {
         check_channels(c)?;
     }
-    if let Some(Value::Array(types)) = change.fields.get("event_types") {
-        let new: Vec<String> = types
-            .iter()
-            .filter_map(|t| t.as_str().map(String::from))
-            .filter(|t| !current.event_types.contains(t))
-            .collect();
-        crate::api::event_types::check_patterns(state, &app.tenant_id, &new)?;
-    }
     let caller = crate::api::auth::Caller::from(&tenant.0);
     let input = input_of(Value::Object(change.fields))?;
     let id = current.id.clone();

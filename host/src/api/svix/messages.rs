@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ListResponse, Page, SvixError, SvixJson, SvixTenant, invalid};
+use super::{ListResponse, SvixError, SvixJson, SvixTenant, invalid};
 use crate::api::{ApiError, ApiState};
 use crate::event::Envelope;
 use crate::store::{Application, StoredEvent};
@@ -287,11 +287,7 @@ async fn list(
     Query(q): Query<MessageQuery>,
 ) -> Result<axum::Json<ListResponse<MessageOut>>, SvixError> {
     let app = super::apps::load(&state, &tenant, &app)?;
-    let limit = Page {
-        limit: q.limit,
-        ..Page::default()
-    }
-    .limit()?;
+    let limit = super::page_limit(q.limit)?;
     let types: Vec<String> = q
         .event_types
         .as_deref()

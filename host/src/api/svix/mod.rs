@@ -182,10 +182,7 @@ pub struct Page {
 
 impl Page {
     fn limit(&self) -> Result<usize, SvixError> {
-        match self.limit.unwrap_or(50) {
-            n @ 1..=250 => Ok(n),
-            _ => Err(invalid("limit", "limit must be 1 to 250")),
-        }
+        page_limit(self.limit)
     }
 
     fn descending(&self, default: bool) -> Result<bool, SvixError> {
@@ -231,6 +228,14 @@ impl Page {
             prev_iterator: None,
             done,
         })
+    }
+}
+
+/// A list call's `limit`: 1 to 250, 50 when absent.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, SvixError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=250 => Ok(n),
+        _ => Err(invalid("limit", "limit must be 1 to 250")),
     }
 }
 
