@@ -110,10 +110,10 @@ impl App {
     /// Whether this node does the subscription's work (its deliveries and
     /// window flushes): always, unless in cluster mode another node leases
     /// its partition.
-    pub fn owns(&self, subscription_id: &str) -> bool {
+    pub fn owns(&self, tenant_id: &str, subscription_id: &str) -> bool {
         self.ownership
             .as_ref()
-            .is_none_or(|o| o.owns(subscription_id))
+            .is_none_or(|o| o.owns(tenant_id, subscription_id))
     }
 
     /// Whether this node does the work done once for the whole cluster

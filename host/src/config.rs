@@ -59,6 +59,7 @@ pub struct SourcesSection {
 pub struct ClusterSection {
     pub nats_urls: Vec<String>,
     pub replicas: usize,
+    pub mode: String,
     pub partitions: u32,
     pub lease_secs: u64,
     pub snapshot_secs: u64,
@@ -221,6 +222,9 @@ pub struct ClusterConfig {
     /// None: decided from the NATS cluster's size.
     pub replicas: Option<usize>,
     pub leases: crate::cluster::leases::LeaseSettings,
+    /// Each tenant's data stored and worked only by the node leasing its
+    /// partition (`cluster.mode = "partitioned"`); else a replica set.
+    pub partitioned: bool,
     /// How often the leading node snapshots its view and compacts the
     /// log; None: never.
     pub snapshot_every: Option<Duration>,
@@ -643,6 +647,16 @@ impl RawConfig {
                 ));
             }
             positive("cluster.partitions", u64::from(c.partitions))?;
+            let partitioned = match c.mode.as_str() {
+                "replicas" => false,
+                "partitioned" => true,
+                other => {
+                    return Err(invalid(
+                        "cluster.mode",
+                        format!("{other:?} is not \"replicas\" or \"partitioned\""),
+                    ));
+                }
+            };
             if c.lease_secs < 3 {
                 return Err(invalid(
                     "cluster.lease_secs",
@@ -676,7 +690,9 @@ impl RawConfig {
                 leases: crate::cluster::leases::LeaseSettings {
                     partitions: c.partitions,
                     lease: Duration::from_secs(c.lease_secs),
+                    by_tenant: partitioned,
                 },
+                partitioned,
                 snapshot_every: (c.snapshot_secs > 0).then(|| Duration::from_secs(c.snapshot_secs)),
                 node_id,
                 auth: nats_auth(c)?,

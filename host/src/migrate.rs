@@ -54,9 +54,21 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         client,
         replicas,
         &format!("migrate-{}", ulid::Ulid::new()),
+        cluster
+            .partitioned
+            .then_some(cluster.leases.partitions),
     )
     .await
     .context("joining the cluster's log")?;
+    // A partitioned cluster: the move writes every partition's log (no
+    // node holds them yet; each reads its own when it starts).
+    if let Some(count) = to.data_partitions() {
+        for p in 0..count {
+            to.open_partition(p)
+                .await
+                .with_context(|| format!("opening partition {p}'s log"))?;
+        }
+    }
     let mut moved = to.import_from(&from).await?;
     let keys = crate::secrets::keys().expect("installed above");
     let resealed = to

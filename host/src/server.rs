@@ -254,9 +254,11 @@ pub async fn serve(
     // Leases are given back only after the workers stopped, so that no
     // other node starts a delivery this one is still attempting.
     let (leases_stop_tx, leases_stop) = watch::channel(false);
+    let forwarding = api::forward::Forwarding::default();
     let lease_keeper = leases.map(|leases| {
         let on = Arc::new(LeaseChanges {
             queue: app.queue.clone(),
+            forwarding: forwarding.clone(),
         });
         tokio::spawn(leases.run(on, wait_for(leases_stop.clone())))
     });
@@ -325,6 +327,7 @@ pub async fn serve(
         tokio::spawn(crate::http::serve(listener, metrics, config.http, stop));
     }
     let router = api::router(state);
+    forwarding.set_router(router.clone());
     // A view that can no longer follow the cluster's log stops the node:
     // a restart loads the newest snapshot.
     let fault: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -479,6 +482,7 @@ async fn open_cluster_store(
         client.clone(),
         replicas,
         &cluster.node_id,
+        cluster.partitioned.then_some(cluster.leases.partitions),
     )
     .await
     .with_context(|| {
@@ -494,12 +498,33 @@ async fn open_cluster_store(
 }
 
 /// What a node does when it gains or loses a partition's lease: its queue
-/// loads or drops the partition's deliveries.
+/// loads or drops the partition's deliveries. A partitioned cluster: the
+/// partition's data log is read before the lease counts, and its
+/// forwarded requests answered here while held.
 pub struct LeaseChanges {
     pub queue: Queue,
+    pub forwarding: api::forward::Forwarding,
 }
 
 impl OnChange for LeaseChanges {
+    fn prepare(&self, partition: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let store = self.queue.store();
+            let Some(client) = store.nats_client().filter(|_| store.data_partitions().is_some())
+            else {
+                return Ok(());
+            };
+            let started = std::time::Instant::now();
+            store
+                .open_partition(partition)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.forwarding.serve(client, partition);
+            info!(partition, took_ms = started.elapsed().as_millis() as u64, "partition's data read");
+            Ok(())
+        })
+    }
+
     fn gained(&self, partition: u32) {
         if let Err(e) = self.queue.gained(partition) {
             warn!(partition, error = %e, "loading a gained partition's deliveries");
@@ -508,7 +533,17 @@ impl OnChange for LeaseChanges {
     }
 
     fn lost(&self, partition: u32) {
+        self.forwarding.stop(partition);
         self.queue.lost(partition);
+        let store = self.queue.store().clone();
+        if store.data_partitions().is_some() {
+            store.release_partition(partition);
+            tokio::spawn(async move {
+                if let Err(e) = store.drop_released(partition).await {
+                    warn!(partition, error = %e, "dropping a given-up partition's data");
+                }
+            });
+        }
         info!(partition, "partition lease given up");
     }
 }
@@ -522,8 +557,9 @@ async fn prune_loop(app: App, shutdown: impl Future<Output = ()>) {
     loop {
         let cutoff = app.clock.now()
             - jiff::SignedDuration::try_from(app.settings.retention).unwrap_or_default();
-        // In a cluster, one node prunes for all (the others would repeat it).
-        let pruned = if app.leads() {
+        // In a replica set, one node prunes for all (the others would
+        // repeat it); partitioned, each node its own partitions.
+        let pruned = if app.leads() || app.store.data_partitions().is_some() {
             app.store.prune(cutoff).await
         } else {
             Ok((0, 0))

@@ -17,6 +17,7 @@ fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
 }
 
 fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lease: u64) -> Server {
+    let mode = std::env::var("TEST_CLUSTER_MODE").unwrap_or_else(|_| "replicas".into());
     Server::start_with(
         dir,
         &["--nats", &cluster.urls_arg()],
@@ -24,6 +25,7 @@ fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lea
             ("WASMHOOK_CLUSTER_LEASE_SECS", &lease.to_string()),
             ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
             ("WASMHOOK_CLUSTER_NODE_ID", name),
+            ("WASMHOOK_CLUSTER_MODE", &mode),
         ],
     )
 }

@@ -608,13 +608,19 @@ impl Engine {
                 (app, None)
             }
             Some(nats) => {
+                // The suite runs on a replica set, or (TEST_CLUSTER_MODE=
+                // partitioned) on a partitioned cluster of one node.
+                let partitioned =
+                    std::env::var("TEST_CLUSTER_MODE").is_ok_and(|m| m == "partitioned");
                 let cluster = ClusterConfig {
                     urls: nats.urls(),
                     replicas: None,
                     leases: wasmhook::cluster::leases::LeaseSettings {
                         partitions: TEST_PARTITIONS,
                         lease: Duration::from_secs(TEST_LEASE_SECS),
+                        by_tenant: partitioned,
                     },
+                    partitioned,
                     snapshot_every: None,
                     node_id: "engine".into(),
                     auth: Default::default(),
@@ -632,6 +638,7 @@ impl Engine {
                 .unwrap();
                 let changes = Arc::new(wasmhook::server::LeaseChanges {
                     queue: app.queue.clone(),
+                    forwarding: Default::default(),
                 });
                 leases.round(changes.as_ref()).await.unwrap();
                 assert_eq!(

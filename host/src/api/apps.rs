@@ -325,7 +325,7 @@ pub(super) async fn remove(state: &ApiState, app: &Application) -> Result<(), Ap
         .collect();
     for id in endpoints {
         if state.app.store.delete_subscription(tenant_id, &id).await? {
-            state.app.store.drop_windows(&id).await?;
+            state.app.store.drop_windows(tenant_id, &id).await?;
             state.app.deliver.sender.listeners().disconnect(&id);
         }
     }

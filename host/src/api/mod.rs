@@ -10,6 +10,7 @@ pub(crate) mod auth;
 mod backup;
 pub(crate) mod deliveries;
 mod error;
+pub mod forward;
 pub use error::*;
 pub(crate) mod event_types;
 pub(crate) mod events;
@@ -91,6 +92,12 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             caught_up,
+        ))
+        // A partitioned cluster: a tenant another node holds is answered
+        // by that node (before this node waits for its own view).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward,
         ))
         .merge(crate::ui::router())
         .fallback(not_found)

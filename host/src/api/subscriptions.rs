@@ -501,7 +501,7 @@ async fn delete(
     // A `wasmhook listen` stream of it ends (on this node at once; on
     // another at its next check).
     state.app.deliver.sender.listeners().disconnect(&id);
-    state.app.store.drop_windows(&id).await?;
+    state.app.store.drop_windows(&tenant.id, &id).await?;
     state.app.store.durable().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -38,6 +38,9 @@ pub struct LeaseSettings {
     /// How long a lease outlives its node: the longest a dead node's work
     /// waits for another node.
     pub lease: Duration,
+    /// A partitioned cluster: work is split by tenant (a tenant's data
+    /// and work are one partition); else by subscription.
+    pub by_tenant: bool,
 }
 
 impl Default for LeaseSettings {
@@ -45,6 +48,7 @@ impl Default for LeaseSettings {
         LeaseSettings {
             partitions: 64,
             lease: Duration::from_secs(20),
+            by_tenant: false,
         }
     }
 }
@@ -64,12 +68,26 @@ pub fn partition_of(subscription_id: &str, partitions: u32) -> u32 {
 #[derive(Clone)]
 pub struct Ownership {
     partitions: u32,
+    by_tenant: bool,
     owned: Arc<RwLock<HashSet<u32>>>,
 }
 
 impl Ownership {
-    pub fn owns(&self, subscription_id: &str) -> bool {
-        self.owns_partition(partition_of(subscription_id, self.partitions))
+    /// Whether this node does the work of a tenant's subscription (or
+    /// source): its partition is leased here.
+    pub fn owns(&self, tenant_id: &str, subscription_id: &str) -> bool {
+        self.owns_partition(self.partition(tenant_id, subscription_id))
+    }
+
+    /// The partition of a tenant's subscription (or source): by tenant in
+    /// a partitioned cluster, else by subscription.
+    pub fn partition(&self, tenant_id: &str, subscription_id: &str) -> u32 {
+        let key = if self.by_tenant {
+            tenant_id
+        } else {
+            subscription_id
+        };
+        partition_of(key, self.partitions)
     }
 
     pub fn owns_partition(&self, p: u32) -> bool {
@@ -104,6 +122,12 @@ impl Ownership {
 
 /// What a node does when it gains or loses a partition.
 pub trait OnChange: Send + Sync {
+    /// Before a partition just leased counts as this node's: what must be
+    /// ready first (a partitioned cluster reads the partition's data log).
+    /// An error gives the lease back.
+    fn prepare(&self, _partition: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
     fn gained(&self, partition: u32);
     fn lost(&self, partition: u32);
 }
@@ -176,6 +200,7 @@ impl Leases {
             settings,
             ownership: Ownership {
                 partitions: settings.partitions.max(1),
+                by_tenant: settings.by_tenant,
                 owned: Arc::default(),
             },
             held: BTreeMap::new(),
@@ -320,6 +345,14 @@ impl Leases {
                 .create(partition_key(p), self.node.clone().into())
                 .await
             {
+                if let Err(e) = on.prepare(p).await {
+                    tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
+                    let _ = self
+                        .kv
+                        .delete_expect_revision(partition_key(p), Some(revision))
+                        .await;
+                    continue;
+                }
                 self.held.insert(p, revision);
                 self.set_owned(p, true);
                 on.gained(p);
@@ -380,6 +413,7 @@ mod tests {
         // Long enough that the manual rounds below renew in time even on a
         // slow machine; b's share still expires within the test's wait.
         let settings = LeaseSettings {
+            by_tenant: false,
             partitions: 8,
             lease: Duration::from_secs(10),
         };

@@ -594,7 +594,7 @@ pub async fn sweep(store: &Store, hub: &Listeners, round: u64) -> Result<usize, 
             continue;
         }
         if store.delete_subscription(&tenant, &id).await? {
-            store.drop_windows(&id).await?;
+            store.drop_windows(&tenant, &id).await?;
             deleted += 1;
             tracing::info!(subscription_id = %id, "listen subscription expired: no CLI connected");
         }

@@ -397,8 +397,13 @@ impl Scheduler {
     /// `drop` names: in cluster mode, when this node loses the partition
     /// they belong to (their new owner loads them from the records). An
     /// attempt still in flight completes as usual. Returns how many.
-    pub fn drop_queued(&mut self, drop: impl Fn(&str) -> bool) -> u64 {
-        let subs: Vec<Arc<str>> = self.lanes.keys().filter(|s| drop(s)).cloned().collect();
+    pub fn drop_queued(&mut self, drop: impl Fn(&str, &str) -> bool) -> u64 {
+        let subs: Vec<Arc<str>> = self
+            .lanes
+            .iter()
+            .filter(|(s, lane)| drop(&lane.tenant, s.as_ref()))
+            .map(|(s, _)| s.clone())
+            .collect();
         let mut dropped = 0;
         for sub in subs {
             let lane = self.lanes.get_mut(&sub).expect("listed above");
@@ -569,7 +574,7 @@ mod tests {
         }
         let first = s.lease(100).unwrap();
         assert_eq!(
-            s.drop_queued(|sub| sub == first.subscription_id.as_ref()),
+            s.drop_queued(|_, sub| sub == first.subscription_id.as_ref()),
             1
         );
         let other = if first.subscription_id.as_ref() == "a" {

@@ -37,7 +37,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 
 use crate::clock::{Clock, from_millis, millis};
-use crate::cluster::leases::{Ownership, partition_of};
+use crate::cluster::leases::Ownership;
 use crate::store::{Accepted, Delivery, DeliveryStatus, DueEntry, NewEvent, Store, StoreError};
 use crate::telemetry;
 use crate::util::failpoint;
@@ -161,11 +161,11 @@ impl Queue {
     }
 
     /// Whether this node schedules the subscription's work.
-    fn owns(&self, subscription_id: &str) -> bool {
+    fn owns(&self, tenant_id: &str, subscription_id: &str) -> bool {
         self.inner
             .owner
             .as_ref()
-            .is_none_or(|o| o.owns(subscription_id))
+            .is_none_or(|o| o.owns(tenant_id, subscription_id))
     }
 
     /// Cluster mode: this node now leases `partition`: its outbox entries
@@ -174,14 +174,14 @@ impl Queue {
         let Some(owner) = &self.inner.owner else {
             return Ok(());
         };
-        let n = owner.partitions();
         let entries: Vec<_> = self
             .inner
             .store
             .outbox_entries()
             .filter(|e| {
-                e.as_ref()
-                    .map_or(true, |e| partition_of(e.subscription_id(), n) == partition)
+                e.as_ref().map_or(true, |e| {
+                    owner.partition(e.tenant_id(), e.subscription_id()) == partition
+                })
             })
             .collect::<Result<_, _>>()?;
         self.load(&entries)
@@ -193,10 +193,9 @@ impl Queue {
         let Some(owner) = &self.inner.owner else {
             return;
         };
-        let n = owner.partitions();
         self.lock()
             .scheduler
-            .drop_queued(|sub| partition_of(sub, n) == partition);
+            .drop_queued(|tenant, sub| owner.partition(tenant, sub) == partition);
     }
 
     /// Outbox entries another node's batch added (key: due ms + delivery
@@ -206,7 +205,10 @@ impl Queue {
         let mut queued = false;
         {
             let mut s = self.lock();
-            for e in added.iter().filter(|e| self.owns(e.subscription_id())) {
+            for e in added
+                .iter()
+                .filter(|e| self.owns(e.tenant_id(), e.subscription_id()))
+            {
                 let (tenant, sub) = (e.tenant_id(), e.subscription_id());
                 let cap = self
                     .cap_of(&mut s, tenant, sub)
@@ -260,7 +262,7 @@ impl Queue {
                 let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_at) else {
                     continue;
                 };
-                if !self.owns(&d.subscription_id) {
+                if !self.owns(&d.tenant_id, &d.subscription_id) {
                     // Its partition's owner queues it from its own view.
                     continue;
                 }
@@ -341,6 +343,7 @@ impl Queue {
     /// items first (nothing changed).
     pub async fn commit_flush(
         &self,
+        tenant_id: &str,
         subscription_id: &str,
         start: Timestamp,
         flushed: &[(Vec<u8>, u64)],
@@ -349,7 +352,7 @@ impl Queue {
         let committed = self
             .inner
             .store
-            .commit_flush(subscription_id, start, flushed, deliveries)
+            .commit_flush(tenant_id, subscription_id, start, flushed, deliveries)
             .await?;
         failpoint("flush-after-commit");
         if committed {
@@ -430,7 +433,7 @@ impl Queue {
     pub fn complete(&self, lease: &Lease, next_due: Option<Timestamp>) {
         let now = millis(self.inner.clock.now());
         // A retry of a partition lost meanwhile is its new owner's.
-        let next_due = next_due.filter(|_| self.owns(&lease.subscription_id));
+        let next_due = next_due.filter(|_| self.owns(&lease.tenant_id, &lease.subscription_id));
         self.lock()
             .scheduler
             .complete(lease, next_due.map(millis), now);

@@ -208,7 +208,7 @@ async fn run(app: App, first: Source) {
             return;
         };
         let every = Duration::from_secs(feed.every_secs);
-        if !app.owns(&source.id) {
+        if !app.owns(&source.tenant_id, &source.id) {
             // Look again soon: this node may take the source over.
             tokio::time::sleep(every.min(SUPERVISE_EVERY)).await;
             continue;
@@ -305,7 +305,7 @@ async fn poll_once(
     let mut newest = since.clone();
     let mut url = with_param(&base, &feed.cursor_param, since.as_deref());
     for _ in 0..MAX_PAGES {
-        if !app.owns(&source.id) {
+        if !app.owns(&source.tenant_id, &source.id) {
             // Another node took the source over: it goes on from the
             // stored cursor.
             return Ok(());

@@ -25,6 +25,9 @@ pub(super) struct ClusterBackend {
     /// grouped into one batch of the log (`group.rs`); set once the
     /// store exists, since the groups write through it.
     pub(super) groups: std::sync::OnceLock<Groups>,
+    /// A partitioned cluster: the logs of the partitions this node holds
+    /// (`partitions.rs`); None: a replica set, one log for everything.
+    pub(super) parts: Option<Box<super::partitions::Partitions>>,
 }
 
 impl Store {

@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 
 use super::*;
-use crate::store::cluster::log::{Log, Outcome, Recorder};
+use crate::store::cluster::log::{Batch, Log, Outcome, Recorder, Write, unguarded_batches};
 
 /// How many times a change is re-run after conflicts before it fails
 /// (503): only a key fought over by many nodes at once gets there.
@@ -102,7 +102,20 @@ impl Store {
         trees: [&Tree; N],
         f: impl Fn([&dyn TxTree; N]) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        let Some(log) = self.log() else {
+        self.change_of(None, trees, f).await
+    }
+
+    /// [`Store::change`] of one tenant's data: in a partitioned cluster it
+    /// goes to the log of the tenant's partition (which this node must
+    /// hold); elsewhere it is the same as [`Store::change`]. A change is
+    /// of the control plane or of one tenant's data, never both.
+    pub(crate) async fn change_of<const N: usize, T>(
+        &self,
+        tenant: Option<&str>,
+        trees: [&Tree; N],
+        f: impl Fn([&dyn TxTree; N]) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
+        let Some(control) = self.log() else {
             let _pass = self.pass().await;
             return trees
                 .as_slice()
@@ -110,6 +123,24 @@ impl Store {
                 .map_err(tx_error);
         };
         let names: [String; N] = std::array::from_fn(|i| tree_name(trees[i]));
+        let partition_log;
+        let log = if self.partitions().is_some() {
+            let data = names.iter().filter(|n| partitions::is_data_tree(n)).count();
+            match (data, tenant) {
+                (0, _) => control,
+                (d, Some(tenant)) if d == N => {
+                    partition_log = self.data_log(tenant)?;
+                    &*partition_log
+                }
+                _ => {
+                    return Err(StoreError::Commit(format!(
+                        "a change of {names:?} mixes the control plane and data, or names no tenant"
+                    )));
+                }
+            }
+        } else {
+            control
+        };
         let mut last = None;
         for _ in 0..MAX_RERUNS {
             let recorder = RefCell::new(Recorder::new(log.view()));
@@ -176,8 +207,8 @@ impl Store {
     /// applies changed, whichever node wrote it (embedded: never), typed:
     /// the stages above follow records, not the store's trees.
     pub fn on_changes(&self, hook: Box<dyn Fn(&Changes) + Send + Sync>) {
-        if let Some(log) = self.log() {
-            log.view().on_applied(Box::new(move |batch| {
+        if self.log().is_some() {
+            self.on_applied_everywhere(Arc::new(move |batch| {
                 let mut changes = Changes::default();
                 for w in &batch.writes {
                     let Some(value) = w.value.as_deref() else {
@@ -204,12 +235,33 @@ impl Store {
         }
     }
 
+    /// Cluster mode: `hook` on every batch applied, by the control log's
+    /// view and by every partition's (those opened later too).
+    pub(super) fn on_applied_everywhere(&self, hook: partitions::SharedHook) {
+        let Some(log) = self.log() else {
+            return;
+        };
+        let on_control = hook.clone();
+        log.view().on_applied(Box::new(move |b| on_control(b)));
+        if let Some(parts) = self.partitions() {
+            parts.add_hook(hook);
+        }
+    }
+
     /// Writes that need no atomicity (see the module doc). Embedded: waits
     /// while a backup holds the writers.
     pub(super) async fn plain(&self) -> Plain<'_> {
+        self.plain_of(None).await
+    }
+
+    /// [`Store::plain`], where data written whose tenant the key does not
+    /// tell belongs to `tenant` (a partitioned cluster routes each data
+    /// write to its tenant's partition).
+    pub(super) async fn plain_of(&self, tenant: Option<&str>) -> Plain<'_> {
         Plain {
             recorder: self.log().map(|log| Recorder::new(log.view())),
             store: self,
+            tenant: tenant.map(str::to_string),
             _pass: self.pass().await,
         }
     }
@@ -229,6 +281,8 @@ pub struct Changes {
 pub(super) struct Plain<'s> {
     store: &'s Store,
     recorder: Option<Recorder<'s>>,
+    /// The tenant of data writes whose key does not tell it.
+    tenant: Option<String>,
     /// Embedded: held until committed (a backup waits for it).
     _pass: Option<super::gate::Pass>,
 }
@@ -271,13 +325,39 @@ impl Plain<'_> {
         let (Some(log), Some(recorder)) = (self.store.log(), self.recorder) else {
             return Ok(());
         };
-        for batch in recorder.into_batches(log.node(), MAX_BATCH_BYTES) {
-            match log.publish(&batch).await? {
-                Outcome::Applied { .. } => {}
-                // A batch without guards cannot conflict.
-                conflict => return Err(StoreError::Commit(format!("unexpected {conflict:?}"))),
-            }
+        if self.store.partitions().is_none() {
+            return publish_all(log, recorder.into_batches(log.node(), MAX_BATCH_BYTES)).await;
+        }
+        // Partitioned: the control plane's writes to the control log, each
+        // data write to its tenant's partition's log.
+        let (control, data): (Vec<Write>, Vec<Write>) = recorder
+            .into_writes()
+            .into_iter()
+            .partition(|w| !partitions::is_data_tree(&w.tree));
+        publish_all(log, unguarded_batches(log.node(), control, MAX_BATCH_BYTES)).await?;
+        for (p, writes) in self
+            .store
+            .group_by_partition(data, self.tenant.as_deref())?
+        {
+            let log = self
+                .store
+                .partitions()
+                .and_then(|parts| parts.log(p))
+                .ok_or(StoreError::NotOwner(p))?;
+            publish_all(&log, unguarded_batches(log.node(), writes, MAX_BATCH_BYTES)).await?;
         }
         Ok(())
     }
+}
+
+/// Publishes unguarded batches in order, each applied before the next.
+async fn publish_all(log: &Log, batches: Vec<Batch>) -> Result<(), StoreError> {
+    for batch in batches {
+        match log.publish(&batch).await? {
+            Outcome::Applied { .. } => {}
+            // A batch without guards cannot conflict.
+            conflict => return Err(StoreError::Commit(format!("unexpected {conflict:?}"))),
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ struct Node {
 async fn node(url: String, name: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let client = connect(&ClusterSettings::new(vec![url])).await.unwrap();
-    let store = Store::open_cluster(dir.path(), 16 << 20, client, 3, name)
+    let store = Store::open_cluster(dir.path(), 16 << 20, client, 3, name, None)
         .await
         .unwrap();
     Node { store, _dir: dir }
@@ -172,9 +172,9 @@ async fn a_window_flushed_through_two_nodes_at_once_is_flushed_once() {
     let (da, db) = (collection("dlv_flush_a"), collection("dlv_flush_b"));
     let (fa, fb) = tokio::join!(
         a.store
-            .commit_flush("sub_w", start, &flushed, std::slice::from_ref(&da)),
+            .commit_flush("ten_1", "sub_w", start, &flushed, std::slice::from_ref(&da)),
         b.store
-            .commit_flush("sub_w", start, &flushed, std::slice::from_ref(&db)),
+            .commit_flush("ten_1", "sub_w", start, &flushed, std::slice::from_ref(&db)),
     );
     let (fa, fb) = (fa.unwrap(), fb.unwrap());
     assert!(fa ^ fb, "exactly one flush commits: {fa} / {fb}");

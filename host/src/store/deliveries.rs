@@ -6,17 +6,21 @@ impl Store {
     /// Adds deliveries outside ingest (retry, replay, test): delivery,
     /// outbox entry and index in one transaction.
     pub async fn add_deliveries(&self, new: &[Delivery]) -> Result<(), StoreError> {
-        self.change(
-            [&self.deliveries, &self.tenant_deliveries, &self.outbox],
-            |[deliveries, tenant_deliveries, outbox]| {
-                for d in new {
-                    put_delivery_tx(deliveries, outbox, d, None)?;
-                    index_tx(tenant_deliveries, d)?;
-                }
-                Ok(())
-            },
-        )
-        .await
+        for (tenant, indexes) in self.by_partition(new, |d| &d.tenant_id) {
+            self.change_of(
+                tenant,
+                [&self.deliveries, &self.tenant_deliveries, &self.outbox],
+                |[deliveries, tenant_deliveries, outbox]| {
+                    for d in indexes.iter().map(|i| &new[*i]) {
+                        put_delivery_tx(deliveries, outbox, d, None)?;
+                        index_tx(tenant_deliveries, d)?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     pub fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -45,9 +49,11 @@ impl Store {
         delivery: &Delivery,
         previous_due: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        self.change([&self.deliveries, &self.outbox], |[deliveries, outbox]| {
-            put_delivery_tx(deliveries, outbox, delivery, previous_due)
-        })
+        self.change_of(
+            Some(&delivery.tenant_id),
+            [&self.deliveries, &self.outbox],
+            |[deliveries, outbox]| put_delivery_tx(deliveries, outbox, delivery, previous_due),
+        )
         .await
     }
 

@@ -387,16 +387,18 @@ impl Store {
             })?;
             return rx.await.map_err(|_| super::gone())?;
         }
-        self.line_step(|trees| trees.record_final(d, leased, true))
+        self.line_step(&d.tenant_id, |trees| trees.record_final(d, leased, true))
             .await
     }
 
     /// One atomic step over the four trees of the lines.
     async fn line_step<T>(
         &self,
+        tenant: &str,
         step: impl Fn(&LaneTrees) -> TxResult<T>,
     ) -> Result<T, StoreError> {
-        self.change(
+        self.change_of(
+            Some(tenant),
             [
                 &self.outbox,
                 &self.deliveries,
@@ -419,7 +421,7 @@ impl Store {
     /// the delivery as stored (pending, or blocked behind its line); None
     /// when a concurrent retry took it first.
     pub(super) async fn retry_ordered(&self, d: &Delivery) -> Result<Option<Delivery>, StoreError> {
-        self.line_step(|trees| {
+        self.line_step(&d.tenant_id, |trees| {
             let mut d = d.clone();
             trees.retry(&mut d).map(|retried| retried.then_some(d))
         })
@@ -433,6 +435,7 @@ impl Store {
         d: &Delivery,
         now: Timestamp,
     ) -> Result<(bool, Option<Delivery>), StoreError> {
-        self.line_step(|trees| trees.dismiss(d, now)).await
+        self.line_step(&d.tenant_id, |trees| trees.dismiss(d, now))
+            .await
     }
 }

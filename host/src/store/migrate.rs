@@ -32,8 +32,10 @@ pub const CARRIED: &[&str] = &[
     "deliveries",
     "tenant_deliveries",
     "outbox",
-    "held",
+    // Windows before their held items: a partitioned cluster tells a held
+    // item's tenant by its window.
     "windows",
+    "held",
     "lanes",
     "lane_items",
     "tenants",

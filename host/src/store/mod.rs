@@ -89,6 +89,7 @@ pub mod models;
 mod records;
 pub use records::{DeadLetter, Kind, NatsFeed, PollFeed, PollState, Source, Verify, WindowSpec};
 mod open;
+pub mod partitions;
 mod plugins;
 mod secrets;
 pub use secrets::Resealed;
@@ -146,6 +147,10 @@ pub enum StoreError {
     /// A backup could not be made or read.
     #[error("backup: {0}")]
     Backup(String),
+    /// A partitioned cluster: this node does not hold the partition of the
+    /// tenant's data (it moved; the request is retried or forwarded).
+    #[error("partition {0} is not held by this node")]
+    NotOwner(u32),
 }
 
 impl StoreError {
@@ -298,9 +303,62 @@ impl Store {
         Ok((batch, accepted))
     }
 
-    /// Cluster mode: `events` accepted in one guarded batch of the log.
+    /// Cluster mode: `events` accepted in one guarded batch of the log (a
+    /// partitioned cluster: one per partition they belong to, concurrently).
     async fn accept_in_log(&self, events: &[&NewEvent]) -> Result<Vec<Accepted>, StoreError> {
-        self.change(
+        let groups = self.by_partition(events, |e| &e.event.tenant_id);
+        if groups.len() == 1 {
+            return self.accept_in_log_of(groups[0].0, events).await;
+        }
+        let parts = groups.iter().map(|(tenant, indexes)| {
+            let events: Vec<&NewEvent> = indexes.iter().map(|i| events[*i]).collect();
+            async move { self.accept_in_log_of(*tenant, &events).await }
+        });
+        let results = futures_util::future::join_all(parts).await;
+        let mut accepted: Vec<Option<Accepted>> = vec![None; events.len()];
+        for ((_, indexes), result) in groups.iter().zip(results) {
+            for (i, a) in indexes.iter().zip(result?) {
+                accepted[*i] = Some(a);
+            }
+        }
+        Ok(accepted
+            .into_iter()
+            .map(|a| a.expect("one outcome per event"))
+            .collect())
+    }
+
+    /// A partitioned cluster: `items` grouped by the partition of their
+    /// tenant, each group with one of its tenants (whose partition's log
+    /// its change goes to) and the items' indexes, in order. Otherwise one
+    /// group of all, without a tenant.
+    fn by_partition<'a, T>(
+        &self,
+        items: &'a [T],
+        tenant: impl Fn(&'a T) -> &'a str,
+    ) -> Vec<(Option<&'a str>, Vec<usize>)> {
+        let Some(count) = self.data_partitions() else {
+            return vec![(None, (0..items.len()).collect())];
+        };
+        let mut groups: std::collections::BTreeMap<u32, (Option<&'a str>, Vec<usize>)> =
+            Default::default();
+        for (i, item) in items.iter().enumerate() {
+            let t = tenant(item);
+            let group = groups
+                .entry(partitions::partition_of_tenant(t, count))
+                .or_insert((Some(t), Vec::new()));
+            group.1.push(i);
+        }
+        groups.into_values().collect()
+    }
+
+    /// [`Store::accept_in_log`] of events of one partition.
+    async fn accept_in_log_of(
+        &self,
+        tenant: Option<&str>,
+        events: &[&NewEvent],
+    ) -> Result<Vec<Accepted>, StoreError> {
+        self.change_of(
+            tenant,
             [
                 &self.events,
                 &self.events_by_time,
@@ -396,7 +454,32 @@ impl Store {
         &self,
         records: &[(Delivery, Timestamp)],
     ) -> Result<Vec<bool>, StoreError> {
-        self.change([&self.outbox, &self.deliveries], |[outbox, deliveries]| {
+        let groups = self.by_partition(records, |(d, _)| &d.tenant_id);
+        if groups.len() == 1 {
+            return self.record_leased_in_log_of(groups[0].0, records).await;
+        }
+        let parts = groups.iter().map(|(tenant, indexes)| {
+            let records: Vec<(Delivery, Timestamp)> =
+                indexes.iter().map(|i| records[*i].clone()).collect();
+            async move { self.record_leased_in_log_of(*tenant, &records).await }
+        });
+        let results = futures_util::future::join_all(parts).await;
+        let mut recorded = vec![false; records.len()];
+        for ((_, indexes), result) in groups.iter().zip(results) {
+            for (i, r) in indexes.iter().zip(result?) {
+                recorded[*i] = r;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// [`Store::record_leased_in_log`] of records of one partition.
+    async fn record_leased_in_log_of(
+        &self,
+        tenant: Option<&str>,
+        records: &[(Delivery, Timestamp)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.change_of(tenant, [&self.outbox, &self.deliveries], |[outbox, deliveries]| {
             let mut recorded = Vec::with_capacity(records.len());
             for (delivery, leased) in records {
                 if outbox.get(&outbox_key(*leased, &delivery.id))?.is_none() {

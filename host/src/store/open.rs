@@ -32,11 +32,20 @@ impl Store {
         client: async_nats::Client,
         replicas: usize,
         node: &str,
+        partitions: Option<u32>,
     ) -> Result<Self, StoreError> {
         let db = Self::open_db(dir, cache_bytes)?;
-        let view = crate::store::cluster::log::View::open(db.clone())?
+        let local = match partitions {
+            Some(_) => super::partitions::PARTITIONED_LOCAL_TREES,
+            None => NODE_LOCAL_TREES,
+        };
+        let channel = match partitions {
+            Some(count) => crate::store::cluster::log::Channel::partitioned_control(count),
+            None => crate::store::cluster::log::Channel::control(),
+        };
+        let view = crate::store::cluster::log::View::open_channel(db.clone(), channel)?
             .with_scratch(dir)
-            .with_local_trees(NODE_LOCAL_TREES);
+            .with_local_trees(local);
         // Other nodes' writes change subscriptions too: the applier drops
         // the tenant's cached routes, as a local write does.
         let routes: Arc<subscriptions::RouteCache> = Arc::default();
@@ -45,7 +54,7 @@ impl Store {
         // under its id) must not be answered from this node's body cache.
         let bodies = events::Bodies::default();
         let cached_bodies = bodies.clone();
-        view.on_applied(Box::new(move |batch| {
+        let hook: super::partitions::SharedHook = Arc::new(move |batch| {
             for w in &batch.writes {
                 if w.tree == "events" {
                     cached_bodies.forget(&w.key);
@@ -58,7 +67,21 @@ impl Store {
                 };
                 cache.invalidate(&String::from_utf8_lossy(tenant));
             }
-        }));
+        });
+        let on_control = hook.clone();
+        view.on_applied(Box::new(move |b| on_control(b)));
+        let parts = partitions.map(|count| {
+            let parts = super::partitions::Partitions::new(
+                count,
+                client.clone(),
+                replicas,
+                node,
+                db.clone(),
+                dir.to_path_buf(),
+            );
+            parts.add_hook(hook);
+            Box::new(parts)
+        });
         let js = async_nats::jetstream::new(client.clone());
         let blobs = crate::store::cluster::blobs::Blobs::open(&js, replicas).await?;
         let log =
@@ -68,6 +91,7 @@ impl Store {
             log: Arc::new(log),
             blobs,
             groups: std::sync::OnceLock::new(),
+            parts,
         }));
         let store = Self::with_db(db, Some(backend), routes, bodies)?;
         if let Some(cluster) = store.cluster() {

@@ -35,7 +35,7 @@ impl Store {
     /// to drop first ([`Store::delete_plugin`]), and running feeds its to
     /// stop.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
-        let mut w = self.plain().await;
+        let mut w = self.plain_of(Some(id)).await;
         if !w.remove(&self.tenants, id)? {
             return Ok(false);
         }

@@ -60,13 +60,14 @@ impl Store {
     /// Records a failed flush on the window (its items stay).
     pub async fn window_failed(
         &self,
+        tenant_id: &str,
         subscription_id: &str,
         start: Timestamp,
         error: &str,
         retry_at: Timestamp,
     ) -> Result<(), StoreError> {
         let key = window_key(subscription_id, start);
-        self.change([&self.windows], |[windows]| {
+        self.change_of(Some(tenant_id), [&self.windows], |[windows]| {
             if let Some(bytes) = windows.get(&key)? {
                 let mut state: WindowState =
                     decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
@@ -85,13 +86,15 @@ impl Store {
     /// already: another flush took them.
     pub async fn commit_flush(
         &self,
+        tenant_id: &str,
         subscription_id: &str,
         start: Timestamp,
         flushed: &[(Vec<u8>, u64)],
         new: &[Delivery],
     ) -> Result<bool, StoreError> {
         let key = window_key(subscription_id, start);
-        self.change(
+        self.change_of(
+            Some(tenant_id),
             [
                 &self.held,
                 &self.windows,
@@ -136,9 +139,13 @@ impl Store {
     }
 
     /// Drops every held item of a deleted subscription.
-    pub async fn drop_windows(&self, subscription_id: &str) -> Result<(), StoreError> {
+    pub async fn drop_windows(
+        &self,
+        tenant_id: &str,
+        subscription_id: &str,
+    ) -> Result<(), StoreError> {
         let prefix = scoped(subscription_id, "");
-        let mut w = self.plain().await;
+        let mut w = self.plain_of(Some(tenant_id)).await;
         for tree in [&self.held, &self.windows] {
             for kv in tree.scan_prefix(&prefix) {
                 w.remove(tree, kv?.0)?;

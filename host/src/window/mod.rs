@@ -168,13 +168,15 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         .store
         .get_subscription(&state.tenant_id, &state.subscription_id)?
     else {
-        app.store.drop_windows(&state.subscription_id).await?;
+        app.store
+            .drop_windows(&state.tenant_id, &state.subscription_id)
+            .await?;
         return Ok(result);
     };
     let items = app.store.held_items(&sub.id, state.start)?;
     if items.is_empty() {
         app.queue
-            .commit_flush(&sub.id, state.start, &[], &[])
+            .commit_flush(&sub.tenant_id, &sub.id, state.start, &[], &[])
             .await?;
         return Ok(result);
     }
@@ -227,7 +229,13 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
         Err(error) => {
             warn!(subscription_id = %sub.id, start = %state.start, %error, "window flush failed; items kept");
             app.store
-                .window_failed(&sub.id, state.start, &error, now + RETRY_AFTER_FAILURE)
+                .window_failed(
+                    &sub.tenant_id,
+                    &sub.id,
+                    state.start,
+                    &error,
+                    now + RETRY_AFTER_FAILURE,
+                )
                 .await?;
             app.store.durable().await?;
             crate::telemetry::window_flush(false);
@@ -242,7 +250,7 @@ pub async fn flush_window(app: &App, state: &WindowState) -> Result<FlushResult,
     // cannot undo a flush whose collection already went out.
     if app
         .queue
-        .commit_flush(&sub.id, state.start, &flushed, &deliveries)
+        .commit_flush(&sub.tenant_id, &sub.id, state.start, &flushed, &deliveries)
         .await?
     {
         info!(subscription_id = %sub.id, start = %state.start, items = result.items, deliveries = ids.len(), "window flushed");
@@ -346,7 +354,7 @@ pub async fn flush_due(app: &App) -> Result<usize, FlushError> {
     let now = app.clock.now();
     let mut flushed = 0;
     for state in app.store.windows()? {
-        if state.close_at > now || !app.owns(&state.subscription_id) {
+        if state.close_at > now || !app.owns(&state.tenant_id, &state.subscription_id) {
             // Not closed yet, or (cluster mode) another node's to flush.
             continue;
         }

@@ -454,7 +454,7 @@ async fn delete(
     let store = &state.app.store;
     if store.delete_subscription(&app.tenant_id, &sub.id).await? {
         state.app.deliver.sender.listeners().disconnect(&sub.id);
-        store.drop_windows(&sub.id).await?;
+        store.drop_windows(&app.tenant_id, &sub.id).await?;
     }
     store.durable().await?;
     Ok(StatusCode::NO_CONTENT)

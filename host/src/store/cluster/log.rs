@@ -43,6 +43,10 @@ use crate::cluster::{ClusterError, check_setting};
 pub const STREAM: &str = "WASMHOOK_LOG";
 /// Its one subject.
 const SUBJECT: &str = "wasmhook.log";
+/// Scale-out: partition `p`'s data goes to its own stream
+/// (`WASMHOOK_P<p>`, subject `wasmhook.p.<p>`), so the streams' leaders
+/// spread over the NATS servers and a node reads only what it owns.
+pub const PARTITION_STREAM_PREFIX: &str = "WASMHOOK_P";
 /// How long JetStream remembers a batch id to drop a re-sent publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a writer waits for its own view to apply its batch (the
@@ -52,9 +56,65 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const KICK_AFTER: Duration = Duration::from_secs(3);
 /// The view's own tree: the sequence it has applied.
 pub(super) const LOG_TREE: &str = "__log";
-const APPLIED: &[u8] = b"applied";
+const APPLIED: &str = "applied";
 /// Key prefix of a large batch's parts in [`LOG_TREE`].
 pub(super) const PARTS: &str = "part/";
+
+/// Which log a [`View`] follows: the control log (every node), or one
+/// partition's data log (its owner). Several views may share one sled
+/// database; each keeps its own place in [`LOG_TREE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub stream: String,
+    pub subject: String,
+    /// Key in [`LOG_TREE`] of the sequence applied.
+    applied: Vec<u8>,
+    /// Key prefix in [`LOG_TREE`] of a large batch's stashed parts.
+    parts: String,
+    /// The partition, for a data log.
+    pub partition: Option<u32>,
+    /// The control stream's description: how the cluster splits its
+    /// records (None: a replica set). Checked at every start, so a node
+    /// of the other kind cannot join.
+    pub mode: Option<String>,
+}
+
+impl Channel {
+    /// The one log of a replica set; the control log of a partitioned
+    /// cluster.
+    pub fn control() -> Self {
+        Channel {
+            stream: STREAM.to_string(),
+            subject: SUBJECT.to_string(),
+            applied: APPLIED.as_bytes().to_vec(),
+            parts: PARTS.to_string(),
+            partition: None,
+            mode: None,
+        }
+    }
+
+    /// The control log of a cluster whose data is split into `partitions`.
+    pub fn partitioned_control(partitions: u32) -> Self {
+        Channel {
+            mode: Some(format!("wasmhook: data in {partitions} partitions")),
+            ..Self::control()
+        }
+    }
+
+    /// Partition `p`'s data log. Its keys in [`LOG_TREE`] start with
+    /// `applied/` and `ppart/`, which the control log's never do (its
+    /// snapshots keep them as they are).
+    pub fn partition(p: u32) -> Self {
+        Channel {
+            stream: format!("{PARTITION_STREAM_PREFIX}{p}"),
+            subject: format!("wasmhook.p.{p}"),
+            applied: format!("{APPLIED}/p{p}").into_bytes(),
+            parts: format!("ppart/{p}/"),
+            partition: Some(p),
+            mode: None,
+        }
+    }
+}
 /// Header of a part: `index/count`.
 const PART_HEADER: &str = "Wasmhook-Part";
 /// Header of a part: the id of the batch it belongs to.
@@ -129,10 +189,21 @@ pub struct View {
     /// Trees of the database that are the node's own, not the log's:
     /// never written by batches, left out of snapshots.
     local: &'static [&'static str],
+    /// The log this view follows.
+    channel: Channel,
+    /// Held while a group is applied; true once the view is closed (a
+    /// partition given up): nothing is applied after.
+    closed: Mutex<bool>,
 }
 
 impl View {
     pub fn open(db: sled::Db) -> Result<Self, ClusterError> {
+        Self::open_channel(db, Channel::control())
+    }
+
+    /// A view of `channel` over `db`, which other views may share (each
+    /// log's writes touch keys no other log's do).
+    pub fn open_channel(db: sled::Db, channel: Channel) -> Result<Self, ClusterError> {
         Ok(View {
             log: db.open_tree(LOG_TREE)?,
             db,
@@ -140,7 +211,34 @@ impl View {
             hooks: Default::default(),
             scratch: std::env::temp_dir(),
             local: &["__sled__default"],
+            channel,
+            closed: Mutex::new(false),
         })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Stops applying: waits for a group being applied, after which no
+    /// batch changes the trees through this view.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Forgets where this view stopped (a partition given up: its records
+    /// were dropped, and a later owner replays its log from the start).
+    pub fn forget_applied(&self) -> Result<(), ClusterError> {
+        self.log.remove(&self.channel.applied)?;
+        for key in self.log.scan_prefix(&self.channel.parts).keys() {
+            self.log.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// The sled database under this view.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Snapshot files go to `dir` (the node's data directory) rather than
@@ -175,7 +273,7 @@ impl View {
     /// which becomes the applied one.
     fn restore(&self, from: &std::path::Path) -> Result<u64, ClusterError> {
         let seq = super::snapshot::import(&self.db, self.local, from)?;
-        self.log.insert(APPLIED, &seq.to_be_bytes())?;
+        self.log.insert(&self.channel.applied, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(seq)
     }
@@ -203,7 +301,7 @@ impl View {
     pub fn applied(&self) -> Result<u64, ClusterError> {
         Ok(self
             .log
-            .get(APPLIED)?
+            .get(&self.channel.applied)?
             .and_then(|v| v.as_ref().try_into().ok())
             .map_or(0, u64::from_be_bytes))
     }
@@ -242,6 +340,10 @@ impl View {
     /// gives (the same guards against the same state, in the same order),
     /// so every node's view still agrees, however it grouped.
     fn apply_group(&self, group: &[Applying<'_>]) -> Result<Vec<Outcome>, ClusterError> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(ClusterError::Stopped);
+        }
         let applied = self.applied()?;
         // The trees the batches touch, each once, then the log tree last.
         let mut names: Vec<&str> = group
@@ -299,7 +401,7 @@ impl View {
                 outcomes.push((Outcome::Applied { seq: a.seq }, true));
             }
             if last > applied {
-                log.insert(APPLIED, &last.to_be_bytes())?;
+                log.insert(self.channel.applied.as_slice(), &last.to_be_bytes())?;
             }
             Ok::<_, ConflictableTransactionError<()>>(outcomes)
         });
@@ -333,15 +435,19 @@ impl View {
     /// Keeps part `index` of batch `id`, read at `seq`, until its last part
     /// comes; the sequence reached in the same transaction.
     fn stash_part(&self, seq: u64, id: &str, index: u32, chunk: &[u8]) -> Result<(), ClusterError> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(ClusterError::Stopped);
+        }
         if seq <= self.applied()? {
             return Ok(());
         }
         let mut value = seq.to_be_bytes().to_vec();
         value.extend_from_slice(chunk);
-        let key = part_key(id, index);
+        let key = part_key(&self.channel.parts, id, index);
         self.log
             .transaction(|log| {
-                log.insert(APPLIED, &seq.to_be_bytes())?;
+                log.insert(self.channel.applied.as_slice(), &seq.to_be_bytes())?;
                 log.insert(key.as_slice(), value.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -365,7 +471,7 @@ impl View {
         let mut drop = Vec::new();
         let mut complete = true;
         for index in 0..count - 1 {
-            let key = part_key(id, index);
+            let key = part_key(&self.channel.parts, id, index);
             match self.log.get(&key)? {
                 Some(v) if v.len() >= 8 => bytes.extend_from_slice(&v[8..]),
                 _ => complete = false,
@@ -373,7 +479,7 @@ impl View {
             drop.push(key);
         }
         bytes.extend_from_slice(last);
-        for entry in self.log.scan_prefix(PARTS) {
+        for entry in self.log.scan_prefix(&self.channel.parts) {
             let (key, value) = entry?;
             let read_at = value
                 .get(..8)
@@ -390,8 +496,8 @@ impl View {
 /// A batch's bytes (None: a part is missing) and the part keys to drop.
 type Assembled = (Option<Vec<u8>>, Vec<Vec<u8>>);
 
-fn part_key(id: &str, index: u32) -> Vec<u8> {
-    format!("{PARTS}{id}/{index:08}").into_bytes()
+fn part_key(prefix: &str, id: &str, index: u32) -> Vec<u8> {
+    format!("{prefix}{id}/{index:08}").into_bytes()
 }
 
 /// Where a message stands in a batch cut into parts.
@@ -469,31 +575,16 @@ impl<'v> Recorder<'v> {
         if !self.guards.is_empty() {
             return vec![self.into_batch(node)];
         }
-        let mut batches = Vec::new();
-        let mut writes = Vec::new();
-        let mut size = 0;
-        for ((tree, key), value) in self.writes {
-            let len = tree.len() + key.len() + value.as_ref().map_or(0, Vec::len) + 8;
-            if size + len > max_bytes && !writes.is_empty() {
-                batches.push(Self::batch_of(node, std::mem::take(&mut writes)));
-                size = 0;
-            }
-            size += len;
-            writes.push(Write { tree, key, value });
-        }
-        if !writes.is_empty() {
-            batches.push(Self::batch_of(node, writes));
-        }
-        batches
+        unguarded_batches(node, self.into_writes(), max_bytes)
     }
 
-    fn batch_of(node: &str, writes: Vec<Write>) -> Batch {
-        Batch {
-            id: ulid::Ulid::new().to_string(),
-            node: node.to_string(),
-            guards: Vec::new(),
-            writes,
-        }
+    /// The writes recorded, in key order (the guards are dropped: for
+    /// unguarded writes only).
+    pub fn into_writes(self) -> Vec<Write> {
+        self.writes
+            .into_iter()
+            .map(|((tree, key), value)| Write { tree, key, value })
+            .collect()
     }
 
     pub fn into_batch(self, node: &str) -> Batch {
@@ -514,6 +605,33 @@ impl<'v> Recorder<'v> {
     }
 }
 
+/// Unguarded `writes` in batches of about `max_bytes` at most (see
+/// [`Recorder::into_batches`]).
+pub fn unguarded_batches(node: &str, writes: Vec<Write>, max_bytes: usize) -> Vec<Batch> {
+    let batch_of = |writes| Batch {
+        id: ulid::Ulid::new().to_string(),
+        node: node.to_string(),
+        guards: Vec::new(),
+        writes,
+    };
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for w in writes {
+        let len = w.tree.len() + w.key.len() + w.value.as_ref().map_or(0, Vec::len) + 8;
+        if size + len > max_bytes && !current.is_empty() {
+            batches.push(batch_of(std::mem::take(&mut current)));
+            size = 0;
+        }
+        size += len;
+        current.push(w);
+    }
+    if !current.is_empty() {
+        batches.push(batch_of(current));
+    }
+    batches
+}
+
 /// Writers waiting for their batches, by batch id.
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Outcome, ClusterError>>>>>;
 
@@ -531,7 +649,8 @@ pub struct Log {
     /// Makes the applier replace its reader: a writer or reader waited
     /// [`KICK_AFTER`] for the view to reach a sequence the stream has.
     kick: Arc<tokio::sync::Notify>,
-    snapshots: super::snapshot::Snapshots,
+    /// The control log's snapshots (a partition's log is not compacted).
+    snapshots: Option<super::snapshot::Snapshots>,
     /// Asks the applier for a snapshot of the view between two batches.
     snapshot_requests: mpsc::Sender<SnapshotReply>,
     /// Why the applier stopped, once it has (the node cannot serve then).
@@ -557,8 +676,12 @@ impl Log {
         view: Arc<View>,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client);
-        let mut stream = ensure_stream(&js, replicas).await?;
-        let snapshots = super::snapshot::Snapshots::open(&js, replicas).await?;
+        let channel = view.channel().clone();
+        let mut stream = ensure_stream(&js, replicas, &channel).await?;
+        let snapshots = match channel.partition {
+            None => Some(super::snapshot::Snapshots::open(&js, replicas).await?),
+            Some(_) => None,
+        };
         let first = stream
             .info()
             .await
@@ -566,7 +689,13 @@ impl Log {
             .state
             .first_sequence;
         if view.applied()? + 1 < first {
-            restore(&view, &snapshots, first).await?;
+            let Some(snapshots) = &snapshots else {
+                return Err(ClusterError::Snapshot(format!(
+                    "the log of partition {:?} starts at {first}, after this node's view",
+                    channel.partition
+                )));
+            };
+            restore(&view, snapshots, first).await?;
         }
         let from = view.applied()? + 1;
         // The first reader is made here, so a start-up fault is the
@@ -627,11 +756,16 @@ impl Log {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         let (file, seq) = answer.await.map_err(|_| ClusterError::Stopped)??;
-        let previous = self.snapshots.latest().await?;
+        let Some(snapshots) = &self.snapshots else {
+            return Err(ClusterError::Snapshot(
+                "a partition's log is not compacted".into(),
+            ));
+        };
+        let previous = snapshots.latest().await?;
         if previous.is_some_and(|p| p >= seq) {
             return Ok((seq, None));
         }
-        self.snapshots.upload(file.path(), seq).await?;
+        snapshots.upload(file.path(), seq).await?;
         drop(file);
         let Some(previous) = previous else {
             return Ok((seq, None));
@@ -639,7 +773,7 @@ impl Log {
         // Below the previous snapshot's sequence: a node up to one interval
         // behind still reads every batch it lacks.
         self.js
-            .get_stream_no_info(STREAM)
+            .get_stream_no_info(&self.view.channel().stream)
             .await
             .map_err(ClusterError::jetstream)?
             .purge()
@@ -687,7 +821,7 @@ impl Log {
             let chunk = body.slice(index * limit..((index + 1) * limit).min(body.len()));
             let sent = async {
                 self.js
-                    .publish_with_headers(SUBJECT, headers, chunk)
+                    .publish_with_headers(self.view.channel().subject.clone(), headers, chunk)
                     .await
                     .map_err(ClusterError::jetstream)?
                     .await
@@ -747,7 +881,7 @@ impl Log {
                     let sent = std::time::Instant::now();
                     let stream = self
                         .js
-                        .get_stream_no_info(STREAM)
+                        .get_stream_no_info(&self.view.channel().stream)
                         .await
                         .map_err(ClusterError::jetstream)?;
                     let end = stream
@@ -801,11 +935,14 @@ impl Log {
 async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
+    channel: &Channel,
 ) -> Result<stream::Stream, ClusterError> {
+    let name = channel.stream.as_str();
     let mut s = js
         .get_or_create_stream(stream::Config {
-            name: STREAM.to_string(),
-            subjects: vec![SUBJECT.to_string()],
+            name: name.to_string(),
+            description: channel.mode.clone(),
+            subjects: vec![channel.subject.clone()],
             num_replicas: replicas,
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -817,28 +954,35 @@ async fn ensure_stream(
     let config = &s.info().await.map_err(ClusterError::jetstream)?.config;
     check_setting(
         "stream",
-        STREAM,
+        name,
         "subjects",
         config.subjects.clone(),
-        vec![SUBJECT.to_string()],
+        vec![channel.subject.clone()],
     )?;
     check_setting(
         "stream",
-        STREAM,
+        name,
+        "description (cluster.mode and cluster.partitions)",
+        config.description.clone().filter(|d| !d.is_empty()),
+        channel.mode.clone(),
+    )?;
+    check_setting(
+        "stream",
+        name,
         "num_replicas",
         config.num_replicas.max(1),
         replicas,
     )?;
     check_setting(
         "stream",
-        STREAM,
+        name,
         "retention",
         config.retention,
         stream::RetentionPolicy::Limits,
     )?;
     check_setting(
         "stream",
-        STREAM,
+        name,
         "storage",
         config.storage,
         stream::StorageType::File,

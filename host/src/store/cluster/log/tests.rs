@@ -445,10 +445,10 @@ fn a_batch_missing_a_part_applies_nothing_and_orphan_parts_are_dropped() {
     // An orphan (its last part never comes) is dropped far enough on.
     view.stash_part(5, "b3", 0, b"z").unwrap();
     let (_, drop) = view.assemble(6, "b4", 1, b"").unwrap();
-    assert!(!drop.contains(&part_key("b3", 0)));
+    assert!(!drop.contains(&part_key(PARTS, "b3", 0)));
     let (_, drop) = view.assemble(6 + ORPHAN_PARTS_AFTER, "b4", 1, b"").unwrap();
-    assert!(drop.contains(&part_key("b3", 0)));
-    assert!(drop.contains(&part_key("b2", 1)));
+    assert!(drop.contains(&part_key(PARTS, "b3", 0)));
+    assert!(drop.contains(&part_key(PARTS, "b2", 1)));
 }
 
 /// A tree's rows, in key order.

@@ -1,0 +1,304 @@
+//! A partitioned cluster (`store/partitions.rs`): every node answers every
+//! route, but a tenant's data is only on the node holding its partition.
+//! A request for such a tenant is forwarded, whole, to that node over the
+//! cluster's NATS (a request on `wasmhook.fwd.<partition>`, which only the
+//! holder listens to), and its answer returned as it came.
+//!
+//! Why the whole request rather than single store calls: the holder then
+//! runs the tenant's routing, plugins and writes against its own view, as
+//! one node does; the node that took the request only authenticates
+//! nothing, reads one index (key or source → tenant) and relays bytes.
+//!
+//! Not forwarded: routes of no tenant (the operator's, the dashboard's
+//! files, health, metrics) and `wasmhook listen`'s streams, which the
+//! delivery bus already serves from any node. A request carries
+//! [`FORWARDED`] once forwarded, so it is never forwarded twice: if the
+//! partition moved meanwhile, the store answers 503 and the client retries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::task::AbortHandle;
+use tower::ServiceExt;
+
+use super::{ApiError, ApiState};
+
+/// The header of a forwarded request (its value: the node it came from).
+pub const FORWARDED: &str = "x-wasmhook-forwarded";
+/// How long a forwarded request may take (an ingest waits for plugins).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Room for the wire framing in a NATS message.
+const HEADROOM: usize = 64 * 1024;
+
+fn subject(partition: u32) -> String {
+    format!("wasmhook.fwd.{partition}")
+}
+
+/// A request or an answer as it crosses NATS.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    /// A request: method and URI; an answer: the status in `method`.
+    method: String,
+    uri: String,
+    peer: Option<SocketAddr>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+fn headers_of(map: &axum::http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn set_headers(map: &mut axum::http::HeaderMap, headers: Vec<(String, Vec<u8>)>) {
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::from_bytes(&v)) {
+            map.append(k, v);
+        }
+    }
+}
+
+/// The tenant a request is for, if it names one: by its path (an
+/// inbound source, the operator's routes of one tenant) or its bearer
+/// token (an API key or a portal link).
+fn tenant_of(state: &ApiState, request: &Request) -> Option<String> {
+    let path = request.uri().path();
+    let store = &state.app.store;
+    if path.starts_with("/v1/listen") {
+        return None;
+    }
+    if let Some(rest) = path.strip_prefix("/in/") {
+        let id = rest.split('/').next()?;
+        return store.find_source(id).ok()?.map(|s| s.tenant_id);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/tenants/") {
+        return rest
+            .split('/')
+            .next()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string);
+    }
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?
+        .trim();
+    if token.starts_with("whp_") {
+        return store
+            .portal_link_for_token(token)
+            .ok()?
+            .map(|l| l.tenant_id);
+    }
+    store.tenant_for_key(token).ok()?
+}
+
+/// The middleware: a request for a tenant whose partition another node
+/// holds goes to that node.
+pub async fn forward(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let store = &state.app.store;
+    if store.data_partitions().is_none() || request.headers().contains_key(FORWARDED) {
+        return next.run(request).await;
+    }
+    let Some(tenant) = tenant_of(&state, &request) else {
+        return next.run(request).await;
+    };
+    if store.has_data_of(&tenant) {
+        return next.run(request).await;
+    }
+    let partition = store.partition_of(&tenant).unwrap_or_default();
+    match send(&state, partition, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Response, ApiError> {
+    let Some(client) = state.app.store.nats_client() else {
+        return Err(moving(partition));
+    };
+    let limit = client.server_info().max_payload.max(1 << 20) - HEADROOM;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit })?;
+    let mut headers = headers_of(&parts.headers);
+    headers.push((
+        FORWARDED.to_string(),
+        state
+            .app
+            .store
+            .node_id()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec(),
+    ));
+    let wire = Wire {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        peer,
+        headers,
+        body: body.to_vec(),
+    };
+    let bytes = postcard::to_allocvec(&wire).map_err(|e| ApiError::Internal(e.into()))?;
+    let answer = client
+        .send_request(
+            subject(partition),
+            async_nats::Request::new()
+                .payload(bytes.into())
+                .timeout(Some(FORWARD_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| {
+            tracing::debug!(partition, error = %e, "forwarding a request");
+            moving(partition)
+        })?;
+    let wire: Wire =
+        postcard::from_bytes(&answer.payload).map_err(|e| ApiError::Internal(e.into()))?;
+    let status = wire
+        .method
+        .parse::<u16>()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Body::from(wire.body));
+    *response.status_mut() = status;
+    set_headers(response.headers_mut(), wire.headers);
+    Ok(response)
+}
+
+/// The partition has no holder that answers (it is moving): retry soon.
+fn moving(partition: u32) -> ApiError {
+    ApiError::Unavailable {
+        code: "partition_moving",
+        message: format!(
+            "partition {partition} of the data is moving between nodes; retry in a second"
+        ),
+        retry_after_secs: 1,
+    }
+}
+
+/// A node's end: answers the forwarded requests of the partitions it
+/// holds with its own routes.
+#[derive(Clone, Default)]
+pub struct Forwarding {
+    router: Arc<OnceLock<Router>>,
+    serving: Arc<Mutex<HashMap<u32, AbortHandle>>>,
+}
+
+impl Forwarding {
+    /// The routes forwarded requests are answered with (set once built).
+    pub fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
+    }
+
+    /// Starts answering partition `p`'s forwarded requests.
+    pub fn serve(&self, client: async_nats::Client, p: u32) {
+        let router = self.router.clone();
+        let task = tokio::spawn(async move {
+            let mut requests = match client.queue_subscribe(subject(p), "wasmhook".into()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "answering forwarded requests");
+                    return;
+                }
+            };
+            while let Some(message) = requests.next().await {
+                let (client, router) = (client.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Some(reply) = message.reply else {
+                        return;
+                    };
+                    let answer = answer(router.get(), &message.payload).await;
+                    if let Err(e) = client.publish(reply, answer.into()).await {
+                        tracing::debug!(error = %e, "answering a forwarded request");
+                    }
+                });
+            }
+        });
+        if let Some(old) = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p, task.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops answering partition `p`'s (it moved away).
+    pub fn stop(&self, p: u32) {
+        if let Some(task) = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// One forwarded request run through this node's routes: the answer's bytes.
+async fn answer(router: Option<&Router>, payload: &[u8]) -> Vec<u8> {
+    let response = match (router, postcard::from_bytes::<Wire>(payload)) {
+        (Some(router), Ok(wire)) => run(router.clone(), wire).await,
+        (None, _) => ApiError::Unavailable {
+            code: "starting",
+            message: "this node is starting".into(),
+            retry_after_secs: 1,
+        }
+        .into_response(),
+        (_, Err(e)) => ApiError::bad("forwarded", format!("a forwarded request: {e}")).into_response(),
+    };
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let wire = Wire {
+        method: parts.status.as_u16().to_string(),
+        uri: String::new(),
+        peer: None,
+        headers: headers_of(&parts.headers),
+        body: body.to_vec(),
+    };
+    postcard::to_allocvec(&wire).unwrap_or_default()
+}
+
+async fn run(router: Router, wire: Wire) -> Response {
+    let mut request = Request::new(Body::from(wire.body));
+    *request.method_mut() = match wire.method.parse() {
+        Ok(m) => m,
+        Err(_) => return ApiError::bad("forwarded", "a forwarded method").into_response(),
+    };
+    *request.uri_mut() = match wire.uri.parse() {
+        Ok(u) => u,
+        Err(_) => return ApiError::bad("forwarded", "a forwarded URI").into_response(),
+    };
+    set_headers(request.headers_mut(), wire.headers);
+    if let Some(peer) = wire.peer {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}

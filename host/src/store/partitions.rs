@@ -1,0 +1,394 @@
+//! Scale-out (issue 25; the design is `docs/cluster.md`, "Scale-out"): in a
+//! partitioned cluster the records are of two kinds.
+//!
+//! - The **control plane** (tenants, keys, subscriptions, plugins, sources,
+//!   applications, the catalog, portal links, ops endpoints, dead letters)
+//!   goes through the control log, which every node applies, as before.
+//! - The **data** ([`DATA_TREES`]: events, deliveries and their indexes, the
+//!   outbox, windows and held items, ordering lines) belongs to its
+//!   tenant's partition (`partition_of(tenant)`), and each partition has a
+//!   log of its own (a stream per partition, so their leaders spread over
+//!   the NATS servers). Only the partition's owner (the node holding its
+//!   lease) reads that log into its view: a node applies and stores only
+//!   its partitions' data.
+//!
+//! All of a tenant's data is in one partition, so an acceptance, an
+//! attempt record or a window's flush is one batch of one log, guarded
+//! against one view, as in the replica set: nothing spans partitions. The
+//! cost is that one tenant's load is one node's (docs/cluster.md says what
+//! bounds it). Requests for a tenant another node owns are forwarded to
+//! it (`api/forward.rs`).
+//!
+//! The views share the node's one sled database: every log's batches touch
+//! keys no other log's do (a partition's keys are its tenants'), so each
+//! view is a function of its own log whatever order the node reads them in.
+//! A partition that moves away is dropped from the database; its next
+//! owner rebuilds it from the partition's log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::cluster::log::{Batch, Channel, Log, View, Write};
+use super::*;
+
+/// The trees of the data: each key belongs to one tenant's partition.
+pub const DATA_TREES: &[&str] = &[
+    "events",
+    "events_by_time",
+    "deliveries",
+    "tenant_deliveries",
+    "outbox",
+    "held",
+    "windows",
+    "lanes",
+    "lane_items",
+];
+
+/// Whether `tree` holds data (partitioned) rather than the control plane.
+pub fn is_data_tree(tree: &str) -> bool {
+    DATA_TREES.contains(&tree)
+}
+
+/// The trees a partitioned node keeps out of the control log's snapshots:
+/// its own, and the data (which has its own logs).
+pub(super) const PARTITIONED_LOCAL_TREES: &[&str] = &[
+    "__sled__default",
+    "meta",
+    "plugin_blobs",
+    super::embedded::intent::INTENTS_TREE,
+    "events",
+    "events_by_time",
+    "deliveries",
+    "tenant_deliveries",
+    "outbox",
+    "held",
+    "windows",
+    "lanes",
+    "lane_items",
+];
+
+/// A hook on applied batches, shared by every view of the node.
+pub(super) type SharedHook = Arc<dyn Fn(&Batch) + Send + Sync>;
+
+/// The partitions' logs this node follows.
+pub(super) struct Partitions {
+    pub(super) count: u32,
+    client: async_nats::Client,
+    replicas: usize,
+    node: String,
+    db: sled::Db,
+    scratch: PathBuf,
+    logs: RwLock<HashMap<u32, Arc<Log>>>,
+    /// Given up, their data not dropped yet.
+    released: Mutex<HashMap<u32, Arc<Log>>>,
+    /// One partition opened or dropped at a time.
+    turns: tokio::sync::Mutex<()>,
+    /// Hooks every view gets, including those opened later.
+    hooks: Mutex<Vec<SharedHook>>,
+}
+
+impl Partitions {
+    pub(super) fn new(
+        count: u32,
+        client: async_nats::Client,
+        replicas: usize,
+        node: &str,
+        db: sled::Db,
+        scratch: PathBuf,
+    ) -> Self {
+        Partitions {
+            count: count.max(1),
+            client,
+            replicas,
+            node: node.to_string(),
+            db,
+            scratch,
+            logs: RwLock::default(),
+            released: Mutex::default(),
+            turns: tokio::sync::Mutex::new(()),
+            hooks: Mutex::default(),
+        }
+    }
+
+    pub(super) fn log(&self, p: u32) -> Option<Arc<Log>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+            .cloned()
+    }
+
+    pub(super) fn add_hook(&self, hook: SharedHook) {
+        for log in self
+            .logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let hook = hook.clone();
+            log.view().on_applied(Box::new(move |b| hook(b)));
+        }
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    fn opened(&self) -> Vec<u32> {
+        let mut open: Vec<u32> = self
+            .logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        open.sort_unstable();
+        open
+    }
+}
+
+/// The partition of a tenant's data: FNV-1a of its id, as every node and
+/// version computes it.
+pub fn partition_of_tenant(tenant_id: &str, partitions: u32) -> u32 {
+    crate::cluster::leases::partition_of(tenant_id, partitions)
+}
+
+impl Store {
+    pub(super) fn partitions(&self) -> Option<&Partitions> {
+        self.cluster().and_then(|c| c.parts.as_deref())
+    }
+
+    /// A partitioned cluster: how many partitions the data has (None: the
+    /// embedded store or a replica set, where every node has everything).
+    pub fn data_partitions(&self) -> Option<u32> {
+        self.partitions().map(|p| p.count)
+    }
+
+    /// A partitioned cluster: the partition of a tenant's data.
+    pub fn partition_of(&self, tenant_id: &str) -> Option<u32> {
+        self.partitions()
+            .map(|p| partition_of_tenant(tenant_id, p.count))
+    }
+
+    /// Whether this node has the tenant's data (always, unless in a
+    /// partitioned cluster another node owns its partition).
+    pub fn has_data_of(&self, tenant_id: &str) -> bool {
+        match self.partitions() {
+            None => true,
+            Some(parts) => parts
+                .log(partition_of_tenant(tenant_id, parts.count))
+                .is_some(),
+        }
+    }
+
+    /// The partitions whose data this node holds now.
+    pub fn open_partitions(&self) -> Vec<u32> {
+        self.partitions().map(Partitions::opened).unwrap_or_default()
+    }
+
+    /// The log a write of `tenant`'s data goes to: the partition's, which
+    /// this node must own; else (control, or not partitioned) the one log.
+    pub(super) fn data_log(&self, tenant_id: &str) -> Result<Arc<Log>, StoreError> {
+        let parts = self.partitions().expect("partitioned");
+        let p = partition_of_tenant(tenant_id, parts.count);
+        parts.log(p).ok_or(StoreError::NotOwner(p))
+    }
+
+    /// Takes partition `p`: opens its log and applies it from where this
+    /// node's view of it stopped (from the start after it was dropped),
+    /// up to its end, before returning; from then on its data is here and
+    /// its writes go through this node.
+    pub async fn open_partition(&self, p: u32) -> Result<(), StoreError> {
+        let Some(parts) = self.partitions() else {
+            return Ok(());
+        };
+        let _turn = parts.turns.lock().await;
+        if parts.log(p).is_some() {
+            return Ok(());
+        }
+        // Given up a moment ago: its old records go before it is read anew.
+        self.drop_released_now(p).await?;
+        let view = View::open_channel(parts.db.clone(), Channel::partition(p))?
+            .with_scratch(&parts.scratch)
+            .with_local_trees(PARTITIONED_LOCAL_TREES);
+        for hook in parts
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let hook = hook.clone();
+            view.on_applied(Box::new(move |b| hook(b)));
+        }
+        let log = Log::open(
+            parts.client.clone(),
+            parts.replicas,
+            &parts.node,
+            Arc::new(view),
+        )
+        .await?;
+        log.caught_up().await?;
+        parts
+            .logs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p, Arc::new(log));
+        Ok(())
+    }
+
+    /// Gives partition `p` up at once: its writes are refused from now
+    /// on (503: the client retries, reaching the new holder) and its view
+    /// applies nothing more. Its data is dropped by [`Store::drop_released`]
+    /// (or before the partition is taken again).
+    pub fn release_partition(&self, p: u32) {
+        let Some(parts) = self.partitions() else {
+            return;
+        };
+        let released = parts
+            .logs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        if let Some(log) = released {
+            log.view().close();
+            parts
+                .released
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p, log);
+        }
+    }
+
+    /// Drops the data of partition `p`, given up (its next holder rebuilds
+    /// it from the partition's log): how many records.
+    pub async fn drop_released(&self, p: u32) -> Result<usize, StoreError> {
+        let Some(parts) = self.partitions() else {
+            return Ok(0);
+        };
+        let _turn = parts.turns.lock().await;
+        self.drop_released_now(p).await
+    }
+
+    /// [`Store::drop_released`], under the partition's turn.
+    async fn drop_released_now(&self, p: u32) -> Result<usize, StoreError> {
+        let parts = self.partitions().expect("partitioned");
+        let released = parts
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        let Some(log) = released else {
+            return Ok(0);
+        };
+        let store = self.clone();
+        let count = parts.count;
+        let dropped = tokio::task::spawn_blocking(move || store.drop_partition_data(p, count))
+            .await
+            .map_err(|e| StoreError::Commit(e.to_string()))??;
+        log.view().forget_applied()?;
+        tracing::info!(partition = p, records = dropped, "a given-up partition's data dropped");
+        Ok(dropped)
+    }
+
+    /// Removes every data record of partition `p` from this node's trees
+    /// (local writes: the partition's log is not followed any more).
+    fn drop_partition_data(&self, p: u32, count: u32) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for name in DATA_TREES {
+            let tree = self.db.open_tree(name)?;
+            let mut batch = sled::Batch::default();
+            for kv in tree.iter() {
+                let (key, value) = kv?;
+                let write = Write {
+                    tree: (*name).to_string(),
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
+                };
+                let tenant = self.tenant_of_write(&write)?;
+                if tenant.is_none_or(|t| partition_of_tenant(&t, count) == p) {
+                    batch.remove(key);
+                    dropped += 1;
+                }
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.db.flush()?;
+        Ok(dropped)
+    }
+
+    /// The tenant a write of the data belongs to, from its key (most trees
+    /// start with the tenant), its value, or what the key holds now (a
+    /// removal). None: it cannot be told (a record of a subscription whose
+    /// window is gone).
+    pub(super) fn tenant_of_write(&self, w: &Write) -> Result<Option<String>, StoreError> {
+        let first = |bytes: &[u8]| {
+            bytes
+                .split(|b| *b == 0)
+                .next()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        };
+        let current = |tree: &Tree| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(match &w.value {
+                Some(v) => Some(v.clone()),
+                None => tree.get(&w.key)?.map(|v| v.to_vec()),
+            })
+        };
+        Ok(match w.tree.as_str() {
+            "events" | "events_by_time" | "tenant_deliveries" | "lanes" | "lane_items" => {
+                first(&w.key)
+            }
+            "outbox" => current(&self.outbox)?.and_then(|v| first(&v)),
+            "deliveries" => match current(&self.deliveries)? {
+                Some(v) => Some(decode_delivery(&w.key, &v)?.tenant_id),
+                None => None,
+            },
+            "windows" => match current(&self.windows)? {
+                Some(v) => Some(decode::<WindowState>(&w.key, &v)?.tenant_id),
+                None => None,
+            },
+            // sub \0 window start (8 bytes) \0 seq: the window's tenant.
+            "held" => {
+                let Some(sub_len) = w.key.iter().position(|b| *b == 0) else {
+                    return Ok(None);
+                };
+                let window = &w.key[..(sub_len + 9).min(w.key.len())];
+                match self.windows.get(window)? {
+                    Some(v) => Some(decode::<WindowState>(window, &v)?.tenant_id),
+                    None => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
+    /// Partitioned: `writes` of data grouped by the partition each belongs
+    /// to (`hint`: the tenant of those that cannot be told).
+    pub(super) fn group_by_partition(
+        &self,
+        writes: Vec<Write>,
+        hint: Option<&str>,
+    ) -> Result<BTreeMap<u32, Vec<Write>>, StoreError> {
+        let count = self.partitions().expect("partitioned").count;
+        let mut grouped: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
+        for w in writes {
+            let tenant = match self.tenant_of_write(&w)? {
+                Some(t) => t,
+                None => match hint {
+                    Some(t) => t.to_string(),
+                    None => {
+                        return Err(StoreError::Commit(format!(
+                            "a write of {} without a tenant in a partitioned cluster",
+                            w.tree
+                        )));
+                    }
+                },
+            };
+            grouped
+                .entry(partition_of_tenant(&tenant, count))
+                .or_default()
+                .push(w);
+        }
+        Ok(grouped)
+    }
+}
