@@ -120,12 +120,23 @@ pub async fn forward(State(state): State<ApiState>, request: Request, next: Next
     }
     let partition = store.partition_of(&tenant).unwrap_or_default();
     match send(&state, partition, request).await {
-        Ok(response) => response,
+        Ok(Sent::Answered(response)) => response,
+        // No node holds the partition (the cluster is starting, or it is
+        // moving): served here. What needs only the control plane (a
+        // subscription, a key) is done; what needs the data is a 503.
+        Ok(Sent::NoHolder(request)) => next.run(request).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Response, ApiError> {
+/// What became of a request sent to its partition's holder.
+enum Sent {
+    Answered(Response),
+    /// Nobody listens for the partition: the request, as it came.
+    NoHolder(Request),
+}
+
+async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent, ApiError> {
     let Some(client) = state.app.store.nats_client() else {
         return Err(moving(partition));
     };
@@ -157,7 +168,7 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Resp
         body: body.to_vec(),
     };
     let bytes = postcard::to_allocvec(&wire).map_err(|e| ApiError::Internal(e.into()))?;
-    let answer = client
+    let answer = match client
         .send_request(
             subject(partition),
             async_nats::Request::new()
@@ -165,10 +176,16 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Resp
                 .timeout(Some(FORWARD_TIMEOUT)),
         )
         .await
-        .map_err(|e| {
+    {
+        Ok(answer) => answer,
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            return Ok(Sent::NoHolder(Request::from_parts(parts, Body::from(body))));
+        }
+        Err(e) => {
             tracing::debug!(partition, error = %e, "forwarding a request");
-            moving(partition)
-        })?;
+            return Err(moving(partition));
+        }
+    };
     let wire: Wire =
         postcard::from_bytes(&answer.payload).map_err(|e| ApiError::Internal(e.into()))?;
     let status = wire
@@ -180,7 +197,7 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Resp
     let mut response = Response::new(Body::from(wire.body));
     *response.status_mut() = status;
     set_headers(response.headers_mut(), wire.headers);
-    Ok(response)
+    Ok(Sent::Answered(response))
 }
 
 /// The partition has no holder that answers (it is moving): retry soon.
