@@ -44,6 +44,10 @@ DURATION = int(os.environ.get("DURATION", "20"))
 TENANTS = int(os.environ.get("TENANTS", "12"))
 # The same total load whatever N: CONNECTIONS spread evenly over the nodes.
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "24"))
+# "replicas" (every node applies every write) or "partitioned" (issue 25:
+# each tenant's data on the node leasing its partition).
+MODE = os.environ.get("MODE", "replicas")
+PARTITIONS = int(os.environ.get("PARTITIONS", "64"))
 CGROUP = "/sys/fs/cgroup/cpu"
 PAD = "x" * 700
 DATA = '{"conversation_id":"c-1","author":"visitor","content":"%s"}' % PAD
@@ -100,6 +104,8 @@ class Run(Processes):
             env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG="error",
                        WASMHOOK_SERVER_SECRETS_KEY="be" * 32,
                        WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
+                       WASMHOOK_CLUSTER_MODE=MODE,
+                       WASMHOOK_CLUSTER_PARTITIONS=str(PARTITIONS),
                        WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT="1000000000")
             self.nodes.append(self.spawn(
                 [self.binary, "serve", "--listen", f"127.0.0.1:{self.ports[i]}",
@@ -109,10 +115,10 @@ class Run(Processes):
         for i in range(self.n):
             wait_until(lambda i=i: call(self.base(i), "GET", "/healthz", timeout=2)[0] == 200,
                        120, f"node {i}")
-        wait_until(lambda: sum(self.leased(i) for i in range(self.n)) >= 64, 180, "leases")
+        wait_until(lambda: sum(self.leased(i) for i in range(self.n)) >= PARTITIONS, 180, "leases")
         # And spread: a node that joined late takes its share from the
         # others, and deliveries wait while their partition moves.
-        share = 64 // self.n - 1
+        share = PARTITIONS // self.n - 1
         wait_until(lambda: min(self.leased(i) for i in range(self.n)) >= share, 180,
                    "leases spread over the nodes")
 
@@ -212,7 +218,8 @@ def main():
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
     base = med[NODES[0]]
     print()
-    print(f"{TENANTS} tenants, each node held to {QUOTA} of a core, 3 nats-servers (R3), "
+    print(f"mode {MODE}, {PARTITIONS} partitions, "
+          f"{TENANTS} tenants, each node held to {QUOTA} of a core, 3 nats-servers (R3), "
           f"{CONNECTIONS} connections spread over the nodes for {DURATION} s; {os.cpu_count()} cores; "
           f"medians of {RUNS}")
     print("| nodes | deliveries/s | × 1 node | nodes' CPU per delivery (µs) | × 1 node "

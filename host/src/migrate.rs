@@ -54,9 +54,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         client,
         replicas,
         &format!("migrate-{}", ulid::Ulid::new()),
-        cluster
-            .partitioned
-            .then_some(cluster.leases.partitions),
+        cluster.partitioned.then_some(cluster.leases.partitions),
     )
     .await
     .context("joining the cluster's log")?;

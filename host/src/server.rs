@@ -510,7 +510,9 @@ impl OnChange for LeaseChanges {
     fn prepare(&self, partition: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let store = self.queue.store();
-            let Some(client) = store.nats_client().filter(|_| store.data_partitions().is_some())
+            let Some(client) = store
+                .nats_client()
+                .filter(|_| store.data_partitions().is_some())
             else {
                 return Ok(());
             };
@@ -520,7 +522,11 @@ impl OnChange for LeaseChanges {
                 .await
                 .map_err(|e| e.to_string())?;
             self.forwarding.serve(client, partition);
-            info!(partition, took_ms = started.elapsed().as_millis() as u64, "partition's data read");
+            info!(
+                partition,
+                took_ms = started.elapsed().as_millis() as u64,
+                "partition's data read"
+            );
             Ok(())
         })
     }

@@ -17,7 +17,6 @@ fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
 }
 
 fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lease: u64) -> Server {
-    let mode = std::env::var("TEST_CLUSTER_MODE").unwrap_or_else(|_| "replicas".into());
     Server::start_with(
         dir,
         &["--nats", &cluster.urls_arg()],
@@ -25,7 +24,6 @@ fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lea
             ("WASMHOOK_CLUSTER_LEASE_SECS", &lease.to_string()),
             ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
             ("WASMHOOK_CLUSTER_NODE_ID", name),
-            ("WASMHOOK_CLUSTER_MODE", &mode),
         ],
     )
 }

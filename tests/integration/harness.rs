@@ -220,7 +220,10 @@ fn patient_call_ms() -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sled,
+    /// A replica set (`cluster.mode = "replicas"`).
     Nats,
+    /// A partitioned cluster (`cluster.mode = "partitioned"`) of one node.
+    Partitioned,
 }
 
 /// What a test's servers and engines run on. For NATS: one `nats-server`
@@ -253,7 +256,7 @@ impl Backing {
     pub async fn new(backend: Backend) -> Option<Self> {
         let nats = match backend {
             Backend::Sled => None,
-            Backend::Nats => {
+            Backend::Nats | Backend::Partitioned => {
                 Some(wasmhook::cluster::testing::NatsCluster::start(nats_servers()).await?)
             }
         };
@@ -261,7 +264,14 @@ impl Backing {
     }
 
     pub fn is_nats(&self) -> bool {
-        self.backend == Backend::Nats
+        matches!(self.backend, Backend::Nats | Backend::Partitioned)
+    }
+
+    fn mode(&self) -> &'static str {
+        match self.backend {
+            Backend::Partitioned => "partitioned",
+            Backend::Sled | Backend::Nats => "replicas",
+        }
     }
 
     /// The real binary on `data`, on this backend.
@@ -281,6 +291,7 @@ impl Backing {
                 let mut all_env = vec![
                     ("WASMHOOK_CLUSTER_LEASE_SECS", lease.as_str()),
                     ("WASMHOOK_CLUSTER_PARTITIONS", partitions.as_str()),
+                    ("WASMHOOK_CLUSTER_MODE", self.mode()),
                 ];
                 all_env.extend_from_slice(env);
                 let server = Server::start_with(data, &all_args, &all_env);
@@ -301,9 +312,10 @@ impl Backing {
     }
 }
 
-/// Declares a test whose body runs on both backends, as `name::sled` and
-/// `name::nats`; the body gets `backing: &Backing`. Attributes (the
-/// `#[tokio::test]` flavor) apply to both.
+/// Declares a test whose body runs on both backends, as `name::sled`,
+/// `name::nats` (a replica set) and `name::partitioned` (a partitioned
+/// cluster of one node); the body gets `backing: &Backing`. Attributes
+/// (the `#[tokio::test]` flavor) apply to each.
 macro_rules! both_backends {
     ($(#[$attr:meta])* async fn $name:ident($backing:ident) $body:block) => {
         mod $name {
@@ -321,6 +333,15 @@ macro_rules! both_backends {
             $(#[$attr])*
             async fn nats() {
                 if let Some(backing) = crate::harness::Backing::new(crate::harness::Backend::Nats).await {
+                    body(&backing).await
+                }
+            }
+
+            $(#[$attr])*
+            async fn partitioned() {
+                if let Some(backing) =
+                    crate::harness::Backing::new(crate::harness::Backend::Partitioned).await
+                {
                     body(&backing).await
                 }
             }
@@ -608,10 +629,7 @@ impl Engine {
                 (app, None)
             }
             Some(nats) => {
-                // The suite runs on a replica set, or (TEST_CLUSTER_MODE=
-                // partitioned) on a partitioned cluster of one node.
-                let partitioned =
-                    std::env::var("TEST_CLUSTER_MODE").is_ok_and(|m| m == "partitioned");
+                let partitioned = backing.backend == Backend::Partitioned;
                 let cluster = ClusterConfig {
                     urls: nats.urls(),
                     replicas: None,

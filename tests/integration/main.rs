@@ -17,6 +17,7 @@ mod isolation;
 mod languages;
 mod observability;
 mod ordering;
+mod partitioned;
 mod polling;
 mod portal;
 mod sandbox;

@@ -153,6 +153,7 @@ async fn list(
     let mut items = Vec::new();
     let mut more = false;
     let store = &state.app.store;
+    store.require_data(&tenant.id)?;
     // A portal link reads only its endpoints' indexes: one, or all of them.
     let endpoints: Option<Vec<String>> = match &tenant.portal {
         Some(_) => match &q.subscription_id {
@@ -219,6 +220,7 @@ async fn list(
 }
 
 fn load(state: &ApiState, tenant: &Caller, id: &str) -> Result<Delivery, ApiError> {
+    state.app.store.require_data(&tenant.id)?;
     let d = state
         .app
         .store

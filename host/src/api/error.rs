@@ -137,6 +137,17 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if let crate::store::StoreError::NotOwner(p) = e {
+            // Not a fault: the partition is moving (or the cluster starting).
+            tracing::debug!(partition = p, "a request for a partition not held here");
+            return ApiError::Unavailable {
+                code: "partition_moving",
+                message: format!(
+                    "partition {p} of the data is moving between nodes; nothing was stored, retry in a second"
+                ),
+                retry_after_secs: 1,
+            };
+        }
         if e.is_unavailable() {
             error!(error = %e, "storage fault");
             ApiError::Unavailable {

@@ -282,7 +282,9 @@ async fn answer(router: Option<&Router>, payload: &[u8]) -> Vec<u8> {
             retry_after_secs: 1,
         }
         .into_response(),
-        (_, Err(e)) => ApiError::bad("forwarded", format!("a forwarded request: {e}")).into_response(),
+        (_, Err(e)) => {
+            ApiError::bad("forwarded", format!("a forwarded request: {e}")).into_response()
+        }
     };
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX)

@@ -246,6 +246,9 @@ async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) ->
             "partitions_leased": o.count(),
             "partitions_owned": o.owned(),
             "partitions": o.partitions(),
+            "mode": if state.app.store.data_partitions().is_some() { "partitioned" } else { "replicas" },
+            // Partitioned: the partitions whose data this node holds now.
+            "data_partitions": state.app.store.open_partitions(),
         })
     });
     match state.app.store.check().await {

@@ -184,6 +184,12 @@ async fn run(app: App, policy: Arc<BrokerPolicy>, source: Source, feed: NatsFeed
             info!(source_id = %source.id, "NATS feed stopped: its source is deleted");
             return;
         }
+        if !app.store.has_data_of(&source.tenant_id) {
+            // A partitioned cluster: the node holding the tenant's
+            // partition consumes the feed; look again soon (it may move).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         match policy.check(&feed.url).await {
             Ok(target) => match consume(&app, &source, &feed, &target.connect_url).await {
                 Ok(()) => backoff = Duration::from_millis(200),
@@ -295,6 +301,11 @@ async fn consume(
     let mut messages = consumer.messages().await?;
     while let Some(message) = messages.next().await {
         let message = message?;
+        if !app.store.has_data_of(&source.tenant_id) {
+            // The tenant's partition moved away: its new holder consumes.
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return Ok(());
+        }
         if gone(app, source) {
             // Deleted (on any node, or with its tenant): leave the message
             // to the broker and stop.

@@ -102,6 +102,7 @@ impl Store {
     }
 
     pub fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.require_data(tenant_id)?;
         let key = scoped(tenant_id, id);
         self.events.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
@@ -207,6 +208,7 @@ impl Store {
         wanted: impl Fn(&StoredEvent) -> bool,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.require_data(tenant_id)?;
         let prefix = tenant_prefix(tenant_id);
         let start = [&prefix[..], &millis(since).to_be_bytes()].concat();
         // Past every key of the tenant: its `\0` raised to `\x01`.
@@ -255,6 +257,7 @@ impl Store {
         limit: usize,
         budget: usize,
     ) -> Result<EventPage, StoreError> {
+        self.require_data(tenant_id)?;
         let prefix = tenant_prefix(tenant_id);
         let end = match before.and_then(|c| c.split_once('.')) {
             Some((ms, id)) => {

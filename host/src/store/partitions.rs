@@ -120,12 +120,7 @@ impl Partitions {
     }
 
     pub(super) fn add_hook(&self, hook: SharedHook) {
-        for log in self
-            .logs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for log in self.logs.read().unwrap_or_else(|e| e.into_inner()).values() {
             let hook = hook.clone();
             log.view().on_applied(Box::new(move |b| hook(b)));
         }
@@ -182,9 +177,27 @@ impl Store {
         }
     }
 
+    /// Before a read of a tenant's data: a partitioned node that does not
+    /// hold the tenant's partition answers 503 (the partition is moving, or
+    /// the cluster is starting), never "not found".
+    pub fn require_data(&self, tenant_id: &str) -> Result<(), StoreError> {
+        match self.partitions() {
+            Some(parts) => {
+                let p = partition_of_tenant(tenant_id, parts.count);
+                match parts.log(p) {
+                    Some(_) => Ok(()),
+                    None => Err(StoreError::NotOwner(p)),
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The partitions whose data this node holds now.
     pub fn open_partitions(&self) -> Vec<u32> {
-        self.partitions().map(Partitions::opened).unwrap_or_default()
+        self.partitions()
+            .map(Partitions::opened)
+            .unwrap_or_default()
     }
 
     /// The log a write of `tenant`'s data goes to: the partition's, which
@@ -212,12 +225,7 @@ impl Store {
         let view = View::open_channel(parts.db.clone(), Channel::partition(p))?
             .with_scratch(&parts.scratch)
             .with_local_trees(PARTITIONED_LOCAL_TREES);
-        for hook in parts
-            .hooks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for hook in parts.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let hook = hook.clone();
             view.on_applied(Box::new(move |b| hook(b)));
         }
@@ -287,7 +295,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::Commit(e.to_string()))??;
         log.view().forget_applied()?;
-        tracing::info!(partition = p, records = dropped, "a given-up partition's data dropped");
+        tracing::info!(
+            partition = p,
+            records = dropped,
+            "a given-up partition's data dropped"
+        );
         Ok(dropped)
     }
 

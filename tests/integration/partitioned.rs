@@ -1,0 +1,348 @@
+//! A partitioned cluster (`cluster.mode = "partitioned"`, issue 25): real
+//! `wasmhook` nodes on a real 3-server NATS cluster. Each tenant's data is
+//! stored and worked only by the node leasing its partition; every node
+//! answers every route (forwarding to the holder); a partition moves with
+//! its data when a node joins or dies.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasmhook::cluster::testing::NatsCluster;
+use wasmhook::store::partitions::partition_of_tenant;
+
+use crate::harness::*;
+
+const PARTITIONS: u32 = 8;
+
+fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
+    Server::start_with(
+        dir,
+        &["--nats", &cluster.urls_arg()],
+        &[
+            ("WASMHOOK_CLUSTER_MODE", "partitioned"),
+            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+            ("WASMHOOK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
+            ("WASMHOOK_CLUSTER_NODE_ID", name),
+        ],
+    )
+}
+
+/// The partitions whose data a node holds (its `/healthz`).
+async fn data_partitions(node: &Server) -> Vec<u32> {
+    let (_, health) = node.call("GET", "/healthz", "", None).await;
+    assert_eq!(health["cluster"]["mode"], "partitioned", "{health}");
+    health["cluster"]["data_partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{health}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Waits until the nodes hold every partition's data between them, each
+/// partition on one node only; returns who holds what.
+async fn wait_for_partitions(nodes: &[&Server]) -> Vec<Vec<u32>> {
+    let deadline = Instant::now() + PATIENCE * 2;
+    loop {
+        let mut held = Vec::new();
+        for n in nodes {
+            held.push(data_partitions(n).await);
+        }
+        let all: Vec<u32> = held.iter().flatten().copied().collect();
+        let distinct: HashSet<u32> = all.iter().copied().collect();
+        if all.len() == PARTITIONS as usize
+            && distinct.len() == all.len()
+            && held.iter().all(|h| !h.is_empty())
+        {
+            return held;
+        }
+        assert!(Instant::now() < deadline, "partitions not shared: {held:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn delivery_ids(node: &Server, key: &str, id: &str) -> Vec<String> {
+    let (status, stored) = node
+        .call("GET", &format!("/v1/events/{id}"), key, None)
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    stored["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{stored}"))
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Sends `event` as a platform would: to a live node, again to another on
+/// a connection fault or a 503 (a partition moving), until one answers
+/// 202. Returns its delivery ids.
+async fn send_until_accepted(nodes: &[&Server], key: &str, event: &Value) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for attempt in 0.. {
+        let node = nodes[attempt % nodes.len()];
+        match node
+            .try_call("POST", "/v1/events", key, Some(event.clone()))
+            .await
+        {
+            Ok((202, _)) => {
+                let id = event["id"].as_str().unwrap();
+                for again in 0.. {
+                    match node
+                        .try_call("GET", &format!("/v1/events/{id}"), key, None)
+                        .await
+                    {
+                        Ok((200, _)) => return delivery_ids(node, key, id).await,
+                        _ if again < 100 => tokio::time::sleep(Duration::from_millis(200)).await,
+                        other => panic!("{id}: {other:?}"),
+                    }
+                }
+            }
+            Ok((503, _)) | Err(_) => {}
+            Ok((status, body)) => panic!("{status}: {body}"),
+        }
+        assert!(Instant::now() < deadline, "{event} never accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!()
+}
+
+/// One event per tenant, each sent to the live nodes from a different
+/// first one, all at once: their delivery ids by event id.
+async fn send_round(
+    tenants: &[(String, String)],
+    round: usize,
+    alive: &[&Server],
+) -> Vec<(String, Vec<String>)> {
+    let sends = tenants.iter().enumerate().map(|(t, (_, key))| {
+        let id = format!("evt_{round}_{t}");
+        let event = message_event(&id);
+        let mut nodes = alive.to_vec();
+        nodes.rotate_left(t % alive.len());
+        async move {
+            let ids = send_until_accepted(&nodes, key, &event).await;
+            (id, ids)
+        }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+/// The tenants whose events a node's data directory holds (read after the
+/// node is gone, straight from its sled database).
+fn tenants_on_disk(dir: &std::path::Path) -> HashMap<String, usize> {
+    let db = sled::open(dir).unwrap();
+    let mut tenants: HashMap<String, usize> = HashMap::new();
+    for key in db.open_tree("events").unwrap().iter().keys() {
+        let key = key.unwrap();
+        let tenant = key.split(|b| *b == 0).next().unwrap();
+        *tenants
+            .entry(String::from_utf8_lossy(tenant).into_owned())
+            .or_default() += 1;
+    }
+    tenants
+}
+
+/// Three nodes share the partitions; events for six tenants go to every
+/// node (the same event twice to two nodes for some): each is routed once,
+/// every node answers the same for it, every delivery arrives once, and a
+/// tenant's events are stored on its partition's node only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = [
+        node(&cluster, dirs[0].path(), "p0"),
+        node(&cluster, dirs[1].path(), "p1"),
+        node(&cluster, dirs[2].path(), "p2"),
+    ];
+    let receiver = Receiver::ok().await;
+    let mut tenants = Vec::new();
+    for t in 0..6 {
+        let (id, key) = nodes[t % 3].tenant(&format!("t{t}")).await;
+        for s in 0..2 {
+            nodes[(t + s) % 3]
+                .subscribe(
+                    &key,
+                    json!({"url": format!("{}/{t}/{s}", receiver.url()), "event_types": ["message.*"]}),
+                )
+                .await;
+        }
+        tenants.push((id, key));
+    }
+    let held = wait_for_partitions(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for (t, (_, key)) in tenants.iter().enumerate() {
+        for e in 0..6 {
+            let id = format!("evt_{t}_{e}");
+            let (status, body) = nodes[e % 3]
+                .call("POST", "/v1/events", key, Some(message_event(&id)))
+                .await;
+            assert_eq!(status, 202, "{body}");
+            if e == 0 {
+                // The same event through another node: routed once.
+                let (status, again) = nodes[1]
+                    .call("POST", "/v1/events", key, Some(message_event(&id)))
+                    .await;
+                assert_eq!(status, 202, "{again}");
+                assert_eq!(again["duplicate"], true, "{again}");
+            }
+            let ids = delivery_ids(&nodes[0], key, &id).await;
+            assert_eq!(ids.len(), 2, "{id}");
+            for n in &nodes[1..] {
+                assert_eq!(delivery_ids(n, key, &id).await, ids, "{id} from every node");
+            }
+            expected.insert(id, ids);
+        }
+        // A listing and a delivery read answer the same from every node.
+        let (status, first) = nodes[0].call("GET", "/v1/deliveries", key, None).await;
+        assert_eq!(status, 200, "{first}");
+        for n in &nodes[1..] {
+            let (_, listed) = n.call("GET", "/v1/deliveries", key, None).await;
+            let ids = |v: &Value| {
+                v["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&listed), ids(&first));
+        }
+    }
+    let got = receiver.wait_for_ids(72, PATIENCE * 2).await;
+    let want: HashSet<&String> = expected.values().flatten().collect();
+    assert_eq!(got.len(), 72);
+    assert!(got.keys().all(|id| want.contains(id)));
+    assert!(
+        got.values().all(|n| *n == 1),
+        "no delivery sent twice: {got:?}"
+    );
+
+    // Another tenant's key reaches nothing of the first through any node.
+    let (_, first_event) = nodes[2]
+        .call("GET", "/v1/events/evt_0_0", &tenants[1].1, None)
+        .await;
+    assert!(first_event["error"].is_object(), "{first_event}");
+
+    // On disk: each tenant's events on its partition's node only.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in nodes {
+        n.kill9();
+    }
+    for (i, dir) in dirs.iter().enumerate() {
+        let on_disk = tenants_on_disk(dir.path());
+        for (tenant, _) in &tenants {
+            let p = partition_of_tenant(tenant, PARTITIONS);
+            let here = on_disk.get(tenant).copied().unwrap_or(0);
+            if held[i].contains(&p) {
+                assert_eq!(here, 6, "node {i} holds {tenant}'s partition {p}");
+            } else {
+                assert_eq!(
+                    here, 0,
+                    "node {i} stores {tenant}'s events without its partition {p}"
+                );
+            }
+        }
+    }
+}
+
+/// Under load, a third node joins (partitions move to it: it rebuilds them
+/// from their logs and the old holders drop them), then a node is killed
+/// with SIGKILL (its partitions move to the others), then a NATS server:
+/// every accepted event reaches each subscription under the delivery ids
+/// its acceptance answered, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_move_with_their_data_when_a_node_joins_and_when_one_is_killed() {
+    let Some(mut cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n0 = node(&cluster, dirs[0].path(), "m0");
+    let n1 = node(&cluster, dirs[1].path(), "m1");
+    let receiver = Receiver::ok().await;
+    // Enough tenants that the joining node gets some of them.
+    let mut tenants = Vec::new();
+    for t in 0..16 {
+        let (id, key) = n0.tenant(&format!("t{t}")).await;
+        n1.subscribe(
+            &key,
+            json!({"url": format!("{}/{t}", receiver.url()), "event_types": ["message.*"]}),
+        )
+        .await;
+        tenants.push((id, key));
+    }
+    wait_for_partitions(&[&n0, &n1]).await;
+
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for round in 0..3 {
+        for (id, ids) in send_round(&tenants, round, &[&n0, &n1]).await {
+            expected.insert(id, ids);
+        }
+    }
+
+    // A node joins: it takes its share, reading those partitions' logs.
+    let n2 = node(&cluster, dirs[2].path(), "m2");
+    for round in 3..6 {
+        for (id, ids) in send_round(&tenants, round, &[&n0, &n1, &n2]).await {
+            expected.insert(id, ids);
+        }
+    }
+    let held = wait_for_partitions(&[&n0, &n1, &n2]).await;
+    let moved: Vec<&(String, String)> = tenants
+        .iter()
+        .filter(|(id, _)| held[2].contains(&partition_of_tenant(id, PARTITIONS)))
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "the new node holds some tenant: {held:?}"
+    );
+    for (id, key) in &moved {
+        // Events accepted before it joined, served from its own rebuilt view.
+        let t = tenants.iter().position(|(t, _)| t == id).unwrap();
+        let event = format!("evt_0_{t}");
+        let (status, stored) = n2
+            .call("GET", &format!("/v1/events/{event}"), key, None)
+            .await;
+        assert_eq!(status, 200, "{stored}");
+        assert_eq!(
+            delivery_ids(&n2, key, &event).await,
+            expected[&event],
+            "the same deliveries after the move"
+        );
+    }
+
+    // A node dies under load: its partitions go to the others.
+    let mut n1 = Some(n1);
+    for round in 6..15 {
+        if round == 8 {
+            n1.take().unwrap().kill9();
+        }
+        if round == 11 {
+            cluster.kill(2);
+        }
+        let alive = match &n1 {
+            Some(n1) => vec![&n0, n1, &n2],
+            None => vec![&n0, &n2],
+        };
+        for (id, ids) in send_round(&tenants, round, &alive).await {
+            expected.insert(id, ids);
+        }
+    }
+    assert_eq!(expected.len(), 15 * 16);
+    let got = receiver.wait_for_ids(15 * 16, PATIENCE * 5).await;
+    let want: HashSet<&String> = expected.values().flatten().collect();
+    assert_eq!(got.len(), 15 * 16, "one delivery id per event");
+    assert!(
+        got.keys().all(|id| want.contains(id)),
+        "every delivery id received is one an acceptance answered"
+    );
+    for r in receiver.received() {
+        let event = r.json()["id"].as_str().unwrap().to_string();
+        assert!(expected[&event].contains(&r.header("webhook-id")));
+    }
+    wait_for_partitions(&[&n0, &n2]).await;
+}
