@@ -259,6 +259,10 @@ pub async fn serve(
         let on = Arc::new(LeaseChanges {
             queue: app.queue.clone(),
             forwarding: forwarding.clone(),
+            keep_released: config
+                .cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.leases.lease * 2),
         });
         tokio::spawn(leases.run(on, wait_for(leases_stop.clone())))
     });
@@ -504,9 +508,17 @@ async fn open_cluster_store(
 pub struct LeaseChanges {
     pub queue: Queue,
     pub forwarding: api::forward::Forwarding,
+    /// How long a given-up partition's data is kept: taken back within it
+    /// (a NATS blip cost the lease), it is read on from where it stopped
+    /// instead of from the start.
+    pub keep_released: std::time::Duration,
 }
 
 impl OnChange for LeaseChanges {
+    fn prepares(&self) -> bool {
+        self.queue.store().data_partitions().is_some()
+    }
+
     fn prepare(&self, partition: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let store = self.queue.store();
@@ -544,7 +556,9 @@ impl OnChange for LeaseChanges {
         let store = self.queue.store().clone();
         if store.data_partitions().is_some() {
             store.release_partition(partition);
+            let keep = self.keep_released;
             tokio::spawn(async move {
+                tokio::time::sleep(keep).await;
                 if let Err(e) = store.drop_released(partition).await {
                     warn!(partition, error = %e, "dropping a given-up partition's data");
                 }
@@ -607,6 +621,17 @@ async fn compact_loop(app: App, every: Duration, shutdown: impl Future<Output = 
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        // Partitioned: each node compacts the partitions it holds.
+        for (partition, compacted) in app.store.compact_partitions().await {
+            match compacted {
+                Ok((seq, purged_below)) => {
+                    info!(partition, seq, purged_below, "partition snapshot stored")
+                }
+                Err(e) => {
+                    warn!(partition, error = %e, "partition compaction failed; retried at the next interval")
+                }
+            }
         }
         if !app.leads() {
             continue;

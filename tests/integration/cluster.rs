@@ -16,6 +16,20 @@ fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
     node_with_lease(cluster, dir, name, 3)
 }
 
+/// A node of a cluster in `mode` ("replicas" or "partitioned").
+fn node_in(cluster: &NatsCluster, dir: &std::path::Path, name: &str, mode: &str) -> Server {
+    Server::start_with(
+        dir,
+        &["--nats", &cluster.urls_arg()],
+        &[
+            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
+            ("WASMHOOK_CLUSTER_NODE_ID", name),
+            ("WASMHOOK_CLUSTER_MODE", mode),
+        ],
+    )
+}
+
 fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lease: u64) -> Server {
     Server::start_with(
         dir,
@@ -650,6 +664,18 @@ async fn a_node_joining_after_compaction_loads_the_snapshot() {
 /// the same secret, and a second move into the now full cluster is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
+    moves_into_a_cluster("replicas").await;
+}
+
+/// The same move into a partitioned cluster: each record goes to the log
+/// of its tenant's partition, and the node that takes the partition reads
+/// it from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_moves_into_a_partitioned_cluster_with_its_pending_deliveries() {
+    moves_into_a_cluster("partitioned").await;
+}
+
+async fn moves_into_a_cluster(mode: &str) {
     let Some(cluster) = NatsCluster::start(3).await else {
         return;
     };
@@ -708,6 +734,8 @@ async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
             .arg(data.path())
             .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
+            .env("WASMHOOK_CLUSTER_MODE", mode)
+            .env("WASMHOOK_CLUSTER_PARTITIONS", "8")
             .env("RUST_LOG", "warn")
             .output()
             .unwrap()
@@ -733,7 +761,8 @@ async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
     // A node of the cluster, on a fresh data directory and its own
     // configuration only.
     let node_dir = tempfile::tempdir().unwrap();
-    let n0 = node(&cluster, node_dir.path(), "m0");
+    let n0 = node_in(&cluster, node_dir.path(), "m0", mode);
+    wait_for_leases(&[&n0]).await;
     // Still due at its time, with its attempt: the node sends it then
     // (15 s after the first attempt; the move takes less).
     let path = format!("/v1/deliveries/{delivery_id}");

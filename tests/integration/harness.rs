@@ -657,6 +657,7 @@ impl Engine {
                 let changes = Arc::new(wasmhook::server::LeaseChanges {
                     queue: app.queue.clone(),
                     forwarding: Default::default(),
+                    keep_released: Duration::from_secs(2 * TEST_LEASE_SECS),
                 });
                 leases.round(changes.as_ref()).await.unwrap();
                 assert_eq!(

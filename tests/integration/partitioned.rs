@@ -62,11 +62,23 @@ async fn wait_for_partitions(nodes: &[&Server]) -> Vec<Vec<u32>> {
     }
 }
 
+/// An event's delivery ids, read through `node` (again while its
+/// partition is moving: a 503).
 async fn delivery_ids(node: &Server, key: &str, id: &str) -> Vec<String> {
-    let (status, stored) = node
-        .call("GET", &format!("/v1/events/{id}"), key, None)
-        .await;
-    assert_eq!(status, 200, "{stored}");
+    let deadline = Instant::now() + PATIENCE * 2;
+    let stored = loop {
+        let (status, stored) = node
+            .call("GET", &format!("/v1/events/{id}"), key, None)
+            .await;
+        if status == 200 {
+            break stored;
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status}: {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     stored["deliveries"]
         .as_array()
         .unwrap_or_else(|| panic!("{stored}"))
@@ -88,16 +100,7 @@ async fn send_until_accepted(nodes: &[&Server], key: &str, event: &Value) -> Vec
         {
             Ok((202, _)) => {
                 let id = event["id"].as_str().unwrap();
-                for again in 0.. {
-                    match node
-                        .try_call("GET", &format!("/v1/events/{id}"), key, None)
-                        .await
-                    {
-                        Ok((200, _)) => return delivery_ids(node, key, id).await,
-                        _ if again < 100 => tokio::time::sleep(Duration::from_millis(200)).await,
-                        other => panic!("{id}: {other:?}"),
-                    }
-                }
+                return delivery_ids(node, key, id).await;
             }
             Ok((503, _)) | Err(_) => {}
             Ok((status, body)) => panic!("{status}: {body}"),
@@ -304,10 +307,6 @@ async fn partitions_move_with_their_data_when_a_node_joins_and_when_one_is_kille
         // Events accepted before it joined, served from its own rebuilt view.
         let t = tenants.iter().position(|(t, _)| t == id).unwrap();
         let event = format!("evt_0_{t}");
-        let (status, stored) = n2
-            .call("GET", &format!("/v1/events/{event}"), key, None)
-            .await;
-        assert_eq!(status, 200, "{stored}");
         assert_eq!(
             delivery_ids(&n2, key, &event).await,
             expected[&event],

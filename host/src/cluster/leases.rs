@@ -128,6 +128,12 @@ pub trait OnChange: Send + Sync {
     fn prepare(&self, _partition: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+    /// Whether [`OnChange::prepare`] does anything: then it runs beside the
+    /// rounds (reading a partition may take longer than a lease), and the
+    /// partition counts once it is done.
+    fn prepares(&self) -> bool {
+        false
+    }
     fn gained(&self, partition: u32);
     fn lost(&self, partition: u32);
 }
@@ -184,8 +190,17 @@ pub struct Leases {
     node: String,
     settings: LeaseSettings,
     ownership: Ownership,
-    /// Revision of each lease held.
+    /// Revision of each lease held (being prepared or not).
     held: BTreeMap<u32, u64>,
+    /// Leased, their preparation running: not this node's work yet.
+    preparing: HashSet<u32>,
+    /// Preparations that finished, with their outcome.
+    prepared: (
+        tokio::sync::mpsc::UnboundedSender<(u32, Result<(), String>)>,
+        tokio::sync::mpsc::UnboundedReceiver<(u32, Result<(), String>)>,
+    ),
+    /// Set by [`Leases::run`]: what preparations are spawned with.
+    spawner: Option<Arc<dyn OnChange>>,
 }
 
 fn partition_key(p: u32) -> String {
@@ -204,6 +219,9 @@ impl Leases {
                 owned: Arc::default(),
             },
             held: BTreeMap::new(),
+            preparing: HashSet::new(),
+            prepared: tokio::sync::mpsc::unbounded_channel(),
+            spawner: None,
         }
     }
 
@@ -216,17 +234,47 @@ impl Leases {
     /// at their next round rather than after the lease time.
     pub async fn run(mut self, on: Arc<dyn OnChange>, stop: impl std::future::Future<Output = ()>) {
         let every = self.settings.lease / 3;
+        self.spawner = Some(on.clone());
         tokio::pin!(stop);
-        loop {
+        'rounds: loop {
             if let Err(e) = self.round(on.as_ref()).await {
                 tracing::warn!(error = %e, "renewing partition leases");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = &mut stop => break,
+            let next = tokio::time::Instant::now() + every;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = &mut stop => break 'rounds,
+                    Some((p, result)) = self.prepared.1.recv() => self.finish(p, result, on.as_ref()).await,
+                }
             }
         }
         self.release(on.as_ref()).await;
+    }
+
+    /// A preparation finished: the partition is this node's now, or (it
+    /// failed) its lease is given back; if the lease went meanwhile, what
+    /// was prepared is let go.
+    async fn finish(&mut self, p: u32, result: Result<(), String>, on: &dyn OnChange) {
+        if !self.preparing.remove(&p) {
+            return;
+        }
+        match (self.held.get(&p).copied(), result) {
+            (Some(_), Ok(())) => {
+                self.set_owned(p, true);
+                on.gained(p);
+            }
+            (Some(revision), Err(e)) => {
+                tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
+                self.held.remove(&p);
+                on.lost(p);
+                let _ = self
+                    .kv
+                    .delete_expect_revision(partition_key(p), Some(revision))
+                    .await;
+            }
+            (None, _) => on.lost(p),
+        }
     }
 
     /// Gives back every lease held (each only if still this node's: the
@@ -270,6 +318,37 @@ impl Leases {
             self.set_owned(p, false);
             on.lost(p);
         }
+    }
+
+    /// Starts taking partition `p`, just leased: at once when there is
+    /// nothing to prepare, else its preparation beside the rounds (or,
+    /// without [`Leases::run`], here). False: given back.
+    async fn take(&mut self, p: u32, revision: u64, on: &dyn OnChange) -> bool {
+        self.held.insert(p, revision);
+        if on.prepares() {
+            if let Some(spawner) = self.spawner.clone() {
+                self.preparing.insert(p);
+                let done = self.prepared.0.clone();
+                tokio::spawn(async move {
+                    let result = spawner.prepare(p).await;
+                    let _ = done.send((p, result));
+                });
+                return true;
+            }
+            if let Err(e) = on.prepare(p).await {
+                tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
+                self.held.remove(&p);
+                on.lost(p);
+                let _ = self
+                    .kv
+                    .delete_expect_revision(partition_key(p), Some(revision))
+                    .await;
+                return false;
+            }
+        }
+        self.set_owned(p, true);
+        on.gained(p);
+        true
     }
 
     /// One round: heartbeat, renew, then give back or take partitions
@@ -345,17 +424,7 @@ impl Leases {
                 .create(partition_key(p), self.node.clone().into())
                 .await
             {
-                if let Err(e) = on.prepare(p).await {
-                    tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
-                    let _ = self
-                        .kv
-                        .delete_expect_revision(partition_key(p), Some(revision))
-                        .await;
-                    continue;
-                }
-                self.held.insert(p, revision);
-                self.set_owned(p, true);
-                on.gained(p);
+                self.take(p, revision, on).await;
             }
         }
         Ok(())

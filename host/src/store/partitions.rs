@@ -220,11 +220,37 @@ impl Store {
         if parts.log(p).is_some() {
             return Ok(());
         }
-        // Given up a moment ago: its old records go before it is read anew.
-        self.drop_released_now(p).await?;
+        // Given up a moment ago and not dropped yet: read on from where its
+        // view stopped (the log has everything written since).
+        parts
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        let index = DataIndex {
+            outbox: self.outbox.clone(),
+            deliveries: self.deliveries.clone(),
+            windows: self.windows.clone(),
+        };
+        let count = parts.count;
+        let member = Arc::new(move |tree: &str, key: &[u8], value: &[u8]| {
+            let write = Write {
+                tree: tree.to_string(),
+                key: key.to_vec(),
+                value: Some(value.to_vec()),
+            };
+            // A record whose tenant cannot be told (a held item of a window
+            // gone) is no one's: every holder drops it.
+            index
+                .tenant_of(&write)
+                .ok()
+                .flatten()
+                .is_none_or(|t| partition_of_tenant(&t, count) == p)
+        });
         let view = View::open_channel(parts.db.clone(), Channel::partition(p))?
             .with_scratch(&parts.scratch)
-            .with_local_trees(PARTITIONED_LOCAL_TREES);
+            .with_local_trees(PARTITIONED_LOCAL_TREES)
+            .with_scope(DATA_TREES, member);
         for hook in parts.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let hook = hook.clone();
             view.on_applied(Box::new(move |b| hook(b)));
@@ -245,6 +271,24 @@ impl Store {
         Ok(())
     }
 
+    /// Compaction of the partitions this node holds: each one's view
+    /// snapshotted and its log purged below the previous snapshot (see
+    /// [`Log::compact`]). Per partition: the snapshot's sequence and where
+    /// its log starts now, if it was purged.
+    pub async fn compact_partitions(&self) -> Vec<(u32, Result<(u64, Option<u64>), StoreError>)> {
+        let Some(parts) = self.partitions() else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        for p in parts.opened() {
+            let Some(log) = parts.log(p) else {
+                continue;
+            };
+            done.push((p, log.compact().await.map_err(StoreError::from)));
+        }
+        done
+    }
+
     /// Gives partition `p` up at once: its writes are refused from now
     /// on (503: the client retries, reaching the new holder) and its view
     /// applies nothing more. Its data is dropped by [`Store::drop_released`]
@@ -259,7 +303,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&p);
         if let Some(log) = released {
-            log.view().close();
+            log.stop();
             parts
                 .released
                 .lock()
@@ -268,19 +312,14 @@ impl Store {
         }
     }
 
-    /// Drops the data of partition `p`, given up (its next holder rebuilds
-    /// it from the partition's log): how many records.
+    /// Drops the data of partition `p`, given up and not taken back since
+    /// (its next holder rebuilds it from the partition's log): how many
+    /// records.
     pub async fn drop_released(&self, p: u32) -> Result<usize, StoreError> {
         let Some(parts) = self.partitions() else {
             return Ok(0);
         };
         let _turn = parts.turns.lock().await;
-        self.drop_released_now(p).await
-    }
-
-    /// [`Store::drop_released`], under the partition's turn.
-    async fn drop_released_now(&self, p: u32) -> Result<usize, StoreError> {
-        let parts = self.partitions().expect("partitioned");
         let released = parts
             .released
             .lock()
@@ -289,12 +328,9 @@ impl Store {
         let Some(log) = released else {
             return Ok(0);
         };
-        let store = self.clone();
-        let count = parts.count;
-        let dropped = tokio::task::spawn_blocking(move || store.drop_partition_data(p, count))
+        let dropped = tokio::task::spawn_blocking(move || log.view().drop_all())
             .await
             .map_err(|e| StoreError::Commit(e.to_string()))??;
-        log.view().forget_applied()?;
         tracing::info!(
             partition = p,
             records = dropped,
@@ -303,37 +339,59 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Removes every data record of partition `p` from this node's trees
-    /// (local writes: the partition's log is not followed any more).
-    fn drop_partition_data(&self, p: u32, count: u32) -> Result<usize, StoreError> {
-        let mut dropped = 0;
-        for name in DATA_TREES {
-            let tree = self.db.open_tree(name)?;
-            let mut batch = sled::Batch::default();
-            for kv in tree.iter() {
-                let (key, value) = kv?;
-                let write = Write {
-                    tree: (*name).to_string(),
-                    key: key.to_vec(),
-                    value: Some(value.to_vec()),
-                };
-                let tenant = self.tenant_of_write(&write)?;
-                if tenant.is_none_or(|t| partition_of_tenant(&t, count) == p) {
-                    batch.remove(key);
-                    dropped += 1;
-                }
-            }
-            tree.apply_batch(batch)?;
+    /// The tenant a write of the data belongs to (see [`DataIndex::tenant_of`]).
+    pub(super) fn tenant_of_write(&self, w: &Write) -> Result<Option<String>, StoreError> {
+        DataIndex {
+            outbox: self.outbox.clone(),
+            deliveries: self.deliveries.clone(),
+            windows: self.windows.clone(),
         }
-        self.db.flush()?;
-        Ok(dropped)
+        .tenant_of(w)
     }
+    /// Partitioned: `writes` of data grouped by the partition each belongs
+    /// to (`hint`: the tenant of those that cannot be told).
+    pub(super) fn group_by_partition(
+        &self,
+        writes: Vec<Write>,
+        hint: Option<&str>,
+    ) -> Result<BTreeMap<u32, Vec<Write>>, StoreError> {
+        let count = self.partitions().expect("partitioned").count;
+        let mut grouped: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
+        for w in writes {
+            let tenant = match self.tenant_of_write(&w)? {
+                Some(t) => t,
+                None => match hint {
+                    Some(t) => t.to_string(),
+                    None => {
+                        return Err(StoreError::Commit(format!(
+                            "a write of {} without a tenant in a partitioned cluster",
+                            w.tree
+                        )));
+                    }
+                },
+            };
+            grouped
+                .entry(partition_of_tenant(&tenant, count))
+                .or_default()
+                .push(w);
+        }
+        Ok(grouped)
+    }
+}
 
+/// The trees that tell a data record's tenant when its key does not.
+struct DataIndex {
+    outbox: Tree,
+    deliveries: Tree,
+    windows: Tree,
+}
+
+impl DataIndex {
     /// The tenant a write of the data belongs to, from its key (most trees
     /// start with the tenant), its value, or what the key holds now (a
-    /// removal). None: it cannot be told (a record of a subscription whose
-    /// window is gone).
-    pub(super) fn tenant_of_write(&self, w: &Write) -> Result<Option<String>, StoreError> {
+    /// removal). None: it cannot be told (a held item whose window is
+    /// gone).
+    fn tenant_of(&self, w: &Write) -> Result<Option<String>, StoreError> {
         let first = |bytes: &[u8]| {
             bytes
                 .split(|b| *b == 0)
@@ -372,35 +430,5 @@ impl Store {
             }
             _ => None,
         })
-    }
-
-    /// Partitioned: `writes` of data grouped by the partition each belongs
-    /// to (`hint`: the tenant of those that cannot be told).
-    pub(super) fn group_by_partition(
-        &self,
-        writes: Vec<Write>,
-        hint: Option<&str>,
-    ) -> Result<BTreeMap<u32, Vec<Write>>, StoreError> {
-        let count = self.partitions().expect("partitioned").count;
-        let mut grouped: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
-        for w in writes {
-            let tenant = match self.tenant_of_write(&w)? {
-                Some(t) => t,
-                None => match hint {
-                    Some(t) => t.to_string(),
-                    None => {
-                        return Err(StoreError::Commit(format!(
-                            "a write of {} without a tenant in a partitioned cluster",
-                            w.tree
-                        )));
-                    }
-                },
-            };
-            grouped
-                .entry(partition_of_tenant(&tenant, count))
-                .or_default()
-                .push(w);
-        }
-        Ok(grouped)
     }
 }

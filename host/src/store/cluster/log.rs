@@ -194,6 +194,9 @@ pub struct View {
     /// Held while a group is applied; true once the view is closed (a
     /// partition given up): nothing is applied after.
     closed: Mutex<bool>,
+    /// A partition's view: which records of the shared database are its
+    /// own (what its snapshots hold and loading one replaces).
+    scope: Option<super::snapshot::Scope>,
 }
 
 impl View {
@@ -213,11 +216,27 @@ impl View {
             local: &["__sled__default"],
             channel,
             closed: Mutex::new(false),
+            scope: None,
         })
     }
 
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// A view of part of the database (a partition's records): `member`
+    /// tells its keys of `trees`.
+    pub fn with_scope(
+        mut self,
+        trees: &'static [&'static str],
+        member: Arc<dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync>,
+    ) -> Self {
+        self.scope = Some(super::snapshot::Scope {
+            trees,
+            member,
+            parts: self.channel.parts.clone(),
+        });
+        self
     }
 
     /// Stops applying: waits for a group being applied, after which no
@@ -226,14 +245,17 @@ impl View {
         *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
-    /// Forgets where this view stopped (a partition given up: its records
-    /// were dropped, and a later owner replays its log from the start).
-    pub fn forget_applied(&self) -> Result<(), ClusterError> {
+    /// Drops what this view holds and where it stopped (a partition given
+    /// up: a later holder reads it anew from its snapshot and log): how
+    /// many records. Only for a scoped view.
+    pub fn drop_all(&self) -> Result<usize, ClusterError> {
+        let Some(scope) = &self.scope else {
+            return Ok(0);
+        };
+        let removed = super::snapshot::clear_scope(&self.db, scope)?;
         self.log.remove(&self.channel.applied)?;
-        for key in self.log.scan_prefix(&self.channel.parts).keys() {
-            self.log.remove(key?)?;
-        }
-        Ok(())
+        self.db.flush()?;
+        Ok(removed)
     }
 
     /// The sled database under this view.
@@ -265,14 +287,20 @@ impl View {
             .prefix("snapshot-")
             .tempfile_in(&self.scratch)
             .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
-        super::snapshot::export(&self.db, self.local, seq, file.path())?;
+        match &self.scope {
+            Some(scope) => super::snapshot::export_scope(&self.db, scope, seq, file.path())?,
+            None => super::snapshot::export(&self.db, self.local, seq, file.path())?,
+        }
         Ok((file, seq))
     }
 
     /// Replaces the view with the snapshot in `from`; returns its sequence,
     /// which becomes the applied one.
     fn restore(&self, from: &std::path::Path) -> Result<u64, ClusterError> {
-        let seq = super::snapshot::import(&self.db, self.local, from)?;
+        let seq = match &self.scope {
+            Some(scope) => super::snapshot::import_scope(&self.db, scope, from)?,
+            None => super::snapshot::import(&self.db, self.local, from)?,
+        };
         self.log.insert(&self.channel.applied, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(seq)
@@ -649,8 +677,8 @@ pub struct Log {
     /// Makes the applier replace its reader: a writer or reader waited
     /// [`KICK_AFTER`] for the view to reach a sequence the stream has.
     kick: Arc<tokio::sync::Notify>,
-    /// The control log's snapshots (a partition's log is not compacted).
-    snapshots: Option<super::snapshot::Snapshots>,
+    /// This log's snapshots.
+    snapshots: super::snapshot::Snapshots,
     /// Asks the applier for a snapshot of the view between two batches.
     snapshot_requests: mpsc::Sender<SnapshotReply>,
     /// Why the applier stopped, once it has (the node cannot serve then).
@@ -679,9 +707,12 @@ impl Log {
         let channel = view.channel().clone();
         let mut stream = ensure_stream(&js, replicas, &channel).await?;
         let snapshots = match channel.partition {
-            None => Some(super::snapshot::Snapshots::open(&js, replicas).await?),
-            Some(_) => None,
+            None => super::snapshot::Snapshots::open(&js, replicas).await?,
+            Some(p) => {
+                super::snapshot::Snapshots::open_named(&js, replicas, &format!("p{p}")).await?
+            }
         };
+
         let first = stream
             .info()
             .await
@@ -689,13 +720,7 @@ impl Log {
             .state
             .first_sequence;
         if view.applied()? + 1 < first {
-            let Some(snapshots) = &snapshots else {
-                return Err(ClusterError::Snapshot(format!(
-                    "the log of partition {:?} starts at {first}, after this node's view",
-                    channel.partition
-                )));
-            };
-            restore(&view, snapshots, first).await?;
+            restore(&view, &snapshots, first).await?;
         }
         let from = view.applied()? + 1;
         // The first reader is made here, so a start-up fault is the
@@ -756,11 +781,7 @@ impl Log {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         let (file, seq) = answer.await.map_err(|_| ClusterError::Stopped)??;
-        let Some(snapshots) = &self.snapshots else {
-            return Err(ClusterError::Snapshot(
-                "a partition's log is not compacted".into(),
-            ));
-        };
+        let snapshots = &self.snapshots;
         let previous = snapshots.latest().await?;
         if previous.is_some_and(|p| p >= seq) {
             return Ok((seq, None));
@@ -781,6 +802,13 @@ impl Log {
             .await
             .map_err(ClusterError::jetstream)?;
         Ok((seq, Some(previous + 1)))
+    }
+
+    /// Stops following the log for good (a partition given up): the
+    /// applier ends, and a batch it was applying is the last one.
+    pub fn stop(&self) {
+        self.applier.abort();
+        self.view.close();
     }
 
     /// The NATS connection the log uses (other cluster traffic shares it).

@@ -75,6 +75,65 @@ pub fn export(db: &sled::Db, local: &[&str], seq: u64, to: &Path) -> Result<(), 
         .map_err(io)
 }
 
+/// Which records of a shared database a view owns (a partition's): the
+/// trees it writes and, in them, the keys that are its own.
+#[derive(Clone)]
+pub struct Scope {
+    pub trees: &'static [&'static str],
+    /// Whether a key (with its value) of one of `trees` is the view's.
+    pub member: std::sync::Arc<dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync>,
+    /// The view's key prefix of stashed parts in the log's tree.
+    pub parts: String,
+}
+
+/// [`export`] of only what `scope` owns.
+pub fn export_scope(db: &sled::Db, scope: &Scope, seq: u64, to: &Path) -> Result<(), ClusterError> {
+    let mut out = BufWriter::new(std::fs::File::create(to).map_err(io)?);
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&seq.to_be_bytes()).map_err(io)?;
+    for name in scope.trees {
+        frame(&mut out, 1, &[name.as_bytes()]).map_err(io)?;
+        for entry in db.open_tree(name)?.iter() {
+            let (k, v) = entry?;
+            if (scope.member)(name, &k, &v) {
+                frame(&mut out, 2, &[&k, &v]).map_err(io)?;
+            }
+        }
+    }
+    frame(&mut out, 1, &[LOG_TREE.as_bytes()]).map_err(io)?;
+    for entry in db.open_tree(LOG_TREE)?.scan_prefix(&scope.parts) {
+        let (k, v) = entry?;
+        frame(&mut out, 2, &[&k, &v]).map_err(io)?;
+    }
+    out.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)
+}
+
+/// Removes what `scope` owns from `db` (before a snapshot of it is loaded,
+/// or when the view is given up): how many records.
+pub fn clear_scope(db: &sled::Db, scope: &Scope) -> Result<usize, ClusterError> {
+    let mut removed = 0;
+    for name in scope.trees {
+        let tree = db.open_tree(name)?;
+        let mut batch = sled::Batch::default();
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            if (scope.member)(name, &k, &v) {
+                batch.remove(k);
+                removed += 1;
+            }
+        }
+        tree.apply_batch(batch)?;
+    }
+    let log = db.open_tree(LOG_TREE)?;
+    for key in log.scan_prefix(&scope.parts).keys() {
+        log.remove(key?)?;
+    }
+    Ok(removed)
+}
+
 /// One frame: its kind, then each part with its length (shared with the
 /// embedded store's backups).
 pub(crate) fn frame(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -98,6 +157,31 @@ fn read_part(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
 /// Replaces the replicated trees of `db` with the snapshot in `from`;
 /// returns its sequence. The caller sets the view's applied sequence.
 pub fn import(db: &sled::Db, local: &[&str], from: &Path) -> Result<u64, ClusterError> {
+    import_with(db, from, || {
+        for name in db.tree_names() {
+            if replicated(&name, local) {
+                db.open_tree(&name)?.clear()?;
+            }
+        }
+        let log = db.open_tree(LOG_TREE)?;
+        for key in log.scan_prefix(PARTS).keys() {
+            log.remove(key?)?;
+        }
+        Ok(())
+    })
+}
+
+/// [`import`] of a snapshot of what `scope` owns: that is removed first,
+/// the rest of the database is left as it is.
+pub fn import_scope(db: &sled::Db, scope: &Scope, from: &Path) -> Result<u64, ClusterError> {
+    import_with(db, from, || clear_scope(db, scope).map(|_| ()))
+}
+
+fn import_with(
+    db: &sled::Db,
+    from: &Path,
+    clear: impl FnOnce() -> Result<(), ClusterError>,
+) -> Result<u64, ClusterError> {
     let mut input = BufReader::new(std::fs::File::open(from).map_err(io)?);
     let mut head = [0u8; 16];
     input.read_exact(&mut head).map_err(io)?;
@@ -107,15 +191,7 @@ pub fn import(db: &sled::Db, local: &[&str], from: &Path) -> Result<u64, Cluster
         ));
     }
     let seq = u64::from_be_bytes(head[8..].try_into().expect("8 bytes"));
-    for name in db.tree_names() {
-        if replicated(&name, local) {
-            db.open_tree(&name)?.clear()?;
-        }
-    }
-    let log = db.open_tree(LOG_TREE)?;
-    for key in log.scan_prefix(PARTS).keys() {
-        log.remove(key?)?;
-    }
+    clear()?;
     let mut trees: HashMap<Vec<u8>, sled::Tree> = HashMap::new();
     let mut current: Option<sled::Tree> = None;
     let mut batch = sled::Batch::default();
@@ -166,18 +242,33 @@ pub fn import(db: &sled::Db, local: &[&str], from: &Path) -> Result<u64, Cluster
 #[derive(Clone)]
 pub struct Snapshots {
     store: object_store::ObjectStore,
+    /// The object: [`OBJECT`] for the control log (or the one log of a
+    /// replica set), `p<n>` for partition n's.
+    object: String,
 }
 
 impl Snapshots {
     /// The bucket as this version uses it: created if missing, else checked.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
+        Self::open_named(js, replicas, OBJECT).await
+    }
+
+    /// The snapshots of one log, by its object's name.
+    pub async fn open_named(
+        js: &jetstream::Context,
+        replicas: usize,
+        object: &str,
+    ) -> Result<Self, ClusterError> {
         let store = crate::cluster::object_store(js, BUCKET, replicas).await?;
-        Ok(Snapshots { store })
+        Ok(Snapshots {
+            store,
+            object: object.to_string(),
+        })
     }
 
     /// The newest snapshot's sequence; None when there is none.
     pub async fn latest(&self) -> Result<Option<u64>, ClusterError> {
-        match self.store.info(OBJECT).await {
+        match self.store.info(&self.object).await {
             Ok(info) if !info.deleted => {
                 Ok(info.metadata.get(SEQ_KEY).and_then(|s| s.parse().ok()))
             }
@@ -191,7 +282,7 @@ impl Snapshots {
     pub async fn upload(&self, from: &Path, seq: u64) -> Result<(), ClusterError> {
         let mut file = tokio::fs::File::open(from).await.map_err(io)?;
         let meta = object_store::ObjectMetadata {
-            name: OBJECT.to_string(),
+            name: self.object.clone(),
             description: Some(format!("wasmhook view at log sequence {seq}")),
             chunk_size: Some(1 << 20),
             metadata: HashMap::from([(SEQ_KEY.to_string(), seq.to_string())]),
@@ -207,7 +298,7 @@ impl Snapshots {
     /// Writes the newest snapshot to `to`; false when there is none. Its
     /// sequence is in the file ([`import`] returns it).
     pub async fn download(&self, to: &Path) -> Result<bool, ClusterError> {
-        let mut object = match self.store.get(OBJECT).await {
+        let mut object = match self.store.get(&self.object).await {
             Ok(o) => o,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(ClusterError::jetstream(e)),
