@@ -176,6 +176,8 @@ end
         accepted = refused = 0
         for w in wrks:
             out, _ = w.communicate()
+            if os.environ.get("VERBOSE"):
+                print(out, flush=True)
             total = int(re.search(r"(\d+) requests in", out).group(1))
             non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
             non = int(non.group(1)) if non else 0

@@ -345,3 +345,93 @@ async fn partitions_move_with_their_data_when_a_node_joins_and_when_one_is_kille
     }
     wait_for_partitions(&[&n0, &n2]).await;
 }
+
+/// Compaction per partition: with snapshots every second each holder
+/// stores its partitions' snapshots and purges their logs; a node that
+/// joins afterwards rebuilds the partitions it takes from their snapshots
+/// and what the logs kept, and serves the same records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_taken_after_compaction_is_rebuilt_from_its_snapshot() {
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |dir: &std::path::Path, name: &str| {
+        Server::start_with(
+            dir,
+            &["--nats", &cluster.urls_arg()],
+            &[
+                ("WASMHOOK_CLUSTER_MODE", "partitioned"),
+                ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+                ("WASMHOOK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
+                ("WASMHOOK_CLUSTER_SNAPSHOT_SECS", "1"),
+                ("WASMHOOK_CLUSTER_NODE_ID", name),
+            ],
+        )
+    };
+    let n0 = start(dirs[0].path(), "c0");
+    let receiver = Receiver::ok().await;
+    let mut tenants = Vec::new();
+    for t in 0..8 {
+        let (id, key) = n0.tenant(&format!("t{t}")).await;
+        n0.subscribe(
+            &key,
+            json!({"url": format!("{}/{t}", receiver.url()), "event_types": ["message.*"]}),
+        )
+        .await;
+        tenants.push((id, key));
+    }
+    wait_for_partitions(&[&n0]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
+    let first_sequence = |p: u32| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(format!("WASMHOOK_P{p}")).await.unwrap();
+            stream.info().await.unwrap().state.first_sequence
+        }
+    };
+    // Events until every tenant's partition log has been purged (two
+    // snapshots apart).
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    let deadline = Instant::now() + PATIENCE * 3;
+    for round in 0.. {
+        for (t, (_, key)) in tenants.iter().enumerate() {
+            let id = format!("evt_{round}_{t}");
+            let (status, body) = n0
+                .call("POST", "/v1/events", key, Some(message_event(&id)))
+                .await;
+            assert_eq!(status, 202, "{body}");
+            expected.insert(id.clone(), delivery_ids(&n0, key, &id).await);
+        }
+        let mut purged = true;
+        for (id, _) in &tenants {
+            purged &= first_sequence(partition_of_tenant(id, PARTITIONS)).await > 1;
+        }
+        if purged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partitions' logs were never purged");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    receiver
+        .wait_for_ids(expected.len(), PATIENCE * 2)
+        .await;
+
+    // A second node takes half of the partitions: from their snapshots.
+    let n1 = start(dirs[1].path(), "c1");
+    let held = wait_for_partitions(&[&n0, &n1]).await;
+    let mut checked = 0;
+    for (t, (id, key)) in tenants.iter().enumerate() {
+        if !held[1].contains(&partition_of_tenant(id, PARTITIONS)) {
+            continue;
+        }
+        for (event, ids) in expected.iter().filter(|(e, _)| e.ends_with(&format!("_{t}"))) {
+            assert_eq!(&delivery_ids(&n1, key, event).await, ids, "{event}");
+            checked += 1;
+        }
+        let (status, listed) = n1.call("GET", "/v1/deliveries", key, None).await;
+        assert_eq!(status, 200, "{listed}");
+        assert!(!listed["items"].as_array().unwrap().is_empty(), "{listed}");
+    }
+    assert!(checked > 0, "the new node holds some tenant: {held:?}");
+}

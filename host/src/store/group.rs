@@ -27,6 +27,10 @@ use crate::store::{Accepted, Delivery, NewEvent, Store, StoreError, Trees};
 /// Groups written at once: a publish's round trip is spent waiting, so a
 /// second group fills while the first is acknowledged.
 const IN_FLIGHT: usize = 4;
+/// The same for one partition's groups (a partitioned cluster): fewer, so
+/// that each batch of a partition's log takes more of its writes; the
+/// partitions' groups are written beside each other.
+pub(super) const PARTITION_IN_FLIGHT: usize = 2;
 
 /// Writes a group: the items given back, with one outcome per item.
 pub(super) type WriteGroup<I, O> = Arc<
@@ -52,12 +56,13 @@ impl<I: Send + 'static, O: Send + 'static> Grouper<I, O> {
     /// ends when the store is dropped.
     pub(super) fn start(
         trees: Weak<Trees>,
+        in_flight: usize,
         max: usize,
         size: fn(&I) -> usize,
         write: WriteGroup<I, O>,
     ) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(trees, rx, max, size, write));
+        tokio::spawn(run(trees, rx, in_flight, max, size, write));
         Grouper { jobs }
     }
 
@@ -73,11 +78,12 @@ impl<I: Send + 'static, O: Send + 'static> Grouper<I, O> {
 async fn run<I: Send + 'static, O: Send + 'static>(
     trees: Weak<Trees>,
     mut rx: mpsc::UnboundedReceiver<Job<I, O>>,
+    in_flight: usize,
     max: usize,
     size: fn(&I) -> usize,
     write: WriteGroup<I, O>,
 ) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -154,6 +160,11 @@ const GROUP_RECORDS: usize = 500;
 
 impl Groups {
     pub(super) fn start(store: &Store) -> Self {
+        Self::start_with(store, IN_FLIGHT)
+    }
+
+    /// Groups with `in_flight` of each kind written at once.
+    pub(super) fn start_with(store: &Store, in_flight: usize) -> Self {
         let accepts: WriteGroup<Vec<NewEvent>, Vec<Accepted>> =
             Arc::new(|store: Store, batches: Vec<Vec<NewEvent>>| {
                 Box::pin(async move {
@@ -174,8 +185,8 @@ impl Groups {
             });
         let trees = Arc::downgrade(&store.0);
         Groups {
-            accepts: Grouper::start(trees.clone(), GROUP_EVENTS, Vec::len, accepts),
-            records: Grouper::start(trees, GROUP_RECORDS, |_| 1, records),
+            accepts: Grouper::start(trees.clone(), in_flight, GROUP_EVENTS, Vec::len, accepts),
+            records: Grouper::start(trees, in_flight, GROUP_RECORDS, |_| 1, records),
         }
     }
 }

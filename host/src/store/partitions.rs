@@ -86,6 +86,8 @@ pub(super) struct Partitions {
     turns: tokio::sync::Mutex<()>,
     /// Hooks every view gets, including those opened later.
     hooks: Mutex<Vec<SharedHook>>,
+    /// Each partition's write groups (`group.rs`), made at its first write.
+    groups: Mutex<HashMap<u32, Arc<super::group::Groups>>>,
 }
 
 impl Partitions {
@@ -108,6 +110,7 @@ impl Partitions {
             released: Mutex::default(),
             turns: tokio::sync::Mutex::new(()),
             hooks: Mutex::default(),
+            groups: Mutex::default(),
         }
     }
 
@@ -191,6 +194,26 @@ impl Store {
             }
             None => Ok(()),
         }
+    }
+
+    /// A partitioned cluster: the write groups of the tenant's partition
+    /// (each partition's writes are grouped apart, into its own log's
+    /// batches). None: not partitioned (the store's one set of groups).
+    pub(super) fn partition_groups(&self, tenant_id: &str) -> Option<Arc<super::group::Groups>> {
+        let parts = self.partitions()?;
+        let p = partition_of_tenant(tenant_id, parts.count);
+        let mut groups = parts.groups.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            groups
+                .entry(p)
+                .or_insert_with(|| {
+                    Arc::new(super::group::Groups::start_with(
+                        self,
+                        super::group::PARTITION_IN_FLIGHT,
+                    ))
+                })
+                .clone(),
+        )
     }
 
     /// The partitions whose data this node holds now.

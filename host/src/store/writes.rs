@@ -15,9 +15,17 @@ impl Store {
         batch: Vec<NewEvent>,
     ) -> Result<(Vec<NewEvent>, Vec<Accepted>), StoreError> {
         if self.log().is_some() {
-            let (batch, accepted) = match self.groups() {
-                Some(groups) => groups.accepts.write(batch).await?,
-                None => {
+            // A partitioned cluster: one tenant's batch (as ingest makes
+            // them) goes to its partition's groups.
+            let partition_groups = batch
+                .first()
+                .map(|e| e.event.tenant_id.as_str())
+                .filter(|t| batch.iter().all(|e| e.event.tenant_id == *t))
+                .and_then(|t| self.partition_groups(t));
+            let (batch, accepted) = match (partition_groups, self.groups()) {
+                (Some(groups), _) => groups.accepts.write(batch).await?,
+                (None, Some(groups)) => groups.accepts.write(batch).await?,
+                (None, None) => {
                     let events: Vec<&NewEvent> = batch.iter().collect();
                     let accepted = self.accept_in_log(&events).await?;
                     (batch, accepted)
@@ -172,9 +180,11 @@ impl Store {
         delivery: &Delivery,
         leased: Timestamp,
     ) -> Result<(), StoreError> {
-        let recorded = match self.groups() {
-            Some(groups) => groups.records.write((delivery.clone(), leased)).await?.1,
-            None => {
+        let record = (delivery.clone(), leased);
+        let recorded = match (self.partition_groups(&delivery.tenant_id), self.groups()) {
+            (Some(groups), _) => groups.records.write(record).await?.1,
+            (None, Some(groups)) => groups.records.write(record).await?.1,
+            (None, None) => {
                 let item = [(delivery.clone(), leased)];
                 self.record_leased_in_log(&item).await?[0]
             }
