@@ -78,6 +78,7 @@ impl Store {
                 node,
                 db.clone(),
                 dir.to_path_buf(),
+                view.coalescer(),
             );
             parts.add_hook(hook);
             Box::new(parts)

@@ -86,6 +86,8 @@ pub(super) struct Partitions {
     turns: tokio::sync::Mutex<()>,
     /// Hooks every view gets, including those opened later.
     hooks: Mutex<Vec<SharedHook>>,
+    /// The database's applier thread, shared by every view.
+    coalescer: Arc<super::cluster::log::Coalescer>,
     /// Each partition's write groups (`group.rs`), made at its first write.
     groups: Mutex<HashMap<u32, Arc<super::group::Groups>>>,
 }
@@ -98,8 +100,10 @@ impl Partitions {
         node: &str,
         db: sled::Db,
         scratch: PathBuf,
+        coalescer: Arc<super::cluster::log::Coalescer>,
     ) -> Self {
         Partitions {
+            coalescer,
             count: count.max(1),
             client,
             replicas,
@@ -273,6 +277,7 @@ impl Store {
         let view = View::open_channel(parts.db.clone(), Channel::partition(p))?
             .with_scratch(&parts.scratch)
             .with_local_trees(PARTITIONED_LOCAL_TREES)
+            .with_coalescer(parts.coalescer.clone())
             .with_scope(DATA_TREES, member);
         for hook in parts.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let hook = hook.clone();

@@ -32,7 +32,6 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -197,6 +196,8 @@ pub struct View {
     /// A partition's view: which records of the shared database are its
     /// own (what its snapshots hold and loading one replaces).
     scope: Option<super::snapshot::Scope>,
+    /// The database's applier thread, shared with its other views.
+    coalescer: Arc<Coalescer>,
 }
 
 impl View {
@@ -217,11 +218,24 @@ impl View {
             channel,
             closed: Mutex::new(false),
             scope: None,
+            coalescer: Coalescer::start(),
         })
     }
 
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// Shares `coalescer` (the database's applier thread) with the other
+    /// views of the database.
+    pub fn with_coalescer(mut self, coalescer: Arc<Coalescer>) -> Self {
+        self.coalescer = coalescer;
+        self
+    }
+
+    /// The database's applier thread.
+    pub fn coalescer(&self) -> Arc<Coalescer> {
+        self.coalescer.clone()
     }
 
     /// A view of part of the database (a partition's records): `member`
@@ -368,86 +382,9 @@ impl View {
     /// gives (the same guards against the same state, in the same order),
     /// so every node's view still agrees, however it grouped.
     fn apply_group(&self, group: &[Applying<'_>]) -> Result<Vec<Outcome>, ClusterError> {
-        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        if *closed {
-            return Err(ClusterError::Stopped);
-        }
-        let applied = self.applied()?;
-        // The trees the batches touch, each once, then the log tree last.
-        let mut names: Vec<&str> = group
-            .iter()
-            .flat_map(|a| {
-                a.batch
-                    .guards
-                    .iter()
-                    .map(|g| g.tree.as_str())
-                    .chain(a.batch.writes.iter().map(|w| w.tree.as_str()))
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let mut trees = names
-            .iter()
-            .map(|n| self.tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        trees.push(self.log.clone());
-        let index = |name: &str| names.binary_search(&name).expect("collected above");
-        let result = trees.as_slice().transaction(|tx| {
-            let log = tx.last().expect("the log tree");
-            // Each outcome, and whether the batch was new to the view.
-            let mut outcomes = Vec::with_capacity(group.len());
-            let mut last = applied;
-            'batches: for a in group {
-                // A sequence at or below the applied one: seen before.
-                if a.seq <= last {
-                    outcomes.push((Outcome::Applied { seq: a.seq }, false));
-                    continue;
-                }
-                last = a.seq;
-                for key in a.parts {
-                    log.remove(key.as_slice())?;
-                }
-                for g in &a.batch.guards {
-                    let found = tx[index(&g.tree)].get(&g.key)?;
-                    if found.as_deref().map(digest) != g.digest {
-                        let conflict = Outcome::Conflict {
-                            seq: a.seq,
-                            tree: g.tree.clone(),
-                            key: g.key.clone(),
-                        };
-                        outcomes.push((conflict, true));
-                        continue 'batches;
-                    }
-                }
-                for w in &a.batch.writes {
-                    let t = &tx[index(&w.tree)];
-                    match &w.value {
-                        Some(v) => t.insert(w.key.as_slice(), v.as_slice())?,
-                        None => t.remove(w.key.as_slice())?,
-                    };
-                }
-                outcomes.push((Outcome::Applied { seq: a.seq }, true));
-            }
-            if last > applied {
-                log.insert(self.channel.applied.as_slice(), &last.to_be_bytes())?;
-            }
-            Ok::<_, ConflictableTransactionError<()>>(outcomes)
-        });
-        match result {
-            Ok(outcomes) => {
-                let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner());
-                for (a, (outcome, new)) in group.iter().zip(&outcomes) {
-                    if *new && matches!(outcome, Outcome::Applied { .. }) {
-                        for hook in hooks.iter() {
-                            hook(a.batch);
-                        }
-                    }
-                }
-                Ok(outcomes.into_iter().map(|(o, _)| o).collect())
-            }
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the closure never aborts"),
-        }
+        apply::apply_groups(&[(self, group)])?
+            .pop()
+            .expect("one result per group")
     }
 }
 
@@ -1233,21 +1170,11 @@ impl Applier {
                         }
                     }
                 }
-                let view = self.view.clone();
-                let (group, outcomes) = tokio::task::spawn_blocking(move || {
-                    let applying: Vec<Applying<'_>> = group
-                        .iter()
-                        .map(|(seq, batch)| Applying {
-                            seq: *seq,
-                            batch,
-                            parts: &[],
-                        })
-                        .collect();
-                    let outcomes = view.apply_group(&applying);
-                    (group, outcomes)
-                })
-                .await
-                .map_err(ClusterError::jetstream)?;
+                let (group, outcomes) = self
+                    .view
+                    .coalescer
+                    .apply(self.view.clone(), group)
+                    .await;
                 let outcomes = outcomes?;
                 let last = group.last().map_or(seq, |g| g.0);
                 self.applied.send_modify(|a| *a = (*a).max(last));
@@ -1344,6 +1271,9 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Batch, ClusterError> {
         message: e.to_string(),
     })
 }
+
+mod apply;
+pub use apply::Coalescer;
 
 #[cfg(test)]
 mod tests;
