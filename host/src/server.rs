@@ -32,6 +32,8 @@ const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// How often old events and deliveries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a partitioned node may take to read a partition it leased.
+const PREPARE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Builds the shared context from validated settings.
 pub fn build_app(config: &Config, store: Store, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
@@ -529,10 +531,27 @@ impl OnChange for LeaseChanges {
                 return Ok(());
             };
             let started = std::time::Instant::now();
-            store
-                .open_partition(partition)
+            // Right after a NATS server is lost, JetStream requests time out
+            // for a while: the lease is kept and the reading tried again
+            // (giving it back would only make another node try the same),
+            // up to a limit; a hanging call is cut off by it too.
+            let reading = async {
+                let mut wait = std::time::Duration::from_millis(500);
+                loop {
+                    match store.open_partition(partition).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.is_unavailable() => {
+                            warn!(partition, error = %e, "reading a partition; trying again");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(std::time::Duration::from_secs(8));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            };
+            tokio::time::timeout(PREPARE_PATIENCE, reading)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| format!("reading the partition took over {PREPARE_PATIENCE:?}"))??;
             self.forwarding.serve(client, partition);
             info!(
                 partition,

@@ -364,7 +364,7 @@ impl Leases {
             for p in self.held.keys().copied().collect::<Vec<_>>() {
                 self.lose(p, on);
             }
-            return Err(ClusterError::jetstream(e));
+            return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
         for (p, revision) in self.held.clone() {
             match self
@@ -382,10 +382,10 @@ impl Leases {
             .kv
             .keys()
             .await
-            .map_err(ClusterError::jetstream)?
+            .map_err(|e| ClusterError::jetstream(format!("listing the leases: {e}")))?
             .try_collect()
             .await
-            .map_err(ClusterError::jetstream)?;
+            .map_err(|e| ClusterError::jetstream(format!("listing the leases: {e}")))?;
         let nodes = keys
             .iter()
             .filter(|k| k.starts_with("node."))

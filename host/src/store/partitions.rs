@@ -83,7 +83,7 @@ pub(super) struct Partitions {
     /// Given up, their data not dropped yet.
     released: Mutex<HashMap<u32, Arc<Log>>>,
     /// One partition opened or dropped at a time.
-    turns: tokio::sync::Mutex<()>,
+    turns: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// Hooks every view gets, including those opened later.
     hooks: Mutex<Vec<SharedHook>>,
     /// The database's applier thread, shared by every view.
@@ -112,10 +112,20 @@ impl Partitions {
             scratch,
             logs: RwLock::default(),
             released: Mutex::default(),
-            turns: tokio::sync::Mutex::new(()),
+            turns: Mutex::default(),
             hooks: Mutex::default(),
             groups: Mutex::default(),
         }
+    }
+
+    /// Partition `p`'s turn: one opening or dropping of it at a time.
+    fn turn(&self, p: u32) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(p)
+            .or_default()
+            .clone()
     }
 
     pub(super) fn log(&self, p: u32) -> Option<Arc<Log>> {
@@ -243,7 +253,7 @@ impl Store {
         let Some(parts) = self.partitions() else {
             return Ok(());
         };
-        let _turn = parts.turns.lock().await;
+        let _turn = parts.turn(p).lock_owned().await;
         if parts.log(p).is_some() {
             return Ok(());
         }
@@ -347,7 +357,7 @@ impl Store {
         let Some(parts) = self.partitions() else {
             return Ok(0);
         };
-        let _turn = parts.turns.lock().await;
+        let _turn = parts.turn(p).lock_owned().await;
         let released = parts
             .released
             .lock()

@@ -1011,6 +1011,10 @@ async fn restore(
 
 /// How long the applier waits before making a new reader after a fault.
 const REREAD_AFTER: Duration = Duration::from_millis(500);
+/// A reader that lasted less than this failed early: the next wait doubles.
+const REREAD_SETTLED: Duration = Duration::from_secs(10);
+/// The longest wait before a new reader.
+const REREAD_AT_MOST: Duration = Duration::from_secs(8);
 
 /// At most this many batches, or about this many bytes of them, are
 /// applied in one transaction (bounds its write set and the wait of the
@@ -1027,15 +1031,26 @@ const MAX_APPLY_BYTES: usize = 8 << 20;
 /// the others.
 async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, mut a: Applier) {
     let mut reader = Some(first);
+    // Backs off while readers keep failing: after a NATS server is lost,
+    // every node's every log asks for a new reader at once, and asking
+    // again each half second holds the servers' recovery back.
+    let mut wait = REREAD_AFTER;
+    let mut last_reader = std::time::Instant::now();
     loop {
         let messages = match reader.take() {
             Some(m) => m,
             None => {
-                tokio::time::sleep(REREAD_AFTER).await;
+                if last_reader.elapsed() < REREAD_SETTLED {
+                    wait = (wait * 2).min(REREAD_AT_MOST);
+                } else {
+                    wait = REREAD_AFTER;
+                }
+                tokio::time::sleep(wait).await;
                 let from = match a.view.applied() {
                     Ok(applied) => applied + 1,
                     Err(e) => return a.stop(e),
                 };
+                last_reader = std::time::Instant::now();
                 match read_from(&stream, from).await {
                     Ok(m) => m,
                     Err(e) => {
@@ -1170,11 +1185,7 @@ impl Applier {
                         }
                     }
                 }
-                let (group, outcomes) = self
-                    .view
-                    .coalescer
-                    .apply(self.view.clone(), group)
-                    .await;
+                let (group, outcomes) = self.view.coalescer.apply(self.view.clone(), group).await;
                 let outcomes = outcomes?;
                 let last = group.last().map_or(seq, |g| g.0);
                 self.applied.send_modify(|a| *a = (*a).max(last));

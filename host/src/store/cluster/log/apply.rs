@@ -24,7 +24,9 @@ pub(super) type GroupResult = Result<Vec<Outcome>, ClusterError>;
 /// Applies each view's group (consecutive batches of its log) in one sled
 /// transaction, as [`View::apply_group`] describes for one. All views are
 /// of one database. A closed view's group is refused (`Stopped`).
-pub(super) fn apply_groups(jobs: &[(&View, &[Applying<'_>])]) -> Result<Vec<GroupResult>, ClusterError> {
+pub(super) fn apply_groups(
+    jobs: &[(&View, &[Applying<'_>])],
+) -> Result<Vec<GroupResult>, ClusterError> {
     let Some((first, _)) = jobs.first() else {
         return Ok(Vec::new());
     };
