@@ -184,6 +184,9 @@ pub async fn ensure_bucket(
         .map_err(ClusterError::jetstream)
 }
 
+/// A partition whose preparation finished, and how.
+type Prepared = (u32, Result<(), String>);
+
 /// The lease keeper of one node.
 pub struct Leases {
     kv: kv::Store,
@@ -196,8 +199,8 @@ pub struct Leases {
     preparing: HashSet<u32>,
     /// Preparations that finished, with their outcome.
     prepared: (
-        tokio::sync::mpsc::UnboundedSender<(u32, Result<(), String>)>,
-        tokio::sync::mpsc::UnboundedReceiver<(u32, Result<(), String>)>,
+        tokio::sync::mpsc::UnboundedSender<Prepared>,
+        tokio::sync::mpsc::UnboundedReceiver<Prepared>,
     ),
     /// Set by [`Leases::run`]: what preparations are spawned with.
     spawner: Option<Arc<dyn OnChange>>,

@@ -243,7 +243,7 @@ impl View {
     pub fn with_scope(
         mut self,
         trees: &'static [&'static str],
-        member: Arc<dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync>,
+        member: super::snapshot::Member,
     ) -> Self {
         self.scope = Some(super::snapshot::Scope {
             trees,

@@ -75,13 +75,16 @@ pub fn export(db: &sled::Db, local: &[&str], seq: u64, to: &Path) -> Result<(), 
         .map_err(io)
 }
 
+/// Whether a key (with its value) of a tree is a scoped view's.
+pub type Member = std::sync::Arc<dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync>;
+
 /// Which records of a shared database a view owns (a partition's): the
 /// trees it writes and, in them, the keys that are its own.
 #[derive(Clone)]
 pub struct Scope {
     pub trees: &'static [&'static str],
     /// Whether a key (with its value) of one of `trees` is the view's.
-    pub member: std::sync::Arc<dyn Fn(&str, &[u8], &[u8]) -> bool + Send + Sync>,
+    pub member: Member,
     /// The view's key prefix of stashed parts in the log's tree.
     pub parts: String,
 }
