@@ -18,19 +18,20 @@ fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
 
 /// A node of a cluster in `mode` ("replicas" or "partitioned").
 fn node_in(cluster: &NatsCluster, dir: &std::path::Path, name: &str, mode: &str) -> Server {
-    Server::start_with(
-        dir,
-        &["--nats", &cluster.urls_arg()],
-        &[
-            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
-            ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
-            ("WASMHOOK_CLUSTER_NODE_ID", name),
-            ("WASMHOOK_CLUSTER_MODE", mode),
-        ],
-    )
+    start_node(cluster, dir, name, 3, mode)
 }
 
 fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lease: u64) -> Server {
+    start_node(cluster, dir, name, lease, "replicas")
+}
+
+fn start_node(
+    cluster: &NatsCluster,
+    dir: &std::path::Path,
+    name: &str,
+    lease: u64,
+    mode: &str,
+) -> Server {
     Server::start_with(
         dir,
         &["--nats", &cluster.urls_arg()],
@@ -38,6 +39,7 @@ fn node_with_lease(cluster: &NatsCluster, dir: &std::path::Path, name: &str, lea
             ("WASMHOOK_CLUSTER_LEASE_SECS", &lease.to_string()),
             ("WASMHOOK_CLUSTER_PARTITIONS", "8"),
             ("WASMHOOK_CLUSTER_NODE_ID", name),
+            ("WASMHOOK_CLUSTER_MODE", mode),
         ],
     )
 }
@@ -439,43 +441,6 @@ async fn nats_lost_while_running_is_a_503_then_work_resumes() {
 }
 
 /// The delivery ids of event `id`, as `node` has them.
-async fn delivery_ids(node: &Server, key: &str, id: &str) -> Vec<String> {
-    let (status, stored) = node
-        .call("GET", &format!("/v1/events/{id}"), key, None)
-        .await;
-    assert_eq!(status, 200, "{stored}");
-    stored["deliveries"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{stored}"))
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Sends `event` as a platform would: to a live node, again to another on
-/// a connection fault or a 503, until one answers 202 (the same event id
-/// each time, so a re-send is routed once). Returns its delivery ids.
-async fn send_until_accepted(nodes: &[&Server], key: &str, event: &Value) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for attempt in 0.. {
-        let node = nodes[attempt % nodes.len()];
-        match node
-            .try_call("POST", "/v1/events", key, Some(event.clone()))
-            .await
-        {
-            Ok((202, _)) => {
-                let id = event["id"].as_str().unwrap();
-                return delivery_ids(node, key, id).await;
-            }
-            Ok((503, _)) | Err(_) => {}
-            Ok((status, body)) => panic!("{status}: {body}"),
-        }
-        assert!(Instant::now() < deadline, "{event} never accepted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    unreachable!()
-}
-
 /// Load that keeps flowing while a node and then a NATS server are killed
 /// with SIGKILL: every accepted event reaches each subscription under the
 /// delivery ids its acceptance answered, and the cluster keeps accepting

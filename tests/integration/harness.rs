@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -885,4 +885,53 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An event's delivery ids, read through `node` (again while its
+/// partition is moving: a 503).
+pub async fn delivery_ids(node: &Server, key: &str, id: &str) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE * 2;
+    let stored = loop {
+        let (status, stored) = node
+            .call("GET", &format!("/v1/events/{id}"), key, None)
+            .await;
+        if status == 200 {
+            break stored;
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status}: {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stored["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{stored}"))
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Sends `event` as a platform would: to a live node, again to another on
+/// a connection fault or a 503 (a partition moving), until one answers
+/// 202. Returns its delivery ids.
+pub async fn send_until_accepted(nodes: &[&Server], key: &str, event: &Value) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for attempt in 0.. {
+        let node = nodes[attempt % nodes.len()];
+        match node
+            .try_call("POST", "/v1/events", key, Some(event.clone()))
+            .await
+        {
+            Ok((202, _)) => {
+                let id = event["id"].as_str().unwrap();
+                return delivery_ids(node, key, id).await;
+            }
+            Ok((503, _)) | Err(_) => {}
+            Ok((status, body)) => panic!("{status}: {body}"),
+        }
+        assert!(Instant::now() < deadline, "{event} never accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!()
 }

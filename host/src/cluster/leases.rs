@@ -267,17 +267,21 @@ impl Leases {
                 self.set_owned(p, true);
                 on.gained(p);
             }
-            (Some(revision), Err(e)) => {
-                tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
-                self.held.remove(&p);
-                on.lost(p);
-                let _ = self
-                    .kv
-                    .delete_expect_revision(partition_key(p), Some(revision))
-                    .await;
-            }
+            (Some(revision), Err(e)) => self.give_back(p, revision, &e, on).await,
             (None, _) => on.lost(p),
         }
+    }
+
+    /// A partition whose preparation failed: let go here and its lease
+    /// given back, so that another node (or this one, later) tries.
+    async fn give_back(&mut self, p: u32, revision: u64, error: &str, on: &dyn OnChange) {
+        tracing::warn!(partition = p, %error, "taking a partition; giving it back");
+        self.held.remove(&p);
+        on.lost(p);
+        let _ = self
+            .kv
+            .delete_expect_revision(partition_key(p), Some(revision))
+            .await;
     }
 
     /// Gives back every lease held (each only if still this node's: the
@@ -339,13 +343,7 @@ impl Leases {
                 return true;
             }
             if let Err(e) = on.prepare(p).await {
-                tracing::warn!(partition = p, error = %e, "taking a partition; giving it back");
-                self.held.remove(&p);
-                on.lost(p);
-                let _ = self
-                    .kv
-                    .delete_expect_revision(partition_key(p), Some(revision))
-                    .await;
+                self.give_back(p, revision, &e, on).await;
                 return false;
             }
         }

@@ -52,21 +52,24 @@ pub fn is_data_tree(tree: &str) -> bool {
 
 /// The trees a partitioned node keeps out of the control log's snapshots:
 /// its own, and the data (which has its own logs).
-pub(super) const PARTITIONED_LOCAL_TREES: &[&str] = &[
-    "__sled__default",
-    "meta",
-    "plugin_blobs",
-    super::embedded::intent::INTENTS_TREE,
-    "events",
-    "events_by_time",
-    "deliveries",
-    "tenant_deliveries",
-    "outbox",
-    "held",
-    "windows",
-    "lanes",
-    "lane_items",
-];
+pub(super) const PARTITIONED_LOCAL_TREES: &[&str] =
+    &joined::<{ NODE_LOCAL_TREES.len() + DATA_TREES.len() }>(NODE_LOCAL_TREES, DATA_TREES);
+
+/// Two lists of names as one (`N`: their lengths' sum).
+const fn joined<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[a.len() + j] = b[j];
+        j += 1;
+    }
+    out
+}
 
 /// A hook on applied batches, shared by every view of the node.
 pub(super) type SharedHook = Arc<dyn Fn(&Batch) + Send + Sync>;
@@ -468,5 +471,18 @@ impl DataIndex {
             }
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partitioned_nodes_own_trees_are_its_local_ones_and_the_data() {
+        let want: Vec<&str> = NODE_LOCAL_TREES.iter().chain(DATA_TREES).copied().collect();
+        assert_eq!(PARTITIONED_LOCAL_TREES, want.as_slice());
+        assert!(DATA_TREES.iter().all(|t| is_data_tree(t)));
+        assert!(!is_data_tree("subscriptions"));
     }
 }

@@ -52,23 +52,36 @@ fn io(e: std::io::Error) -> ClusterError {
 /// Writes every replicated tree of `db`, as it is at sequence `seq`, to
 /// `to`. The caller guarantees nothing writes them meanwhile.
 pub fn export(db: &sled::Db, local: &[&str], seq: u64, to: &Path) -> Result<(), ClusterError> {
+    write_snapshot(to, seq, |out| {
+        for name in db.tree_names() {
+            let entries = if replicated(&name, local) {
+                db.open_tree(&name)?.iter()
+            } else if &name[..] == LOG_TREE.as_bytes() {
+                db.open_tree(&name)?.scan_prefix(PARTS)
+            } else {
+                continue;
+            };
+            frame(out, 1, &[&name]).map_err(io)?;
+            for entry in entries {
+                let (k, v) = entry?;
+                frame(out, 2, &[&k, &v]).map_err(io)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A snapshot file at `to`: the header for `seq`, the frames `body`
+/// writes, then made durable.
+fn write_snapshot(
+    to: &Path,
+    seq: u64,
+    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<(), ClusterError>,
+) -> Result<(), ClusterError> {
     let mut out = BufWriter::new(std::fs::File::create(to).map_err(io)?);
     out.write_all(MAGIC).map_err(io)?;
     out.write_all(&seq.to_be_bytes()).map_err(io)?;
-    for name in db.tree_names() {
-        let entries = if replicated(&name, local) {
-            db.open_tree(&name)?.iter()
-        } else if &name[..] == LOG_TREE.as_bytes() {
-            db.open_tree(&name)?.scan_prefix(PARTS)
-        } else {
-            continue;
-        };
-        frame(&mut out, 1, &[&name]).map_err(io)?;
-        for entry in entries {
-            let (k, v) = entry?;
-            frame(&mut out, 2, &[&k, &v]).map_err(io)?;
-        }
-    }
+    body(&mut out)?;
     out.into_inner()
         .map_err(|e| io(e.into_error()))?
         .sync_all()
@@ -91,27 +104,23 @@ pub struct Scope {
 
 /// [`export`] of only what `scope` owns.
 pub fn export_scope(db: &sled::Db, scope: &Scope, seq: u64, to: &Path) -> Result<(), ClusterError> {
-    let mut out = BufWriter::new(std::fs::File::create(to).map_err(io)?);
-    out.write_all(MAGIC).map_err(io)?;
-    out.write_all(&seq.to_be_bytes()).map_err(io)?;
-    for name in scope.trees {
-        frame(&mut out, 1, &[name.as_bytes()]).map_err(io)?;
-        for entry in db.open_tree(name)?.iter() {
-            let (k, v) = entry?;
-            if (scope.member)(name, &k, &v) {
-                frame(&mut out, 2, &[&k, &v]).map_err(io)?;
+    write_snapshot(to, seq, |out| {
+        for name in scope.trees {
+            frame(out, 1, &[name.as_bytes()]).map_err(io)?;
+            for entry in db.open_tree(name)?.iter() {
+                let (k, v) = entry?;
+                if (scope.member)(name, &k, &v) {
+                    frame(out, 2, &[&k, &v]).map_err(io)?;
+                }
             }
         }
-    }
-    frame(&mut out, 1, &[LOG_TREE.as_bytes()]).map_err(io)?;
-    for entry in db.open_tree(LOG_TREE)?.scan_prefix(&scope.parts) {
-        let (k, v) = entry?;
-        frame(&mut out, 2, &[&k, &v]).map_err(io)?;
-    }
-    out.into_inner()
-        .map_err(|e| io(e.into_error()))?
-        .sync_all()
-        .map_err(io)
+        frame(out, 1, &[LOG_TREE.as_bytes()]).map_err(io)?;
+        for entry in db.open_tree(LOG_TREE)?.scan_prefix(&scope.parts) {
+            let (k, v) = entry?;
+            frame(out, 2, &[&k, &v]).map_err(io)?;
+        }
+        Ok(())
+    })
 }
 
 /// Removes what `scope` owns from `db` (before a snapshot of it is loaded,
