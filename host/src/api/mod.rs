@@ -25,6 +25,7 @@ mod secrets;
 mod source_views;
 mod sources;
 pub(crate) mod subscription_actions;
+mod subscription_views;
 pub(crate) mod subscriptions;
 mod svix;
 mod tenants;
