@@ -16,16 +16,25 @@ use crate::harness::*;
 const PARTITIONS: u32 = 8;
 
 fn node(cluster: &NatsCluster, dir: &std::path::Path, name: &str) -> Server {
-    Server::start_with(
-        dir,
-        &["--nats", &cluster.urls_arg()],
-        &[
-            ("WASMHOOK_CLUSTER_MODE", "partitioned"),
-            ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
-            ("WASMHOOK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
-            ("WASMHOOK_CLUSTER_NODE_ID", name),
-        ],
-    )
+    node_with(cluster, dir, name, &[])
+}
+
+/// [`node`] with more settings.
+fn node_with(
+    cluster: &NatsCluster,
+    dir: &std::path::Path,
+    name: &str,
+    more: &[(&str, &str)],
+) -> Server {
+    let partitions = PARTITIONS.to_string();
+    let mut env = vec![
+        ("WASMHOOK_CLUSTER_MODE", "partitioned"),
+        ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
+        ("WASMHOOK_CLUSTER_PARTITIONS", partitions.as_str()),
+        ("WASMHOOK_CLUSTER_NODE_ID", name),
+    ];
+    env.extend_from_slice(more);
+    Server::start_with(dir, &["--nats", &cluster.urls_arg()], &env)
 }
 
 /// The partitions whose data a node holds (its `/healthz`).
@@ -306,16 +315,11 @@ async fn a_partition_taken_after_compaction_is_rebuilt_from_its_snapshot() {
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let start = |dir: &std::path::Path, name: &str| {
-        Server::start_with(
+        node_with(
+            &cluster,
             dir,
-            &["--nats", &cluster.urls_arg()],
-            &[
-                ("WASMHOOK_CLUSTER_MODE", "partitioned"),
-                ("WASMHOOK_CLUSTER_LEASE_SECS", "3"),
-                ("WASMHOOK_CLUSTER_PARTITIONS", &PARTITIONS.to_string()),
-                ("WASMHOOK_CLUSTER_SNAPSHOT_SECS", "1"),
-                ("WASMHOOK_CLUSTER_NODE_ID", name),
-            ],
+            name,
+            &[("WASMHOOK_CLUSTER_SNAPSHOT_SECS", "1")],
         )
     };
     let n0 = start(dirs[0].path(), "c0");

@@ -89,13 +89,7 @@ fn tenant_of(state: &ApiState, request: &Request) -> Option<String> {
             .filter(|id| !id.is_empty())
             .map(str::to_string);
     }
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?
-        .trim();
+    let token = super::auth::bearer_token(request.headers())?;
     if token.starts_with("whp_") {
         return store
             .portal_link_for_token(token)

@@ -339,11 +339,7 @@ impl Plain<'_> {
             .store
             .group_by_partition(data, self.tenant.as_deref())?
         {
-            let log = self
-                .store
-                .partitions()
-                .and_then(|parts| parts.log(p))
-                .ok_or(StoreError::NotOwner(p))?;
+            let log = self.store.partition_log(p)?;
             publish_all(&log, unguarded_batches(log.node(), writes, MAX_BATCH_BYTES)).await?;
         }
         Ok(())

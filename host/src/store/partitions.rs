@@ -189,12 +189,7 @@ impl Store {
     /// Whether this node has the tenant's data (always, unless in a
     /// partitioned cluster another node owns its partition).
     pub fn has_data_of(&self, tenant_id: &str) -> bool {
-        match self.partitions() {
-            None => true,
-            Some(parts) => parts
-                .log(partition_of_tenant(tenant_id, parts.count))
-                .is_some(),
-        }
+        self.require_data(tenant_id).is_ok()
     }
 
     /// Before a read of a tenant's data: a partitioned node that does not
@@ -202,13 +197,7 @@ impl Store {
     /// the cluster is starting), never "not found".
     pub fn require_data(&self, tenant_id: &str) -> Result<(), StoreError> {
         match self.partitions() {
-            Some(parts) => {
-                let p = partition_of_tenant(tenant_id, parts.count);
-                match parts.log(p) {
-                    Some(_) => Ok(()),
-                    None => Err(StoreError::NotOwner(p)),
-                }
-            }
+            Some(_) => self.data_log(tenant_id).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -244,8 +233,14 @@ impl Store {
     /// this node must own; else (control, or not partitioned) the one log.
     pub(super) fn data_log(&self, tenant_id: &str) -> Result<Arc<Log>, StoreError> {
         let parts = self.partitions().expect("partitioned");
-        let p = partition_of_tenant(tenant_id, parts.count);
-        parts.log(p).ok_or(StoreError::NotOwner(p))
+        self.partition_log(partition_of_tenant(tenant_id, parts.count))
+    }
+
+    /// Partitioned: partition `p`'s log, which this node must hold.
+    pub(super) fn partition_log(&self, p: u32) -> Result<Arc<Log>, StoreError> {
+        self.partitions()
+            .and_then(|parts| parts.log(p))
+            .ok_or(StoreError::NotOwner(p))
     }
 
     /// Takes partition `p`: opens its log and applies it from where this
@@ -267,11 +262,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&p);
-        let index = DataIndex {
-            outbox: self.outbox.clone(),
-            deliveries: self.deliveries.clone(),
-            windows: self.windows.clone(),
-        };
+        let index = self.data_index();
         let count = parts.count;
         let member = Arc::new(move |tree: &str, key: &[u8], value: &[u8]| {
             let write = Write {
@@ -380,15 +371,15 @@ impl Store {
         Ok(dropped)
     }
 
-    /// The tenant a write of the data belongs to (see [`DataIndex::tenant_of`]).
-    pub(super) fn tenant_of_write(&self, w: &Write) -> Result<Option<String>, StoreError> {
+    /// The trees that tell a data record's tenant.
+    fn data_index(&self) -> DataIndex {
         DataIndex {
             outbox: self.outbox.clone(),
             deliveries: self.deliveries.clone(),
             windows: self.windows.clone(),
         }
-        .tenant_of(w)
     }
+
     /// Partitioned: `writes` of data grouped by the partition each belongs
     /// to (`hint`: the tenant of those that cannot be told).
     pub(super) fn group_by_partition(
@@ -397,9 +388,10 @@ impl Store {
         hint: Option<&str>,
     ) -> Result<BTreeMap<u32, Vec<Write>>, StoreError> {
         let count = self.partitions().expect("partitioned").count;
+        let index = self.data_index();
         let mut grouped: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
         for w in writes {
-            let tenant = match self.tenant_of_write(&w)? {
+            let tenant = match index.tenant_of(&w)? {
                 Some(t) => t,
                 None => match hint {
                     Some(t) => t.to_string(),

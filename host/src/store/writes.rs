@@ -58,21 +58,11 @@ impl Store {
         if groups.len() == 1 {
             return self.accept_in_log_of(groups[0].0, events).await;
         }
-        let parts = groups.iter().map(|(tenant, indexes)| {
+        written_per_group(&groups, events.len(), |tenant, indexes| {
             let events: Vec<&NewEvent> = indexes.iter().map(|i| events[*i]).collect();
-            async move { self.accept_in_log_of(*tenant, &events).await }
-        });
-        let results = futures_util::future::join_all(parts).await;
-        let mut accepted: Vec<Option<Accepted>> = vec![None; events.len()];
-        for ((_, indexes), result) in groups.iter().zip(results) {
-            for (i, a) in indexes.iter().zip(result?) {
-                accepted[*i] = Some(a);
-            }
-        }
-        Ok(accepted
-            .into_iter()
-            .map(|a| a.expect("one outcome per event"))
-            .collect())
+            async move { self.accept_in_log_of(tenant, &events).await }
+        })
+        .await
     }
 
     /// A partitioned cluster: `items` grouped by the partition of their
@@ -208,19 +198,12 @@ impl Store {
         if groups.len() == 1 {
             return self.record_leased_in_log_of(groups[0].0, records).await;
         }
-        let parts = groups.iter().map(|(tenant, indexes)| {
+        written_per_group(&groups, records.len(), |tenant, indexes| {
             let records: Vec<(Delivery, Timestamp)> =
                 indexes.iter().map(|i| records[*i].clone()).collect();
-            async move { self.record_leased_in_log_of(*tenant, &records).await }
-        });
-        let results = futures_util::future::join_all(parts).await;
-        let mut recorded = vec![false; records.len()];
-        for ((_, indexes), result) in groups.iter().zip(results) {
-            for (i, r) in indexes.iter().zip(result?) {
-                recorded[*i] = r;
-            }
-        }
-        Ok(recorded)
+            async move { self.record_leased_in_log_of(tenant, &records).await }
+        })
+        .await
     }
 
     /// [`Store::record_leased_in_log`] of records of one partition.
@@ -247,4 +230,35 @@ impl Store {
         )
         .await
     }
+}
+
+/// A partitioned cluster's write of several partitions' items
+/// ([`Store::by_partition`]'s groups): each group written at once beside
+/// the others, the outcomes put back in the items' order. One failed group
+/// fails the whole (its callers retry; what the others wrote is recognised
+/// then, as after any cut).
+async fn written_per_group<'a, O, Fut>(
+    groups: &[(Option<&'a str>, Vec<usize>)],
+    items: usize,
+    write: impl Fn(Option<&'a str>, &[usize]) -> Fut,
+) -> Result<Vec<O>, StoreError>
+where
+    Fut: std::future::Future<Output = Result<Vec<O>, StoreError>>,
+{
+    let results = futures_util::future::join_all(
+        groups
+            .iter()
+            .map(|(tenant, indexes)| write(*tenant, indexes)),
+    )
+    .await;
+    let mut outcomes: Vec<Option<O>> = (0..items).map(|_| None).collect();
+    for ((_, indexes), result) in groups.iter().zip(results) {
+        for (i, outcome) in indexes.iter().zip(result?) {
+            outcomes[*i] = Some(outcome);
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("one outcome per item"))
+        .collect())
 }
