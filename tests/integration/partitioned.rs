@@ -373,7 +373,17 @@ async fn a_partition_taken_after_compaction_is_rebuilt_from_its_snapshot() {
 
     // A second node takes half of the partitions: from their snapshots.
     let n1 = start(dirs[1].path(), "c1");
-    let held = wait_for_partitions(&[&n0, &n1]).await;
+    // Until the new node holds its whole share (it takes it over a few
+    // lease rounds; with one partition it would often hold no tenant).
+    let deadline = Instant::now() + PATIENCE * 2;
+    let held = loop {
+        let held = wait_for_partitions(&[&n0, &n1]).await;
+        if held[1].len() == PARTITIONS as usize / 2 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "no even share: {held:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let mut checked = 0;
     for (t, (id, key)) in tenants.iter().enumerate() {
         if !held[1].contains(&partition_of_tenant(id, PARTITIONS)) {
