@@ -7,6 +7,7 @@
 #   bench/cluster-scale.sh          # one run
 #   RUNS=3 bench/cluster-scale.sh   # medians of three
 #   TENANTS=100 SUBS_PER_TENANT=10 LEASE_SECS=20 SNAPSHOT_SECS=30 bench/cluster-scale.sh
+#   MODE=partitioned PARTITIONS=12 bench/cluster-scale.sh   # the scale-out (issue 25)
 #
 # Needs nats-server and nginx (Debian: apt-get install nats-server nginx-light).
 set -euo pipefail

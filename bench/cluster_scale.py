@@ -16,7 +16,10 @@ Per run, on fresh servers:
             for its leases to expire: lease_secs)
   restart   the killed node started again on its data directory: time until
             it answers /healthz, and until it holds leases again
-  snapshot  size of the view snapshot the leading node stores
+  snapshot  size of the view snapshot the leading node stores (partitioned:
+            every partition's snapshot)
+
+MODE=partitioned PARTITIONS=n runs a partitioned cluster (issue 25).
 
 Prints each run and the medians as a Markdown table.
 
@@ -42,6 +45,10 @@ SUBS = int(os.environ.get("SUBS_PER_TENANT", 10))
 LEASE = int(os.environ.get("LEASE_SECS", 20))
 # Compaction every SNAPSHOT s, so that a run sees a snapshot's size.
 SNAPSHOT = int(os.environ.get("SNAPSHOT_SECS", 30))
+# "replicas" (every node applies every write) or "partitioned" (issue 25:
+# each tenant's data only on the node leasing its partition).
+MODE = os.environ.get("MODE", "replicas")
+PARTITIONS = int(os.environ.get("PARTITIONS", 64))
 
 
 def rss_mb(pids):
@@ -82,6 +89,8 @@ class Run(Processes):
                    WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
                    WASMHOOK_CLUSTER_LEASE_SECS=str(LEASE),
                    WASMHOOK_CLUSTER_SNAPSHOT_SECS=str(SNAPSHOT),
+                   WASMHOOK_CLUSTER_MODE=MODE,
+                   WASMHOOK_CLUSTER_PARTITIONS=str(PARTITIONS),
                    WASMHOOK_LIMITS_PENDING_DELIVERIES_PER_TENANT="1000000000")
         p = self.spawn([self.binary, "serve", "--listen", f"127.0.0.1:{port}",
                         "--data", os.path.join(self.work, f"node-{i}"),
@@ -96,6 +105,24 @@ class Run(Processes):
     def leased(self, i):
         status, h = call(self.base(i), "GET", "/healthz", timeout=5)
         return (h.get("cluster") or {}).get("partitions_leased", 0) if status == 200 else 0
+
+    def data_held(self, i):
+        """Partitioned: the partitions whose data node i holds (prepared,
+        not only leased); replicas: every node holds all."""
+        status, h = call(self.base(i), "GET", "/healthz", timeout=5)
+        if status != 200:
+            return 0
+        cluster = h.get("cluster") or {}
+        if cluster.get("mode") == "partitioned":
+            return len(cluster.get("data_partitions") or [])
+        return cluster.get("partitions_leased", 0)
+
+    def streams_bytes(self, prefix):
+        """Bytes in every stream whose name starts with `prefix`."""
+        with urllib.request.urlopen(self.monitor + "/jsz?streams=true", timeout=5) as r:
+            jsz = json.load(r)
+        return sum(s["state"]["bytes"] for account in jsz.get("account_details", [])
+                   for s in account.get("stream_detail", []) if s["name"].startswith(prefix))
 
     def stream(self, name="WASMHOOK_LOG"):
         with urllib.request.urlopen(self.monitor + "/jsz?streams=true", timeout=5) as r:
@@ -119,7 +146,7 @@ class Run(Processes):
         for i in range(3):
             wait_until(lambda i=i: call(self.base(i), "GET", "/healthz", timeout=2)[0] == 200,
                        60, f"node {i}")
-        wait_until(lambda: sum(self.leased(i) for i in range(3)) == 64, 120, "leases")
+        wait_until(lambda: sum(self.data_held(i) for i in range(3)) == PARTITIONS, 120, "leases")
         pool = cf.ThreadPoolExecutor(16)
 
         # setup
@@ -153,6 +180,7 @@ class Run(Processes):
         r["nats_rss_mb"] = rss_mb(nats_pids)
         r["nodes_rss_mb"] = rss_mb(node_pids)
         r["log_mb"], r["log_messages"] = (lambda b, m: (b / 2**20, m))(*self.stream())
+        r["partition_logs_mb"] = self.streams_bytes("WASMHOOK_P") / 2**20
 
         # load: one event per tenant
         def send(job, nodes):
@@ -203,6 +231,8 @@ class Run(Processes):
         r["restart_serving_s"] = time.monotonic() - t0
         wait_until(lambda: self.leased(2) > 0, 120, "leases after the restart")
         r["restart_leasing_s"] = time.monotonic() - t0
+        wait_until(lambda: self.data_held(2) > 0, 180, "data after the restart")
+        r["restart_holding_data_s"] = time.monotonic() - t0
 
         # the snapshot the leading node stored (every SNAPSHOT s)
         wait_until(lambda: self.stream("OBJ_wasmhook_snapshots")[0] > 0, SNAPSHOT * 3,
@@ -232,8 +262,8 @@ def main():
         results.append(r)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     print()
-    print(f"{TENANTS} tenants x {SUBS} subscriptions, 3 nodes, 3 nats-servers (R3), "
-          f"lease {LEASE} s; {os.cpu_count()} cores; medians of {runs}")
+    print(f"{TENANTS} tenants x {SUBS} subscriptions, 3 nodes ({MODE}, {PARTITIONS} partitions), "
+          f"3 nats-servers (R3), lease {LEASE} s; {os.cpu_count()} cores; medians of {runs}")
     print("| measure | median |")
     print("|---|---|")
     for k, v in med.items():

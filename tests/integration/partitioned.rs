@@ -50,7 +50,9 @@ async fn data_partitions(node: &Server) -> Vec<u32> {
 }
 
 /// Waits until the nodes hold every partition's data between them, each
-/// partition on one node only; returns who holds what.
+/// partition on one node only and no node beyond its share (so nothing
+/// moves any more: a node below its share finds no free partition, none
+/// above gives any back); returns who holds what.
 async fn wait_for_partitions(nodes: &[&Server]) -> Vec<Vec<u32>> {
     let deadline = Instant::now() + PATIENCE * 2;
     loop {
@@ -63,12 +65,38 @@ async fn wait_for_partitions(nodes: &[&Server]) -> Vec<Vec<u32>> {
         if all.len() == PARTITIONS as usize
             && distinct.len() == all.len()
             && held.iter().all(|h| !h.is_empty())
+            && held
+                .iter()
+                .all(|h| h.len() <= (PARTITIONS as usize).div_ceil(nodes.len()))
         {
             return held;
         }
         assert!(Instant::now() < deadline, "partitions not shared: {held:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Tenants created until every partition has `per_partition` of them
+/// (tenant ids are random, so a fixed number of tenants can leave a
+/// partition, and the node holding it, without any); the extra ones are
+/// left unused. Ids and keys, in partition order.
+async fn tenants_in_every_partition(node: &Server, per_partition: usize) -> Vec<(String, String)> {
+    let mut by_partition: Vec<Vec<(String, String)>> = vec![Vec::new(); PARTITIONS as usize];
+    for n in 0.. {
+        if by_partition.iter().all(|t| t.len() == per_partition) {
+            break;
+        }
+        assert!(
+            n < 64 * per_partition,
+            "tenant ids never covered every partition"
+        );
+        let (id, key) = node.tenant(&format!("t{n}")).await;
+        let slot = &mut by_partition[partition_of_tenant(&id, PARTITIONS) as usize];
+        if slot.len() < per_partition {
+            slot.push((id, key));
+        }
+    }
+    by_partition.into_iter().flatten().collect()
 }
 
 /// One event per tenant, each sent to the live nodes from a different
@@ -228,16 +256,14 @@ async fn partitions_move_with_their_data_when_a_node_joins_and_when_one_is_kille
     let n0 = node(&cluster, dirs[0].path(), "m0");
     let n1 = node(&cluster, dirs[1].path(), "m1");
     let receiver = Receiver::ok().await;
-    // Enough tenants that the joining node gets some of them.
-    let mut tenants = Vec::new();
-    for t in 0..16 {
-        let (id, key) = n0.tenant(&format!("t{t}")).await;
+    // Two tenants in every partition, so the joining node gets some.
+    let tenants = tenants_in_every_partition(&n0, 2).await;
+    for (t, (_, key)) in tenants.iter().enumerate() {
         n1.subscribe(
-            &key,
+            key,
             json!({"url": format!("{}/{t}", receiver.url()), "event_types": ["message.*"]}),
         )
         .await;
-        tenants.push((id, key));
     }
     wait_for_partitions(&[&n0, &n1]).await;
 
@@ -324,15 +350,13 @@ async fn a_partition_taken_after_compaction_is_rebuilt_from_its_snapshot() {
     };
     let n0 = start(dirs[0].path(), "c0");
     let receiver = Receiver::ok().await;
-    let mut tenants = Vec::new();
-    for t in 0..8 {
-        let (id, key) = n0.tenant(&format!("t{t}")).await;
+    let tenants = tenants_in_every_partition(&n0, 1).await;
+    for (t, (_, key)) in tenants.iter().enumerate() {
         n0.subscribe(
-            &key,
+            key,
             json!({"url": format!("{}/{t}", receiver.url()), "event_types": ["message.*"]}),
         )
         .await;
-        tenants.push((id, key));
     }
     wait_for_partitions(&[&n0]).await;
     let js = async_nats::jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
@@ -373,17 +397,7 @@ async fn a_partition_taken_after_compaction_is_rebuilt_from_its_snapshot() {
 
     // A second node takes half of the partitions: from their snapshots.
     let n1 = start(dirs[1].path(), "c1");
-    // Until the new node holds its whole share (it takes it over a few
-    // lease rounds; with one partition it would often hold no tenant).
-    let deadline = Instant::now() + PATIENCE * 2;
-    let held = loop {
-        let held = wait_for_partitions(&[&n0, &n1]).await;
-        if held[1].len() == PARTITIONS as usize / 2 {
-            break held;
-        }
-        assert!(Instant::now() < deadline, "no even share: {held:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let held = wait_for_partitions(&[&n0, &n1]).await;
     let mut checked = 0;
     for (t, (id, key)) in tenants.iter().enumerate() {
         if !held[1].contains(&partition_of_tenant(id, PARTITIONS)) {
