@@ -531,6 +531,14 @@ impl OnChange for LeaseChanges {
                 return Ok(());
             };
             let started = std::time::Instant::now();
+            // Forwarded requests are taken from before the data is read (a
+            // request that comes meanwhile gets the holder's own 503), so
+            // that a partition listed as held is also reachable through
+            // every node.
+            self.forwarding
+                .serve(client, partition)
+                .await
+                .map_err(|e| format!("answering the partition's forwarded requests: {e}"))?;
             // Right after a NATS server is lost, JetStream requests time out
             // for a while: the lease is kept and the reading tried again
             // (giving it back would only make another node try the same),
@@ -549,10 +557,14 @@ impl OnChange for LeaseChanges {
                     }
                 }
             };
-            tokio::time::timeout(PREPARE_PATIENCE, reading)
+            let read = tokio::time::timeout(PREPARE_PATIENCE, reading)
                 .await
-                .map_err(|_| format!("reading the partition took over {PREPARE_PATIENCE:?}"))??;
-            self.forwarding.serve(client, partition);
+                .map_err(|_| format!("reading the partition took over {PREPARE_PATIENCE:?}"))
+                .and_then(|read| read);
+            if read.is_err() {
+                self.forwarding.stop(partition);
+            }
+            read?;
             info!(
                 partition,
                 took_ms = started.elapsed().as_millis() as u64,

@@ -331,14 +331,26 @@ async fn the_api_commands_drive_a_real_server() {
             let _ = lines_tx.send(line.unwrap_or_default());
         }
     });
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let (status, _) = server
-        .call("POST", "/v1/events", &key, Some(message_event("cli-2")))
-        .await;
-    assert_eq!(status, 202);
-    let line = lines_rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("tail printed the new delivery");
+    // The tail's first page is the baseline it prints nothing of: an event
+    // sent before the tail read it would never be printed, so one is sent
+    // every two seconds until one is.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut sent = 1;
+    let line = loop {
+        sent += 1;
+        let event = format!("cli-{sent}");
+        let (status, _) = server
+            .call("POST", "/v1/events", &key, Some(message_event(&event)))
+            .await;
+        assert_eq!(status, 202);
+        match lines_rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(line) => break line,
+            Err(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "tail never printed a new delivery"
+            ),
+        }
+    };
     assert!(
         line.contains("dlv_") && line.contains("message.created"),
         "{line}"

@@ -54,19 +54,30 @@ async fn leased(node: &Server) -> u64 {
     health["cluster"]["partitions_leased"].as_u64().unwrap_or(0)
 }
 
+/// No node holds more than its share of the 8 partitions, and each
+/// holds some.
+fn shares_settled(counts: &[u64]) -> bool {
+    let share = 8u64.div_ceil(counts.len() as u64);
+    counts.iter().all(|c| (1..=share).contains(c))
+}
+
 async fn wait_for_leases_within(nodes: &[&Server], within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let mut total = 0;
+        let mut counts = Vec::new();
         for n in nodes {
-            total += leased(n).await;
+            counts.push(leased(n).await);
         }
-        if total == 8 {
+        let total: u64 = counts.iter().sum();
+        // Every partition leased and no node beyond its share: nothing
+        // moves any more (a partition moving while its deliveries are in
+        // flight could send one twice).
+        if total == 8 && shares_settled(&counts) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "partitions not leased: {total}/8"
+            "partitions not leased: {counts:?} of 8"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -978,6 +989,7 @@ async fn ordering_and_a_rate_limit_hold_across_two_nodes() {
         let (status, body) = node.call("POST", "/v1/events", &key, Some(event)).await;
         assert_eq!(status, 202, "{body}");
     }
+    let posted = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     while arrivals.lock().unwrap().len() < total {
         assert!(
@@ -994,11 +1006,16 @@ async fn ordering_and_a_rate_limit_hold_across_two_nodes() {
             assert!(*seq > before, "{conv}: {seq} after {before}");
         }
     }
-    // 100 deliveries at 20/s: about 5 s from the first to the last.
+    // 100 deliveries at 20/s: about 5 s from the first to the last, unless
+    // the events came in slower than that (a loaded machine): then soon
+    // after the last was accepted.
     let span = arrivals.last().unwrap().0 - arrivals[0].0;
+    let most = Duration::from_secs(8)
+        .max(posted.saturating_duration_since(arrivals[0].0) + Duration::from_secs(3));
     assert!(
-        span >= Duration::from_millis(4400) && span <= Duration::from_secs(8),
-        "100 deliveries in {span:?} at 20/s"
+        span >= Duration::from_millis(4400) && span <= most,
+        "100 deliveries in {span:?} at 20/s (all accepted {:?} after the first arrived)",
+        posted.saturating_duration_since(arrivals[0].0)
     );
 }
 

@@ -144,11 +144,18 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
         return;
     };
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes = [
-        node(&cluster, dirs[0].path(), "p0"),
-        node(&cluster, dirs[1].path(), "p1"),
-        node(&cluster, dirs[2].path(), "p2"),
-    ];
+    // Nothing is killed until the end: long leases, so that no partition
+    // moves on a loaded machine between reading who holds what and the
+    // check of the disks.
+    let start = |i: usize| {
+        node_with(
+            &cluster,
+            dirs[i].path(),
+            &format!("p{i}"),
+            &[("WASMHOOK_CLUSTER_LEASE_SECS", "10")],
+        )
+    };
+    let nodes = [start(0), start(1), start(2)];
     let receiver = Receiver::ok().await;
     let mut tenants = Vec::new();
     for t in 0..6 {
@@ -221,6 +228,11 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
 
     // On disk: each tenant's events on its partition's node only.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        wait_for_partitions(&[&nodes[0], &nodes[1], &nodes[2]]).await,
+        held,
+        "no partition moved during the test"
+    );
     for n in nodes {
         n.kill9();
     }

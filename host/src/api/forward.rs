@@ -219,17 +219,17 @@ impl Forwarding {
         let _ = self.router.set(router);
     }
 
-    /// Starts answering partition `p`'s forwarded requests.
-    pub fn serve(&self, client: async_nats::Client, p: u32) {
+    /// Starts answering partition `p`'s forwarded requests: returns once
+    /// the NATS servers know of this node's subscription, so that from then
+    /// on no request for `p` finds no responder (and is served, with a 503,
+    /// where it came in).
+    pub async fn serve(&self, client: async_nats::Client, p: u32) -> Result<(), async_nats::Error> {
+        let mut requests = client
+            .queue_subscribe(subject(p), "wasmhook".into())
+            .await?;
+        client.flush().await?;
         let router = self.router.clone();
         let task = tokio::spawn(async move {
-            let mut requests = match client.queue_subscribe(subject(p), "wasmhook".into()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "answering forwarded requests");
-                    return;
-                }
-            };
             while let Some(message) = requests.next().await {
                 let (client, router) = (client.clone(), router.clone());
                 tokio::spawn(async move {
@@ -251,6 +251,7 @@ impl Forwarding {
         {
             old.abort();
         }
+        Ok(())
     }
 
     /// Stops answering partition `p`'s (it moved away).
