@@ -84,7 +84,7 @@ class Run(Processes):
 
     def start_node(self, i):
         port = self.node_ports[i]
-        env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG="warn",
+        env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG=os.environ.get("NODE_LOG", "warn"),
                    WASMHOOK_SERVER_SECRETS_KEY="be" * 32,
                    WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
                    WASMHOOK_CLUSTER_LEASE_SECS=str(LEASE),

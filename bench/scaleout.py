@@ -48,9 +48,24 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "24"))
 # each tenant's data on the node leasing its partition).
 MODE = os.environ.get("MODE", "replicas")
 PARTITIONS = int(os.environ.get("PARTITIONS", "64"))
+# Partitioned mode: "blind" (every node's wrk rotates over every tenant, as
+# a load balancer that does not know the partitions: most requests are
+# forwarded) or "holder" (each tenant's requests go to the node holding its
+# partition, as a partition-aware balancer would send them; the
+# connections split by tenants held).
+ROUTING = os.environ.get("ROUTING", "blind")
 CGROUP = "/sys/fs/cgroup/cpu"
 PAD = "x" * 700
 DATA = '{"conversation_id":"c-1","author":"visitor","content":"%s"}' % PAD
+
+
+def partition_of(tenant_id, partitions):
+    """The partition of a tenant's data, as the nodes compute it (FNV-1a of
+    the id; `cluster::leases::partition_of`)."""
+    h = 0x811C9DC5
+    for b in tenant_id.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % max(1, partitions)
 
 
 class Run(Processes):
@@ -129,6 +144,10 @@ class Run(Processes):
         status, h = call(self.base(i), "GET", "/healthz", timeout=5)
         return (h.get("cluster") or {}).get("partitions_leased", 0) if status == 200 else 0
 
+    def data_partitions(self, i):
+        status, h = call(self.base(i), "GET", "/healthz", timeout=5)
+        return set((h.get("cluster") or {}).get("data_partitions") or []) if status == 200 else set()
+
     def wrk_script(self, keys, prefix):
         path = os.path.join(self.work, f"{prefix}.lua")
         quoted = ", ".join(f'"{k}"' for k in keys)
@@ -150,11 +169,12 @@ end
         self.start_nats()
         self.start_nginx()
         self.start_nodes()
-        keys = []
+        keys, ids = [], []
         for t in range(TENANTS):
             status, body = call(self.base(0), "POST", "/v1/tenants", body={"name": f"t{t}"})
             assert status == 201, body
             key = body["api_key"]
+            ids.append(body["id"])
             status, body = call(self.base(0), "POST", "/v1/subscriptions", token=key,
                                 body={"url": f"http://127.0.0.1:{self.nginx_port}/hook/{t}",
                                       "event_types": ["*"], "max_in_flight": 16})
@@ -168,11 +188,20 @@ end
         nats_pids = [p.pid for p in self.nats]
         before = self.delivered()
         n0, s0, t0 = cpu_ticks(node_pids), cpu_ticks(nats_pids), time.monotonic()
+        loads = [(keys, max(1, CONNECTIONS // self.n)) for _ in range(self.n)]
+        if ROUTING == "holder":
+            wait_until(lambda: sum(len(self.data_partitions(i)) for i in range(self.n)) == PARTITIONS,
+                       120, "every partition's data held")
+            held = [self.data_partitions(i) for i in range(self.n)]
+            loads = []
+            for i in range(self.n):
+                mine = [k for k, t in zip(keys, ids) if partition_of(t, PARTITIONS) in held[i]]
+                loads.append((mine, round(CONNECTIONS * len(mine) / len(keys))))
         wrks = [subprocess.Popen(
-            ["wrk", "-t1", f"-c{max(1, CONNECTIONS // self.n)}", f"-d{DURATION}s", "-s",
-             self.wrk_script(keys, f"n{i}"), self.base(i) + "/v1/events"],
+            ["wrk", "-t1", f"-c{max(1, conns)}", f"-d{DURATION}s", "-s",
+             self.wrk_script(mine, f"n{i}"), self.base(i) + "/v1/events"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for i in range(self.n)]
+            for i, (mine, conns) in enumerate(loads) if mine]
         accepted = refused = 0
         for w in wrks:
             out, _ = w.communicate()
@@ -220,7 +249,7 @@ def main():
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
     base = med[NODES[0]]
     print()
-    print(f"mode {MODE}, {PARTITIONS} partitions, "
+    print(f"mode {MODE}, {PARTITIONS} partitions, routing {ROUTING}, "
           f"{TENANTS} tenants, each node held to {QUOTA} of a core, 3 nats-servers (R3), "
           f"{CONNECTIONS} connections spread over the nodes for {DURATION} s; {os.cpu_count()} cores; "
           f"medians of {RUNS}")

@@ -8,6 +8,8 @@
 #   bench/scaleout.sh                         # N = 1 2 3, 0.25 core each, 3 runs
 #   QUOTA=0.5 NODES="1 3" RUNS=5 bench/scaleout.sh
 #   TENANTS=12 CONNECTIONS=8 DURATION=20 bench/scaleout.sh
+#   MODE=partitioned PARTITIONS=6 bench/scaleout.sh   # the scale-out (issue 25)
+#   MODE=partitioned PARTITIONS=6 ROUTING=holder bench/scaleout.sh   # each tenant sent to its holder
 #
 # Needs root (cgroup v1 `cpu` controller at /sys/fs/cgroup/cpu), nats-server,
 # nginx and wrk (Debian: apt-get install nats-server nginx-light wrk).

@@ -718,6 +718,10 @@ impl Log {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         let (file, seq) = answer.await.map_err(|_| ClusterError::Stopped)??;
+        if seq == 0 {
+            // An empty log (a partition nobody wrote to yet): nothing to keep.
+            return Ok((0, None));
+        }
         let snapshots = &self.snapshots;
         let previous = snapshots.latest().await?;
         if previous.is_some_and(|p| p >= seq) {
@@ -725,7 +729,10 @@ impl Log {
         }
         snapshots.upload(file.path(), seq).await?;
         drop(file);
-        let Some(previous) = previous else {
+        // Nothing below a snapshot at 0 to purge; and NATS (2.9) reads a
+        // purge below sequence 1 as a purge of the whole stream, which would
+        // take the batches written since the snapshot with it.
+        let Some(previous) = previous.filter(|p| *p > 0) else {
             return Ok((seq, None));
         };
         // Below the previous snapshot's sequence: a node up to one interval

@@ -533,6 +533,37 @@ async fn a_compacted_log_is_rebuilt_from_the_snapshot_by_new_and_lagging_nodes()
     assert_eq!(records(lagging.view()), records(a.log.view()));
 }
 
+/// A log compacted while still empty (a partition no tenant has written
+/// to yet) stores no snapshot, and the next compaction purges nothing:
+/// NATS treats a purge "below sequence 1" as a purge of the whole stream,
+/// which took the batches written since with it (found at 10,000 tenants:
+/// the holders' appliers stopped, "compacted past this node's view").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_an_empty_log_keeps_what_is_written_after() {
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let a = node(cluster.urls(), "a", 1).await;
+    assert_eq!(a.log.compact().await.unwrap(), (0, None));
+    let write = |log: &Log, i: u32| {
+        let mut r = Recorder::new(log.view());
+        r.insert("deliveries", &i.to_be_bytes(), vec![b'x'; 100]);
+        r.into_batch(log.node())
+    };
+    for i in 0..10 {
+        a.log.publish(&write(&a.log, i)).await.unwrap();
+    }
+    // The first snapshot of anything: nothing purged.
+    assert_eq!(a.log.compact().await.unwrap(), (10, None));
+    for i in 10..15 {
+        a.log.publish(&write(&a.log, i)).await.unwrap();
+    }
+    // A node that reads the whole log finds every batch there.
+    let fresh = node(cluster.urls(), "fresh", 1).await;
+    assert_eq!(fresh.log.caught_up().await.unwrap(), 15);
+    assert_eq!(records(fresh.log.view()), records(a.log.view()));
+}
+
 #[test]
 fn a_snapshot_carries_the_records_and_unfinished_parts_but_not_the_nodes_own_trees() {
     let from_dir = tempfile::tempdir().unwrap();
