@@ -28,7 +28,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::task::AbortHandle;
+use tokio::sync::oneshot;
 use tower::ServiceExt;
 
 use super::{ApiError, ApiState};
@@ -210,8 +210,14 @@ fn moving(partition: u32) -> ApiError {
 #[derive(Clone, Default)]
 pub struct Forwarding {
     router: Arc<OnceLock<Router>>,
-    serving: Arc<Mutex<HashMap<u32, AbortHandle>>>,
+    /// Per partition served: dropped or fired, its task stops taking
+    /// requests (see [`Forwarding::serve`]).
+    serving: Arc<Mutex<HashMap<u32, oneshot::Sender<()>>>>,
 }
+
+/// How long a partition given up keeps answering the requests that were
+/// already on their way to it.
+const DRAIN_FOR: Duration = Duration::from_secs(5);
 
 impl Forwarding {
     /// The routes forwarded requests are answered with (set once built).
@@ -229,8 +235,9 @@ impl Forwarding {
             .await?;
         client.flush().await?;
         let router = self.router.clone();
-        let task = tokio::spawn(async move {
-            while let Some(message) = requests.next().await {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let take = |message: async_nats::Message| {
                 let (client, router) = (client.clone(), router.clone());
                 tokio::spawn(async move {
                     let Some(reply) = message.reply else {
@@ -241,28 +248,44 @@ impl Forwarding {
                         tracing::debug!(error = %e, "answering a forwarded request");
                     }
                 });
+            };
+            loop {
+                tokio::select! {
+                    message = requests.next() => match message {
+                        Some(message) => take(message),
+                        None => return,
+                    },
+                    _ = &mut stopped => break,
+                }
             }
+            // Given up: no new request comes here, and those already on
+            // their way are answered (the partition gone: a 503 the client
+            // retries) rather than left to their sender's time limit.
+            let _ = requests.drain().await;
+            let _ = tokio::time::timeout(DRAIN_FOR, async {
+                while let Some(message) = requests.next().await {
+                    take(message);
+                }
+            })
+            .await;
         });
-        if let Some(old) = self
-            .serving
+        // A task serving `p` before is stopped by its sender's drop.
+        self.serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(p, task.abort_handle())
-        {
-            old.abort();
-        }
+            .insert(p, stop);
         Ok(())
     }
 
     /// Stops answering partition `p`'s (it moved away).
     pub fn stop(&self, p: u32) {
-        if let Some(task) = self
+        let stop = self
             .serving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&p)
-        {
-            task.abort();
+            .remove(&p);
+        if let Some(stop) = stop {
+            let _ = stop.send(());
         }
     }
 }
