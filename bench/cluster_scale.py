@@ -255,9 +255,12 @@ def main():
         run = Run(binary, work)
         try:
             r = run.run()
-        finally:
+        except BaseException:
             run.stop_all()
-            shutil.rmtree(work, ignore_errors=True)
+            print(f"run {i + 1} failed; its logs are in {work}", flush=True)
+            raise
+        run.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
         print(f"run {i + 1}: {json.dumps({k: round(v, 1) for k, v in r.items()})}", flush=True)
         results.append(r)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}

@@ -531,14 +531,6 @@ impl OnChange for LeaseChanges {
                 return Ok(());
             };
             let started = std::time::Instant::now();
-            // Forwarded requests are taken from before the data is read (a
-            // request that comes meanwhile gets the holder's own 503), so
-            // that a partition listed as held is also reachable through
-            // every node.
-            self.forwarding
-                .serve(client, partition)
-                .await
-                .map_err(|e| format!("answering the partition's forwarded requests: {e}"))?;
             // Right after a NATS server is lost, JetStream requests time out
             // for a while: the lease is kept and the reading tried again
             // (giving it back would only make another node try the same),
@@ -561,10 +553,12 @@ impl OnChange for LeaseChanges {
                 .await
                 .map_err(|_| format!("reading the partition took over {PREPARE_PATIENCE:?}"))
                 .and_then(|read| read);
-            if read.is_err() {
-                self.forwarding.stop(partition);
-            }
             read?;
+            // Forwarded requests answered here from now on (subscribed and
+            // flushed before the lease counts).
+            if let Err(e) = self.forwarding.serve(client, partition).await {
+                return Err(format!("answering the partition's forwarded requests: {e}"));
+            }
             info!(
                 partition,
                 took_ms = started.elapsed().as_millis() as u64,

@@ -99,6 +99,26 @@ async fn tenants_in_every_partition(node: &Server, per_partition: usize) -> Vec<
     by_partition.into_iter().flatten().collect()
 }
 
+/// Posts a message event through `node` until it is accepted: a 503
+/// (the tenant's partition between holders for a moment, the client's
+/// cue to retry) is sent again. The 202's body.
+async fn accepted(node: &Server, key: &str, id: &str) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = node
+            .call("POST", "/v1/events", key, Some(message_event(id)))
+            .await;
+        if status == 202 {
+            return body;
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One event per tenant, each sent to the live nodes from a different
 /// first one, all at once: their delivery ids by event id.
 async fn send_round(
@@ -176,16 +196,10 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     for (t, (_, key)) in tenants.iter().enumerate() {
         for e in 0..6 {
             let id = format!("evt_{t}_{e}");
-            let (status, body) = nodes[e % 3]
-                .call("POST", "/v1/events", key, Some(message_event(&id)))
-                .await;
-            assert_eq!(status, 202, "{body}");
+            accepted(&nodes[e % 3], key, &id).await;
             if e == 0 {
                 // The same event through another node: routed once.
-                let (status, again) = nodes[1]
-                    .call("POST", "/v1/events", key, Some(message_event(&id)))
-                    .await;
-                assert_eq!(status, 202, "{again}");
+                let again = accepted(&nodes[1], key, &id).await;
                 assert_eq!(again["duplicate"], true, "{again}");
             }
             let ids = delivery_ids(&nodes[0], key, &id).await;

@@ -215,8 +215,8 @@ pub struct Forwarding {
     serving: Arc<Mutex<HashMap<u32, oneshot::Sender<()>>>>,
 }
 
-/// How long a partition given up keeps answering the requests that were
-/// already on their way to it.
+/// How long a partition given up answers the requests that were already
+/// on their way to it.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
 impl Forwarding {
