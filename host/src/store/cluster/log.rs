@@ -749,10 +749,15 @@ impl Log {
     }
 
     /// Stops following the log for good (a partition given up): the
-    /// applier ends, and a batch it was applying is the last one.
+    /// applier ends, and a batch it was applying is the last one. Writers
+    /// waiting for their batch to be applied here are answered at once
+    /// (`Stopped`: the caller's 503) instead of at the end of their wait.
     pub fn stop(&self) {
         self.applier.abort();
         self.view.close();
+        for (_, waiter) in self.lock_waiters().drain() {
+            let _ = waiter.send(Err(ClusterError::Stopped));
+        }
     }
 
     /// The NATS connection the log uses (other cluster traffic shares it).
@@ -778,6 +783,12 @@ impl Log {
         let count = body.len().div_ceil(limit).max(1);
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(batch.id.clone(), tx);
+        // Stopped meanwhile (`Log::stop` closes the view, then answers the
+        // waiters): nothing would ever apply it here.
+        if *self.view.closed.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.lock_waiters().remove(&batch.id);
+            return Err(ClusterError::Stopped);
+        }
         let mut ack = None;
         // Parts go one after another, each acknowledged before the next:
         // a view applies the batch when its last part comes.
