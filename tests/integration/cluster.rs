@@ -61,7 +61,18 @@ fn shares_settled(counts: &[u64]) -> bool {
     counts.iter().all(|c| (1..=share).contains(c))
 }
 
+/// Every partition leased by the nodes, however they share them (after a
+/// kill, the survivors may take minutes to even out: see docs/cluster.md
+/// on a NATS server lost).
+async fn wait_for_all_leased(nodes: &[&Server]) {
+    wait_for_leases_as(nodes, PATIENCE, false).await;
+}
+
 async fn wait_for_leases_within(nodes: &[&Server], within: Duration) {
+    wait_for_leases_as(nodes, within, true).await;
+}
+
+async fn wait_for_leases_as(nodes: &[&Server], within: Duration, settled: bool) {
     let deadline = Instant::now() + within;
     loop {
         let mut counts = Vec::new();
@@ -72,7 +83,7 @@ async fn wait_for_leases_within(nodes: &[&Server], within: Duration) {
         // Every partition leased and no node beyond its share: nothing
         // moves any more (a partition moving while its deliveries are in
         // flight could send one twice).
-        if total == 8 && shares_settled(&counts) {
+        if total == 8 && (!settled || shares_settled(&counts)) {
             return;
         }
         assert!(
@@ -182,7 +193,7 @@ async fn three_nodes_route_each_event_once_and_take_over_a_killed_nodes_work() {
     // id (at least once); every id arrives.
     let ids = receiver.wait_for_ids(200, PATIENCE).await;
     assert_eq!(ids.len(), 200, "every delivery id arrived");
-    wait_for_leases(&[&n0, &n1]).await;
+    wait_for_all_leased(&[&n0, &n1]).await;
 }
 
 #[test]
@@ -525,7 +536,7 @@ async fn kill_9_of_a_node_and_of_a_nats_server_under_load_loses_nothing() {
             "{event} under a delivery id of its own"
         );
     }
-    wait_for_leases(&[&n0, &n1]).await;
+    wait_for_all_leased(&[&n0, &n1]).await;
 }
 
 /// A node stopped with SIGTERM gives its leases back: the other takes its
