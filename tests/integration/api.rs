@@ -454,10 +454,13 @@ both_backends! {
         assert_eq!(event["data"]["s"], "é\u{1F600} \"q\"");
         assert_eq!(event["data"]["a"][0], 100.0);
         let delivery = event["deliveries"][0].as_str().unwrap();
-        let (s, _) = server
+        // The receiver saw it before the attempt was recorded; a retry
+        // of a delivery still pending is refused (409), so wait.
+        assert_eq!(server.settled(&key, delivery).await["status"], "succeeded");
+        let (s, b) = server
             .call("POST", &format!("/v1/deliveries/{delivery}/retry"), &key, None)
             .await;
-        assert_eq!(s, 202);
+        assert_eq!(s, 202, "{b}");
         let got = rx.wait_for(3, PATIENCE).await;
         assert_eq!(String::from_utf8(got[2].body.to_vec()).unwrap(), bodies[0]);
 

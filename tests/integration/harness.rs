@@ -565,6 +565,24 @@ impl Server {
         assert_eq!(status, 201, "{sub}");
         sub
     }
+
+    /// Waits until a delivery of `key`'s tenant reaches a final status and
+    /// returns it. A receiver seeing a request comes before the attempt's
+    /// record, so a test that acts on the record (a manual retry, its
+    /// attempts) waits here first.
+    pub async fn settled(&self, key: &str, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            let (_, d) = self
+                .call("GET", &format!("/v1/deliveries/{id}"), key, None)
+                .await;
+            if d["status"] != "pending" {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("delivery {id} still pending");
+    }
 }
 
 impl Drop for Server {

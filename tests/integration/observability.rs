@@ -29,21 +29,6 @@ async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
-/// Waits until a delivery of `key`'s tenant reaches a final status.
-async fn settled(server: &Server, key: &str, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while std::time::Instant::now() < deadline {
-        let (_, d) = server
-            .call("GET", &format!("/v1/deliveries/{id}"), key, None)
-            .await;
-        if d["status"] != "pending" {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("delivery {id} still pending");
-}
-
 #[tokio::test]
 async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +48,9 @@ async fn metrics_count_what_happened_and_are_served_to_the_operator_only() {
     }
     rx.wait_for(1, PATIENCE).await;
     let (_, event) = server.call("GET", "/v1/events/m-1", &key, None).await;
-    settled(&server, &key, event["deliveries"][0].as_str().unwrap()).await;
+    server
+        .settled(&key, event["deliveries"][0].as_str().unwrap())
+        .await;
 
     let url = format!("{}/metrics", server.base);
     assert_eq!(get_text(&url, None).await.0, 401);
@@ -569,7 +556,7 @@ async fn one_events_trace_from_its_request_to_every_attempt_across_a_restart() {
     let server = Server::start_with(&data, &[], &env);
     flaky.wait_for(2, PATIENCE).await;
     assert_eq!(
-        settled(&server, &key, &flaky_delivery).await["status"],
+        server.settled(&key, &flaky_delivery).await["status"],
         "succeeded"
     );
     // Stopping flushes what is buffered.

@@ -169,6 +169,17 @@ pub(super) fn encode_delivery(d: &Delivery) -> Vec<u8> {
 
 /// A delivery from its record in this form (`bytes` starts with
 /// [`DELIVERY_V1`]).
+/// The tenant of a binary delivery record: its second field, read
+/// without decoding the others (postcard writes fields in order).
+pub(super) fn delivery_tenant_v1(key: &[u8], bytes: &[u8]) -> Result<String, StoreError> {
+    let (id_and_tenant, _): ((&str, &str), _) =
+        postcard::take_from_bytes(&bytes[1..]).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            message: format!("binary delivery record: {e}"),
+        })?;
+    Ok(id_and_tenant.1.to_string())
+}
+
 pub(super) fn decode_delivery_v1(key: &[u8], bytes: &[u8]) -> Result<Delivery, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -243,7 +254,7 @@ pub(super) fn decode_delivery_v1(key: &[u8], bytes: &[u8]) -> Result<Delivery, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{decode_delivery, encode_packed};
+    use crate::store::{decode_delivery, delivery_tenant, encode_packed};
 
     fn delivery() -> Delivery {
         let at = |s: &str| s.parse::<Timestamp>().unwrap();
@@ -339,6 +350,32 @@ mod tests {
                 bare
             );
         }
+    }
+
+    #[test]
+    fn a_deliverys_tenant_reads_alone_in_every_form() {
+        let d = Delivery {
+            tenant_id: "t \u{e9}\u{1F600}".into(),
+            ..delivery()
+        };
+        let ordered = Delivery {
+            order: Some(OrderSlot {
+                key: "k".into(),
+                seq: 1,
+                block: false,
+            }),
+            ..d.clone()
+        };
+        for bytes in [
+            encode_delivery(&d),
+            encode_delivery(&ordered),
+            encode_packed(&d),
+            serde_json::to_vec(&d).unwrap(),
+        ] {
+            assert_eq!(delivery_tenant(b"k", &bytes).unwrap(), d.tenant_id);
+        }
+        let cut = encode_delivery(&d);
+        assert!(delivery_tenant(b"k", &cut[..cut.len().min(8)]).is_err());
     }
 
     #[test]

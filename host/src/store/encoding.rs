@@ -52,6 +52,14 @@ pub(super) fn decode_delivery(key: &[u8], bytes: &[u8]) -> Result<Delivery, Stor
     }
 }
 
+/// The tenant of a stored delivery, without decoding the rest of it.
+pub(super) fn delivery_tenant(key: &[u8], bytes: &[u8]) -> Result<String, StoreError> {
+    match bytes.first() {
+        Some(&codec::DELIVERY_V1 | &codec::DELIVERY_V2) => codec::delivery_tenant_v1(key, bytes),
+        _ => decode_delivery(key, bytes).map(|d| d.tenant_id),
+    }
+}
+
 pub(super) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),

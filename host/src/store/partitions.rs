@@ -265,15 +265,10 @@ impl Store {
         let index = self.data_index();
         let count = parts.count;
         let member = Arc::new(move |tree: &str, key: &[u8], value: &[u8]| {
-            let write = Write {
-                tree: tree.to_string(),
-                key: key.to_vec(),
-                value: Some(value.to_vec()),
-            };
             // A record whose tenant cannot be told (a held item of a window
             // gone) is no one's: every holder drops it.
             index
-                .tenant_of(&write)
+                .tenant_of(tree, key, Some(value))
                 .ok()
                 .flatten()
                 .is_none_or(|t| partition_of_tenant(&t, count) == p)
@@ -391,7 +386,7 @@ impl Store {
         let index = self.data_index();
         let mut grouped: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
         for w in writes {
-            let tenant = match index.tenant_of(&w)? {
+            let tenant = match index.tenant_of(&w.tree, &w.key, w.value.as_deref())? {
                 Some(t) => t,
                 None => match hint {
                     Some(t) => t.to_string(),
@@ -420,42 +415,56 @@ struct DataIndex {
 }
 
 impl DataIndex {
-    /// The tenant a write of the data belongs to, from its key (most trees
-    /// start with the tenant), its value, or what the key holds now (a
-    /// removal). None: it cannot be told (a held item whose window is
-    /// gone).
-    fn tenant_of(&self, w: &Write) -> Result<Option<String>, StoreError> {
+    /// The tenant a write of the data (`value`: None for a removal)
+    /// belongs to, from its key (most trees start with the tenant), its
+    /// value, or what the key holds now (a removal). None: it cannot be
+    /// told (a held item whose window is gone). Asked of every write of
+    /// a partitioned node and of every record a partition's snapshot
+    /// scans, so it copies nothing it can borrow and decodes a delivery's
+    /// tenant alone.
+    fn tenant_of(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<String>, StoreError> {
         let first = |bytes: &[u8]| {
             bytes
                 .split(|b| *b == 0)
                 .next()
                 .map(|t| String::from_utf8_lossy(t).into_owned())
         };
-        let current = |tree: &Tree| -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(match &w.value {
-                Some(v) => Some(v.clone()),
-                None => tree.get(&w.key)?.map(|v| v.to_vec()),
+        let current = |tree: &Tree| -> Result<Option<sled::IVec>, StoreError> {
+            Ok(match value {
+                Some(v) => Some(v.into()),
+                None => tree.get(key)?,
             })
         };
-        Ok(match w.tree.as_str() {
+        Ok(match tree {
             "events" | "events_by_time" | "tenant_deliveries" | "lanes" | "lane_items" => {
-                first(&w.key)
+                first(key)
             }
-            "outbox" => current(&self.outbox)?.and_then(|v| first(&v)),
-            "deliveries" => match current(&self.deliveries)? {
-                Some(v) => Some(decode_delivery(&w.key, &v)?.tenant_id),
-                None => None,
+            "outbox" => match value {
+                Some(v) => first(v),
+                None => self.outbox.get(key)?.and_then(|v| first(&v)),
+            },
+            "deliveries" => match value {
+                Some(v) => Some(delivery_tenant(key, v)?),
+                None => match self.deliveries.get(key)? {
+                    Some(v) => Some(delivery_tenant(key, &v)?),
+                    None => None,
+                },
             },
             "windows" => match current(&self.windows)? {
-                Some(v) => Some(decode::<WindowState>(&w.key, &v)?.tenant_id),
+                Some(v) => Some(decode::<WindowState>(key, &v)?.tenant_id),
                 None => None,
             },
             // sub \0 window start (8 bytes) \0 seq: the window's tenant.
             "held" => {
-                let Some(sub_len) = w.key.iter().position(|b| *b == 0) else {
+                let Some(sub_len) = key.iter().position(|b| *b == 0) else {
                     return Ok(None);
                 };
-                let window = &w.key[..(sub_len + 9).min(w.key.len())];
+                let window = &key[..(sub_len + 9).min(key.len())];
                 match self.windows.get(window)? {
                     Some(v) => Some(decode::<WindowState>(window, &v)?.tenant_id),
                     None => None,

@@ -190,9 +190,15 @@ pub struct View {
     local: &'static [&'static str],
     /// The log this view follows.
     channel: Channel,
-    /// Held while a group is applied; true once the view is closed (a
-    /// partition given up): nothing is applied after.
-    closed: Mutex<bool>,
+    /// True once the view is closed (a partition given up): no group
+    /// starts after. An atomic, not a lock, so that closing it and a
+    /// writer's check never wait on a transaction (both run on tokio
+    /// workers).
+    closed: std::sync::atomic::AtomicBool,
+    /// Held while a group is applied (the flag above is read under it):
+    /// [`View::drop_all`] takes it, so a group that started before the
+    /// close has ended before the view's records are dropped.
+    applying: Mutex<()>,
     /// A partition's view: which records of the shared database are its
     /// own (what its snapshots hold and loading one replaces).
     scope: Option<super::snapshot::Scope>,
@@ -216,7 +222,8 @@ impl View {
             scratch: std::env::temp_dir(),
             local: &["__sled__default"],
             channel,
-            closed: Mutex::new(false),
+            closed: Default::default(),
+            applying: Mutex::default(),
             scope: None,
             coalescer: Coalescer::start(),
         })
@@ -253,10 +260,15 @@ impl View {
         self
     }
 
-    /// Stops applying: waits for a group being applied, after which no
-    /// batch changes the trees through this view.
+    /// Stops applying: no group starts after this; one being applied
+    /// may end ([`View::drop_all`] waits for it). Never blocks.
     pub fn close(&self) {
-        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`View::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Drops what this view holds and where it stopped (a partition given
@@ -266,6 +278,8 @@ impl View {
         let Some(scope) = &self.scope else {
             return Ok(0);
         };
+        // A group that started before the close ends first.
+        let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let removed = super::snapshot::clear_scope(&self.db, scope)?;
         self.log.remove(&self.channel.applied)?;
         self.db.flush()?;
@@ -400,8 +414,8 @@ impl View {
     /// Keeps part `index` of batch `id`, read at `seq`, until its last part
     /// comes; the sequence reached in the same transaction.
     fn stash_part(&self, seq: u64, id: &str, index: u32, chunk: &[u8]) -> Result<(), ClusterError> {
-        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        if *closed {
+        let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
             return Err(ClusterError::Stopped);
         }
         if seq <= self.applied()? {
@@ -785,7 +799,7 @@ impl Log {
         self.lock_waiters().insert(batch.id.clone(), tx);
         // Stopped meanwhile (`Log::stop` closes the view, then answers the
         // waiters): nothing would ever apply it here.
-        if *self.view.closed.lock().unwrap_or_else(|e| e.into_inner()) {
+        if self.view.is_closed() {
             self.lock_waiters().remove(&batch.id);
             return Err(ClusterError::Stopped);
         }

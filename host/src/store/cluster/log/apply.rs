@@ -30,12 +30,13 @@ pub(super) fn apply_groups(
     let Some((first, _)) = jobs.first() else {
         return Ok(Vec::new());
     };
-    // Held through the transaction: a view closed meanwhile applies nothing.
-    let closed: Vec<_> = jobs
+    // Held through the transaction (a view's records are not dropped
+    // meanwhile); a view closed before applies nothing.
+    let applying: Vec<_> = jobs
         .iter()
-        .map(|(view, _)| view.closed.lock().unwrap_or_else(|e| e.into_inner()))
+        .map(|(view, _)| view.applying.lock().unwrap_or_else(|e| e.into_inner()))
         .collect();
-    let open: Vec<bool> = closed.iter().map(|c| !**c).collect();
+    let open: Vec<bool> = jobs.iter().map(|(view, _)| !view.is_closed()).collect();
     let mut applied = Vec::with_capacity(jobs.len());
     for (view, _) in jobs {
         applied.push(view.applied()?);
@@ -111,7 +112,7 @@ pub(super) fn apply_groups(
         }
         Ok::<_, ConflictableTransactionError<()>>(all)
     });
-    drop(closed);
+    drop(applying);
     let all = match result {
         Ok(all) => all,
         Err(TransactionError::Storage(e)) => return Err(e.into()),
@@ -144,6 +145,9 @@ struct Job {
     group: Vec<(u64, Batch)>,
     reply: Reply,
 }
+
+/// A transaction this long is logged (see [`run`]).
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At most this many groups in one transaction.
 const MAX_GROUPS: usize = 64;
@@ -219,7 +223,19 @@ fn run(waiting: Vec<Job>) {
         .zip(&applying)
         .map(|(job, a)| (&*job.view, a.as_slice()))
         .collect();
+    let started = std::time::Instant::now();
     let results = apply_groups(&jobs);
+    // A transaction cannot be cut short, and every log of the database
+    // waits behind it: a slow one is said, so that a stalled view is seen.
+    let took = started.elapsed();
+    if took >= SLOW_APPLY {
+        tracing::warn!(
+            groups = jobs.len(),
+            batches = jobs.iter().map(|(_, g)| g.len()).sum::<usize>(),
+            took_ms = took.as_millis() as u64,
+            "applying to the view was slow; every log of this node waited behind it"
+        );
+    }
     drop(jobs);
     drop(applying);
     match results {
