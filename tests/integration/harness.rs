@@ -944,17 +944,28 @@ pub async fn delivery_ids(node: &Server, key: &str, id: &str) -> Vec<String> {
 /// a connection fault or a 503 (a partition moving), until one answers
 /// 202. Returns its delivery ids.
 pub async fn send_until_accepted(nodes: &[&Server], key: &str, event: &Value) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let (node, _) = post_until_accepted(nodes, key, event, Duration::from_secs(90)).await;
+    delivery_ids(node, key, event["id"].as_str().unwrap()).await
+}
+
+/// Posts `event` until a node accepts it (202), trying `nodes` in turn
+/// and retrying a 503 or a cut connection (a partition moving, a node
+/// restarting) for up to `within`, as a client would: the node that
+/// accepted it and the 202's body. Any other answer fails the test.
+pub async fn post_until_accepted<'a>(
+    nodes: &[&'a Server],
+    key: &str,
+    event: &Value,
+    within: Duration,
+) -> (&'a Server, Value) {
+    let deadline = Instant::now() + within;
     for attempt in 0.. {
         let node = nodes[attempt % nodes.len()];
         match node
             .try_call("POST", "/v1/events", key, Some(event.clone()))
             .await
         {
-            Ok((202, _)) => {
-                let id = event["id"].as_str().unwrap();
-                return delivery_ids(node, key, id).await;
-            }
+            Ok((202, body)) => return (node, body),
             Ok((503, _)) | Err(_) => {}
             Ok((status, body)) => panic!("{status}: {body}"),
         }

@@ -103,20 +103,9 @@ async fn tenants_in_every_partition(node: &Server, per_partition: usize) -> Vec<
 /// (the tenant's partition between holders for a moment, the client's
 /// cue to retry) is sent again. The 202's body.
 async fn accepted(node: &Server, key: &str, id: &str) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = node
-            .call("POST", "/v1/events", key, Some(message_event(id)))
-            .await;
-        if status == 202 {
-            return body;
-        }
-        assert!(
-            status == 503 && Instant::now() < deadline,
-            "{status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    post_until_accepted(&[node], key, &message_event(id), PATIENCE)
+        .await
+        .1
 }
 
 /// One event per tenant, each sent to the live nodes from a different
