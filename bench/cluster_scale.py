@@ -20,8 +20,13 @@ Per run, on fresh servers:
             it answers /healthz, and until it holds leases again
   snapshot  size of the view snapshot the leading node stores (partitioned:
             every partition's snapshot)
+  kill NATS one of the three NATS servers killed (-9); one more event per
+            tenant through the three nodes: time until every one is
+            accepted and until every delivery id arrived (KILL_NATS=0
+            skips it); the delivery ids counted at the end cover it
 
-MODE=partitioned PARTITIONS=n runs a partitioned cluster (issue 25).
+MODE=partitioned PARTITIONS=n runs a partitioned cluster (issue 25). NODE_LOG sets
+the nodes' RUST_LOG; KEEP=1 keeps the run's directory (logs) after a success.
 
 Prints each run and the medians as a Markdown table.
 
@@ -45,6 +50,8 @@ from benchlib import HZ, TOKEN, Processes, call, cpu_ticks, free_port, start_nat
 TENANTS = int(os.environ.get("TENANTS", 1000))
 SUBS = int(os.environ.get("SUBS_PER_TENANT", 10))
 LEASE = int(os.environ.get("LEASE_SECS", 20))
+# KILL_NATS=0 leaves out the last phase (a NATS server killed under load).
+KILL_NATS = os.environ.get("KILL_NATS", "1") != "0"
 # Compaction every SNAPSHOT s, so that a run sees a snapshot's size.
 SNAPSHOT = int(os.environ.get("SNAPSHOT_SECS", 30))
 # "replicas" (every node applies every write) or "partitioned" (issue 25:
@@ -252,6 +259,22 @@ class Run(Processes):
             os.path.getsize(os.path.join(dp, f))
             for dp, _, fs in os.walk(os.path.join(self.work, "node-0")) for f in fs
         ) / 2**20
+
+        # kill -9 of NATS server 2 (of 3, R3), load through every node
+        if KILL_NATS:
+            self.nats[2].send_signal(signal.SIGKILL)
+            self.nats[2].wait()
+            t0 = time.monotonic()
+            list(pool.map(lambda n: send((n, "c"), [0, 1, 2]), range(TENANTS)))
+            r["after_nats_kill_accepted_s"] = time.monotonic() - t0
+            want += TENANTS * SUBS
+            wait_until(lambda: len(self.delivered_ids()) >= want, 600,
+                       "deliveries after the NATS server kill")
+            r["after_nats_kill_all_delivered_s"] = time.monotonic() - t0
+            with open(self.access_log) as f:
+                lines = sum(1 for line in f if line.strip())
+            r["distinct_delivery_ids"] = len(self.delivered_ids())
+            r["sent_again_same_id"] = lines - r["distinct_delivery_ids"]
         pool.shutdown()
         return r
 
@@ -270,7 +293,10 @@ def main():
             print(f"run {i + 1} failed; its logs are in {work}", flush=True)
             raise
         run.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", flush=True)
         print(f"run {i + 1}: {json.dumps({k: round(v, 1) for k, v in r.items()})}", flush=True)
         results.append(r)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}

@@ -352,6 +352,40 @@ impl Leases {
         true
     }
 
+    /// The bucket's live keys (node heartbeats and partition leases),
+    /// without a consumer: the subjects the stream holds (a stream info
+    /// request), then each one's last entry by a direct get (answered by
+    /// any replica), keeping those whose last operation is a put. Listing
+    /// through `keys()` creates a consumer each round, and right after a
+    /// NATS server is killed consumer creation waits on the cluster's meta
+    /// leader: rounds timed out for minutes there (BENCHMARKS.md, "Issue
+    /// 25, third pass").
+    async fn live_keys(&self) -> Result<Vec<String>, ClusterError> {
+        let listing =
+            |e: &dyn std::fmt::Display| ClusterError::jetstream(format!("listing the leases: {e}"));
+        let prefix = self.kv.prefix.clone();
+        let subjects: Vec<(String, usize)> = self
+            .kv
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| listing(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| listing(&e))?;
+        let mut live = Vec::with_capacity(subjects.len());
+        for (subject, _) in subjects {
+            let Some(key) = subject.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let entry = self.kv.entry(key).await.map_err(|e| listing(&e))?;
+            if entry.is_some_and(|e| e.operation == kv::Operation::Put) {
+                live.push(key.to_string());
+            }
+        }
+        Ok(live)
+    }
+
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
@@ -379,14 +413,7 @@ impl Leases {
                 Err(_) => self.lose(p, on),
             }
         }
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("listing the leases: {e}")))?
-            .try_collect()
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("listing the leases: {e}")))?;
+        let keys = self.live_keys().await?;
         let nodes = keys
             .iter()
             .filter(|k| k.starts_with("node."))
