@@ -71,7 +71,13 @@ impl Redis {
     fn run(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--appendonly", "yes", "--save", ""])
+            // Every write in the append-only file before its reply: with
+            // the default (`everysec`), a slow fsync lets Redis answer an
+            // XADD whose write it postponed, and `stop` (SIGKILL) then loses
+            // an acknowledged message (a fresh-clone CI run at 298136b
+            // missed one on a loaded machine).
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
