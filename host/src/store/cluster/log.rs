@@ -628,6 +628,8 @@ pub struct Log {
     /// Makes the applier replace its reader: a writer or reader waited
     /// [`KICK_AFTER`] for the view to reach a sequence the stream has.
     kick: Arc<tokio::sync::Notify>,
+    /// Tells an applier reading by sequence that this node published.
+    wake: Arc<tokio::sync::Notify>,
     /// This log's snapshots.
     snapshots: super::snapshot::Snapshots,
     /// Asks the applier for a snapshot of the view between two batches.
@@ -676,7 +678,17 @@ impl Log {
         let from = view.applied()? + 1;
         // The first reader is made here, so a start-up fault is the
         // caller's error; later ones by the applier itself.
-        let messages = read_from(&stream, from).await?;
+        // A consumer that cannot be made now (the NATS cluster is
+        // electing a leader) is no start-up fault: the applier reads by
+        // sequence meanwhile.
+        let messages = match read::consumer_within(&stream, from).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the cluster log by sequence for now");
+                None
+            }
+        };
+        let wake = Arc::new(tokio::sync::Notify::new());
         let (tx, applied) = watch::channel(from - 1);
         let waiters = Waiters::default();
         let kick = Arc::new(tokio::sync::Notify::new());
@@ -685,6 +697,7 @@ impl Log {
         let task = tokio::spawn(apply_all(
             stream,
             messages,
+            wake.clone(),
             Applier {
                 view: view.clone(),
                 node: node.to_string(),
@@ -704,6 +717,7 @@ impl Log {
             applier: task.abort_handle(),
             last_end: tokio::sync::Mutex::new(None),
             kick,
+            wake,
             snapshots,
             snapshot_requests,
             failure,
@@ -834,6 +848,7 @@ impl Log {
             }
         }
         let ack = ack.expect("at least one part");
+        self.wake.notify_one();
         if ack.duplicate && ack.sequence <= *self.applied.borrow() {
             // A re-sent batch the log already had, and the view applied
             // before this call waited for it: its outcome was given to no
@@ -944,11 +959,18 @@ async fn ensure_stream(
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: DUPLICATE_WINDOW,
+            // Readers by sequence (`log/read.rs`) ask any replica.
+            allow_direct: true,
             ..Default::default()
         })
         .await
         .map_err(ClusterError::jetstream)?;
-    let config = &s.info().await.map_err(ClusterError::jetstream)?.config;
+    let config = s
+        .info()
+        .await
+        .map_err(ClusterError::jetstream)?
+        .config
+        .clone();
     check_setting(
         "stream",
         name,
@@ -984,29 +1006,21 @@ async fn ensure_stream(
         config.storage,
         stream::StorageType::File,
     )?;
+    if !config.allow_direct {
+        // Made by a version before direct gets: allowed now (any replica
+        // then answers a reader by sequence, not only the leader).
+        match js
+            .update_stream(stream::Config {
+                allow_direct: true,
+                ..config
+            })
+            .await
+        {
+            Ok(_) => s = js.get_stream(name).await.map_err(ClusterError::jetstream)?,
+            Err(e) => tracing::warn!(stream = name, error = %e, "allowing direct gets"),
+        }
+    }
     Ok(s)
-}
-
-/// An ordered reader of the stream from sequence `from`.
-async fn read_from(
-    stream: &stream::Stream,
-    from: u64,
-) -> Result<consumer::pull::Ordered, ClusterError> {
-    stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            // Short pulls, so heartbeats every second: a reader lost with
-            // its server is noticed within seconds, not after 30 s.
-            max_expires: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .await
-        .map_err(ClusterError::jetstream)?
-        .messages()
-        .await
-        .map_err(ClusterError::jetstream)
 }
 
 /// Loads the newest snapshot into `view`, whose end is before the log's
@@ -1041,11 +1055,12 @@ async fn restore(
     Ok(())
 }
 
-/// How long the applier waits before making a new reader after a fault.
+/// How long the applier first reads by sequence after a consumer failed,
+/// before it tries to make another.
 const REREAD_AFTER: Duration = Duration::from_millis(500);
-/// A reader that lasted less than this failed early: the next wait doubles.
+/// A consumer that lasted less than this failed early: the next wait doubles.
 const REREAD_SETTLED: Duration = Duration::from_secs(10);
-/// The longest wait before a new reader.
+/// The longest wait before a new consumer.
 const REREAD_AT_MOST: Duration = Duration::from_secs(8);
 
 /// At most this many batches, or about this many bytes of them, are
@@ -1055,44 +1070,55 @@ const MAX_APPLY_GROUP: usize = 64;
 const MAX_APPLY_BYTES: usize = 8 << 20;
 
 /// The applier: every batch in order into the view; answers this node's
-/// writers; publishes the sequence reached. A reader that fails or ends
-/// (its server died, NATS is unreachable) is replaced by a new one from
-/// the sequence after the view's, for as long as the node runs. Stops
+/// writers; publishes the sequence reached. It reads through a consumer;
+/// when that fails, ends or stalls (its server died, NATS is
+/// unreachable) it reads by sequence at once ([`read`]) and makes a new
+/// consumer from where the view is, for as long as the node runs. Stops
 /// (waiters get an error) only if the view fails or a batch is
 /// unreadable: a view that skipped a batch would no longer agree with
 /// the others.
-async fn apply_all(stream: stream::Stream, first: consumer::pull::Ordered, mut a: Applier) {
-    let mut reader = Some(first);
-    // Backs off while readers keep failing: after a NATS server is lost,
-    // every node's every log asks for a new reader at once, and asking
+async fn apply_all(
+    stream: stream::Stream,
+    first: Option<consumer::pull::Ordered>,
+    wake: Arc<tokio::sync::Notify>,
+    mut a: Applier,
+) {
+    let mut consumer = first;
+    // Backs off while consumers keep failing: after a NATS server is
+    // lost, every node's every log asks for a new one at once, and asking
     // again each half second holds the servers' recovery back.
     let mut wait = REREAD_AFTER;
-    let mut last_reader = std::time::Instant::now();
+    let mut made = std::time::Instant::now();
     loop {
-        let messages = match reader.take() {
-            Some(m) => m,
+        let result = match consumer.take() {
+            Some(messages) => {
+                made = std::time::Instant::now();
+                a.apply_from(read::consumed(messages), true).await
+            }
             None => {
-                if last_reader.elapsed() < REREAD_SETTLED {
-                    wait = (wait * 2).min(REREAD_AT_MOST);
+                wait = if made.elapsed() < REREAD_SETTLED {
+                    (wait * 2).min(REREAD_AT_MOST)
                 } else {
-                    wait = REREAD_AFTER;
-                }
-                tokio::time::sleep(wait).await;
+                    REREAD_AFTER
+                };
                 let from = match a.view.applied() {
                     Ok(applied) => applied + 1,
                     Err(e) => return a.stop(e),
                 };
-                last_reader = std::time::Instant::now();
-                match read_from(&stream, from).await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the cluster log again");
-                        continue;
-                    }
-                }
+                let handover = read::Handover::default();
+                let entries = read::by_sequence(
+                    stream.clone(),
+                    from,
+                    wake.clone(),
+                    std::time::Instant::now() + wait,
+                    handover.clone(),
+                );
+                let result = a.apply_from(entries, false).await;
+                consumer = handover.lock().unwrap_or_else(|e| e.into_inner()).take();
+                result
             }
         };
-        if let Err(e) = a.apply_from(messages).await {
+        if let Err(e) = result {
             return a.stop(e);
         }
     }
@@ -1141,11 +1167,13 @@ impl Applier {
 
 impl Applier {
     /// Applies what one reader gives until it fails, ends or is kicked
-    /// (Ok: make a new reader), or the view fails (Err: stop). Batches
-    /// that are already waiting are applied together ([`View::apply_group`]).
+    /// (if `kickable`; Ok: take another reader), or the view fails (Err:
+    /// stop). Batches that are already waiting are applied together
+    /// ([`View::apply_group`]).
     async fn apply_from(
         &mut self,
-        mut messages: consumer::pull::Ordered,
+        mut messages: read::Entries,
+        kickable: bool,
     ) -> Result<(), ClusterError> {
         // A message read while gathering a group that could not join it
         // (part of a larger batch, not the next sequence, an error): it is
@@ -1156,7 +1184,7 @@ impl Applier {
                 Some(m) => m,
                 None => tokio::select! {
                     m = messages.next() => m,
-                    _ = self.kick.notified() => {
+                    _ = self.kick.notified(), if kickable => {
                         tracing::info!("the cluster log's reader stalled: reading again");
                         return Ok(());
                     }
@@ -1181,10 +1209,7 @@ impl Applier {
                 }
                 None => return Ok(()),
             };
-            let seq = message
-                .info()
-                .map_err(ClusterError::jetstream)?
-                .stream_sequence;
+            let seq = message.seq;
             let applied = *self.applied.borrow();
             if seq > applied + 1 {
                 // Purged below a snapshot while this node lagged: the
@@ -1296,11 +1321,11 @@ impl Applier {
 /// readable. Anything else (a part, a gap, an unreadable batch) is left to
 /// the one-message path, after the group is applied, as one batch at a time
 /// would meet it.
-fn joinable(m: &jetstream::Message, expected: u64) -> Option<(u64, Batch)> {
+fn joinable(m: &read::Entry, expected: u64) -> Option<(u64, Batch)> {
     if m.headers.as_ref().and_then(Part::from_headers).is_some() {
         return None;
     }
-    let seq = m.info().ok()?.stream_sequence;
+    let seq = m.seq;
     if seq != expected {
         return None;
     }
@@ -1316,6 +1341,7 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Batch, ClusterError> {
 }
 
 mod apply;
+mod read;
 pub use apply::Coalescer;
 
 #[cfg(test)]

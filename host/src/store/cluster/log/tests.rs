@@ -631,3 +631,124 @@ fn a_snapshot_carries_the_records_and_unfinished_parts_but_not_the_nodes_own_tre
         Err(ClusterError::Snapshot(_))
     ));
 }
+
+/// The next entry of a reader, within 10 s.
+async fn next(entries: &mut read::Entries) -> read::Entry {
+    tokio::time::timeout(std::time::Duration::from_secs(10), entries.next())
+        .await
+        .expect("an entry within 10 s")
+        .expect("the reader goes on")
+        .unwrap()
+}
+
+/// The reader by sequence (what the applier uses while no consumer can be
+/// made): the log in order, through direct gets and through the leader's
+/// gets; woken by a publish; and, once a consumer can be made again, it
+/// hands one over from where it stopped and ends. A stream made before
+/// direct gets is allowed them when a node opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_read_by_sequence_while_no_consumer_is_made() {
+    use std::time::{Duration, Instant};
+    let Some(cluster) = NatsCluster::start(1).await else {
+        return;
+    };
+    let a = node(cluster.urls(), "a", 1).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let batch = accept_once(&a.log, &format!("k{i}"), "a");
+        ids.push(batch.id.clone());
+        a.log.publish(&batch).await.unwrap();
+    }
+    let js = jetstream::new(a.log.client());
+    let stream = js.get_stream(STREAM).await.unwrap();
+    assert!(stream.cached_info().config.allow_direct);
+    // As a version before direct gets made it.
+    js.update_stream(stream::Config {
+        allow_direct: false,
+        ..stream.cached_info().config.clone()
+    })
+    .await
+    .unwrap();
+    let leaders = js.get_stream(STREAM).await.unwrap();
+    assert!(!leaders.cached_info().config.allow_direct);
+
+    let never = Instant::now() + Duration::from_secs(3600);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut entries = read::by_sequence(leaders, 2, wake, never, read::Handover::default());
+    for (seq, id) in (2..=5).zip(&ids[1..]) {
+        let entry = next(&mut entries).await;
+        assert_eq!(
+            (entry.seq, &decode(seq, &entry.payload).unwrap().id),
+            (seq, id)
+        );
+    }
+    // A reader that believes direct gets allowed asks the leader.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut entries = read::by_sequence(stream, 3, wake, never, read::Handover::default());
+    assert_eq!(next(&mut entries).await.seq, 3);
+
+    // A node opening it allows direct gets again.
+    let b = node(cluster.urls(), "b", 1).await;
+    let stream = js.get_stream(STREAM).await.unwrap();
+    assert!(stream.cached_info().config.allow_direct);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut entries = read::by_sequence(stream.clone(), 1, wake, never, read::Handover::default());
+    for (seq, id) in (1..=5).zip(&ids) {
+        let entry = next(&mut entries).await;
+        assert_eq!(
+            (entry.seq, &decode(seq, &entry.payload).unwrap().id),
+            (seq, id)
+        );
+    }
+
+    // At the log's end it waits; a publish is read next.
+    let handover = read::Handover::default();
+    let mut entries = read::by_sequence(
+        stream.clone(),
+        1,
+        Arc::new(tokio::sync::Notify::new()),
+        never,
+        handover.clone(),
+    );
+    for seq in 1..=5 {
+        assert_eq!(next(&mut entries).await.seq, seq);
+    }
+    let batch = accept_once(&b.log, "k5", "b");
+    let late = batch.id.clone();
+    b.log.publish(&batch).await.unwrap();
+    let entry = next(&mut entries).await;
+    assert_eq!(
+        (entry.seq, decode(6, &entry.payload).unwrap().id),
+        (6, late)
+    );
+    assert!(handover.lock().unwrap().is_none());
+
+    // Allowed to make a consumer: at the end it hands one over from there.
+    let mut entries = read::by_sequence(
+        stream,
+        5,
+        Arc::new(tokio::sync::Notify::new()),
+        Instant::now(),
+        handover.clone(),
+    );
+    assert_eq!(next(&mut entries).await.seq, 5);
+    assert_eq!(next(&mut entries).await.seq, 6);
+    let end = tokio::time::timeout(Duration::from_secs(10), entries.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the reader ends once it has a consumer"
+    );
+    let consumer = handover
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a consumer handed over");
+    let batch = accept_once(&a.log, "k6", "a");
+    a.log.publish(&batch).await.unwrap();
+    let mut consumed = read::consumed(consumer);
+    let entry = next(&mut consumed).await;
+    assert_eq!(
+        (entry.seq, decode(7, &entry.payload).unwrap().id),
+        (7, batch.id)
+    );
+}
