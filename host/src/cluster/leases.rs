@@ -10,9 +10,11 @@
 //!   how many nodes share the partitions, and each node takes free ones
 //!   until it has its share (and gives back any beyond it, so a node that
 //!   joins gets work).
-//! - A lease that cannot be renewed (taken, or NATS unreachable) is given
-//!   up at once: the node stops starting attempts in that partition before
-//!   another node can take it over.
+//! - A lease taken by another node is given up at once. One that cannot be
+//!   renewed (NATS unreachable or slow to answer) is kept only while it is
+//!   sure to outlast the next round, a second later, failing too: the node
+//!   stops its work in a partition before another node can take it over,
+//!   but one lost answer does not move every partition.
 //!
 //! What a node does with a partition it gains or loses is its owner's
 //! business ([`Ownership`]): the queue loads or drops that partition's
@@ -187,14 +189,32 @@ pub async fn ensure_bucket(
 /// A partition whose preparation finished, and how.
 type Prepared = (u32, Result<(), String>);
 
+/// A lease request not answered within this has failed. Bounds how long
+/// a failing round takes, so a node knows when it will next be able to
+/// check its leases.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// After a round that failed the next comes this soon, not a third of the
+/// lease later: one lost answer on a loaded machine costs a second.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    revision: u64,
+    /// When the write that set it was sent: the bucket keeps it at least
+    /// until this plus the lease time (its age counts from when the server
+    /// stored it, which is later), so no other node can take it before.
+    sent: tokio::time::Instant,
+}
+
 /// The lease keeper of one node.
 pub struct Leases {
     kv: kv::Store,
     node: String,
     settings: LeaseSettings,
     ownership: Ownership,
-    /// Revision of each lease held (being prepared or not).
-    held: BTreeMap<u32, u64>,
+    /// Each lease held (being prepared or not).
+    held: BTreeMap<u32, Held>,
     /// Leased, their preparation running: not this node's work yet.
     preparing: HashSet<u32>,
     /// Preparations that finished, with their outcome.
@@ -240,10 +260,14 @@ impl Leases {
         self.spawner = Some(on.clone());
         tokio::pin!(stop);
         'rounds: loop {
-            if let Err(e) = self.round(on.as_ref()).await {
-                tracing::warn!(error = %e, "renewing partition leases");
-            }
-            let next = tokio::time::Instant::now() + every;
+            let wait = match self.round(on.as_ref()).await {
+                Ok(()) => every,
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing partition leases");
+                    RETRY_AFTER.min(every)
+                }
+            };
+            let next = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
@@ -262,7 +286,7 @@ impl Leases {
         if !self.preparing.remove(&p) {
             return;
         }
-        match (self.held.get(&p).copied(), result) {
+        match (self.held.get(&p).map(|h| h.revision), result) {
             (Some(_), Ok(())) => {
                 self.set_owned(p, true);
                 on.gained(p);
@@ -292,10 +316,10 @@ impl Leases {
             self.set_owned(*p, false);
             on.lost(*p);
         }
-        for (p, revision) in held {
+        for (p, h) in held {
             if let Err(e) = self
                 .kv
-                .delete_expect_revision(partition_key(p), Some(revision))
+                .delete_expect_revision(partition_key(p), Some(h.revision))
                 .await
             {
                 // NATS unreachable (or the lease taken meanwhile): the rest
@@ -320,6 +344,21 @@ impl Leases {
         }
     }
 
+    /// Gives up every lease that could expire before `when` (the latest
+    /// this node may next learn whether it still holds them).
+    fn lose_unless_held_past(&mut self, when: tokio::time::Instant, on: &dyn OnChange) {
+        let lease = self.settings.lease;
+        let expiring: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.sent + lease <= when)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expiring {
+            self.lose(p, on);
+        }
+    }
+
     fn lose(&mut self, p: u32, on: &dyn OnChange) {
         if self.held.remove(&p).is_some() {
             self.set_owned(p, false);
@@ -330,8 +369,9 @@ impl Leases {
     /// Starts taking partition `p`, just leased: at once when there is
     /// nothing to prepare, else its preparation beside the rounds (or,
     /// without [`Leases::run`], here). False: given back.
-    async fn take(&mut self, p: u32, revision: u64, on: &dyn OnChange) -> bool {
-        self.held.insert(p, revision);
+    async fn take(&mut self, p: u32, lease: Held, on: &dyn OnChange) -> bool {
+        let revision = lease.revision;
+        self.held.insert(p, lease);
         if on.prepares() {
             if let Some(spawner) = self.spawner.clone() {
                 self.preparing.insert(p);
@@ -389,29 +429,54 @@ impl Leases {
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
-        let heartbeat = self
-            .kv
-            .put(format!("node.{}", self.node), self.node.clone().into())
-            .await;
+        let heartbeat = tokio::time::timeout(
+            ANSWER_WITHIN,
+            self.kv
+                .put(format!("node.{}", self.node), self.node.clone().into()),
+        )
+        .await;
+        let heartbeat = match heartbeat {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {ANSWER_WITHIN:?}")),
+        };
         if let Err(e) = heartbeat {
-            // NATS unreachable: every lease may expire before the next
-            // renewal reaches it, so stop now rather than overlap.
-            for p in self.held.keys().copied().collect::<Vec<_>>() {
-                self.lose(p, on);
-            }
+            // NATS unreachable or slow to answer: the next round comes in
+            // RETRY_AFTER and may fail the same way. A lease that could
+            // expire before then is given up now, so that this node stops
+            // its work there before another can take it; the others are
+            // kept (giving every partition up on one lost answer moved
+            // them all on a loaded machine, and answered 503 meanwhile).
+            let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
+            self.lose_unless_held_past(check_again, on);
             return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
-        for (p, revision) in self.held.clone() {
-            match self
-                .kv
-                .update(partition_key(p), self.node.clone().into(), revision)
-                .await
-            {
-                Ok(r) => {
-                    self.held.insert(p, r);
+        let mut renewals_failed = false;
+        for (p, held) in self.held.clone() {
+            let sent = tokio::time::Instant::now();
+            let renewed = tokio::time::timeout(
+                ANSWER_WITHIN,
+                self.kv
+                    .update(partition_key(p), self.node.clone().into(), held.revision),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(revision)) => {
+                    self.held.insert(p, Held { revision, sent });
                 }
-                Err(_) => self.lose(p, on),
+                // Taken by another node (it had expired), or this node's
+                // own earlier renewal took effect unanswered: not held.
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.lose(p, on)
+                }
+                // No answer: as for the heartbeat (the next round is soon).
+                _ => renewals_failed = true,
             }
+        }
+        if renewals_failed {
+            let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
+            self.lose_unless_held_past(check_again, on);
+            return Err(ClusterError::jetstream("renewing a lease: no answer"));
         }
         let keys = self.live_keys().await?;
         let nodes = keys
@@ -427,12 +492,12 @@ impl Leases {
         let share = (partitions as usize).div_ceil(nodes);
         // Beyond the share (a node joined): give back the highest.
         while self.held.len() > share {
-            let (p, revision) = self.held.pop_last().expect("non-empty");
+            let (p, held) = self.held.pop_last().expect("non-empty");
             self.set_owned(p, false);
             on.lost(p);
             let _ = self
                 .kv
-                .delete_expect_revision(partition_key(p), Some(revision))
+                .delete_expect_revision(partition_key(p), Some(held.revision))
                 .await;
         }
         // Below it: take free partitions, starting at a place of this
@@ -447,12 +512,13 @@ impl Leases {
             if self.held.contains_key(&p) || taken.contains(&p) {
                 continue;
             }
+            let sent = tokio::time::Instant::now();
             if let Ok(revision) = self
                 .kv
                 .create(partition_key(p), self.node.clone().into())
                 .await
             {
-                self.take(p, revision, on).await;
+                self.take(p, Held { revision, sent }, on).await;
             }
         }
         Ok(())
@@ -552,5 +618,45 @@ mod tests {
                 .collect();
         assert_eq!(lost.len(), 4);
         assert!(owned(&b).iter().all(|p| !owned(&a).contains(p)));
+    }
+
+    /// A node whose NATS server stops answering keeps its leases through a
+    /// failed round, and gives each up before it could expire (when it
+    /// might not learn in time that another node took it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_outlive_a_lost_answer_but_never_their_lease_time() {
+        let Some(cluster) = NatsCluster::start(3).await else {
+            return;
+        };
+        let settings = LeaseSettings {
+            by_tenant: true,
+            partitions: 4,
+            lease: Duration::from_secs(20),
+        };
+        let record = Record::default();
+        let mut a = keeper(cluster.url(0), "node-a", settings).await;
+        a.round(&record).await.unwrap();
+        assert_eq!(owned(&a).len(), 4);
+        let renewed = a.held.values().map(|h| h.sent).min().unwrap();
+
+        cluster.freeze(0);
+        assert!(a.round(&record).await.is_err(), "no answer while frozen");
+        if renewed.elapsed() + RETRY_AFTER + ANSWER_WITHIN < settings.lease {
+            assert_eq!(owned(&a).len(), 4, "kept through one failed round");
+            assert!(record.0.lock().unwrap().iter().all(|(gained, _)| *gained));
+        }
+        // Failing rounds until the leases are given up: before they expire.
+        while !owned(&a).is_empty() {
+            assert!(a.round(&record).await.is_err());
+            assert!(
+                renewed.elapsed() < settings.lease,
+                "still held {:?} after the lease time",
+                owned(&a)
+            );
+        }
+        let lost = record.0.lock().unwrap().iter().filter(|(g, _)| !g).count();
+        assert_eq!(lost, 4);
+        assert!(!a.ownership().owns_partition(0));
+        cluster.thaw(0);
     }
 }
