@@ -170,9 +170,17 @@ class Run(Processes):
 
         def subscribe(job):
             n, s = job
-            status, body = call(self.base((n + s) % 3), "POST", "/v1/subscriptions", token=keys[n],
-                                body={"url": f"http://127.0.0.1:{self.nginx_port}/hook/{n}/{s}",
-                                      "event_types": ["*"]})
+            sent = time.strftime("%H:%M:%S")
+            try:
+                status, body = call(self.base((n + s) % 3), "POST", "/v1/subscriptions", token=keys[n],
+                                    body={"url": f"http://127.0.0.1:{self.nginx_port}/hook/{n}/{s}",
+                                          "event_types": ["*"]})
+            except TimeoutError:
+                # Which request hung, to find it in the nodes' logs (they
+                # log a request answered after 5 s when it is answered).
+                time.sleep(40)
+                raise SystemExit(f"POST /v1/subscriptions for t{n} to node {(n + s) % 3}, sent at "
+                                 f"{sent} UTC: no answer within 30 s")
             assert status == 201, body
 
         list(pool.map(subscribe, [(n, s) for n in range(TENANTS) for s in range(SUBS)]))

@@ -103,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::ui::router())
         .fallback(not_found)
         .layer(catch_panics())
+        .layer(axum::middleware::from_fn(note_slow))
         // A 5xx is logged where it happens (internal errors, storage faults);
         // the trace layer only notes it, so load shedding (503) does not
         // flood the log with errors.
@@ -112,6 +113,22 @@ pub fn router(state: ApiState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// A request answered after this long is logged (at WARN) with its
+/// method, path and status: a client's time limit is often 30 s, and the
+/// one that hung should be findable in the log.
+const SLOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn note_slow(request: Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let response = next.run(request).await;
+    let took = started.elapsed();
+    if took >= SLOW {
+        tracing::warn!(%method, path = uri.path(), status = response.status().as_u16(), took_ms = took.as_millis() as u64, "slow request");
+    }
+    response
 }
 
 /// `/metrics` alone, without authentication: for `metrics.listen`, an

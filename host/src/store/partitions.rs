@@ -434,26 +434,21 @@ impl DataIndex {
                 .next()
                 .map(|t| String::from_utf8_lossy(t).into_owned())
         };
-        let current = |tree: &Tree| -> Result<Option<sled::IVec>, StoreError> {
+        // The value written, or (a removal) what the key holds now.
+        let current = |tree: &Tree| -> Result<Option<Current<'_>>, StoreError> {
             Ok(match value {
-                Some(v) => Some(v.into()),
-                None => tree.get(key)?,
+                Some(v) => Some(Current::Written(v)),
+                None => tree.get(key)?.map(Current::Stored),
             })
         };
         Ok(match tree {
             "events" | "events_by_time" | "tenant_deliveries" | "lanes" | "lane_items" => {
                 first(key)
             }
-            "outbox" => match value {
-                Some(v) => first(v),
-                None => self.outbox.get(key)?.and_then(|v| first(&v)),
-            },
-            "deliveries" => match value {
-                Some(v) => Some(delivery_tenant(key, v)?),
-                None => match self.deliveries.get(key)? {
-                    Some(v) => Some(delivery_tenant(key, &v)?),
-                    None => None,
-                },
+            "outbox" => current(&self.outbox)?.and_then(|v| first(&v)),
+            "deliveries" => match current(&self.deliveries)? {
+                Some(v) => Some(delivery_tenant(key, &v)?),
+                None => None,
             },
             "windows" => match current(&self.windows)? {
                 Some(v) => Some(decode::<WindowState>(key, &v)?.tenant_id),
@@ -472,6 +467,23 @@ impl DataIndex {
             }
             _ => None,
         })
+    }
+}
+
+/// A record's value as [`DataIndex::tenant_of`] reads it: the one being
+/// written (borrowed), or the one a removal takes away (read from the view).
+enum Current<'a> {
+    Written(&'a [u8]),
+    Stored(sled::IVec),
+}
+
+impl std::ops::Deref for Current<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Current::Written(v) => v,
+            Current::Stored(v) => v,
+        }
     }
 }
 

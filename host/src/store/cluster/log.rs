@@ -9,7 +9,8 @@
 //!   batch's id is the message id, so a publish retried after a lost
 //!   acknowledgement is stored once.
 //! - Every node's applier reads the stream in order from where its view
-//!   stopped and applies each batch to the view ([`View::apply`]): if every
+//!   stopped (through a consumer, or by sequence while none can be made:
+//!   `log/read.rs`) and applies each batch to the view ([`View::apply`]): if every
 //!   guard still holds, its writes in one sled transaction; if one does
 //!   not, nothing (a *conflict*). Either way the view records the
 //!   sequence it reached in the same transaction, so a restarted node
