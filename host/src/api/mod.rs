@@ -116,18 +116,48 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// A request answered after this long is logged (at WARN) with its
-/// method, path and status: a client's time limit is often 30 s, and the
-/// one that hung should be findable in the log.
+/// method, path and status, and so is one its client gave up on after this
+/// long (a client's time limit is often 30 s: the request that hung should
+/// be findable in the log).
 const SLOW: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn note_slow(request: Request, next: axum::middleware::Next) -> Response {
-    let started = std::time::Instant::now();
-    let (method, uri) = (request.method().clone(), request.uri().clone());
-    let response = next.run(request).await;
-    let took = started.elapsed();
-    if took >= SLOW {
-        tracing::warn!(%method, path = uri.path(), status = response.status().as_u16(), took_ms = took.as_millis() as u64, "slow request");
+/// Notes a slow request when dropped: answered (`status` set) or given up
+/// by its client (the handler's future dropped unanswered).
+struct SlowWatch {
+    started: std::time::Instant,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    status: Option<StatusCode>,
+}
+
+impl Drop for SlowWatch {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        if took < SLOW {
+            return;
+        }
+        let took_ms = took.as_millis() as u64;
+        let (method, path) = (&self.method, self.uri.path());
+        match self.status {
+            Some(status) => {
+                tracing::warn!(%method, path, status = status.as_u16(), took_ms, "slow request")
+            }
+            None => {
+                tracing::warn!(%method, path, took_ms, "request given up by its client unanswered")
+            }
+        }
     }
+}
+
+async fn note_slow(request: Request, next: axum::middleware::Next) -> Response {
+    let mut watch = SlowWatch {
+        started: std::time::Instant::now(),
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        status: None,
+    };
+    let response = next.run(request).await;
+    watch.status = Some(response.status());
     response
 }
 

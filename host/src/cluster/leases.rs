@@ -14,7 +14,9 @@
 //!   renewed (NATS unreachable or slow to answer) is kept only while it is
 //!   sure to outlast the next round, a second later, failing too: the node
 //!   stops its work in a partition before another node can take it over,
-//!   but one lost answer does not move every partition.
+//!   but one lost answer does not move every partition. Every request of
+//!   a round is bounded (`ANSWER_WITHIN`), and before each one a lease that
+//!   could expire while it waits is given up.
 //!
 //! What a node does with a partition it gains or loses is its owner's
 //! business ([`Ownership`]): the queue loads or drops that partition's
@@ -302,10 +304,14 @@ impl Leases {
         tracing::warn!(partition = p, %error, "taking a partition; giving it back");
         self.held.remove(&p);
         on.lost(p);
-        let _ = self
-            .kv
-            .delete_expect_revision(partition_key(p), Some(revision))
-            .await;
+        // Bounded: the rounds wait meanwhile (an unanswered delete only
+        // leaves the lease to expire).
+        let _ = tokio::time::timeout(
+            ANSWER_WITHIN,
+            self.kv
+                .delete_expect_revision(partition_key(p), Some(revision)),
+        )
+        .await;
     }
 
     /// Gives back every lease held (each only if still this node's: the
@@ -429,6 +435,9 @@ impl Leases {
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
+        // Each request below may take ANSWER_WITHIN: a lease that could
+        // expire meanwhile is given up before it is sent.
+        self.lose_unless_held_past(tokio::time::Instant::now() + ANSWER_WITHIN, on);
         let heartbeat = tokio::time::timeout(
             ANSWER_WITHIN,
             self.kv
@@ -451,9 +460,12 @@ impl Leases {
             self.lose_unless_held_past(check_again, on);
             return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
-        let mut renewals_failed = false;
         for (p, held) in self.held.clone() {
             let sent = tokio::time::Instant::now();
+            self.lose_unless_held_past(sent + ANSWER_WITHIN, on);
+            if !self.held.contains_key(&p) {
+                continue;
+            }
             let renewed = tokio::time::timeout(
                 ANSWER_WITHIN,
                 self.kv
@@ -469,16 +481,26 @@ impl Leases {
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     self.lose(p, on)
                 }
-                // No answer: as for the heartbeat (the next round is soon).
-                _ => renewals_failed = true,
+                // No answer: as for the heartbeat (the next round is soon;
+                // the leases not renewed yet wait for it).
+                _ => {
+                    let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
+                    self.lose_unless_held_past(check_again, on);
+                    return Err(ClusterError::jetstream(format!(
+                        "renewing the lease of partition {p}: no answer"
+                    )));
+                }
             }
         }
-        if renewals_failed {
-            let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
-            self.lose_unless_held_past(check_again, on);
-            return Err(ClusterError::jetstream("renewing a lease: no answer"));
-        }
-        let keys = self.live_keys().await?;
+        // Every lease was just renewed; the listing and the creates below
+        // are bounded so that the rounds keep coming well inside it.
+        let keys = tokio::time::timeout(ANSWER_WITHIN, self.live_keys())
+            .await
+            .map_err(|_| {
+                ClusterError::jetstream(format!(
+                    "listing the leases: no answer within {ANSWER_WITHIN:?}"
+                ))
+            })??;
         let nodes = keys
             .iter()
             .filter(|k| k.starts_with("node."))
@@ -495,10 +517,12 @@ impl Leases {
             let (p, held) = self.held.pop_last().expect("non-empty");
             self.set_owned(p, false);
             on.lost(p);
-            let _ = self
-                .kv
-                .delete_expect_revision(partition_key(p), Some(held.revision))
-                .await;
+            let _ = tokio::time::timeout(
+                ANSWER_WITHIN,
+                self.kv
+                    .delete_expect_revision(partition_key(p), Some(held.revision)),
+            )
+            .await;
         }
         // Below it: take free partitions, starting at a place of this
         // node's own so that nodes starting together do not all race for
@@ -513,11 +537,13 @@ impl Leases {
                 continue;
             }
             let sent = tokio::time::Instant::now();
-            if let Ok(revision) = self
-                .kv
-                .create(partition_key(p), self.node.clone().into())
-                .await
-            {
+            self.lose_unless_held_past(sent + ANSWER_WITHIN, on);
+            let created = tokio::time::timeout(
+                ANSWER_WITHIN,
+                self.kv.create(partition_key(p), self.node.clone().into()),
+            )
+            .await;
+            if let Ok(Ok(revision)) = created {
                 self.take(p, Held { revision, sent }, on).await;
             }
         }

@@ -1094,6 +1094,9 @@ async fn apply_all(
         let result = match consumer.take() {
             Some(messages) => {
                 made = std::time::Instant::now();
+                // A kick from a writer that waited while the log was read
+                // by sequence is not about this consumer.
+                let _ = a.kick.notified().now_or_never();
                 a.apply_from(read::consumed(messages), true).await
             }
             None => {

@@ -45,6 +45,8 @@ pub(super) const CONSUMER_WITHIN: Duration = Duration::from_secs(3);
 /// How often a reader by sequence asks again at the log's end (sooner
 /// when this node publishes).
 const POLL: Duration = Duration::from_millis(50);
+/// The longest pause between gets that fail.
+const PAUSE_AT_MOST: Duration = Duration::from_secs(1);
 /// How often a reader by sequence says it still cannot read.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -187,17 +189,50 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> Entry {
     }
 }
 
+/// One step of a reader by sequence: a get's answer, or the consumer
+/// being made beside it.
+enum Step {
+    Got(Got),
+    Made(Result<consumer::pull::Ordered, ClusterError>),
+}
+
 impl Gets {
     async fn next_entry(mut self) -> Option<(Result<Entry, ClusterError>, Self)> {
         loop {
-            match get(&self.stream, self.direct, self.next).await {
-                Got::Entry(entry) => {
+            // From its time on a consumer is made beside the gets, whether
+            // or not they are at the log's end: a reader by sequence that is
+            // behind must not stay one (it reads a batch per round trip).
+            if self.making.is_none() && Instant::now() >= self.try_consumer_at {
+                let stream = self.stream.clone();
+                let from = self.next;
+                self.making = Some(Box::pin(
+                    async move { consumer_within(&stream, from).await },
+                ));
+            }
+            let step = match self.making.as_mut() {
+                Some(making) => tokio::select! {
+                    made = making => Step::Made(made),
+                    got = get(&self.stream, self.direct, self.next) => Step::Got(got),
+                },
+                None => Step::Got(get(&self.stream, self.direct, self.next).await),
+            };
+            let pause = match step {
+                Step::Made(made) => {
+                    if self.made(made) {
+                        return None;
+                    }
+                    continue;
+                }
+                Step::Got(Got::Entry(entry)) => {
                     self.failing_since = None;
                     self.next = entry.seq + 1;
                     return Some((Ok(entry), self));
                 }
-                Got::End => self.failing_since = None,
-                Got::Failed(e) => {
+                Step::Got(Got::End) => {
+                    self.failing_since = None;
+                    POLL
+                }
+                Step::Got(Got::Failed(e)) => {
                     let since = *self.failing_since.get_or_insert_with(Instant::now);
                     if self.warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
                         self.warned = Some(Instant::now());
@@ -209,37 +244,44 @@ impl Gets {
                             "reading the cluster log by sequence"
                         );
                     }
+                    // Backs off while nothing answers (every log of every
+                    // node asks at once).
+                    (since.elapsed() / 4).clamp(POLL, PAUSE_AT_MOST)
                 }
-            }
-            if self.making.is_none() && Instant::now() >= self.try_consumer_at {
-                let stream = self.stream.clone();
-                let from = self.next;
-                self.making = Some(Box::pin(
-                    async move { consumer_within(&stream, from).await },
-                ));
-            }
+            };
             let made = match self.making.as_mut() {
                 Some(making) => tokio::select! {
                     made = making => Some(made),
                     _ = self.wake.notified() => None,
-                    _ = tokio::time::sleep(POLL) => None,
+                    _ = tokio::time::sleep(pause) => None,
                 },
                 None => tokio::select! {
                     _ = self.wake.notified() => None,
-                    _ = tokio::time::sleep(POLL) => None,
+                    _ = tokio::time::sleep(pause) => None,
                 },
             };
-            match made {
-                Some(Ok(consumer)) => {
-                    *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer);
-                    return None;
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "making a consumer of the cluster log");
-                    self.making = None;
-                    self.try_consumer_at = Instant::now() + CONSUMER_WITHIN;
-                }
-                None => {}
+            if let Some(made) = made
+                && self.made(made)
+            {
+                return None;
+            }
+        }
+    }
+
+    /// A consumer was made (true: handed over, the reader ends; it gives
+    /// again from where it was made, which the view answers as applied),
+    /// or could not be (tried again later).
+    fn made(&mut self, made: Result<consumer::pull::Ordered, ClusterError>) -> bool {
+        self.making = None;
+        match made {
+            Ok(consumer) => {
+                *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "making a consumer of the cluster log");
+                self.try_consumer_at = Instant::now() + CONSUMER_WITHIN;
+                false
             }
         }
     }
