@@ -191,12 +191,13 @@ pub async fn ensure_bucket(
 /// A partition whose preparation finished, and how.
 type Prepared = (u32, Result<(), String>);
 
-/// A lease request not answered within this has failed. Bounds how long
-/// a failing round takes, so a node knows when it will next be able to
-/// check its leases.
+/// A lease request not answered within this (or a quarter of the lease,
+/// if shorter) has failed. Bounds how long a failing round takes, so a
+/// node knows when it will next be able to check its leases.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-/// After a round that failed the next comes this soon, not a third of the
-/// lease later: one lost answer on a loaded machine costs a second.
+/// After a round that failed the next comes this soon (or a third of the
+/// lease, if shorter), not a third of the lease later: one lost answer on
+/// a loaded machine costs a second.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A lease this node holds.
@@ -254,6 +255,17 @@ impl Leases {
         self.ownership.clone()
     }
 
+    /// How long one lease request may take ([`ANSWER_WITHIN`], at most a
+    /// quarter of the lease: a lease renewed a moment ago must outlast it).
+    fn answer_within(&self) -> Duration {
+        ANSWER_WITHIN.min(self.settings.lease / 4)
+    }
+
+    /// How soon a round follows one that failed.
+    fn retry_after(&self) -> Duration {
+        RETRY_AFTER.min(self.settings.lease / 3)
+    }
+
     /// A round every third of the lease until `stop` resolves; then the
     /// leases are given back, so that the other nodes take the partitions
     /// at their next round rather than after the lease time.
@@ -266,7 +278,7 @@ impl Leases {
                 Ok(()) => every,
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing partition leases");
-                    RETRY_AFTER.min(every)
+                    self.retry_after()
                 }
             };
             let next = tokio::time::Instant::now() + wait;
@@ -307,7 +319,7 @@ impl Leases {
         // Bounded: the rounds wait meanwhile (an unanswered delete only
         // leaves the lease to expire).
         let _ = tokio::time::timeout(
-            ANSWER_WITHIN,
+            self.answer_within(),
             self.kv
                 .delete_expect_revision(partition_key(p), Some(revision)),
         )
@@ -437,9 +449,9 @@ impl Leases {
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
         // Each request below may take ANSWER_WITHIN: a lease that could
         // expire meanwhile is given up before it is sent.
-        self.lose_unless_held_past(tokio::time::Instant::now() + ANSWER_WITHIN, on);
+        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
         let heartbeat = tokio::time::timeout(
-            ANSWER_WITHIN,
+            self.answer_within(),
             self.kv
                 .put(format!("node.{}", self.node), self.node.clone().into()),
         )
@@ -447,7 +459,7 @@ impl Leases {
         let heartbeat = match heartbeat {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {ANSWER_WITHIN:?}")),
+            Err(_) => Err(format!("no answer within {:?}", self.answer_within())),
         };
         if let Err(e) = heartbeat {
             // NATS unreachable or slow to answer: the next round comes in
@@ -456,18 +468,19 @@ impl Leases {
             // its work there before another can take it; the others are
             // kept (giving every partition up on one lost answer moved
             // them all on a loaded machine, and answered 503 meanwhile).
-            let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
+            let check_again =
+                tokio::time::Instant::now() + self.retry_after() + self.answer_within();
             self.lose_unless_held_past(check_again, on);
             return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
         for (p, held) in self.held.clone() {
             let sent = tokio::time::Instant::now();
-            self.lose_unless_held_past(sent + ANSWER_WITHIN, on);
+            self.lose_unless_held_past(sent + self.answer_within(), on);
             if !self.held.contains_key(&p) {
                 continue;
             }
             let renewed = tokio::time::timeout(
-                ANSWER_WITHIN,
+                self.answer_within(),
                 self.kv
                     .update(partition_key(p), self.node.clone().into(), held.revision),
             )
@@ -484,7 +497,8 @@ impl Leases {
                 // No answer: as for the heartbeat (the next round is soon;
                 // the leases not renewed yet wait for it).
                 _ => {
-                    let check_again = tokio::time::Instant::now() + RETRY_AFTER + ANSWER_WITHIN;
+                    let check_again =
+                        tokio::time::Instant::now() + self.retry_after() + self.answer_within();
                     self.lose_unless_held_past(check_again, on);
                     return Err(ClusterError::jetstream(format!(
                         "renewing the lease of partition {p}: no answer"
@@ -494,11 +508,12 @@ impl Leases {
         }
         // Every lease was just renewed; the listing and the creates below
         // are bounded so that the rounds keep coming well inside it.
-        let keys = tokio::time::timeout(ANSWER_WITHIN, self.live_keys())
+        let keys = tokio::time::timeout(self.answer_within(), self.live_keys())
             .await
             .map_err(|_| {
                 ClusterError::jetstream(format!(
-                    "listing the leases: no answer within {ANSWER_WITHIN:?}"
+                    "listing the leases: no answer within {:?}",
+                    self.answer_within()
                 ))
             })??;
         let nodes = keys
@@ -518,7 +533,7 @@ impl Leases {
             self.set_owned(p, false);
             on.lost(p);
             let _ = tokio::time::timeout(
-                ANSWER_WITHIN,
+                self.answer_within(),
                 self.kv
                     .delete_expect_revision(partition_key(p), Some(held.revision)),
             )
@@ -537,9 +552,9 @@ impl Leases {
                 continue;
             }
             let sent = tokio::time::Instant::now();
-            self.lose_unless_held_past(sent + ANSWER_WITHIN, on);
+            self.lose_unless_held_past(sent + self.answer_within(), on);
             let created = tokio::time::timeout(
-                ANSWER_WITHIN,
+                self.answer_within(),
                 self.kv.create(partition_key(p), self.node.clone().into()),
             )
             .await;
@@ -667,7 +682,7 @@ mod tests {
 
         cluster.freeze(0);
         assert!(a.round(&record).await.is_err(), "no answer while frozen");
-        if renewed.elapsed() + RETRY_AFTER + ANSWER_WITHIN < settings.lease {
+        if renewed.elapsed() + a.retry_after() + a.answer_within() < settings.lease {
             assert_eq!(owned(&a).len(), 4, "kept through one failed round");
             assert!(record.0.lock().unwrap().iter().all(|(gained, _)| *gained));
         }

@@ -193,7 +193,7 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> Entry {
 /// being made beside it.
 enum Step {
     Got(Got),
-    Made(Result<consumer::pull::Ordered, ClusterError>),
+    Made(Box<Result<consumer::pull::Ordered, ClusterError>>),
 }
 
 impl Gets {
@@ -211,14 +211,14 @@ impl Gets {
             }
             let step = match self.making.as_mut() {
                 Some(making) => tokio::select! {
-                    made = making => Step::Made(made),
+                    made = making => Step::Made(Box::new(made)),
                     got = get(&self.stream, self.direct, self.next) => Step::Got(got),
                 },
                 None => Step::Got(get(&self.stream, self.direct, self.next).await),
             };
             let pause = match step {
                 Step::Made(made) => {
-                    if self.made(made) {
+                    if self.made(*made) {
                         return None;
                     }
                     continue;
