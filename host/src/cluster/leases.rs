@@ -15,8 +15,10 @@
 //!   sure to outlast the next round, a second later, failing too: the node
 //!   stops its work in a partition before another node can take it over,
 //!   but one lost answer does not move every partition. Every request of
-//!   a round is bounded (`ANSWER_WITHIN`), and before each one a lease that
-//!   could expire while it waits is given up.
+//!   a round is bounded (`ANSWER_WITHIN`, at most a quarter of the lease),
+//!   the renewals and the listing's reads go out together, before each
+//!   step a lease that could expire during it is given up, and the next
+//!   round comes before the oldest lease is within two bounds of expiring.
 //!
 //! What a node does with a partition it gains or loses is its owner's
 //! business ([`Ownership`]): the queue loads or drops that partition's
@@ -274,6 +276,7 @@ impl Leases {
         self.spawner = Some(on.clone());
         tokio::pin!(stop);
         'rounds: loop {
+            let started = tokio::time::Instant::now();
             let wait = match self.round(on.as_ref()).await {
                 Ok(()) => every,
                 Err(e) => {
@@ -281,7 +284,14 @@ impl Leases {
                     self.retry_after()
                 }
             };
-            let next = tokio::time::Instant::now() + wait;
+            // Counted from the round's start, and never later than the
+            // oldest lease still leaves two requests' time to renew it.
+            let mut next = started + wait;
+            if let Some(oldest) = self.held.values().map(|h| h.sent).min() {
+                next = next.min(oldest + self.settings.lease - 2 * self.answer_within());
+            }
+            // Rounds that fail at once (NATS refusing) do not spin.
+            next = next.max(tokio::time::Instant::now() + Duration::from_millis(100));
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
@@ -316,6 +326,8 @@ impl Leases {
         tracing::warn!(partition = p, %error, "taking a partition; giving it back");
         self.held.remove(&p);
         on.lost(p);
+        // The others must outlast the delete below.
+        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
         // Bounded: the rounds wait meanwhile (an unanswered delete only
         // leaves the lease to expire).
         let _ = tokio::time::timeout(
@@ -431,12 +443,14 @@ impl Leases {
             .try_collect()
             .await
             .map_err(|e| listing(&e))?;
+        // Every entry at once (a round's time is the leases' time).
+        let entries = subjects.iter().filter_map(|(subject, _)| {
+            let key = subject.strip_prefix(prefix.as_str())?;
+            Some(async move { (key, self.kv.entry(key).await) })
+        });
         let mut live = Vec::with_capacity(subjects.len());
-        for (subject, _) in subjects {
-            let Some(key) = subject.strip_prefix(prefix.as_str()) else {
-                continue;
-            };
-            let entry = self.kv.entry(key).await.map_err(|e| listing(&e))?;
+        for (key, entry) in futures_util::future::join_all(entries).await {
+            let entry = entry.map_err(|e| listing(&e))?;
             if entry.is_some_and(|e| e.operation == kv::Operation::Put) {
                 live.push(key.to_string());
             }
@@ -473,18 +487,23 @@ impl Leases {
             self.lose_unless_held_past(check_again, on);
             return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
-        for (p, held) in self.held.clone() {
-            let sent = tokio::time::Instant::now();
-            self.lose_unless_held_past(sent + self.answer_within(), on);
-            if !self.held.contains_key(&p) {
-                continue;
+        // All renewals at once: a round costs a few round trips, not one
+        // per lease, so the leases' time is not spent waiting in turn.
+        let sent = tokio::time::Instant::now();
+        self.lose_unless_held_past(sent + self.answer_within(), on);
+        let renewals = self.held.clone().into_iter().map(|(p, held)| {
+            let (kv, node, within) = (&self.kv, &self.node, self.answer_within());
+            async move {
+                let renewed = tokio::time::timeout(
+                    within,
+                    kv.update(partition_key(p), node.clone().into(), held.revision),
+                )
+                .await;
+                (p, renewed)
             }
-            let renewed = tokio::time::timeout(
-                self.answer_within(),
-                self.kv
-                    .update(partition_key(p), self.node.clone().into(), held.revision),
-            )
-            .await;
+        });
+        let mut unanswered = None;
+        for (p, renewed) in futures_util::future::join_all(renewals).await {
             match renewed {
                 Ok(Ok(revision)) => {
                     self.held.insert(p, Held { revision, sent });
@@ -494,20 +513,21 @@ impl Leases {
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     self.lose(p, on)
                 }
-                // No answer: as for the heartbeat (the next round is soon;
-                // the leases not renewed yet wait for it).
-                _ => {
-                    let check_again =
-                        tokio::time::Instant::now() + self.retry_after() + self.answer_within();
-                    self.lose_unless_held_past(check_again, on);
-                    return Err(ClusterError::jetstream(format!(
-                        "renewing the lease of partition {p}: no answer"
-                    )));
-                }
+                // No answer: as for the heartbeat (the next round is soon).
+                _ => unanswered = Some(p),
             }
         }
-        // Every lease was just renewed; the listing and the creates below
-        // are bounded so that the rounds keep coming well inside it.
+        if let Some(p) = unanswered {
+            let check_again =
+                tokio::time::Instant::now() + self.retry_after() + self.answer_within();
+            self.lose_unless_held_past(check_again, on);
+            return Err(ClusterError::jetstream(format!(
+                "renewing the lease of partition {p}: no answer"
+            )));
+        }
+        // Every lease was just renewed; the listing, the give-backs and
+        // the creates below are bounded, and checked before each.
+        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
         let keys = tokio::time::timeout(self.answer_within(), self.live_keys())
             .await
             .map_err(|_| {
@@ -529,7 +549,10 @@ impl Leases {
         let share = (partitions as usize).div_ceil(nodes);
         // Beyond the share (a node joined): give back the highest.
         while self.held.len() > share {
-            let (p, held) = self.held.pop_last().expect("non-empty");
+            self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
+            let Some((p, held)) = self.held.pop_last() else {
+                break;
+            };
             self.set_owned(p, false);
             on.lost(p);
             let _ = tokio::time::timeout(
