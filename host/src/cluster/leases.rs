@@ -268,6 +268,25 @@ impl Leases {
         RETRY_AFTER.min(self.settings.lease / 3)
     }
 
+    /// One lease request, given up after [`Leases::answer_within`].
+    async fn bounded<F: std::future::Future>(
+        &self,
+        request: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        tokio::time::timeout(self.answer_within(), request).await
+    }
+
+    /// Deletes a lease this node held (if still at `revision`), bounded:
+    /// an unanswered delete only leaves the lease to expire.
+    async fn delete_lease(&self, p: u32, revision: u64) {
+        let _ = self
+            .bounded(
+                self.kv
+                    .delete_expect_revision(partition_key(p), Some(revision)),
+            )
+            .await;
+    }
+
     /// A round every third of the lease until `stop` resolves; then the
     /// leases are given back, so that the other nodes take the partitions
     /// at their next round rather than after the lease time.
@@ -326,16 +345,9 @@ impl Leases {
         tracing::warn!(partition = p, %error, "taking a partition; giving it back");
         self.held.remove(&p);
         on.lost(p);
-        // The others must outlast the delete below.
-        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
-        // Bounded: the rounds wait meanwhile (an unanswered delete only
-        // leaves the lease to expire).
-        let _ = tokio::time::timeout(
-            self.answer_within(),
-            self.kv
-                .delete_expect_revision(partition_key(p), Some(revision)),
-        )
-        .await;
+        // The others must outlast the delete below (the rounds wait).
+        self.lose_expiring_within(self.answer_within(), on);
+        self.delete_lease(p, revision).await;
     }
 
     /// Gives back every lease held (each only if still this node's: the
@@ -374,9 +386,10 @@ impl Leases {
         }
     }
 
-    /// Gives up every lease that could expire before `when` (the latest
-    /// this node may next learn whether it still holds them).
-    fn lose_unless_held_past(&mut self, when: tokio::time::Instant, on: &dyn OnChange) {
+    /// Gives up every lease that could expire within `within` from now
+    /// (before this node may next learn whether it still holds them).
+    fn lose_expiring_within(&mut self, within: Duration, on: &dyn OnChange) {
+        let when = tokio::time::Instant::now() + within;
         let lease = self.settings.lease;
         let expiring: Vec<u32> = self
             .held
@@ -461,15 +474,15 @@ impl Leases {
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
-        // Each request below may take ANSWER_WITHIN: a lease that could
+        // Each request below may take answer_within(): a lease that could
         // expire meanwhile is given up before it is sent.
-        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
-        let heartbeat = tokio::time::timeout(
-            self.answer_within(),
-            self.kv
-                .put(format!("node.{}", self.node), self.node.clone().into()),
-        )
-        .await;
+        self.lose_expiring_within(self.answer_within(), on);
+        let heartbeat = self
+            .bounded(
+                self.kv
+                    .put(format!("node.{}", self.node), self.node.clone().into()),
+            )
+            .await;
         let heartbeat = match heartbeat {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -482,25 +495,19 @@ impl Leases {
             // its work there before another can take it; the others are
             // kept (giving every partition up on one lost answer moved
             // them all on a loaded machine, and answered 503 meanwhile).
-            let check_again =
-                tokio::time::Instant::now() + self.retry_after() + self.answer_within();
-            self.lose_unless_held_past(check_again, on);
+            self.lose_expiring_within(self.retry_after() + self.answer_within(), on);
             return Err(ClusterError::jetstream(format!("the heartbeat: {e}")));
         }
         // All renewals at once: a round costs a few round trips, not one
         // per lease, so the leases' time is not spent waiting in turn.
+        self.lose_expiring_within(self.answer_within(), on);
         let sent = tokio::time::Instant::now();
-        self.lose_unless_held_past(sent + self.answer_within(), on);
-        let renewals = self.held.clone().into_iter().map(|(p, held)| {
-            let (kv, node, within) = (&self.kv, &self.node, self.answer_within());
-            async move {
-                let renewed = tokio::time::timeout(
-                    within,
-                    kv.update(partition_key(p), node.clone().into(), held.revision),
-                )
-                .await;
-                (p, renewed)
-            }
+        let this = &*self;
+        let renewals = this.held.iter().map(|(&p, held)| async move {
+            let renewal = this
+                .kv
+                .update(partition_key(p), this.node.clone().into(), held.revision);
+            (p, this.bounded(renewal).await)
         });
         let mut unanswered = None;
         for (p, renewed) in futures_util::future::join_all(renewals).await {
@@ -518,24 +525,20 @@ impl Leases {
             }
         }
         if let Some(p) = unanswered {
-            let check_again =
-                tokio::time::Instant::now() + self.retry_after() + self.answer_within();
-            self.lose_unless_held_past(check_again, on);
+            self.lose_expiring_within(self.retry_after() + self.answer_within(), on);
             return Err(ClusterError::jetstream(format!(
                 "renewing the lease of partition {p}: no answer"
             )));
         }
         // Every lease was just renewed; the listing, the give-backs and
         // the creates below are bounded, and checked before each.
-        self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
-        let keys = tokio::time::timeout(self.answer_within(), self.live_keys())
-            .await
-            .map_err(|_| {
-                ClusterError::jetstream(format!(
-                    "listing the leases: no answer within {:?}",
-                    self.answer_within()
-                ))
-            })??;
+        self.lose_expiring_within(self.answer_within(), on);
+        let keys = self.bounded(self.live_keys()).await.map_err(|_| {
+            ClusterError::jetstream(format!(
+                "listing the leases: no answer within {:?}",
+                self.answer_within()
+            ))
+        })??;
         let nodes = keys
             .iter()
             .filter(|k| k.starts_with("node."))
@@ -549,18 +552,13 @@ impl Leases {
         let share = (partitions as usize).div_ceil(nodes);
         // Beyond the share (a node joined): give back the highest.
         while self.held.len() > share {
-            self.lose_unless_held_past(tokio::time::Instant::now() + self.answer_within(), on);
+            self.lose_expiring_within(self.answer_within(), on);
             let Some((p, held)) = self.held.pop_last() else {
                 break;
             };
             self.set_owned(p, false);
             on.lost(p);
-            let _ = tokio::time::timeout(
-                self.answer_within(),
-                self.kv
-                    .delete_expect_revision(partition_key(p), Some(held.revision)),
-            )
-            .await;
+            self.delete_lease(p, held.revision).await;
         }
         // Below it: take free partitions, starting at a place of this
         // node's own so that nodes starting together do not all race for
@@ -574,13 +572,11 @@ impl Leases {
             if self.held.contains_key(&p) || taken.contains(&p) {
                 continue;
             }
+            self.lose_expiring_within(self.answer_within(), on);
             let sent = tokio::time::Instant::now();
-            self.lose_unless_held_past(sent + self.answer_within(), on);
-            let created = tokio::time::timeout(
-                self.answer_within(),
-                self.kv.create(partition_key(p), self.node.clone().into()),
-            )
-            .await;
+            let created = self
+                .bounded(self.kv.create(partition_key(p), self.node.clone().into()))
+                .await;
             if let Ok(Ok(revision)) = created {
                 self.take(p, Held { revision, sent }, on).await;
             }

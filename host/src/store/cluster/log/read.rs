@@ -189,6 +189,15 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> Entry {
     }
 }
 
+/// The consumer being made, once it is (or could not be); never, while
+/// none is being made.
+async fn until_made(making: &mut Option<Making>) -> Result<consumer::pull::Ordered, ClusterError> {
+    match making {
+        Some(making) => making.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One step of a reader by sequence: a get's answer, or the consumer
 /// being made beside it.
 enum Step {
@@ -209,12 +218,9 @@ impl Gets {
                     async move { consumer_within(&stream, from).await },
                 ));
             }
-            let step = match self.making.as_mut() {
-                Some(making) => tokio::select! {
-                    made = making => Step::Made(Box::new(made)),
-                    got = get(&self.stream, self.direct, self.next) => Step::Got(got),
-                },
-                None => Step::Got(get(&self.stream, self.direct, self.next).await),
+            let step = tokio::select! {
+                made = until_made(&mut self.making) => Step::Made(Box::new(made)),
+                got = get(&self.stream, self.direct, self.next) => Step::Got(got),
             };
             let pause = match step {
                 Step::Made(made) => {
@@ -249,16 +255,10 @@ impl Gets {
                     (since.elapsed() / 4).clamp(POLL, PAUSE_AT_MOST)
                 }
             };
-            let made = match self.making.as_mut() {
-                Some(making) => tokio::select! {
-                    made = making => Some(made),
-                    _ = self.wake.notified() => None,
-                    _ = tokio::time::sleep(pause) => None,
-                },
-                None => tokio::select! {
-                    _ = self.wake.notified() => None,
-                    _ = tokio::time::sleep(pause) => None,
-                },
+            let made = tokio::select! {
+                made = until_made(&mut self.making) => Some(made),
+                _ = self.wake.notified() => None,
+                _ = tokio::time::sleep(pause) => None,
             };
             if let Some(made) = made
                 && self.made(made)
