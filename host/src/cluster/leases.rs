@@ -24,7 +24,7 @@
 //! business ([`Ownership`]): the queue loads or drops that partition's
 //! deliveries, the window scheduler its windows.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -191,7 +191,7 @@ pub async fn ensure_bucket(
 }
 
 /// A partition whose preparation finished, and how.
-type Prepared = (u32, Result<(), String>);
+type Prepared = (u32, u64, Result<(), String>);
 
 /// A lease request not answered within this (or a quarter of the lease,
 /// if shorter) has failed. Bounds how long a failing round takes, so a
@@ -212,6 +212,15 @@ struct Held {
     sent: tokio::time::Instant,
 }
 
+/// What became of one lease's renewal.
+enum Renewed {
+    Held(Held),
+    /// Another node's now: not this node's work any more.
+    Lost,
+    /// No answer: still held, as far as this node knows.
+    Unanswered,
+}
+
 /// The lease keeper of one node.
 pub struct Leases {
     kv: kv::Store,
@@ -220,8 +229,13 @@ pub struct Leases {
     ownership: Ownership,
     /// Each lease held (being prepared or not).
     held: BTreeMap<u32, Held>,
-    /// Leased, their preparation running: not this node's work yet.
-    preparing: HashSet<u32>,
+    /// Leased, their preparation running: not this node's work yet. Each
+    /// with the take it prepares for: a lease lost during a preparation
+    /// and taken again starts another, and only that one's end counts
+    /// (the first read the partition before another node's writes).
+    preparing: HashMap<u32, u64>,
+    /// Takes so far (what tells preparations apart).
+    takes: u64,
     /// Preparations that finished, with their outcome.
     prepared: (
         tokio::sync::mpsc::UnboundedSender<Prepared>,
@@ -247,7 +261,8 @@ impl Leases {
                 owned: Arc::default(),
             },
             held: BTreeMap::new(),
-            preparing: HashSet::new(),
+            preparing: HashMap::new(),
+            takes: 0,
             prepared: tokio::sync::mpsc::unbounded_channel(),
             spawner: None,
         }
@@ -315,7 +330,7 @@ impl Leases {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
                     _ = &mut stop => break 'rounds,
-                    Some((p, result)) = self.prepared.1.recv() => self.finish(p, result, on.as_ref()).await,
+                    Some((p, take, result)) = self.prepared.1.recv() => self.finish(p, take, result, on.as_ref()).await,
                 }
             }
         }
@@ -324,11 +339,13 @@ impl Leases {
 
     /// A preparation finished: the partition is this node's now, or (it
     /// failed) its lease is given back; if the lease went meanwhile, what
-    /// was prepared is let go.
-    async fn finish(&mut self, p: u32, result: Result<(), String>, on: &dyn OnChange) {
-        if !self.preparing.remove(&p) {
+    /// was prepared is let go. The end of a preparation for an earlier
+    /// take of the same partition is not this take's: ignored.
+    async fn finish(&mut self, p: u32, take: u64, result: Result<(), String>, on: &dyn OnChange) {
+        if self.preparing.get(&p) != Some(&take) {
             return;
         }
+        self.preparing.remove(&p);
         match (self.held.get(&p).map(|h| h.revision), result) {
             (Some(_), Ok(())) => {
                 self.set_owned(p, true);
@@ -417,11 +434,13 @@ impl Leases {
         self.held.insert(p, lease);
         if on.prepares() {
             if let Some(spawner) = self.spawner.clone() {
-                self.preparing.insert(p);
+                self.takes += 1;
+                let take = self.takes;
+                self.preparing.insert(p, take);
                 let done = self.prepared.0.clone();
                 tokio::spawn(async move {
                     let result = spawner.prepare(p).await;
-                    let _ = done.send((p, result));
+                    let _ = done.send((p, take, result));
                 });
                 return true;
             }
@@ -471,6 +490,57 @@ impl Leases {
         Ok(live)
     }
 
+    /// Renews the lease of partition `p`, held at `held` (a renewal sent
+    /// at `sent`). A lease whose revision moved on is another node's (it
+    /// had expired and was taken) unless its entry names this node: then
+    /// it is this node's own earlier renewal, which took effect but whose
+    /// answer was lost, and the lease is renewed again from that revision.
+    /// Given up instead, the partition would sit idle for a whole lease
+    /// (no node may take it before the entry expires).
+    async fn renew(&self, p: u32, held: Held, sent: tokio::time::Instant) -> Renewed {
+        let key = partition_key(p);
+        let renewal = self
+            .kv
+            .update(&key, self.node.clone().into(), held.revision);
+        match self.bounded(renewal).await {
+            Ok(Ok(revision)) => return Renewed::Held(Held { revision, sent }),
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            _ => return Renewed::Unanswered,
+        }
+        // Two more requests: only if the lease as last known outlasts them
+        // (the entry, if this node's, is younger, so it outlasts them too).
+        let deadline = tokio::time::Instant::now() + 2 * self.answer_within();
+        if held.sent + self.settings.lease <= deadline {
+            return Renewed::Lost;
+        }
+        let entry = match self.bounded(self.kv.entry(&key)).await {
+            Ok(Ok(Some(entry))) => entry,
+            Ok(Ok(None)) => return Renewed::Lost,
+            _ => return Renewed::Unanswered,
+        };
+        if entry.operation != kv::Operation::Put || entry.value != self.node.as_bytes() {
+            return Renewed::Lost;
+        }
+        let again = tokio::time::Instant::now();
+        let renewal = self
+            .kv
+            .update(&key, self.node.clone().into(), entry.revision);
+        match self.bounded(renewal).await {
+            Ok(Ok(revision)) => {
+                tracing::info!(
+                    partition = p,
+                    "a lease renewal's lost answer; the lease kept"
+                );
+                Renewed::Held(Held {
+                    revision,
+                    sent: again,
+                })
+            }
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewed::Lost,
+            _ => Renewed::Unanswered,
+        }
+    }
+
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
@@ -503,25 +573,19 @@ impl Leases {
         self.lose_expiring_within(self.answer_within(), on);
         let sent = tokio::time::Instant::now();
         let this = &*self;
-        let renewals = this.held.iter().map(|(&p, held)| async move {
-            let renewal = this
-                .kv
-                .update(partition_key(p), this.node.clone().into(), held.revision);
-            (p, this.bounded(renewal).await)
-        });
+        let renewals = this
+            .held
+            .iter()
+            .map(|(&p, held)| async move { (p, this.renew(p, *held, sent).await) });
         let mut unanswered = None;
         for (p, renewed) in futures_util::future::join_all(renewals).await {
             match renewed {
-                Ok(Ok(revision)) => {
-                    self.held.insert(p, Held { revision, sent });
+                Renewed::Held(held) => {
+                    self.held.insert(p, held);
                 }
-                // Taken by another node (it had expired), or this node's
-                // own earlier renewal took effect unanswered: not held.
-                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    self.lose(p, on)
-                }
+                Renewed::Lost => self.lose(p, on),
                 // No answer: as for the heartbeat (the next round is soon).
-                _ => unanswered = Some(p),
+                Renewed::Unanswered => unanswered = Some(p),
             }
         }
         if let Some(p) = unanswered {
@@ -718,5 +782,122 @@ mod tests {
         assert_eq!(lost, 4);
         assert!(!a.ownership().owns_partition(0));
         cluster.thaw(0);
+    }
+
+    /// A renewal that took effect but whose answer was lost leaves the
+    /// lease at a revision this node does not know. The next round finds
+    /// this node's name there and keeps the lease (given up, the partition
+    /// would sit idle for a lease); a lease another node wrote is given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_whose_answer_was_lost_keeps_its_lease() {
+        let Some(cluster) = NatsCluster::start(3).await else {
+            return;
+        };
+        let settings = LeaseSettings {
+            by_tenant: true,
+            partitions: 2,
+            lease: Duration::from_secs(20),
+        };
+        let record = Record::default();
+        let mut a = keeper(cluster.url(0), "node-a", settings).await;
+        a.round(&record).await.unwrap();
+        assert_eq!(owned(&a), vec![0, 1]);
+        // Partition 0: a's own renewal, its answer lost. Partition 1: taken
+        // by another node (as if it had expired).
+        let own =
+            a.kv.update("p.0", "node-a".into(), a.held[&0].revision)
+                .await
+                .unwrap();
+        a.kv.update("p.1", "node-b".into(), a.held[&1].revision)
+            .await
+            .unwrap();
+        a.round(&record).await.unwrap();
+        assert_eq!(owned(&a), vec![0]);
+        assert!(a.held[&0].revision > own, "renewed from its own revision");
+        assert!(a.ownership().owns_partition(0));
+        assert!(!a.ownership().owns_partition(1));
+        assert_eq!(*record.0.lock().unwrap().last().unwrap(), (false, 1));
+        assert_eq!(record.0.lock().unwrap().len(), 3, "only 1 lost");
+        // And the next round renews it as usual.
+        a.round(&record).await.unwrap();
+        assert_eq!(owned(&a), vec![0]);
+        assert_eq!(record.0.lock().unwrap().len(), 3);
+    }
+
+    /// Preparations that end when the test says.
+    #[derive(Default)]
+    struct Gated {
+        record: Record,
+        gates: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+    }
+
+    impl OnChange for Gated {
+        fn prepares(&self) -> bool {
+            true
+        }
+        fn prepare(&self, _p: u32) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.gates.lock().unwrap().push(tx);
+            Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) })
+        }
+        fn gained(&self, p: u32) {
+            self.record.gained(p)
+        }
+        fn lost(&self, p: u32) {
+            self.record.lost(p)
+        }
+    }
+
+    /// A lease lost while its partition was being prepared, then taken
+    /// again: the first preparation's end is not the second take's (it
+    /// read the partition before another node's writes), so the partition
+    /// counts only once the second one ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_preparation_for_an_earlier_take_does_not_count() {
+        let Some(cluster) = NatsCluster::start(3).await else {
+            return;
+        };
+        let settings = LeaseSettings {
+            by_tenant: true,
+            partitions: 1,
+            lease: Duration::from_secs(20),
+        };
+        let gated = Arc::new(Gated::default());
+        let on: Arc<dyn OnChange> = gated.clone();
+        let mut a = keeper(cluster.url(0), "node-a", settings).await;
+        a.spawner = Some(on.clone());
+        let lease = |revision| Held {
+            revision,
+            sent: tokio::time::Instant::now(),
+        };
+        let until_gates = |n: usize| {
+            let gated = gated.clone();
+            async move {
+                while gated.gates.lock().unwrap().len() < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert!(a.take(0, lease(1), on.as_ref()).await);
+        until_gates(1).await;
+        a.lose(0, on.as_ref());
+        assert!(a.take(0, lease(5), on.as_ref()).await);
+        until_gates(2).await;
+
+        // The first preparation ends: not counted.
+        let first = gated.gates.lock().unwrap().remove(0);
+        first.send(Ok(())).unwrap();
+        let (p, take, result) = a.prepared.1.recv().await.unwrap();
+        a.finish(p, take, result, on.as_ref()).await;
+        assert!(!a.ownership().owns_partition(0));
+        assert_eq!(*gated.record.0.lock().unwrap(), vec![(false, 0)]);
+
+        // The second one ends: the partition is this node's.
+        let second = gated.gates.lock().unwrap().remove(0);
+        second.send(Ok(())).unwrap();
+        let (p, take, result) = a.prepared.1.recv().await.unwrap();
+        a.finish(p, take, result, on.as_ref()).await;
+        assert!(a.ownership().owns_partition(0));
+        assert_eq!(*gated.record.0.lock().unwrap(), vec![(false, 0), (true, 0)]);
     }
 }
