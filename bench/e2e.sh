@@ -235,8 +235,10 @@ scenario() { # label fanout script path per_request
   for p in "${ports[@]}"; do
     for _ in $(seq 300); do curl -sf "127.0.0.1:$p/healthz" >/dev/null && break; sleep 0.1; done
   done
-  key=$(curl -s -X POST "127.0.0.1:$port/v1/tenants" -H "Authorization: Bearer $token" \
-        -d '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+  local created tenant
+  created=$(curl -s -X POST "127.0.0.1:$port/v1/tenants" -H "Authorization: Bearer $token" -d '{"name":"bench"}')
+  key=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"])' "$created")
+  tenant=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
   local ordering=""
   [ "$ORDER_KEYS" -gt 0 ] && ordering=",\"ordering\":{\"key\":\"/data/conversation_id\"}"
   for _ in $(seq "$fanout"); do
@@ -251,8 +253,21 @@ scenario() { # label fanout script path per_request
       for p in "${ports[@]}"; do
         total=$((total + $(curl -s "127.0.0.1:$p/healthz" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("cluster") or {}).get("partitions_leased", 0))')))
       done
-      [ "$total" -ge 64 ] && break; sleep 0.3
+      [ "$total" -ge "${WASMHOOK_CLUSTER_PARTITIONS:-64}" ] && break; sleep 0.3
     done
+    # Partitioned: wrk posts to the first node, which forwards every
+    # request unless it holds the tenant's partition (FNV-1a of its id).
+    if [ "${WASMHOOK_CLUSTER_MODE:-}" = partitioned ]; then
+      curl -s "127.0.0.1:$port/healthz" | python3 -c '
+import json, sys
+tenant, count = sys.argv[1], int(sys.argv[2])
+h = 0x811C9DC5
+for b in tenant.encode():
+    h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+held = (json.load(sys.stdin).get("cluster") or {}).get("data_partitions", [])
+print(f"partition {h % count} of tenant {tenant}: the first node " + ("holds it" if h % count in held else "forwards every request"), file=sys.stderr)
+' "$tenant" "${WASMHOOK_CLUSTER_PARTITIONS:-64}"
+    fi
   fi
   before_log=$(deliveries); before_cpu=$(cpu_ticks "${pids[@]}"); started=$(date +%s.%N)
   read -r req non rps p50 p99 < <(WRK_KEY=$key run_wrk_auth "127.0.0.1:$port$path" "$script" "$key")

@@ -64,6 +64,7 @@ pub struct ClusterSection {
     pub lease_secs: u64,
     pub snapshot_secs: u64,
     pub node_id: String,
+    pub advertise_url: String,
     pub tls_ca_file: String,
     pub tls_cert_file: String,
     pub tls_key_file: String,
@@ -229,6 +230,9 @@ pub struct ClusterConfig {
     /// log; None: never.
     pub snapshot_every: Option<Duration>,
     pub node_id: String,
+    /// Where the other nodes reach this node's API (partitioned: they
+    /// forward a tenant's requests there directly rather than over NATS).
+    pub advertise: Advertise,
     /// TLS and credentials for the cluster's NATS.
     pub auth: crate::cluster::NatsAuth,
 }
@@ -242,6 +246,75 @@ impl ClusterConfig {
             replicas: self.replicas,
             request_timeout: Duration::from_secs(5),
             auth: self.auth.clone(),
+        }
+    }
+}
+
+/// `cluster.advertise_url`: where the other nodes reach this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advertise {
+    /// `http://` and the address the API listens on, when that is one
+    /// address (not 0.0.0.0 or ::, which name no address to reach).
+    Listen,
+    /// Only over NATS (the nodes cannot reach each other's API).
+    Nowhere,
+    Url(String),
+}
+
+impl Advertise {
+    /// The URL to advertise, the API being bound to `bound`, the cluster's
+    /// NATS servers at `nats_urls`. A loopback address is advertised only
+    /// when the NATS servers are on loopback too (the whole cluster on one
+    /// machine): nodes on machines of their own listening on loopback
+    /// (behind a proxy of their own) would reach themselves there.
+    pub fn url(&self, bound: std::net::SocketAddr, nats_urls: &[String]) -> Option<String> {
+        match self {
+            Advertise::Listen if bound.ip().is_unspecified() => None,
+            Advertise::Listen
+                if bound.ip().is_loopback() && !nats_urls.iter().all(|u| on_loopback(u)) =>
+            {
+                None
+            }
+            Advertise::Listen => Some(format!("http://{bound}")),
+            Advertise::Nowhere => None,
+            Advertise::Url(url) => Some(url.clone()),
+        }
+    }
+}
+
+/// Whether a NATS URL names this machine.
+fn on_loopback(url: &str) -> bool {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
+    host.is_some_and(|h| {
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+fn advertise(text: &str) -> Result<Advertise, ConfigError> {
+    match text.trim() {
+        "" => Ok(Advertise::Listen),
+        "none" => Ok(Advertise::Nowhere),
+        text => {
+            let url = reqwest::Url::parse(text).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            match url {
+                Some(url) => Ok(Advertise::Url(url.as_str().trim_end_matches('/').to_string())),
+                None => Err(ConfigError::Invalid {
+                    key: "cluster.advertise_url".into(),
+                    // Not echoed: it might carry a password.
+                    message: "must be an http:// or https:// URL with a host and no credentials or query, like http://10.0.0.5:8080, or \"none\"".into(),
+                }),
+            }
         }
     }
 }
@@ -695,6 +768,7 @@ impl RawConfig {
                 partitioned,
                 snapshot_every: (c.snapshot_secs > 0).then(|| Duration::from_secs(c.snapshot_secs)),
                 node_id,
+                advertise: advertise(&c.advertise_url)?,
                 auth: nats_auth(c)?,
             })
         };
@@ -799,6 +873,59 @@ mod tests {
         assert_eq!(c.bounds, crate::app::Bounds::default());
         assert_eq!(c.max_in_flight_per_tenant, 16);
         assert!(c.max_in_flight_per_tenant < c.workers as u32);
+    }
+
+    #[test]
+    fn a_node_advertises_where_the_others_reach_it() {
+        let cluster = |advertise: &str| {
+            let c = load(
+                &[
+                    ("WASMHOOK_CLUSTER_NATS_URLS", "nats://127.0.0.1:4222"),
+                    ("WASMHOOK_ADMIN_TOKEN", "operator-token-0123456789abcdef-0"),
+                    ("WASMHOOK_SERVER_SECRETS_KEY", &"ab".repeat(32)),
+                    ("WASMHOOK_CLUSTER_ADVERTISE_URL", advertise),
+                ],
+                None,
+            );
+            c.map(|c| c.cluster.unwrap().advertise)
+        };
+        let local: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let lan: std::net::SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let on_one = [
+            "nats://127.0.0.1:4222".to_string(),
+            "nats://localhost:4223".into(),
+        ];
+        let spread = ["nats://10.0.0.7:4222".to_string()];
+        let listen = cluster("").unwrap();
+        assert_eq!(listen, Advertise::Listen);
+        assert_eq!(
+            listen.url(local, &on_one).as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(listen.url(local, &spread), None, "loopback, other machines");
+        assert_eq!(listen.url(any, &spread), None, "no one address");
+        assert_eq!(
+            listen.url(lan, &spread).as_deref(),
+            Some("http://10.0.0.5:8080")
+        );
+        assert_eq!(cluster("none").unwrap().url(lan, &spread), None);
+        let set = cluster("https://n1.internal:8443/").unwrap();
+        assert_eq!(
+            set.url(any, &spread).as_deref(),
+            Some("https://n1.internal:8443")
+        );
+        for bad in [
+            "n1:8080",
+            "ftp://n1",
+            "http://user:pw@n1:8080",
+            "http://n1/?a=1",
+            "http://",
+        ] {
+            let e = cluster(bad).unwrap_err().to_string();
+            assert!(e.contains("cluster.advertise_url"), "{bad}: {e}");
+            assert!(!e.contains("pw"), "{e}");
+        }
     }
 
     #[test]

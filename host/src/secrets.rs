@@ -32,6 +32,10 @@ const PREFIX: &str = "wh1:";
 pub struct Key {
     id: String,
     key: LessSafeKey,
+    /// What a cluster's nodes sign the requests they forward to each
+    /// other with (derived, so that no signature says anything of the key
+    /// that seals secrets).
+    forwarding: [u8; 32],
 }
 
 impl std::fmt::Debug for Key {
@@ -64,8 +68,14 @@ impl Key {
             .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
             .filter(|b| b.len() == 32)
             .ok_or(SecretsError::BadKey)?;
+        let forwarding = sha2::Sha256::new()
+            .chain_update(b"wasmhook: forwarded requests, v1\0")
+            .chain_update(&bytes)
+            .finalize()
+            .into();
         Ok(Key {
             id: hex::encode(&sha2::Sha256::digest(&bytes)[..4]),
+            forwarding,
             key: LessSafeKey::new(
                 UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| SecretsError::BadKey)?,
             ),
@@ -79,6 +89,11 @@ impl Key {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The key a cluster's nodes sign forwarded requests with.
+    pub fn forwarding(&self) -> &[u8; 32] {
+        &self.forwarding
     }
 
     fn seal(&self, plain: &str) -> String {

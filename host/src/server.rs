@@ -257,7 +257,20 @@ pub async fn serve(
     // other node starts a delivery this one is still attempting.
     let (leases_stop_tx, leases_stop) = watch::channel(false);
     let forwarding = api::forward::Forwarding::default();
-    let lease_keeper = leases.map(|leases| {
+    // Bound before the leases run: their heartbeat advertises the address.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let lease_keeper = leases.map(|mut leases| {
+        if let Some(cluster) = config.cluster.as_ref().filter(|c| c.partitioned) {
+            let url = cluster.advertise.url(local, &cluster.urls);
+            info!(
+                url = url.as_deref().unwrap_or("none: over NATS"),
+                "other nodes forward this node's partitions' requests to"
+            );
+            leases.advertise(url);
+        }
         let on = Arc::new(LeaseChanges {
             queue: app.queue.clone(),
             forwarding: forwarding.clone(),
@@ -268,10 +281,6 @@ pub async fn serve(
         });
         tokio::spawn(leases.run(on, wait_for(leases_stop.clone())))
     });
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let local = listener.local_addr()?;
     info!(listen = %local, data = %config.data_dir.display(), outbox = app.queue.depth().0, "wasmhook serving");
     // Tests and scripts read the bound address (port 0 picks a free one).
     println!("wasmhook listening on http://{local}");

@@ -303,7 +303,8 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     mac
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 of `parts` under `key`.
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     mac(key, parts).finalize().into_bytes().to_vec()
 }
 

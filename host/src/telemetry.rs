@@ -115,6 +115,10 @@ fn describe() {
         "Ordered lines that moved on: the next delivery of a key made pending."
     );
     describe_counter!(
+        "wasmhook_forwarded_requests_total",
+        "Partitioned cluster: requests forwarded to the node holding their tenant's partition, by the way they went (direct: HTTP to its advertised API; nats: over the cluster's NATS)."
+    );
+    describe_counter!(
         "wasmhook_auth_throttled_total",
         "Requests with invalid credentials answered 429: their address failed too often."
     );
@@ -301,6 +305,11 @@ pub fn plugin_call(outcome: &'static str, elapsed: Duration) {
 /// A plugin loaded into memory (first use after start, or a new upload).
 pub fn plugin_loaded(elapsed: Duration) {
     histogram!("wasmhook_plugin_load_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A request forwarded to its partition's holder (`via`: "direct" or "nats").
+pub fn forwarded(via: &'static str) {
+    counter!("wasmhook_forwarded_requests_total", "via" => via).increment(1);
 }
 
 /// A request with invalid credentials from an address that failed too often.

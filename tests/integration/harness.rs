@@ -659,6 +659,7 @@ impl Engine {
                     partitioned,
                     snapshot_every: None,
                     node_id: "engine".into(),
+                    advertise: wasmhook::config::Advertise::Nowhere,
                     auth: Default::default(),
                 };
                 config.cluster = Some(cluster.clone());

@@ -37,6 +37,20 @@ fn node_with(
     Server::start_with(dir, &["--nats", &cluster.urls_arg()], &env)
 }
 
+/// How many requests a node forwarded `via` "direct" or "nats" (its
+/// `/metrics`).
+async fn forwarded_via(node: &Server, via: &str) -> u64 {
+    let (status, metrics) = node.call("GET", "/metrics", ADMIN_TOKEN, None).await;
+    assert_eq!(status, 200);
+    let line = format!("wasmhook_forwarded_requests_total{{via=\"{via}\"}} ");
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 /// The partitions whose data a node holds (its `/healthz`).
 async fn data_partitions(node: &Server) -> Vec<u32> {
     let (_, health) = node.call("GET", "/healthz", "", None).await;
@@ -156,12 +170,18 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     // Nothing is killed until the end: long leases, so that no partition
     // moves on a loaded machine between reading who holds what and the
     // check of the disks.
+    // Node 2 advertises no API: requests for its partitions reach it over
+    // NATS; the others' go to them directly.
     let start = |i: usize| {
+        let advertise = if i == 2 { "none" } else { "" };
         node_with(
             &cluster,
             dirs[i].path(),
             &format!("p{i}"),
-            &[("WASMHOOK_CLUSTER_LEASE_SECS", "10")],
+            &[
+                ("WASMHOOK_CLUSTER_LEASE_SECS", "10"),
+                ("WASMHOOK_CLUSTER_ADVERTISE_URL", advertise),
+            ],
         )
     };
     let nodes = [start(0), start(1), start(2)];
@@ -180,6 +200,10 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
         tenants.push((id, key));
     }
     let held = wait_for_partitions(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    // A lease round (a third of the lease) later every node knows who
+    // holds what, so each forwarded request below goes the way its holder
+    // advertises (before, one may go over NATS for a holder not known yet).
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
     for (t, (_, key)) in tenants.iter().enumerate() {
@@ -228,6 +252,55 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
         .call("GET", "/v1/events/evt_0_0", &tenants[1].1, None)
         .await;
     assert!(first_event["error"].is_object(), "{first_event}");
+
+    // Forwarded directly to the nodes that advertise their API, over NATS
+    // to the one that does not (the events each node took for a tenant
+    // another node holds).
+    let mut want = [0u64; 2];
+    for (tenant, _) in &tenants {
+        let p = partition_of_tenant(tenant, PARTITIONS);
+        let holder = held.iter().position(|h| h.contains(&p)).unwrap();
+        // Events e went to node e % 3, e == 0 once more to node 1.
+        let from = [0, 1, 2, 0, 1, 2, 1].into_iter();
+        let forwarded = from.filter(|n| *n != holder).count() as u64;
+        want[usize::from(holder == 2)] += forwarded;
+    }
+    let mut seen = [0u64; 2];
+    for n in &nodes {
+        seen[0] += forwarded_via(n, "direct").await;
+        seen[1] += forwarded_via(n, "nats").await;
+    }
+    // At least the events (the reads above are forwarded too).
+    assert!(
+        seen[0] >= want[0] && seen[1] >= want[1],
+        "direct, nats: {seen:?} for {want:?} events"
+    );
+
+    // A client cannot pass for a node: its own x-wasmhook-forwarded is
+    // refused, with the reason, and nothing is stored.
+    let (_, key) = &tenants[0];
+    for forged in [
+        "p0",
+        "v1 p0 p1 - 1 00",
+        "v1 p1 p2 203.0.113.9:1 99999999999 abcd",
+    ] {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/events", nodes[1].base))
+            .bearer_auth(key)
+            .header("x-wasmhook-forwarded", forged)
+            .json(&json!({"id": "evt_forged", "type": "message.created", "data": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{forged}");
+        assert!(resp.headers().contains_key("x-wasmhook-forward-refused"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forwarded_unverified", "{body}");
+    }
+    let (status, _) = nodes[0]
+        .call("GET", "/v1/events/evt_forged", key, None)
+        .await;
+    assert_eq!(status, 404, "a refused forgery stores nothing");
 
     // On disk: each tenant's events on its partition's node only.
     tokio::time::sleep(Duration::from_millis(1500)).await;

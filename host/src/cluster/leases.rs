@@ -76,9 +76,31 @@ pub struct Ownership {
     partitions: u32,
     by_tenant: bool,
     owned: Arc<RwLock<HashSet<u32>>>,
+    /// Who held each partition at this node's last round, with where that
+    /// node's API is reached (only nodes that advertise one).
+    holders: Arc<RwLock<HashMap<u32, Peer>>>,
+}
+
+/// Another node, as its heartbeat advertises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    /// Its API, like `http://10.0.0.5:8080`.
+    pub url: String,
 }
 
 impl Ownership {
+    /// The node holding partition `p` and its API's URL, as of this
+    /// node's last lease round (so up to a third of a lease old): None if
+    /// no node held it or its holder advertises no URL.
+    pub fn holder(&self, p: u32) -> Option<Peer> {
+        self.holders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&p)
+            .cloned()
+    }
+
     /// Whether this node does the work of a tenant's subscription (or
     /// source): its partition is leased here.
     pub fn owns(&self, tenant_id: &str, subscription_id: &str) -> bool {
@@ -243,6 +265,8 @@ pub struct Leases {
     ),
     /// Set by [`Leases::run`]: what preparations are spawned with.
     spawner: Option<Arc<dyn OnChange>>,
+    /// This node's API as the other nodes reach it: its heartbeat's value.
+    url: Option<String>,
 }
 
 fn partition_key(p: u32) -> String {
@@ -259,7 +283,9 @@ impl Leases {
                 partitions: settings.partitions.max(1),
                 by_tenant: settings.by_tenant,
                 owned: Arc::default(),
+                holders: Arc::default(),
             },
+            url: None,
             held: BTreeMap::new(),
             preparing: HashMap::new(),
             takes: 0,
@@ -270,6 +296,12 @@ impl Leases {
 
     pub fn ownership(&self) -> Ownership {
         self.ownership.clone()
+    }
+
+    /// Advertises where the other nodes reach this node's API (in its
+    /// heartbeat): they then forward its partitions' requests there.
+    pub fn advertise(&mut self, url: Option<String>) {
+        self.url = url;
     }
 
     /// How long one lease request may take ([`ANSWER_WITHIN`], at most a
@@ -462,7 +494,7 @@ impl Leases {
     /// NATS server is killed consumer creation waits on the cluster's meta
     /// leader: rounds timed out for minutes there (BENCHMARKS.md, "Issue
     /// 25, third pass").
-    async fn live_keys(&self) -> Result<Vec<String>, ClusterError> {
+    async fn live_keys(&self) -> Result<Vec<(String, bytes::Bytes)>, ClusterError> {
         let listing =
             |e: &dyn std::fmt::Display| ClusterError::jetstream(format!("listing the leases: {e}"));
         let prefix = self.kv.prefix.clone();
@@ -483,8 +515,8 @@ impl Leases {
         let mut live = Vec::with_capacity(subjects.len());
         for (key, entry) in futures_util::future::join_all(entries).await {
             let entry = entry.map_err(|e| listing(&e))?;
-            if entry.is_some_and(|e| e.operation == kv::Operation::Put) {
-                live.push(key.to_string());
+            if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                live.push((key.to_string(), entry.value));
             }
         }
         Ok(live)
@@ -541,6 +573,46 @@ impl Leases {
         }
     }
 
+    /// What this node's heartbeat says: where its API is reached (empty:
+    /// nowhere but over NATS).
+    fn heartbeat(&self) -> bytes::Bytes {
+        self.url.clone().unwrap_or_default().into()
+    }
+
+    /// Who holds each partition and where their API is, from the bucket's
+    /// live keys (a heartbeat's value is its node's URL, a lease's its
+    /// holder): what forwarding sends a request to directly.
+    fn learn_holders(&self, keys: &[(String, bytes::Bytes)]) {
+        let urls: HashMap<&str, &str> = keys
+            .iter()
+            .filter_map(|(k, v)| {
+                let node = k.strip_prefix("node.")?;
+                let url = std::str::from_utf8(v).ok().filter(|u| !u.is_empty())?;
+                Some((node, url))
+            })
+            .collect();
+        let holders: HashMap<u32, Peer> = keys
+            .iter()
+            .filter_map(|(k, v)| {
+                let p = k.strip_prefix("p.")?.parse().ok()?;
+                let node = std::str::from_utf8(v).ok()?;
+                let url = urls.get(node)?;
+                Some((
+                    p,
+                    Peer {
+                        node: node.to_string(),
+                        url: url.to_string(),
+                    },
+                ))
+            })
+            .collect();
+        *self
+            .ownership
+            .holders
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = holders;
+    }
+
     /// One round: heartbeat, renew, then give back or take partitions
     /// until this node holds its share.
     pub async fn round(&mut self, on: &dyn OnChange) -> Result<(), ClusterError> {
@@ -548,10 +620,7 @@ impl Leases {
         // expire meanwhile is given up before it is sent.
         self.lose_expiring_within(self.answer_within(), on);
         let heartbeat = self
-            .bounded(
-                self.kv
-                    .put(format!("node.{}", self.node), self.node.clone().into()),
-            )
+            .bounded(self.kv.put(format!("node.{}", self.node), self.heartbeat()))
             .await;
         let heartbeat = match heartbeat {
             Ok(Ok(_)) => Ok(()),
@@ -603,14 +672,15 @@ impl Leases {
                 self.answer_within()
             ))
         })??;
+        self.learn_holders(&keys);
         let nodes = keys
             .iter()
-            .filter(|k| k.starts_with("node."))
+            .filter(|(k, _)| k.starts_with("node."))
             .count()
             .max(1);
         let taken: HashSet<u32> = keys
             .iter()
-            .filter_map(|k| k.strip_prefix("p.")?.parse().ok())
+            .filter_map(|(k, _)| k.strip_prefix("p.")?.parse().ok())
             .collect();
         let partitions = self.settings.partitions.max(1);
         let share = (partitions as usize).div_ceil(nodes);

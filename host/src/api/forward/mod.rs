@@ -9,11 +9,19 @@
 //! one node does; the node that took the request only authenticates
 //! nothing, reads one index (key or source → tenant) and relays bytes.
 //!
+//! When the holder advertises its API (`cluster.advertise_url`), the
+//! request goes there directly over HTTP instead, signed (`direct.rs`):
+//! the NATS servers then carry nothing of it. Over NATS is the fallback:
+//! a holder that advertises nothing, cannot be reached, or gave the
+//! partition up since this node's last lease round.
+//!
 //! Not forwarded: routes of no tenant (the operator's, the dashboard's
 //! files, health, metrics) and `wasmhook listen`'s streams, which the
-//! delivery bus already serves from any node. A request carries
-//! [`FORWARDED`] once forwarded, so it is never forwarded twice: if the
-//! partition moved meanwhile, the store answers 503 and the client retries.
+//! delivery bus already serves from any node. A request forwarded once
+//! ([`Forwarded`]) is never forwarded again: if the partition moved
+//! meanwhile, the store answers 503 and the client retries.
+
+mod direct;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,12 +41,24 @@ use tower::ServiceExt;
 
 use super::{ApiError, ApiState};
 
-/// The header of a forwarded request (its value: the node it came from).
+/// The header of a request forwarded directly (`direct.rs`: the nodes,
+/// the client's address, a time, signed).
 pub const FORWARDED: &str = "x-wasmhook-forwarded";
+pub use direct::REFUSED;
 /// How long a forwarded request may take (an ingest waits for plugins).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room for the wire framing in a NATS message.
 const HEADROOM: usize = 64 * 1024;
+/// The largest body forwarded directly (over NATS: a NATS message's).
+const DIRECT_BODY_LIMIT: usize = 64 << 20;
+
+/// On a request another node forwarded here (verified): it is served
+/// here, never forwarded again.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The node it came from.
+    pub from: String,
+}
 
 fn subject(partition: u32) -> String {
     format!("wasmhook.fwd.{partition}")
@@ -101,10 +121,51 @@ fn tenant_of(state: &ApiState, request: &Request) -> Option<String> {
 
 /// The middleware: a request for a tenant whose partition another node
 /// holds goes to that node.
-pub async fn forward(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub async fn forward(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let store = &state.app.store;
-    if store.data_partitions().is_none() || request.headers().contains_key(FORWARDED) {
+    if store.data_partitions().is_none() || request.extensions().get::<Forwarded>().is_some() {
         return next.run(request).await;
+    }
+    if let Some(value) = request.headers_mut().remove(FORWARDED) {
+        let keys = crate::secrets::keys()
+            .map(|k| {
+                std::iter::once(&k.current)
+                    .chain(&k.previous)
+                    .map(crate::secrets::Key::forwarding)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let uri = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let this = store.node_id().unwrap_or_default();
+        let now = direct::unix_now();
+        return match direct::verify(
+            value.as_bytes(),
+            &keys,
+            this,
+            now,
+            request.method().as_str(),
+            &uri,
+        ) {
+            Ok(verified) => {
+                if let Some(peer) = verified.peer {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                request.extensions_mut().insert(Forwarded {
+                    from: verified.from,
+                });
+                next.run(request).await
+            }
+            Err(refused) => {
+                tracing::debug!(error = %refused, "a forwarded request refused");
+                refused.into_response()
+            }
+        };
     }
     let Some(tenant) = tenant_of(&state, &request) else {
         return next.run(request).await;
@@ -134,7 +195,21 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
     let Some(client) = state.app.store.nats_client() else {
         return Err(moving(partition));
     };
-    let limit = client.server_info().max_payload.max(1 << 20) - HEADROOM;
+    let nats_limit = client.server_info().max_payload.max(1 << 20) - HEADROOM;
+    let this = state.app.store.node_id().unwrap_or_default().to_string();
+    // Directly, when the holder (as of the last lease round) advertises
+    // its API and this node has the cluster's key to sign with.
+    let direct = state
+        .app
+        .ownership
+        .as_ref()
+        .and_then(|o| o.holder(partition))
+        .filter(|holder| holder.node != this)
+        .zip(crate::secrets::keys().map(|k| *k.current.forwarding()));
+    let limit = match direct {
+        Some(_) => DIRECT_BODY_LIMIT.max(nats_limit),
+        None => nats_limit,
+    };
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
@@ -143,17 +218,23 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::TooLarge { limit })?;
+    if let Some((holder, key)) = &direct {
+        match direct::send(holder, &this, key, &parts, body.clone(), peer).await {
+            direct::Direct::Answered(response) => {
+                crate::telemetry::forwarded("direct");
+                return Ok(Sent::Answered(response));
+            }
+            // It may have acted on it: the client decides whether to retry.
+            direct::Direct::NoAnswer => return Err(moving(partition)),
+            direct::Direct::NotThere if body.len() > nats_limit => {
+                return Err(moving(partition));
+            }
+            direct::Direct::NotThere => {}
+        }
+    }
     let mut headers = headers_of(&parts.headers);
-    headers.push((
-        FORWARDED.to_string(),
-        state
-            .app
-            .store
-            .node_id()
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec(),
-    ));
+    headers.retain(|(name, _)| name != FORWARDED);
+    headers.push((FORWARDED.to_string(), this.into_bytes()));
     let wire = Wire {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -180,6 +261,7 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
             return Err(moving(partition));
         }
     };
+    crate::telemetry::forwarded("nats");
     let wire: Wire =
         postcard::from_bytes(&answer.payload).map_err(|e| ApiError::Internal(e.into()))?;
     let status = wire
@@ -328,7 +410,15 @@ async fn run(router: Router, wire: Wire) -> Response {
         Ok(u) => u,
         Err(_) => return ApiError::bad("forwarded", "a forwarded URI").into_response(),
     };
+    // Over NATS the sender is a node (only nodes answer or send on the
+    // forwarding subjects): its header names it.
     set_headers(request.headers_mut(), wire.headers);
+    let from = request
+        .headers_mut()
+        .remove(FORWARDED)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .unwrap_or_default();
+    request.extensions_mut().insert(Forwarded { from });
     if let Some(peer) = wire.peer {
         request
             .extensions_mut()
