@@ -263,13 +263,21 @@ pub enum Advertise {
 
 impl Advertise {
     /// The URL to advertise, the API being bound to `bound`, the cluster's
-    /// NATS servers at `nats_urls`. A loopback address is advertised only
-    /// when the NATS servers are on loopback too (the whole cluster on one
-    /// machine): nodes on machines of their own listening on loopback
-    /// (behind a proxy of their own) would reach themselves there.
-    pub fn url(&self, bound: std::net::SocketAddr, nats_urls: &[String]) -> Option<String> {
+    /// NATS servers at `nats_urls` (`nats_tls`: reached over TLS). A
+    /// loopback address is advertised only when the NATS servers are on
+    /// loopback too (the whole cluster on one machine): nodes on machines
+    /// of their own listening on loopback (behind a proxy of their own)
+    /// would reach themselves there. Nothing is advertised by default when
+    /// the nodes' NATS traffic is encrypted: plain HTTP between them would
+    /// carry in clear what NATS carried over TLS (set an https:// URL).
+    pub fn url(
+        &self,
+        bound: std::net::SocketAddr,
+        nats_urls: &[String],
+        nats_tls: bool,
+    ) -> Option<String> {
         match self {
-            Advertise::Listen if bound.ip().is_unspecified() => None,
+            Advertise::Listen if bound.ip().is_unspecified() || nats_tls => None,
             Advertise::Listen
                 if bound.ip().is_loopback() && !nats_urls.iter().all(|u| on_loopback(u)) =>
             {
@@ -305,6 +313,7 @@ fn advertise(text: &str) -> Result<Advertise, ConfigError> {
                     && u.username().is_empty()
                     && u.password().is_none()
                     && u.query().is_none()
+                    && matches!(u.path(), "" | "/")
                     && u.fragment().is_none()
             });
             match url {
@@ -312,7 +321,7 @@ fn advertise(text: &str) -> Result<Advertise, ConfigError> {
                 None => Err(ConfigError::Invalid {
                     key: "cluster.advertise_url".into(),
                     // Not echoed: it might carry a password.
-                    message: "must be an http:// or https:// URL with a host and no credentials or query, like http://10.0.0.5:8080, or \"none\"".into(),
+                    message: "must be an http:// or https:// URL with a host and no credentials, path or query, like http://10.0.0.5:8080, or \"none\"".into(),
                 }),
             }
         }
@@ -900,19 +909,28 @@ mod tests {
         let listen = cluster("").unwrap();
         assert_eq!(listen, Advertise::Listen);
         assert_eq!(
-            listen.url(local, &on_one).as_deref(),
+            listen.url(local, &on_one, false).as_deref(),
             Some("http://127.0.0.1:8080")
         );
-        assert_eq!(listen.url(local, &spread), None, "loopback, other machines");
-        assert_eq!(listen.url(any, &spread), None, "no one address");
         assert_eq!(
-            listen.url(lan, &spread).as_deref(),
+            listen.url(local, &spread, false),
+            None,
+            "loopback, other machines"
+        );
+        assert_eq!(listen.url(any, &spread, false), None, "no one address");
+        assert_eq!(
+            listen.url(lan, &spread, false).as_deref(),
             Some("http://10.0.0.5:8080")
         );
-        assert_eq!(cluster("none").unwrap().url(lan, &spread), None);
+        assert_eq!(
+            listen.url(lan, &spread, true),
+            None,
+            "NATS over TLS: not plain HTTP by default"
+        );
+        assert_eq!(cluster("none").unwrap().url(lan, &spread, false), None);
         let set = cluster("https://n1.internal:8443/").unwrap();
         assert_eq!(
-            set.url(any, &spread).as_deref(),
+            set.url(any, &spread, true).as_deref(),
             Some("https://n1.internal:8443")
         );
         for bad in [
@@ -920,6 +938,7 @@ mod tests {
             "ftp://n1",
             "http://user:pw@n1:8080",
             "http://n1/?a=1",
+            "http://n1:8080/base",
             "http://",
         ] {
             let e = cluster(bad).unwrap_err().to_string();

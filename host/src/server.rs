@@ -262,15 +262,28 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;
-    let lease_keeper = leases.map(|mut leases| {
-        if let Some(cluster) = config.cluster.as_ref().filter(|c| c.partitioned) {
-            let url = cluster.advertise.url(local, &cluster.urls);
+    let advertised = match config.cluster.as_ref().filter(|c| c.partitioned) {
+        Some(cluster) => {
+            let tls = cluster.auth.tls_ca_file.is_some()
+                || cluster.urls.iter().any(|u| u.starts_with("tls://"));
+            if let Some(ca) = &cluster.auth.tls_ca_file {
+                // https:// peers may use the cluster's own CA.
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading cluster.tls_ca_file {}", ca.display()))?;
+                api::forward::trust_peers(&pem)
+                    .map_err(|e| anyhow::anyhow!("cluster.tls_ca_file: {e}"))?;
+            }
+            let url = cluster.advertise.url(local, &cluster.urls, tls);
             info!(
                 url = url.as_deref().unwrap_or("none: over NATS"),
                 "other nodes forward this node's partitions' requests to"
             );
-            leases.advertise(url);
+            url
         }
+        None => None,
+    };
+    let lease_keeper = leases.map(|mut leases| {
+        leases.advertise(advertised);
         let on = Arc::new(LeaseChanges {
             queue: app.queue.clone(),
             forwarding: forwarding.clone(),

@@ -135,6 +135,29 @@ impl ApiError {
     }
 }
 
+/// On a 503 of a partitioned cluster's node that does not hold the
+/// partition: nothing was stored, so the node that forwarded the request
+/// here may send it on to the partition's holder (`api/forward`).
+pub const PARTITION_MOVING: &str = "x-wasmhook-partition-moving";
+
+impl ApiError {
+    /// Marks `response` with [`PARTITION_MOVING`] if this is that refusal
+    /// (whichever shape the route answers errors in).
+    pub fn mark_moving(&self, response: &mut Response) {
+        if matches!(
+            self,
+            ApiError::Unavailable {
+                code: "partition_moving",
+                ..
+            }
+        ) {
+            response
+                .headers_mut()
+                .insert(PARTITION_MOVING, axum::http::HeaderValue::from_static("1"));
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         if let crate::store::StoreError::NotOwner(p) = e {
@@ -202,6 +225,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, axum::Json(body)).into_response();
+        self.mark_moving(&mut response);
         if let ApiError::TooManyRequests {
             retry_after_secs, ..
         }

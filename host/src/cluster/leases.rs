@@ -267,6 +267,8 @@ pub struct Leases {
     spawner: Option<Arc<dyn OnChange>>,
     /// This node's API as the other nodes reach it: its heartbeat's value.
     url: Option<String>,
+    /// Random per process: in the leases' values beside the node's name.
+    incarnation: String,
 }
 
 fn partition_key(p: u32) -> String {
@@ -286,6 +288,7 @@ impl Leases {
                 holders: Arc::default(),
             },
             url: None,
+            incarnation: hex::encode(rand::random::<[u8; 6]>()),
             held: BTreeMap::new(),
             preparing: HashMap::new(),
             takes: 0,
@@ -375,6 +378,11 @@ impl Leases {
     /// take of the same partition is not this take's: ignored.
     async fn finish(&mut self, p: u32, take: u64, result: Result<(), String>, on: &dyn OnChange) {
         if self.preparing.get(&p) != Some(&take) {
+            // An earlier take's: what it opened is let go, unless a later
+            // take holds the partition (or prepares it) now.
+            if !self.held.contains_key(&p) && !self.preparing.contains_key(&p) {
+                on.lost(p);
+            }
             return;
         }
         self.preparing.remove(&p);
@@ -531,9 +539,7 @@ impl Leases {
     /// (no node may take it before the entry expires).
     async fn renew(&self, p: u32, held: Held, sent: tokio::time::Instant) -> Renewed {
         let key = partition_key(p);
-        let renewal = self
-            .kv
-            .update(&key, self.node.clone().into(), held.revision);
+        let renewal = self.kv.update(&key, self.lease_value(), held.revision);
         match self.bounded(renewal).await {
             Ok(Ok(revision)) => return Renewed::Held(Held { revision, sent }),
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -550,13 +556,11 @@ impl Leases {
             Ok(Ok(None)) => return Renewed::Lost,
             _ => return Renewed::Unanswered,
         };
-        if entry.operation != kv::Operation::Put || entry.value != self.node.as_bytes() {
+        if entry.operation != kv::Operation::Put || entry.value != self.lease_value() {
             return Renewed::Lost;
         }
         let again = tokio::time::Instant::now();
-        let renewal = self
-            .kv
-            .update(&key, self.node.clone().into(), entry.revision);
+        let renewal = self.kv.update(&key, self.lease_value(), entry.revision);
         match self.bounded(renewal).await {
             Ok(Ok(revision)) => {
                 tracing::info!(
@@ -571,6 +575,14 @@ impl Leases {
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewed::Lost,
             _ => Renewed::Unanswered,
         }
+    }
+
+    /// What a lease this node holds says: its name, and this process's
+    /// incarnation (so that a lease renewal this node finds taken effect
+    /// without its answer is told from one of another process that was
+    /// given the same name by mistake).
+    fn lease_value(&self) -> bytes::Bytes {
+        format!("{} {}", self.node, self.incarnation).into()
     }
 
     /// What this node's heartbeat says: where its API is reached (empty:
@@ -595,7 +607,8 @@ impl Leases {
             .iter()
             .filter_map(|(k, v)| {
                 let p = k.strip_prefix("p.")?.parse().ok()?;
-                let node = std::str::from_utf8(v).ok()?;
+                // "<node> <incarnation>" (an older version: the node alone).
+                let node = std::str::from_utf8(v).ok()?.split(' ').next()?;
                 let url = urls.get(node)?;
                 Some((
                     p,
@@ -709,7 +722,7 @@ impl Leases {
             self.lose_expiring_within(self.answer_within(), on);
             let sent = tokio::time::Instant::now();
             let created = self
-                .bounded(self.kv.create(partition_key(p), self.node.clone().into()))
+                .bounded(self.kv.create(partition_key(p), self.lease_value()))
                 .await;
             if let Ok(Ok(revision)) = created {
                 self.take(p, Held { revision, sent }, on).await;
@@ -865,20 +878,24 @@ mod tests {
         };
         let settings = LeaseSettings {
             by_tenant: true,
-            partitions: 2,
+            partitions: 3,
             lease: Duration::from_secs(20),
         };
         let record = Record::default();
         let mut a = keeper(cluster.url(0), "node-a", settings).await;
         a.round(&record).await.unwrap();
-        assert_eq!(owned(&a), vec![0, 1]);
+        assert_eq!(owned(&a), vec![0, 1, 2]);
         // Partition 0: a's own renewal, its answer lost. Partition 1: taken
-        // by another node (as if it had expired).
+        // by another node (as if it had expired). Partition 2: by another
+        // process given the same name by mistake.
         let own =
-            a.kv.update("p.0", "node-a".into(), a.held[&0].revision)
+            a.kv.update("p.0", a.lease_value(), a.held[&0].revision)
                 .await
                 .unwrap();
-        a.kv.update("p.1", "node-b".into(), a.held[&1].revision)
+        a.kv.update("p.1", "node-b 00".into(), a.held[&1].revision)
+            .await
+            .unwrap();
+        a.kv.update("p.2", "node-a 00".into(), a.held[&2].revision)
             .await
             .unwrap();
         a.round(&record).await.unwrap();
@@ -886,12 +903,59 @@ mod tests {
         assert!(a.held[&0].revision > own, "renewed from its own revision");
         assert!(a.ownership().owns_partition(0));
         assert!(!a.ownership().owns_partition(1));
-        assert_eq!(*record.0.lock().unwrap().last().unwrap(), (false, 1));
-        assert_eq!(record.0.lock().unwrap().len(), 3, "only 1 lost");
+        let lost = |r: &Record| {
+            let mut lost: Vec<u32> =
+                r.0.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(g, _)| !g)
+                    .map(|(_, p)| *p)
+                    .collect();
+            lost.sort();
+            lost
+        };
+        assert_eq!(lost(&record), vec![1, 2]);
         // And the next round renews it as usual.
         a.round(&record).await.unwrap();
         assert_eq!(owned(&a), vec![0]);
-        assert_eq!(record.0.lock().unwrap().len(), 3);
+        assert_eq!(lost(&record), vec![1, 2]);
+    }
+
+    /// Every round learns who holds each partition and where that node's
+    /// API is (its heartbeat): what forwarding sends requests to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_learns_who_holds_what_and_where() {
+        let Some(cluster) = NatsCluster::start(3).await else {
+            return;
+        };
+        let settings = LeaseSettings {
+            by_tenant: true,
+            partitions: 4,
+            lease: Duration::from_secs(20),
+        };
+        let (ra, rb) = (Record::default(), Record::default());
+        let mut a = keeper(cluster.url(0), "node-a", settings).await;
+        let mut b = keeper(cluster.url(1), "node-b", settings).await;
+        a.advertise(Some("http://10.0.0.1:8080".into()));
+        a.round(&ra).await.unwrap();
+        b.round(&rb).await.unwrap();
+        a.round(&ra).await.unwrap();
+        b.round(&rb).await.unwrap();
+        // (A round learns before it gives back: one more, to know b's.)
+        a.round(&ra).await.unwrap();
+        let (a_owns, b_owns) = (owned(&a), owned(&b));
+        assert_eq!(a_owns.len() + b_owns.len(), 4, "{a_owns:?} {b_owns:?}");
+        // b learns a's partitions and URL; a learns nothing of b's (b
+        // advertises none: over NATS).
+        for p in &a_owns {
+            let peer = b.ownership().holder(*p).expect("a's partition known");
+            assert_eq!(peer.node, "node-a");
+            assert_eq!(peer.url, "http://10.0.0.1:8080");
+        }
+        for p in &b_owns {
+            assert_eq!(a.ownership().holder(*p), None);
+            assert_eq!(b.ownership().holder(*p), None);
+        }
     }
 
     /// Preparations that end when the test says.

@@ -12,16 +12,20 @@
 //! from `server.secrets_key` (the same on every node of a cluster): it
 //! names the sender, the node it is for, the client's address (what the
 //! holder counts failed authentications by) and when it was sent, and the
-//! signature covers them with the method and the URI. A client cannot
+//! signature covers them with the method, the path and query as sent and
+//! the client's `Authorization` (so a header seen on the wire cannot be
+//! reused with other credentials to charge failed logins to another
+//! address). A client cannot
 //! claim to be a node: an unsigned or wrongly signed header is refused
 //! (400), a signed one for another node is answered 421 (its sender
 //! learned of the holder before the partition moved); both carry
 //! [`REFUSED`], on which the sender goes over NATS instead. The client's
 //! own credentials travel as they came: the holder authenticates them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
@@ -29,6 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{FORWARD_TIMEOUT, FORWARDED};
+use crate::api::error::PARTITION_MOVING;
 use crate::cluster::leases::Peer;
 
 /// On an answer: the forwarded request was refused as such (not this
@@ -74,6 +79,30 @@ impl IntoResponse for Refused {
     }
 }
 
+/// What a forwarded request's signature covers besides its header's
+/// fields.
+pub struct Signed<'a> {
+    pub method: &'a str,
+    /// The path and query, as sent.
+    pub uri: &'a str,
+    /// The client's `Authorization` header (empty: none).
+    pub authorization: &'a [u8],
+}
+
+impl Signed<'_> {
+    fn parts<'a>(&'a self, head: &'a str) -> [&'a [u8]; 7] {
+        [
+            head.as_bytes(),
+            b"\n",
+            self.method.as_bytes(),
+            b"\n",
+            self.uri.as_bytes(),
+            b"\n",
+            self.authorization,
+        ]
+    }
+}
+
 /// The signed value of [`FORWARDED`] for a request from node `from` to
 /// node `to`, at `now` (Unix seconds).
 pub fn sign(
@@ -82,21 +111,11 @@ pub fn sign(
     to: &str,
     peer: Option<SocketAddr>,
     now: u64,
-    method: &str,
-    uri: &str,
+    request: &Signed,
 ) -> String {
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     let head = format!("{VERSION} {from} {to} {peer} {now}");
-    let mac = crate::sign::hmac(
-        key,
-        &[
-            head.as_bytes(),
-            b"\n",
-            method.as_bytes(),
-            b"\n",
-            uri.as_bytes(),
-        ],
-    );
+    let mac = crate::sign::hmac(key, &request.parts(&head));
     format!("{head} {}", hex::encode(mac))
 }
 
@@ -107,8 +126,7 @@ pub fn verify(
     keys: &[&[u8; 32]],
     this: &str,
     now: u64,
-    method: &str,
-    uri: &str,
+    request: &Signed,
 ) -> Result<Verified, Refused> {
     let value = std::str::from_utf8(value).map_err(|_| Refused::Unverified)?;
     let fields: Vec<&str> = value.split(' ').collect();
@@ -117,13 +135,7 @@ pub fn verify(
     };
     let signature = hex::decode(signature).map_err(|_| Refused::Unverified)?;
     let head = format!("{version} {from} {to} {peer} {at}");
-    let parts: [&[u8]; 5] = [
-        head.as_bytes(),
-        b"\n",
-        method.as_bytes(),
-        b"\n",
-        uri.as_bytes(),
-    ];
+    let parts = request.parts(&head);
     if version != VERSION
         || !keys
             .iter()
@@ -167,23 +179,72 @@ pub enum Direct {
 
 /// The one client for the nodes' own traffic: never through the delivery
 /// proxy (the nodes reach each other directly), no redirects, connections
-/// kept for the next request.
+/// kept for the next request; `https://` peers checked against the system's
+/// roots and the cluster's CA ([`trust`]).
 fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        crate::util::install_tls_provider();
-        reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(FORWARD_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .build()
-            .expect("a client without TLS settings of its own builds")
-    })
+    CLIENT.get_or_init(|| build_client(None))
 }
 
-/// Headers that belong to one connection, not to the request or answer.
+static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+
+fn build_client(ca: Option<reqwest::Certificate>) -> reqwest::Client {
+    crate::util::install_tls_provider();
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(FORWARD_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if let Some(ca) = ca {
+        builder = builder.add_root_certificate(ca);
+    }
+    builder
+        .build()
+        .expect("a client with a checked certificate builds")
+}
+
+/// Trusts `ca` (the cluster's `cluster.tls_ca_file`, PEM) for peers
+/// advertised at `https://` URLs; called once at start, before any
+/// request is forwarded.
+pub fn trust(ca_pem: &[u8]) -> Result<(), String> {
+    let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| e.to_string())?;
+    let _ = CLIENT.set(build_client(Some(ca)));
+    Ok(())
+}
+
+/// Nodes not to try directly until a time: one that could not be reached
+/// (each try would wait out a connect timeout) or that refused a request
+/// as forwarded (a key or a clock that disagrees): over NATS meanwhile.
+fn avoided() -> &'static Mutex<HashMap<String, Instant>> {
+    static AVOIDED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    AVOIDED.get_or_init(Mutex::default)
+}
+
+fn avoid(node: &str, for_: Duration, why: &str) {
+    let mut avoided = avoided().lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let fresh = avoided.get(node).is_none_or(|until| *until <= now);
+    avoided.insert(node.to_string(), now + for_);
+    if fresh {
+        tracing::warn!(
+            node,
+            why,
+            for_secs = for_.as_secs(),
+            "forwarding to a node over NATS instead of directly"
+        );
+    }
+}
+
+fn is_avoided(node: &str) -> bool {
+    avoided()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(node)
+        .is_some_and(|until| *until > Instant::now())
+}
+
+/// Headers that belong to one connection, not to the request or answer
+/// (a request's `Host` is kept: the holder builds links from it).
 fn hop_by_hop(name: &header::HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -194,7 +255,6 @@ fn hop_by_hop(name: &header::HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
-            | "host"
             | "content-length"
     ) || name == FORWARDED
 }
@@ -217,19 +277,33 @@ pub async fn send(
     body: Bytes,
     peer: Option<SocketAddr>,
 ) -> Direct {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    if is_avoided(&holder.node) {
+        return Direct::NotThere;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // Signed as it goes out: the URL as parsed is what the holder reads.
+    let Ok(url) = reqwest::Url::parse(&format!("{}{path}", holder.url)) else {
+        return Direct::NotThere;
+    };
+    let sent_path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map_or(&[][..], HeaderValue::as_bytes);
     let signed = sign(
         key,
         this,
         &holder.node,
         peer,
         unix_now(),
-        parts.method.as_str(),
-        &path,
+        &Signed {
+            method: parts.method.as_str(),
+            uri: &sent_path,
+            authorization,
+        },
     );
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
     copy_headers(&parts.headers, &mut headers);
@@ -238,7 +312,7 @@ pub async fn send(
     };
     headers.insert(FORWARDED, signed);
     let sent = client()
-        .request(parts.method.clone(), format!("{}{path}", holder.url))
+        .request(parts.method.clone(), url)
         .headers(headers)
         .body(body)
         .send()
@@ -246,7 +320,8 @@ pub async fn send(
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) if e.is_connect() || e.is_builder() => {
-            tracing::debug!(holder = %holder.node, error = %e, "forwarding directly; over NATS instead");
+            avoid(&holder.node, Duration::from_secs(5), "not reached");
+            tracing::debug!(holder = %holder.node, error = %e, "forwarding directly");
             return Direct::NotThere;
         }
         Err(e) => {
@@ -254,30 +329,29 @@ pub async fn send(
             return Direct::NoAnswer;
         }
     };
+    if answer.headers().contains_key(REFUSED) {
+        avoid(
+            &holder.node,
+            Duration::from_secs(30),
+            "it refused a forwarded request",
+        );
+        return Direct::NotThere;
+    }
+    // The holder the bucket named gave the partition up since (it moved):
+    // it stored nothing, and NATS reaches whoever holds it now.
+    if answer.headers().contains_key(PARTITION_MOVING) {
+        return Direct::NotThere;
+    }
     let status = answer.status();
-    let refused = answer.headers().contains_key(REFUSED);
     let mut response_headers = HeaderMap::with_capacity(answer.headers().len());
     copy_headers(answer.headers(), &mut response_headers);
     let Ok(body) = answer.bytes().await else {
         return Direct::NoAnswer;
     };
-    // The holder the bucket named gave the partition up since (it moved):
-    // it stored nothing, and NATS reaches whoever holds it now.
-    let moved = status == StatusCode::SERVICE_UNAVAILABLE && says_partition_moving(&body);
-    if refused || moved {
-        return Direct::NotThere;
-    }
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
     Direct::Answered(response)
-}
-
-/// Whether an answer's body is the store's "partition moving" refusal
-/// (in whichever error shape the route answers: its code is in it).
-fn says_partition_moving(body: &[u8]) -> bool {
-    body.windows(b"partition_moving".len())
-        .any(|w| w == b"partition_moving")
 }
 
 #[cfg(test)]
@@ -286,18 +360,15 @@ mod tests {
 
     const KEY: [u8; 32] = [7; 32];
     const OTHER: [u8; 32] = [8; 32];
+    const REQUEST: Signed = Signed {
+        method: "POST",
+        uri: "/v1/events?x=1",
+        authorization: b"Bearer whk_1",
+    };
 
     fn signed(now: u64) -> String {
         let peer = "203.0.113.9:4711".parse().ok();
-        sign(
-            &KEY,
-            "node-a",
-            "node-b",
-            peer,
-            now,
-            "POST",
-            "/v1/events?x=1",
-        )
+        sign(&KEY, "node-a", "node-b", peer, now, &REQUEST)
     }
 
     #[test]
@@ -309,8 +380,7 @@ mod tests {
             &[&OTHER, &KEY],
             "node-b",
             now + 5,
-            "POST",
-            "/v1/events?x=1",
+            &REQUEST,
         );
         assert_eq!(
             ok,
@@ -321,83 +391,62 @@ mod tests {
         );
         // For another node: misdirected (its sender goes over NATS).
         assert_eq!(
-            verify(
-                value.as_bytes(),
-                &[&KEY],
-                "node-c",
-                now,
-                "POST",
-                "/v1/events?x=1"
-            ),
+            verify(value.as_bytes(), &[&KEY], "node-c", now, &REQUEST),
             Err(Refused::Misdirected("node-b".into()))
         );
         // Too old or from the future: refused.
         assert_eq!(
-            verify(
-                value.as_bytes(),
-                &[&KEY],
-                "node-b",
-                now + 61,
-                "POST",
-                "/v1/events?x=1"
-            ),
+            verify(value.as_bytes(), &[&KEY], "node-b", now + 61, &REQUEST),
             Err(Refused::Stale(61))
         );
-        assert!(
-            verify(
-                value.as_bytes(),
-                &[&KEY],
-                "node-b",
-                now - 61,
-                "POST",
-                "/v1/events?x=1"
-            )
-            .is_err()
-        );
+        assert!(verify(value.as_bytes(), &[&KEY], "node-b", now - 61, &REQUEST).is_err());
     }
 
     #[test]
-    fn a_forged_or_altered_header_is_refused() {
+    fn a_forged_altered_or_reused_header_is_refused() {
         let now = 1_800_000_000;
         let value = signed(now);
-        let check = |v: &str, method: &str, uri: &str| {
-            verify(v.as_bytes(), &[&KEY], "node-b", now, method, uri)
-        };
-        // Another key, another method, another URI.
-        let forged = sign(&OTHER, "node-a", "node-b", None, now, "POST", "/v1/events");
-        assert_eq!(
-            check(&forged, "POST", "/v1/events"),
-            Err(Refused::Unverified)
-        );
-        assert_eq!(
-            check(&value, "DELETE", "/v1/events?x=1"),
-            Err(Refused::Unverified)
-        );
-        assert_eq!(
-            check(&value, "POST", "/v1/tenants/t_1"),
-            Err(Refused::Unverified)
-        );
+        let check =
+            |v: &str, request: &Signed| verify(v.as_bytes(), &[&KEY], "node-b", now, request);
+        // Another key.
+        let forged = sign(&OTHER, "node-a", "node-b", None, now, &REQUEST);
+        assert_eq!(check(&forged, &REQUEST), Err(Refused::Unverified));
+        // Reused for another method, path, or client credentials.
+        for other in [
+            Signed {
+                method: "DELETE",
+                ..REQUEST
+            },
+            Signed {
+                uri: "/v1/tenants/t_1",
+                ..REQUEST
+            },
+            Signed {
+                uri: "/v1/events?x=2",
+                ..REQUEST
+            },
+            Signed {
+                authorization: b"Bearer whk_2",
+                ..REQUEST
+            },
+            Signed {
+                authorization: b"",
+                ..REQUEST
+            },
+        ] {
+            assert_eq!(check(&value, &other), Err(Refused::Unverified));
+        }
         // Another client address claimed, a field dropped, garbage, odd
         // unicode, an empty value.
         let spoofed = value.replace("203.0.113.9:4711", "198.51.100.1:1");
-        assert_eq!(
-            check(&spoofed, "POST", "/v1/events?x=1"),
-            Err(Refused::Unverified)
-        );
+        assert_eq!(check(&spoofed, &REQUEST), Err(Refused::Unverified));
         let short: Vec<&str> = value.split(' ').take(5).collect();
-        assert_eq!(
-            check(&short.join(" "), "POST", "/v1/events?x=1"),
-            Err(Refused::Unverified)
-        );
+        assert_eq!(check(&short.join(" "), &REQUEST), Err(Refused::Unverified));
         for junk in ["", "v1", "v1 a b - 1 zz", "v1 é ü - 1 00", "v2 a b - 1 00"] {
-            assert_eq!(
-                check(junk, "POST", "/"),
-                Err(Refused::Unverified),
-                "{junk:?}"
-            );
+            assert_eq!(check(junk, &REQUEST), Err(Refused::Unverified), "{junk:?}");
         }
         assert_eq!(
-            verify(&[0xff, 0xfe], &[&KEY], "node-b", now, "POST", "/"),
+            verify(&[0xff, 0xfe], &[&KEY], "node-b", now, &REQUEST),
             Err(Refused::Unverified)
         );
     }
@@ -412,13 +461,109 @@ mod tests {
         assert!(response.headers().contains_key(REFUSED));
     }
 
-    #[test]
-    fn a_moving_partitions_answer_is_told_apart() {
-        assert!(says_partition_moving(
-            br#"{"error":{"code":"partition_moving"}}"#
+    /// Through a real holder (an axum server on loopback): the request
+    /// arrives signed for what was sent (a path reqwest re-encodes, the
+    /// client's Host and credentials kept), the answer comes back whole,
+    /// and a holder that refuses or has moved on sends it over NATS.
+    #[tokio::test]
+    async fn a_request_reaches_its_holder_as_signed() {
+        use axum::extract::Request;
+        let app = axum::Router::new().fallback(|request: Request| async move {
+            let uri = request.uri().path_and_query().unwrap().as_str().to_string();
+            let headers = request.headers();
+            let signed = Signed {
+                method: request.method().as_str(),
+                uri: &uri,
+                authorization: headers
+                    .get("authorization")
+                    .map_or(&[][..], |v| v.as_bytes()),
+            };
+            let value = headers.get(FORWARDED).unwrap().as_bytes();
+            let verified = verify(value, &[&KEY], "holder", unix_now(), &signed);
+            let host = headers.get("host").unwrap().to_str().unwrap().to_string();
+            match (uri.as_str(), verified) {
+                ("/moved", _) => {
+                    let mut r = StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    r.headers_mut()
+                        .insert(PARTITION_MOVING, HeaderValue::from_static("1"));
+                    r
+                }
+                (_, Ok(v)) => {
+                    let mut r =
+                        (StatusCode::CREATED, format!("{uri} {host} {:?}", v.peer)).into_response();
+                    r.headers_mut()
+                        .append("set-cookie", HeaderValue::from_static("a=1"));
+                    r.headers_mut()
+                        .append("set-cookie", HeaderValue::from_static("b=2"));
+                    r
+                }
+                (_, Err(e)) => e.into_response(),
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let holder = Peer {
+            node: "holder".into(),
+            url: format!("http://{addr}"),
+        };
+        let request = |uri: &str| {
+            let (parts, ()) = axum::http::Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("host", "hooks.example.com")
+                .header("authorization", "Bearer whk_1")
+                .header(FORWARDED, "forged by the client")
+                .body(())
+                .unwrap()
+                .into_parts();
+            parts
+        };
+        let peer = "203.0.113.9:4711".parse().ok();
+        let parts = request("/in/src_1?q=it's%20here");
+        let Direct::Answered(response) =
+            send(&holder, "me", &KEY, &parts, Bytes::from_static(b"{}"), peer).await
+        else {
+            panic!("not answered");
+        };
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers().get_all("set-cookie").iter().count(), 2);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.starts_with("/in/src_1?q=it%27s%20here hooks.example.com Some(203.0.113.9:4711)"),
+            "{body}"
+        );
+
+        let parts = request("/moved");
+        assert!(matches!(
+            send(&holder, "me", &KEY, &parts, Bytes::new(), peer).await,
+            Direct::NotThere
         ));
-        assert!(!says_partition_moving(
-            br#"{"error":{"code":"storage_unavailable"}}"#
+        // Signed with a key the holder does not know: refused, and the
+        // holder is then avoided for a while (over NATS meanwhile).
+        let parts = request("/elsewhere");
+        assert!(matches!(
+            send(&holder, "me", &OTHER, &parts, Bytes::new(), peer).await,
+            Direct::NotThere
         ));
+        assert!(is_avoided("holder"));
+        // Nothing listening: not there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gone = Peer {
+            node: "gone".into(),
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        assert!(matches!(
+            send(&gone, "me", &KEY, &parts, Bytes::new(), peer).await,
+            Direct::NotThere
+        ));
+        assert!(is_avoided("gone"));
     }
 }

@@ -44,13 +44,11 @@ use super::{ApiError, ApiState};
 /// The header of a request forwarded directly (`direct.rs`: the nodes,
 /// the client's address, a time, signed).
 pub const FORWARDED: &str = "x-wasmhook-forwarded";
-pub use direct::REFUSED;
+pub use direct::{REFUSED, trust as trust_peers};
 /// How long a forwarded request may take (an ingest waits for plugins).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room for the wire framing in a NATS message.
 const HEADROOM: usize = 64 * 1024;
-/// The largest body forwarded directly (over NATS: a NATS message's).
-const DIRECT_BODY_LIMIT: usize = 64 << 20;
 
 /// On a request another node forwarded here (verified): it is served
 /// here, never forwarded again.
@@ -142,14 +140,17 @@ pub async fn forward(State(state): State<ApiState>, mut request: Request, next: 
             .to_string();
         let this = store.node_id().unwrap_or_default();
         let now = direct::unix_now();
-        return match direct::verify(
-            value.as_bytes(),
-            &keys,
-            this,
-            now,
-            request.method().as_str(),
-            &uri,
-        ) {
+        let authorization = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .map_or(&[][..], HeaderValue::as_bytes);
+        let signed = direct::Signed {
+            method: request.method().as_str(),
+            uri: &uri,
+            authorization,
+        };
+        let verified = direct::verify(value.as_bytes(), &keys, this, now, &signed);
+        return match verified {
             Ok(verified) => {
                 if let Some(peer) = verified.peer {
                     request
@@ -195,7 +196,10 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
     let Some(client) = state.app.store.nats_client() else {
         return Err(moving(partition));
     };
-    let nats_limit = client.server_info().max_payload.max(1 << 20) - HEADROOM;
+    // Either way, at most a NATS message's: the body is read before the
+    // holder authenticates anything, so this bounds what a request may
+    // make this node hold (and it can still go over NATS).
+    let limit = client.server_info().max_payload.max(1 << 20) - HEADROOM;
     let this = state.app.store.node_id().unwrap_or_default().to_string();
     // Directly, when the holder (as of the last lease round) advertises
     // its API and this node has the cluster's key to sign with.
@@ -206,10 +210,6 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
         .and_then(|o| o.holder(partition))
         .filter(|holder| holder.node != this)
         .zip(crate::secrets::keys().map(|k| *k.current.forwarding()));
-    let limit = match direct {
-        Some(_) => DIRECT_BODY_LIMIT.max(nats_limit),
-        None => nats_limit,
-    };
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
@@ -226,9 +226,6 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
             }
             // It may have acted on it: the client decides whether to retry.
             direct::Direct::NoAnswer => return Err(moving(partition)),
-            direct::Direct::NotThere if body.len() > nats_limit => {
-                return Err(moving(partition));
-            }
             direct::Direct::NotThere => {}
         }
     }

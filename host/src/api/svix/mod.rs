@@ -102,6 +102,7 @@ impl IntoResponse for SvixError {
             ),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        e.mark_moving(&mut response);
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
