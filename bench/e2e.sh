@@ -247,13 +247,18 @@ scenario() { # label fanout script path per_request
   done
   local before_log before_cpu started
   if [ "$nodes" -gt 1 ]; then
-    # Every node leases its share of the partitions before the load.
-    for _ in $(seq 100); do
-      total=0
+    # Every node leases its share of the partitions before the load, and
+    # no node more (the first node takes them all, then gives back what
+    # the others come for: partitions moving under load answer 503).
+    local count=${WASMHOOK_CLUSTER_PARTITIONS:-64}
+    local share=$(( (count + nodes - 1) / nodes ))
+    for _ in $(seq 200); do
+      local total=0 most=0 n
       for p in "${ports[@]}"; do
-        total=$((total + $(curl -s "127.0.0.1:$p/healthz" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("cluster") or {}).get("partitions_leased", 0))')))
+        n=$(curl -s "127.0.0.1:$p/healthz" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("cluster") or {}).get("partitions_leased", 0))')
+        total=$((total + n)); [ "$n" -gt "$most" ] && most=$n
       done
-      [ "$total" -ge "${WASMHOOK_CLUSTER_PARTITIONS:-64}" ] && break; sleep 0.3
+      [ "$total" -ge "$count" ] && [ "$most" -le "$share" ] && break; sleep 0.3
     done
     # Partitioned: wrk posts to the first node, which forwards every
     # request unless it holds the tenant's partition (FNV-1a of its id).

@@ -253,10 +253,10 @@ impl ClusterConfig {
 /// `cluster.advertise_url`: where the other nodes reach this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Advertise {
-    /// `http://` and the address the API listens on, when that is one
-    /// address (not 0.0.0.0 or ::, which name no address to reach).
+    /// `"listen"`: `http://` and the address the API listens on, when that
+    /// is one address (not 0.0.0.0 or ::, which name no address to reach).
     Listen,
-    /// Only over NATS (the nodes cannot reach each other's API).
+    /// Only over NATS (the default: see `cluster.advertise_url`).
     Nowhere,
     Url(String),
 }
@@ -267,8 +267,8 @@ impl Advertise {
     /// loopback address is advertised only when the NATS servers are on
     /// loopback too (the whole cluster on one machine): nodes on machines
     /// of their own listening on loopback (behind a proxy of their own)
-    /// would reach themselves there. Nothing is advertised by default when
-    /// the nodes' NATS traffic is encrypted: plain HTTP between them would
+    /// would reach themselves there. `"listen"` advertises nothing when the
+    /// nodes' NATS traffic is encrypted: plain HTTP between them would
     /// carry in clear what NATS carried over TLS (set an https:// URL).
     pub fn url(
         &self,
@@ -304,8 +304,8 @@ fn on_loopback(url: &str) -> bool {
 
 fn advertise(text: &str) -> Result<Advertise, ConfigError> {
     match text.trim() {
-        "" => Ok(Advertise::Listen),
-        "none" => Ok(Advertise::Nowhere),
+        "" | "none" => Ok(Advertise::Nowhere),
+        "listen" => Ok(Advertise::Listen),
         text => {
             let url = reqwest::Url::parse(text).ok().filter(|u| {
                 matches!(u.scheme(), "http" | "https")
@@ -321,7 +321,7 @@ fn advertise(text: &str) -> Result<Advertise, ConfigError> {
                 None => Err(ConfigError::Invalid {
                     key: "cluster.advertise_url".into(),
                     // Not echoed: it might carry a password.
-                    message: "must be an http:// or https:// URL with a host and no credentials, path or query, like http://10.0.0.5:8080, or \"none\"".into(),
+                    message: "must be an http:// or https:// URL with a host and no credentials, path or query, like http://10.0.0.5:8080, \"listen\" or \"none\"".into(),
                 }),
             }
         }
@@ -906,7 +906,12 @@ mod tests {
             "nats://localhost:4223".into(),
         ];
         let spread = ["nats://10.0.0.7:4222".to_string()];
-        let listen = cluster("").unwrap();
+        assert_eq!(
+            cluster("").unwrap(),
+            Advertise::Nowhere,
+            "over NATS by default"
+        );
+        let listen = cluster("listen").unwrap();
         assert_eq!(listen, Advertise::Listen);
         assert_eq!(
             listen.url(local, &on_one, false).as_deref(),

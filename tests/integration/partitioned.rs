@@ -173,7 +173,7 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     // Node 2 advertises no API: requests for its partitions reach it over
     // NATS; the others' go to them directly.
     let start = |i: usize| {
-        let advertise = if i == 2 { "none" } else { "" };
+        let advertise = if i == 2 { "none" } else { "listen" };
         node_with(
             &cluster,
             dirs[i].path(),
