@@ -90,6 +90,15 @@ pub struct Peer {
 }
 
 impl Ownership {
+    /// Forgets that `node` holds partition `p` (it answered that it does
+    /// not any more), until the next lease round learns who does.
+    pub fn forget_holder(&self, p: u32, node: &str) {
+        let mut holders = self.holders.write().unwrap_or_else(|e| e.into_inner());
+        if holders.get(&p).is_some_and(|h| h.node == node) {
+            holders.remove(&p);
+        }
+    }
+
     /// The node holding partition `p` and its API's URL, as of this
     /// node's last lease round (so up to a third of a lease old): None if
     /// no node held it or its holder advertises no URL.
@@ -951,7 +960,15 @@ mod tests {
             let peer = b.ownership().holder(*p).expect("a's partition known");
             assert_eq!(peer.node, "node-a");
             assert_eq!(peer.url, "http://10.0.0.1:8080");
+            // Told it moved: forgotten until the next round (only if still
+            // that node's).
+            b.ownership().forget_holder(*p, "node-c");
+            assert!(b.ownership().holder(*p).is_some());
+            b.ownership().forget_holder(*p, "node-a");
+            assert_eq!(b.ownership().holder(*p), None);
         }
+        b.round(&rb).await.unwrap();
+        assert!(a_owns.iter().all(|p| b.ownership().holder(*p).is_some()));
         for p in &b_owns {
             assert_eq!(a.ownership().holder(*p), None);
             assert_eq!(b.ownership().holder(*p), None);

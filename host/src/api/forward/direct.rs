@@ -169,10 +169,12 @@ pub fn unix_now() -> u64 {
 /// What became of a request sent to its holder directly.
 pub enum Direct {
     Answered(Response),
-    /// Not reached, or refused as a forwarded request, or the holder no
-    /// longer holds the partition: nothing was done there, so the request
-    /// may go over NATS instead.
+    /// Not reached, or refused as a forwarded request: nothing was done
+    /// there, so the request may go over NATS instead.
     NotThere,
+    /// The node no longer holds the partition (it moved since the last
+    /// lease round): nothing was done there either.
+    Moved,
     /// Sent, but no answer came (the holder may have acted on it).
     NoAnswer,
 }
@@ -340,7 +342,7 @@ pub async fn send(
     // The holder the bucket named gave the partition up since (it moved):
     // it stored nothing, and NATS reaches whoever holds it now.
     if answer.headers().contains_key(PARTITION_MOVING) {
-        return Direct::NotThere;
+        return Direct::Moved;
     }
     let status = answer.status();
     let mut response_headers = HeaderMap::with_capacity(answer.headers().len());
@@ -540,7 +542,7 @@ mod tests {
         let parts = request("/moved");
         assert!(matches!(
             send(&holder, "me", &KEY, &parts, Bytes::new(), peer).await,
-            Direct::NotThere
+            Direct::Moved
         ));
         // Signed with a key the holder does not know: refused, and the
         // holder is then avoided for a while (over NATS meanwhile).

@@ -227,6 +227,14 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
             // It may have acted on it: the client decides whether to retry.
             direct::Direct::NoAnswer => return Err(moving(partition)),
             direct::Direct::NotThere => {}
+            // Until the next lease round says who holds it now, over NATS
+            // (which reaches the new holder) rather than each request
+            // trying the old one first.
+            direct::Direct::Moved => {
+                if let Some(ownership) = &state.app.ownership {
+                    ownership.forget_holder(partition, &holder.node);
+                }
+            }
         }
     }
     let mut headers = headers_of(&parts.headers);
