@@ -75,6 +75,13 @@ pub struct MigrateArgs {
     /// The cluster's NATS URLs, comma-separated.
     #[arg(long, value_name = "URLS")]
     pub to_nats: String,
+    /// Moves a cluster instead of an embedded store (its nodes stopped):
+    /// its NATS URLs, comma-separated. Its layout is read from it; the
+    /// target's comes from the configuration (`cluster.mode`,
+    /// `cluster.partitions`): a replica set becomes a partitioned cluster,
+    /// or a partitioned cluster gets another partition count.
+    #[arg(long, value_name = "URLS", conflicts_with = "data")]
+    pub from_nats: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -218,7 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_private_destinations: false,
                 nats_urls: Some(args.to_nats),
             })?;
-            let report = crate::migrate::run(&config).await?;
+            let report = crate::migrate::run(&config, args.from_nats.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -2,7 +2,10 @@
 //! anything. An operator who started on the embedded store moves every
 //! tenant, key, subscription, plugin, source, window, held item, event and
 //! pending delivery (under its delivery id and due time) into an empty
-//! cluster's NATS JetStream, then starts the cluster's nodes.
+//! cluster's NATS JetStream, then starts the cluster's nodes. With
+//! `--from-nats`, a cluster moves the same way into another (a replica set
+//! into a partitioned cluster, or a partitioned cluster to another
+//! partition count), its nodes stopped.
 //!
 //! The embedded store's secrets are sealed with its own key (its
 //! `server.secrets_key`, or the one generated into `<data>/secrets-key`);
@@ -30,19 +33,46 @@ pub struct Report {
 /// `config.cluster`. The embedded store must not be in use (stop its
 /// server first: its lock says so otherwise), and the cluster must hold no
 /// wasmhook data yet.
-pub async fn run(config: &Config) -> anyhow::Result<Report> {
+pub async fn run(config: &Config, from_nats: Option<&str>) -> anyhow::Result<Report> {
     let cluster = config
         .cluster
         .as_ref()
         .context("wasmhook migrate needs the cluster's NATS (--to-nats URLS)")?;
     crate::secrets::install(keys(config)?).map_err(anyhow::Error::msg)?;
-    let from =
-        Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(|| {
-            format!(
-                "opening the embedded store in {} (is its server still running?)",
-                config.data_dir.display()
-            )
-        })?;
+    // A cluster moved from is read into a scratch view, gone after.
+    let source_view = tempfile::tempdir().context("a scratch directory for the source's view")?;
+    let from = match from_nats {
+        None => Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(
+            || {
+                format!(
+                    "opening the embedded store in {} (is its server still running?)",
+                    config.data_dir.display()
+                )
+            },
+        )?,
+        Some(urls) => {
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            anyhow::ensure!(!urls.is_empty(), "--from-nats names no NATS URL");
+            anyhow::ensure!(
+                urls != cluster.urls,
+                "--from-nats and --to-nats name the same NATS servers: a move goes into another, empty cluster"
+            );
+            let mut settings = cluster.settings();
+            settings.urls = urls;
+            let client = crate::cluster::connect(&settings)
+                .await
+                .context("connecting to the cluster moved from (--from-nats)")?;
+            Store::open_to_move_from(source_view.path(), config.store_cache_bytes, client)
+                .await
+                .context(
+                    "reading the cluster moved from (--from-nats; its nodes must be stopped)",
+                )?
+        }
+    };
     let settings = cluster.settings();
     let client = crate::cluster::connect(&settings).await?;
     let replicas = crate::cluster::replicas(&settings, &client);

@@ -651,7 +651,7 @@ async fn a_node_joining_after_compaction_loads_the_snapshot() {
 /// the same secret, and a second move into the now full cluster is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
-    moves_into_a_cluster("replicas").await;
+    moves_into_a_cluster("replicas", None).await;
 }
 
 /// The same move into a partitioned cluster: each record goes to the log
@@ -659,17 +659,43 @@ async fn an_embedded_store_moves_into_a_cluster_with_its_pending_deliveries() {
 /// it from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_a_partitioned_cluster_with_its_pending_deliveries() {
-    moves_into_a_cluster("partitioned").await;
+    moves_into_a_cluster("partitioned", None).await;
 }
 
-async fn moves_into_a_cluster(mode: &str) {
+/// A replica set moves the same way (`wasmhook migrate --from-nats`, its
+/// node stopped) into a partitioned cluster on other NATS servers: the
+/// move reads the replica set's log and plugin store, not a data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_set_moves_into_a_partitioned_cluster_with_its_pending_deliveries() {
+    let Some(old) = NatsCluster::start(3).await else {
+        return;
+    };
+    moves_into_a_cluster("partitioned", Some(&old)).await;
+}
+
+/// Moves a store with a pending delivery, a plugin and a source into a
+/// cluster of `mode`: an embedded store (`from` None), or a replica set on
+/// the NATS servers `from`.
+async fn moves_into_a_cluster(mode: &str, from: Option<&NatsCluster>) {
     let Some(cluster) = NatsCluster::start(3).await else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    // The embedded server seals with the key it generates into its data dir.
-    let server = Server::start_with(data.path(), &[], &[("WASMHOOK_SERVER_SECRETS_KEY", "")]);
-    assert!(data.path().join("secrets-key").exists());
+    let server = match from {
+        None => {
+            // The embedded server seals with the key it generates into its
+            // data dir.
+            let server =
+                Server::start_with(data.path(), &[], &[("WASMHOOK_SERVER_SECRETS_KEY", "")]);
+            assert!(data.path().join("secrets-key").exists());
+            server
+        }
+        Some(old) => {
+            let server = node_in(old, data.path(), "r0", "replicas");
+            wait_for_leases(&[&server]).await;
+            server
+        }
+    };
     let (_, key) = server.tenant("acme").await;
     let rx = Receiver::start(vec![Answer::status(503)], Answer::status(200)).await;
     let sub = server
@@ -716,9 +742,13 @@ async fn moves_into_a_cluster(mode: &str) {
     assert!(server.stop().success());
 
     let migrate = || {
-        Command::new(crate::support::binary())
-            .args(["migrate", "--to-nats", &cluster.urls_arg(), "--data"])
-            .arg(data.path())
+        let mut command = Command::new(crate::support::binary());
+        command.args(["migrate", "--to-nats", &cluster.urls_arg()]);
+        match from {
+            None => command.arg("--data").arg(data.path()),
+            Some(old) => command.args(["--from-nats", &old.urls_arg()]),
+        };
+        command
             .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
             .env("WASMHOOK_CLUSTER_MODE", mode)
@@ -738,12 +768,28 @@ async fn moves_into_a_cluster(mode: &str) {
     assert_eq!(report["records"]["deliveries"], 1, "{report}");
     assert_eq!(report["records"]["outbox"], 1, "{report}");
     assert!(report["plugin_components"].as_u64() >= Some(1), "{report}");
-    // The subscription's and the source's secrets, under the cluster's key.
-    assert!(report["resealed"].as_u64() >= Some(2), "{report}");
+    // The subscription's and the source's secrets, under the cluster's key
+    // (a replica set's were already).
+    if from.is_none() {
+        assert!(report["resealed"].as_u64() >= Some(2), "{report}");
+    }
     let again = migrate();
     assert!(!again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("already holds wasmhook data"), "{stderr}");
+    if from.is_some() {
+        // A cluster onto itself: refused, naming why.
+        let onto_itself = Command::new(crate::support::binary())
+            .args(["migrate", "--to-nats", &cluster.urls_arg()])
+            .args(["--from-nats", &cluster.urls_arg()])
+            .env("WASMHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WASMHOOK_SERVER_SECRETS_KEY", SECRETS_KEY)
+            .output()
+            .unwrap();
+        assert!(!onto_itself.status.success());
+        let stderr = String::from_utf8_lossy(&onto_itself.stderr);
+        assert!(stderr.contains("the same NATS servers"), "{stderr}");
+    }
 
     // A node of the cluster, on a fresh data directory and its own
     // configuration only.

@@ -71,7 +71,34 @@ pub enum MoveError {
 }
 
 impl Store {
-    /// Copies every carried record of `from` (an embedded store) into this
+    /// A cluster to move from (`wasmhook migrate --from-nats`), its nodes
+    /// stopped: its whole state read into a scratch view in `dir` (the
+    /// control log and, if it is partitioned, every partition's log, as
+    /// the cluster itself records its layout), and its plugins' bytes
+    /// fetched from its object store, so that [`Store::import_from`] reads
+    /// it as it reads an embedded store. Nothing is written to it.
+    pub async fn open_to_move_from(
+        dir: &std::path::Path,
+        cache_bytes: u64,
+        client: async_nats::Client,
+    ) -> Result<Store, StoreError> {
+        let (replicas, partitions) = crate::store::cluster::log::layout(&client).await?;
+        let node = format!("migrate-from-{}", ulid::Ulid::new());
+        let store =
+            Store::open_cluster(dir, cache_bytes, client, replicas, &node, partitions).await?;
+        for p in 0..partitions.unwrap_or(0) {
+            store.open_partition(p).await?;
+        }
+        for kv in store.plugins.iter() {
+            let (key, value) = kv?;
+            let record: PluginRecord = decode(&key, &value)?;
+            store.fetch_plugin(&record.sha256).await?;
+        }
+        Ok(store)
+    }
+
+    /// Copies every carried record of `from` (an embedded store, or a
+    /// cluster read by [`Store::open_to_move_from`]) into this
     /// cluster store, which must hold no tenant yet. The plugin bytes go
     /// first, so no record names a component the nodes cannot fetch.
     /// Nothing else may write the cluster meanwhile (start its nodes after).

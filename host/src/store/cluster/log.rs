@@ -944,6 +944,30 @@ impl Log {
     }
 }
 
+/// How an existing cluster keeps its records, as its control stream
+/// records it: its replication, and its partition count (None: a replica
+/// set). Err: no wasmhook cluster there.
+pub async fn layout(client: &async_nats::Client) -> Result<(usize, Option<u32>), ClusterError> {
+    let js = jetstream::new(client.clone());
+    let mut stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("no wasmhook cluster there ({e})")))?;
+    let config = stream
+        .info()
+        .await
+        .map_err(ClusterError::jetstream)?
+        .config
+        .clone();
+    let partitions = config.description.as_deref().and_then(|d| {
+        d.strip_prefix("wasmhook: data in ")?
+            .strip_suffix(" partitions")?
+            .parse()
+            .ok()
+    });
+    Ok((config.num_replicas.max(1), partitions))
+}
+
 /// The stream as this version uses it: created if missing, else checked.
 async fn ensure_stream(
     js: &jetstream::Context,
