@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from benchlib import HZ, TOKEN, Processes, call, cpu_ticks, free_port, start_nats_cluster, \
     wait_until
@@ -51,7 +52,8 @@ def main():
         ports = [free_port() for _ in range(3)]
         nodes = []
         for i, advertise in enumerate(["listen", "listen", "none"]):
-            env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN, RUST_LOG="error",
+            env = dict(os.environ, WASMHOOK_ADMIN_TOKEN=TOKEN,
+                       RUST_LOG=os.environ.get("RUST_LOG", "error"),
                        WASMHOOK_SERVER_SECRETS_KEY="be" * 32,
                        WASMHOOK_CLUSTER_NODE_ID=f"node{i}",
                        WASMHOOK_CLUSTER_MODE="partitioned",
@@ -106,6 +108,11 @@ wrk.body = '{{"type":"message.created","data":{{"conversation_id":"c-1","content
                 results[way].append(row)
                 print(f"run {run + 1}, {way}: {row[0]:.0f} requests/s, nodes {row[1]:.0f} µs, "
                       f"NATS {row[2]:.0f} µs per request, non-2xx {bad}", flush=True)
+        req = urllib.request.Request(base[0] + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            metrics = r.read().decode()
+        counted = [l for l in metrics.splitlines() if l.startswith("wasmhook_forwarded_requests_total")]
+        print("node 0: " + "; ".join(counted))
         print(f"\n3 nodes, 3 nats-servers (R3), {PARTITIONS} partitions, no quota; wrk -t2 "
               f"-c{CONNECTIONS} -d{DURATION}s of ~1 KB events (no subscription); "
               f"{os.cpu_count()} cores; medians of {RUNS} [runs]")
@@ -122,7 +129,10 @@ wrk.body = '{{"type":"message.created","data":{{"conversation_id":"c-1","content
                   f"| {sum(r[3] for r in rows)} |")
     finally:
         procs.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("KEEP"):
+            print(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
