@@ -768,6 +768,16 @@ mod tests {
         Leases::new(kv, node, settings)
     }
 
+    /// Leases by tenant over `partitions`, long enough that the tests'
+    /// manual rounds renew them in time on a loaded machine.
+    fn by_tenant(partitions: u32) -> LeaseSettings {
+        LeaseSettings {
+            by_tenant: true,
+            partitions,
+            lease: Duration::from_secs(20),
+        }
+    }
+
     fn owned(l: &Leases) -> Vec<u32> {
         let mut v: Vec<u32> = l.held.keys().copied().collect();
         v.sort();
@@ -844,11 +854,7 @@ mod tests {
         let Some(cluster) = NatsCluster::start(3).await else {
             return;
         };
-        let settings = LeaseSettings {
-            by_tenant: true,
-            partitions: 4,
-            lease: Duration::from_secs(20),
-        };
+        let settings = by_tenant(4);
         let record = Record::default();
         let mut a = keeper(cluster.url(0), "node-a", settings).await;
         a.round(&record).await.unwrap();
@@ -885,11 +891,7 @@ mod tests {
         let Some(cluster) = NatsCluster::start(3).await else {
             return;
         };
-        let settings = LeaseSettings {
-            by_tenant: true,
-            partitions: 3,
-            lease: Duration::from_secs(20),
-        };
+        let settings = by_tenant(3);
         let record = Record::default();
         let mut a = keeper(cluster.url(0), "node-a", settings).await;
         a.round(&record).await.unwrap();
@@ -937,11 +939,7 @@ mod tests {
         let Some(cluster) = NatsCluster::start(3).await else {
             return;
         };
-        let settings = LeaseSettings {
-            by_tenant: true,
-            partitions: 4,
-            lease: Duration::from_secs(20),
-        };
+        let settings = by_tenant(4);
         let (ra, rb) = (Record::default(), Record::default());
         let mut a = keeper(cluster.url(0), "node-a", settings).await;
         let mut b = keeper(cluster.url(1), "node-b", settings).await;
@@ -1008,11 +1006,7 @@ mod tests {
         let Some(cluster) = NatsCluster::start(3).await else {
             return;
         };
-        let settings = LeaseSettings {
-            by_tenant: true,
-            partitions: 1,
-            lease: Duration::from_secs(20),
-        };
+        let settings = by_tenant(1);
         let gated = Arc::new(Gated::default());
         let on: Arc<dyn OnChange> = gated.clone();
         let mut a = keeper(cluster.url(0), "node-a", settings).await;
