@@ -834,14 +834,28 @@ both_backends! {
             async move {
                 let http = reqwest::Client::new();
                 for chunk in batch.chunks(50) {
-                    let response = http
-                        .post(format!("{base}/v1/events/batch"))
-                        .bearer_auth(&key)
-                        .json(&json!({"events": chunk}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 202);
+                    // A 503 (JetStream slow to acknowledge on a loaded
+                    // machine) is retried as a sender does, with the same
+                    // ids (stored or not, each event is accepted once),
+                    // before the next chunk: the order per conversation
+                    // stays the acceptance order.
+                    let mut tries = 0;
+                    loop {
+                        let response = http
+                            .post(format!("{base}/v1/events/batch"))
+                            .bearer_auth(&key)
+                            .json(&json!({"events": chunk}))
+                            .send()
+                            .await
+                            .unwrap();
+                        tries += 1;
+                        if response.status() == 503 && tries < 5 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        assert_eq!(response.status(), 202);
+                        break;
+                    }
                 }
             }
         };
