@@ -4,7 +4,7 @@
 //! event's delivery appear live with its status and HTTP code, opens it,
 //! retries it, disables the endpoint and sees the banner; a tenant string
 //! full of markup shows as text. A screenshot of each page is saved under
-//! `target/ui-screenshots/`.
+//! `target/ui-screenshots/<process>-<browser>/`.
 //!
 //! Without chromedriver the test says so and passes — except in CI
 //! (`CI=true`), where `.ci/run` installs it and its absence is a failure.
@@ -93,7 +93,13 @@ impl Browser {
             .connect(&driver.url)
             .await
             .expect("a Chromium session");
-        let shots = crate::support::repo_root().join("target/ui-screenshots");
+        // One folder per browser: the dashboard tests run at once, and one
+        // clearing a shared folder removed it under another's screenshot.
+        static BROWSERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BROWSERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shots = crate::support::repo_root()
+            .join("target/ui-screenshots")
+            .join(format!("{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).unwrap();
         Browser {
