@@ -672,14 +672,23 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
         assert!(ids.contains(&r.header("webhook-id")));
     }
     // The local answers are the attempts' outcomes.
+    // Read once each attempt is recorded: the receiver has the request a
+    // moment before the delivery log has its outcome (a loaded machine).
     let delivery = |id: String| {
         let server = &server;
         let key = key.clone();
         async move {
-            server
-                .call("GET", &format!("/v1/deliveries/{id}"), &key, None)
-                .await
-                .1
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let d = server
+                    .call("GET", &format!("/v1/deliveries/{id}"), &key, None)
+                    .await
+                    .1;
+                if d["attempts"].as_u64() >= Some(1) || std::time::Instant::now() > deadline {
+                    break d;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     };
     let failed = delivery(ids[0].clone()).await;
