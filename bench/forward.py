@@ -15,6 +15,10 @@ Prints per way the medians of requests/s and of CPU per request of the
 three nodes together and of the three NATS servers together.
 
   python3 bench/forward.py BIN
+
+WAYS (e.g. "nats,local (node 2)") runs only those ways. PERF=DIR records
+each way's first run of the three nodes with `perf record` (one file per
+way and node, in DIR) for `perf report -i`.
 """
 
 import os
@@ -85,6 +89,9 @@ def main():
                                        for k in keys.values()), 60, f"tenants on node {i}")
         ways = {"direct": (0, keys[1]), "nats": (0, keys[2]),
                 "local (node 1)": (1, keys[1]), "local (node 2)": (2, keys[2])}
+        if os.environ.get("WAYS"):
+            ways = {w: ways[w] for w in os.environ["WAYS"].split(",")}
+        perf_dir = os.environ.get("PERF")
         node_pids = [p.pid for p in nodes]
         nats_pids = [p.pid for p in nats]
         results = {w: [] for w in ways}
@@ -97,10 +104,21 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 wrk.body = '{{"type":"message.created","data":{{"conversation_id":"c-1","content":"{PAD}"}}}}'
 """)
+                perfs = []
+                if perf_dir and run == 0:
+                    os.makedirs(perf_dir, exist_ok=True)
+                    slug = way.replace(" ", "-").replace("(", "").replace(")", "")
+                    perfs = [subprocess.Popen(
+                        ["perf", "record", "-q", "-F", "499", "-g", "-p", str(pid), "-o",
+                         os.path.join(perf_dir, f"{slug}-node{i}.data"), "--", "sleep", str(DURATION)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        for i, pid in enumerate(node_pids)]
                 n0, s0 = cpu_ticks(node_pids), cpu_ticks(nats_pids)
                 out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s", "-s", script,
                                       f"{base[node]}/v1/events"], capture_output=True, text=True).stdout
                 n1, s1 = cpu_ticks(node_pids), cpu_ticks(nats_pids)
+                for p in perfs:
+                    p.wait()
                 requests = int(next(l for l in out.splitlines() if "requests in" in l).split()[0])
                 bad = next((int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l), 0)
                 row = (requests / DURATION, (n1 - n0) / HZ * 1e6 / requests,

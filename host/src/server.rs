@@ -329,7 +329,7 @@ pub async fn serve(
         tokio::spawn(feeds.clone().supervise(app.clone()));
     }
 
-    let state = ApiState {
+    let state = ApiState::new(api::ApiParts {
         app: app.clone(),
         feeds,
         polls,
@@ -344,7 +344,7 @@ pub async fn serve(
         telemetry: Telemetry::install(),
         backup_dir: config.data_dir.clone(),
         schemas: Default::default(),
-    };
+    });
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await

@@ -700,7 +700,7 @@ impl Engine {
                 )
             }
         };
-        let router = wasmhook::api::router(wasmhook::api::ApiState {
+        let router = wasmhook::api::router(wasmhook::api::ApiState::new(wasmhook::api::ApiParts {
             app: app.clone(),
             feeds: wasmhook::server::build_feeds(&config),
             polls: Default::default(),
@@ -713,7 +713,7 @@ impl Engine {
             telemetry: wasmhook::telemetry::Telemetry::install(),
             backup_dir: config.data_dir.clone(),
             schemas: Default::default(),
-        });
+        }));
         Engine {
             worker: wasmhook::deliver::worker::Worker::new(app.deliver.clone()),
             app,

@@ -808,7 +808,7 @@ impl Log {
     pub async fn publish(&self, batch: &Batch) -> Result<Outcome, ClusterError> {
         let body =
             bytes::Bytes::from(postcard::to_allocvec(batch).map_err(ClusterError::jetstream)?);
-        let limit = part_limit(self.js.client().server_info().max_payload);
+        let limit = part_limit(self.js.client().max_payload());
         let count = body.len().div_ceil(limit).max(1);
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(batch.id.clone(), tx);
