@@ -302,6 +302,37 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
         .await;
     assert_eq!(status, 404, "a refused forgery stores nothing");
 
+    // A header a node did sign (as one seen on the wire between two
+    // nodes) serves one request: played again whole, it is refused.
+    let signing = wasmhook::secrets::Key::parse(SECRETS_KEY).unwrap();
+    let authorization = format!("Bearer {key}");
+    let header = wasmhook::api::forward::sign(
+        signing.forwarding(),
+        "p0",
+        "p1",
+        None,
+        (wasmhook::api::forward::unix_now(), 42),
+        &wasmhook::api::forward::Signed {
+            method: "GET",
+            uri: "/v1/subscriptions",
+            authorization: authorization.as_bytes(),
+        },
+    );
+    let send = || {
+        reqwest::Client::new()
+            .get(format!("{}/v1/subscriptions", nodes[1].base))
+            .header("authorization", &authorization)
+            .header("x-wasmhook-forwarded", &header)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    assert!(again.headers().contains_key("x-wasmhook-forward-refused"));
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forwarded_unverified", "{body}");
+
     // On disk: each tenant's events on its partition's node only.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(

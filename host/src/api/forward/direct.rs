@@ -11,11 +11,13 @@
 //! The request carries [`FORWARDED`], signed with a key every node derives
 //! from `server.secrets_key` (the same on every node of a cluster): it
 //! names the sender, the node it is for, the client's address (what the
-//! holder counts failed authentications by) and when it was sent, and the
-//! signature covers them with the method, the path and query as sent and
-//! the client's `Authorization` (so a header seen on the wire cannot be
-//! reused with other credentials to charge failed logins to another
-//! address). A client cannot
+//! holder counts failed authentications by), when it was sent and a
+//! random nonce, and the signature covers them with the method, the path
+//! and query as sent and the client's `Authorization` (so a header seen on
+//! the wire cannot be reused with other credentials to charge failed
+//! logins to another address). The holder serves a nonce once
+//! ([`first_use`]): a request captured between two nodes cannot be
+//! played again, even whole, within the clocks' allowance. A client cannot
 //! claim to be a node: an unsigned or wrongly signed header is refused
 //! (400), a signed one for another node is answered 421 (its sender
 //! learned of the holder before the partition moved); both carry
@@ -41,7 +43,9 @@ use crate::cluster::leases::Peer;
 pub const REFUSED: &str = "x-wasmhook-forward-refused";
 /// How far the sender's and the holder's clocks may be apart.
 const SKEW_SECS: u64 = 60;
-const VERSION: &str = "v1";
+/// `v1` had no nonce (a whole request could be replayed within
+/// [`SKEW_SECS`]): refused, so a node of the older build sends over NATS.
+const VERSION: &str = "v2";
 
 /// A forwarded request's header, verified.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +53,9 @@ pub struct Verified {
     pub from: String,
     /// The client's address as the node it reached saw it.
     pub peer: Option<SocketAddr>,
+    /// When it was signed (Unix seconds) and its nonce: for [`first_use`].
+    pub at: u64,
+    pub nonce: u64,
 }
 
 /// Why a request's [`FORWARDED`] header is not accepted.
@@ -62,6 +69,8 @@ pub enum Refused {
     Stale(u64),
     #[error("a request forwarded to node {0}, not to this one")]
     Misdirected(String),
+    #[error("a forwarded request already served here (a header is good for one request)")]
+    Replayed,
 }
 
 impl IntoResponse for Refused {
@@ -104,17 +113,18 @@ impl Signed<'_> {
 }
 
 /// The signed value of [`FORWARDED`] for a request from node `from` to
-/// node `to`, at `now` (Unix seconds).
+/// node `to`, at `now` (Unix seconds), with a `nonce` used for nothing
+/// else.
 pub fn sign(
     key: &[u8; 32],
     from: &str,
     to: &str,
     peer: Option<SocketAddr>,
-    now: u64,
+    (now, nonce): (u64, u64),
     request: &Signed,
 ) -> String {
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
-    let head = format!("{VERSION} {from} {to} {peer} {now}");
+    let head = format!("{VERSION} {from} {to} {peer} {now} {nonce:016x}");
     let mac = crate::sign::hmac(key, &request.parts(&head));
     format!("{head} {}", hex::encode(mac))
 }
@@ -130,11 +140,11 @@ pub fn verify(
 ) -> Result<Verified, Refused> {
     let value = std::str::from_utf8(value).map_err(|_| Refused::Unverified)?;
     let fields: Vec<&str> = value.split(' ').collect();
-    let [version, from, to, peer, at, signature] = fields[..] else {
+    let [version, from, to, peer, at, nonce, signature] = fields[..] else {
         return Err(Refused::Unverified);
     };
     let signature = hex::decode(signature).map_err(|_| Refused::Unverified)?;
-    let head = format!("{version} {from} {to} {peer} {at}");
+    let head = format!("{version} {from} {to} {peer} {at} {nonce}");
     let parts = request.parts(&head);
     if version != VERSION
         || !keys
@@ -154,10 +164,40 @@ pub fn verify(
         "-" => None,
         text => Some(text.parse().map_err(|_| Refused::Unverified)?),
     };
+    let nonce = u64::from_str_radix(nonce, 16).map_err(|_| Refused::Unverified)?;
     Ok(Verified {
         from: from.to_string(),
         peer,
+        at,
+        nonce,
     })
+}
+
+/// The nonces served, by the second they were signed at. A nonce is
+/// remembered while its time is within [`SKEW_SECS`] of the clock (after
+/// that [`verify`] refuses it as stale anyway), so this holds at most
+/// about two minutes of one node's forwarded requests (16 bytes and a
+/// table slot each). Only verified headers come here: a client cannot
+/// fill it.
+#[derive(Default)]
+pub struct Nonces(Mutex<std::collections::BTreeMap<u64, std::collections::HashSet<u64>>>);
+
+impl Nonces {
+    /// Whether a verified request is the first to use its nonce (and
+    /// from now on, the only one).
+    pub fn first_use(&self, verified: &Verified, now: u64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Seconds whose requests verify would refuse as stale.
+        let keep = seen.split_off(&now.saturating_sub(SKEW_SECS));
+        *seen = keep;
+        seen.entry(verified.at).or_default().insert(verified.nonce)
+    }
+}
+
+/// This node's [`Nonces`].
+pub fn first_use(verified: &Verified, now: u64) -> bool {
+    static SERVED: OnceLock<Nonces> = OnceLock::new();
+    SERVED.get_or_init(Nonces::default).first_use(verified, now)
 }
 
 pub fn unix_now() -> u64 {
@@ -300,7 +340,7 @@ pub async fn send(
         this,
         &holder.node,
         peer,
-        unix_now(),
+        (unix_now(), rand::random()),
         &Signed {
             method: parts.method.as_str(),
             uri: &sent_path,
@@ -370,7 +410,7 @@ mod tests {
 
     fn signed(now: u64) -> String {
         let peer = "203.0.113.9:4711".parse().ok();
-        sign(&KEY, "node-a", "node-b", peer, now, &REQUEST)
+        sign(&KEY, "node-a", "node-b", peer, (now, 0xabc), &REQUEST)
     }
 
     #[test]
@@ -388,7 +428,9 @@ mod tests {
             ok,
             Ok(Verified {
                 from: "node-a".into(),
-                peer: "203.0.113.9:4711".parse().ok()
+                peer: "203.0.113.9:4711".parse().ok(),
+                at: now,
+                nonce: 0xabc,
             })
         );
         // For another node: misdirected (its sender goes over NATS).
@@ -411,7 +453,7 @@ mod tests {
         let check =
             |v: &str, request: &Signed| verify(v.as_bytes(), &[&KEY], "node-b", now, request);
         // Another key.
-        let forged = sign(&OTHER, "node-a", "node-b", None, now, &REQUEST);
+        let forged = sign(&OTHER, "node-a", "node-b", None, (now, 1), &REQUEST);
         assert_eq!(check(&forged, &REQUEST), Err(Refused::Unverified));
         // Reused for another method, path, or client credentials.
         for other in [
@@ -442,9 +484,27 @@ mod tests {
         // unicode, an empty value.
         let spoofed = value.replace("203.0.113.9:4711", "198.51.100.1:1");
         assert_eq!(check(&spoofed, &REQUEST), Err(Refused::Unverified));
-        let short: Vec<&str> = value.split(' ').take(5).collect();
+        let short: Vec<&str> = value.split(' ').take(6).collect();
         assert_eq!(check(&short.join(" "), &REQUEST), Err(Refused::Unverified));
-        for junk in ["", "v1", "v1 a b - 1 zz", "v1 é ü - 1 00", "v2 a b - 1 00"] {
+        // Another nonce under the same signature.
+        let renonced = value.replace(" 0000000000000abc ", " 0000000000000abd ");
+        assert_ne!(renonced, value);
+        assert_eq!(check(&renonced, &REQUEST), Err(Refused::Unverified));
+        // The older version, without a nonce, even signed with the key.
+        let head = format!("v1 node-a node-b - {now}");
+        let old = format!(
+            "{head} {}",
+            hex::encode(crate::sign::hmac(&KEY, &REQUEST.parts(&head)))
+        );
+        assert_eq!(check(&old, &REQUEST), Err(Refused::Unverified));
+        for junk in [
+            "",
+            "v2",
+            "v2 a b - 1 0 zz",
+            "v2 é ü - 1 0 00",
+            "v3 a b - 1 0 00",
+            "v2 a b - 1 é 00",
+        ] {
             assert_eq!(check(junk, &REQUEST), Err(Refused::Unverified), "{junk:?}");
         }
         assert_eq!(
@@ -454,8 +514,33 @@ mod tests {
     }
 
     #[test]
+    fn a_nonce_is_served_once_while_its_time_verifies() {
+        let nonces = Nonces::default();
+        let now = 1_800_000_000;
+        let request = |at, nonce| Verified {
+            from: "node-a".into(),
+            peer: None,
+            at,
+            nonce,
+        };
+        assert!(nonces.first_use(&request(now, 1), now));
+        assert!(!nonces.first_use(&request(now, 1), now + 1), "replayed");
+        assert!(nonces.first_use(&request(now, 2), now + 1));
+        // The same nonce at another time is another request.
+        assert!(nonces.first_use(&request(now + 1, 1), now + 1));
+        // Up to the last second it verifies, it is still remembered.
+        assert!(!nonces.first_use(&request(now, 1), now + SKEW_SECS));
+        // Then forgotten (verify refuses it as stale by then).
+        assert!(nonces.first_use(&request(now + SKEW_SECS + 1, 9), now + 2 * SKEW_SECS + 1));
+        assert_eq!(nonces.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_refusal_says_so_to_its_sender() {
         let response = Refused::Unverified.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().contains_key(REFUSED));
+        let response = Refused::Replayed.into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert!(response.headers().contains_key(REFUSED));
         let response = Refused::Misdirected("n".into()).into_response();

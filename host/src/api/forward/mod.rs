@@ -44,7 +44,7 @@ use super::{ApiError, ApiState};
 /// The header of a request forwarded directly (`direct.rs`: the nodes,
 /// the client's address, a time, signed).
 pub const FORWARDED: &str = "x-wasmhook-forwarded";
-pub use direct::{REFUSED, trust as trust_peers};
+pub use direct::{REFUSED, Signed, sign, trust as trust_peers, unix_now};
 /// How long a forwarded request may take (an ingest waits for plugins).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room for the wire framing in a NATS message.
@@ -149,7 +149,13 @@ pub async fn forward(State(state): State<ApiState>, mut request: Request, next: 
             uri: &uri,
             authorization,
         };
-        let verified = direct::verify(value.as_bytes(), &keys, this, now, &signed);
+        let verified = direct::verify(value.as_bytes(), &keys, this, now, &signed).and_then(|v| {
+            if direct::first_use(&v, now) {
+                Ok(v)
+            } else {
+                Err(direct::Refused::Replayed)
+            }
+        });
         return match verified {
             Ok(verified) => {
                 if let Some(peer) = verified.peer {
