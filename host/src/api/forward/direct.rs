@@ -176,7 +176,7 @@ pub fn verify(
 /// The nonces served, by the second they were signed at. A nonce is
 /// remembered while its time is within [`SKEW_SECS`] of the clock (after
 /// that [`verify`] refuses it as stale anyway), so this holds at most
-/// about two minutes of one node's forwarded requests (16 bytes and a
+/// about two minutes of one node's forwarded requests (8 bytes and a
 /// table slot each). Only verified headers come here: a client cannot
 /// fill it.
 #[derive(Default)]
