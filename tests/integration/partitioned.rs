@@ -279,15 +279,20 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     // A client cannot pass for a node: its own x-wasmhook-forwarded is
     // refused, with the reason, and nothing is stored.
     let (_, key) = &tenants[0];
+    let now = wasmhook::api::forward::unix_now();
     for forged in [
-        "p0",
-        "v1 p0 p1 - 1 00",
-        "v1 p1 p2 203.0.113.9:1 99999999999 abcd",
+        "p0".to_string(),
+        format!("v2 p0 p1 - {now} 0000000000000001 00"),
+        format!(
+            "v2 p1 p2 203.0.113.9:1 {now} 0000000000000002 {}",
+            "ab".repeat(32)
+        ),
+        format!("v1 p0 p1 - {now} 00"),
     ] {
         let resp = reqwest::Client::new()
             .post(format!("{}/v1/events", nodes[1].base))
             .bearer_auth(key)
-            .header("x-wasmhook-forwarded", forged)
+            .header("x-wasmhook-forwarded", &forged)
             .json(&json!({"id": "evt_forged", "type": "message.created", "data": {}}))
             .send()
             .await
@@ -329,9 +334,9 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     assert_eq!(first.status(), 200, "{:?}", first.text().await);
     let again = send().await.unwrap();
     assert_eq!(again.status(), 400);
-    assert!(again.headers().contains_key("x-wasmhook-forward-refused"));
+    assert_eq!(again.headers()["x-wasmhook-forward-refused"], "replayed");
     let body: Value = again.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "forwarded_unverified", "{body}");
+    assert_eq!(body["error"]["code"], "forwarded_replayed", "{body}");
 
     // On disk: each tenant's events on its partition's node only.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -38,8 +38,12 @@ use super::{FORWARD_TIMEOUT, FORWARDED};
 use crate::api::error::PARTITION_MOVING;
 use crate::cluster::leases::Peer;
 
-/// On an answer: the forwarded request was refused as such (not this
-/// node's, or not verified); its sender goes over NATS instead.
+/// On an answer: the forwarded request was refused as such, and nothing
+/// was done there. Its value says what the sender does: `replayed`, a
+/// header already served (its copy may have acted: the client gets a 503
+/// and decides); `earlier`, signed before this node could remember it
+/// (over NATS this once); anything else, a key, clock or node that
+/// disagrees (over NATS, the holder avoided for a while).
 pub const REFUSED: &str = "x-wasmhook-forward-refused";
 /// How far the sender's and the holder's clocks may be apart.
 const SKEW_SECS: u64 = 60;
@@ -71,19 +75,29 @@ pub enum Refused {
     Misdirected(String),
     #[error("a forwarded request already served here (a header is good for one request)")]
     Replayed,
+    #[error(
+        "a forwarded request signed before this node remembers its headers (it started, or the time is past)"
+    )]
+    Earlier,
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let (status, code) = match self {
-            Refused::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "forwarded_misdirected"),
-            _ => (StatusCode::BAD_REQUEST, "forwarded_unverified"),
+        let (status, code, refused) = match self {
+            Refused::Misdirected(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "forwarded_misdirected",
+                "1",
+            ),
+            Refused::Replayed => (StatusCode::BAD_REQUEST, "forwarded_replayed", "replayed"),
+            Refused::Earlier => (StatusCode::BAD_REQUEST, "forwarded_unverified", "earlier"),
+            _ => (StatusCode::BAD_REQUEST, "forwarded_unverified", "1"),
         };
         let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
         let mut response = (status, axum::Json(body)).into_response();
         response
             .headers_mut()
-            .insert(REFUSED, HeaderValue::from_static("1"));
+            .insert(REFUSED, HeaderValue::from_static(refused));
         response
     }
 }
@@ -173,31 +187,78 @@ pub fn verify(
     })
 }
 
-/// The nonces served, by the second they were signed at. A nonce is
-/// remembered while its time is within [`SKEW_SECS`] of the clock (after
-/// that [`verify`] refuses it as stale anyway), so this holds at most
-/// about two minutes of one node's forwarded requests (8 bytes and a
+/// The nonces served, by the second they were signed at, from a floor
+/// on. A nonce is remembered while its time is within [`SKEW_SECS`] of
+/// the clock (after that [`verify`] refuses it as stale), so this holds at
+/// most about two minutes of one node's forwarded requests (8 bytes and a
 /// table slot each). Only verified headers come here: a client cannot
 /// fill it.
-#[derive(Default)]
-pub struct Nonces(Mutex<std::collections::BTreeMap<u64, std::collections::HashSet<u64>>>);
+///
+/// What is below the floor is not remembered, so it is refused
+/// ([`Refused::Earlier`]: the sender goes over NATS): headers signed
+/// before this process started (the one before may have served them),
+/// and those whose second was forgotten meanwhile (a request that read
+/// the clock just before another moved the floor, or a clock set back).
+/// The floor only rises.
+pub struct Nonces(Mutex<Served>);
+
+struct Served {
+    floor: u64,
+    by_second: std::collections::BTreeMap<u64, std::collections::HashSet<u64>>,
+}
 
 impl Nonces {
-    /// Whether a verified request is the first to use its nonce (and
-    /// from now on, the only one).
-    pub fn first_use(&self, verified: &Verified, now: u64) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Seconds whose requests verify would refuse as stale.
-        let keep = seen.split_off(&now.saturating_sub(SKEW_SECS));
-        *seen = keep;
-        seen.entry(verified.at).or_default().insert(verified.nonce)
+    /// Remembering from the second after `now` (Unix seconds).
+    pub fn starting_at(now: u64) -> Self {
+        Nonces(Mutex::new(Served {
+            floor: now + 1,
+            by_second: Default::default(),
+        }))
+    }
+
+    /// A verified request is served if it is the first to use its nonce
+    /// (and from now on, the only one).
+    pub fn first_use(&self, verified: &Verified, now: u64) -> Result<(), Refused> {
+        let mut served = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        served.floor = served.floor.max(now.saturating_sub(SKEW_SECS));
+        if verified.at < served.floor {
+            return Err(Refused::Earlier);
+        }
+        let floor = served.floor;
+        while let Some(first) = served.by_second.first_entry() {
+            if *first.key() >= floor {
+                break;
+            }
+            first.remove();
+        }
+        if served
+            .by_second
+            .entry(verified.at)
+            .or_default()
+            .insert(verified.nonce)
+        {
+            Ok(())
+        } else {
+            Err(Refused::Replayed)
+        }
     }
 }
 
-/// This node's [`Nonces`].
-pub fn first_use(verified: &Verified, now: u64) -> bool {
+fn served() -> &'static Nonces {
     static SERVED: OnceLock<Nonces> = OnceLock::new();
-    SERVED.get_or_init(Nonces::default).first_use(verified, now)
+    SERVED.get_or_init(|| Nonces::starting_at(unix_now()))
+}
+
+/// Starts remembering this node's forwarded headers: called when the
+/// node starts serving, so that what it refuses as [`Refused::Earlier`]
+/// is what was signed before.
+pub fn remember_from_now() {
+    served();
+}
+
+/// This node's [`Nonces::first_use`].
+pub fn first_use(verified: &Verified, now: u64) -> Result<(), Refused> {
+    served().first_use(verified, now)
 }
 
 pub fn unix_now() -> u64 {
@@ -371,13 +432,22 @@ pub async fn send(
             return Direct::NoAnswer;
         }
     };
-    if answer.headers().contains_key(REFUSED) {
-        avoid(
-            &holder.node,
-            Duration::from_secs(30),
-            "it refused a forwarded request",
-        );
-        return Direct::NotThere;
+    match answer.headers().get(REFUSED).map(HeaderValue::as_bytes) {
+        // A copy of this header was served there (the wire between the
+        // nodes is not private, or something on it sent it again): the
+        // request may have been acted on, so it is not sent again.
+        Some(b"replayed") => return Direct::NoAnswer,
+        // Signed before the holder started: over NATS this once.
+        Some(b"earlier") => return Direct::NotThere,
+        Some(_) => {
+            avoid(
+                &holder.node,
+                Duration::from_secs(30),
+                "it refused a forwarded request",
+            );
+            return Direct::NotThere;
+        }
+        None => {}
     }
     // The holder the bucket named gave the partition up since (it moved):
     // it stored nothing, and NATS reaches whoever holds it now.
@@ -497,6 +567,19 @@ mod tests {
             hex::encode(crate::sign::hmac(&KEY, &REQUEST.parts(&head)))
         );
         assert_eq!(check(&old, &REQUEST), Err(Refused::Unverified));
+        // Signed with the key but another version, or a nonce that is not
+        // hex: the signature holds, the fields do not.
+        for head in [
+            format!("v3 node-a node-b - {now} 0000000000000001"),
+            format!("v2 node-a node-b - {now} nonce"),
+            format!("v2 node-a node-b - {now} é"),
+        ] {
+            let value = format!(
+                "{head} {}",
+                hex::encode(crate::sign::hmac(&KEY, &REQUEST.parts(&head)))
+            );
+            assert_eq!(check(&value, &REQUEST), Err(Refused::Unverified), "{head}");
+        }
         for junk in [
             "",
             "v2",
@@ -515,24 +598,66 @@ mod tests {
 
     #[test]
     fn a_nonce_is_served_once_while_its_time_verifies() {
-        let nonces = Nonces::default();
         let now = 1_800_000_000;
+        let nonces = Nonces::starting_at(now - 1);
         let request = |at, nonce| Verified {
             from: "node-a".into(),
             peer: None,
             at,
             nonce,
         };
-        assert!(nonces.first_use(&request(now, 1), now));
-        assert!(!nonces.first_use(&request(now, 1), now + 1), "replayed");
-        assert!(nonces.first_use(&request(now, 2), now + 1));
+        assert_eq!(nonces.first_use(&request(now, 1), now), Ok(()));
+        assert_eq!(
+            nonces.first_use(&request(now, 1), now + 1),
+            Err(Refused::Replayed)
+        );
+        assert_eq!(nonces.first_use(&request(now, 2), now + 1), Ok(()));
         // The same nonce at another time is another request.
-        assert!(nonces.first_use(&request(now + 1, 1), now + 1));
+        assert_eq!(nonces.first_use(&request(now + 1, 1), now + 1), Ok(()));
         // Up to the last second it verifies, it is still remembered.
-        assert!(!nonces.first_use(&request(now, 1), now + SKEW_SECS));
-        // Then forgotten (verify refuses it as stale by then).
-        assert!(nonces.first_use(&request(now + SKEW_SECS + 1, 9), now + 2 * SKEW_SECS + 1));
-        assert_eq!(nonces.0.lock().unwrap().len(), 1);
+        assert_eq!(
+            nonces.first_use(&request(now, 1), now + SKEW_SECS),
+            Err(Refused::Replayed)
+        );
+        // Then forgotten, and refused (verify refuses it as stale by then;
+        // a request that read the clock before the floor moved is
+        // refused here).
+        let later = now + 2 * SKEW_SECS + 1;
+        assert_eq!(
+            nonces.first_use(&request(now + SKEW_SECS + 1, 9), later),
+            Ok(())
+        );
+        assert_eq!(
+            nonces.first_use(&request(now, 7), now + 1),
+            Err(Refused::Earlier),
+            "below the floor, whatever the caller's clock said"
+        );
+        assert_eq!(nonces.0.lock().unwrap().by_second.len(), 1);
+        // A clock set back does not lower the floor.
+        assert_eq!(
+            nonces.first_use(&request(now + 1, 1), now),
+            Err(Refused::Earlier)
+        );
+    }
+
+    #[test]
+    fn what_was_signed_before_a_start_is_refused_as_earlier() {
+        let started = 1_800_000_000;
+        let nonces = Nonces::starting_at(started);
+        let request = |at| Verified {
+            from: "node-a".into(),
+            peer: None,
+            at,
+            nonce: 1,
+        };
+        // The process before this one may have served these.
+        for at in [started - 30, started] {
+            assert_eq!(
+                nonces.first_use(&request(at), started + 1),
+                Err(Refused::Earlier)
+            );
+        }
+        assert_eq!(nonces.first_use(&request(started + 1), started + 1), Ok(()));
     }
 
     #[test]
@@ -542,7 +667,10 @@ mod tests {
         assert!(response.headers().contains_key(REFUSED));
         let response = Refused::Replayed.into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        assert!(response.headers().contains_key(REFUSED));
+        assert_eq!(response.headers()[REFUSED], "replayed");
+        let response = Refused::Earlier.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[REFUSED], "earlier");
         let response = Refused::Misdirected("n".into()).into_response();
         assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
         assert!(response.headers().contains_key(REFUSED));
@@ -569,6 +697,8 @@ mod tests {
             let verified = verify(value, &[&KEY], "holder", unix_now(), &signed);
             let host = headers.get("host").unwrap().to_str().unwrap().to_string();
             match (uri.as_str(), verified) {
+                ("/replayed", Ok(_)) => Refused::Replayed.into_response(),
+                ("/earlier", Ok(_)) => Refused::Earlier.into_response(),
                 ("/moved", _) => {
                     let mut r = StatusCode::SERVICE_UNAVAILABLE.into_response();
                     r.headers_mut()
@@ -629,6 +759,20 @@ mod tests {
             send(&holder, "me", &KEY, &parts, Bytes::new(), peer).await,
             Direct::Moved
         ));
+        // Served there already (a copy on the wire was first): not sent
+        // again either way, the client decides; signed before the holder
+        // started: over NATS this once. Neither avoids the holder.
+        let parts = request("/replayed");
+        assert!(matches!(
+            send(&holder, "me", &KEY, &parts, Bytes::new(), peer).await,
+            Direct::NoAnswer
+        ));
+        let parts = request("/earlier");
+        assert!(matches!(
+            send(&holder, "me", &KEY, &parts, Bytes::new(), peer).await,
+            Direct::NotThere
+        ));
+        assert!(!is_avoided("holder"));
         // Signed with a key the holder does not know: refused, and the
         // holder is then avoided for a while (over NATS meanwhile).
         let parts = request("/elsewhere");

@@ -149,13 +149,9 @@ pub async fn forward(State(state): State<ApiState>, mut request: Request, next: 
             uri: &uri,
             authorization,
         };
-        let verified = direct::verify(value.as_bytes(), &keys, this, now, &signed).and_then(|v| {
-            if direct::first_use(&v, now) {
-                Ok(v)
-            } else {
-                Err(direct::Refused::Replayed)
-            }
-        });
+        // Verified first: only a node's own headers are remembered.
+        let verified = direct::verify(value.as_bytes(), &keys, this, now, &signed)
+            .and_then(|v| direct::first_use(&v, now).map(|()| v));
         return match verified {
             Ok(verified) => {
                 if let Some(peer) = verified.peer {
@@ -316,6 +312,7 @@ impl Forwarding {
     /// The routes forwarded requests are answered with (set once built).
     pub fn set_router(&self, router: Router) {
         let _ = self.router.set(router);
+        direct::remember_from_now();
     }
 
     /// Starts answering partition `p`'s forwarded requests: returns once
