@@ -201,7 +201,10 @@ async fn send(state: &ApiState, partition: u32, request: Request) -> Result<Sent
     // Either way, at most a NATS message's: the body is read before the
     // holder authenticates anything, so this bounds what a request may
     // make this node hold (and it can still go over NATS).
-    let limit = client.max_payload().max(1 << 20) - HEADROOM;
+    // (A server configured below the default keeps half for framing, and
+    // a body past its limit is a 413 here, not a failed relay's 503.)
+    let max_payload = client.max_payload();
+    let limit = max_payload - HEADROOM.min(max_payload / 2);
     let this = state.app.store.node_id().unwrap_or_default().to_string();
     // Directly, when the holder (as of the last lease round) advertises
     // its API and this node has the cluster's key to sign with.
