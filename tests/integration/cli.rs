@@ -678,17 +678,9 @@ async fn listen_forwards_signed_plugin_deliveries_and_cleans_up_after_itself() {
         let server = &server;
         let key = key.clone();
         async move {
-            let deadline = std::time::Instant::now() + PATIENCE;
-            loop {
-                let d = server
-                    .call("GET", &format!("/v1/deliveries/{id}"), &key, None)
-                    .await
-                    .1;
-                if d["attempts"].as_u64() >= Some(1) || std::time::Instant::now() > deadline {
-                    break d;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            server
+                .delivery_when(&key, &id, |d| d["attempts"].as_u64() >= Some(1))
+                .await
         }
     };
     let failed = delivery(ids[0].clone()).await;

@@ -571,17 +571,33 @@ impl Server {
     /// record, so a test that acts on the record (a manual retry, its
     /// attempts) waits here first.
     pub async fn settled(&self, key: &str, id: &str) -> Value {
+        self.delivery_when(key, id, |d| d["status"] != "pending")
+            .await
+    }
+
+    /// Waits until a delivery of `key`'s tenant is as `ready` says (e.g.
+    /// its first attempt recorded, though it stays pending for a retry)
+    /// and returns it.
+    pub async fn delivery_when(
+        &self,
+        key: &str,
+        id: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = std::time::Instant::now() + PATIENCE;
-        while std::time::Instant::now() < deadline {
+        loop {
             let (_, d) = self
                 .call("GET", &format!("/v1/deliveries/{id}"), key, None)
                 .await;
-            if d["status"] != "pending" {
+            if ready(&d) {
                 return d;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "delivery {id} not ready after {PATIENCE:?}: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("delivery {id} still pending");
     }
 }
 
