@@ -236,6 +236,26 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
 /// How long [`Guard::check_name`] waits for the resolver.
 const NAME_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `localhost` and the names under it are loopback by definition (RFC
+/// 6761 §6.3): answered here, never asked of a resolver, so no DNS server
+/// (or a resolver that does not answer) decides what they are.
+fn loopback_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// The addresses of `host:port`: the system resolver's, except for the
+/// loopback names ([`loopback_name`]).
+async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if loopback_name(host) {
+        return Ok(vec![
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+        ]);
+    }
+    Ok(tokio::net::lookup_host((host, port)).await?.collect())
+}
+
 /// The operator's exceptions.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -272,13 +292,14 @@ impl Guard {
             self.check(host, ip).map_err(|e| e.to_string())?;
             return Ok(vec![SocketAddr::new(canonical(ip), port)]);
         }
-        let lookup = tokio::net::lookup_host((host, port));
-        let resolved: Vec<SocketAddr> = tokio::time::timeout(NAME_CHECK_TIMEOUT, lookup)
-            .await
-            .map_err(|_| format!("dns: {host}: no answer within {NAME_CHECK_TIMEOUT:?}"))?
-            .map_err(|e| format!("dns: {host}: {e}"))?
-            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
-            .collect();
+        let resolved: Vec<SocketAddr> =
+            tokio::time::timeout(NAME_CHECK_TIMEOUT, lookup(host, port))
+                .await
+                .map_err(|_| format!("dns: {host}: no answer within {NAME_CHECK_TIMEOUT:?}"))?
+                .map_err(|e| format!("dns: {host}: {e}"))?
+                .into_iter()
+                .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
+                .collect();
         if resolved.is_empty() {
             return Err(format!("dns: {host} did not resolve to any address"));
         }
@@ -330,8 +351,7 @@ impl Resolve for GuardedResolver {
             .is_some_and(|p| p.eq_ignore_ascii_case(name.as_str()));
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved = lookup(&host, 0).await?;
             if exempt {
                 return Ok(Box::new(resolved.into_iter()) as Addrs);
             }
@@ -513,8 +533,9 @@ async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return vec![SocketAddr::new(canonical(ip), port)];
     }
-    match tokio::time::timeout(NAME_CHECK_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+    match tokio::time::timeout(NAME_CHECK_TIMEOUT, lookup(host, port)).await {
         Ok(Ok(addrs)) => addrs
+            .into_iter()
             .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
             .collect(),
         _ => Vec::new(),
@@ -753,5 +774,28 @@ mod tests {
             Err(e) => e,
         };
         assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn localhost_names_are_loopback_without_a_resolver() {
+        let guard = Guard::default();
+        for name in ["localhost", "LocalHost.", "db.localhost", "a.b.localhost."] {
+            let err = guard.resolve_checked(name, 6379).await.unwrap_err();
+            assert!(err.contains("loopback"), "{name}: {err}");
+        }
+        let open = Guard {
+            allow_private: true,
+            ..Guard::default()
+        };
+        assert_eq!(
+            open.resolve_checked("localhost", 6379).await.unwrap(),
+            vec![
+                "127.0.0.1:6379".parse::<SocketAddr>().unwrap(),
+                "[::1]:6379".parse().unwrap()
+            ]
+        );
+        for other in ["localhost.example", "notlocalhost", "localhostx"] {
+            assert!(!loopback_name(other), "{other}");
+        }
     }
 }
