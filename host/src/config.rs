@@ -62,6 +62,7 @@ pub struct ClusterSection {
     pub mode: String,
     pub partitions: u32,
     pub lease_secs: u64,
+    pub read_lease_secs: u64,
     pub snapshot_secs: u64,
     pub node_id: String,
     pub advertise_url: String,
@@ -226,6 +227,9 @@ pub struct ClusterConfig {
     /// Each tenant's data stored and worked only by the node leasing its
     /// partition (`cluster.mode = "partitioned"`); else a replica set.
     pub partitioned: bool,
+    /// Partitioned: how long a read lease lasts (`store/cluster/readers.rs`);
+    /// None: every request asks the control log where it ends.
+    pub read_lease: Option<Duration>,
     /// How often the leading node snapshots its view and compacts the
     /// log; None: never.
     pub snapshot_every: Option<Duration>,
@@ -748,6 +752,15 @@ impl RawConfig {
                     ),
                 ));
             }
+            if c.read_lease_secs > 60 {
+                return Err(invalid(
+                    "cluster.read_lease_secs",
+                    format!(
+                        "{} is too long: at most 60 (a node that dies without leaving holds every control write up to that long)",
+                        c.read_lease_secs
+                    ),
+                ));
+            }
             let node_id = if c.node_id.is_empty() {
                 format!("node-{}", hex::encode(rand::random::<[u8; 4]>()))
             } else if c
@@ -775,6 +788,8 @@ impl RawConfig {
                     by_tenant: partitioned,
                 },
                 partitioned,
+                read_lease: (partitioned && c.read_lease_secs > 0)
+                    .then(|| Duration::from_secs(c.read_lease_secs)),
                 snapshot_every: (c.snapshot_secs > 0).then(|| Duration::from_secs(c.snapshot_secs)),
                 node_id,
                 advertise: advertise(&c.advertise_url)?,

@@ -393,6 +393,14 @@ pub async fn serve(
             warn!("giving the leases back took too long; they expire instead");
         }
     }
+    // No request is served any more: the read lease ends, and other
+    // nodes' writes stop waiting for this one.
+    if tokio::time::timeout(LEASE_RELEASE_WAIT, store.leave())
+        .await
+        .is_err()
+    {
+        warn!("removing the read lease took too long; it runs out instead");
+    }
     store.flush().context("flushing the store")?;
     if let Some(reason) = fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
         anyhow::bail!("{reason}");
@@ -519,6 +527,9 @@ async fn open_cluster_store(
             config.data_dir.display()
         )
     })?;
+    if let Some(ttl) = cluster.read_lease {
+        store.lease_reads(ttl).await?;
+    }
     let js = async_nats::jetstream::new(client.clone());
     let kv = crate::cluster::leases::ensure_bucket(&js, replicas, &cluster.leases).await?;
     info!(node = %cluster.node_id, replicas, partitions = cluster.leases.partitions, "joined the cluster");

@@ -673,6 +673,7 @@ impl Engine {
                         by_tenant: partitioned,
                     },
                     partitioned,
+                    read_lease: partitioned.then(|| Duration::from_secs(6)),
                     snapshot_every: None,
                     node_id: "engine".into(),
                     advertise: wasmhook::config::Advertise::Nowhere,

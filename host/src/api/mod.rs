@@ -318,6 +318,9 @@ async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) ->
             "mode": if state.app.store.data_partitions().is_some() { "partitioned" } else { "replicas" },
             // Partitioned: the partitions whose data this node holds now.
             "data_partitions": state.app.store.open_partitions(),
+            // Requests served from this node's view without asking the
+            // control log first (docs/cluster.md, "Read leases").
+            "read_lease": state.app.store.reads_under_lease(),
         })
     });
     match state.app.store.check().await {

@@ -47,7 +47,14 @@ const BACKUP_PREFIX: &str = ".backup-";
 const PAUSE_WITHIN: Duration = Duration::from_secs(10);
 /// Trees left out of a backup: this machine's own (`plugin_blobs` is
 /// carried: in the embedded store it is the only copy).
-const NOT_BACKED_UP: &[&str] = &["__sled__default", "meta", INTENTS_TREE];
+/// (The read lease records name the nodes of the cluster that wrote the
+/// backup, not of the one it is restored into.)
+const NOT_BACKED_UP: &[&str] = &[
+    "__sled__default",
+    "meta",
+    INTENTS_TREE,
+    crate::store::cluster::readers::TREE,
+];
 
 /// What a store's format marker says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

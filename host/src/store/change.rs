@@ -191,6 +191,29 @@ impl Store {
         }
     }
 
+    /// Partitioned cluster: read leases on the control log (see
+    /// `cluster/readers.rs`). Elsewhere: nothing to start.
+    pub async fn lease_reads(&self, ttl: std::time::Duration) -> Result<(), StoreError> {
+        if let Some(cluster) = self.cluster() {
+            cluster.log.lease_reads(ttl).await?;
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: whether requests are served from the view under a
+    /// read lease (no round trip to the log) right now.
+    pub fn reads_under_lease(&self) -> bool {
+        self.log().is_some_and(Log::reads_under_lease)
+    }
+
+    /// Cluster mode, at shutdown: this node's read lease ends and its
+    /// record goes, so that other nodes' writes stop waiting for it.
+    pub async fn leave(&self) {
+        if let Some(log) = self.log() {
+            log.leave().await;
+        }
+    }
+
     pub async fn sync(&self) -> Result<(), StoreError> {
         if let Some(log) = self.log() {
             log.caught_up().await?;

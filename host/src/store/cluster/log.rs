@@ -637,6 +637,9 @@ pub struct Log {
     snapshot_requests: mpsc::Sender<SnapshotReply>,
     /// Why the applier stopped, once it has (the node cannot serve then).
     failure: watch::Receiver<Option<String>>,
+    /// A partitioned cluster's control log: read leases
+    /// (`readers.rs`), once started.
+    readers: std::sync::OnceLock<Arc<super::readers::Readers>>,
 }
 
 /// The applier's answer to a snapshot request: the file and its sequence.
@@ -722,7 +725,38 @@ impl Log {
             snapshots,
             snapshot_requests,
             failure,
+            readers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts read leases on this log (`readers.rs`): from its first
+    /// renewal on, [`Log::caught_up`] answers from the view while the lease
+    /// holds, and each write waits for the other nodes under lease.
+    pub async fn lease_reads(self: &Arc<Self>, ttl: Duration) -> Result<(), ClusterError> {
+        if self.readers.get().is_some() {
+            return Ok(());
+        }
+        let readers = super::readers::Readers::start(self, ttl, self.applied.clone()).await?;
+        let _ = self.readers.set(readers);
+        Ok(())
+    }
+
+    /// Whether the applier stopped for good.
+    pub fn has_failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    /// Whether this node reads under a read lease right now.
+    pub fn reads_under_lease(&self) -> bool {
+        !self.has_failed() && self.readers.get().is_some_and(|r| r.holds())
+    }
+
+    /// The node leaves: its read lease ends and its record is removed (so
+    /// other nodes' writes stop waiting for it).
+    pub async fn leave(&self) {
+        if let Some(readers) = self.readers.get() {
+            readers.leave(self).await;
+        }
     }
 
     /// Resolves with the reason once the applier has stopped for good (the
@@ -861,7 +895,7 @@ impl Log {
                 batch.id, ack.sequence
             )));
         }
-        match self.patiently(rx).await {
+        let outcome = match self.patiently(rx).await {
             Ok(outcome) => outcome.map_err(|_| ClusterError::Stopped)?,
             Err(_) => {
                 self.lock_waiters().remove(&batch.id);
@@ -870,7 +904,15 @@ impl Log {
                     batch.id
                 )))
             }
+        }?;
+        // Under read leases a write is acknowledged once every node reading
+        // under one has it (or its lease ran out).
+        if let (Outcome::Applied { seq }, Some(readers)) = (&outcome, self.readers.get())
+            && !super::readers::only_leases(batch)
+        {
+            readers.wait_for_others(*seq).await;
         }
+        Ok(outcome)
     }
 
     /// Waits until the view has applied everything the stream held when
@@ -881,7 +923,19 @@ impl Log {
     /// arrived while one was under way waits for it, then uses the next
     /// one sent after it arrived (its own or another waiter's). Under load
     /// that is one request per round trip, not one per API request.
+    ///
+    /// Under a read lease (`readers.rs`) the view has every acknowledged
+    /// write already: no request is sent.
     pub async fn caught_up(&self) -> Result<u64, ClusterError> {
+        if self.reads_under_lease() {
+            return Ok(*self.applied.borrow());
+        }
+        self.reach_end().await
+    }
+
+    /// [`Log::caught_up`] by asking the stream where it ends, lease or not
+    /// (a health check proves the log answers).
+    pub async fn reach_end(&self) -> Result<u64, ClusterError> {
         if self.failure.borrow().is_some() {
             return Err(ClusterError::Stopped);
         }

@@ -11,4 +11,5 @@
 
 pub mod blobs;
 pub mod log;
+pub mod readers;
 pub mod snapshot;

@@ -766,3 +766,103 @@ async fn the_log_is_read_by_sequence_while_no_consumer_is_made() {
         (7, batch.id)
     );
 }
+
+/// Waits (up to 10 s) until `log` reads under its read lease.
+async fn until_leased(log: &Log) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !log.reads_under_lease() {
+        assert!(std::time::Instant::now() < deadline, "no read lease");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_acknowledged_once_every_node_reading_under_a_lease_has_it() {
+    let Some(cluster) = NatsCluster::start(3).await else {
+        return;
+    };
+    let ttl = std::time::Duration::from_secs(3);
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = Arc::new(log_at(vec![cluster.url(0)], "a", 3, da.path()).await);
+    let b = Arc::new(log_at(vec![cluster.url(1)], "b", 3, db.path()).await);
+    let c = Arc::new(log_at(vec![cluster.url(2)], "c", 3, dc.path()).await);
+    for n in [&a, &b, &c] {
+        n.lease_reads(ttl).await.unwrap();
+    }
+    for n in [&a, &b, &c] {
+        until_leased(n).await;
+    }
+    let write = |log: &Log, i: u32| {
+        let mut r = Recorder::new(log.view());
+        r.insert("subscriptions", &i.to_be_bytes(), vec![b'x'; 10]);
+        r.into_batch(log.node())
+    };
+    let seq = |o: Outcome| match o {
+        Outcome::Applied { seq } => seq,
+        other => panic!("{other:?}"),
+    };
+
+    // Acknowledged: every node under lease has it, with no request of its
+    // own (its reads come from its view).
+    for i in 0..20 {
+        let s = seq(a.publish(&write(&a, i)).await.unwrap());
+        for n in [&b, &c] {
+            assert!(n.view().applied().unwrap() >= s, "{} lacks {s}", n.node());
+            assert_eq!(n.caught_up().await.unwrap(), *n.applied.borrow());
+        }
+    }
+
+    // b's view stalls (its applier cannot take the view's lock): a's next
+    // write waits until b's lease has run out, and b, unable to apply its
+    // own renewals, no longer reads under it by then.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let stalled = b.clone();
+    let holder = std::thread::spawn(move || {
+        let _applying = stalled.view().applying.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = released.recv();
+    });
+    locked.recv().unwrap();
+    let s = seq(a.publish(&write(&a, 100)).await.unwrap());
+    assert!(b.view().applied().unwrap() < s);
+    assert!(
+        !b.reads_under_lease(),
+        "acknowledged while b read under its lease"
+    );
+    // c answered at once and has it.
+    assert!(c.view().applied().unwrap() >= s);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    // b asks the log meanwhile, then reads under a lease again.
+    assert!(b.caught_up().await.unwrap() >= s);
+    until_leased(&b).await;
+
+    // A node that leaves is not waited for.
+    c.leave().await;
+    assert!(!c.reads_under_lease());
+    let s = seq(a.publish(&write(&a, 200)).await.unwrap());
+    a.caught_up().await.unwrap();
+    let readers = a.readers.get().unwrap();
+    assert!(!readers.knows(c.node()), "c's record is gone");
+    assert!(readers.knows(b.node()));
+    drop(c);
+
+    // A node that dies without leaving holds a's writes no longer than
+    // its lease (its record stays until it is ten leases old).
+    b.stop();
+    drop(b);
+    let started = std::time::Instant::now();
+    let after = seq(a.publish(&write(&a, 300)).await.unwrap());
+    assert!(after > s);
+    assert!(readers.knows("b"));
+    assert!(
+        started.elapsed() < ttl + std::time::Duration::from_secs(10),
+        "a dead node held a write for {:?}",
+        started.elapsed()
+    );
+}
