@@ -527,13 +527,19 @@ async fn open_cluster_store(
             config.data_dir.display()
         )
     })?;
-    if let Some(ttl) = cluster.read_lease {
-        store.lease_reads(ttl).await?;
-    }
     let js = async_nats::jetstream::new(client.clone());
     let kv = crate::cluster::leases::ensure_bucket(&js, replicas, &cluster.leases).await?;
+    let leases = Leases::new(kv, &cluster.node_id, cluster.leases);
+    if cluster.partitioned {
+        // Every node of a partitioned cluster waits for the others' read
+        // leases; it reads under one of its own unless they are off.
+        let ownership = leases.ownership();
+        store
+            .lease_reads(cluster.read_lease, Arc::new(move || ownership.nodes()))
+            .await?;
+    }
     info!(node = %cluster.node_id, replicas, partitions = cluster.leases.partitions, "joined the cluster");
-    Ok((store, Leases::new(kv, &cluster.node_id, cluster.leases)))
+    Ok((store, leases))
 }
 
 /// What a node does when it gains or loses a partition's lease: its queue

@@ -210,9 +210,16 @@ async fn each_node_stores_only_its_partitions_and_every_node_answers_for_all() {
     // once through another: a tenant made on one node answers through the
     // next, a key made through one works through the next, and a key
     // revoked through one is refused through the next.
+    let deadline = std::time::Instant::now() + PATIENCE;
     for n in &nodes {
-        let (_, health) = n.call("GET", "/healthz", "", None).await;
-        assert_eq!(health["cluster"]["read_lease"], true, "{health}");
+        loop {
+            let (_, health) = n.call("GET", "/healthz", "", None).await;
+            if health["cluster"]["read_lease"] == true {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{health}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     for i in 0..9 {
         let (_, key) = nodes[i % 3].tenant(&format!("lease{i}")).await;

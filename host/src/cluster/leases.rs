@@ -79,6 +79,9 @@ pub struct Ownership {
     /// Who held each partition at this node's last round, with where that
     /// node's API is reached (only nodes that advertise one).
     holders: Arc<RwLock<HashMap<u32, Peer>>>,
+    /// The nodes whose heartbeats were live at this node's last round
+    /// (None before its first).
+    nodes: Arc<RwLock<Option<HashSet<String>>>>,
 }
 
 /// Another node, as its heartbeat advertises it.
@@ -90,6 +93,12 @@ pub struct Peer {
 }
 
 impl Ownership {
+    /// The nodes whose heartbeats were live at this node's last lease
+    /// round; None before its first.
+    pub fn nodes(&self) -> Option<HashSet<String>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Forgets that `node` holds partition `p` (it answered that it does
     /// not any more), until the next lease round learns who does.
     pub fn forget_holder(&self, p: u32, node: &str) {
@@ -295,6 +304,7 @@ impl Leases {
                 by_tenant: settings.by_tenant,
                 owned: Arc::default(),
                 holders: Arc::default(),
+                nodes: Arc::default(),
             },
             url: None,
             incarnation: hex::encode(rand::random::<[u8; 6]>()),
@@ -633,6 +643,15 @@ impl Leases {
             .holders
             .write()
             .unwrap_or_else(|e| e.into_inner()) = holders;
+        let nodes = keys
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("node.").map(str::to_string))
+            .collect();
+        *self
+            .ownership
+            .nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(nodes);
     }
 
     /// One round: heartbeat, renew, then give back or take partitions

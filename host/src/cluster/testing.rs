@@ -280,8 +280,33 @@ impl NatsCluster {
     /// Freezes server `i` (SIGSTOP): it answers nothing but keeps its
     /// ports, so no other test's listener takes them meanwhile (a killed
     /// server's ports are free for anyone until it restarts).
+    ///
+    /// Returns once the kernel reports the process stopped: a `kill` that
+    /// could not be spawned on a loaded machine, or a signal not yet taken,
+    /// would otherwise leave a test talking to a server it thinks frozen.
     pub fn freeze(&self, i: usize) {
-        self.signal(i, "-STOP");
+        let Some(c) = &self.servers[i].child else {
+            return;
+        };
+        let stat = format!("/proc/{}/stat", c.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            self.signal(i, "-STOP");
+            // The state is the field after the command's closing parenthesis.
+            let stopped = std::fs::read_to_string(&stat).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            });
+            if stopped {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "NATS server {i} did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Lets a frozen server run again (SIGCONT).

@@ -113,7 +113,16 @@ impl Worker {
                 event_id = tracing::field::Empty,
                 attempt = tracing::field::Empty,
             );
-            tasks.spawn(run_lease(self.stage.clone(), lease).instrument(span));
+            // The attempt's own control writes (a failure count, a
+            // subscription disabled) are told to no client: they do not wait
+            // for other nodes' read leases.
+            tasks.spawn(
+                crate::store::cluster::readers::unacknowledged(run_lease(
+                    self.stage.clone(),
+                    lease,
+                ))
+                .instrument(span),
+            );
             started += 1;
         }
         started

@@ -147,7 +147,11 @@ impl Polls {
         if source.poll.is_none() {
             return;
         }
-        let task = tokio::spawn(run(app.clone(), source.clone()));
+        // A poll's state is its own: no client waits on it.
+        let task = tokio::spawn(crate::store::cluster::readers::unacknowledged(run(
+            app.clone(),
+            source.clone(),
+        )));
         self.running.replace(&source.id, task.abort_handle());
     }
 

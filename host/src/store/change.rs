@@ -193,9 +193,15 @@ impl Store {
 
     /// Partitioned cluster: read leases on the control log (see
     /// `cluster/readers.rs`). Elsewhere: nothing to start.
-    pub async fn lease_reads(&self, ttl: std::time::Duration) -> Result<(), StoreError> {
+    /// `ttl` None: this node waits for the others' leases but reads none.
+    /// `members`: the cluster's nodes as the partition leases know them.
+    pub async fn lease_reads(
+        &self,
+        ttl: Option<std::time::Duration>,
+        members: crate::store::cluster::readers::Members,
+    ) -> Result<(), StoreError> {
         if let Some(cluster) = self.cluster() {
-            cluster.log.lease_reads(ttl).await?;
+            cluster.log.lease_reads(ttl, members).await?;
         }
         Ok(())
     }

@@ -729,14 +729,20 @@ impl Log {
         })
     }
 
-    /// Starts read leases on this log (`readers.rs`): from its first
-    /// renewal on, [`Log::caught_up`] answers from the view while the lease
-    /// holds, and each write waits for the other nodes under lease.
-    pub async fn lease_reads(self: &Arc<Self>, ttl: Duration) -> Result<(), ClusterError> {
+    /// Starts read leases on this log (`readers.rs`): each write waits for
+    /// the other nodes under lease, and with a lease time (`ttl`), from its
+    /// first renewal on, [`Log::caught_up`] answers from the view while the
+    /// lease holds and every one of `members` has a lease record.
+    pub async fn lease_reads(
+        self: &Arc<Self>,
+        ttl: Option<Duration>,
+        members: super::readers::Members,
+    ) -> Result<(), ClusterError> {
         if self.readers.get().is_some() {
             return Ok(());
         }
-        let readers = super::readers::Readers::start(self, ttl, self.applied.clone()).await?;
+        let readers =
+            super::readers::Readers::start(self, ttl, members, self.applied.clone()).await?;
         let _ = self.readers.set(readers);
         Ok(())
     }
@@ -909,6 +915,7 @@ impl Log {
         // under one has it (or its lease ran out).
         if let (Outcome::Applied { seq }, Some(readers)) = (&outcome, self.readers.get())
             && !super::readers::only_leases(batch)
+            && super::readers::acknowledged()
         {
             readers.wait_for_others(*seq).await;
         }
