@@ -123,9 +123,13 @@ impl NatsCluster {
     fn try_spawn(&mut self, i: usize) -> Result<(), String> {
         let n = self.servers.len();
         let s = &mut self.servers[i];
+        // Named after its client port too: the name in the port's INFO
+        // shows that this server, and not another test's (whose route port
+        // may be the same number), is the one listening there.
+        let name = format!("n{i}-{}", s.port);
         let mut cmd = Command::new("nats-server");
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &s.port.to_string()])
-            .args(["-n", &format!("n{i}"), "-sd"])
+            .args(["-n", &name, "-sd"])
             .arg(&s.dir);
         if n > 1 {
             cmd.args(["--cluster_name", "wasmhook-test"])
@@ -140,7 +144,7 @@ impl NatsCluster {
         );
         // Generous: a test machine may be slow or held to part of a core.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+        while !serves(s.port, &name) {
             if let Ok(Some(status)) = child.try_wait() {
                 s.child = None;
                 return Err(format!(
@@ -338,4 +342,19 @@ impl Drop for NatsCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether the NATS server named `name` answers clients on `port`: its
+/// `INFO` line names it (a route port, or another server, does not).
+fn serves(port: u16, name: &str) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line).is_err() {
+        return false;
+    }
+    line.starts_with("INFO ") && line.contains(&format!("\"server_name\":\"{name}\""))
 }
