@@ -40,7 +40,9 @@
 //! a node makes on its own ([`unacknowledged`]: a delivery's failure count,
 //! a poll's state) do not wait: no client is told of them, and the tenant's
 //! requests go to the node that made them. A change no client has been told
-//! of yet may be seen on the node that wrote it a moment before the others.
+//! of yet may be seen on the node that wrote it a moment before the others;
+//! so may what a change that writes nothing read there (a re-run finding
+//! its effect already made): no change answers success on that alone today.
 //! Only partitioned clusters use this: there the control log carries the
 //! rare writes (tenants, keys, subscriptions), the data has its own logs,
 //! and a tenant's requests all go to one node anyway.
