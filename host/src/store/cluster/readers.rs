@@ -450,6 +450,12 @@ async fn renew(log: Weak<Log>, readers: Weak<Readers>) {
             .map(|(node, _)| node.clone())
             .collect();
         for node in stale {
+            if matches!(log.view().tree(TREE).map(|t| t.get(&node)), Ok(Ok(None))) {
+                // Removed already (read at start just before its removal
+                // was applied): nothing left to wait for or remove.
+                readers.lock_seen().remove(&node);
+                continue;
+            }
             // Guarded by the record read: a renewal since conflicts. Apart
             // from the renewals, so a slow removal does not delay them.
             let log = log.clone();
