@@ -827,7 +827,20 @@ async fn broker_destinations_pass_the_egress_guard_and_refuse_hostile_input() {
     }
     let ids = send(&server, &key, "guarded", 1).await;
     assert_eq!(ids.len(), 4);
-    for (sub, d) in subs.iter().zip(&ids) {
+    // Each delivery by its subscription (the event lists them in its
+    // routing's order, not in the order the subscriptions were made).
+    let mut of_sub: HashMap<String, String> = HashMap::new();
+    for d in &ids {
+        let (_, detail) = server
+            .call("GET", &format!("/v1/deliveries/{d}"), &key, None)
+            .await;
+        of_sub.insert(
+            detail["subscription_id"].as_str().unwrap().into(),
+            d.clone(),
+        );
+    }
+    for sub in &subs {
+        let d = &of_sub[sub];
         let seen = wait_all(&server, &key, sub, std::slice::from_ref(d), &["failed"]).await;
         let error = seen[d]["last_error"].as_str().unwrap();
         assert!(error.contains("refused by the SSRF guard"), "{error}");
